@@ -13,7 +13,7 @@ void init_logging(std::string_view component, std::string_view level) {
     auto parsed = spdlog::level::from_str(std::string(level));
     // from_str maps unknown names to "off"; an operator typo must not silence the logs.
     logger->set_level(parsed == spdlog::level::off && level != "off" ? spdlog::level::info
-                                                                      : parsed);
+                                                                     : parsed);
     spdlog::set_default_logger(std::move(logger));
 }
 

@@ -38,7 +38,8 @@ std::vector<MountEntry> parse_mountinfo(std::string_view text) {
         // id parent major:minor root mount_point options [optional...] - fstype source super
         std::istringstream fields(line);
         std::vector<std::string> f;
-        for (std::string w; fields >> w;) f.push_back(w);
+        for (std::string w; fields >> w;)
+            f.push_back(w);
         size_t sep = 0;
         for (size_t i = 6; i < f.size(); ++i) {
             if (f[i] == "-") {
@@ -46,7 +47,8 @@ std::vector<MountEntry> parse_mountinfo(std::string_view text) {
                 break;
             }
         }
-        if (f.size() < 7 || sep == 0 || sep + 1 >= f.size()) continue;
+        if (f.size() < 7 || sep == 0 || sep + 1 >= f.size())
+            continue;
         mounts.push_back({unescape_octal(f[4]), f[sep + 1]});
     }
     return mounts;
@@ -63,24 +65,31 @@ std::optional<std::string> find_cgroup2_mount(const std::vector<MountEntry>& mou
     std::optional<std::string> first;
     bool unified = false;
     for (const auto& m : mounts) {
-        if (m.fs_type != "cgroup2") continue;
-        if (m.mount_point == "/sys/fs/cgroup") return m.mount_point;
-        if (m.mount_point == "/sys/fs/cgroup/unified") unified = true;
-        if (!first) first = m.mount_point;
+        if (m.fs_type != "cgroup2")
+            continue;
+        if (m.mount_point == "/sys/fs/cgroup")
+            return m.mount_point;
+        if (m.mount_point == "/sys/fs/cgroup/unified")
+            unified = true;
+        if (!first)
+            first = m.mount_point;
     }
-    if (unified) return std::string("/sys/fs/cgroup/unified");
+    if (unified)
+        return std::string("/sys/fs/cgroup/unified");
     return first;
 }
 
 bool is_bpffs_mounted(const std::vector<MountEntry>& mounts, std::string_view path) {
     for (const auto& m : mounts) {
-        if (m.fs_type == "bpf" && m.mount_point == path) return true;
+        if (m.fs_type == "bpf" && m.mount_point == path)
+            return true;
     }
     return false;
 }
 
 void ensure_bpffs_mounted(const std::string& path) {
-    if (is_bpffs_mounted(read_mountinfo(), path)) return;
+    if (is_bpffs_mounted(read_mountinfo(), path))
+        return;
     if (::mount("bpf", path.c_str(), "bpf", 0, "mode=0700") != 0) {
         throw std::system_error(errno, std::generic_category(), "mount -t bpf bpf " + path);
     }

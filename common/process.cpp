@@ -31,22 +31,30 @@ struct ChildPlan {
 };
 
 ChildPlan make_plan(const ProcessSpec& spec) {
-    if (spec.argv.empty()) throw std::invalid_argument("run_process: empty argv");
+    if (spec.argv.empty())
+        throw std::invalid_argument("run_process: empty argv");
     ChildPlan plan;
     std::map<std::string, std::string> env;
     for (char** e = environ; *e != nullptr; ++e) {
         std::string kv(*e);
         auto eq = kv.find('=');
-        if (eq != std::string::npos) env[kv.substr(0, eq)] = kv.substr(eq + 1);
+        if (eq != std::string::npos)
+            env[kv.substr(0, eq)] = kv.substr(eq + 1);
     }
-    for (const auto& [k, v] : spec.env_overrides) env[k] = v;
-    for (const auto& [k, v] : env) plan.env_storage.push_back(k + "=" + v);
-    for (auto& s : plan.env_storage) plan.envp.push_back(s.data());
+    for (const auto& [k, v] : spec.env_overrides)
+        env[k] = v;
+    for (const auto& [k, v] : env)
+        plan.env_storage.push_back(k + "=" + v);
+    for (auto& s : plan.env_storage)
+        plan.envp.push_back(s.data());
     plan.envp.push_back(nullptr);
-    for (const auto& a : spec.argv) plan.argv.push_back(const_cast<char*>(a.c_str()));
+    for (const auto& a : spec.argv)
+        plan.argv.push_back(const_cast<char*>(a.c_str()));
     plan.argv.push_back(nullptr);
-    if (spec.cgroup_dir) plan.cgroup_procs = *spec.cgroup_dir + "/cgroup.procs";
-    if (spec.netns) plan.netns = *spec.netns;
+    if (spec.cgroup_dir)
+        plan.cgroup_procs = *spec.cgroup_dir + "/cgroup.procs";
+    if (spec.netns)
+        plan.netns = *spec.netns;
     plan.exec_error_prefix = "sluice: cannot start " + spec.argv[0] + ": ";
     return plan;
 }
@@ -54,8 +62,10 @@ ChildPlan make_plan(const ProcessSpec& spec) {
 void write_all(int fd, const char* p, size_t n) {
     while (n > 0) {
         ssize_t w = ::write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return;
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
         p += w;
         n -= static_cast<size_t>(w);
     }
@@ -80,14 +90,18 @@ void write_all(int fd, const char* p, size_t n) {
     sigprocmask(SIG_SETMASK, &none, nullptr);
     if (!plan.cgroup_procs.empty()) {
         int fd = ::open(plan.cgroup_procs.c_str(), O_WRONLY | O_CLOEXEC);
-        if (fd < 0) child_fail(plan, "open cgroup.procs");
-        if (::write(fd, "0", 1) != 1) child_fail(plan, "join cgroup");
+        if (fd < 0)
+            child_fail(plan, "open cgroup.procs");
+        if (::write(fd, "0", 1) != 1)
+            child_fail(plan, "join cgroup");
         ::close(fd);
     }
     if (!plan.netns.empty()) {
         int fd = ::open(plan.netns.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) child_fail(plan, "open netns");
-        if (::setns(fd, CLONE_NEWNET) != 0) child_fail(plan, "setns");
+        if (fd < 0)
+            child_fail(plan, "open netns");
+        if (::setns(fd, CLONE_NEWNET) != 0)
+            child_fail(plan, "setns");
         ::close(fd);
     }
     ::execvpe(plan.argv[0], plan.argv.data(), plan.envp.data());
@@ -95,13 +109,16 @@ void write_all(int fd, const char* p, size_t n) {
 }
 
 int decode_status(int status) {
-    if (WIFEXITED(status)) return WEXITSTATUS(status);
-    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
     return -1;
 }
 
 void make_pipe(int fds[2]) {
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::system_error(errno, std::generic_category(), "pipe2");
+    if (::pipe2(fds, O_CLOEXEC) != 0)
+        throw std::system_error(errno, std::generic_category(), "pipe2");
 }
 
 }  // namespace
@@ -109,7 +126,8 @@ void make_pipe(int fds[2]) {
 std::string join_argv(const std::vector<std::string>& argv) {
     std::string s;
     for (const auto& a : argv) {
-        if (!s.empty()) s += ' ';
+        if (!s.empty())
+            s += ' ';
         s += a;
     }
     return s;
@@ -124,7 +142,8 @@ ProcessResult run_process(const ProcessSpec& spec, std::chrono::milliseconds tim
         make_pipe(err);
     }
     pid_t pid = ::fork();
-    if (pid < 0) throw std::system_error(errno, std::generic_category(), "fork");
+    if (pid < 0)
+        throw std::system_error(errno, std::generic_category(), "fork");
     if (pid == 0) {
         if (!spec.inherit_stdio) {
             ::dup2(in[0], 0);
@@ -150,7 +169,8 @@ ProcessResult run_process(const ProcessSpec& spec, std::chrono::milliseconds tim
         auto deadline = Clock::now() + timeout;
         char buf[16384];
         while (out_fd >= 0 || err_fd >= 0 || in_fd >= 0) {
-            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+            auto left =
+                std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
             if (left.count() <= 0) {
                 result.timed_out = true;
                 ::kill(pid, SIGKILL);
@@ -158,20 +178,28 @@ ProcessResult run_process(const ProcessSpec& spec, std::chrono::milliseconds tim
             }
             pollfd pfds[3];
             int n = 0;
-            if (in_fd >= 0) pfds[n++] = {in_fd, POLLOUT, 0};
-            if (out_fd >= 0) pfds[n++] = {out_fd, POLLIN, 0};
-            if (err_fd >= 0) pfds[n++] = {err_fd, POLLIN, 0};
+            if (in_fd >= 0)
+                pfds[n++] = {in_fd, POLLOUT, 0};
+            if (out_fd >= 0)
+                pfds[n++] = {out_fd, POLLIN, 0};
+            if (err_fd >= 0)
+                pfds[n++] = {err_fd, POLLIN, 0};
             int rc = ::poll(pfds, n, static_cast<int>(left.count()));
-            if (rc < 0 && errno == EINTR) continue;
-            if (rc < 0) break;
+            if (rc < 0 && errno == EINTR)
+                continue;
+            if (rc < 0)
+                break;
             for (int i = 0; i < n; ++i) {
-                if (pfds[i].revents == 0) continue;
+                if (pfds[i].revents == 0)
+                    continue;
                 int fd = pfds[i].fd;
                 if (fd == in_fd) {
                     ssize_t w = ::write(fd, spec.stdin_data.data() + written,
                                         spec.stdin_data.size() - written);
-                    if (w > 0) written += static_cast<size_t>(w);
-                    if (w < 0 && errno != EAGAIN && errno != EINTR) written = spec.stdin_data.size();
+                    if (w > 0)
+                        written += static_cast<size_t>(w);
+                    if (w < 0 && errno != EAGAIN && errno != EINTR)
+                        written = spec.stdin_data.size();
                     if (written >= spec.stdin_data.size()) {
                         ::close(in_fd);
                         in_fd = -1;
@@ -188,7 +216,8 @@ ProcessResult run_process(const ProcessSpec& spec, std::chrono::milliseconds tim
             }
         }
         for (int fd : {in_fd, out_fd, err_fd}) {
-            if (fd >= 0) ::close(fd);
+            if (fd >= 0)
+                ::close(fd);
         }
     }
     if (spec.inherit_stdio) {
@@ -213,21 +242,26 @@ pid_t spawn_process(const ProcessSpec& spec, const std::optional<std::string>& l
     int log_fd = -1;
     if (log_file) {
         log_fd = ::open(log_file->c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-        if (log_fd < 0) throw std::system_error(errno, std::generic_category(), "open " + *log_file);
+        if (log_fd < 0)
+            throw std::system_error(errno, std::generic_category(), "open " + *log_file);
     }
     int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     pid_t pid = ::fork();
-    if (pid < 0) throw std::system_error(errno, std::generic_category(), "fork");
+    if (pid < 0)
+        throw std::system_error(errno, std::generic_category(), "fork");
     if (pid == 0) {
-        if (null_fd >= 0) ::dup2(null_fd, 0);
+        if (null_fd >= 0)
+            ::dup2(null_fd, 0);
         if (log_fd >= 0) {
             ::dup2(log_fd, 1);
             ::dup2(log_fd, 2);
         }
         exec_child(plan);
     }
-    if (null_fd >= 0) ::close(null_fd);
-    if (log_fd >= 0) ::close(log_fd);
+    if (null_fd >= 0)
+        ::close(null_fd);
+    if (log_fd >= 0)
+        ::close(log_fd);
     return pid;
 }
 
@@ -236,9 +270,12 @@ std::optional<int> wait_process(pid_t pid, std::chrono::milliseconds timeout) {
     for (;;) {
         int status = 0;
         pid_t r = ::waitpid(pid, &status, WNOHANG);
-        if (r == pid) return decode_status(status);
-        if (r < 0 && errno != EINTR) return std::nullopt;
-        if (Clock::now() >= deadline) return std::nullopt;
+        if (r == pid)
+            return decode_status(status);
+        if (r < 0 && errno != EINTR)
+            return std::nullopt;
+        if (Clock::now() >= deadline)
+            return std::nullopt;
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
 }

@@ -13,11 +13,11 @@ namespace sluice {
 // How to start a child process. The child joins `cgroup_dir` (a cgroup-v2 directory) and the
 // network namespace at `netns` before exec, so that nothing it does runs outside them.
 struct ProcessSpec {
-    std::vector<std::string> argv;                   // argv[0] is looked up in PATH
+    std::vector<std::string> argv;                     // argv[0] is looked up in PATH
     std::map<std::string, std::string> env_overrides;  // added to (or replacing) our environment
-    std::optional<std::string> netns;                // path of a netns to join, e.g. /var/run/netns/x
-    std::optional<std::string> cgroup_dir;           // cgroup-v2 directory to join
-    std::string stdin_data;                          // written to the child's stdin, then closed
+    std::optional<std::string> netns;       // path of a netns to join, e.g. /var/run/netns/x
+    std::optional<std::string> cgroup_dir;  // cgroup-v2 directory to join
+    std::string stdin_data;                 // written to the child's stdin, then closed
     bool inherit_stdio = false;  // true: child shares our stdin/stdout/stderr (nothing captured)
 };
 

@@ -13,7 +13,8 @@ namespace {
 unsigned long long effective_caps() {
     std::ifstream status("/proc/self/status");
     for (std::string line; std::getline(status, line);) {
-        if (line.rfind("CapEff:", 0) == 0) return std::stoull(line.substr(7), nullptr, 16);
+        if (line.rfind("CapEff:", 0) == 0)
+            return std::stoull(line.substr(7), nullptr, 16);
     }
     return 0;
 }
@@ -21,13 +22,14 @@ unsigned long long effective_caps() {
 }  // namespace
 
 std::string missing_privileges() {
-    if (::geteuid() != 0) return "not running as root";
+    if (::geteuid() != 0)
+        return "not running as root";
     constexpr int kCapNetAdmin = 12, kCapSysAdmin = 21;
     unsigned long long caps = effective_caps();
     for (int cap : {kCapNetAdmin, kCapSysAdmin}) {
         if ((caps & (1ULL << cap)) == 0) {
-            return "missing capability " + std::to_string(cap) + " (CapEff=" +
-                   std::to_string(caps) + ")";
+            return "missing capability " + std::to_string(cap) +
+                   " (CapEff=" + std::to_string(caps) + ")";
         }
     }
     return {};

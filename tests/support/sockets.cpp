@@ -1,0 +1,226 @@
+#include "tests/support/sockets.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <system_error>
+
+#include "common/netns.h"
+
+namespace sluice::test {
+namespace {
+
+sockaddr_storage make_addr(const std::string& ip, uint16_t port, socklen_t* len) {
+    sockaddr_storage ss{};
+    if (ip.find(':') != std::string::npos) {
+        auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons(port);
+        if (inet_pton(AF_INET6, ip.c_str(), &a->sin6_addr) != 1)
+            throw std::invalid_argument("bad ip " + ip);
+        *len = sizeof(sockaddr_in6);
+    } else {
+        auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+        a->sin_family = AF_INET;
+        a->sin_port = htons(port);
+        if (inet_pton(AF_INET, ip.c_str(), &a->sin_addr) != 1)
+            throw std::invalid_argument("bad ip " + ip);
+        *len = sizeof(sockaddr_in);
+    }
+    return ss;
+}
+
+template <typename F>
+void maybe_in_netns(const std::string& netns, F&& fn) {
+    if (netns.empty()) {
+        fn();
+    } else {
+        run_in_netns(netns, fn);
+    }
+}
+
+std::string format_ip(const sockaddr_storage& ss) {
+    char buf[INET6_ADDRSTRLEN] = {};
+    if (ss.ss_family == AF_INET) {
+        inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, buf, sizeof buf);
+        return buf;
+    }
+    const auto* a6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+    if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
+        inet_ntop(AF_INET, &a6->sin6_addr.s6_addr[12], buf, sizeof buf);
+        return buf;
+    }
+    inet_ntop(AF_INET6, &a6->sin6_addr, buf, sizeof buf);
+    return buf;
+}
+
+bool wait_for(int fd, short events, int timeout_ms) {
+    pollfd p{fd, events, 0};
+    int rc;
+    do {
+        rc = ::poll(&p, 1, timeout_ms);
+    } while (rc < 0 && errno == EINTR);
+    return rc > 0;
+}
+
+}  // namespace
+
+Fd& Fd::operator=(Fd&& o) noexcept {
+    if (this != &o) {
+        if (fd_ >= 0)
+            ::close(fd_);
+        fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+}
+
+Fd::~Fd() {
+    if (fd_ >= 0)
+        ::close(fd_);
+}
+
+Fd tcp_listen(const std::string& netns, const std::string& ip, uint16_t port) {
+    Fd s;
+    maybe_in_netns(netns, [&] {
+        socklen_t len = 0;
+        sockaddr_storage addr = make_addr(ip, port, &len);
+        s = Fd(::socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (!s)
+            throw std::system_error(errno, std::generic_category(), "socket");
+        int one = 1;
+        ::setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+            throw std::system_error(errno, std::generic_category(),
+                                    "bind " + ip + ":" + std::to_string(port));
+        }
+        if (::listen(s.get(), 128) != 0)
+            throw std::system_error(errno, std::generic_category(), "listen");
+    });
+    return s;
+}
+
+Fd tcp_connect(const std::string& netns, const std::string& ip, uint16_t port, int* error,
+               int timeout_ms) {
+    Fd s;
+    int err = 0;
+    maybe_in_netns(netns, [&] {
+        socklen_t len = 0;
+        sockaddr_storage addr = make_addr(ip, port, &len);
+        s = Fd(::socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+        if (!s)
+            throw std::system_error(errno, std::generic_category(), "socket");
+        if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), len) == 0)
+            return;
+        if (errno != EINPROGRESS) {
+            err = errno;
+            return;
+        }
+        if (!wait_for(s.get(), POLLOUT, timeout_ms)) {
+            err = ETIMEDOUT;
+            return;
+        }
+        socklen_t elen = sizeof err;
+        ::getsockopt(s.get(), SOL_SOCKET, SO_ERROR, &err, &elen);
+    });
+    if (error != nullptr)
+        *error = err;
+    if (err != 0)
+        return Fd();
+    // The socket stays non-blocking: every helper below bounds its waits with poll().
+    int one = 1;
+    ::setsockopt(s.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return s;
+}
+
+Fd tcp_accept(const Fd& listener, int timeout_ms) {
+    if (!wait_for(listener.get(), POLLIN, timeout_ms))
+        return Fd();
+    return Fd(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+}
+
+std::string send_and_receive(const Fd& s, const std::string& data, int timeout_ms) {
+    size_t sent = 0;
+    while (sent < data.size()) {
+        if (!wait_for(s.get(), POLLOUT, timeout_ms))
+            return {};
+        ssize_t w = ::send(s.get(), data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+        if (w < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (w <= 0)
+            return {};
+        sent += static_cast<size_t>(w);
+    }
+    std::string got;
+    char buf[65536];
+    while (got.size() < data.size()) {
+        if (!wait_for(s.get(), POLLIN, timeout_ms))
+            break;
+        ssize_t r = ::recv(s.get(), buf, sizeof buf, 0);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (r <= 0)
+            break;
+        got.append(buf, static_cast<size_t>(r));
+    }
+    return got;
+}
+
+std::string echo_one_connection(const Fd& listener, int timeout_ms) {
+    Fd c = tcp_accept(listener, timeout_ms);
+    if (!c)
+        return {};
+    std::string peer = peer_ip(c.get());
+    char buf[65536];
+    while (wait_for(c.get(), POLLIN, timeout_ms)) {
+        ssize_t r = ::recv(c.get(), buf, sizeof buf, 0);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (r <= 0)
+            break;
+        size_t off = 0;
+        while (off < static_cast<size_t>(r)) {
+            if (!wait_for(c.get(), POLLOUT, timeout_ms))
+                return peer;
+            ssize_t w = ::send(c.get(), buf + off, static_cast<size_t>(r) - off, MSG_NOSIGNAL);
+            if (w < 0 && (errno == EAGAIN || errno == EINTR))
+                continue;
+            if (w <= 0)
+                return peer;
+            off += static_cast<size_t>(w);
+        }
+    }
+    return peer;
+}
+
+std::string peer_ip(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0)
+        return {};
+    return format_ip(ss);
+}
+
+std::string local_ip(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0)
+        return {};
+    return format_ip(ss);
+}
+
+uint16_t local_port(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0)
+        return 0;
+    return ntohs(ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&ss)->sin_port
+                                         : reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+}
+
+}  // namespace sluice::test

@@ -1,0 +1,50 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+
+namespace sluice::test {
+
+// An owned file descriptor.
+class Fd {
+  public:
+    Fd() = default;
+    explicit Fd(int fd) : fd_(fd) {}
+    Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+    Fd& operator=(Fd&& o) noexcept;
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+    ~Fd();
+    int get() const { return fd_; }
+    explicit operator bool() const { return fd_ >= 0; }
+
+  private:
+    int fd_ = -1;
+};
+
+// A TCP listener on ip:port created inside the network namespace at `netns` ("" = ours).
+// Throws std::system_error on failure.
+Fd tcp_listen(const std::string& netns, const std::string& ip, uint16_t port);
+
+// Connects from inside `netns` with a bounded timeout. Returns the socket, or an invalid Fd
+// with `*error` set to the errno of the failed connect() (EPERM, ECONNREFUSED, ETIMEDOUT…).
+Fd tcp_connect(const std::string& netns, const std::string& ip, uint16_t port, int* error,
+               int timeout_ms = 3000);
+
+// Accepts one connection within the timeout; invalid Fd on timeout.
+Fd tcp_accept(const Fd& listener, int timeout_ms = 3000);
+
+// Sends all of `data`, then reads exactly data.size() bytes back (or until timeout/EOF).
+std::string send_and_receive(const Fd& s, const std::string& data, int timeout_ms = 3000);
+
+// Serves one connection on `listener`: echoes everything until the peer closes. Returns the
+// peer address as seen by accept(). Runs within the timeout.
+std::string echo_one_connection(const Fd& listener, int timeout_ms = 5000);
+
+// "ip" of getpeername()/getsockname(), without the port; IPv4-mapped IPv6 shown as IPv4.
+std::string peer_ip(int fd);
+std::string local_ip(int fd);
+uint16_t local_port(int fd);
+
+}  // namespace sluice::test

@@ -1,0 +1,54 @@
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/process.h"
+#include "tests/testbed/layout.h"
+#include "tests/testbed/spec.h"
+#include "tests/testbed/state.h"
+
+namespace sluice::testbed {
+
+class TestbedError : public std::runtime_error {
+  public:
+    using std::runtime_error::runtime_error;
+};
+
+struct TestbedOptions {
+    std::string cgroup2_mount;  // empty: detected from /proc/self/mountinfo
+    std::string bpffs_root = "/sys/fs/bpf/sluice";
+    std::string run_root = "/var/run/sluice/testbed";
+    // CNI_PATH. The build's bin directory comes first so sluice-cni can be chained in.
+    std::vector<std::string> cni_path = {"/usr/lib/cni", "/opt/cni/bin"};
+};
+
+// Builds the cluster: fabric, nodes, pods (through the real CNI plugins), services, registry.
+// Replaces whatever a previous run of the same cluster name left behind. On failure it removes
+// what it built and throws TestbedError.
+ClusterState up(const ClusterSpec& spec, const TestbedOptions& options = {});
+
+// Removes every resource of the cluster, found by name prefix, whether or not a state file
+// exists: CNI DEL for known pods, processes in its cgroups, namespaces, cgroups, bpffs pins, run
+// directory. Safe to call when nothing exists.
+void down(const std::string& cluster, const TestbedOptions& options = {});
+
+// What of the cluster still exists on the host (netns names, directories, pids); empty after a
+// clean `down`.
+std::vector<std::string> leftovers(const std::string& cluster, const TestbedOptions& options = {});
+
+// The state `up` wrote, or TestbedError when the cluster is not up.
+ClusterState load_state(const std::string& cluster, const TestbedOptions& options = {});
+
+// A process spec that runs `argv` inside a pod: its network namespace and cgroup, with
+// SLUICE_POD_{NAME,NAMESPACE,IP,IP6} and SLUICE_NODE_NAME in its environment.
+ProcessSpec pod_process(const PodState& pod, std::vector<std::string> argv);
+
+// The same for a node's system cgroup and network namespace (where node daemons run).
+ProcessSpec node_process(const NodeState& node, std::vector<std::string> argv);
+
+// The resolved layout for a cluster name under these options.
+ClusterLayout layout_for(const std::string& cluster, const TestbedOptions& options);
+
+}  // namespace sluice::testbed
