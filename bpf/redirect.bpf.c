@@ -5,6 +5,7 @@
 #include "lib/common.h"
 #include "lib/orig_dst.h"
 #include "lib/outbound.h"
+#include "lib/ztunnel_flows.h"
 
 #define VERDICT_PROCEED 1
 #define VERDICT_EPERM 0
@@ -47,6 +48,9 @@ SEC("sockops")
 int sluice_sockops(struct bpf_sock_ops* skops) {
     switch (skops->op) {
         case BPF_SOCK_OPS_TCP_CONNECT_CB:
+            ztunnel_flow_record(skops);
+            orig_dst_rekey(skops);
+            break;
         case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
             /* -ENOENT for every connection that was not redirected: nothing to do. */
             orig_dst_rekey(skops);

@@ -18,6 +18,7 @@ struct MapSizes {
     uint32_t rule_counters = 16384;          // distinct rule ids counted
     uint32_t orig_dst = 65536;               // concurrent redirected connections (each LRU map)
     uint32_t excluded_cidrs = 64;            // never-redirected destination prefixes
+    uint32_t ztunnel_flows = 65536;          // ztunnel connections opened inside pod netns
     uint32_t listeners = 4096;               // inbound listeners (one per enrolled netns)
     uint32_t deny_event_bytes = 256 * 1024;  // ring buffer size; power of two, ≥ page size
 };

@@ -132,6 +132,8 @@ uint32_t map_size_for(const MapSizes& s, std::string_view name) {
         return s.excluded_cidrs;
     if (name == "listeners")
         return s.listeners;
+    if (name == "ztunnel_flows")
+        return s.ztunnel_flows;
     if (name == "deny_events")
         return s.deny_event_bytes;
     return 0;  // fixed size from the object (layout_meta, per-reason arrays)
@@ -338,7 +340,7 @@ std::vector<std::string> DatapathConfig::validate() const {
                            std::to_string(b));
     }
     for (uint32_t v : {s.enrolled_netns, s.endpoint_addrs, s.ipcache, s.policy, s.rule_counters,
-                       s.orig_dst, s.excluded_cidrs, s.listeners}) {
+                       s.orig_dst, s.excluded_cidrs, s.listeners, s.ztunnel_flows}) {
         if (v == 0) {
             problems.push_back("map sizes must be non-zero");
             break;

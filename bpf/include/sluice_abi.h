@@ -158,6 +158,18 @@ struct sluice_addr_key {
     sluice_u8 addr[16]; /* v4-mapped for IPv4 */
 };
 
+/* Map "ztunnel_flows": LRU_HASH, key sluice_flow_key → u8 (1). sockops records every TCP
+ * connection ztunnel (SO_MARK) opens, keyed as the receiving side's sk_lookup will see it;
+ * sk_lookup leaves those flows alone, so ztunnel's own connection to the app (inbound, after
+ * policy) is not steered back to ztunnel. */
+struct sluice_flow_key {
+    sluice_u8 remote_addr[16]; /* the connecting socket's local address, v4-mapped for IPv4 */
+    sluice_u8 local_addr[16];  /* the address it connects to */
+    sluice_u16 remote_port;    /* host order */
+    sluice_u16 local_port;     /* host order */
+    sluice_u32 pad;
+};
+
 /* Map "deny_events": RINGBUF of sluice_deny_event. */
 struct sluice_deny_event {
     sluice_u64 time_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
@@ -195,6 +207,8 @@ static_assert(sizeof(sluice_tuple_key) == 32);
 static_assert(offsetof(sluice_tuple_key, addr) == 8);
 static_assert(offsetof(sluice_tuple_key, port) == 24);
 static_assert(sizeof(sluice_addr_key) == 16);
+static_assert(sizeof(sluice_flow_key) == 40);
+static_assert(offsetof(sluice_flow_key, remote_port) == 32);
 static_assert(sizeof(sluice_deny_event) == 72);
 static_assert(offsetof(sluice_deny_event, src_addr) == 16);
 static_assert(offsetof(sluice_deny_event, dst_addr) == 32);

@@ -5,6 +5,7 @@
 #include "lib/policy.h"
 #include "lib/sock.h"
 #include "lib/tunables.h"
+#include "lib/ztunnel_flows.h"
 
 /* Returns 0 when the normal socket lookup should proceed (with or without a listener assigned),
  * -EPERM when ingress policy denies the connection (event and counters recorded), or another
@@ -32,6 +33,8 @@ static __always_inline int inbound_steer(struct bpf_sk_lookup* ctx) {
     __u64 netns_cookie = *cookie;
     struct sluice_enrolled_value* ep = enrolled_lookup(netns_cookie);
     if (!ep)
+        return 0;
+    if (ztunnel_flow_known(&remote, bpf_ntohs(ctx->remote_port), &local, port))
         return 0;
 
     struct policy_decision decision = {};

@@ -93,6 +93,13 @@ struct {
 } endpoint_addrs SEC(".maps");
 
 struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct sluice_flow_key);
+    __type(value, __u8);
+} ztunnel_flows SEC(".maps");
+
+struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, 256 * 1024);
 } deny_events SEC(".maps");
