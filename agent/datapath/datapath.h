@@ -1,0 +1,110 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <expected>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "agent/datapath/address.h"
+#include "agent/datapath/config.h"
+#include "agent/datapath/error.h"
+#include "sluice_abi.h"
+
+struct redirect_bpf;
+struct inbound_bpf;
+struct bpf_link;
+struct ring_buffer;
+
+namespace sluice::datapath {
+
+template <typename T>
+using Result = std::expected<T, Error>;
+
+// The original destination of a redirected connection.
+struct OrigDst {
+    IpAddress address;
+    uint16_t port = 0;
+    uint16_t family = 0;  // AF_INET / AF_INET6 of the app's socket
+    uint64_t netns_cookie = 0;
+};
+
+// The eBPF datapath of one node: loads the programs, owns (and pins) the maps and links.
+//
+// Lifetime: maps and links are pinned under DatapathConfig::bpffs_root, so destroying a Datapath
+// leaves the programs enforcing. A later open() with the same root reuses the maps (after checking
+// the layout version) and swaps the new programs into the pinned links with bpf_link_update:
+// there is no moment without capture or policy. detach_and_unpin() is the only way to stop.
+class Datapath {
+  public:
+    static Result<std::unique_ptr<Datapath>> open(const DatapathConfig& config);
+    ~Datapath();
+    Datapath(const Datapath&) = delete;
+    Datapath& operator=(const Datapath&) = delete;
+
+    // True when open() found pinned maps and links from an earlier run and reused them.
+    bool reused_pinned_state() const { return reused_; }
+
+    // Enrollment: a pod netns is captured once its cookie is enrolled.
+    Result<void> enroll_netns(uint64_t netns_cookie, const sluice_enrolled_value& value);
+    // Removes the enrollment, the pod's inbound listener and its endpoint addresses.
+    Result<void> unenroll_netns(uint64_t netns_cookie);
+    // The pod's own addresses, so inbound steering can find the pod of an arriving connection.
+    Result<void> add_endpoint_address(const IpAddress& address, uint64_t netns_cookie);
+    Result<void> remove_endpoint_address(const IpAddress& address);
+    // ztunnel's :15006 listener for the netns (a listening TCP socket opened inside it).
+    Result<void> register_inbound_listener(uint64_t netns_cookie, int listener_fd);
+    Result<void> unregister_inbound_listener(uint64_t netns_cookie);
+    // Attaches the sk_lookup program to the netns at `netns_path` and pins the link as
+    // links/netns/<cookie>; attaching again is a no-op. Returns the netns cookie.
+    Result<uint64_t> attach_netns(const std::string& netns_path);
+    Result<void> detach_netns(uint64_t netns_cookie);
+
+    Result<void> upsert_ipcache(const Cidr& cidr, uint32_t identity);
+    Result<void> delete_ipcache(const Cidr& cidr);
+    Result<void> upsert_policy(const sluice_policy_key& key, const sluice_policy_value& value);
+    Result<void> delete_policy(const sluice_policy_key& key);
+    Result<void> add_excluded_cidr(const Cidr& cidr);
+    Result<void> delete_excluded_cidr(const Cidr& cidr);
+
+    // Counters summed over all CPUs.
+    Result<uint64_t> drop_count(sluice_reason reason) const;
+    Result<uint64_t> event_count(sluice_event event) const;
+    Result<uint64_t> rule_count(uint32_t rule_id) const;
+
+    // The record connect4/6 made for the app socket with this SO_COOKIE.
+    Result<std::optional<OrigDst>> orig_dst_by_cookie(uint64_t socket_cookie) const;
+
+    // Waits up to `timeout` for deny events and hands each to `on_event`; returns how many.
+    Result<int> poll_deny_events(const std::function<void(const sluice_deny_event&)>& on_event,
+                                 std::chrono::milliseconds timeout);
+
+    // Detaches every program (cgroup and per-netns links) and removes all pins under the root.
+    Result<void> detach_and_unpin();
+
+  private:
+    explicit Datapath(DatapathConfig config);
+    Result<void> load();
+    Result<void> attach_cgroup_programs();
+    Result<void> update_netns_links();
+    Result<void> write_layout_meta();
+    int map_fd(const char* name) const;
+
+    DatapathConfig config_;
+    redirect_bpf* redirect_ = nullptr;
+    inbound_bpf* inbound_ = nullptr;
+    std::map<std::string, bpf_link*> cgroup_links_;  // by program name
+    std::map<uint64_t, bpf_link*> netns_links_;      // by netns cookie
+    ring_buffer* deny_ring_ = nullptr;
+    const std::function<void(const sluice_deny_event&)>* ring_callback_ = nullptr;
+    bool reused_ = false;
+};
+
+// Names for logs, metrics labels and sluicectl.
+const char* reason_name(sluice_reason reason);
+const char* event_name(sluice_event event);
+
+}  // namespace sluice::datapath
