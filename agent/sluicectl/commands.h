@@ -1,0 +1,17 @@
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace sluice::ctl {
+
+// Each component contributes its sluicectl subcommands from its own file (policy_cmd.cpp,
+// datapath_cmd.cpp, ztunnel_cmd.cpp, ...). A command's callback sets `exit_code`.
+struct Context {
+    int exit_code = 0;
+};
+
+using Registrar = std::function<void(CLI::App& app, Context& ctx)>;
+
+}  // namespace sluice::ctl
