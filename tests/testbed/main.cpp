@@ -56,6 +56,8 @@ int main(int argc, char** argv) {
         ->envname("SLUICE_TESTBED_BPFFS_ROOT");
     app.add_option("--cgroup2", options.cgroup2_mount, "cgroup2 mount (detected by default)")
         ->envname("SLUICE_TESTBED_CGROUP2");
+    app.add_option("--bin-dir", options.bin_dir, "Where the sluice binaries are")
+        ->envname("SLUICE_BIN_DIR");
 
     auto* up = app.add_subcommand("up", "Create (or re-create) the cluster");
     int nodes = 2, pods_per_node = 2;
@@ -105,11 +107,9 @@ int main(int argc, char** argv) {
                 spec.name = name;
             if (up->get_option("--mesh")->count() > 0)
                 spec.mesh = tb::parse_mesh_mode(mesh);
-            if (spec.mesh != tb::MeshMode::None || waypoint) {
-                // The mesh components arrive with their own issues (datapath, ztunnel, waypoint).
-                throw tb::TestbedError("mesh mode '" + tb::to_string(spec.mesh) +
-                                       (waypoint ? "' with a waypoint" : "'") +
-                                       " is not available in this build; use --mesh none");
+            if (waypoint) {
+                // The waypoint arrives with its own issue.
+                throw tb::TestbedError("--waypoint is not available in this build");
             }
             print_status(tb::up(spec, options));
         } else if (down->parsed()) {

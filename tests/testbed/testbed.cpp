@@ -16,6 +16,7 @@
 #include "common/mountinfo.h"
 #include "common/netns.h"
 #include "tests/testbed/cni.h"
+#include "tests/testbed/mesh.h"
 #include "tests/testbed/registry.h"
 
 namespace sluice::testbed {
@@ -96,25 +97,25 @@ std::string detect_cgroup2(const TestbedOptions& options) {
     return *mount;
 }
 
-json node_conflist(const NodeState& node) {
+json node_conflist(const NodeState& node, const json& mesh_plugins) {
     // bridge + host-local, as a kubeadm cluster with the reference plugins would configure. No
     // ipMasq: nothing leaves the fabric, and the pods' traffic must keep its real addresses.
-    return json{
-        {"cniVersion", "1.0.0"},
-        {"name", "sluice-testbed"},
-        {"plugins",
-         json::array(
-             {json{{"type", "bridge"},
-                   {"bridge", "cni0"},
-                   {"isGateway", true},
-                   {"isDefaultGateway", true},
-                   {"ipMasq", false},
-                   {"hairpinMode", true},
-                   {"ipam",
-                    {{"type", "host-local"},
-                     {"dataDir", node.run_dir + "/ipam"},
-                     {"ranges", json::array({json::array({{{"subnet", node.pod_cidr}}}),
-                                             json::array({{{"subnet", node.pod_cidr6}}})})}}}}})}};
+    json ranges = json::array(
+        {json::array({{{"subnet", node.pod_cidr}}}), json::array({{{"subnet", node.pod_cidr6}}})});
+    json bridge{
+        {"type", "bridge"},
+        {"bridge", "cni0"},
+        {"isGateway", true},
+        {"isDefaultGateway", true},
+        {"ipMasq", false},
+        {"hairpinMode", true},
+        {"ipam",
+         {{"type", "host-local"}, {"dataDir", node.run_dir + "/ipam"}, {"ranges", ranges}}}};
+    json conflist{{"cniVersion", "1.0.0"}, {"name", "sluice-testbed"}, {"plugins", {bridge}}};
+    // The mesh's plugins chain after the primary network, as sluice-cni is meant to.
+    for (const auto& p : mesh_plugins)
+        conflist["plugins"].push_back(p);
+    return conflist;
 }
 
 json loopback_conflist() {
@@ -255,9 +256,7 @@ void best_effort_cni_del(const std::string& cluster, const TestbedOptions& optio
             continue;
         try {
             CniRuntime cni(state.cni_path, node.netns);
-            cni.del(
-                state.conflist.contains("nodes") ? state.conflist["nodes"][p.node] : state.conflist,
-                attachment_for(p, "eth0"), p.cni_result);
+            cni.del(state.conflist.at("nodes").at(p.node), attachment_for(p, "eth0"), p.cni_result);
         } catch (const std::exception& e) {
             spdlog::warn("CNI DEL of pod {}/{}: {}", p.namespace_name, p.name, e.what());
         }
@@ -417,7 +416,8 @@ ClusterState build(const ClusterSpec& spec, const TestbedOptions& options) {
     }
     json per_node = json::array();
     for (const auto& n : s.nodes) {
-        json conflist = node_conflist(n);
+        start_node_mesh(s, n, options);
+        json conflist = node_conflist(n, mesh_cni_plugins(s, n, options));
         write_file(n.run_dir + "/10-sluice-testbed.conflist", conflist.dump(2) + "\n");
         per_node.push_back(conflist);
     }
@@ -445,6 +445,7 @@ ClusterState build(const ClusterSpec& spec, const TestbedOptions& options) {
         p.cni_result = cni.add(per_node.at(p.node), attachment_for(p, "eth0"));
         take_ips(p, p.cni_result);
         s.pods.push_back(p);
+        start_pod_mesh(s, s.pods.back(), options);
         // State after every pod, so `down` can run CNI DEL for what was added if we crash.
         write_file(l.state_file(), to_json(s).dump(2) + "\n");
     }

@@ -22,6 +22,8 @@ struct TestbedOptions {
     std::string run_root = "/var/run/sluice/testbed";
     // CNI_PATH. The build's bin directory comes first so sluice-cni can be chained in.
     std::vector<std::string> cni_path = {"/usr/lib/cni", "/opt/cni/bin"};
+    // Where sluice-agent, sluice-ztunnel, sluice-cni... are (mesh modes other than none).
+    std::string bin_dir;
 };
 
 // Builds the cluster: fabric, nodes, pods (through the real CNI plugins), services, registry.

@@ -1,0 +1,31 @@
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+#include "tests/testbed/state.h"
+
+namespace sluice::testbed {
+
+struct TestbedOptions;
+
+// How `up` starts a mesh, at three fixed points of building a cluster. Each mesh mode has its
+// own file (mesh_sidecarless.cpp: agent + ztunnel per node; mesh_sidecar.cpp: ztunnel in every
+// pod behind iptables REDIRECT); this file only dispatches.
+//
+//  1. start_node_mesh()    after a node's network exists, before any pod is created (the CNI
+//                          chain of a sidecarless node needs its agent running)
+//  2. mesh_cni_plugins()   plugins chained after bridge in each node's conflist
+//  3. start_pod_mesh()     after a pod is networked
+// Daemons run in the node's (or pod's) netns and cgroup, so `down` kills them with the rest.
+
+void start_node_mesh(ClusterState& state, const NodeState& node, const TestbedOptions& options);
+nlohmann::json mesh_cni_plugins(const ClusterState& state, const NodeState& node,
+                                const TestbedOptions& options);
+void start_pod_mesh(ClusterState& state, const PodState& pod, const TestbedOptions& options);
+
+// Where the sluice binaries are (the directory of sluice-testbed, or SLUICE_BIN_DIR).
+std::string sluice_bin_dir(const TestbedOptions& options);
+
+}  // namespace sluice::testbed
