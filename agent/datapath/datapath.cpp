@@ -34,9 +34,6 @@ constexpr const char* kCgroupPrograms[] = {
     "sluice_bind4",   "sluice_bind6",      "sluice_connect4",     "sluice_connect6",
 };
 
-// How much of a verifier log goes into an Error message (its end says why it failed).
-constexpr size_t kMaxLogInError = 16 * 1024;
-
 std::string errno_text(int err) {
     return std::strerror(err < 0 ? -err : err);
 }
@@ -227,16 +224,7 @@ Result<void> check_layout_version(const fs::path& map_dir) {
 }
 
 std::unexpected<Error> load_failure(const char* object, int err, const std::string& log) {
-    std::string tail =
-        log.size() > kMaxLogInError ? "…" + log.substr(log.size() - kMaxLogInError) : log;
-    bool verifier = log.find("BEGIN PROG LOAD LOG") != std::string::npos;
-    if (verifier) {
-        return fail(Errc::VerifierRejected, std::string("the kernel verifier rejected ") + object +
-                                                ".bpf.o (" + errno_text(err) + "); libbpf log:\n" +
-                                                tail);
-    }
-    return fail(Errc::LoadFailed, std::string("loading ") + object + ".bpf.o failed (" +
-                                      errno_text(err) + "); libbpf log:\n" + tail);
+    return std::unexpected(load_error(std::string(object) + ".bpf.o", err, log));
 }
 
 template <typename Skel>
