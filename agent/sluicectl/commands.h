@@ -14,4 +14,7 @@ struct Context {
 
 using Registrar = std::function<void(CLI::App& app, Context& ctx)>;
 
+// datapath_cmd.cpp: pods, datapath counters|policy
+void add_datapath_commands(CLI::App& app, Context& ctx);
+
 }  // namespace sluice::ctl

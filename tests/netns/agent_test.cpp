@@ -148,6 +148,15 @@ TEST_F(AgentTest, EnrollsOnlyAmbientPodsThroughTheCniChain) {
     // The pinned maps hold one enrolled netns and both pod addresses on each node.
     EXPECT_EQ(map_entries(node(0).bpffs + "/maps/enrolled_netns"), 1u);
     EXPECT_EQ(map_entries(node(0).bpffs + "/maps/endpoint_addrs"), 2u);
+    // sluicectl reads the same from the pinned maps.
+    auto ctl = run_process({.argv = {std::string(SLUICE_BIN_DIR) + "/sluicectl", "pods", "--json",
+                                     "--bpffs-root", node(0).bpffs, "--run-dir", node(0).run_dir}});
+    ASSERT_EQ(ctl.exit_code, 0) << ctl.err;
+    auto pods = nlohmann::json::parse(ctl.out);
+    ASSERT_EQ(pods.size(), 1u);
+    EXPECT_EQ(pods[0]["pod"], "mesh/client");
+    EXPECT_EQ(pods[0]["captured"], true);
+    EXPECT_EQ(pods[0]["ips"][0], pod("mesh/client").ip);
     // No iptables rule anywhere: capture is eBPF only.
     auto r = run_process(pod_process(pod("mesh/client"), {"iptables-save"}));
     EXPECT_EQ(r.out.find("-A "), std::string::npos) << r.out;
@@ -183,6 +192,10 @@ TEST_F(AgentTest, OutboundLandsOnZtunnelWithTheOriginalDestination) {
         EXPECT_EQ(::recv(proxy.get(), buf, sizeof buf, 0), 4);
         EXPECT_STREQ(buf, "ping");
     }
+    auto ctl = run_process({.argv = {std::string(SLUICE_BIN_DIR) + "/sluicectl", "datapath",
+                                     "counters", "--json", "--bpffs-root", node(0).bpffs}});
+    ASSERT_EQ(ctl.exit_code, 0) << ctl.err;
+    EXPECT_EQ(nlohmann::json::parse(ctl.out)["events"]["redirected"], 2);
     EXPECT_NE(metrics(0).find("sluice_datapath_verdicts_total{direction=\"egress\",verdict="
                               "\"allow\",reason=\"redirected\"} 2"),
               std::string::npos);
