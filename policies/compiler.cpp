@@ -424,8 +424,19 @@ class Compiler {
         };
         emit_row(SLUICE_IDENTITY_ANY, *any, true);
         for (std::size_t i = 0; i < rows.size(); ++i) {
-            if (rows[i] != *any)
-                emit_row(universe[i].id, rows[i], false);
+            const Row& row = rows[i];
+            if (row == *any)
+                continue;
+            const uint32_t peer = universe[i].id;
+            if (row[0] == (*any)[0]) {
+                // No {peer, ANY}: unlisted ports fall through to the ANY row, which agrees.
+                for (std::size_t c = 1; c < ports.size(); ++c) {
+                    if (row[c] != (*any)[c])
+                        out.push_back({peer, ports[c], row[c]});
+                }
+            } else {
+                emit_row(peer, row, false);
+            }
         }
         return out;
     }

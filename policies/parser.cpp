@@ -474,6 +474,7 @@ void parse_token_budget(YamlReader& r, const ObjectMeta& meta, const YAML::Node&
                 continue;
             }
             nlohmann::json l = nlohmann::json::object();
+            bool any_limit = false;
             for (const auto& lkv : v) {
                 const std::string lkey = lkv.first.as<std::string>("");
                 if (lkey != "tokensPerMinute" && lkey != "requestsPerMinute" &&
@@ -481,12 +482,13 @@ void parse_token_budget(YamlReader& r, const ObjectMeta& meta, const YAML::Node&
                     r.unknown_field(lkv.first, "spec.limits", lkey);
                     continue;
                 }
+                any_limit = true;
                 auto n = r.integer(lkv.second, "spec.limits." + lkey, 1, 1'000'000'000'000LL);
                 ok = ok && n.has_value();
                 if (n)
                     l[lkey] = *n;
             }
-            if (l.empty()) {
+            if (!any_limit) {
                 r.error(v,
                         "spec.limits: set at least one of tokensPerMinute, requestsPerMinute, "
                         "tokensPerDay");

@@ -8,6 +8,7 @@
 
 #include <array>
 
+#include "policies/diff.h"
 #include "policies/loader.h"
 
 namespace sluice::policies {
@@ -20,8 +21,8 @@ constexpr uint32_t kWatchMask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED
 constexpr std::chrono::milliseconds kRewatchInterval{500};
 
 bool same_output(const CompiledPolicy& a, const CompiledPolicy& b) {
-    return a.kernel_json() == b.kernel_json() && a.ztunnel_json() == b.ztunnel_json() &&
-           a.waypoint == b.waypoint;
+    return diff_policies(*a.policies, *b.policies).empty() && a.kernel_json() == b.kernel_json() &&
+           a.ztunnel_json() == b.ztunnel_json() && a.waypoint == b.waypoint;
 }
 
 }  // namespace

@@ -14,4 +14,7 @@ struct Context {
 
 using Registrar = std::function<void(CLI::App& app, Context& ctx)>;
 
+// sluicectl policy check|explain|diff|compile (policy_cmd.cpp).
+void add_policy_commands(CLI::App& app, Context& ctx);
+
 }  // namespace sluice::ctl
