@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <set>
 #include <tuple>
+#include <unordered_map>
 
 #include "policies/identity.h"
 #include "policies/matcher.h"
@@ -347,50 +348,146 @@ class Compiler {
         }
     }
 
-    Verdict ingress_verdict(const IdentityInfo& id, uint16_t port, const WorkloadRules& w) const {
+    // Source-match of every rule of authorization policy `index` against every identity of the
+    // universe: independent of the destination and port, so computed once per policy.
+    const std::vector<std::vector<Tri>>& source_table(std::size_t index) {
+        auto it = source_tables_.find(index);
+        if (it != source_tables_.end())
+            return it->second;
+        const auto& pol = p_.authorization[index];
+        std::vector<std::vector<Tri>> table(pol.rules.size());
+        for (std::size_t r = 0; r < pol.rules.size(); ++r) {
+            table[r].reserve(universe_.size());
+            for (const auto& id : universe_) {
+                SourceFacts facts;
+                facts.namespace_name = id.namespace_name;
+                facts.identity_cidrs = &id.cidrs;
+                table[r].push_back(rule_source_matches(pol.rules[r], pol.action, facts));
+            }
+        }
+        return source_tables_.emplace(index, std::move(table)).first->second;
+    }
+
+    int namespace_index(const std::string& ns) {
+        return namespace_index_.try_emplace(ns, static_cast<int>(namespace_index_.size()))
+            .first->second;
+    }
+
+    // Rule id of the boundary refusing src → dst on `port` (nullopt: any port), 0 if allowed.
+    uint32_t boundary_rule(const std::string& src, const std::string& dst,
+                           std::optional<uint16_t> port) {
+        return boundary_rule(src, namespace_index(src), dst, namespace_index(dst), port);
+    }
+    uint32_t boundary_rule(const std::string& src, int src_index, const std::string& dst,
+                           int dst_index, std::optional<uint16_t> port) {
+        const uint64_t key =
+            (uint64_t(src_index) << 40) | (uint64_t(dst_index) << 20) | (port ? *port : 0x10000u);
+        auto it = boundary_cache_.find(key);
+        if (it != boundary_cache_.end())
+            return it->second;
+        const auto b = cross(src, dst, port);
+        const uint32_t id =
+            b.denied ? rule_ids_.at(rule_key("IsolationBoundary " + b.boundary, -1)) : 0;
+        boundary_cache_.emplace(key, id);
+        return id;
+    }
+
+    // Rule ids of authorization policy `index`, by rule.
+    const std::vector<uint32_t>& policy_rule_ids(std::size_t index) {
+        auto it = policy_rule_ids_.find(index);
+        if (it != policy_rule_ids_.end())
+            return it->second;
+        std::vector<uint32_t> ids;
+        const auto& pol = p_.authorization[index];
+        for (std::size_t r = 0; r < pol.rules.size(); ++r)
+            ids.push_back(rule_ids_.at(rule_key(pol.meta.ref(), static_cast<int>(r))));
+        return policy_rule_ids_.emplace(index, std::move(ids)).first->second;
+    }
+
+    // The ingress rows of workload `w`: one Row per identity of the universe, one column per
+    // port of `ports` (column 0: every other port).
+    std::vector<Row> ingress_rows(const WorkloadRules& w, const std::vector<uint16_t>& ports) {
+        struct PolicyCols {
+            const AuthorizationPolicy* pol;
+            std::size_t index;
+            const std::vector<std::vector<Tri>>* sources;
+            const std::vector<uint32_t>* rule_ids;
+            std::vector<std::vector<bool>> port_ok;  // [rule][column]
+        };
+        auto prepare = [&](const std::vector<std::size_t>& list) {
+            std::vector<PolicyCols> out;
+            for (auto i : list) {
+                PolicyCols pc{&p_.authorization[i], i, &source_table(i), &policy_rule_ids(i), {}};
+                for (const auto& rule : pc.pol->rules) {
+                    std::vector<bool> ok;
+                    for (auto port : ports)
+                        ok.push_back(rule_port_matches(rule, port));
+                    pc.port_ok.push_back(std::move(ok));
+                }
+                out.push_back(std::move(pc));
+            }
+            return out;
+        };
+        const int dst_index = namespace_index(w.namespace_name);
+        if (universe_ns_index_.empty()) {
+            for (const auto& id : universe_)
+                universe_ns_index_.push_back(namespace_index(id.namespace_name));
+        }
+        const auto deny = prepare(w.deny_policies);
+        const auto allow = prepare(w.allow_policies);
+        std::vector<Row> rows(universe_.size(), Row(ports.size()));
+        for (std::size_t u = 0; u < universe_.size(); ++u) {
+            const IdentityInfo& id = universe_[u];
+            for (std::size_t c = 0; c < ports.size(); ++c) {
+                rows[u][c] = ingress_cell(id, u, c, ports[c], w, dst_index, deny, allow);
+            }
+        }
+        return rows;
+    }
+
+    template <typename Cols>
+    Verdict ingress_cell(const IdentityInfo& id, std::size_t u, std::size_t c, uint16_t port,
+                         const WorkloadRules& w, int dst_index, const Cols& deny,
+                         const Cols& allow) {
         if (!id.namespace_name.empty()) {
-            auto b = cross(id.namespace_name, w.namespace_name, port);
-            if (b.denied)
-                return {SLUICE_VERDICT_DENY,
-                        rule_ids_.at(rule_key("IsolationBoundary " + b.boundary, -1))};
+            if (uint32_t b = boundary_rule(id.namespace_name, universe_ns_index_[u],
+                                           w.namespace_name, dst_index, port))
+                return {SLUICE_VERDICT_DENY, b};
         }
-        SourceFacts facts;
-        facts.namespace_name = id.namespace_name;
-        facts.identity_cidrs = &id.cidrs;
-        for (auto i : w.deny_policies) {
-            auto m = policy_matches(p_.authorization[i], facts, port);
-            if (m.result == Tri::Yes)
-                return {SLUICE_VERDICT_DENY,
-                        rule_ids_.at(rule_key(p_.authorization[i].meta.ref(), m.rule_index))};
+        for (const auto& pc : deny) {
+            for (std::size_t r = 0; r < pc.port_ok.size(); ++r) {
+                if ((*pc.sources)[r][u] == Tri::Yes && pc.port_ok[r][c])
+                    return {SLUICE_VERDICT_DENY, (*pc.rule_ids)[r]};
+            }
         }
-        if (w.allow_policies.empty())
+        if (allow.empty())
             return {};
-        uint32_t maybe = 0;
         bool any_maybe = false;
-        for (auto i : w.allow_policies) {
-            auto m = policy_matches(p_.authorization[i], facts, port);
-            if (m.result == Tri::Yes)
-                return {SLUICE_VERDICT_ALLOW,
-                        rule_ids_.at(rule_key(p_.authorization[i].meta.ref(), m.rule_index))};
-            if (m.result == Tri::Maybe)
-                any_maybe = true;
+        for (const auto& pc : allow) {
+            for (std::size_t r = 0; r < pc.port_ok.size(); ++r) {
+                if (!pc.port_ok[r][c])
+                    continue;
+                const Tri t = (*pc.sources)[r][u];
+                if (t == Tri::Yes)
+                    return {SLUICE_VERDICT_ALLOW, (*pc.rule_ids)[r]};
+                any_maybe = any_maybe || t == Tri::Maybe;
+            }
         }
         // Maybe: only ztunnel, which sees the principal, can tell; the kernel lets it through
         // (rule 0) and ztunnel decides.
         if (any_maybe)
-            return {SLUICE_VERDICT_ALLOW, maybe};
+            return {};
         return {SLUICE_VERDICT_DENY, kRuleIdNoAllowMatched};
     }
 
-    Verdict egress_verdict(const IdentityInfo& id, const std::string& src_ns) const {
+    Verdict egress_verdict(const IdentityInfo& id, const std::string& src_ns) {
         if (id.namespace_name.empty())
             return {};  // boundaries govern workloads only; world traffic passes
         // The port is not known in a form ingress agrees on (a service port here, the target
         // port there), so egress only refuses what no port of the destination would admit.
-        auto b = cross(src_ns, id.namespace_name, std::nullopt);
-        if (!b.denied)
-            return {};
-        return {SLUICE_VERDICT_DENY, rule_ids_.at(rule_key("IsolationBoundary " + b.boundary, -1))};
+        if (uint32_t b = boundary_rule(src_ns, id.namespace_name, std::nullopt))
+            return {SLUICE_VERDICT_DENY, b};
+        return {};
     }
 
     // Picks the most common row as the ANY-identity row and emits only what differs, following
@@ -492,15 +589,7 @@ class Compiler {
             auto it = ingress_cache.find(sig);
             if (it == ingress_cache.end()) {
                 const auto ports = ingress_ports(w);
-                std::vector<Row> rows;
-                rows.reserve(universe_.size());
-                for (const auto& id : universe_) {
-                    Row row;
-                    row.reserve(ports.size());
-                    for (auto port : ports)
-                        row.push_back(ingress_verdict(id, port, w));
-                    rows.push_back(std::move(row));
-                }
+                const std::vector<Row> rows = ingress_rows(w, ports);
                 it = ingress_cache.emplace(sig, compress(ports, rows, universe_)).first;
             }
             stamp(w.endpoint_id, SLUICE_DIR_INGRESS, it->second);
@@ -571,6 +660,11 @@ class Compiler {
     std::map<std::string, const IsolationBoundary*> boundaries_;
     std::vector<IdentityInfo> universe_;  // WORLD first, then every allocated identity
     std::map<std::string, uint32_t> rule_ids_;
+    std::map<std::size_t, std::vector<std::vector<Tri>>> source_tables_;
+    std::map<std::size_t, std::vector<uint32_t>> policy_rule_ids_;
+    std::unordered_map<std::string, int> namespace_index_;
+    std::vector<int> universe_ns_index_;  // namespace_index() of each universe_ entry
+    std::unordered_map<uint64_t, uint32_t> boundary_cache_;
 };
 
 bool peer_allows(const std::vector<BoundaryPeer>& peers, const std::string& ns,

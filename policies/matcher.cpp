@@ -80,7 +80,7 @@ bool SourceFacts::in(const Cidr& cidr) const {
     return false;
 }
 
-Tri rule_matches(const Rule& rule, Action action, const SourceFacts& source, uint16_t port) {
+Tri rule_source_matches(const Rule& rule, Action action, const SourceFacts& source) {
     if (action == Action::Allow && !rule.l7_fields.empty())
         return Tri::No;
     Tri from = rule.from.empty() ? Tri::Yes : Tri::No;
@@ -89,16 +89,21 @@ Tri rule_matches(const Rule& rule, Action action, const SourceFacts& source, uin
         if (from == Tri::Yes)
             break;
     }
+    return from;
+}
+
+bool rule_port_matches(const Rule& rule, uint16_t port) {
+    if (rule.to.empty())
+        return true;
+    return std::any_of(rule.to.begin(), rule.to.end(),
+                       [&](const Operation& op) { return operation_matches(op, port); });
+}
+
+Tri rule_matches(const Rule& rule, Action action, const SourceFacts& source, uint16_t port) {
+    const Tri from = rule_source_matches(rule, action, source);
     if (from == Tri::No)
         return Tri::No;
-    bool to = rule.to.empty();
-    for (const auto& op : rule.to) {
-        if (operation_matches(op, port)) {
-            to = true;
-            break;
-        }
-    }
-    return tri_and(from, from_bool(to));
+    return tri_and(from, from_bool(rule_port_matches(rule, port)));
 }
 
 PolicyMatch policy_matches(const AuthorizationPolicy& policy, const SourceFacts& source,

@@ -31,6 +31,12 @@ struct SourceFacts {
 // (no waypoint on this path); a DENY rule is evaluated with them removed (fail closed).
 Tri rule_matches(const Rule& rule, Action action, const SourceFacts& source, uint16_t port);
 
+// The two halves of rule_matches(), for callers that evaluate many (source, port) pairs: the
+// source part (with the L7 rule for ALLOW folded in) and the operation part.
+// rule_matches(r, a, s, p) == tri_and(rule_source_matches(r, a, s), rule_port_matches(r, p)).
+Tri rule_source_matches(const Rule& rule, Action action, const SourceFacts& source);
+bool rule_port_matches(const Rule& rule, uint16_t port);
+
 // The first rule of `policy` that matches (Yes), else whether any rule might (Maybe). A policy
 // without rules matches nothing (ALLOW: allow-nothing; DENY: no effect).
 struct PolicyMatch {
