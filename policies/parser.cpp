@@ -54,17 +54,9 @@ std::optional<Source> read_source(YamlReader& r, const YAML::Node& node, const s
         const std::string where = ctx + "." + key;
         const YAML::Node& v = kv.second;
         auto strings = [&](std::vector<std::string>& dst) {
-            auto list = r.string_list(v, where);
-            if (list)
-                dst = *list;
-            ok = ok && list.has_value();
+            ok &= take(r.string_list(v, where), dst);
         };
-        auto cidrs = [&](std::vector<Cidr>& dst) {
-            auto list = read_cidrs(r, v, where);
-            if (list)
-                dst = *list;
-            ok = ok && list.has_value();
-        };
+        auto cidrs = [&](std::vector<Cidr>& dst) { ok &= take(read_cidrs(r, v, where), dst); };
         if (key == "principals") {
             strings(s.principals);
         } else if (key == "notPrincipals") {
@@ -98,10 +90,7 @@ std::optional<Operation> read_operation(YamlReader& r, const YAML::Node& node,
         const std::string key = kv.first.as<std::string>("");
         const std::string where = ctx + "." + key;
         if (key == "ports" || key == "notPorts") {
-            auto ports = r.port_list(kv.second, where);
-            if (ports)
-                (key == "ports" ? op.ports : op.not_ports) = *ports;
-            ok = ok && ports.has_value();
+            ok &= take(r.port_list(kv.second, where), (key == "ports" ? op.ports : op.not_ports));
         } else if (kOperationL7.contains(key)) {
             op.l7_fields.push_back("to.operation." + key);
         } else {
@@ -213,9 +202,7 @@ void parse_authorization(YamlReader& r, const ObjectMeta& meta, const YAML::Node
             const std::string key = kv.first.as<std::string>("");
             const YAML::Node& v = kv.second;
             if (key == "selector") {
-                auto sel = read_selector(r, v, "spec.selector");
-                ok = ok && sel.has_value();
-                p.selector = sel;
+                ok &= take(read_selector(r, v, "spec.selector"), p.selector);
             } else if (key == "action") {
                 auto a = r.string(v, "spec.action");
                 if (!a) {
@@ -308,13 +295,9 @@ void parse_peer_authentication(YamlReader& r, const ObjectMeta& meta, const YAML
             const std::string key = kv.first.as<std::string>("");
             const YAML::Node& v = kv.second;
             if (key == "selector") {
-                auto sel = read_selector(r, v, "spec.selector");
-                ok = ok && sel.has_value();
-                p.selector = sel;
+                ok &= take(read_selector(r, v, "spec.selector"), p.selector);
             } else if (key == "mtls") {
-                auto m = read_mode(r, v, "spec.mtls");
-                ok = ok && m.has_value();
-                p.mode = m.value_or(MtlsMode::Unset);
+                ok &= take(read_mode(r, v, "spec.mtls"), p.mode);
             } else if (key == "portLevelMtls") {
                 if (!r.expect_map(v, "spec.portLevelMtls")) {
                     ok = false;
@@ -402,19 +385,12 @@ void parse_boundary(YamlReader& r, const ObjectMeta& meta, const YAML::Node& spe
         const std::string key = kv.first.as<std::string>("");
         const YAML::Node& v = kv.second;
         if (key == "namespaces") {
-            auto list = r.string_list(v, "spec.namespaces");
-            ok = ok && list.has_value();
-            if (list)
-                b.namespaces = *list;
+            ok &= take(r.string_list(v, "spec.namespaces"), b.namespaces);
         } else if (key == "namespaceSelector") {
-            auto sel = read_selector(r, v, "spec.namespaceSelector");
-            ok = ok && sel.has_value();
-            b.namespace_selector = sel;
+            ok &= take(read_selector(r, v, "spec.namespaceSelector"), b.namespace_selector);
         } else if (key == "allowFrom" || key == "allowTo") {
-            auto peers = read_peers(r, v, "spec." + key);
-            ok = ok && peers.has_value();
-            if (peers)
-                (key == "allowFrom" ? b.allow_from : b.allow_to) = *peers;
+            ok &= take(read_peers(r, v, "spec." + key),
+                       (key == "allowFrom" ? b.allow_from : b.allow_to));
         } else {
             r.unknown_field(kv.first, "spec", key);
         }
@@ -453,10 +429,7 @@ void parse_token_budget(YamlReader& r, const ObjectMeta& meta, const YAML::Node&
                     r.unknown_field(tkv.first, "spec.tenant", tkey);
                     continue;
                 }
-                auto s = r.string(tkv.second, "spec.tenant." + tkey);
-                ok = ok && s.has_value();
-                if (s)
-                    t[tkey] = *s;
+                ok &= take(r.string(tkv.second, "spec.tenant." + tkey), t[tkey]);
             }
             if (t.size() != 1) {
                 r.error(v, "spec.tenant: give exactly one of namespace, principal, header");
@@ -464,10 +437,7 @@ void parse_token_budget(YamlReader& r, const ObjectMeta& meta, const YAML::Node&
             }
             j["tenant"] = t;
         } else if (key == "model") {
-            auto s = r.string(v, "spec.model");
-            ok = ok && s.has_value();
-            if (s)
-                j["model"] = *s;
+            ok &= take(r.string(v, "spec.model"), j["model"]);
         } else if (key == "limits") {
             if (!r.expect_map(v, "spec.limits")) {
                 ok = false;
@@ -483,10 +453,8 @@ void parse_token_budget(YamlReader& r, const ObjectMeta& meta, const YAML::Node&
                     continue;
                 }
                 any_limit = true;
-                auto n = r.integer(lkv.second, "spec.limits." + lkey, 1, 1'000'000'000'000LL);
-                ok = ok && n.has_value();
-                if (n)
-                    l[lkey] = *n;
+                ok &= take(r.integer(lkv.second, "spec.limits." + lkey, 1, 1'000'000'000'000LL),
+                           l[lkey]);
             }
             if (!any_limit) {
                 r.error(v,
@@ -526,20 +494,11 @@ void parse_model_route(YamlReader& r, const ObjectMeta& meta, const YAML::Node& 
         const std::string key = kv.first.as<std::string>("");
         const YAML::Node& v = kv.second;
         if (key == "model") {
-            auto s = r.string(v, "spec.model");
-            ok = ok && s.has_value();
-            if (s)
-                j["model"] = *s;
+            ok &= take(r.string(v, "spec.model"), j["model"]);
         } else if (key == "timeoutSeconds") {
-            auto n = r.integer(v, "spec.timeoutSeconds", 30, 300);
-            ok = ok && n.has_value();
-            if (n)
-                j["timeoutSeconds"] = *n;
+            ok &= take(r.integer(v, "spec.timeoutSeconds", 30, 300), j["timeoutSeconds"]);
         } else if (key == "fallbacks") {
-            auto list = r.string_list(v, "spec.fallbacks");
-            ok = ok && list.has_value();
-            if (list)
-                j["fallbacks"] = *list;
+            ok &= take(r.string_list(v, "spec.fallbacks"), j["fallbacks"]);
         } else if (key == "backends") {
             if (!r.expect_sequence(v, "spec.backends") || v.size() == 0) {
                 if (v.IsSequence())
@@ -559,20 +518,11 @@ void parse_model_route(YamlReader& r, const ObjectMeta& meta, const YAML::Node& 
                 for (const auto& bkv : b) {
                     const std::string bkey = bkv.first.as<std::string>("");
                     if (bkey == "host") {
-                        auto s = r.string(bkv.second, ctx + ".host");
-                        ok = ok && s.has_value();
-                        if (s)
-                            be["host"] = *s;
+                        ok &= take(r.string(bkv.second, ctx + ".host"), be["host"]);
                     } else if (bkey == "port") {
-                        auto p = r.port(bkv.second, ctx + ".port");
-                        ok = ok && p.has_value();
-                        if (p)
-                            be["port"] = *p;
+                        ok &= take(r.port(bkv.second, ctx + ".port"), be["port"]);
                     } else if (bkey == "weight") {
-                        auto n = r.integer(bkv.second, ctx + ".weight", 0, 1000);
-                        ok = ok && n.has_value();
-                        if (n)
-                            be["weight"] = *n;
+                        ok &= take(r.integer(bkv.second, ctx + ".weight", 0, 1000), be["weight"]);
                     } else {
                         r.unknown_field(bkv.first, ctx, bkey);
                     }

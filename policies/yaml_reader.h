@@ -45,6 +45,16 @@ class YamlReader {
     std::vector<Diagnostic>& diagnostics_;
 };
 
+// Stores a parsed value into `dst` when there is one and says whether there was, so a parser can
+// write `ok &= take(r.string_list(node, ctx), dst);` and go on to report every other problem.
+template <typename T, typename D>
+bool take(std::optional<T> value, D& dst) {
+    if (!value)
+        return false;
+    dst = std::move(*value);
+    return true;
+}
+
 // RFC 1123 names as Kubernetes uses them: lowercase alphanumerics, '-' and '.', starting and
 // ending alphanumeric, at most `max_len` characters.
 bool is_dns_label(const std::string& name, std::size_t max_len);
