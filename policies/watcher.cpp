@@ -6,7 +6,9 @@
 #include <sys/inotify.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <cstring>
 
 #include "policies/diff.h"
 #include "policies/loader.h"
@@ -45,8 +47,9 @@ bool PolicyWatcher::start() {
         spdlog::error("policy watcher: inotify/eventfd: {}", std::strerror(errno));
         return false;
     }
-    add_watches();
-    thread_ = std::thread([this] { run(); });
+    // A directory that does not exist yet (not mounted, being replaced) is retried by run().
+    const bool watching = add_watches();
+    thread_ = std::thread([this, watching] { run(!watching); });
     return true;
 }
 
@@ -64,8 +67,9 @@ void PolicyWatcher::stop() {
 }
 
 bool PolicyWatcher::add_watches() {
-    for (int wd : watches_)
-        ::inotify_rm_watch(inotify_fd_, wd);
+    // No inotify_rm_watch: adding a path again returns its existing watch, and the kernel drops
+    // the watch of a deleted directory itself (IN_IGNORED). Removing them here would queue
+    // IN_IGNORED events that look like "directory gone" and re-trigger this in a loop.
     watches_.clear();
     bool all = true;
     for (const auto* dir : {&config_.policy_dir, &config_.registry_dir}) {
@@ -80,10 +84,9 @@ bool PolicyWatcher::add_watches() {
     return all;
 }
 
-void PolicyWatcher::run() {
+void PolicyWatcher::run(bool need_rewatch) {
     using Clock = std::chrono::steady_clock;
     bool pending = false;
-    bool need_rewatch = false;
     Clock::time_point deadline{};
     std::array<char, 16 * 1024> buf alignas(inotify_event);
     for (;;) {
@@ -111,7 +114,8 @@ void PolicyWatcher::run() {
                     break;
                 for (ssize_t off = 0; off < len;) {
                     const auto* ev = reinterpret_cast<const inotify_event*>(buf.data() + off);
-                    if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED))
+                    if ((ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED)) &&
+                        std::find(watches_.begin(), watches_.end(), ev->wd) != watches_.end())
                         need_rewatch = true;
                     off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
                 }

@@ -47,8 +47,9 @@ struct ReloadStatus {
 
 // Watches the policy (and registry) directory with inotify, including kubelet's atomic `..data`
 // symlink swap, debounces, loads, validates and compiles. A valid result becomes the next
-// generation and is handed to `on_generation` (on the watcher thread); any error keeps the last
-// good generation and is logged with file:line:column.
+// generation and is handed to `on_generation` (on the watcher thread; it must not throw); any
+// error keeps the last good generation and is logged with file:line:column. A directory that is
+// missing at start or replaced later is watched again as soon as it exists.
 class PolicyWatcher {
   public:
     using GenerationCallback = std::function<void(std::shared_ptr<const Generation>)>;
@@ -74,7 +75,7 @@ class PolicyWatcher {
     ReloadStatus status() const;
 
   private:
-    void run();
+    void run(bool need_rewatch);
     bool add_watches();
 
     WatcherConfig config_;

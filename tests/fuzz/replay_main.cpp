@@ -13,6 +13,12 @@
 #include <string>
 #include <vector>
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SLUICE_HAS_ASAN 1
+#endif
+#endif
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
 namespace {
@@ -98,8 +104,11 @@ int main(int argc, char** argv) {
         }
     }
     // A runaway allocation (yaml-cpp has had such bugs) must fail the test, not swap the machine.
+    // (Not under AddressSanitizer: its shadow memory needs a huge address-space reservation.)
+#if !defined(__SANITIZE_ADDRESS__) && !defined(SLUICE_HAS_ASAN)
     const rlimit as{4ull << 30, 4ull << 30};
     setrlimit(RLIMIT_AS, &as);
+#endif
     if (seeds.empty()) {
         std::cerr << "policy_fuzz_replay: no seeds\n";
         return 2;

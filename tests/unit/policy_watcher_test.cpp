@@ -146,5 +146,50 @@ TEST(PolicyWatcher, PlainFileEditsAndUnchangedReloads) {
     EXPECT_EQ(g2->compiled->policies->authorization.size(), 2u);
 }
 
+TEST(PolicyWatcher, DirectoryThatAppearsLaterIsPickedUp) {
+    test::TempDir parent;
+    const fs::path dir = parent.path() / "policies";
+    Collector gens;
+    WatcherConfig cfg;
+    cfg.policy_dir = dir.string();
+    cfg.debounce = 30ms;
+    PolicyWatcher w(cfg, [&](auto g) { gens.add(g); });
+    ASSERT_TRUE(w.start());
+    EXPECT_EQ(w.counts().failure, 1u);  // no such directory: nothing valid yet
+    EXPECT_EQ(w.current(), nullptr);
+    parent.write("policies/p.yaml", allow_port(80));
+    auto g1 = gens.wait_for(1, 3s);
+    ASSERT_TRUE(g1);
+    EXPECT_EQ(g1->number, 1u);
+}
+
+TEST(PolicyWatcher, RegistryChangesRecompile) {
+    test::TempDir policies, registry;
+    policies.write("p.yaml", allow_port(80));
+    auto pod = [](const std::string& name, const std::string& ip) {
+        return "apiVersion: v1\nkind: Pod\nmetadata: {name: " + name +
+               ", namespace: a}\nstatus: {podIP: " + ip + "}\n";
+    };
+    registry.write("pod.a.x.yaml", pod("x", "198.18.0.2"));
+    Collector gens;
+    WatcherConfig cfg;
+    cfg.policy_dir = policies.path().string();
+    cfg.registry_dir = registry.path().string();
+    cfg.debounce = 30ms;
+    PolicyWatcher w(cfg, [&](auto g) { gens.add(g); });
+    ASSERT_TRUE(w.start());
+    auto g1 = gens.wait_for(1, 1s);
+    ASSERT_TRUE(g1);
+    EXPECT_EQ(g1->compiled->ztunnel.workloads.size(), 1u);
+    registry.write("pod.a.y.yaml", pod("y", "198.18.0.3"));
+    auto g2 = gens.wait_for(2, 2s);
+    ASSERT_TRUE(g2);
+    EXPECT_EQ(g2->compiled->ztunnel.workloads.size(), 2u);
+    // The existing pod keeps its endpoint id and identity.
+    EXPECT_EQ(g2->compiled->id_state().endpoints.at("a/x"),
+              g1->compiled->id_state().endpoints.at("a/x"));
+    EXPECT_EQ(g2->compiled->id_state().identities, g1->compiled->id_state().identities);
+}
+
 }  // namespace
 }  // namespace sluice::policies
