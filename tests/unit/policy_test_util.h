@@ -24,10 +24,14 @@ class TempDir {
         std::filesystem::remove_all(path_, ec);
     }
     const std::filesystem::path& path() const { return path_; }
+    // Atomic, as kubelet and careful editors write: a watcher never sees a half-written file
+    // (the temporary name starts with '.', which policy and registry readers skip).
     void write(const std::string& rel, const std::string& text) const {
         const auto p = path_ / rel;
         std::filesystem::create_directories(p.parent_path());
-        std::ofstream(p, std::ios::trunc) << text;
+        const auto tmp = p.parent_path() / ("." + p.filename().string() + ".tmp");
+        std::ofstream(tmp, std::ios::trunc) << text;
+        std::filesystem::rename(tmp, p);
     }
 
   private:
