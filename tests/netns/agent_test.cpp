@@ -298,7 +298,8 @@ TEST_F(AgentTest, Kill9AndRestartKeepsConnectionsAndCapture) {
     auto deadline = std::chrono::steady_clock::now() + 10s;
     while (peers_[0]->snapshots() < 2 && std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(10ms);
-    EXPECT_EQ(peers_[0]->connections(), 2);
+    // ≥ 2: the peer may also have reached the dying agent's socket for a moment.
+    EXPECT_GE(peers_[0]->connections(), 2);
     EXPECT_EQ(peers_[0]->snapshots(), 2);
     EXPECT_EQ(::send(before_proxy.get(), "b", 1, 0), 1);
     std::this_thread::sleep_for(20ms);
