@@ -315,8 +315,11 @@ std::string machine() {
             break;
         }
     }
-    return fmt::format("{} {} {}, {}, {} CPUs", u.sysname, u.release, u.machine, model,
-                       std::thread::hardware_concurrency());
+    std::ifstream load("/proc/loadavg");
+    std::string l1;
+    load >> l1;
+    return fmt::format("{} {} {}, {}, {} CPUs, load average {} at start", u.sysname, u.release,
+                       u.machine, model, std::thread::hardware_concurrency(), l1);
 }
 
 }  // namespace
