@@ -121,6 +121,34 @@ void make_pipe(int fds[2]) {
         throw std::system_error(errno, std::generic_category(), "pipe2");
 }
 
+// Blocks SIGPIPE on this thread while we write to a child's stdin: a child that exits without
+// reading must cost us an EPIPE, not the whole process. A SIGPIPE our writes raised is consumed
+// before the old mask comes back.
+class SigpipeGuard {
+  public:
+    SigpipeGuard() {
+        sigemptyset(&pipe_);
+        sigaddset(&pipe_, SIGPIPE);
+        sigset_t pending;
+        sigpending(&pending);
+        was_pending_ = sigismember(&pending, SIGPIPE) == 1;
+        pthread_sigmask(SIG_BLOCK, &pipe_, &old_);
+    }
+    ~SigpipeGuard() {
+        sigset_t pending;
+        sigpending(&pending);
+        if (!was_pending_ && sigismember(&pending, SIGPIPE) == 1) {
+            timespec zero{0, 0};
+            sigtimedwait(&pipe_, nullptr, &zero);
+        }
+        pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+    }
+
+  private:
+    sigset_t pipe_, old_;
+    bool was_pending_ = false;
+};
+
 }  // namespace
 
 std::string join_argv(const std::vector<std::string>& argv) {
@@ -135,6 +163,7 @@ std::string join_argv(const std::vector<std::string>& argv) {
 
 ProcessResult run_process(const ProcessSpec& spec, std::chrono::milliseconds timeout) {
     ChildPlan plan = make_plan(spec);
+    SigpipeGuard no_sigpipe;  // the child's mask is reset in exec_child
     int in[2], out[2], err[2];
     if (!spec.inherit_stdio) {
         make_pipe(in);

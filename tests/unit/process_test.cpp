@@ -61,3 +61,15 @@ TEST(JoinArgv, SpaceSeparated) {
 
 }  // namespace
 }  // namespace sluice
+
+namespace sluice {
+namespace {
+
+TEST(RunProcess, ChildThatIgnoresStdinDoesNotKillUsWithSigpipe) {
+    // 1 MiB to a child that exits at once: our writes hit a closed pipe.
+    auto r = run_process({.argv = {"true"}, .stdin_data = std::string(1 << 20, 'x')});
+    EXPECT_EQ(r.exit_code, 0);
+}
+
+}  // namespace
+}  // namespace sluice
