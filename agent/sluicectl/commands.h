@@ -14,4 +14,7 @@ struct Context {
 
 using Registrar = std::function<void(CLI::App& app, Context& ctx)>;
 
+// tokenize_cmd.cpp: `sluicectl tokenize` (the waypoint's BPE tokenizer).
+void add_tokenize_commands(CLI::App& app, Context& ctx);
+
 }  // namespace sluice::ctl
