@@ -264,9 +264,6 @@ awaitable<void> Gateway::handle(Exchange& ex, UpstreamPool& upstream) {
         }
     }
     co_await route(ex, ctx, upstream);
-    for (std::size_t i = filters_.size(); i-- > 0;)
-        filters_[i]->onComplete(ctx);
-    record(ctx);
 }
 
 awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream) {
@@ -390,11 +387,16 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
             break;
         }
     }
-    co_await watch.stop();
     if (failure) {
         ctx.backend.clear();
-        co_await reply(ex, ctx, *failure);
+        co_await reply(ex, ctx, *failure);  // a write may run beside the watch's read
     }
+    // Settle budgets and record before the next suspension: once the last byte is written the
+    // client may already send its next request, which must see this one settled.
+    for (std::size_t i = filters_.size(); i-- > 0;)
+        filters_[i]->onComplete(ctx);
+    record(ctx);
+    co_await watch.stop();
 }
 
 void Gateway::record(const RequestContext& ctx) {

@@ -42,6 +42,7 @@ class Gateway {
     };
 
     awaitable<void> handle(Exchange& ex, UpstreamPool& upstream);
+    // Runs the attempts, replies, then completes the request (filters' onComplete, metrics, log).
     awaitable<void> route(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream);
     awaitable<void> reply(Exchange& ex, RequestContext& ctx, const LocalReply& reply);
     void record(const RequestContext& ctx);
