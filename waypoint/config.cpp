@@ -28,6 +28,7 @@ void parseWaypoint(const YAML::Node& spec, Config& c) {
         c.upstream.idle_timeout = parseDuration(l["upstreamIdleTimeout"], c.upstream.idle_timeout);
     }
     c.usage = usage::parseUsageConfig(spec["usage"]);
+    c.embeddings_cache = cache::parseEmbeddingsCacheConfig(spec["embeddingsCache"]);
     for (const auto& pool : spec["pools"])
         c.pools.push_back(parsePoolConfig(pool));
 }

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "waypoint/filters/budget/config.h"
+#include "waypoint/filters/cache/config.h"
 #include "waypoint/filters/route/config.h"
 #include "waypoint/filters/usage/config.h"
 #include "waypoint/http/server.h"
@@ -32,6 +33,7 @@ struct Config {
     std::string log_level = "info";
     bool access_log = true;  // one JSON line per request on stderr
     usage::UsageConfig usage;
+    cache::EmbeddingsCacheConfig embeddings_cache;
     std::vector<PoolConfig> pools;
     std::vector<route::ModelRouteConfig> routes;
     std::vector<budget::TokenBudgetConfig> budgets;  // at most one

@@ -5,6 +5,7 @@
 #include <random>
 
 #include "waypoint/filters/budget/filter.h"
+#include "waypoint/filters/cache/filter.h"
 #include "waypoint/filters/usage/filter.h"
 #include "waypoint/http/client_watch.h"
 #include "waypoint/http/forward.h"
@@ -55,6 +56,21 @@ const std::vector<double>& tokenBuckets() {
     return b;
 }
 
+// The status of the reply the waypoint sends itself when this was the last attempt.
+std::optional<http::status> failureStatus(const ForwardResult& result) {
+    switch (result.outcome) {
+        case ForwardOutcome::Timeout:
+            return http::status::gateway_timeout;
+        case ForwardOutcome::ConnectFailed:
+        case ForwardOutcome::UpstreamFailed:
+            return http::status::bad_gateway;
+        case ForwardOutcome::RetryableStatus:
+            return http::status(result.status);
+        default:
+            return std::nullopt;
+    }
+}
+
 }  // namespace
 
 tcp::endpoint parseListen(const std::string& text) {
@@ -99,11 +115,15 @@ Gateway::Gateway(Config config) : config_(std::move(config)) {
             "tokenizer (" + dir.string() +
             "): " + std::string(tokenizer::toString(!cl100k ? cl100k.error() : o200k.error())));
     }
-    // Filter order: usage (estimate) → budget (admission) → route (targets).
+    // Filter order: usage (estimate) → budget (admission) → embeddings cache → route (targets).
     owned_filters_.push_back(std::make_unique<usage::UsageFilter>(config_.usage, *cl100k, *o200k));
     if (!config_.budgets.empty()) {
         owned_filters_.push_back(
             std::make_unique<budget::BudgetFilter>(config_.budgets.front(), &metrics_));
+    }
+    if (config_.embeddings_cache.enabled) {
+        owned_filters_.push_back(
+            std::make_unique<cache::EmbeddingsCacheFilter>(config_.embeddings_cache));
     }
     auto router = std::make_unique<route::RouteFilter>(config_.routes, pools_);
     router_ = router.get();
@@ -323,26 +343,13 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
             if (watch.gone())
                 result.outcome = ForwardOutcome::ClientGone;
             ctx.backend = ep->name;
-            switch (result.outcome) {
-                case ForwardOutcome::Timeout:
-                    failure = LocalReply{.status = http::status::gateway_timeout,
-                                         .type = "server_error",
-                                         .message = "upstream " + ep->name + " timed out"};
-                    break;
-                case ForwardOutcome::ConnectFailed:
-                case ForwardOutcome::UpstreamFailed:
-                    failure = LocalReply{.status = http::status::bad_gateway,
-                                         .type = "server_error",
-                                         .message = "upstream " + ep->name + " failed"};
-                    break;
-                case ForwardOutcome::RetryableStatus:
-                    failure = LocalReply{.status = http::status(result.status),
-                                         .type = "server_error",
-                                         .message = "upstream " + ep->name + " returned " +
-                                                    std::to_string(result.status)};
-                    break;
-                default:
-                    break;
+            if (auto status = failureStatus(result)) {
+                failure = LocalReply{
+                    .status = *status,
+                    .type = "server_error",
+                    .message = "upstream " + ep->name + " " +
+                               std::string(toString(result.outcome)) +
+                               (result.status ? " (" + std::to_string(result.status) + ")" : "")};
             }
             avoid = ep;
         }

@@ -14,6 +14,8 @@ struct Context {
 
 using Registrar = std::function<void(CLI::App& app, Context& ctx)>;
 
+// datapath_cmd.cpp: pods, datapath counters|policy
+void add_datapath_commands(CLI::App& app, Context& ctx);
 // tokenize_cmd.cpp: `sluicectl tokenize` (the waypoint's BPE tokenizer).
 void add_tokenize_commands(CLI::App& app, Context& ctx);
 

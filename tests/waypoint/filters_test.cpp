@@ -32,6 +32,14 @@ struct Call {
     }
 };
 
+// Completes a call as a backend that reported `prompt` + `completion` tokens.
+void settle(budget::BudgetFilter& filter, Call& c, std::uint64_t prompt, std::uint64_t completion) {
+    c.ctx.backend = "b";
+    c.ctx.status = 200;
+    c.ctx.usage = {.prompt_tokens = prompt, .completion_tokens = completion, .reported = true};
+    filter.onComplete(c.ctx);
+}
+
 budget::TokenBudgetConfig budgetConfig(budget::BudgetLimit limit) {
     budget::TokenBudgetConfig c;
     c.tenant_from = {{budget::TenantSource::Kind::Header, "x-tenant"}};
@@ -47,10 +55,7 @@ TEST(BudgetFilter, TokensPerMinuteRejectsThenRecoversAfterTheWindow) {
     for (int i = 0; i < 4; ++i) {
         Call c("a", 50, 200);  // reserves 250
         ASSERT_FALSE(filter.onRequest(c.ctx)) << i;
-        c.ctx.backend = "b";
-        c.ctx.status = 200;
-        c.ctx.usage = {.prompt_tokens = 50, .completion_tokens = 200, .reported = true};
-        filter.onComplete(c.ctx);
+        settle(filter, c, 50, 200);
     }
     Call over("a", 50, 200);
     auto reply = filter.onRequest(over.ctx);
@@ -74,16 +79,10 @@ TEST(BudgetFilter, ReservationIsSettledWithRealUsageIncludingOvershoot) {
         [&] { return clock.day; });
     Call small("a", 10, 90);  // reserves 100, uses 20 → 980 left
     ASSERT_FALSE(filter.onRequest(small.ctx));
-    small.ctx.backend = "b";
-    small.ctx.status = 200;
-    small.ctx.usage = {.prompt_tokens = 10, .completion_tokens = 10, .reported = true};
-    filter.onComplete(small.ctx);
+    settle(filter, small, 10, 10);
     Call big("a", 10, 90);  // reserves 100, but the stream used 1500: debt
     ASSERT_FALSE(filter.onRequest(big.ctx));
-    big.ctx.backend = "b";
-    big.ctx.status = 200;
-    big.ctx.usage = {.prompt_tokens = 10, .completion_tokens = 1490, .reported = true};
-    filter.onComplete(big.ctx);
+    settle(filter, big, 10, 1490);
     Call next("a", 1, 1);
     EXPECT_TRUE(filter.onRequest(next.ctx));  // in debt: no overshoot carried into later calls
     clock.now += 60s;

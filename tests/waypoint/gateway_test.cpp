@@ -38,6 +38,15 @@ spec:
 )" + extra;
 }
 
+// A Waypoint with two single-endpoint pools and one ModelRoute taking every model.
+std::string twoPoolConfig(const std::string& a, const Emulator& ea, const std::string& b,
+                          const Emulator& eb, const std::string& route_spec) {
+    return "kind: Waypoint\nspec:\n  pools:\n    - {name: " + a + ", endpoints: [\"" +
+           ea.address() + "\"]}\n    - {name: " + b + ", endpoints: [\"" + eb.address() +
+           "\"]}\n---\nkind: ModelRoute\nmetadata: {name: chat}\nspec:\n  models: [\"*\"]\n" +
+           route_spec;
+}
+
 std::string chatBody(bool stream, bool include_usage = false, int max_tokens = 5) {
     json body{{"model", "gpt-4o"},
               {"max_tokens", max_tokens},
@@ -228,25 +237,10 @@ spec:
 TEST(WaypointGateway, FallsBackToNextPoolOnBackendFailure) {
     Emulator broken("broken", {"--fail-status", "503"});
     Emulator backup("backup");
-    auto gw = startGateway(R"(
-apiVersion: sluice.dev/v1alpha1
-kind: Waypoint
-spec:
-  pools:
-    - {name: main, endpoints: [")" +
-                           broken.address() + R"("]}
-    - {name: backup, endpoints: [")" +
-                           backup.address() + R"("]}
----
-apiVersion: sluice.dev/v1alpha1
-kind: ModelRoute
-metadata: {name: chat}
-spec:
-  models: ["*"]
-  retries: {attempts: 2, backoff: 1ms}
-  backends: [{pool: main}]
-  fallbacks: [{pool: backup, model: gpt-4o-mini}]
-)");
+    auto gw = startGateway(twoPoolConfig("main", broken, "backup", backup,
+                                         "  retries: {attempts: 2, backoff: 1ms}\n"
+                                         "  backends: [{pool: main}]\n"
+                                         "  fallbacks: [{pool: backup, model: gpt-4o-mini}]\n"));
     auto reply = request(gw->gatewayPort(), "POST", "/v1/chat/completions", chatBody(false));
     ASSERT_EQ(reply.status, 200u) << reply.body;
     EXPECT_EQ(reply.headers["x-backend"], "backup");
@@ -289,23 +283,9 @@ TEST(WaypointGateway, ClientDisconnectCancelsTheUpstreamStream) {
 TEST(WaypointGateway, CanarySplitFollowsWeights) {
     Emulator stable("stable");
     Emulator canary("canary");
-    auto gw = startGateway(R"(
-apiVersion: sluice.dev/v1alpha1
-kind: Waypoint
-spec:
-  pools:
-    - {name: stable, endpoints: [")" +
-                           stable.address() + R"("]}
-    - {name: canary, endpoints: [")" +
-                           canary.address() + R"("]}
----
-apiVersion: sluice.dev/v1alpha1
-kind: ModelRoute
-metadata: {name: chat}
-spec:
-  models: ["*"]
-  backends: [{pool: stable, weight: 80}, {pool: canary, weight: 20}]
-)");
+    auto gw = startGateway(
+        twoPoolConfig("stable", stable, "canary", canary,
+                      "  backends: [{pool: stable, weight: 80}, {pool: canary, weight: 20}]\n"));
     constexpr int kRequests = 300;
     int to_canary = 0;
     for (int i = 0; i < kRequests; ++i) {
@@ -332,6 +312,50 @@ TEST(WaypointGateway, EmbeddingsAndModelsAndReadiness) {
     EXPECT_EQ(models["object"], "list");
     EXPECT_EQ(models["data"].size(), 3u);
     EXPECT_EQ(request(gw->readyPort(), "GET", "/healthz/ready").status, 200u);
+}
+
+}  // namespace
+}  // namespace sluice::waypoint::test
+
+namespace sluice::waypoint::test {
+namespace {
+
+TEST(WaypointGateway, EmbeddingsCacheHitsPerTenant) {
+    Emulator backend("a");
+    auto gw = startGateway(R"(
+apiVersion: sluice.dev/v1alpha1
+kind: Waypoint
+spec:
+  embeddingsCache: {maxBytes: 1048576, ttl: 60s}
+  pools: [{name: main, endpoints: [")" +
+                           backend.address() + R"("]}]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: emb}
+spec:
+  models: ["*"]
+  backends: [{pool: main}]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: TokenBudget
+metadata: {name: t}
+spec:
+  tenantFrom: [{header: x-tenant}]
+  limits: [{tenant: "*", tokensPerMinute: 100000}]
+)");
+    const std::string body = R"({"model":"text-embedding-3-small","input":["same text"]})";
+    const std::string reordered = R"({"input":["same text"],"model":"text-embedding-3-small"})";
+    auto miss = request(gw->gatewayPort(), "POST", "/v1/embeddings", body, {{"x-tenant", "a"}});
+    auto hit = request(gw->gatewayPort(), "POST", "/v1/embeddings", reordered, {{"x-tenant", "a"}});
+    auto other = request(gw->gatewayPort(), "POST", "/v1/embeddings", body, {{"x-tenant", "b"}});
+    ASSERT_EQ(miss.status, 200u);
+    ASSERT_EQ(hit.status, 200u);
+    EXPECT_EQ(miss.headers.count("x-sluice-cache"), 0u);
+    EXPECT_EQ(hit.headers["x-sluice-cache"], "hit");
+    EXPECT_EQ(hit.body, miss.body);
+    EXPECT_EQ(other.headers.count("x-sluice-cache"), 0u);  // keys are per tenant
+    EXPECT_EQ(nlohmann::json::parse(backend.stats())["requests"], 2);
 }
 
 }  // namespace

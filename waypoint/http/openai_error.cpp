@@ -17,7 +17,8 @@ http::response<http::string_body> toResponse(const LocalReply& reply, unsigned v
     res.set(http::field::content_type, "application/json");
     for (const auto& [name, value] : reply.headers)
         res.set(name, value);
-    res.body() = openaiErrorBody(reply.message, reply.type, reply.code);
+    res.body() =
+        reply.raw_body ? *reply.raw_body : openaiErrorBody(reply.message, reply.type, reply.code);
     res.keep_alive(keep_alive);
     res.prepare_payload();
     return res;

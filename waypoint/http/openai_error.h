@@ -1,7 +1,10 @@
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "waypoint/http/asio.h"
 
@@ -15,6 +18,8 @@ struct LocalReply {
     std::string code;  // "rate_limit_exceeded", … ("" = null)
     std::string message;
     std::vector<std::pair<std::string, std::string>> headers;
+    // A complete JSON body to send instead of the error shape (a cached response).
+    std::optional<std::string> raw_body;
 };
 
 std::string openaiErrorBody(std::string_view message, std::string_view type, std::string_view code);
