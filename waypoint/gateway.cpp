@@ -411,13 +411,6 @@ void Gateway::record(const RequestContext& ctx) {
     const double ms = std::chrono::duration<double, std::milli>(end - ctx.start).count();
     const std::string code = std::to_string(ctx.status);
     const std::string principal = ctx.peer_identity.empty() ? "unknown" : ctx.peer_identity;
-    metrics_.requests
-        .Add({{"reporter", "waypoint"},
-              {"response_code", code},
-              {"destination_service", ctx.route},
-              {"source_principal", principal},
-              {"request_protocol", "http"}})
-        .Increment();
     metrics_.duration_ms
         .Add({{"reporter", "waypoint"}, {"response_code", code}}, latencyBucketsMs())
         .Observe(ms);
@@ -453,6 +446,14 @@ void Gateway::record(const RequestContext& ctx) {
             }
         }
     }
+    // Last, so a reader that sees this request counted also sees its other metrics.
+    metrics_.requests
+        .Add({{"reporter", "waypoint"},
+              {"response_code", code},
+              {"destination_service", ctx.route},
+              {"source_principal", principal},
+              {"request_protocol", "http"}})
+        .Increment();
     if (config_.access_log) {
         nlohmann::json line{{"path", std::string(sv(ctx.request.target()))},
                             {"method", std::string(sv(ctx.request.method_string()))},

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <sstream>
 #include <thread>
 
 #include "tests/waypoint/harness.h"
@@ -58,8 +59,25 @@ std::string chatBody(bool stream, bool include_usage = false, int max_tokens = 5
     return body.dump();
 }
 
-std::string metricsOf(Gateway& gw) {
-    return request(gw.metricsPort(), "GET", "/metrics").body;
+// The metrics text once `requests` requests have been recorded. The worker records a request
+// right after its last byte was written, on another thread than the one serving /metrics, so a
+// client can be faster; istio_requests_total is recorded last, after the token metrics.
+std::string metricsOf(Gateway& gw, int requests) {
+    std::string text;
+    for (int i = 0; i < 200; ++i) {
+        text = request(gw.metricsPort(), "GET", "/metrics").body;
+        double total = 0;
+        std::istringstream in(text);
+        for (std::string line; std::getline(in, line);) {
+            if (line.starts_with("istio_requests_total{")) {
+                total += std::stod(line.substr(line.rfind(' ') + 1));
+            }
+        }
+        if (total >= requests)
+            break;
+        std::this_thread::sleep_for(10ms);
+    }
+    return text;
 }
 
 TEST(WaypointGateway, NonStreamedResponseIsRelayedAndUsageCounted) {
@@ -72,7 +90,7 @@ TEST(WaypointGateway, NonStreamedResponseIsRelayedAndUsageCounted) {
     EXPECT_EQ(via.headers["x-backend"], "a");
     EXPECT_EQ(via.headers["x-sluice-route"], "chat;weighted:main");
     const auto usage = json::parse(direct.body)["usage"];
-    const auto metrics = metricsOf(*gw);
+    const auto metrics = metricsOf(*gw, 1);
     EXPECT_EQ(metricValue(metrics, "sluice_gen_ai_tokens_total",
                           {{"gen_ai_token_type", "input"}, {"gen_ai_request_model", "gpt-4o"}}),
               usage["prompt_tokens"].get<double>())
@@ -95,7 +113,7 @@ TEST(WaypointGateway, StreamWithoutIncludeUsageIsByteExactAndStillCounted) {
     EXPECT_EQ(json::parse(backend.stats())["include_usage_seen"], 1);
     EXPECT_EQ(via.body, direct.body);
     EXPECT_EQ(via.body.find("\"usage\""), std::string::npos);
-    const auto metrics = metricsOf(*gw);
+    const auto metrics = metricsOf(*gw, 1);
     EXPECT_EQ(metricValue(metrics, "sluice_gen_ai_tokens_total", {{"gen_ai_token_type", "output"}}),
               5);
     EXPECT_GT(metricValue(metrics, "gen_ai_server_time_to_first_token_seconds_count", {}), 0);
@@ -227,7 +245,7 @@ spec:
     auto other =
         request(gw->gatewayPort(), "POST", "/v1/chat/completions", body, {{"x-tenant", "team-b"}});
     EXPECT_EQ(other.status, 200u);
-    const auto metrics = metricsOf(*gw);
+    const auto metrics = metricsOf(*gw, 4);
     EXPECT_EQ(metricValue(metrics, "sluice_requests_rejected_total",
                           {{"reason", "tokens per min (TPM)"}, {"tenant", "team-a"}}),
               1);
@@ -303,7 +321,7 @@ TEST(WaypointGateway, EmbeddingsAndModelsAndReadiness) {
     const auto emb = request(gw->gatewayPort(), "POST", "/v1/embeddings",
                              R"({"model":"text-embedding-3-small","input":["a b c","d e"]})");
     ASSERT_EQ(emb.status, 200u);
-    const auto metrics = metricsOf(*gw);
+    const auto metrics = metricsOf(*gw, 2);
     EXPECT_EQ(
         metricValue(metrics, "sluice_gen_ai_tokens_total",
                     {{"gen_ai_token_type", "input"}, {"gen_ai_operation_name", "embeddings"}}),

@@ -107,10 +107,10 @@ std::string rawExchange(unsigned short port, const std::string& bytes,
     beast::tcp_stream stream(io);
     stream.expires_after(timeout);
     stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
-    asio::write(stream, asio::buffer(bytes));
+    error_code ec;
+    asio::write(stream, asio::buffer(bytes), ec);  // the server may answer and stop reading
     std::string out;
     char buf[4096];
-    error_code ec;
     for (int i = 0; i < 10'000; ++i) {
         const std::size_t n = stream.read_some(asio::buffer(buf), ec);
         out.append(buf, n);

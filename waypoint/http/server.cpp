@@ -2,6 +2,8 @@
 
 #include <sys/socket.h>
 
+#include <array>
+
 #include "waypoint/http/deadline.h"
 #include "waypoint/http/openai_error.h"
 
@@ -61,6 +63,16 @@ awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
             error_code write_ec;
             deadline.arm(socket, limits.request_timeout);
             co_await http::async_write(socket, res, noThrow(write_ec));
+            deadline.disarm();
+            // Lingering close (as nginx): closing with unread request bytes would send a RST
+            // that can destroy the error reply before the client reads it, so drain for a
+            // bounded time and amount first.
+            socket.shutdown(tcp::socket::shutdown_send, write_ec);
+            deadline.arm(socket, std::chrono::milliseconds(1000));
+            std::array<char, 16384> sink;
+            for (std::size_t drained = 0; !write_ec && drained < (4u << 20);) {
+                drained += co_await socket.async_read_some(asio::buffer(sink), noThrow(write_ec));
+            }
             deadline.disarm();
             break;
         }
