@@ -1,10 +1,12 @@
 #include "agent/agent.h"
 
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
 
 #include "agent/registry_view.h"
+#include "policies/compiler.h"
 
 namespace sluice::agent {
 namespace {
@@ -61,8 +63,20 @@ std::expected<void, std::string> Agent::init() {
     });
     enrollment_ = std::make_unique<Enrollment>(*datapath_, *ztunnel_, config_.state_file(),
                                                config_.node_name, config_.ztunnel_timeout);
+    enrollment_->set_endpoint_resolver([this](const EnrolledPod& pod) { return binding_of(pod); });
     // What the pinned maps hold from an earlier run; they kept enforcing while we were away.
     enrollment_->restore();
+
+    // Policy before any new enrollment, so pods get their compiled endpoint ids from the start.
+    // An invalid policy directory at startup leaves the maps as the last agent left them.
+    watcher_ = std::make_unique<policies::PolicyWatcher>(
+        policies::WatcherConfig{.policy_dir = config_.policies_dir,
+                                .registry_dir = config_.registry_dir},
+        [this](std::shared_ptr<const policies::Generation> g) { apply_generation(std::move(g)); },
+        [this](std::string_view result) { metrics_->policy_reload(std::string(result)); });
+    if (!watcher_->start()) {
+        spdlog::warn("cannot watch {}: policy changes need an agent restart", config_.policies_dir);
+    }
 
     if (auto r = ztunnel_->start(); !r)
         return std::unexpected(r.error());
@@ -104,6 +118,8 @@ std::expected<void, std::string> Agent::init() {
 
 Agent::~Agent() {
     stopping_ = true;
+    if (watcher_)
+        watcher_->stop();
     if (events_thread_.joinable())
         events_thread_.join();
     if (reconcile_thread_.joinable())
@@ -184,6 +200,54 @@ cni::Response Agent::handle_cni(const cni::Request& req) {
     return res;
 }
 
+std::optional<EndpointBinding> Agent::binding_of(const EnrolledPod& pod) const {
+    std::shared_ptr<const policies::Generation> g;
+    {
+        std::lock_guard lk(generation_mu_);
+        g = generation_;
+    }
+    if (!g)
+        return std::nullopt;
+    const std::string ref = pod.namespace_name + "/" + pod.name;
+    for (const auto& ep : g->compiled->kernel.endpoints) {
+        if (ep.pod == ref)
+            return EndpointBinding{.endpoint_id = ep.value.endpoint_id, .flags = ep.value.flags};
+    }
+    return std::nullopt;
+}
+
+void Agent::apply_generation(std::shared_ptr<const policies::Generation> g) {
+    std::lock_guard lk(apply_mu_);
+    const auto& next = g->compiled->kernel;
+    std::set<uint32_t> local;
+    for (const auto& ep : next.endpoints) {
+        if (ep.node_name == config_.node_name)
+            local.insert(ep.value.endpoint_id);
+    }
+    // Policy entries of other nodes' pods are useless here; ipcache is cluster-wide.
+    auto delta =
+        policies::kernel_delta(applied_, next, [&](uint32_t ep) { return local.contains(ep); });
+    policies::DatapathSink sink(*datapath_);
+    auto result = policies::apply_delta(delta, sink);
+    if (!result.ok) {
+        // Each step of the delta keeps decisions within old ∪ new, so a partial apply is never
+        // more permissive than both generations; the next reload starts from the old state.
+        spdlog::error("policy generation {}: applying {} map changes failed after {}: {}",
+                      g->number, delta.size(), result.applied, sink.last_error());
+        return;
+    }
+    applied_ = next;
+    {
+        std::lock_guard glk(generation_mu_);
+        generation_ = g;
+    }
+    enrollment_->refresh_bindings();
+    metrics_->set_policy_generation(g->number);
+    // Compiling and diffing a generation allocates far more than it keeps; give it back.
+    ::malloc_trim(0);
+    spdlog::info("policy generation {} in force ({} map changes)", g->number, delta.size());
+}
+
 void Agent::reconcile() {
     RegistryView view = RegistryView::read(config_.registry_dir);
     for (const auto& pod : enrollment_->pods()) {
@@ -241,6 +305,7 @@ void Agent::reconcile_loop() {
             continue;
         last = std::move(now);
         reconcile();
+        ::malloc_trim(0);  // parsing the registry is a burst of short-lived allocations
     }
 }
 

@@ -15,6 +15,8 @@
 #include "agent/metrics.h"
 #include "agent/ztunnel_link.h"
 #include "common/http_server.h"
+#include "policies/kernel_apply.h"
+#include "policies/watcher.h"
 
 namespace sluice::agent {
 
@@ -46,6 +48,10 @@ class Agent {
     void reconcile_loop();
     void refresh_gauges();
     HttpResponse ready_response() const;
+    // Applies a new policy generation to the maps (a delta from the last applied one, in the
+    // order that never opens an allow-all window) and rebinds enrolled pods' endpoint ids.
+    void apply_generation(std::shared_ptr<const policies::Generation> g);
+    std::optional<EndpointBinding> binding_of(const EnrolledPod& pod) const;
 
     AgentConfig config_;
     std::unique_ptr<datapath::Datapath> datapath_;
@@ -64,6 +70,11 @@ class Agent {
     // a while; reconcile must not put them back into the mesh.
     std::mutex deleted_mu_;
     std::set<std::string> deleted_by_cni_;
+    std::unique_ptr<policies::PolicyWatcher> watcher_;
+    std::mutex apply_mu_;               // one generation applied at a time
+    policies::KernelState applied_;     // what the maps hold (apply_mu_)
+    mutable std::mutex generation_mu_;  // guards generation_ only; never held while calling out
+    std::shared_ptr<const policies::Generation> generation_;
 };
 
 }  // namespace sluice::agent

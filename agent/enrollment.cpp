@@ -67,9 +67,11 @@ EndpointBinding Enrollment::binding_for(const EnrolledPod& pod) {
         if (auto b = resolver_(pod))
             return *b;
     }
+    // A pod the compiled policy does not know (yet): an id from a range the compiler never
+    // hands out, with no policy entries, until the next generation binds it.
     auto it = fallback_ids_.find(pod.uid);
     if (it == fallback_ids_.end())
-        it = fallback_ids_.emplace(pod.uid, next_endpoint_id_++).first;
+        it = fallback_ids_.emplace(pod.uid, kFallbackEndpointBase + next_endpoint_id_++).first;
     return {.endpoint_id = it->second, .flags = 0};
 }
 

@@ -30,6 +30,9 @@ struct EndpointBinding {
     uint32_t endpoint_id = 0;
     uint32_t flags = 0;  // SLUICE_ENROLLED_F_*
 };
+// Endpoint ids the agent hands out itself, above anything the policy compiler allocates.
+inline constexpr uint32_t kFallbackEndpointBase = 0x80000000u;
+
 using EndpointResolver = std::function<std::optional<EndpointBinding>(const EnrolledPod&)>;
 
 // Enrolls and unenrolls pods, in the order that keeps traffic safe:

@@ -37,6 +37,10 @@ AgentMetrics::AgentMetrics(const datapath::Datapath& dp)
              .Name("sluice_agent_deny_events_total")
              .Help("Policy denial events read from the datapath ring buffer (one audit line each)")
              .Register(*registry_);
+    reloads_ = &BuildCounter()
+                    .Name("sluice_policy_reload_total")
+                    .Help("Policy reload attempts by result (success, unchanged, failure)")
+                    .Register(*registry_);
     map_entries_ = &BuildGauge()
                         .Name("sluice_agent_map_entries")
                         .Help("Entries the agent keeps in each eBPF map")

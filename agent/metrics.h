@@ -25,6 +25,9 @@ class AgentMetrics {
     void set_ztunnel_connected(bool c) { ztunnel_connected_->Set(c ? 1 : 0); }
     void set_policy_generation(uint64_t g) { policy_generation_->Set(static_cast<double>(g)); }
     void set_map_entries(const std::string& map, size_t entries, size_t capacity);
+    void policy_reload(const std::string& result) {
+        reloads_->Add({{"result", result}}).Increment();
+    }
 
     // Prometheus text exposition format.
     std::string render() const;
@@ -34,6 +37,7 @@ class AgentMetrics {
     std::shared_ptr<prometheus::Registry> registry_;
     prometheus::Family<prometheus::Counter>* cni_requests_;
     prometheus::Family<prometheus::Counter>* deny_events_;
+    prometheus::Family<prometheus::Counter>* reloads_;
     prometheus::Family<prometheus::Gauge>* map_entries_;
     prometheus::Family<prometheus::Gauge>* map_capacity_;
     prometheus::Gauge* enrolled_;

@@ -19,4 +19,7 @@ void add_datapath_commands(CLI::App& app, Context& ctx);
 // tokenize_cmd.cpp: `sluicectl tokenize` (the waypoint's BPE tokenizer).
 void add_tokenize_commands(CLI::App& app, Context& ctx);
 
+// sluicectl policy check|explain|diff|compile (policy_cmd.cpp).
+void add_policy_commands(CLI::App& app, Context& ctx);
+
 }  // namespace sluice::ctl
