@@ -15,6 +15,9 @@ PACKAGES=(
     libgtest-dev libgmock-dev libyaml-cpp-dev libnghttp2-dev nlohmann-json3-dev libcli11-dev
     # testbed, demo and tests
     iproute2 iptables containernetworking-plugins procps util-linux iputils-ping curl python3
+    # waypoint: node (with npm; the nodesource build here bundles it) generates the Unicode
+    # table and runs the npm tiktoken package (rank files, exactness reference)
+    nodejs
     # benchmark peers and tools
     nginx-light wrk iperf3 nghttp2-client haproxy tshark
 )
@@ -26,7 +29,15 @@ for p in "${PACKAGES[@]}"; do
     fi
 done
 
+# npm part: the tokenizer's rank files and reference package (npm tiktoken), into the build tree.
+fetch_tokenizer_data() {
+    if command -v npm >/dev/null; then
+        "$(dirname "$0")/fetch-tokenizer-data.sh"
+    fi
+}
+
 if ((${#missing[@]} == 0)); then
+    fetch_tokenizer_data
     exit 0
 fi
 
@@ -42,3 +53,4 @@ export DEBIAN_FRONTEND=noninteractive
 echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${missing[@]}"
+fetch_tokenizer_data

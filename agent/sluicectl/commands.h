@@ -16,6 +16,8 @@ using Registrar = std::function<void(CLI::App& app, Context& ctx)>;
 
 // datapath_cmd.cpp: pods, datapath counters|policy
 void add_datapath_commands(CLI::App& app, Context& ctx);
+// tokenize_cmd.cpp: `sluicectl tokenize` (the waypoint's BPE tokenizer).
+void add_tokenize_commands(CLI::App& app, Context& ctx);
 
 // sluicectl policy check|explain|diff|compile (policy_cmd.cpp).
 void add_policy_commands(CLI::App& app, Context& ctx);

@@ -1,0 +1,43 @@
+"""Parses the wrk outputs of bench/waypoint/run.sh into bench/results/waypoint.{json,md}."""
+import json
+import re
+import sys
+
+tmp, machine, rss_kb = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+
+def ms(value, unit):
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def parse(path):
+    text = open(path).read()
+    out = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))}
+    for pct in ("50", "90", "99"):
+        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", text)
+        out[f"p{pct}_ms"] = round(ms(*m.groups()), 3)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    out["non_2xx"] = int(errors.group(1)) if errors else 0
+    return out
+
+
+result = {"machine": machine, "command": "bench/waypoint/run.sh", "waypoint_rss_kib": rss_kb,
+          "modes": {}}
+for mode in ("direct", "waypoint", "haproxy"):
+    result["modes"][mode] = {f"c{c}": parse(f"{tmp}/{mode}-c{c}.txt") for c in (1, 32)}
+with open("bench/results/waypoint.json", "w") as f:
+    json.dump(result, f, indent=2)
+
+d = result["modes"]["direct"]
+with open("bench/results/waypoint.md", "w") as md:
+    md.write("# Waypoint proxy overhead (loopback, HTTP/1.1 keep-alive)\n\n")
+    md.write(f"Machine: {machine}  \nCommand: `bench/waypoint/run.sh` (wrk and nginx on CPU 0, "
+             "the proxy on CPU 1; other builds shared the machine)  \n")
+    md.write(f"Waypoint RSS after the runs: {rss_kb / 1024:.1f} MiB\n\n")
+    md.write("| mode | p50 ms (1 conn) | p99 ms (1 conn) | added p50 | added p99 | req/s (32 conns) "
+             "| non-2xx |\n|---|---|---|---|---|---|---|\n")
+    for mode, r in result["modes"].items():
+        md.write(f"| {mode} | {r['c1']['p50_ms']} | {r['c1']['p99_ms']} | "
+                 f"{r['c1']['p50_ms'] - d['c1']['p50_ms']:.3f} | "
+                 f"{r['c1']['p99_ms'] - d['c1']['p99_ms']:.3f} | {r['c32']['requests_per_s']:.0f} | "
+                 f"{r['c1']['non_2xx'] + r['c32']['non_2xx']} |\n")

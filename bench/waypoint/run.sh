@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Waypoint proxy overhead on loopback, all modes back-to-back in one invocation:
+#   direct    wrk → nginx (a static OpenAI-shaped JSON reply: the backend)
+#   waypoint  wrk → sluice-waypoint (budgets, usage, route on; 1 worker) → nginx
+#   haproxy   wrk → HAProxy (plain HTTP proxy, 1 thread) → nginx
+# Each mode: 1 connection (latency distribution) and 32 connections (max requests/s), 5 s each.
+# The proxy runs pinned to CPU 1, wrk and nginx to CPU 0. Writes bench/results/waypoint.{json,md}.
+# Usage: bench/waypoint/run.sh [build dir]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BUILD=${1:-build}
+SECONDS_PER_RUN=${SLUICE_BENCH_SECONDS:-5}
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "port $1 did not open" >&2
+    return 1
+}
+
+NGINX_PORT=$(free_port); WP_PORT=$(free_port); HA_PORT=$(free_port)
+mkdir -p "$tmp/nginx/logs"
+cat >"$tmp/nginx/nginx.conf" <<CONF
+daemon off; master_process off; worker_processes 1; pid $tmp/nginx/nginx.pid;
+error_log $tmp/nginx/logs/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $tmp/nginx; proxy_temp_path $tmp/nginx; fastcgi_temp_path $tmp/nginx;
+  uwsgi_temp_path $tmp/nginx; scgi_temp_path $tmp/nginx;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      default_type application/json;
+      return 200 '{"id":"cmpl-bench","object":"chat.completion","created":0,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"I am fine."},"finish_reason":"stop"}],"usage":{"prompt_tokens":14,"completion_tokens":4,"total_tokens":18}}';
+    }
+  }
+}
+CONF
+taskset -c 0 nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" &
+pids+=($!)
+
+cat >"$tmp/waypoint.yaml" <<CONF
+apiVersion: sluice.dev/v1alpha1
+kind: Waypoint
+metadata: {name: bench}
+spec:
+  accessLog: false
+  pools: [{name: main, endpoints: ["127.0.0.1:$NGINX_PORT"]}]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  models: ["*"]
+  backends: [{pool: main}]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: TokenBudget
+metadata: {name: bench}
+spec:
+  tenantFrom: [{header: x-tenant}]
+  limits: [{tenant: "*", tokensPerMinute: 1000000000000, requestsPerMinute: 1000000000000}]
+CONF
+taskset -c 1 "$BUILD/bin/sluice-waypoint" --config "$tmp/waypoint.yaml" --listen "127.0.0.1:$WP_PORT" \
+    --metrics-listen 127.0.0.1:0 --ready-listen 127.0.0.1:0 --log-level warn &
+WP_PID=$!
+pids+=($WP_PID)
+
+cat >"$tmp/haproxy.cfg" <<CONF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend f
+  bind 127.0.0.1:$HA_PORT
+  default_backend b
+backend b
+  server s1 127.0.0.1:$NGINX_PORT
+CONF
+taskset -c 1 haproxy -f "$tmp/haproxy.cfg" -db &
+pids+=($!)
+
+wait_port "$NGINX_PORT"; wait_port "$WP_PORT"; wait_port "$HA_PORT"
+
+run() {  # mode port connections
+    taskset -c 0 wrk -t1 -c"$3" -d"${SECONDS_PER_RUN}s" --latency -s bench/waypoint/post.lua \
+        "http://127.0.0.1:$2/v1/chat/completions" >"$tmp/$1-c$3.txt"
+}
+for c in 1 32; do
+    run direct "$NGINX_PORT" "$c"
+    run waypoint "$WP_PORT" "$c"
+    run haproxy "$HA_PORT" "$c"
+done
+RSS_KB=$(awk '/VmRSS/{print $2}' /proc/$WP_PID/status)
+
+machine="$(uname -srm), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
+python3 bench/waypoint/report.py "$tmp" "$machine" "$RSS_KB"
+cat bench/results/waypoint.md

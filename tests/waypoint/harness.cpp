@@ -1,0 +1,156 @@
+#include "tests/waypoint/harness.h"
+
+#include <signal.h>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "common/process.h"
+
+namespace sluice::waypoint::test {
+
+TempDir::TempDir() {
+    std::random_device rd;
+    path = std::filesystem::temp_directory_path() /
+           ("sluice-wp-" + std::to_string(::getpid()) + "-" + std::to_string(rd()));
+    std::filesystem::create_directories(path);
+}
+
+TempDir::~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+}
+
+Emulator::Emulator(const std::string& name, std::vector<std::string> extra_args) {
+    std::vector<std::string> argv{"/usr/bin/python3", SLUICE_EMULATOR_PATH,
+                                  "--port",           "0",
+                                  "--name",           name,
+                                  "--max-seconds",    "300"};
+    argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+    const auto log = (dir_.path / "emulator.log").string();
+    pid_ = spawn_process({.argv = argv}, log);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline) {
+        std::ifstream in(log);
+        std::string word;
+        while (in >> word) {
+            if (word == "PORT" && in >> port_)
+                return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    throw std::runtime_error("emulator did not start");
+}
+
+Emulator::~Emulator() {
+    if (pid_ > 0) {
+        ::kill(pid_, SIGTERM);
+        if (!wait_process(pid_, std::chrono::seconds(3))) {
+            ::kill(pid_, SIGKILL);
+            wait_process(pid_, std::chrono::seconds(3));
+        }
+    }
+}
+
+void Emulator::configure(const std::string& json) {
+    const auto reply = request(port_, "POST", "/emulator/config", json);
+    if (reply.status != 200)
+        throw std::runtime_error("emulator config failed");
+}
+
+std::string Emulator::stats() {
+    return request(port_, "GET", "/emulator/stats").body;
+}
+
+Reply request(unsigned short port, const std::string& method, const std::string& target,
+              const std::string& body, const std::map<std::string, std::string>& headers) {
+    asio::io_context io;
+    beast::tcp_stream stream(io);
+    stream.expires_after(std::chrono::seconds(10));
+    stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+    http::request<http::string_body> req{http::string_to_verb(method), target, 11};
+    req.set(http::field::host, "127.0.0.1");
+    for (const auto& [name, value] : headers)
+        req.set(name, value);
+    req.body() = body;
+    if (!body.empty())
+        req.set(http::field::content_type, "application/json");
+    req.prepare_payload();
+    http::write(stream, req);
+    beast::flat_buffer buffer;
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(64 << 20);
+    http::read(stream, buffer, parser);
+    Reply reply;
+    reply.status = parser.get().result_int();
+    for (const auto& f : parser.get()) {
+        std::string name(f.name_string());
+        for (auto& c : name)
+            c = char(std::tolower(c));
+        reply.headers[name] = std::string(f.value());
+    }
+    reply.body = parser.get().body();
+    return reply;
+}
+
+std::string rawExchange(unsigned short port, const std::string& bytes,
+                        std::chrono::milliseconds timeout) {
+    asio::io_context io;
+    beast::tcp_stream stream(io);
+    stream.expires_after(timeout);
+    stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+    error_code ec;
+    asio::write(stream, asio::buffer(bytes), ec);  // the server may answer and stop reading
+    std::string out;
+    char buf[4096];
+    for (int i = 0; i < 10'000; ++i) {
+        const std::size_t n = stream.read_some(asio::buffer(buf), ec);
+        out.append(buf, n);
+        if (ec)
+            break;
+    }
+    return out;
+}
+
+std::unique_ptr<Gateway> startGateway(const std::string& yaml) {
+    Config config = parseConfig(yaml);
+    config.listen = "127.0.0.1:0";
+    config.metrics_listen = "127.0.0.1:0";
+    config.ready_listen = "127.0.0.1:0";
+    config.tokenizer_dir = SLUICE_TEST_TOKENIZER_DIR;
+    config.access_log = false;
+    if (auto problems = config.validate(); !problems.empty()) {
+        throw std::runtime_error("config: " + problems.front());
+    }
+    auto gateway = std::make_unique<Gateway>(std::move(config));
+    gateway->start();
+    return gateway;
+}
+
+double metricValue(const std::string& text, const std::string& name,
+                   const std::map<std::string, std::string>& labels) {
+    std::istringstream in(text);
+    std::string line;
+    while (std::getline(in, line)) {
+        if (!line.starts_with(name + "{") && !line.starts_with(name + " "))
+            continue;
+        bool all = true;
+        for (const auto& [k, v] : labels) {
+            if (line.find(k + "=\"" + v + "\"") == std::string::npos)
+                all = false;
+        }
+        if (all)
+            return std::stod(line.substr(line.rfind(' ') + 1));
+    }
+    return -1;
+}
+
+}  // namespace sluice::waypoint::test

@@ -1,0 +1,64 @@
+#pragma once
+
+// Test harness for waypoint integration tests: emulator processes (the Python test fixture),
+// an in-process Gateway on loopback port 0, and small synchronous HTTP clients.
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "waypoint/config.h"
+#include "waypoint/gateway.h"
+
+namespace sluice::waypoint::test {
+
+// A temporary directory removed with everything in it.
+struct TempDir {
+    TempDir();
+    ~TempDir();
+    std::filesystem::path path;
+};
+
+// One openai_emulator.py process on 127.0.0.1:<port>; killed by pid in the destructor.
+class Emulator {
+  public:
+    explicit Emulator(const std::string& name, std::vector<std::string> extra_args = {});
+    ~Emulator();
+    unsigned short port() const { return port_; }
+    std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+    // POST /emulator/config with a JSON object.
+    void configure(const std::string& json);
+    // GET /emulator/stats as parsed JSON text.
+    std::string stats();
+
+  private:
+    TempDir dir_;
+    pid_t pid_ = -1;
+    unsigned short port_ = 0;
+};
+
+struct Reply {
+    unsigned status = 0;
+    std::map<std::string, std::string> headers;  // lower-case names
+    std::string body;                            // de-chunked
+};
+
+Reply request(unsigned short port, const std::string& method, const std::string& target,
+              const std::string& body = "", const std::map<std::string, std::string>& headers = {});
+
+// Sends raw bytes and reads until the peer closes or `timeout`; returns what arrived.
+std::string rawExchange(unsigned short port, const std::string& bytes,
+                        std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
+// A gateway built from YAML text (tokenizer from the build), listening on loopback port 0.
+std::unique_ptr<Gateway> startGateway(const std::string& yaml);
+
+// Value of a Prometheus sample whose line starts with `prefix` (name plus labels), or -1.
+double metricValue(const std::string& metrics_text, const std::string& name,
+                   const std::map<std::string, std::string>& labels);
+
+}  // namespace sluice::waypoint::test

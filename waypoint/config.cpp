@@ -1,0 +1,106 @@
+#include "waypoint/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+namespace sluice::waypoint {
+
+namespace {
+
+void parseWaypoint(const YAML::Node& spec, Config& c) {
+    c.listen = spec["listen"].as<std::string>(c.listen);
+    c.metrics_listen = spec["metricsListen"].as<std::string>(c.metrics_listen);
+    c.ready_listen = spec["readyListen"].as<std::string>(c.ready_listen);
+    c.workers = spec["workers"].as<unsigned>(c.workers);
+    c.tokenizer_dir = spec["tokenizerDir"].as<std::string>(c.tokenizer_dir);
+    c.log_level = spec["logLevel"].as<std::string>(c.log_level);
+    c.access_log = spec["accessLog"].as<bool>(c.access_log);
+    if (const auto& l = spec["limits"]) {
+        c.limits.max_header_bytes = l["maxHeaderBytes"].as<std::size_t>(c.limits.max_header_bytes);
+        c.limits.max_body_bytes = l["maxBodyBytes"].as<std::size_t>(c.limits.max_body_bytes);
+        c.limits.request_timeout = parseDuration(l["requestTimeout"], c.limits.request_timeout);
+        c.limits.idle_timeout = parseDuration(l["idleTimeout"], c.limits.idle_timeout);
+        c.upstream.connect_timeout = parseDuration(l["connectTimeout"], c.upstream.connect_timeout);
+        c.upstream.idle_timeout = parseDuration(l["upstreamIdleTimeout"], c.upstream.idle_timeout);
+    }
+    c.usage = usage::parseUsageConfig(spec["usage"]);
+    c.embeddings_cache = cache::parseEmbeddingsCacheConfig(spec["embeddingsCache"]);
+    for (const auto& pool : spec["pools"])
+        c.pools.push_back(parsePoolConfig(pool));
+}
+
+}  // namespace
+
+Config parseConfig(const std::string& yaml_text) {
+    Config config;
+    for (const auto& doc : YAML::LoadAll(yaml_text)) {
+        if (!doc || doc.IsNull())
+            continue;
+        const auto kind = doc["kind"].as<std::string>("");
+        const auto name = doc["metadata"] ? doc["metadata"]["name"].as<std::string>("") : "";
+        const auto& spec = doc["spec"];
+        if (kind == "Waypoint") {
+            parseWaypoint(spec, config);
+        } else if (kind == "TokenBudget") {
+            config.budgets.push_back(budget::parseTokenBudget(name, spec));
+        } else if (kind == "ModelRoute") {
+            config.routes.push_back(route::parseModelRoute(name, spec));
+        } else {
+            // Other kinds (AuthorizationPolicy, …) belong to other components' views of the
+            // same policy folder.
+            continue;
+        }
+    }
+    return config;
+}
+
+Config loadConfig(const std::string& path) {
+    std::ifstream in(path);
+    if (!in)
+        throw std::runtime_error(path + ": cannot open");
+    std::stringstream text;
+    text << in.rdbuf();
+    try {
+        return parseConfig(text.str());
+    } catch (const YAML::Exception& e) {
+        throw std::runtime_error(path + ":" + std::to_string(e.mark.line + 1) + ":" +
+                                 std::to_string(e.mark.column + 1) + ": " + e.msg);
+    } catch (const std::exception& e) {
+        throw std::runtime_error(path + ": " + e.what());
+    }
+}
+
+std::vector<std::string> Config::validate() const {
+    std::vector<std::string> problems;
+    if (workers == 0 || workers > 64)
+        problems.push_back("workers must be 1..64");
+    if (budgets.size() > 1)
+        problems.push_back("only one TokenBudget document is supported");
+    std::set<std::string> pool_names;
+    for (const auto& p : pools) {
+        if (!pool_names.insert(p.name).second)
+            problems.push_back("duplicate pool " + p.name);
+    }
+    auto check_target = [&](const std::string& route, const route::TargetConfig& t) {
+        if (!pool_names.count(t.pool)) {
+            problems.push_back("ModelRoute " + route + ": unknown pool " + t.pool);
+        }
+    };
+    for (const auto& r : routes) {
+        for (const auto& t : r.backends)
+            check_target(r.name, t);
+        for (const auto& t : r.fallbacks)
+            check_target(r.name, t);
+        if (r.cost_tier)
+            check_target(r.name, r.cost_tier->target);
+    }
+    if (routes.empty())
+        problems.push_back("no ModelRoute: nothing to route to");
+    return problems;
+}
+
+}  // namespace sluice::waypoint

@@ -1,0 +1,49 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "waypoint/filters/budget/config.h"
+#include "waypoint/filters/cache/config.h"
+#include "waypoint/filters/route/config.h"
+#include "waypoint/filters/usage/config.h"
+#include "waypoint/http/server.h"
+#include "waypoint/http/upstream.h"
+#include "waypoint/lb/config.h"
+
+namespace sluice::waypoint {
+
+inline constexpr const char* kDefaultListen = "0.0.0.0:8080";
+inline constexpr const char* kDefaultMetricsListen = "0.0.0.0:15020";
+inline constexpr const char* kDefaultReadyListen = "0.0.0.0:15021";
+inline constexpr const char* kConfigEnv = "SLUICE_WAYPOINT_CONFIG";
+inline constexpr const char* kListenEnv = "SLUICE_WAYPOINT_LISTEN";
+
+// Everything sluice-waypoint runs with. The --config file is multi-document YAML: one
+// `sluice.dev/v1alpha1 Waypoint` document (listeners, limits, pools) plus TokenBudget and
+// ModelRoute documents (docs/waypoint.md). Flags override the listeners.
+struct Config {
+    std::string listen = kDefaultListen;                 // plain HTTP gateway listener
+    std::string metrics_listen = kDefaultMetricsListen;  // GET /metrics
+    std::string ready_listen = kDefaultReadyListen;      // GET /healthz/ready
+    unsigned workers = 1;           // threads, each with its own listener (SO_REUSEPORT)
+    ServerLimits limits;            // client side: sizes and timeouts
+    UpstreamPool::Limits upstream;  // backend side: connect/idle timeouts, idle pool size
+    std::string tokenizer_dir;      // rank files; "" = $SLUICE_TOKENIZER_DIR or the build's
+    std::string log_level = "info";
+    bool access_log = true;  // one JSON line per request on stderr
+    usage::UsageConfig usage;
+    cache::EmbeddingsCacheConfig embeddings_cache;
+    std::vector<PoolConfig> pools;
+    std::vector<route::ModelRouteConfig> routes;
+    std::vector<budget::TokenBudgetConfig> budgets;  // at most one
+
+    // Every problem at once; empty when the config can run.
+    std::vector<std::string> validate() const;
+};
+
+// Parses a config file (throws std::runtime_error with file and problem on a parse error).
+Config loadConfig(const std::string& path);
+Config parseConfig(const std::string& yaml_text);
+
+}  // namespace sluice::waypoint

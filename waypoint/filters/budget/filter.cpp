@@ -1,0 +1,232 @@
+#include "waypoint/filters/budget/filter.h"
+
+#include <cmath>
+#include <cstdio>
+
+namespace sluice::waypoint::budget {
+namespace {
+
+// OpenAI's reset format: "1s", "6m0s", "0.5s".
+std::string resetString(double seconds) {
+    char buf[32];
+    if (seconds < 60) {
+        std::snprintf(buf, sizeof buf, "%gs", std::ceil(seconds * 1000) / 1000);
+    } else {
+        std::snprintf(buf, sizeof buf, "%dm%ds", int(seconds) / 60, int(seconds) % 60);
+    }
+    return buf;
+}
+
+std::string bearerToken(std::string_view value) {
+    if (value.starts_with("Bearer ") || value.starts_with("bearer "))
+        value.remove_prefix(7);
+    return std::string(value);
+}
+
+// "spiffe://<td>/ns/<ns>/sa/<sa>" → "<ns>".
+std::string namespaceOf(std::string_view spiffe) {
+    const auto at = spiffe.find("/ns/");
+    if (at == std::string_view::npos)
+        return {};
+    spiffe.remove_prefix(at + 4);
+    return std::string(spiffe.substr(0, spiffe.find('/')));
+}
+
+}  // namespace
+
+BudgetFilter::BudgetFilter(TokenBudgetConfig config, Metrics* metrics,
+                           std::function<Clock::time_point()> now,
+                           std::function<std::int64_t()> utc_day)
+    : config_(std::move(config)),
+      metrics_(metrics),
+      now_(std::move(now)),
+      utc_day_(std::move(utc_day)) {}
+
+std::int64_t BudgetFilter::currentUtcDay() {
+    using namespace std::chrono;
+    return duration_cast<days>(system_clock::now().time_since_epoch()).count();
+}
+
+std::string BudgetFilter::tenantOf(const RequestContext& ctx) const {
+    for (const auto& source : config_.tenant_from) {
+        std::string tenant;
+        switch (source.kind) {
+            case TenantSource::Kind::Header:
+                tenant = std::string(sv(ctx.request[source.header]));
+                break;
+            case TenantSource::Kind::ApiKey: {
+                const auto key = bearerToken(sv(ctx.request[source.header]));
+                if (auto it = config_.api_keys.find(key); it != config_.api_keys.end()) {
+                    tenant = it->second;
+                }
+                break;
+            }
+            case TenantSource::Kind::SpiffeId:
+                tenant = ctx.peer_identity;
+                break;
+            case TenantSource::Kind::Namespace:
+                tenant = namespaceOf(ctx.peer_identity);
+                break;
+        }
+        if (!tenant.empty())
+            return tenant;
+    }
+    return config_.default_tenant;
+}
+
+const BudgetLimit* BudgetFilter::match(const std::string& tenant, const std::string& model) const {
+    // The most specific entry wins: tenant and model, tenant, model, neither.
+    const BudgetLimit* best = nullptr;
+    int best_score = -1;
+    for (const auto& limit : config_.limits) {
+        const bool tenant_ok = limit.tenant == "*" || limit.tenant == tenant;
+        const bool model_ok = limit.model == "*" || limit.model == model;
+        if (!tenant_ok || !model_ok)
+            continue;
+        const int score = (limit.tenant != "*") * 2 + (limit.model != "*");
+        if (score > best_score) {
+            best = &limit;
+            best_score = score;
+        }
+    }
+    return best;
+}
+
+std::string BudgetFilter::keyOf(const BudgetLimit& limit, const std::string& tenant,
+                                const std::string& model) {
+    return tenant + '\0' + (limit.model == "*" ? std::string("*") : model);
+}
+
+std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
+    if (ctx.api.empty() || ctx.api == "models")
+        return std::nullopt;
+    ctx.tenant = tenantOf(ctx);
+    const BudgetLimit* limit = match(ctx.tenant, ctx.model);
+    if (!limit)
+        return std::nullopt;
+
+    const std::uint64_t want = ctx.estimated_prompt_tokens + ctx.max_output_tokens;
+    const auto now = now_();
+    const std::int64_t today = utc_day_();
+    std::lock_guard lock(mutex_);
+    State& state = states_[keyOf(*limit, ctx.tenant, ctx.model)];
+    if (limit->tokens_per_minute && !state.tokens)
+        state.tokens.emplace(limit->tokens_per_minute, now);
+    if (limit->requests_per_minute && !state.requests) {
+        state.requests.emplace(limit->requests_per_minute, now);
+    }
+    if (state.day != today) {
+        state.day = today;
+        state.used_today = 0;
+    }
+
+    // Headers on every answer, as OpenAI sends them.
+    auto add_headers = [&](std::vector<std::pair<std::string, std::string>>& out) {
+        if (state.requests) {
+            out.emplace_back("x-ratelimit-limit-requests",
+                             std::to_string(limit->requests_per_minute));
+            out.emplace_back(
+                "x-ratelimit-remaining-requests",
+                std::to_string(std::int64_t(std::max(0.0, state.requests->level(now)))));
+            out.emplace_back("x-ratelimit-reset-requests",
+                             resetString(state.requests->secondsUntilFull(now)));
+        }
+        if (state.tokens) {
+            out.emplace_back("x-ratelimit-limit-tokens", std::to_string(limit->tokens_per_minute));
+            out.emplace_back("x-ratelimit-remaining-tokens",
+                             std::to_string(std::int64_t(std::max(0.0, state.tokens->level(now)))));
+            out.emplace_back("x-ratelimit-reset-tokens",
+                             resetString(state.tokens->secondsUntilFull(now)));
+        }
+    };
+    auto reject = [&](std::string type, std::string what, std::uint64_t limit_value, double used,
+                      std::uint64_t requested, double retry_after) {
+        LocalReply reply{
+            .status = http::status::too_many_requests, .type = type, .code = "rate_limit_exceeded"};
+        char msg[512];
+        std::snprintf(msg, sizeof msg,
+                      "Rate limit reached for %s in tenant %s on %s: Limit %llu, Used %.0f, "
+                      "Requested %llu. Please try again in %s.",
+                      ctx.model.empty() ? "this model" : ctx.model.c_str(), ctx.tenant.c_str(),
+                      what.c_str(), (unsigned long long)limit_value, used,
+                      (unsigned long long)requested, resetString(retry_after).c_str());
+        reply.message = msg;
+        add_headers(reply.headers);
+        reply.headers.emplace_back("retry-after", std::to_string(std::max<std::int64_t>(
+                                                      1, std::llround(std::ceil(retry_after)))));
+        if (metrics_)
+            metrics_->rejected.Add({{"reason", what}, {"tenant", ctx.tenant}}).Increment();
+        ctx.result = "rate_limited";
+        return reply;
+    };
+
+    if (limit->max_concurrent && state.concurrent >= limit->max_concurrent) {
+        return reject("requests", "concurrent requests", limit->max_concurrent, state.concurrent, 1,
+                      1.0);
+    }
+    if (state.requests && state.requests->secondsUntil(1, now) > 0) {
+        return reject("requests", "requests per min (RPM)", limit->requests_per_minute,
+                      limit->requests_per_minute - state.requests->level(now), 1,
+                      state.requests->secondsUntil(1, now));
+    }
+    if (state.tokens && state.tokens->secondsUntil(want, now) > 0) {
+        return reject("tokens", "tokens per min (TPM)", limit->tokens_per_minute,
+                      limit->tokens_per_minute - state.tokens->level(now), want,
+                      state.tokens->secondsUntil(want, now));
+    }
+    if (limit->tokens_per_day && state.used_today + want > limit->tokens_per_day) {
+        using namespace std::chrono;
+        const auto since_midnight = system_clock::now().time_since_epoch() % days(1);
+        return reject("tokens", "tokens per day (TPD)", limit->tokens_per_day,
+                      double(state.used_today), want,
+                      duration<double>(days(1) - since_midnight).count());
+    }
+    if (state.requests)
+        state.requests->try_take(1, now);
+    if (state.tokens)
+        state.tokens->try_take(want, now);
+    state.used_today += want;
+    ++state.concurrent;
+    ctx.reserved_tokens = want;
+    add_headers(ctx.response_headers);
+    if (metrics_ && state.tokens) {
+        metrics_->budget_remaining
+            .Add({{"tenant", ctx.tenant}, {"model", limit->model == "*" ? "*" : ctx.model}})
+            .Set(state.tokens->level(now));
+    }
+    return std::nullopt;
+}
+
+void BudgetFilter::onComplete(RequestContext& ctx) {
+    if (ctx.api.empty() || ctx.api == "models")
+        return;
+    const BudgetLimit* limit = match(ctx.tenant, ctx.model);
+    if (!limit || ctx.result == "rate_limited")
+        return;
+    // Charge what was used: the reported usage; without one, nothing for a request no backend
+    // answered successfully, else the whole reservation (the conservative choice).
+    std::uint64_t used = ctx.reserved_tokens;
+    if (ctx.usage.reported) {
+        used = ctx.usage.total();
+    } else if (ctx.backend.empty() || ctx.status == 0 || ctx.status >= 400) {
+        used = 0;
+    }
+    const auto now = now_();
+    std::lock_guard lock(mutex_);
+    State& state = states_[keyOf(*limit, ctx.tenant, ctx.model)];
+    const double refund = double(ctx.reserved_tokens) - double(used);
+    if (state.tokens)
+        state.tokens->adjust(refund, now);
+    if (state.day == utc_day_()) {
+        state.used_today = std::uint64_t(std::max(0.0, double(state.used_today) - refund));
+    }
+    if (state.concurrent > 0)
+        --state.concurrent;
+    if (metrics_ && state.tokens) {
+        metrics_->budget_remaining
+            .Add({{"tenant", ctx.tenant}, {"model", limit->model == "*" ? "*" : ctx.model}})
+            .Set(state.tokens->level(now));
+    }
+}
+
+}  // namespace sluice::waypoint::budget

@@ -1,0 +1,55 @@
+#pragma once
+
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "waypoint/filters/budget/config.h"
+#include "waypoint/filters/budget/token_bucket.h"
+#include "waypoint/filters/filter.h"
+#include "waypoint/metrics.h"
+
+namespace sluice::waypoint::budget {
+
+// TokenBudget admission: identifies the tenant, reserves the estimated prompt tokens plus the
+// request's max output tokens against the matching limit's buckets, and settles the reservation
+// with the real usage on completion. Over budget → 429 in OpenAI's shape with x-ratelimit-*
+// and retry-after. One instance serves all worker threads; its state is behind one mutex (two
+// short critical sections per request).
+class BudgetFilter : public HttpFilter {
+  public:
+    using Clock = TokenBucket::Clock;
+    // `now` is injectable so tests can move time; `metrics` may be null.
+    BudgetFilter(TokenBudgetConfig config, Metrics* metrics,
+                 std::function<Clock::time_point()> now = Clock::now,
+                 std::function<std::int64_t()> utc_day = currentUtcDay);
+
+    std::string_view name() const override { return "budget"; }
+    std::optional<LocalReply> onRequest(RequestContext& ctx) override;
+    void onComplete(RequestContext& ctx) override;
+
+    std::string tenantOf(const RequestContext& ctx) const;
+    static std::int64_t currentUtcDay();
+
+  private:
+    struct State {
+        std::optional<TokenBucket> tokens;
+        std::optional<TokenBucket> requests;
+        std::int64_t day = 0;
+        std::uint64_t used_today = 0;
+        std::uint32_t concurrent = 0;
+    };
+    const BudgetLimit* match(const std::string& tenant, const std::string& model) const;
+    static std::string keyOf(const BudgetLimit& limit, const std::string& tenant,
+                             const std::string& model);
+
+    TokenBudgetConfig config_;
+    Metrics* metrics_;
+    std::function<Clock::time_point()> now_;
+    std::function<std::int64_t()> utc_day_;
+    std::mutex mutex_;
+    std::unordered_map<std::string, State> states_;
+};
+
+}  // namespace sluice::waypoint::budget

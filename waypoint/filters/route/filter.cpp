@@ -1,0 +1,116 @@
+#include "waypoint/filters/route/filter.h"
+
+#include <random>
+#include <stdexcept>
+
+namespace sluice::waypoint::route {
+namespace {
+thread_local std::minstd_rand rng{std::random_device{}()};
+}
+
+RouteFilter::RouteFilter(std::vector<ModelRouteConfig> routes,
+                         const std::map<std::string, std::shared_ptr<BackendPool>>& pools) {
+    for (auto& config : routes) {
+        auto route = std::make_unique<Route>();
+        auto target = [&](const TargetConfig& t) {
+            auto it = pools.find(t.pool);
+            if (it == pools.end()) {
+                throw std::invalid_argument("ModelRoute " + config.name + ": unknown pool " +
+                                            t.pool);
+            }
+            return RouteTarget{
+                .pool = it->second.get(), .model = t.model, .timeout = config.timeout};
+        };
+        for (const auto& b : config.backends) {
+            route->backends.push_back(target(b));
+            route->total_weight += b.weight;
+        }
+        for (const auto& f : config.fallbacks)
+            route->fallbacks.push_back(target(f));
+        if (config.cost_tier)
+            route->cost_tier = target(config.cost_tier->target);
+        route->config = std::move(config);
+        routes_.push_back(std::move(route));
+    }
+}
+
+const ModelRouteConfig* RouteFilter::routeFor(const RequestContext& ctx) const {
+    for (const auto& route : routes_) {
+        for (const auto& m : route->config.models) {
+            if (m == "*" || m == ctx.model)
+                return &route->config;
+        }
+    }
+    return nullptr;
+}
+
+RouteFilter::Route* RouteFilter::find(const std::string& name) {
+    for (auto& route : routes_) {
+        if (route->config.name == name)
+            return route.get();
+    }
+    return nullptr;
+}
+
+std::optional<LocalReply> RouteFilter::onRequest(RequestContext& ctx) {
+    const ModelRouteConfig* config = routeFor(ctx);
+    if (!config) {
+        ctx.result = "no_route";
+        return LocalReply{.status = http::status::not_found,
+                          .type = "invalid_request_error",
+                          .code = "model_not_found",
+                          .message = "The model `" + ctx.model +
+                                     "` does not exist or is not "
+                                     "routed by this gateway."};
+    }
+    Route& route = *find(config->name);
+    ctx.route = config->name;
+    ++route.active;
+    const auto& tier = config->cost_tier;
+    if (tier && route.cost_tier && ctx.estimated_prompt_tokens <= tier->max_prompt_tokens &&
+        ctx.max_output_tokens <= tier->max_output_tokens) {
+        ctx.targets.push_back(*route.cost_tier);
+        ctx.route_decision = "cost-tier:prompt<=" + std::to_string(tier->max_prompt_tokens);
+    } else {
+        std::uniform_int_distribution<std::uint32_t> dist(0, route.total_weight - 1);
+        std::uint32_t roll = dist(rng);
+        for (std::size_t i = 0; i < route.backends.size(); ++i) {
+            const std::uint32_t w = config->backends[i].weight;
+            if (roll < w) {
+                ctx.targets.push_back(route.backends[i]);
+                ctx.route_decision = "weighted:" + config->backends[i].pool;
+                break;
+            }
+            roll -= w;
+        }
+    }
+    for (const auto& f : route.fallbacks)
+        ctx.targets.push_back(f);
+    ctx.response_headers.emplace_back("x-sluice-route", config->name + ";" + ctx.route_decision);
+    return std::nullopt;
+}
+
+void RouteFilter::onComplete(RequestContext& ctx) {
+    if (Route* route = find(ctx.route))
+        --route->active;
+}
+
+bool RouteFilter::retryAllowed(const RequestContext& ctx) {
+    Route* route = find(ctx.route);
+    if (!route)
+        return false;
+    const auto& r = route->config.retries;
+    const std::uint32_t allowed =
+        std::max(r.min_retries, route->active.load() * r.budget_percent / 100);
+    if (route->retries.load() >= allowed)
+        return false;
+    ++route->retries;
+    return true;
+}
+
+void RouteFilter::retryFinished(const RequestContext& ctx) {
+    if (Route* route = find(ctx.route))
+        --route->retries;
+}
+
+}  // namespace sluice::waypoint::route

@@ -1,0 +1,479 @@
+#include "waypoint/gateway.h"
+
+#include <spdlog/spdlog.h>
+
+#include <random>
+
+#include "waypoint/filters/budget/filter.h"
+#include "waypoint/filters/cache/filter.h"
+#include "waypoint/filters/usage/filter.h"
+#include "waypoint/http/client_watch.h"
+#include "waypoint/http/forward.h"
+#include "waypoint/tokenizer/encoding.h"
+
+namespace sluice::waypoint {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string apiOf(std::string_view target) {
+    target = target.substr(0, target.find('?'));
+    if (target == "/v1/chat/completions")
+        return "chat";
+    if (target == "/v1/completions")
+        return "completions";
+    if (target == "/v1/embeddings")
+        return "embeddings";
+    if (target == "/v1/models")
+        return "models";
+    return "";
+}
+
+std::string hex(std::mt19937_64& rng, int bytes) {
+    static const char* digits = "0123456789abcdef";
+    std::string out;
+    for (int i = 0; i < bytes; ++i) {
+        const auto b = unsigned(rng() & 0xFF);
+        out += digits[b >> 4];
+        out += digits[b & 15];
+    }
+    return out;
+}
+
+const std::vector<double>& latencyBucketsMs() {
+    static const std::vector<double> b{0.5, 1,    2,    5,    10,    25,    50,    100,   250,
+                                       500, 1000, 2500, 5000, 10000, 30000, 60000, 300000};
+    return b;
+}
+const std::vector<double>& secondsBuckets() {
+    static const std::vector<double> b{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                       1,     2.5,   5,    10,    30,   60,  300};
+    return b;
+}
+const std::vector<double>& tokenBuckets() {
+    static const std::vector<double> b{1,    4,     16,    64,     256,    1024,
+                                       4096, 16384, 65536, 262144, 1048576};
+    return b;
+}
+
+// The status of the reply the waypoint sends itself when this was the last attempt.
+std::optional<http::status> failureStatus(const ForwardResult& result) {
+    switch (result.outcome) {
+        case ForwardOutcome::Timeout:
+            return http::status::gateway_timeout;
+        case ForwardOutcome::ConnectFailed:
+        case ForwardOutcome::UpstreamFailed:
+            return http::status::bad_gateway;
+        case ForwardOutcome::RetryableStatus:
+            return http::status(result.status);
+        default:
+            return std::nullopt;
+    }
+}
+
+}  // namespace
+
+tcp::endpoint parseListen(const std::string& text) {
+    const auto colon = text.rfind(':');
+    if (colon == std::string::npos)
+        throw std::invalid_argument("listen address without port: " + text);
+    std::string host = text.substr(0, colon);
+    if (host.size() > 2 && host.front() == '[')
+        host = host.substr(1, host.size() - 2);
+    error_code ec;
+    auto address = asio::ip::make_address(host, ec);
+    if (ec)
+        throw std::invalid_argument("bad listen address: " + text);
+    return {address, static_cast<unsigned short>(std::stoi(text.substr(colon + 1)))};
+}
+
+std::string nextTraceparent(std::string_view incoming) {
+    thread_local std::mt19937_64 rng{std::random_device{}()};
+    // version "00" - trace id (32 hex, not all zero) - parent id (16 hex) - flags (2 hex)
+    auto is_hex = [](std::string_view s) {
+        return s.find_first_not_of("0123456789abcdef") == std::string_view::npos;
+    };
+    if (incoming.size() == 55 && incoming.substr(0, 3) == "00-" && incoming[35] == '-' &&
+        incoming[52] == '-' && is_hex(incoming.substr(3, 32)) &&
+        incoming.substr(3, 32) != std::string(32, '0') && is_hex(incoming.substr(53, 2))) {
+        return "00-" + std::string(incoming.substr(3, 32)) + "-" + hex(rng, 8) + "-" +
+               std::string(incoming.substr(53, 2));
+    }
+    return "00-" + hex(rng, 16) + "-" + hex(rng, 8) + "-01";
+}
+
+Gateway::Gateway(Config config) : config_(std::move(config)) {
+    for (const auto& pool : config_.pools) {
+        pools_[pool.name] = std::make_shared<BackendPool>(pool);
+    }
+    const auto dir = config_.tokenizer_dir.empty() ? tokenizer::defaultTokenizerDir()
+                                                   : std::filesystem::path(config_.tokenizer_dir);
+    auto cl100k = tokenizer::Encoding::load(tokenizer::EncodingName::kCl100kBase, dir);
+    auto o200k = tokenizer::Encoding::load(tokenizer::EncodingName::kO200kBase, dir);
+    if (!cl100k || !o200k) {
+        throw std::runtime_error(
+            "tokenizer (" + dir.string() +
+            "): " + std::string(tokenizer::toString(!cl100k ? cl100k.error() : o200k.error())));
+    }
+    // Filter order: usage (estimate) → budget (admission) → embeddings cache → route (targets).
+    owned_filters_.push_back(std::make_unique<usage::UsageFilter>(config_.usage, *cl100k, *o200k));
+    if (!config_.budgets.empty()) {
+        owned_filters_.push_back(
+            std::make_unique<budget::BudgetFilter>(config_.budgets.front(), &metrics_));
+    }
+    if (config_.embeddings_cache.enabled) {
+        owned_filters_.push_back(
+            std::make_unique<cache::EmbeddingsCacheFilter>(config_.embeddings_cache));
+    }
+    auto router = std::make_unique<route::RouteFilter>(config_.routes, pools_);
+    router_ = router.get();
+    owned_filters_.push_back(std::move(router));
+    for (auto& f : owned_filters_)
+        filters_.push_back(f.get());
+}
+
+Gateway::~Gateway() {
+    stop();
+}
+
+void Gateway::start() {
+    const auto at = parseListen(config_.listen);
+    unsigned short port = at.port();
+    for (unsigned i = 0; i < config_.workers; ++i) {
+        auto w = std::make_unique<Worker>();
+        // Port 0 picks a port for the first worker; the others share it through SO_REUSEPORT.
+        w->acceptor = std::make_unique<tcp::acceptor>(
+            listenReusePort(w->io, tcp::endpoint(at.address(), port)));
+        port = w->acceptor->local_endpoint().port();
+        w->upstream = std::make_unique<UpstreamPool>(w->io.get_executor(), config_.upstream);
+        w->handler = [this, pool = w->upstream.get()](Exchange& ex) { return handle(ex, *pool); };
+        workers_.push_back(std::move(w));
+    }
+    gateway_port_ = port;
+    metrics_acceptor_ =
+        std::make_unique<tcp::acceptor>(admin_io_, parseListen(config_.metrics_listen));
+    ready_acceptor_ = std::make_unique<tcp::acceptor>(admin_io_, parseListen(config_.ready_listen));
+    metrics_port_ = metrics_acceptor_->local_endpoint().port();
+    ready_port_ = ready_acceptor_->local_endpoint().port();
+
+    auto admin = [this](bool metrics) {
+        return [this, metrics](Exchange& ex) -> awaitable<void> {
+            http::response<http::string_body> res{http::status::ok, ex.request.version()};
+            const auto target = ex.request.target();
+            if (metrics && target == "/metrics") {
+                res.set(http::field::content_type, "text/plain; version=0.0.4");
+                res.body() = metrics_.serialize();
+            } else if (!metrics && target == "/healthz/ready") {
+                res.result(ready_ ? http::status::ok : http::status::service_unavailable);
+                res.body() = ready_ ? "ready\n" : "starting\n";
+            } else {
+                res.result(http::status::not_found);
+            }
+            res.keep_alive(ex.keep_alive);
+            res.prepare_payload();
+            error_code ec;
+            co_await http::async_write(ex.socket, res, noThrow(ec));
+            if (ec)
+                ex.keep_alive = false;
+        };
+    };
+    metrics_handler_ = admin(true);
+    ready_handler_ = admin(false);
+    asio::co_spawn(admin_io_, acceptLoop(*metrics_acceptor_, admin_limits_, metrics_handler_),
+                   asio::detached);
+    asio::co_spawn(admin_io_, acceptLoop(*ready_acceptor_, admin_limits_, ready_handler_),
+                   asio::detached);
+    admin_thread_ = std::thread([this] { admin_io_.run(); });
+
+    for (auto& w : workers_) {
+        asio::co_spawn(w->io, acceptLoop(*w->acceptor, config_.limits, w->handler), asio::detached);
+        w->thread = std::thread([io = &w->io] { io->run(); });
+    }
+    ready_ = true;
+}
+
+void Gateway::stop() {
+    ready_ = false;
+    for (auto& w : workers_)
+        w->io.stop();
+    admin_io_.stop();
+    for (auto& w : workers_) {
+        if (w->thread.joinable())
+            w->thread.join();
+    }
+    if (admin_thread_.joinable())
+        admin_thread_.join();
+}
+
+std::string Gateway::modelsList() const {
+    nlohmann::json data = nlohmann::json::array();
+    for (const auto& r : config_.routes) {
+        for (const auto& m : r.models) {
+            if (m != "*")
+                data.push_back(
+                    {{"id", m}, {"object", "model"}, {"created", 0}, {"owned_by", "sluice"}});
+        }
+    }
+    return nlohmann::json{{"object", "list"}, {"data", data}}.dump();
+}
+
+awaitable<void> Gateway::reply(Exchange& ex, RequestContext& ctx, const LocalReply& local) {
+    auto res = toResponse(local, ex.request.version(), ex.keep_alive);
+    for (const auto& [name, value] : ctx.response_headers) {
+        if (res.find(name) == res.end())
+            res.set(name, value);
+    }
+    ctx.status = unsigned(local.status);
+    error_code ec;
+    co_await http::async_write(ex.socket, res, noThrow(ec));
+    if (ec)
+        ex.keep_alive = false;
+}
+
+awaitable<void> Gateway::handle(Exchange& ex, UpstreamPool& upstream) {
+    RequestContext ctx(ex.request);
+    ctx.peer_identity = ex.peer_identity;
+    ctx.api = apiOf(sv(ex.request.target()));
+    ctx.traceparent = nextTraceparent(sv(ex.request["traceparent"]));
+
+    if (ctx.api == "models" && ex.request.method() == http::verb::get) {
+        http::response<http::string_body> res{http::status::ok, ex.request.version()};
+        res.set(http::field::content_type, "application/json");
+        res.body() = modelsList();
+        res.keep_alive(ex.keep_alive);
+        res.prepare_payload();
+        error_code ec;
+        co_await http::async_write(ex.socket, res, noThrow(ec));
+        ctx.status = 200;
+        record(ctx);
+        co_return;
+    }
+    if (!ctx.api.empty() && ctx.api != "models") {
+        LocalReply bad{.status = http::status::bad_request, .type = "invalid_request_error"};
+        if (ex.request.method() != http::verb::post) {
+            bad.status = http::status::method_not_allowed;
+            bad.message = "Only POST is supported on " + std::string(sv(ex.request.target()));
+        } else {
+            auto body = nlohmann::json::parse(ex.request.body(), nullptr, false);
+            if (body.is_discarded() || !body.is_object()) {
+                bad.message = "We could not parse the JSON body of your request.";
+            } else if (!body.contains("model") || !body["model"].is_string()) {
+                bad.message = "you must provide a model parameter";
+            } else {
+                ctx.model = body["model"].get<std::string>();
+                ctx.stream = body.value("stream", false);
+                ctx.body = std::move(body);
+            }
+        }
+        if (!ctx.body) {
+            ctx.result = "invalid_request";
+            co_await reply(ex, ctx, bad);
+            record(ctx);
+            co_return;
+        }
+    }
+
+    std::size_t ran = 0;
+    for (; ran < filters_.size(); ++ran) {
+        if (auto local = filters_[ran]->onRequest(ctx)) {
+            co_await reply(ex, ctx, *local);
+            for (std::size_t i = ran; i-- > 0;)
+                filters_[i]->onComplete(ctx);
+            record(ctx);
+            co_return;
+        }
+    }
+    co_await route(ex, ctx, upstream);
+}
+
+awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream) {
+    tcp::socket* upstream_socket = nullptr;
+    ClientWatch watch(ex.socket, ex.buffer,
+                      config_.limits.max_header_bytes + config_.limits.max_body_bytes);
+    watch.start([&upstream_socket] {
+        if (upstream_socket) {
+            error_code ec;
+            upstream_socket->close(ec);
+        }
+    });
+
+    const auto& route_config = *router_->routeFor(ctx);
+    std::size_t target_index = 0;
+    const Endpoint* avoid = nullptr;
+    std::optional<LocalReply> failure;
+    for (std::uint32_t attempt = 0;; ++attempt) {
+        const RouteTarget& target = ctx.targets[std::min(target_index, ctx.targets.size() - 1)];
+        const bool more_targets = target_index + 1 < ctx.targets.size();
+        const bool last = attempt >= route_config.retries.attempts;
+        Endpoint* ep = target.pool->pick(ctx, avoid);
+        ForwardResult result;
+        if (!ep) {
+            result.outcome = ForwardOutcome::RetryableStatus;  // circuit open: overflow
+            failure =
+                LocalReply{.status = http::status::service_unavailable,
+                           .type = "server_error",
+                           .message = "upstream pool " + target.pool->name() + " is overloaded"};
+        } else {
+            std::string body;
+            const bool rewrite = !target.model.empty() && target.model != ctx.model;
+            if (ctx.body && (ctx.body_modified || rewrite)) {
+                auto copy = *ctx.body;
+                if (rewrite)
+                    copy["model"] = target.model;
+                body = copy.dump();
+            } else {
+                body = ex.request.body();
+            }
+            ForwardOptions options{.timeout = target.timeout, .hold_retryable_status = !last};
+            result =
+                co_await forward(ClientSide{ex.socket, ex.request.version(), ex.keep_alive}, ctx,
+                                 body, ep->address, options, filters_, upstream, &upstream_socket);
+            const bool ok = result.outcome == ForwardOutcome::Completed && result.status < 500;
+            if (result.outcome != ForwardOutcome::ClientGone) {
+                target.pool->finish(
+                    *ep, ok || result.status == 429,
+                    result.status ? std::optional(result.header_latency) : std::nullopt);
+            } else {
+                target.pool->finish(*ep, true, std::nullopt);
+            }
+            metrics_.upstream_attempts
+                .Add({{"pool", target.pool->name()},
+                      {"outcome", std::string(toString(result.outcome))}})
+                .Increment();
+            if (watch.gone())
+                result.outcome = ForwardOutcome::ClientGone;
+            ctx.backend = ep->name;
+            if (auto status = failureStatus(result)) {
+                failure = LocalReply{
+                    .status = *status,
+                    .type = "server_error",
+                    .message = "upstream " + ep->name + " " +
+                               std::string(toString(result.outcome)) +
+                               (result.status ? " (" + std::to_string(result.status) + ")" : "")};
+            }
+            avoid = ep;
+        }
+        if (result.outcome == ForwardOutcome::Completed) {
+            ctx.result = result.status < 400 ? "ok" : "upstream_status";
+            failure.reset();
+            break;
+        }
+        if (result.outcome == ForwardOutcome::ClientGone) {
+            ctx.result = "client_gone";
+            ex.keep_alive = false;
+            failure.reset();
+            break;
+        }
+        if (result.committed) {  // failed mid-response: only closing can tell the client
+            ctx.result = "upstream_reset";
+            ex.keep_alive = false;
+            failure.reset();
+            break;
+        }
+        if (last || !router_->retryAllowed(ctx)) {
+            ctx.result = "upstream_error";
+            break;
+        }
+        // Back off (exponential with jitter) before the next try; a fallback target is tried
+        // next when there is one, else another endpoint of the same pool.
+        thread_local std::minstd_rand rng{std::random_device{}()};
+        const auto base = route_config.retries.backoff * (1 << std::min(attempt, 6u));
+        asio::steady_timer timer(ex.socket.get_executor());
+        timer.expires_after(base / 2 + std::chrono::milliseconds(rng() % (base.count() / 2 + 1)));
+        error_code ec;
+        co_await timer.async_wait(noThrow(ec));
+        router_->retryFinished(ctx);
+        if (more_targets) {
+            ++target_index;
+            avoid = nullptr;
+        }
+        if (watch.gone()) {
+            ctx.result = "client_gone";
+            ex.keep_alive = false;
+            failure.reset();
+            break;
+        }
+    }
+    if (failure) {
+        ctx.backend.clear();
+        co_await reply(ex, ctx, *failure);  // a write may run beside the watch's read
+    }
+    // Settle budgets and record before the next suspension: once the last byte is written the
+    // client may already send its next request, which must see this one settled.
+    for (std::size_t i = filters_.size(); i-- > 0;)
+        filters_[i]->onComplete(ctx);
+    record(ctx);
+    co_await watch.stop();
+}
+
+void Gateway::record(const RequestContext& ctx) {
+    const auto end = Clock::now();
+    const double ms = std::chrono::duration<double, std::milli>(end - ctx.start).count();
+    const std::string code = std::to_string(ctx.status);
+    const std::string principal = ctx.peer_identity.empty() ? "unknown" : ctx.peer_identity;
+    metrics_.duration_ms
+        .Add({{"reporter", "waypoint"}, {"response_code", code}}, latencyBucketsMs())
+        .Observe(ms);
+    const bool genai = !ctx.api.empty() && ctx.api != "models" && !ctx.model.empty();
+    if (genai && ctx.status > 0 && ctx.status < 400) {
+        const std::string operation = ctx.api == "embeddings"
+                                          ? "embeddings"
+                                          : (ctx.api == "chat" ? "chat" : "text_completion");
+        auto labels = [&](const char* type) {
+            return prometheus::Labels{{"gen_ai_token_type", type},
+                                      {"gen_ai_request_model", ctx.model},
+                                      {"gen_ai_operation_name", operation},
+                                      {"tenant", ctx.tenant}};
+        };
+        metrics_.token_usage.Add(labels("input"), tokenBuckets())
+            .Observe(double(ctx.usage.prompt_tokens));
+        metrics_.tokens.Add(labels("input")).Increment(double(ctx.usage.prompt_tokens));
+        if (ctx.api != "embeddings") {
+            metrics_.token_usage.Add(labels("output"), tokenBuckets())
+                .Observe(double(ctx.usage.completion_tokens));
+            metrics_.tokens.Add(labels("output")).Increment(double(ctx.usage.completion_tokens));
+        }
+        const prometheus::Labels model_labels{{"gen_ai_request_model", ctx.model},
+                                              {"gen_ai_operation_name", operation}};
+        metrics_.operation_s.Add(model_labels, secondsBuckets()).Observe(ms / 1000);
+        if (ctx.first_token) {
+            const double ttft = std::chrono::duration<double>(*ctx.first_token - ctx.start).count();
+            metrics_.ttft_s.Add(model_labels, secondsBuckets()).Observe(ttft);
+            if (ctx.usage.completion_tokens > 1) {
+                const double rest = std::chrono::duration<double>(end - *ctx.first_token).count();
+                metrics_.tpot_s.Add(model_labels, secondsBuckets())
+                    .Observe(rest / double(ctx.usage.completion_tokens - 1));
+            }
+        }
+    }
+    // Last, so a reader that sees this request counted also sees its other metrics.
+    metrics_.requests
+        .Add({{"reporter", "waypoint"},
+              {"response_code", code},
+              {"destination_service", ctx.route},
+              {"source_principal", principal},
+              {"request_protocol", "http"}})
+        .Increment();
+    if (config_.access_log) {
+        nlohmann::json line{{"path", std::string(sv(ctx.request.target()))},
+                            {"method", std::string(sv(ctx.request.method_string()))},
+                            {"status", ctx.status},
+                            {"result", ctx.result},
+                            {"tenant", ctx.tenant},
+                            {"model", ctx.model},
+                            {"route", ctx.route},
+                            {"backend", ctx.backend},
+                            {"tokens_in", ctx.usage.prompt_tokens},
+                            {"tokens_out", ctx.usage.completion_tokens},
+                            {"usage_reported", ctx.usage.reported},
+                            {"duration_ms", ms},
+                            {"traceparent", ctx.traceparent}};
+        if (ctx.first_token) {
+            line["ttft_ms"] =
+                std::chrono::duration<double, std::milli>(*ctx.first_token - ctx.start).count();
+        }
+        spdlog::info("access {}", line.dump());
+    }
+}
+
+}  // namespace sluice::waypoint

@@ -1,0 +1,74 @@
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "waypoint/config.h"
+#include "waypoint/filters/filter.h"
+#include "waypoint/filters/route/filter.h"
+#include "waypoint/http/server.h"
+#include "waypoint/http/upstream.h"
+#include "waypoint/lb/pool.h"
+#include "waypoint/metrics.h"
+
+namespace sluice::waypoint {
+
+// The running waypoint: worker threads that each accept on the gateway port and proxy with
+// their own upstream connection pool, the shared filter chain, and an admin thread for
+// :15020/metrics and :15021/healthz/ready.
+class Gateway {
+  public:
+    explicit Gateway(Config config);  // throws on a config the filters cannot build from
+    ~Gateway();
+
+    void start();  // binds every listener (throws if one cannot bind), then starts threads
+    void stop();   // closes listeners and stops the threads; idempotent
+
+    unsigned short gatewayPort() const { return gateway_port_; }
+    unsigned short metricsPort() const { return metrics_port_; }
+    unsigned short readyPort() const { return ready_port_; }
+    Metrics& metrics() { return metrics_; }
+
+  private:
+    struct Worker {
+        asio::io_context io{1};
+        std::unique_ptr<tcp::acceptor> acceptor;
+        std::unique_ptr<UpstreamPool> upstream;
+        Handler handler;  // proxies with this worker's upstream pool
+        std::thread thread;
+    };
+
+    awaitable<void> handle(Exchange& ex, UpstreamPool& upstream);
+    // Runs the attempts, replies, then completes the request (filters' onComplete, metrics, log).
+    awaitable<void> route(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream);
+    awaitable<void> reply(Exchange& ex, RequestContext& ctx, const LocalReply& reply);
+    void record(const RequestContext& ctx);
+    std::string modelsList() const;
+
+    Config config_;
+    Metrics metrics_;
+    std::map<std::string, std::shared_ptr<BackendPool>> pools_;
+    std::vector<std::unique_ptr<HttpFilter>> owned_filters_;
+    std::vector<HttpFilter*> filters_;
+    route::RouteFilter* router_ = nullptr;
+
+    std::vector<std::unique_ptr<Worker>> workers_;
+    asio::io_context admin_io_{1};
+    std::unique_ptr<tcp::acceptor> metrics_acceptor_, ready_acceptor_;
+    ServerLimits admin_limits_{.max_body_bytes = 4096};
+    Handler metrics_handler_, ready_handler_;
+    std::thread admin_thread_;
+    std::atomic<bool> ready_{false};
+    unsigned short gateway_port_ = 0, metrics_port_ = 0, ready_port_ = 0;
+};
+
+// "ip:port" or "[v6]:port" → endpoint; throws std::invalid_argument.
+tcp::endpoint parseListen(const std::string& text);
+
+// W3C trace context: keeps a valid incoming trace id with a new span id, else starts a trace.
+std::string nextTraceparent(std::string_view incoming);
+
+}  // namespace sluice::waypoint

@@ -1,0 +1,43 @@
+#pragma once
+
+#include <functional>
+#include <memory>
+
+#include "waypoint/http/asio.h"
+
+namespace sluice::waypoint {
+
+// Notices a client that goes away while its request is being proxied, so the upstream request
+// is cancelled instead of running (and burning tokens) to the end. It keeps one read pending on
+// the client socket; bytes that arrive (a pipelined next request) are kept in `buffer`.
+class ClientWatch {
+  public:
+    ClientWatch(tcp::socket& client, beast::flat_buffer& buffer, std::size_t max_buffered);
+    ~ClientWatch();
+    ClientWatch(const ClientWatch&) = delete;
+    ClientWatch& operator=(const ClientWatch&) = delete;
+
+    // `on_gone` runs once, on the worker thread, when the client closes or resets.
+    void start(std::function<void()> on_gone);
+    // Cancels the pending read and waits until it has finished, so the socket may be read again.
+    awaitable<void> stop();
+    bool gone() const { return state_->gone; }
+
+  private:
+    struct State {
+        bool gone = false;
+        bool running = false;
+        bool stopping = false;
+        std::function<void()> on_gone;
+        std::unique_ptr<asio::steady_timer> exited;
+    };
+    static awaitable<void> watch(std::shared_ptr<State> state, tcp::socket& client,
+                                 beast::flat_buffer& buffer, std::size_t max_buffered);
+
+    tcp::socket& client_;
+    beast::flat_buffer& buffer_;
+    std::size_t max_buffered_;
+    std::shared_ptr<State> state_;
+};
+
+}  // namespace sluice::waypoint

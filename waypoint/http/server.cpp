@@ -1,0 +1,116 @@
+#include "waypoint/http/server.h"
+
+#include <sys/socket.h>
+
+#include <array>
+
+#include "waypoint/http/deadline.h"
+#include "waypoint/http/openai_error.h"
+
+namespace sluice::waypoint {
+namespace {
+
+LocalReply badRequest(std::string message) {
+    return {.status = http::status::bad_request,
+            .type = "invalid_request_error",
+            .message = std::move(message)};
+}
+
+}  // namespace
+
+awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
+                                const Handler& handler) {
+    error_code ec;
+    socket.set_option(tcp::no_delay(true), ec);
+    beast::flat_buffer buffer;
+    Deadline deadline(socket.get_executor());
+    for (std::size_t served = 0; served < limits.max_requests_per_connection; ++served) {
+        http::request_parser<http::string_body> parser;
+        parser.header_limit(std::uint32_t(limits.max_header_bytes));
+        parser.body_limit(limits.max_body_bytes);
+        // The idle timeout covers the wait for a request's first byte, the request timeout the
+        // rest of it; with one timer the looser of the two bounds the whole read.
+        deadline.arm(socket, served == 0 ? limits.request_timeout
+                                         : std::max(limits.idle_timeout, limits.request_timeout));
+        co_await http::async_read(socket, buffer, parser, noThrow(ec));
+        deadline.disarm();
+        if (ec == http::error::end_of_stream || ec == asio::error::eof ||
+            ec == asio::error::connection_reset) {
+            break;
+        }
+        if (ec) {
+            if (deadline.fired() && buffer.size() == 0 && !parser.got_some())
+                break;  // idle
+            LocalReply reply;
+            if (deadline.fired()) {
+                reply = {.status = http::status::request_timeout,
+                         .type = "invalid_request_error",
+                         .message = "request not received in time"};
+            } else if (ec == http::error::body_limit) {
+                reply = {.status = http::status::payload_too_large,
+                         .type = "invalid_request_error",
+                         .message = "request body exceeds " +
+                                    std::to_string(limits.max_body_bytes) + " bytes"};
+            } else if (ec == http::error::header_limit) {
+                reply = {.status = http::status::request_header_fields_too_large,
+                         .type = "invalid_request_error",
+                         .message = "request header exceeds " +
+                                    std::to_string(limits.max_header_bytes) + " bytes"};
+            } else {
+                reply = badRequest("malformed HTTP request: " + ec.message());
+            }
+            auto res = toResponse(reply, 11, false);
+            error_code write_ec;
+            deadline.arm(socket, limits.request_timeout);
+            co_await http::async_write(socket, res, noThrow(write_ec));
+            deadline.disarm();
+            // Lingering close (as nginx): closing with unread request bytes would send a RST
+            // that can destroy the error reply before the client reads it, so drain for a
+            // bounded time and amount first.
+            socket.shutdown(tcp::socket::shutdown_send, write_ec);
+            deadline.arm(socket, std::chrono::milliseconds(1000));
+            std::array<char, 16384> sink;
+            for (std::size_t drained = 0; !write_ec && drained < (4u << 20);) {
+                drained += co_await socket.async_read_some(asio::buffer(sink), noThrow(write_ec));
+            }
+            deadline.disarm();
+            break;
+        }
+        Request request = parser.release();
+        Exchange exchange{socket, buffer, request, request.keep_alive()};
+        co_await handler(exchange);
+        if (!exchange.keep_alive || !socket.is_open())
+            break;
+    }
+    socket.shutdown(tcp::socket::shutdown_send, ec);
+    socket.close(ec);
+}
+
+awaitable<void> acceptLoop(tcp::acceptor& acceptor, const ServerLimits& limits,
+                           const Handler& handler) {
+    for (;;) {
+        error_code ec;
+        tcp::socket socket = co_await acceptor.async_accept(noThrow(ec));
+        if (ec == asio::error::operation_aborted || !acceptor.is_open())
+            co_return;
+        if (ec)
+            continue;  // e.g. EMFILE: the client is dropped, the listener stays
+        asio::co_spawn(acceptor.get_executor(), serveConnection(std::move(socket), limits, handler),
+                       asio::detached);
+    }
+}
+
+tcp::acceptor listenReusePort(asio::io_context& io, const tcp::endpoint& at) {
+    tcp::acceptor acceptor(io);
+    acceptor.open(at.protocol());
+    acceptor.set_option(asio::socket_base::reuse_address(true));
+    const int one = 1;
+    if (::setsockopt(acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+        throw std::system_error(errno, std::generic_category(), "SO_REUSEPORT");
+    }
+    acceptor.bind(at);
+    acceptor.listen(asio::socket_base::max_listen_connections);
+    return acceptor;
+}
+
+}  // namespace sluice::waypoint

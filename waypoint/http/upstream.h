@@ -1,0 +1,47 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "waypoint/http/asio.h"
+
+namespace sluice::waypoint {
+
+// Keep-alive HTTP/1.1 connections to backends, one pool per worker thread (so no locking):
+// a connection is handed out to one request at a time and returned only after its response was
+// read completely; idle connections older than `idle_timeout` are closed instead of reused.
+class UpstreamPool {
+  public:
+    struct Limits {
+        std::chrono::milliseconds connect_timeout{5'000};
+        std::chrono::milliseconds idle_timeout{60'000};
+        std::size_t max_idle_per_endpoint = 64;
+    };
+    UpstreamPool(asio::any_io_executor ex, Limits limits) : ex_(ex), limits_(limits) {}
+
+    struct Lease {
+        tcp::socket socket;
+        std::string key;  // "ip:port"
+        bool reused = false;
+    };
+    // A connected socket to `address`, reused when one is idle.
+    awaitable<std::pair<error_code, Lease>> acquire(const tcp::endpoint& address);
+    // Returns a connection whose last response was read completely and that may be reused.
+    void release(Lease lease);
+
+    std::size_t idleCount() const;
+
+  private:
+    struct Idle {
+        tcp::socket socket;
+        std::chrono::steady_clock::time_point since;
+    };
+    asio::any_io_executor ex_;
+    Limits limits_;
+    std::map<std::string, std::vector<Idle>> idle_;
+};
+
+}  // namespace sluice::waypoint

@@ -1,0 +1,58 @@
+#include "waypoint/lb/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <stdexcept>
+
+namespace sluice::waypoint {
+
+std::chrono::milliseconds parseDuration(const YAML::Node& node,
+                                        std::chrono::milliseconds fallback) {
+    if (!node)
+        return fallback;
+    const auto text = node.as<std::string>();
+    std::size_t used = 0;
+    const double value = std::stod(text, &used);
+    const std::string unit = text.substr(used);
+    if (unit == "ms")
+        return std::chrono::milliseconds(std::int64_t(value));
+    if (unit == "s" || unit.empty())
+        return std::chrono::milliseconds(std::int64_t(value * 1000));
+    if (unit == "m")
+        return std::chrono::milliseconds(std::int64_t(value * 60'000));
+    throw std::invalid_argument("bad duration '" + text + "' (use ms, s or m)");
+}
+
+PoolConfig parsePoolConfig(const YAML::Node& node) {
+    PoolConfig pool;
+    pool.name = node["name"].as<std::string>("");
+    if (pool.name.empty())
+        throw std::invalid_argument("pool without a name");
+    const auto policy = node["loadBalancer"].as<std::string>("least-request");
+    if (policy == "least-request") {
+        pool.policy = LbPolicy::LeastRequest;
+    } else if (policy == "peak-ewma") {
+        pool.policy = LbPolicy::PeakEwma;
+    } else if (policy == "prefix-affinity") {
+        pool.policy = LbPolicy::PrefixAffinity;
+    } else {
+        throw std::invalid_argument("pool " + pool.name + ": unknown loadBalancer " + policy);
+    }
+    for (const auto& ep : node["endpoints"])
+        pool.endpoints.push_back(ep.as<std::string>());
+    if (pool.endpoints.empty())
+        throw std::invalid_argument("pool " + pool.name + ": no endpoints");
+    pool.prefix_bytes = node["prefixBytes"].as<std::size_t>(512);
+    // yaml-cpp throws when indexing into a missing map, so look at each section first.
+    if (const auto breaker = node["circuitBreaker"]) {
+        pool.max_requests = breaker["maxRequests"].as<std::uint32_t>(pool.max_requests);
+    }
+    if (const auto outlier = node["outlierDetection"]) {
+        pool.consecutive_failures =
+            outlier["consecutiveFailures"].as<std::uint32_t>(pool.consecutive_failures);
+        pool.ejection_time = parseDuration(outlier["ejectionTime"], pool.ejection_time);
+    }
+    return pool;
+}
+
+}  // namespace sluice::waypoint

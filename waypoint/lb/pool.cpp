@@ -1,0 +1,170 @@
+#include "waypoint/lb/pool.h"
+
+#include <cmath>
+#include <stdexcept>
+
+#include "waypoint/filters/filter.h"
+
+namespace sluice::waypoint {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr double kEwmaDecayMs = 10'000;  // peak-EWMA time constant (Finagle's default)
+
+std::uint64_t mix(std::uint64_t h) {
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 33);
+}
+
+std::uint64_t hashOf(std::string_view s) {
+    std::uint64_t h = 1469598103934665603ULL;
+    for (unsigned char c : s)
+        h = (h ^ c) * 1099511628211ULL;
+    return mix(h);
+}
+
+thread_local std::minstd_rand rng{std::random_device{}()};
+
+}  // namespace
+
+std::string promptPrefix(const RequestContext& ctx, std::size_t bytes) {
+    std::string prefix;
+    if (!ctx.body || !ctx.body->is_object())
+        return prefix;
+    auto append = [&](const nlohmann::json& v) {
+        if (v.is_string())
+            prefix.append(v.get_ref<const std::string&>());
+    };
+    const auto& body = *ctx.body;
+    if (auto it = body.find("messages"); it != body.end() && it->is_array()) {
+        for (const auto& m : *it) {
+            if (prefix.size() >= bytes)
+                break;
+            if (m.is_object() && m.contains("content"))
+                append(m["content"]);
+            prefix += '\n';
+        }
+    } else if (auto p = body.find("prompt"); p != body.end()) {
+        append(*p);
+    } else if (auto in = body.find("input"); in != body.end()) {
+        append(*in);
+    }
+    if (prefix.size() > bytes)
+        prefix.resize(bytes);
+    return prefix;
+}
+
+BackendPool::BackendPool(PoolConfig config) : config_(std::move(config)) {
+    for (const auto& name : config_.endpoints) {
+        const auto colon = name.rfind(':');
+        if (colon == std::string::npos)
+            throw std::invalid_argument("endpoint without port: " + name);
+        auto ep = std::make_unique<Endpoint>();
+        ep->name = name;
+        std::string host = name.substr(0, colon);
+        if (host.size() > 2 && host.front() == '[')
+            host = host.substr(1, host.size() - 2);
+        ep->address = tcp::endpoint(asio::ip::make_address(host),
+                                    static_cast<unsigned short>(std::stoi(name.substr(colon + 1))));
+        endpoints_.push_back(std::move(ep));
+    }
+}
+
+bool BackendPool::ejected(const Endpoint& ep) const {
+    auto& m = const_cast<Endpoint&>(ep).mutex;
+    std::lock_guard lock(m);
+    return Clock::now() < ep.ejected_until;
+}
+
+double BackendPool::cost(Endpoint& ep, Clock::time_point now) {
+    std::lock_guard lock(ep.mutex);
+    // Decay toward zero while idle so a slow endpoint is retried eventually.
+    const double idle_ms = std::chrono::duration<double, std::milli>(now - ep.ewma_at).count();
+    const double ewma = ep.ewma_ms * std::exp(-std::max(0.0, idle_ms) / kEwmaDecayMs);
+    return (ewma + 1.0) * (ep.in_flight.load() + 1);
+}
+
+Endpoint* BackendPool::prefixAffinity(const RequestContext& ctx,
+                                      const std::vector<Endpoint*>& healthy) {
+    // Rendezvous hashing: each endpoint scores hash(prefix, endpoint); the highest wins, so
+    // adding or ejecting an endpoint moves only the prefixes that scored highest on it.
+    const std::uint64_t key = hashOf(promptPrefix(ctx, config_.prefix_bytes));
+    Endpoint* best = nullptr;
+    std::uint64_t best_score = 0;
+    for (Endpoint* ep : healthy) {
+        const std::uint64_t score = mix(key ^ hashOf(ep->name));
+        if (!best || score > best_score) {
+            best = ep;
+            best_score = score;
+        }
+    }
+    return best;
+}
+
+Endpoint* BackendPool::pick(const RequestContext& ctx, const Endpoint* avoid) {
+    if (in_flight_.load() >= config_.max_requests)
+        return nullptr;  // circuit open
+    const auto now = Clock::now();
+    std::vector<Endpoint*> healthy;
+    for (auto& ep : endpoints_) {
+        std::lock_guard lock(ep->mutex);
+        if (now >= ep->ejected_until && ep.get() != avoid)
+            healthy.push_back(ep.get());
+    }
+    // Everything ejected (or avoided): use all endpoints rather than fail (Envoy's panic mode).
+    if (healthy.empty()) {
+        for (auto& ep : endpoints_) {
+            if (ep.get() != avoid || endpoints_.size() == 1)
+                healthy.push_back(ep.get());
+        }
+    }
+    Endpoint* chosen = nullptr;
+    if (healthy.size() == 1) {
+        chosen = healthy[0];
+    } else if (config_.policy == LbPolicy::PrefixAffinity) {
+        chosen = prefixAffinity(ctx, healthy);
+    } else {
+        std::uniform_int_distribution<std::size_t> dist(0, healthy.size() - 1);
+        Endpoint* a = healthy[dist(rng)];
+        Endpoint* b = healthy[dist(rng)];
+        while (b == a)
+            b = healthy[dist(rng)];
+        if (config_.policy == LbPolicy::PeakEwma) {
+            chosen = cost(*a, now) <= cost(*b, now) ? a : b;
+        } else {
+            chosen = a->in_flight.load() <= b->in_flight.load() ? a : b;
+        }
+    }
+    chosen->in_flight.fetch_add(1);
+    in_flight_.fetch_add(1);
+    return chosen;
+}
+
+void BackendPool::finish(Endpoint& ep, bool ok,
+                         std::optional<std::chrono::steady_clock::duration> latency) {
+    ep.in_flight.fetch_sub(1);
+    in_flight_.fetch_sub(1);
+    const auto now = Clock::now();
+    std::lock_guard lock(ep.mutex);
+    if (latency) {
+        const double ms = std::chrono::duration<double, std::milli>(*latency).count();
+        const double idle_ms = std::chrono::duration<double, std::milli>(now - ep.ewma_at).count();
+        const double w = std::exp(-std::max(0.0, idle_ms) / kEwmaDecayMs);
+        // Peak: a slower observation replaces the average at once; faster ones decay into it.
+        ep.ewma_ms = ms > ep.ewma_ms ? ms : ep.ewma_ms * w + ms * (1 - w);
+        ep.ewma_at = now;
+    }
+    if (ok) {
+        ep.consecutive_failures = 0;
+        return;
+    }
+    if (++ep.consecutive_failures >= config_.consecutive_failures) {
+        ep.ejected_until = now + config_.ejection_time;
+        ep.consecutive_failures = 0;
+    }
+}
+
+}  // namespace sluice::waypoint

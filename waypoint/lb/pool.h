@@ -1,0 +1,62 @@
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "waypoint/http/asio.h"
+#include "waypoint/lb/config.h"
+
+namespace sluice::waypoint {
+
+struct RequestContext;
+
+// One backend endpoint and what the balancers know about it. Shared by all worker threads.
+struct Endpoint {
+    std::string name;  // "ip:port"
+    tcp::endpoint address;
+    std::atomic<std::uint32_t> in_flight{0};
+    std::mutex mutex;    // guards the fields below
+    double ewma_ms = 0;  // peak-EWMA of response-header latency
+    std::chrono::steady_clock::time_point ewma_at{};
+    std::uint32_t consecutive_failures = 0;
+    std::chrono::steady_clock::time_point ejected_until{};
+};
+
+// A pool of endpoints with a load-balancing policy, a circuit breaker (max requests in flight)
+// and outlier ejection (consecutive failures). Thread-safe.
+class BackendPool {
+  public:
+    explicit BackendPool(PoolConfig config);
+    const std::string& name() const { return config_.name; }
+    const PoolConfig& config() const { return config_; }
+
+    // The endpoint for this request, or nullptr when the circuit is open. Increments the
+    // endpoint's in-flight count; pair with finish().
+    Endpoint* pick(const RequestContext& ctx, const Endpoint* avoid = nullptr);
+    // Records one attempt's result: `ok` false for connect failures, timeouts and 5xx.
+    void finish(Endpoint& ep, bool ok, std::optional<std::chrono::steady_clock::duration> latency);
+
+    std::size_t size() const { return endpoints_.size(); }
+    std::uint32_t inFlight() const { return in_flight_.load(); }
+    bool ejected(const Endpoint& ep) const;
+    Endpoint& endpoint(std::size_t i) { return *endpoints_[i]; }
+
+  private:
+    double cost(Endpoint& ep, std::chrono::steady_clock::time_point now);
+    Endpoint* prefixAffinity(const RequestContext& ctx, const std::vector<Endpoint*>& healthy);
+
+    PoolConfig config_;
+    std::vector<std::unique_ptr<Endpoint>> endpoints_;
+    std::atomic<std::uint32_t> in_flight_{0};
+};
+
+// The prompt prefix PrefixAffinity hashes: the leading messages / prompt text of the body.
+std::string promptPrefix(const RequestContext& ctx, std::size_t bytes);
+
+}  // namespace sluice::waypoint

@@ -1,0 +1,78 @@
+// sluice-waypoint: the L7 AI proxy. Parse flags and config, build the gateway, run until signal.
+#include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+
+#include <csignal>
+#include <cstdlib>
+#include <iostream>
+
+#include "common/log.h"
+#include "waypoint/config.h"
+#include "waypoint/gateway.h"
+
+int main(int argc, char** argv) {
+    using namespace sluice::waypoint;
+    CLI::App app{"sluice-waypoint: token-aware L7 proxy for OpenAI-compatible APIs"};
+    std::string config_path;
+    std::string listen, metrics_listen, ready_listen, tokenizer_dir, log_level;
+    unsigned workers = 0;
+    app.add_option("--config", config_path, "Config file (multi-document YAML)")
+        ->envname(kConfigEnv)
+        ->required();
+    app.add_option("--listen", listen, "Gateway listener ip:port (default 0.0.0.0:8080)")
+        ->envname(kListenEnv);
+    app.add_option("--metrics-listen", metrics_listen, "Metrics listener (default 0.0.0.0:15020)");
+    app.add_option("--ready-listen", ready_listen, "Readiness listener (default 0.0.0.0:15021)");
+    app.add_option("--workers", workers, "Worker threads (default from config, else 1)");
+    app.add_option("--tokenizer-dir", tokenizer_dir, "Directory of <encoding>.tiktoken files");
+    app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
+    CLI11_PARSE(app, argc, argv);
+
+    Config config;
+    try {
+        config = loadConfig(config_path);
+    } catch (const std::exception& e) {
+        std::cerr << "sluice-waypoint: " << e.what() << "\n";
+        return 2;
+    }
+    if (!listen.empty())
+        config.listen = listen;
+    if (!metrics_listen.empty())
+        config.metrics_listen = metrics_listen;
+    if (!ready_listen.empty())
+        config.ready_listen = ready_listen;
+    if (workers)
+        config.workers = workers;
+    if (!tokenizer_dir.empty())
+        config.tokenizer_dir = tokenizer_dir;
+    if (!log_level.empty())
+        config.log_level = log_level;
+    if (auto problems = config.validate(); !problems.empty()) {
+        for (const auto& p : problems)
+            std::cerr << "sluice-waypoint: config: " << p << "\n";
+        return 2;
+    }
+    sluice::init_logging("waypoint", config.log_level);
+
+    // Block the stop signals before threads start so only sigwait below receives them.
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+    try {
+        Gateway gateway(std::move(config));
+        gateway.start();
+        spdlog::info("listening: gateway :{}, metrics :{}, ready :{}", gateway.gatewayPort(),
+                     gateway.metricsPort(), gateway.readyPort());
+        int sig = 0;
+        sigwait(&signals, &sig);
+        spdlog::info("signal {}: stopping", sig);
+        gateway.stop();
+    } catch (const std::exception& e) {
+        spdlog::error("{}", e.what());
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,57 @@
+#include "waypoint/metrics.h"
+
+#include <prometheus/text_serializer.h>
+
+#include <sstream>
+
+namespace sluice::waypoint {
+
+Metrics::Metrics()
+    : requests(prometheus::BuildCounter()
+                   .Name("istio_requests_total")
+                   .Help("Requests handled by the waypoint")
+                   .Register(registry)),
+      duration_ms(prometheus::BuildHistogram()
+                      .Name("istio_request_duration_milliseconds")
+                      .Help("Request duration as the client saw it")
+                      .Register(registry)),
+      token_usage(prometheus::BuildHistogram()
+                      .Name("gen_ai_client_token_usage")
+                      .Help("Tokens per request by gen_ai_token_type (input, output)")
+                      .Register(registry)),
+      tokens(prometheus::BuildCounter()
+                 .Name("sluice_gen_ai_tokens_total")
+                 .Help("Tokens counted into budgets, by type, tenant and model")
+                 .Register(registry)),
+      operation_s(prometheus::BuildHistogram()
+                      .Name("gen_ai_client_operation_duration_seconds")
+                      .Help("GenAI operation duration")
+                      .Register(registry)),
+      ttft_s(prometheus::BuildHistogram()
+                 .Name("gen_ai_server_time_to_first_token_seconds")
+                 .Help("Time from request to the first streamed token")
+                 .Register(registry)),
+      tpot_s(prometheus::BuildHistogram()
+                 .Name("gen_ai_server_time_per_output_token_seconds")
+                 .Help("Time per output token after the first")
+                 .Register(registry)),
+      budget_remaining(prometheus::BuildGauge()
+                           .Name("sluice_budget_remaining_tokens")
+                           .Help("Tokens left in a tenant's per-minute budget")
+                           .Register(registry)),
+      rejected(prometheus::BuildCounter()
+                   .Name("sluice_requests_rejected_total")
+                   .Help("Requests the waypoint answered itself, by reason")
+                   .Register(registry)),
+      upstream_attempts(prometheus::BuildCounter()
+                            .Name("sluice_upstream_attempts_total")
+                            .Help("Attempts to forward to an endpoint, by outcome")
+                            .Register(registry)) {}
+
+std::string Metrics::serialize() const {
+    std::ostringstream out;
+    prometheus::TextSerializer().Serialize(out, registry.Collect());
+    return out.str();
+}
+
+}  // namespace sluice::waypoint
