@@ -2,6 +2,8 @@
 
 #include "tests/testbed/testbed.h"
 
+#include <filesystem>
+
 namespace sluice::testbed {
 namespace {
 
@@ -13,7 +15,10 @@ namespace {
 }  // namespace
 
 std::string sluice_bin_dir(const TestbedOptions& options) {
-    return options.bin_dir;
+    if (!options.bin_dir.empty())
+        return options.bin_dir;
+    // The binaries are built side by side (build/bin/), as is every test binary.
+    return std::filesystem::read_symlink("/proc/self/exe").parent_path().string();
 }
 
 void start_node_mesh(ClusterState& state, const NodeState&, const TestbedOptions&) {
@@ -30,13 +35,14 @@ nlohmann::json mesh_cni_plugins(const ClusterState&, const NodeState&, const Tes
     return nlohmann::json::array();
 }
 
-void start_pod_mesh(ClusterState& state, const PodState&, const TestbedOptions&) {
+void start_pod_mesh(ClusterState& state, const PodState& pod, const TestbedOptions& options) {
     switch (state.mesh) {
         case MeshMode::None:
         case MeshMode::Sidecarless:  // the node's ztunnel serves every pod
             return;
         case MeshMode::Sidecar:
-            unavailable(state.mesh);
+            start_sidecar(state, pod, options);
+            return;
     }
 }
 

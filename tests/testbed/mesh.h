@@ -28,4 +28,12 @@ void start_pod_mesh(ClusterState& state, const PodState& pod, const TestbedOptio
 // Where the sluice binaries are (the directory of sluice-testbed, or SLUICE_BIN_DIR).
 std::string sluice_bin_dir(const TestbedOptions& options);
 
+// Both mesh modes: creates the cluster's signing CA under <run>/ca once (sluice-ztunnel ca
+// create) and records it in state.ca_dir, so `status --json` shows where it is and an outside
+// HBONE peer can get a certificate from the same root (sluice-ztunnel ca mint).
+void ensure_cluster_ca(ClusterState& state, const TestbedOptions& options);
+
+// mesh_sidecar.cpp: sluice-ztunnel --mode sidecar in the pod's netns behind iptables REDIRECT.
+void start_sidecar(ClusterState& state, const PodState& pod, const TestbedOptions& options);
+
 }  // namespace sluice::testbed

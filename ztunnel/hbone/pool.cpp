@@ -35,7 +35,8 @@ asio::awaitable<std::expected<std::shared_ptr<Stream>, Failure>> Pool::open(
         spdlog::debug("pool: new connection {} -> {} at {}", key.source.uri(),
                       key.destination.uri(), key.address);
     }
-    co_return co_await conn->open_stream(std::move(request));
+    auto stream = co_await conn->open_stream(std::move(request));
+    co_return stream;
 }
 
 void Pool::close_idle(std::chrono::steady_clock::time_point now) {

@@ -14,10 +14,13 @@ inline constexpr std::chrono::seconds kDefaultPoolIdleTimeout{300};
 
 // Connections are shared by streams with the same source identity, destination identity and
 // destination address (DESIGN.md §4), so one tenant's streams never ride another's TLS session.
+// `origin` names the pod whose netns the connection leaves from (its source address), so two
+// pods of one service account do not share a connection either.
 struct PoolKey {
     identity::Identity source;
     identity::Identity destination;
     std::string address;  // "<ip>:15008"
+    std::string origin;   // source workload uid; empty in tests
     auto operator<=>(const PoolKey&) const = default;
 };
 
