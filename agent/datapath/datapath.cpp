@@ -34,9 +34,6 @@ constexpr const char* kCgroupPrograms[] = {
     "sluice_bind4",   "sluice_bind6",      "sluice_connect4",     "sluice_connect6",
 };
 
-// How much of a verifier log goes into an Error message (its end says why it failed).
-constexpr size_t kMaxLogInError = 16 * 1024;
-
 std::string errno_text(int err) {
     return std::strerror(err < 0 ? -err : err);
 }
@@ -227,16 +224,7 @@ Result<void> check_layout_version(const fs::path& map_dir) {
 }
 
 std::unexpected<Error> load_failure(const char* object, int err, const std::string& log) {
-    std::string tail =
-        log.size() > kMaxLogInError ? "…" + log.substr(log.size() - kMaxLogInError) : log;
-    bool verifier = log.find("BEGIN PROG LOAD LOG") != std::string::npos;
-    if (verifier) {
-        return fail(Errc::VerifierRejected, std::string("the kernel verifier rejected ") + object +
-                                                ".bpf.o (" + errno_text(err) + "); libbpf log:\n" +
-                                                tail);
-    }
-    return fail(Errc::LoadFailed, std::string("loading ") + object + ".bpf.o failed (" +
-                                      errno_text(err) + "); libbpf log:\n" + tail);
+    return std::unexpected(load_error(std::string(object) + ".bpf.o", err, log));
 }
 
 template <typename Skel>
@@ -438,6 +426,36 @@ int Datapath::map_fd(const char* name) const {
     return map == nullptr ? -1 : bpf_map__fd(map);
 }
 
+// Refuses to reuse pinned links that sit at another cgroup than the configured one: updating them
+// would leave the programs where the old config put them. Checked for every link before any is
+// touched, so a refusal changes nothing.
+Result<void> Datapath::check_pinned_cgroup_links(int cgroup_fd) const {
+    struct stat st {};
+    if (::fstat(cgroup_fd, &st) != 0)
+        return fail_errno(Errc::SystemError, "stat " + config_.cgroup_path, errno);
+    const uint64_t want = st.st_ino;  // a cgroup-v2 directory's inode number is its cgroup id
+    for (const char* name : kCgroupPrograms) {
+        const std::string pin = (cgroup_links_dir(config_) / name).string();
+        if (!path_exists(pin))
+            continue;
+        Fd link(bpf_obj_get(pin.c_str()));
+        if (link.fd < 0)
+            return fail_errno(Errc::AttachFailed, "open pinned link " + pin, errno);
+        bpf_link_info info{};
+        uint32_t len = sizeof(info);
+        if (bpf_obj_get_info_by_fd(link.fd, &info, &len) != 0)
+            return fail_errno(Errc::AttachFailed, "inspect pinned link " + pin, errno);
+        if (info.type == BPF_LINK_TYPE_CGROUP && info.cgroup.cgroup_id != want) {
+            return fail(Errc::AttachFailed,
+                        "pinned link " + pin + " is attached to cgroup id " +
+                            std::to_string(info.cgroup.cgroup_id) + ", not to cgroup_path " +
+                            config_.cgroup_path + " (id " + std::to_string(want) +
+                            "); detach the old datapath first or keep the same cgroup_path");
+        }
+    }
+    return {};
+}
+
 Result<void> Datapath::attach_cgroup_programs() {
     int cgroup_fd = ::open(config_.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (cgroup_fd < 0) {
@@ -445,6 +463,8 @@ Result<void> Datapath::attach_cgroup_programs() {
                     "open attach cgroup " + config_.cgroup_path + ": " + errno_text(errno));
     }
     Fd cgroup(cgroup_fd);
+    if (auto r = check_pinned_cgroup_links(cgroup.fd); !r)
+        return r;
     for (const char* name : kCgroupPrograms) {
         bpf_program* prog = bpf_object__find_program_by_name(redirect_->obj, name);
         if (prog == nullptr)

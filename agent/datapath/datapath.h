@@ -38,6 +38,7 @@ struct OrigDst {
 // leaves the programs enforcing. A later open() with the same root reuses the maps (after checking
 // the layout version) and swaps the new programs into the pinned links with bpf_link_update:
 // there is no moment without capture or policy. detach_and_unpin() is the only way to stop.
+// Not thread-safe: one owner (the agent's datapath loop) calls it.
 class Datapath {
   public:
     static Result<std::unique_ptr<Datapath>> open(const DatapathConfig& config);
@@ -50,7 +51,8 @@ class Datapath {
 
     // Enrollment: a pod netns is captured once its cookie is enrolled.
     Result<void> enroll_netns(uint64_t netns_cookie, const sluice_enrolled_value& value);
-    // Removes the enrollment, the pod's inbound listener and its endpoint addresses.
+    // Removes the enrollment, the pod's inbound listener and its endpoint addresses (the netns'
+    // sk_lookup link stays until detach_netns(), or goes with the netns).
     Result<void> unenroll_netns(uint64_t netns_cookie);
     // The pod's own addresses, so inbound steering can find the pod of an arriving connection.
     Result<void> add_endpoint_address(const IpAddress& address, uint64_t netns_cookie);
@@ -89,6 +91,7 @@ class Datapath {
     explicit Datapath(DatapathConfig config);
     Result<void> load();
     Result<void> attach_cgroup_programs();
+    Result<void> check_pinned_cgroup_links(int cgroup_fd) const;
     Result<void> update_netns_links();
     Result<void> write_layout_meta();
     int map_fd(const char* name) const;

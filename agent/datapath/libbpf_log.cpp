@@ -5,6 +5,7 @@
 
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 
 namespace sluice::datapath {
@@ -35,6 +36,18 @@ int print_libbpf(enum libbpf_print_level level, const char* format, va_list args
 void install_libbpf_logger() {
     static std::once_flag once;
     std::call_once(once, [] { libbpf_set_print(print_libbpf); });
+}
+
+Error load_error(const std::string& object, int err, const std::string& log) {
+    std::string tail =
+        log.size() > kMaxLogInError ? "…" + log.substr(log.size() - kMaxLogInError) : log;
+    std::string why = std::strerror(err < 0 ? -err : err);
+    // libbpf frames the kernel's verifier output with this marker.
+    if (log.find("BEGIN PROG LOAD LOG") != std::string::npos) {
+        return {Errc::VerifierRejected,
+                "the kernel verifier rejected " + object + " (" + why + "); libbpf log:\n" + tail};
+    }
+    return {Errc::LoadFailed, "loading " + object + " failed (" + why + "); libbpf log:\n" + tail};
 }
 
 LibbpfLogCapture::LibbpfLogCapture() : previous_(t_capture) {

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "agent/datapath/error.h"
+
 namespace sluice::datapath {
 
 // libbpf reports verifier logs and load failures only through its global print callback. While a
@@ -21,6 +23,12 @@ class LibbpfLogCapture {
     std::string text_;
     std::string* previous_;
 };
+
+// The Error for a failed bpf_object load of `object` with libbpf's captured `log`: VerifierRejected
+// when the log holds a verifier log (its last kMaxLogInError bytes, where the reason is, go into
+// the message), LoadFailed otherwise.
+Error load_error(const std::string& object, int err, const std::string& log);
+inline constexpr size_t kMaxLogInError = 16 * 1024;
 
 // Installs the print callback (once per process).
 void install_libbpf_logger();

@@ -37,24 +37,14 @@ static __always_inline int inbound_steer(struct bpf_sk_lookup* ctx) {
     if (ztunnel_flow_known(&remote, bpf_ntohs(ctx->remote_port), &local, port))
         return 0;
 
-    struct policy_decision decision = {};
-    if (policy_check(ep, &remote, port, IPPROTO_TCP, SLUICE_DIR_INGRESS, &decision) < 0) {
-        struct sluice_deny_event ev = {
-            .netns_cookie = netns_cookie,
-            .src_port = bpf_ntohs(ctx->remote_port),
-            .dst_port = port,
-            .proto = IPPROTO_TCP,
-            .direction = SLUICE_DIR_INGRESS,
-            .reason = SLUICE_REASON_POLICY_DENY_INGRESS,
-            .endpoint_id = ep->endpoint_id,
-            .peer_identity = decision.peer_identity,
-            .rule_id = decision.rule_id,
-        };
-        addr_to_bytes(ev.src_addr, &remote);
-        addr_to_bytes(ev.dst_addr, &local);
-        report_deny(&ev);
+    struct tcp_flow flow = {
+        .src = remote,
+        .dst = local,
+        .src_port = bpf_ntohs(ctx->remote_port),
+        .dst_port = port,
+    };
+    if (policy_enforce(ep, netns_cookie, &flow, SLUICE_DIR_INGRESS) < 0)
         return -EPERM;
-    }
 
     struct bpf_sock* listener = bpf_map_lookup_elem(&listeners, &netns_cookie);
     if (!listener) {

@@ -34,22 +34,9 @@ static __always_inline int outbound_connect(struct bpf_sock_addr* ctx,
         return OUTBOUND_PASS;
     }
 
-    struct policy_decision decision = {};
-    if (policy_check(ep, dst, port, IPPROTO_TCP, SLUICE_DIR_EGRESS, &decision) < 0) {
-        struct sluice_deny_event ev = {
-            .netns_cookie = netns_cookie,
-            .dst_port = port,
-            .proto = IPPROTO_TCP,
-            .direction = SLUICE_DIR_EGRESS,
-            .reason = SLUICE_REASON_POLICY_DENY_EGRESS,
-            .endpoint_id = ep->endpoint_id,
-            .peer_identity = decision.peer_identity,
-            .rule_id = decision.rule_id,
-        };
-        addr_to_bytes(ev.dst_addr, dst);
-        report_deny(&ev);
+    struct tcp_flow flow = {.dst = *dst, .dst_port = port};
+    if (policy_enforce(ep, netns_cookie, &flow, SLUICE_DIR_EGRESS) < 0)
         return -EPERM;
-    }
 
     if (orig_dst_record(bpf_get_socket_cookie(ctx), dst, port, family, netns_cookie) < 0) {
         count_drop(SLUICE_REASON_ORIG_DST_FULL);

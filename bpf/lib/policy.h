@@ -74,3 +74,39 @@ static __always_inline void report_deny(struct sluice_deny_event* ev) {
     count_drop(ev->reason);
     bpf_ringbuf_output(&deny_events, ev, sizeof(*ev), 0);
 }
+
+/* One TCP connection as policy sees it, src → dst. Egress knows no source port yet (and often no
+ * source address: zeros). */
+struct tcp_flow {
+    struct sluice_addr src;
+    struct sluice_addr dst;
+    __u16 src_port;
+    __u16 dst_port;
+};
+
+/* Applies the pod's L4 policy to `flow` in `direction` (the peer is dst for egress, src for
+ * ingress). Returns 0 to let it through, or -EPERM after recording the deny event and counters. */
+static __always_inline int policy_enforce(const struct sluice_enrolled_value* ep,
+                                          __u64 netns_cookie, const struct tcp_flow* flow,
+                                          __u8 direction) {
+    const struct sluice_addr* peer = direction == SLUICE_DIR_EGRESS ? &flow->dst : &flow->src;
+    struct policy_decision decision = {};
+    if (policy_check(ep, peer, flow->dst_port, IPPROTO_TCP, direction, &decision) == 0)
+        return 0;
+    struct sluice_deny_event ev = {
+        .netns_cookie = netns_cookie,
+        .src_port = flow->src_port,
+        .dst_port = flow->dst_port,
+        .proto = IPPROTO_TCP,
+        .direction = direction,
+        .reason = direction == SLUICE_DIR_EGRESS ? SLUICE_REASON_POLICY_DENY_EGRESS
+                                                 : SLUICE_REASON_POLICY_DENY_INGRESS,
+        .endpoint_id = ep->endpoint_id,
+        .peer_identity = decision.peer_identity,
+        .rule_id = decision.rule_id,
+    };
+    addr_to_bytes(ev.src_addr, &flow->src);
+    addr_to_bytes(ev.dst_addr, &flow->dst);
+    report_deny(&ev);
+    return -EPERM;
+}

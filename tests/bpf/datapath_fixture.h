@@ -22,7 +22,8 @@ class DatapathTest : public ::testing::Test {
         ensure_bpffs_mounted("/sys/fs/bpf");
         sweep_stale_bpftest_state();
         cgroup_ = std::make_unique<TestCgroup>();
-        config_.bpffs_root = "/sys/fs/bpf/" + bpftest_name();
+        owned_bpffs_root_ = "/sys/fs/bpf/" + bpftest_name();
+        config_.bpffs_root = owned_bpffs_root_;
         config_.cgroup_path = cgroup_->path();
     }
 
@@ -32,8 +33,12 @@ class DatapathTest : public ::testing::Test {
             EXPECT_TRUE(r.has_value()) << r.error().message;
             dp_.reset();
         }
-        std::error_code ec;
-        std::filesystem::remove_all(config_.bpffs_root, ec);
+        // Only the root this test named: config_ starts with the production default, which a
+        // SetUp that failed early would otherwise leave in place.
+        if (!owned_bpffs_root_.empty()) {
+            std::error_code ec;
+            std::filesystem::remove_all(owned_bpffs_root_, ec);
+        }
         netns_.clear();
         cgroup_.reset();
     }
@@ -92,6 +97,7 @@ class DatapathTest : public ::testing::Test {
     }
 
     datapath::DatapathConfig config_;
+    std::string owned_bpffs_root_;
     std::unique_ptr<datapath::Datapath> dp_;
     std::unique_ptr<TestCgroup> cgroup_;
     std::vector<std::unique_ptr<TestNetns>> netns_;

@@ -3,6 +3,7 @@
 #include <bpf/bpf.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -159,6 +160,24 @@ TEST_F(DatapathTest, ResizedPinnedMapIsRefused) {
     EXPECT_NE(dp.error().message.find("maps/policy"), std::string::npos) << dp.error().message;
     EXPECT_NE(dp.error().message.find("max_entries 65536"), std::string::npos)
         << dp.error().message;
+}
+
+TEST_F(DatapathTest, PinnedLinksAtAnotherCgroupAreRefused) {
+    SLUICE_REQUIRE_PRIVILEGES();
+    open_datapath();
+    dp_.reset();
+    const std::string other = cgroup_->path() + "/other";
+    ASSERT_EQ(::mkdir(other.c_str(), 0755), 0) << std::strerror(errno);
+    datapath::DatapathConfig moved = config_;
+    moved.cgroup_path = other;
+    auto dp = datapath::Datapath::open(moved);
+    ::rmdir(other.c_str());
+    ASSERT_FALSE(dp);
+    EXPECT_EQ(dp.error().code, datapath::Errc::AttachFailed);
+    EXPECT_NE(dp.error().message.find("not to cgroup_path " + other), std::string::npos)
+        << dp.error().message;
+    // Nothing moved: the original config still opens and updates the links.
+    EXPECT_TRUE(open_datapath().reused_pinned_state());
 }
 
 TEST_F(DatapathTest, EnvironmentErrorsAreNamed) {
