@@ -61,11 +61,49 @@ void finish(Proxy& p, ConnectionRecord& rec, ConnectionLabels& labels, bool open
     p.access_log().write(rec);
 }
 
-asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, Worker& w,
-                               tcp::socket client) {
-    Proxy::ActiveGuard active(p);
+// Everything the tunnel needs once the destination is known.
+struct Tunnel {
+    std::shared_ptr<Proxy::ActiveGuard> active;
     ConnectionRecord rec;
     ConnectionLabels labels;
+    hbone::PoolKey key;
+    hbone::ConnectRequest request;
+    std::optional<asio::ip::address> lb_endpoint;
+};
+
+void release_endpoint(Proxy& p, const Tunnel& t) {
+    if (t.lb_endpoint)
+        p.load_balancer().closed(*t.lb_endpoint);
+}
+
+// Runs on the worker that owns the pool for t.key, so all streams to one destination share one
+// HBONE connection (DESIGN.md §4) although connections are accepted on any worker.
+asio::awaitable<void> tunnel(Proxy& p, Worker& w, tcp::socket client, Tunnel t) {
+    auto stream = co_await w.pool->open(t.key, t.request);
+    if (!stream) {
+        const hbone::Failure& f = stream.error();
+        if (f.status == hbone::kStatusUnauthorized)
+            t.rec.result = "denied";
+        t.labels.response_flags = f.status == hbone::kStatusUnauthorized ? "UAEX" : "UF";
+        finish(p, t.rec, t.labels, false, f.message());
+        TcpPipe(client).abort();
+        release_endpoint(p, t);
+        co_return;
+    }
+    p.metrics().connection_opened(t.labels);
+    auto r = co_await relay(TcpPipe(client), StreamPipe(**stream));
+    t.rec.bytes_received = r.a_to_b;
+    t.rec.bytes_sent = r.b_to_a;
+    finish(p, t.rec, t.labels, true, r.failed ? "connection reset" : "");
+    release_endpoint(p, t);
+}
+
+asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, Worker& w,
+                               tcp::socket client) {
+    Tunnel t;
+    t.active = std::make_shared<Proxy::ActiveGuard>(p);
+    ConnectionRecord& rec = t.rec;
+    ConnectionLabels& labels = t.labels;
     rec.direction = "outbound";
     labels.reporter = "source";
     rec.src_workload = labels.source_workload = src->info.name;
@@ -94,7 +132,6 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
 
     tcp::endpoint target = *orig;
     const state::Workload* dst = nullptr;
-    std::optional<asio::ip::address> lb_endpoint;
     if (const state::Service* svc = snap->service_by_vip(orig->address())) {
         rec.dst_service = labels.destination_service = svc->hostname();
         labels.destination_service_name = svc->name;
@@ -111,21 +148,12 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
             co_return;
         }
         target = tcp::endpoint(ep->ip, sp->target_port);
-        lb_endpoint = ep->ip;
+        t.lb_endpoint = ep->ip;
+        p.load_balancer().opened(ep->ip);
         dst = snap->workload_by_ip(ep->ip);
     } else {
         dst = snap->workload_by_ip(orig->address());
     }
-    if (lb_endpoint)
-        p.load_balancer().opened(*lb_endpoint);
-    struct LbRelease {
-        Proxy& p;
-        std::optional<asio::ip::address> ip;
-        ~LbRelease() {
-            if (ip)
-                p.load_balancer().closed(*ip);
-        }
-    } lb_release{p, lb_endpoint};
 
     // In sidecar mode every pod of the registry has a ztunnel; in node mode the enrollment
     // label says which pods are in the mesh.
@@ -142,6 +170,7 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
             labels.response_flags = "UF";
             finish(p, rec, labels, false, upstream.error());
             TcpPipe(client).abort();
+            release_endpoint(p, t);
             co_return;
         }
         p.metrics().connection_opened(labels);
@@ -149,6 +178,7 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
         rec.bytes_received = r.a_to_b;
         rec.bytes_sent = r.b_to_a;
         finish(p, rec, labels, true);
+        release_endpoint(p, t);
         co_return;
     }
 
@@ -160,27 +190,31 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
     labels.connection_security_policy = "mutual_tls";
     const tcp::endpoint hbone_ep(target.address(), p.config().hbone_port);
     rec.hbone_addr = to_string(hbone_ep);
-    hbone::PoolKey key{src->id, dst_id, rec.hbone_addr, src->info.uid};
-    hbone::ConnectRequest request;
-    request.authority = to_string(target);
-    request.forwarded = "for=\"" + to_string(src_ep) + "\"";
-    request.baggage = baggage(*src, labels.source_app);
-    request.traceparent = new_traceparent();
-    auto stream = co_await w.pool->open(key, request);
-    if (!stream) {
-        const hbone::Failure& f = stream.error();
-        if (f.status == hbone::kStatusUnauthorized)
-            rec.result = "denied";
-        labels.response_flags = f.status == hbone::kStatusUnauthorized ? "UAEX" : "UF";
-        finish(p, rec, labels, false, f.message());
-        TcpPipe(client).abort();
+    t.key = hbone::PoolKey{src->id, dst_id, rec.hbone_addr, src->info.uid};
+    t.request.authority = to_string(target);
+    t.request.forwarded = "for=\"" + to_string(src_ep) + "\"";
+    t.request.baggage = baggage(*src, labels.source_app);
+    t.request.traceparent = new_traceparent();
+
+    Worker& owner = p.worker_for(t.key);
+    if (&owner == &w) {
+        co_await tunnel(p, w, std::move(client), std::move(t));
         co_return;
     }
-    p.metrics().connection_opened(labels);
-    auto r = co_await relay(TcpPipe(client), StreamPipe(**stream));
-    rec.bytes_received = r.a_to_b;
-    rec.bytes_sent = r.b_to_a;
-    finish(p, rec, labels, true, r.failed ? "connection reset" : "");
+    // Hand the client socket to the owning worker's io_context.
+    const auto protocol = client.local_endpoint(ec).protocol();
+    const int fd = client.release(ec);
+    if (ec) {
+        finish(p, rec, labels, false, "cannot move connection to its worker: " + ec.message());
+        release_endpoint(p, t);
+        co_return;
+    }
+    asio::post(owner.io, [&p, &owner, fd, protocol, t = std::move(t)]() mutable {
+        tcp::socket moved(owner.io);
+        boost::system::error_code assign_ec;
+        moved.assign(protocol, fd, assign_ec);
+        asio::co_spawn(owner.io, tunnel(p, owner, std::move(moved), std::move(t)), asio::detached);
+    });
 }
 
 }  // namespace

@@ -227,6 +227,12 @@ void Proxy::track_server_connection(Worker& w, std::shared_ptr<hbone::Connection
         c->drain();
 }
 
+Worker& Proxy::worker_for(const hbone::PoolKey& key) {
+    const size_t h = std::hash<std::string>{}(key.source.uri() + "|" + key.destination.uri() + "|" +
+                                              key.address + "|" + key.origin);
+    return *workers_[h % workers_.size()];
+}
+
 void Proxy::drain() {
     if (draining_.exchange(true))
         return;

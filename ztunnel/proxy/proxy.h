@@ -85,6 +85,9 @@ class Proxy {
         Proxy& p_;
     };
     void track_server_connection(Worker& w, std::shared_ptr<hbone::Connection> c);
+    // The worker whose pool holds connections for `key`: one per key, so streams to one
+    // destination share one HBONE connection whatever worker accepted them.
+    Worker& worker_for(const hbone::PoolKey& key);
 
   private:
     asio::awaitable<std::expected<std::shared_ptr<hbone::Connection>, hbone::Failure>> dial(
