@@ -35,5 +35,8 @@ void ensure_cluster_ca(ClusterState& state, const TestbedOptions& options);
 
 // mesh_sidecar.cpp: sluice-ztunnel --mode sidecar in the pod's netns behind iptables REDIRECT.
 void start_sidecar(ClusterState& state, const PodState& pod, const TestbedOptions& options);
+// The iptables capture of sidecar mode in a pod's netns (outbound → :15001, inbound → :15006)
+// plus the routing that lets ztunnel connect to the app from the client's address.
+void install_sidecar_capture(const PodState& pod);
 
 }  // namespace sluice::testbed

@@ -108,12 +108,16 @@ void ensure_cluster_ca(ClusterState& state, const TestbedOptions& options) {
     state.ca_dir = dir;
 }
 
-void start_sidecar(ClusterState& state, const PodState& pod, const TestbedOptions& options) {
-    ensure_cluster_ca(state, options);
+void install_sidecar_capture(const PodState& pod) {
     install_capture(pod, "iptables");
     if (!pod.ip6.empty())
         install_capture(pod, "ip6tables");
     install_transparent_return(pod);
+}
+
+void start_sidecar(ClusterState& state, const PodState& pod, const TestbedOptions& options) {
+    ensure_cluster_ca(state, options);
+    install_sidecar_capture(pod);
     const std::string logs = state.run_dir + "/logs";
     const std::string base = pod.namespace_name + "." + pod.name;
     std::vector<std::string> argv = {sluice_bin_dir(options) + "/sluice-ztunnel",

@@ -124,6 +124,16 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
     }
     const bool v6 = orig->address().is_v6();
     const auto src_ip = same_family(src->ips, v6);
+    // A connection made straight to :15001 has itself as original destination; passing it
+    // through would connect to :15001 again, forever.
+    if (orig->port() == p.config().outbound_port &&
+        (orig->address().is_loopback() ||
+         std::find(src->ips.begin(), src->ips.end(), orig->address()) != src->ips.end())) {
+        rec.src_addr = to_string(peer);
+        rec.dst_addr = to_string(*orig);
+        finish(p, rec, labels, false, "direct connection to the outbound listener refused");
+        co_return;
+    }
     // The app connected from its pod address (iptables) or from loopback (eBPF redirect): the
     // tunnel reports the pod address.
     const tcp::endpoint src_ep(src_ip.value_or(peer.address()), peer.port());
