@@ -154,6 +154,8 @@ int run(proxy::Config config) {
         admin, config.admin_address, [&](const std::string& method, const std::string& path) {
             if (path == "/config_dump")
                 return proxy::HttpResponse{200, "application/json", p.config_dump().dump(2) + "\n"};
+            if (path == "/connections")
+                return proxy::HttpResponse{200, "application/json", p.connections().dump(2) + "\n"};
             if (path == "/quitquitquit") {
                 if (method != "POST")
                     return proxy::HttpResponse{405, "text/plain", "POST only\n"};

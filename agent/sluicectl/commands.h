@@ -14,4 +14,7 @@ struct Context {
 
 using Registrar = std::function<void(CLI::App& app, Context& ctx)>;
 
+// ztunnel_cmd.cpp: workloads, certs, connections (from the ztunnel admin port).
+void add_ztunnel_commands(CLI::App& app, Context& ctx);
+
 }  // namespace sluice::ctl

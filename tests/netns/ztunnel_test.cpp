@@ -251,6 +251,20 @@ TEST_F(ZtunnelSidecarTest, PodToPodAcrossNodesThroughTwoZtunnels) {
         pooled = metric(metrics(client), "sluice_pool_connections", {});
     }
     EXPECT_EQ(pooled, 1) << "both connections share one pooled HBONE connection";
+
+    // sluicectl shows the same pooled connection and the server's view of its peer.
+    ProcessSpec ctl;
+    ctl.argv = {SLUICECTL_BIN, "connections", "--json", "--netns", client.netns};
+    ProcessResult r = run_process(ctl, std::chrono::seconds(10));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    json conns = json::parse(r.out);
+    ASSERT_EQ(conns["outbound"].size(), 1u) << r.out;
+    EXPECT_EQ(conns["outbound"][0]["destination"], kServerId);
+    EXPECT_EQ(conns["outbound"][0]["address"], server.ip + ":15008");
+    ctl.argv = {SLUICECTL_BIN, "certs", "--json", "--netns", server.netns};
+    r = run_process(ctl, std::chrono::seconds(10));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(json::parse(r.out)["certificates"][0]["identity"], kServerId);
 }
 
 TEST_F(ZtunnelSidecarTest, ServiceVipResolvesToAnEndpointOverHbone) {

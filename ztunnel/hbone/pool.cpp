@@ -87,6 +87,25 @@ size_t Pool::connections() const {
     return n;
 }
 
+std::vector<Pool::ConnectionInfo> Pool::describe() const {
+    std::vector<ConnectionInfo> out;
+    const auto now = std::chrono::steady_clock::now();
+    for (const auto& [key, list] : connections_) {
+        for (const auto& c : list) {
+            if (!c->is_open())
+                continue;
+            const double idle = c->active_streams() == 0
+                                    ? std::chrono::duration<double>(now - c->idle_since()).count()
+                                    : 0.0;
+            out.push_back({key, c->active_streams(),
+                           c->remote_endpoint().address().to_string() + ":" +
+                               std::to_string(c->remote_endpoint().port()),
+                           idle});
+        }
+    }
+    return out;
+}
+
 size_t Pool::streams() const {
     size_t n = 0;
     for (const auto& [key, list] : connections_) {

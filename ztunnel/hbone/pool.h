@@ -48,6 +48,14 @@ class Pool {
 
     size_t connections() const;
     size_t streams() const;
+    // One entry per open connection: key, streams, idle time (for admin /connections).
+    struct ConnectionInfo {
+        PoolKey key;
+        size_t streams = 0;
+        std::string remote;
+        double idle_seconds = 0;
+    };
+    std::vector<ConnectionInfo> describe() const;
 
   private:
     asio::awaitable<void> sweep_loop();

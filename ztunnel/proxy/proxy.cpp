@@ -6,6 +6,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 
+#include <future>
+
 #include "ztunnel/hbone/event.h"
 #include "ztunnel/hbone/handshake.h"
 
@@ -344,6 +346,51 @@ nlohmann::json Proxy::config_dump() const {
     }
     j["trust_bundle_roots"] = certs_->trust_bundle().size();
     return j;
+}
+
+nlohmann::json Proxy::connections() {
+    nlohmann::json out{{"outbound", nlohmann::json::array()},
+                       {"inbound", nlohmann::json::array()},
+                       {"active_connections", active_connections_.load()}};
+    for (size_t i = 0; i < workers_.size(); ++i) {
+        Worker* w = workers_[i].get();
+        std::promise<nlohmann::json> gathered;
+        asio::post(w->io, [&, w, i] {
+            nlohmann::json j{{"outbound", nlohmann::json::array()},
+                             {"inbound", nlohmann::json::array()}};
+            for (const auto& c : w->pool->describe()) {
+                j["outbound"].push_back({{"worker", i},
+                                         {"source", c.key.source.uri()},
+                                         {"destination", c.key.destination.uri()},
+                                         {"address", c.key.address},
+                                         {"streams", c.streams},
+                                         {"idle_seconds", c.idle_seconds}});
+            }
+            for (const auto& weak : server_connections_[w]) {
+                if (auto c = weak.lock(); c && c->is_open()) {
+                    j["inbound"].push_back({{"worker", i},
+                                            {"peer", c->peer().uri()},
+                                            {"remote", to_string(c->remote_endpoint())},
+                                            {"streams", c->active_streams()}});
+                }
+            }
+            gathered.set_value(std::move(j));
+        });
+        auto f = gathered.get_future();
+        // A worker stuck for a second is itself worth reporting.
+        if (f.wait_for(std::chrono::seconds(1)) != std::future_status::ready) {
+            out["errors"].push_back("worker " + std::to_string(i) + " did not answer");
+            // The lambda still references `gathered`: wait for it before it goes away.
+            f.wait();
+            continue;
+        }
+        auto j = f.get();
+        for (auto& e : j["outbound"])
+            out["outbound"].push_back(e);
+        for (auto& e : j["inbound"])
+            out["inbound"].push_back(e);
+    }
+    return out;
 }
 
 asio::awaitable<std::expected<std::shared_ptr<hbone::Connection>, hbone::Failure>> Proxy::dial(

@@ -67,6 +67,9 @@ class Proxy {
     // Periodic housekeeping from the admin thread: registry/policy reload, gauges.
     void refresh();
     nlohmann::json config_dump() const;
+    // HBONE connections of every worker (client pools and inbound), gathered on each worker's
+    // own thread; called from the admin thread.
+    nlohmann::json connections();
 
     // For the connection handlers (outbound.cpp, inbound.cpp, inbound_plaintext.cpp).
     const Config& config() const { return config_; }
