@@ -12,7 +12,8 @@ scripts/check-format.sh
 echo "== build (build/)"
 scripts/build.sh
 echo "== build with ASan+UBSan (build-asan/)"
-SLUICE_BUILD_DIR=build-asan CMAKE_BUILD_TYPE=Debug scripts/build.sh -DSLUICE_SANITIZE=ON
+SLUICE_BUILD_DIR=build-asan SLUICE_TARGETS=unit_tests CMAKE_BUILD_TYPE=Debug \
+    scripts/build.sh -DSLUICE_SANITIZE=ON
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}

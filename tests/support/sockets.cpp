@@ -224,3 +224,44 @@ uint16_t local_port(int fd) {
 }
 
 }  // namespace sluice::test
+
+namespace sluice::test {
+
+std::string http_get(const std::string& netns, const std::string& ip, uint16_t port,
+                     const std::string& path) {
+    int err = 0;
+    Fd s = tcp_connect(netns, ip, port, &err);
+    if (!s)
+        return {};
+    const std::string req =
+        "GET " + path + " HTTP/1.1\r\nHost: " + ip + "\r\nConnection: close\r\n\r\n";
+    if (::send(s.get(), req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size()))
+        return {};
+    std::string raw;
+    char buf[16384];
+    for (;;) {
+        pollfd p{s.get(), POLLIN, 0};
+        if (::poll(&p, 1, 3000) <= 0)
+            break;
+        ssize_t r = ::recv(s.get(), buf, sizeof buf, 0);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (r <= 0)
+            break;
+        raw.append(buf, static_cast<size_t>(r));
+    }
+    auto sp = raw.find(' ');
+    auto body = raw.find("\r\n\r\n");
+    if (sp == std::string::npos || body == std::string::npos)
+        return {};
+    return raw.substr(sp + 1, 3) + "\n" + raw.substr(body + 4);
+}
+
+Fd accept_on(int listener_fd, int timeout_ms) {
+    pollfd p{listener_fd, POLLIN, 0};
+    if (::poll(&p, 1, timeout_ms) <= 0)
+        return Fd();
+    return Fd(::accept4(listener_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+}
+
+}  // namespace sluice::test

@@ -48,3 +48,15 @@ std::string local_ip(int fd);
 uint16_t local_port(int fd);
 
 }  // namespace sluice::test
+
+namespace sluice::test {
+
+// A plain HTTP/1.1 GET to ip:port from inside `netns`; returns "<status>\n<body>" or "" on
+// failure. For metrics and readiness endpoints.
+std::string http_get(const std::string& netns, const std::string& ip, uint16_t port,
+                     const std::string& path);
+
+// accept() on a listener the caller does not own as an Fd.
+Fd accept_on(int listener_fd, int timeout_ms = 3000);
+
+}  // namespace sluice::test

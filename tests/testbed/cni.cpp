@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <spdlog/spdlog.h>
+
 #include "common/process.h"
 
 namespace sluice::testbed {
@@ -57,7 +59,14 @@ std::optional<json> CniRuntime::exec(const std::string& command, const json& con
     spec.env_overrides = {{"CNI_COMMAND", command},    {"CNI_CONTAINERID", a.container_id},
                           {"CNI_NETNS", a.netns_path}, {"CNI_IFNAME", a.ifname},
                           {"CNI_ARGS", cni_args(a)},   {"CNI_PATH", path_env}};
+    const auto started = std::chrono::steady_clock::now();
     ProcessResult r = run_process(spec, std::chrono::seconds(60));
+    const auto took = std::chrono::steady_clock::now() - started;
+    if (took > std::chrono::seconds(1)) {
+        spdlog::warn("CNI {} of plugin {} for {} took {} ms", command, type,
+                     a.container_id.substr(0, 12),
+                     std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
+    }
     if (r.timed_out)
         throw CniError("CNI " + command + " of plugin " + type + " timed out");
     if (r.exit_code != 0) {

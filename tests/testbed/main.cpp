@@ -46,8 +46,10 @@ int main(int argc, char** argv) {
 
     std::string name = "local";
     tb::TestbedOptions options;
-    if (auto dir = self_dir(); !dir.empty())
+    if (auto dir = self_dir(); !dir.empty()) {
         options.cni_path.insert(options.cni_path.begin(), dir);
+        options.bin_dir = dir;
+    }
     app.add_option("--name", name, "Cluster name ([a-z0-9], prefixes every resource)")
         ->envname("SLUICE_TESTBED_NAME");
     app.add_option("--run-root", options.run_root, "Where cluster run dirs live")

@@ -1,18 +1,24 @@
 #include "tests/testbed/mesh.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "common/netns.h"
 #include "tests/testbed/testbed.h"
 
 #include <filesystem>
 
 namespace sluice::testbed {
-namespace {
 
-[[noreturn]] void unavailable(MeshMode mode) {
-    throw TestbedError("mesh mode '" + to_string(mode) +
-                       "' is not available in this build; use --mesh none");
-}
-
-}  // namespace
+// mesh_sidecarless.cpp
+void start_sidecarless_node(ClusterState& state, const NodeState& node,
+                            const TestbedOptions& options);
+nlohmann::json sidecarless_cni_plugins(const NodeState& node);
 
 std::string sluice_bin_dir(const TestbedOptions& options) {
     if (!options.bin_dir.empty())
@@ -21,17 +27,56 @@ std::string sluice_bin_dir(const TestbedOptions& options) {
     return std::filesystem::read_symlink("/proc/self/exe").parent_path().string();
 }
 
-void start_node_mesh(ClusterState& state, const NodeState&, const TestbedOptions&) {
+bool wait_http_ready(const std::string& netns, int port, const std::string& path,
+                     std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    const std::string request =
+        "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    while (std::chrono::steady_clock::now() < deadline) {
+        bool ok = false;
+        run_in_netns(netns, [&] {
+            int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            if (s < 0)
+                return;
+            sockaddr_in a{};
+            a.sin_family = AF_INET;
+            a.sin_port = htons(static_cast<uint16_t>(port));
+            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            timeval tv{1, 0};
+            ::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+            if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                ::send(s, request.data(), request.size(), MSG_NOSIGNAL) ==
+                    static_cast<ssize_t>(request.size())) {
+                char buf[64] = {};
+                ssize_t r = ::recv(s, buf, sizeof buf - 1, 0);
+                ok = r > 12 && std::string(buf, 12) == "HTTP/1.1 200";
+            }
+            ::close(s);
+        });
+        if (ok)
+            return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+}
+
+void start_node_mesh(ClusterState& state, const NodeState& node, const TestbedOptions& options) {
     switch (state.mesh) {
         case MeshMode::None:
         case MeshMode::Sidecar:  // sidecars start per pod
-            return;
+            break;
         case MeshMode::Sidecarless:
-            unavailable(state.mesh);
+            start_sidecarless_node(state, node, options);
+            break;
     }
+    if (options.after_node_mesh)
+        options.after_node_mesh(state, node);
 }
 
-nlohmann::json mesh_cni_plugins(const ClusterState&, const NodeState&, const TestbedOptions&) {
+nlohmann::json mesh_cni_plugins(const ClusterState& state, const NodeState& node,
+                                const TestbedOptions&) {
+    if (state.mesh == MeshMode::Sidecarless)
+        return sidecarless_cni_plugins(node);
     return nlohmann::json::array();
 }
 

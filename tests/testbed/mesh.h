@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <string>
 
 #include "tests/testbed/state.h"
@@ -24,6 +25,10 @@ void start_node_mesh(ClusterState& state, const NodeState& node, const TestbedOp
 nlohmann::json mesh_cni_plugins(const ClusterState& state, const NodeState& node,
                                 const TestbedOptions& options);
 void start_pod_mesh(ClusterState& state, const PodState& pod, const TestbedOptions& options);
+
+// Polls http://127.0.0.1:<port><path> inside `netns` until it answers 200 or the timeout passes.
+bool wait_http_ready(const std::string& netns, int port, const std::string& path,
+                     std::chrono::milliseconds timeout);
 
 // Where the sluice binaries are (the directory of sluice-testbed, or SLUICE_BIN_DIR).
 std::string sluice_bin_dir(const TestbedOptions& options);

@@ -1,16 +1,10 @@
 // `--mesh sidecar`: one sluice-ztunnel per pod, inside the pod's netns and cgroup, with the
 // pod's own identity, and iptables REDIRECT rules wired the way Istio wires its sidecars.
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <spdlog/spdlog.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <fmt/format.h>
 #include <filesystem>
-#include <thread>
 
-#include "common/netns.h"
 #include "tests/testbed/mesh.h"
 #include "tests/testbed/testbed.h"
 
@@ -19,7 +13,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr auto kSidecarStartTimeout = std::chrono::seconds(10);
+constexpr auto kSidecarStartTimeout = std::chrono::milliseconds(10000);
+constexpr int kReadinessPort = 15021;
 constexpr const char* kZtunnelMark = "0x539";  // SLUICE_ZTUNNEL_MARK
 // Connections ztunnel makes to the app from the client's address carry this connmark, so the
 // app's replies route back to ztunnel (policy routing table kTransparentTable).
@@ -80,20 +75,6 @@ void install_transparent_return(const PodState& pod) {
         pod, {"ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", kTransparentTable});
 }
 
-bool tcp_port_open(const std::string& netns, uint16_t port) {
-    bool open = false;
-    run_in_netns(netns, [&] {
-        int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_port = htons(port);
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        open = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
-        ::close(s);
-    });
-    return open;
-}
-
 }  // namespace
 
 void ensure_cluster_ca(ClusterState& state, const TestbedOptions& options) {
@@ -150,17 +131,16 @@ void start_sidecar(ClusterState& state, const PodState& pod, const TestbedOption
         argv.push_back("--workload-ip");
         argv.push_back(pod.ip6);
     }
-    const pid_t pid = spawn_process(pod_process(pod, argv), logs + "/ztunnel." + base + ".log");
-    const auto deadline = std::chrono::steady_clock::now() + kSidecarStartTimeout;
-    while (!tcp_port_open(pod.netns, 15021)) {
-        if (wait_process(pid, std::chrono::milliseconds(0))) {
-            throw TestbedError("sluice-ztunnel of pod " + pod.name + " exited; see " + logs +
-                               "/ztunnel." + base + ".log");
-        }
-        if (std::chrono::steady_clock::now() > deadline)
-            throw TestbedError("sluice-ztunnel of pod " + pod.name + " did not start in time");
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
+    const std::string log = logs + "/ztunnel." + base + ".log";
+    const pid_t pid = spawn_process(pod_process(pod, argv), log);
+    state.daemons.push_back({.node = pod.node,
+                             .pod = pod.namespace_name + "/" + pod.name,
+                             .name = "sluice-ztunnel",
+                             .pid = pid,
+                             .log = log});
+    if (!wait_http_ready(pod.netns, kReadinessPort, "/healthz/ready", kSidecarStartTimeout))
+        throw TestbedError("sluice-ztunnel of pod " + pod.name + " did not become ready; see " +
+                           log);
     spdlog::info("sidecar ztunnel for {}/{} running (pid {})", pod.namespace_name, pod.name, pid);
 }
 

@@ -183,7 +183,7 @@ std::vector<RegistryDocument> registry_documents(const ClusterState& state) {
     return docs;
 }
 
-void write_registry(const std::string& dir, const std::vector<RegistryDocument>& docs) {
+void write_registry(const std::string& dir, const std::vector<RegistryDocument>& docs, bool prune) {
     fs::create_directories(dir);
     std::set<std::string> keep;
     for (const auto& d : docs) {
@@ -197,6 +197,8 @@ void write_registry(const std::string& dir, const std::vector<RegistryDocument>&
         fs::rename(tmp, fs::path(dir) / d.file_name);
         keep.insert(d.file_name);
     }
+    if (!prune)
+        return;
     for (const auto& entry : fs::directory_iterator(dir)) {
         if (!keep.contains(entry.path().filename().string()))
             fs::remove(entry.path());

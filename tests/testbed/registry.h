@@ -22,8 +22,9 @@ inline constexpr const char* kNetnsAnnotation = "sluice.dev/netns";
 // service's selector become its endpoints (both address families, one slice per family).
 std::vector<RegistryDocument> registry_documents(const ClusterState& state);
 
-// Replaces the contents of `dir` with the documents (written to temp files, then renamed, so a
-// watcher never reads half a file).
-void write_registry(const std::string& dir, const std::vector<RegistryDocument>& docs);
+// Writes the documents into `dir` (each to a temp file, then renamed, so a watcher never reads
+// half a file); with `prune`, files that are not among them are removed.
+void write_registry(const std::string& dir, const std::vector<RegistryDocument>& docs,
+                    bool prune = true);
 
 }  // namespace sluice::testbed

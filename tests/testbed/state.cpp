@@ -83,6 +83,11 @@ json to_json(const ClusterState& s) {
                                  {"vip", sv.vip},
                                  {"uid", sv.uid}});
     }
+    j["daemons"] = json::array();
+    for (const auto& d : s.daemons) {
+        j["daemons"].push_back(
+            {{"node", d.node}, {"pod", d.pod}, {"name", d.name}, {"pid", d.pid}, {"log", d.log}});
+    }
     return j;
 }
 
@@ -147,6 +152,9 @@ ClusterState state_from_json(const json& j) {
         ss.vip = sv.at("vip");
         ss.uid = sv.at("uid");
         s.services.push_back(ss);
+    }
+    for (const auto& d : j.value("daemons", json::array())) {
+        s.daemons.push_back({d.at("node"), d.at("pod"), d.at("name"), d.at("pid"), d.at("log")});
     }
     return s;
 }

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sys/types.h>
 #include <map>
 #include <optional>
 #include <string>
@@ -40,6 +41,15 @@ struct ServiceState {
     std::string uid;
 };
 
+// A mesh daemon the testbed started (agent, ztunnel, waypoint, sidecar).
+struct DaemonState {
+    int node = -1;     // node index, or -1
+    std::string pod;   // "ns/name" for a sidecar
+    std::string name;  // binary name
+    pid_t pid = 0;
+    std::string log;
+};
+
 // What `up` built, written to <run>/state.json for status/exec/down in later invocations.
 // `down` never depends on it: it finds resources by name prefix.
 struct ClusterState {
@@ -54,6 +64,7 @@ struct ClusterState {
     std::vector<NodeState> nodes;
     std::vector<PodState> pods;
     std::vector<ServiceState> services;
+    std::vector<DaemonState> daemons;
 
     // "ns/name" or a bare name that is unique across namespaces.
     const PodState* find_pod(const std::string& ref) const;

@@ -265,6 +265,16 @@ void best_effort_cni_del(const std::string& cluster, const TestbedOptions& optio
 
 }  // namespace
 
+void cni_del(const ClusterState& state, const PodState& pod) {
+    CniRuntime cni(state.cni_path, state.nodes.at(pod.node).netns);
+    cni.del(state.conflist.at("nodes").at(pod.node), attachment_for(pod, "eth0"), pod.cni_result);
+}
+
+void cni_check(const ClusterState& state, const PodState& pod) {
+    CniRuntime cni(state.cni_path, state.nodes.at(pod.node).netns);
+    cni.check(state.conflist.at("nodes").at(pod.node), attachment_for(pod, "eth0"), pod.cni_result);
+}
+
 ClusterLayout layout_for(const std::string& cluster, const TestbedOptions& options) {
     ClusterLayout l;
     l.cluster = cluster;
@@ -328,8 +338,18 @@ std::vector<std::string> leftovers(const std::string& cluster, const TestbedOpti
 
 void down(const std::string& cluster, const TestbedOptions& options) {
     const ClusterLayout l = layout_for(cluster, options);
+    auto t0 = std::chrono::steady_clock::now();
+    auto phase = [&](const char* what) {
+        auto now = std::chrono::steady_clock::now();
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - t0).count();
+        if (ms > 1000)
+            spdlog::warn("down {}: {} took {} ms", cluster, what, ms);
+        t0 = now;
+    };
     best_effort_cni_del(cluster, options);
+    phase("CNI DEL");
     kill_cgroup_tree(l.cgroup_root());
+    phase("killing processes");
     // Pods first, then nodes, then the fabric: the reverse of `up`.
     auto names = netns_with_prefix(l.netns_prefix());
     std::stable_partition(names.begin(), names.end(), [&](const std::string& n) {
@@ -337,7 +357,9 @@ void down(const std::string& cluster, const TestbedOptions& options) {
     });
     for (const auto& n : names)
         ip("", {"netns", "delete", n});
+    phase("deleting namespaces");
     remove_cgroup_tree(l.cgroup_root());
+    phase("removing cgroups");
     std::error_code ec;
     fs::remove_all(l.bpffs_cluster_root(), ec);
     if (ec)
@@ -345,6 +367,7 @@ void down(const std::string& cluster, const TestbedOptions& options) {
     fs::remove_all(l.run_dir(), ec);
     if (ec)
         throw TestbedError("cannot remove " + l.run_dir() + ": " + ec.message());
+    phase("removing pins and run dir");
 }
 
 namespace {
@@ -439,6 +462,13 @@ ClusterState build(const ClusterSpec& spec, const TestbedOptions& options) {
         new_netns(ns);
         fs::create_directories(p.cgroup);
         const NodeState& node = s.nodes.at(p.node);
+        // As in Kubernetes, the Pod object exists before the runtime networks it: the mesh's
+        // CNI plugin looks its labels up while the pod is being created.
+        {
+            ClusterState pending = s;
+            pending.pods.push_back(p);
+            write_registry(s.registry_dir, registry_documents(pending), /*prune=*/false);
+        }
         CniRuntime cni(s.cni_path, node.netns);
         // containerd sets up the loopback network first, then the pod network.
         cni.add(loopback_conflist(), attachment_for(p, "lo"));

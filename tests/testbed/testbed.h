@@ -1,5 +1,6 @@
 #pragma once
 
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -24,6 +25,9 @@ struct TestbedOptions {
     std::vector<std::string> cni_path = {"/usr/lib/cni", "/opt/cni/bin"};
     // Where sluice-agent, sluice-ztunnel, sluice-cni... are (mesh modes other than none).
     std::string bin_dir;
+    // Called after a node's mesh daemons started and before its pods are created (tests use it
+    // to attach their own peers to a node's agent).
+    std::function<void(ClusterState&, const NodeState&)> after_node_mesh;
 };
 
 // Builds the cluster: fabric, nodes, pods (through the real CNI plugins), services, registry.
@@ -49,6 +53,11 @@ ProcessSpec pod_process(const PodState& pod, std::vector<std::string> argv);
 
 // The same for a node's system cgroup and network namespace (where node daemons run).
 ProcessSpec node_process(const NodeState& node, std::vector<std::string> argv);
+
+// CNI DEL / CHECK of one pod's network, as the container runtime runs them (DEL when a pod
+// stops; its netns is left for the caller). Throw CniError with the plugin's error.
+void cni_del(const ClusterState& state, const PodState& pod);
+void cni_check(const ClusterState& state, const PodState& pod);
 
 // The resolved layout for a cluster name under these options.
 ClusterLayout layout_for(const std::string& cluster, const TestbedOptions& options);

@@ -1,0 +1,271 @@
+#include "agent/agent.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+
+#include "agent/registry_view.h"
+
+namespace sluice::agent {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+std::string describe(const datapath::Error& e) {
+    return std::string(datapath::errc_name(e.code)) + ": " + e.message;
+}
+
+}  // namespace
+
+Agent::Agent(AgentConfig config) : config_(std::move(config)) {}
+
+std::expected<std::unique_ptr<Agent>, std::string> Agent::start(const AgentConfig& config) {
+    auto problems = config.validate();
+    if (!problems.empty()) {
+        std::string msg = "invalid configuration:";
+        for (const auto& p : problems)
+            msg += "\n  - " + p;
+        return std::unexpected(msg);
+    }
+    std::unique_ptr<Agent> agent(new Agent(config));
+    if (auto r = agent->init(); !r)
+        return std::unexpected(r.error());
+    return agent;
+}
+
+std::expected<void, std::string> Agent::init() {
+    std::error_code ec;
+    fs::create_directories(config_.run_dir, ec);
+    if (ec)
+        return std::unexpected("cannot create run dir " + config_.run_dir + ": " + ec.message());
+
+    auto dp = datapath::Datapath::open(config_.datapath);
+    if (!dp)
+        return std::unexpected("eBPF datapath: " + describe(dp.error()));
+    datapath_ = std::move(*dp);
+    spdlog::info("datapath {} at {} (cgroup {})",
+                 datapath_->reused_pinned_state() ? "taken over" : "loaded",
+                 config_.datapath.bpffs_root, config_.datapath.cgroup_path);
+    for (const auto& c : config_.excluded_cidrs) {
+        if (auto r = datapath_->add_excluded_cidr(*datapath::parse_cidr(c)); !r) {
+            return std::unexpected("exclude " + c + ": " + describe(r.error()));
+        }
+    }
+
+    metrics_ = std::make_unique<AgentMetrics>(*datapath_);
+    audit_ = std::make_unique<AuditLog>(config_.audit_log);
+    ztunnel_ = std::make_unique<ZtunnelLink>(config_.ztunnel_socket(), [this] {
+        metrics_->set_ztunnel_connected(true);
+        enrollment_->replay_to_ztunnel();
+    });
+    enrollment_ = std::make_unique<Enrollment>(*datapath_, *ztunnel_, config_.state_file(),
+                                               config_.node_name, config_.ztunnel_timeout);
+    // What the pinned maps hold from an earlier run; they kept enforcing while we were away.
+    enrollment_->restore();
+
+    if (auto r = ztunnel_->start(); !r)
+        return std::unexpected(r.error());
+    cni_ = std::make_unique<CniServer>(config_.cni_socket(),
+                                       [this](const cni::Request& req) { return handle_cni(req); });
+    if (auto r = cni_->start(); !r)
+        return std::unexpected(r.error());
+
+    auto m = HttpServer::start(config_.metrics_address, [this](const std::string&,
+                                                               const std::string& target) {
+        if (target != "/metrics" && target.rfind("/metrics?", 0) != 0)
+            return HttpResponse{404, "not found\n"};
+        refresh_gauges();
+        return HttpResponse{200, metrics_->render(), "text/plain; version=0.0.4; charset=utf-8"};
+    });
+    if (!m)
+        return std::unexpected("metrics: " + m.error());
+    metrics_http_ = std::move(*m);
+    auto r = HttpServer::start(config_.ready_address,
+                               [this](const std::string&, const std::string& target) {
+                                   if (target != "/healthz/ready")
+                                       return HttpResponse{404, "not found\n"};
+                                   return ready_response();
+                               });
+    if (!r)
+        return std::unexpected("readiness: " + r.error());
+    ready_http_ = std::move(*r);
+
+    events_thread_ = std::thread([this] { events_loop(); });
+    if (config_.enroll_existing)
+        reconcile();
+    reconcile_thread_ = std::thread([this] { reconcile_loop(); });
+    ready_ = true;
+    spdlog::info("sluice-agent ready on node {} (cni {}, ztunnel {}, metrics :{}, ready :{})",
+                 config_.node_name, config_.cni_socket(), config_.ztunnel_socket(), metrics_port(),
+                 ready_port());
+    return {};
+}
+
+Agent::~Agent() {
+    stopping_ = true;
+    if (events_thread_.joinable())
+        events_thread_.join();
+    if (reconcile_thread_.joinable())
+        reconcile_thread_.join();
+    // Servers stop before the objects their handlers use.
+    cni_.reset();
+    metrics_http_.reset();
+    ready_http_.reset();
+    ztunnel_.reset();
+}
+
+HttpResponse Agent::ready_response() const {
+    if (!ready_)
+        return {503, "starting\n"};
+    return {200, std::string("ready\nztunnel: ") +
+                     (ztunnel_->connected() ? "connected" : "not connected") + "\n"};
+}
+
+void Agent::refresh_gauges() {
+    auto pods = enrollment_->pods();
+    size_t addrs = 0;
+    for (const auto& p : pods)
+        addrs += p.ips.size();
+    metrics_->set_enrolled_pods(pods.size());
+    metrics_->set_ztunnel_connected(ztunnel_->connected());
+    const auto& sizes = config_.datapath.map_sizes;
+    metrics_->set_map_entries("enrolled_netns", pods.size(), sizes.enrolled_netns);
+    metrics_->set_map_entries("listeners", pods.size(), sizes.listeners);
+    metrics_->set_map_entries("endpoint_addrs", addrs, sizes.endpoint_addrs);
+    metrics_->set_map_entries("excluded_cidrs", config_.excluded_cidrs.size(),
+                              sizes.excluded_cidrs);
+}
+
+cni::Response Agent::handle_cni(const cni::Request& req) {
+    cni::Response res{.ok = true};
+    const std::string pod_ref = req.pod_namespace + "/" + req.pod_name;
+    // The registry is read on every request: it is the API server's view, and it may have
+    // changed since the last pod (a label added to the namespace).
+    RegistryView view = RegistryView::read(config_.registry_dir);
+    PodRecord pod = view.pod(req.pod_namespace, req.pod_name)
+                        .value_or(PodRecord{.name = req.pod_name,
+                                            .namespace_name = req.pod_namespace,
+                                            .uid = req.pod_uid,
+                                            .service_account = "default"});
+    if (pod.uid.empty())
+        pod.uid = req.pod_uid;
+    if (pod.ips.empty())
+        pod.ips = req.ips;
+    const bool wanted = view.wants_ambient(pod);
+
+    {
+        std::lock_guard lk(deleted_mu_);
+        if (req.command == "DEL") {
+            deleted_by_cni_.insert(pod.uid);
+        } else if (req.command == "ADD") {
+            deleted_by_cni_.erase(pod.uid);
+        }
+    }
+    if (req.command == "ADD") {
+        if (wanted) {
+            auto r = enrollment_->add(pod, req.netns);
+            res = r ? cni::Response{.ok = true, .enrolled = true}
+                    : cni::Response{.ok = false, .error = r.error()};
+        }
+    } else if (req.command == "DEL") {
+        if (auto r = enrollment_->remove(req.pod_namespace, req.pod_name); !r)
+            res = {.ok = false, .error = r.error()};
+    } else if (req.command == "CHECK") {
+        const bool enrolled = enrollment_->is_enrolled(req.pod_namespace, req.pod_name);
+        res.enrolled = enrolled;
+        if (wanted && !enrolled)
+            res = {.ok = false,
+                   .error = "pod " + pod_ref + " should be in the mesh but is not enrolled"};
+    }
+    metrics_->cni_request(req.command, res.ok);
+    if (!res.ok)
+        spdlog::error("CNI {} {}: {}", req.command, pod_ref, res.error);
+    return res;
+}
+
+void Agent::reconcile() {
+    RegistryView view = RegistryView::read(config_.registry_dir);
+    for (const auto& pod : enrollment_->pods()) {
+        auto rec = view.pod(pod.namespace_name, pod.name);
+        // A pod missing from the registry is being deleted: CNI DEL removes it, not us.
+        if (rec && rec->uid == pod.uid && !view.wants_ambient(*rec)) {
+            spdlog::info("pod {}/{} no longer selects the mesh; unenrolling", pod.namespace_name,
+                         pod.name);
+            if (auto r = enrollment_->remove(pod.namespace_name, pod.name); !r) {
+                spdlog::error("unenrolling {}/{}: {}", pod.namespace_name, pod.name, r.error());
+            }
+        }
+    }
+    for (const auto& pod : view.pods_on_node(config_.node_name)) {
+        // Only pods whose network is up (they have addresses): a pod being created is enrolled
+        // by its CNI ADD, which knows when the network exists.
+        if (!view.wants_ambient(pod) || pod.netns.empty() || pod.ips.empty() ||
+            enrollment_->is_enrolled(pod.namespace_name, pod.name)) {
+            continue;
+        }
+        {
+            std::lock_guard lk(deleted_mu_);
+            if (deleted_by_cni_.contains(pod.uid))
+                continue;
+        }
+        if (auto r = enrollment_->add(pod, pod.netns); !r) {
+            spdlog::error("enrolling running pod {}/{}: {}", pod.namespace_name, pod.name,
+                          r.error());
+        }
+    }
+}
+
+namespace {
+
+// Changes when any registry document is added, removed or rewritten.
+std::string registry_signature(const std::string& dir) {
+    std::string sig;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+        auto t = fs::last_write_time(e.path(), ec).time_since_epoch().count();
+        sig += e.path().filename().string() + ":" + std::to_string(t) + ":" +
+               std::to_string(e.is_regular_file(ec) ? e.file_size(ec) : 0) + ";";
+    }
+    return sig;
+}
+
+}  // namespace
+
+void Agent::reconcile_loop() {
+    std::string last = registry_signature(config_.registry_dir);
+    while (!stopping_) {
+        std::this_thread::sleep_for(250ms);
+        std::string now = registry_signature(config_.registry_dir);
+        if (now == last)
+            continue;
+        last = std::move(now);
+        reconcile();
+    }
+}
+
+void Agent::events_loop() {
+    std::map<uint64_t, std::string> pod_by_cookie;
+    auto on_event = [&](const sluice_deny_event& e) {
+        metrics_->deny_event(e.direction, e.reason);
+        AuditContext ctx;
+        auto it = pod_by_cookie.find(e.netns_cookie);
+        if (it == pod_by_cookie.end()) {
+            pod_by_cookie.clear();
+            for (const auto& p : enrollment_->pods())
+                pod_by_cookie[p.netns_cookie] = p.namespace_name + "/" + p.name;
+            it = pod_by_cookie.find(e.netns_cookie);
+        }
+        if (it != pod_by_cookie.end())
+            ctx.pod = it->second;
+        audit_->write(e, ctx);
+    };
+    while (!stopping_) {
+        if (auto r = datapath_->poll_deny_events(on_event, 200ms); !r) {
+            spdlog::error("reading deny events: {}", describe(r.error()));
+            std::this_thread::sleep_for(200ms);
+        }
+    }
+}
+
+}  // namespace sluice::agent

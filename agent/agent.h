@@ -1,0 +1,69 @@
+#pragma once
+
+#include <atomic>
+#include <expected>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "agent/audit.h"
+#include "agent/cni_server.h"
+#include "agent/config.h"
+#include "agent/enrollment.h"
+#include "agent/metrics.h"
+#include "agent/ztunnel_link.h"
+#include "common/http_server.h"
+
+namespace sluice::agent {
+
+// sluice-agent, assembled. Threads (docs/ARCHITECTURE.md): CNI server, ZDS accept (and
+// snapshot replay), deny-event reader, metrics HTTP, readiness HTTP; the caller's thread waits.
+//
+// Stopping the agent never detaches the eBPF programs: they stay pinned and keep enforcing
+// until the next agent takes them over (DESIGN.md §3).
+class Agent {
+  public:
+    static std::expected<std::unique_ptr<Agent>, std::string> start(const AgentConfig& config);
+    ~Agent();
+    Agent(const Agent&) = delete;
+    Agent& operator=(const Agent&) = delete;
+
+    Enrollment& enrollment() { return *enrollment_; }
+    datapath::Datapath& datapath() { return *datapath_; }
+    uint16_t metrics_port() const { return metrics_http_ ? metrics_http_->port() : 0; }
+    uint16_t ready_port() const { return ready_http_ ? ready_http_->port() : 0; }
+
+  private:
+    explicit Agent(AgentConfig config);
+    std::expected<void, std::string> init();
+    cni::Response handle_cni(const cni::Request& req);
+    void events_loop();
+    // Enrolls this node's running pods that want the mesh and unenrolls enrolled pods whose
+    // Pod or Namespace no longer asks for it (a label change), from the registry.
+    void reconcile();
+    void reconcile_loop();
+    void refresh_gauges();
+    HttpResponse ready_response() const;
+
+    AgentConfig config_;
+    std::unique_ptr<datapath::Datapath> datapath_;
+    std::unique_ptr<ZtunnelLink> ztunnel_;
+    std::unique_ptr<Enrollment> enrollment_;
+    std::unique_ptr<AgentMetrics> metrics_;
+    std::unique_ptr<AuditLog> audit_;
+    std::unique_ptr<CniServer> cni_;
+    std::unique_ptr<HttpServer> metrics_http_;
+    std::unique_ptr<HttpServer> ready_http_;
+    std::atomic<bool> stopping_{false};
+    std::atomic<bool> ready_{false};
+    std::thread events_thread_;
+    std::thread reconcile_thread_;
+    // Pods (by uid) the runtime has torn down with CNI DEL. The registry can still list them for
+    // a while; reconcile must not put them back into the mesh.
+    std::mutex deleted_mu_;
+    std::set<std::string> deleted_by_cni_;
+};
+
+}  // namespace sluice::agent

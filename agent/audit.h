@@ -1,0 +1,38 @@
+#pragma once
+
+#include <cstdio>
+#include <mutex>
+#include <string>
+
+#include "sluice_abi.h"
+
+namespace sluice::agent {
+
+// Who a deny event concerns, resolved by the agent from its enrollment table.
+struct AuditContext {
+    std::string pod;  // "ns/name" of the enrolled pod, or empty
+};
+
+// One JSON line per policy denial (DESIGN.md §7): time, src, dst, port, proto, direction,
+// rule, reason — appended to a file or written to stdout.
+class AuditLog {
+  public:
+    explicit AuditLog(const std::string& path);  // empty: stdout
+    ~AuditLog();
+    AuditLog(const AuditLog&) = delete;
+    AuditLog& operator=(const AuditLog&) = delete;
+
+    void write(const sluice_deny_event& e, const AuditContext& ctx);
+
+    // The line for an event (no trailing newline); `wall_time_ns` is the event time on the
+    // realtime clock.
+    static std::string format(const sluice_deny_event& e, const AuditContext& ctx,
+                              uint64_t wall_time_ns);
+
+  private:
+    std::mutex mu_;
+    FILE* out_;
+    bool owned_;
+};
+
+}  // namespace sluice::agent

@@ -1,0 +1,111 @@
+#include "agent/cni_server.h"
+
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace sluice::agent {
+namespace {
+
+constexpr int kReadTimeoutMs = 5000;
+
+void write_all(int fd, const std::string& s) {
+    size_t off = 0;
+    while (off < s.size()) {
+        ssize_t w = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        off += static_cast<size_t>(w);
+    }
+}
+
+}  // namespace
+
+CniServer::CniServer(std::string socket_path, Handler handler)
+    : socket_path_(std::move(socket_path)), handler_(std::move(handler)) {}
+
+CniServer::~CniServer() {
+    stopping_ = true;
+    if (listen_fd_ >= 0)
+        ::shutdown(listen_fd_, SHUT_RDWR);
+    if (thread_.joinable())
+        thread_.join();
+    if (listen_fd_ >= 0)
+        ::close(listen_fd_);
+}
+
+std::expected<void, std::string> CniServer::start() {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (socket_path_.size() >= sizeof addr.sun_path)
+        return std::unexpected("CNI socket path too long: " + socket_path_);
+    std::memcpy(addr.sun_path, socket_path_.c_str(), socket_path_.size() + 1);
+    listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (listen_fd_ < 0)
+        return std::unexpected(std::string("socket: ") + std::strerror(errno));
+    ::unlink(socket_path_.c_str());
+    if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+        ::listen(listen_fd_, 64) != 0) {
+        return std::unexpected("listen on " + socket_path_ + ": " + std::strerror(errno));
+    }
+    ::chmod(socket_path_.c_str(), 0600);
+    thread_ = std::thread([this] { serve(); });
+    return {};
+}
+
+void CniServer::serve() {
+    while (!stopping_) {
+        pollfd p{listen_fd_, POLLIN, 0};
+        if (::poll(&p, 1, 200) <= 0)
+            continue;
+        int c = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (c < 0)
+            continue;
+        handle(c);
+        ::close(c);
+    }
+}
+
+void CniServer::handle(int fd) {
+    std::string body;
+    char buf[4096];
+    for (;;) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, kReadTimeoutMs) <= 0) {
+            spdlog::warn("CNI request not completed within {} ms; dropped", kReadTimeoutMs);
+            return;
+        }
+        ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        body.append(buf, static_cast<size_t>(r));
+        if (body.size() > cni::kMaxMessageBytes) {
+            write_all(fd, cni::encode(cni::Response{.ok = false, .error = "request too large"}));
+            return;
+        }
+    }
+    auto req = cni::decode_request(body);
+    cni::Response res;
+    if (!req) {
+        res = {.ok = false, .error = req.error()};
+    } else {
+        try {
+            res = handler_(*req);
+        } catch (const std::exception& e) {
+            res = {.ok = false, .error = std::string("agent error: ") + e.what()};
+        }
+    }
+    write_all(fd, cni::encode(res));
+}
+
+}  // namespace sluice::agent

@@ -1,0 +1,318 @@
+#include "agent/enrollment.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/netns.h"
+
+namespace sluice::agent {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string key_of(const std::string& ns, const std::string& name) {
+    return ns + "/" + name;
+}
+
+std::string describe(const datapath::Error& e) {
+    return std::string(datapath::errc_name(e.code)) + ": " + e.message;
+}
+
+zds::WorkloadInfo workload_info(const EnrolledPod& p, const std::string& node) {
+    return {.uid = p.uid,
+            .name = p.name,
+            .namespace_name = p.namespace_name,
+            .service_account = p.service_account,
+            .node = node,
+            .ips = p.ips,
+            .netns_cookie = p.netns_cookie};
+}
+
+// The cookie of the namespace at `path`, or nullopt when it is gone.
+std::optional<uint64_t> cookie_if_present(const std::string& path) {
+    std::error_code ec;
+    if (path.empty() || !fs::exists(path, ec))
+        return std::nullopt;
+    try {
+        return netns_cookie(path);
+    } catch (const std::exception&) {
+        return std::nullopt;
+    }
+}
+
+}  // namespace
+
+Enrollment::Enrollment(datapath::Datapath& dp, ZtunnelLink& ztunnel, std::string state_file,
+                       std::string node_name, std::chrono::milliseconds ztunnel_timeout)
+    : dp_(dp),
+      ztunnel_(ztunnel),
+      state_file_(std::move(state_file)),
+      node_name_(std::move(node_name)),
+      ztunnel_timeout_(ztunnel_timeout) {}
+
+void Enrollment::set_endpoint_resolver(EndpointResolver r) {
+    std::lock_guard lk(mu_);
+    resolver_ = std::move(r);
+}
+
+EndpointBinding Enrollment::binding_for(const EnrolledPod& pod) {
+    if (resolver_) {
+        if (auto b = resolver_(pod))
+            return *b;
+    }
+    auto it = fallback_ids_.find(pod.uid);
+    if (it == fallback_ids_.end())
+        it = fallback_ids_.emplace(pod.uid, next_endpoint_id_++).first;
+    return {.endpoint_id = it->second, .flags = 0};
+}
+
+void Enrollment::persist() const {
+    json pods = json::array();
+    for (const auto& [k, p] : pods_) {
+        pods.push_back({{"uid", p.uid},
+                        {"name", p.name},
+                        {"namespace", p.namespace_name},
+                        {"serviceAccount", p.service_account},
+                        {"netns", p.netns},
+                        {"ips", p.ips},
+                        {"netnsCookie", p.netns_cookie},
+                        {"endpointId", p.endpoint_id}});
+    }
+    json state{
+        {"pods", pods}, {"nextEndpointId", next_endpoint_id_}, {"fallbackIds", fallback_ids_}};
+    const std::string tmp = state_file_ + ".tmp";
+    {
+        std::ofstream f(tmp, std::ios::trunc);
+        f << state.dump(2) << "\n";
+        if (!f) {
+            spdlog::error("cannot write {}: enrollment state will be rebuilt from the registry",
+                          tmp);
+            return;
+        }
+    }
+    std::error_code ec;
+    fs::rename(tmp, state_file_, ec);
+}
+
+void Enrollment::restore() {
+    std::lock_guard lk(mu_);
+    std::ifstream f(state_file_);
+    if (!f)
+        return;
+    json state = json::parse(f, nullptr, false);
+    if (state.is_discarded()) {
+        spdlog::error("{} is corrupt; starting with no enrolled pods", state_file_);
+        return;
+    }
+    next_endpoint_id_ = state.value("nextEndpointId", 1u);
+    fallback_ids_ = state.value("fallbackIds", std::map<std::string, uint32_t>{});
+    for (const auto& j : state.value("pods", json::array())) {
+        EnrolledPod p;
+        p.uid = j.value("uid", "");
+        p.name = j.value("name", "");
+        p.namespace_name = j.value("namespace", "");
+        p.service_account = j.value("serviceAccount", "");
+        p.netns = j.value("netns", "");
+        p.ips = j.value("ips", std::vector<std::string>{});
+        p.netns_cookie = j.value("netnsCookie", uint64_t{0});
+        p.endpoint_id = j.value("endpointId", 0u);
+        auto cookie = cookie_if_present(p.netns);
+        if (cookie && *cookie == p.netns_cookie) {
+            pods_[key_of(p.namespace_name, p.name)] = p;
+            continue;
+        }
+        // The pod went away while no agent ran: clear what the maps still hold for it.
+        spdlog::info("pod {}/{} vanished while the agent was down; removing its datapath state",
+                     p.namespace_name, p.name);
+        (void)dp_.unenroll_netns(p.netns_cookie);
+        (void)dp_.detach_netns(p.netns_cookie);
+    }
+    persist();
+    spdlog::info("restored {} enrolled pods from {}", pods_.size(), state_file_);
+}
+
+std::expected<void, std::string> Enrollment::hand_to_ztunnel(const EnrolledPod& pod) {
+    int netns_fd = ::open(pod.netns.c_str(), O_RDONLY | O_CLOEXEC);
+    if (netns_fd < 0)
+        return std::unexpected("open " + pod.netns + ": " + std::strerror(errno));
+    auto listener =
+        ztunnel_.add_workload(workload_info(pod, node_name_), netns_fd, ztunnel_timeout_);
+    ::close(netns_fd);
+    if (!listener)
+        return std::unexpected(listener.error());
+    auto reg = dp_.register_inbound_listener(pod.netns_cookie, *listener);
+    ::close(*listener);
+    if (!reg)
+        return std::unexpected("register inbound listener: " + describe(reg.error()));
+    return {};
+}
+
+std::expected<void, std::string> Enrollment::add(const PodRecord& rec,
+                                                 const std::string& netns_path) {
+    std::lock_guard lk(mu_);
+    const std::string key = key_of(rec.namespace_name, rec.name);
+    auto cookie = cookie_if_present(netns_path);
+    if (!cookie)
+        return std::unexpected("pod netns " + netns_path + " does not exist");
+    if (auto it = pods_.find(key); it != pods_.end()) {
+        if (it->second.netns_cookie == *cookie) {
+            // Already enrolled (a retried CNI ADD): only addresses the pod gained are new.
+            for (const auto& ip : rec.ips) {
+                auto& known = it->second.ips;
+                if (std::find(known.begin(), known.end(), ip) != known.end())
+                    continue;
+                auto addr = datapath::parse_ip(ip);
+                if (!addr)
+                    continue;
+                if (auto r = dp_.add_endpoint_address(*addr, *cookie); !r) {
+                    return std::unexpected("endpoint address " + ip + ": " + describe(r.error()));
+                }
+                known.push_back(ip);
+            }
+            persist();
+            return {};
+        }
+        spdlog::info("pod {} re-created with a new netns; replacing its enrollment", key);
+        (void)dp_.unenroll_netns(it->second.netns_cookie);
+        (void)dp_.detach_netns(it->second.netns_cookie);
+        pods_.erase(it);
+    }
+    EnrolledPod pod{.uid = rec.uid,
+                    .name = rec.name,
+                    .namespace_name = rec.namespace_name,
+                    .service_account = rec.service_account,
+                    .netns = netns_path,
+                    .ips = rec.ips};
+    auto attached = dp_.attach_netns(netns_path);
+    if (!attached)
+        return std::unexpected("attach sk_lookup: " + describe(attached.error()));
+    pod.netns_cookie = *attached;
+    auto undo = [&] {
+        (void)dp_.unenroll_netns(pod.netns_cookie);
+        (void)dp_.detach_netns(pod.netns_cookie);
+    };
+
+    // Nothing is redirected before ztunnel listens in the pod: the enrolled_netns entry that
+    // turns capture on is written last.
+    if (auto handed = hand_to_ztunnel(pod); !handed) {
+        undo();
+        return std::unexpected(handed.error());
+    }
+    for (const auto& ip : pod.ips) {
+        auto addr = datapath::parse_ip(ip);
+        if (!addr)
+            continue;
+        if (auto r = dp_.add_endpoint_address(*addr, pod.netns_cookie); !r) {
+            undo();
+            return std::unexpected("endpoint address " + ip + ": " + describe(r.error()));
+        }
+    }
+    const EndpointBinding b = binding_for(pod);
+    pod.endpoint_id = b.endpoint_id;
+    if (auto r =
+            dp_.enroll_netns(pod.netns_cookie, {.endpoint_id = b.endpoint_id, .flags = b.flags});
+        !r) {
+        undo();
+        return std::unexpected("enroll: " + describe(r.error()));
+    }
+    spdlog::info("enrolled pod {} (netns cookie {}, endpoint {}, ips {})", key, pod.netns_cookie,
+                 pod.endpoint_id, fmt::join(pod.ips, ","));
+    pods_[key] = std::move(pod);
+    persist();
+    return {};
+}
+
+std::expected<void, std::string> Enrollment::remove(const std::string& ns,
+                                                    const std::string& name) {
+    std::lock_guard lk(mu_);
+    auto it = pods_.find(key_of(ns, name));
+    if (it == pods_.end())
+        return {};  // DEL is idempotent
+    const EnrolledPod pod = it->second;
+    // Capture off first, so no new connection is sent to listeners that are about to close.
+    std::string problems;
+    if (auto r = dp_.unenroll_netns(pod.netns_cookie);
+        !r && r.error().code != datapath::Errc::NotFound) {
+        problems += "unenroll: " + describe(r.error()) + "; ";
+    }
+    if (auto r = dp_.detach_netns(pod.netns_cookie);
+        !r && r.error().code != datapath::Errc::NotFound) {
+        problems += "detach sk_lookup: " + describe(r.error()) + "; ";
+    }
+    if (ztunnel_.connected()) {
+        if (auto r = ztunnel_.del_workload(pod.uid, ztunnel_timeout_); !r) {
+            spdlog::warn("ztunnel DelWorkload {}/{}: {}", ns, name, r.error());
+        }
+    }
+    pods_.erase(it);
+    persist();
+    spdlog::info("unenrolled pod {}/{}", ns, name);
+    if (!problems.empty())
+        return std::unexpected(problems);
+    return {};
+}
+
+bool Enrollment::is_enrolled(const std::string& ns, const std::string& name) const {
+    std::lock_guard lk(mu_);
+    return pods_.contains(key_of(ns, name));
+}
+
+std::vector<EnrolledPod> Enrollment::pods() const {
+    std::lock_guard lk(mu_);
+    std::vector<EnrolledPod> out;
+    for (const auto& [k, p] : pods_)
+        out.push_back(p);
+    return out;
+}
+
+void Enrollment::replay_to_ztunnel() {
+    std::lock_guard lk(mu_);
+    std::vector<std::string> gone;
+    for (const auto& [key, pod] : pods_) {
+        if (cookie_if_present(pod.netns) != pod.netns_cookie) {
+            gone.push_back(key);
+            continue;
+        }
+        if (auto r = hand_to_ztunnel(pod); !r) {
+            spdlog::error("replaying pod {} to ztunnel: {}", key, r.error());
+            return;  // the link dropped; the next connection replays again
+        }
+    }
+    for (const auto& key : gone) {
+        const EnrolledPod& pod = pods_.at(key);
+        (void)dp_.unenroll_netns(pod.netns_cookie);
+        (void)dp_.detach_netns(pod.netns_cookie);
+        pods_.erase(key);
+    }
+    if (!gone.empty())
+        persist();
+    if (auto r = ztunnel_.snapshot_sent(ztunnel_timeout_); !r) {
+        spdlog::error("SnapshotSent: {}", r.error());
+        return;
+    }
+    spdlog::info("ztunnel has the snapshot of {} workloads", pods_.size());
+}
+
+void Enrollment::refresh_bindings() {
+    std::lock_guard lk(mu_);
+    for (auto& [key, pod] : pods_) {
+        const EndpointBinding b = binding_for(pod);
+        if (auto r = dp_.enroll_netns(pod.netns_cookie,
+                                      {.endpoint_id = b.endpoint_id, .flags = b.flags});
+            !r) {
+            spdlog::error("rebinding pod {}: {}", key, describe(r.error()));
+            continue;
+        }
+        pod.endpoint_id = b.endpoint_id;
+    }
+    persist();
+}
+
+}  // namespace sluice::agent

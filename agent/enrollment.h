@@ -1,0 +1,82 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <expected>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/datapath/datapath.h"
+#include "agent/registry_view.h"
+#include "agent/ztunnel_link.h"
+
+namespace sluice::agent {
+
+// A pod this agent has put into the mesh.
+struct EnrolledPod {
+    std::string uid, name, namespace_name, service_account, netns;
+    std::vector<std::string> ips;
+    uint64_t netns_cookie = 0;
+    uint32_t endpoint_id = 0;
+};
+
+// Where a pod's endpoint id and default verdict flags come from: the compiled policy (the
+// compiler owns endpoint ids so that kernel policy keys and enrollments agree).
+struct EndpointBinding {
+    uint32_t endpoint_id = 0;
+    uint32_t flags = 0;  // SLUICE_ENROLLED_F_*
+};
+using EndpointResolver = std::function<std::optional<EndpointBinding>(const EnrolledPod&)>;
+
+// Enrolls and unenrolls pods, in the order that keeps traffic safe:
+//   add:  attach sk_lookup → ztunnel opens listeners and acks (with its :15006 listener) →
+//         listener + pod addresses into the maps → netns cookie into enrolled_netns (capture on)
+//   del:  enrolled_netns entry out first (capture off), then listener, addresses, sk_lookup
+//         link, and ztunnel's listeners last.
+// The set of enrolled pods is persisted to a state file after every change, so a restarted
+// agent knows what the (still enforcing) pinned maps hold.
+class Enrollment {
+  public:
+    Enrollment(datapath::Datapath& dp, ZtunnelLink& ztunnel, std::string state_file,
+               std::string node_name, std::chrono::milliseconds ztunnel_timeout);
+
+    void set_endpoint_resolver(EndpointResolver r);
+
+    // Loads the state file of an earlier run. Pods whose netns has disappeared meanwhile are
+    // cleaned out of the maps.
+    void restore();
+
+    // The pod from the CNI ADD (or from the registry at startup). Idempotent.
+    std::expected<void, std::string> add(const PodRecord& pod, const std::string& netns_path);
+    std::expected<void, std::string> remove(const std::string& ns, const std::string& name);
+    bool is_enrolled(const std::string& ns, const std::string& name) const;
+    std::vector<EnrolledPod> pods() const;
+
+    // After ztunnel (re)connects: every enrolled workload again, then SnapshotSent.
+    void replay_to_ztunnel();
+
+    // Re-reads endpoint bindings (after a policy change) and rewrites enrolled_netns values.
+    void refresh_bindings();
+
+  private:
+    std::expected<void, std::string> hand_to_ztunnel(const EnrolledPod& pod);
+    EndpointBinding binding_for(const EnrolledPod& pod);
+    void persist() const;
+
+    datapath::Datapath& dp_;
+    ZtunnelLink& ztunnel_;
+    std::string state_file_;
+    std::string node_name_;
+    std::chrono::milliseconds ztunnel_timeout_;
+    EndpointResolver resolver_;
+    mutable std::mutex mu_;
+    std::map<std::string, EnrolledPod> pods_;  // by "ns/name"
+    uint32_t next_endpoint_id_ = 1;
+    std::map<std::string, uint32_t> fallback_ids_;  // by uid, when no resolver knows the pod
+};
+
+}  // namespace sluice::agent

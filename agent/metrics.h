@@ -1,0 +1,44 @@
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include <memory>
+#include <string>
+
+#include "agent/datapath/datapath.h"
+
+namespace sluice::agent {
+
+// The agent's Prometheus metrics (:15030/metrics). Counters the agent increments live in a
+// prometheus-cpp registry; the datapath's per-CPU counters are read from the maps at scrape
+// time, so the numbers are exact and nothing polls in between.
+class AgentMetrics {
+  public:
+    explicit AgentMetrics(const datapath::Datapath& dp);
+
+    void cni_request(const std::string& command, bool ok);
+    void deny_event(uint8_t direction, uint8_t reason);
+    void set_enrolled_pods(size_t n) { enrolled_->Set(static_cast<double>(n)); }
+    void set_ztunnel_connected(bool c) { ztunnel_connected_->Set(c ? 1 : 0); }
+    void set_policy_generation(uint64_t g) { policy_generation_->Set(static_cast<double>(g)); }
+    void set_map_entries(const std::string& map, size_t entries, size_t capacity);
+
+    // Prometheus text exposition format.
+    std::string render() const;
+
+  private:
+    const datapath::Datapath& dp_;
+    std::shared_ptr<prometheus::Registry> registry_;
+    prometheus::Family<prometheus::Counter>* cni_requests_;
+    prometheus::Family<prometheus::Counter>* deny_events_;
+    prometheus::Family<prometheus::Gauge>* map_entries_;
+    prometheus::Family<prometheus::Gauge>* map_capacity_;
+    prometheus::Gauge* enrolled_;
+    prometheus::Gauge* ztunnel_connected_;
+    prometheus::Gauge* policy_generation_;
+};
+
+}  // namespace sluice::agent

@@ -1,0 +1,311 @@
+// netns tier: sluice-agent on the testbed with the real CNI chain (bridge + host-local +
+// sluice-cni). The ztunnel side of the ZDS socket is a test peer (tests/support/zds_peer.h), so
+// these tests see exactly what the datapath hands to ztunnel's listeners.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <linux/netfilter_ipv4.h>
+#include <netinet/in.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common/process.h"
+#include "tests/support/cgroup_guard.h"
+#include "tests/support/privileged.h"
+#include "tests/support/sockets.h"
+#include "tests/support/zds_peer.h"
+#include "tests/testbed/mesh.h"
+#include "tests/testbed/registry.h"
+#include "tests/testbed/testbed.h"
+
+namespace sluice::testbed {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using test::CgroupGuard;
+using test::Fd;
+
+constexpr uint16_t kAppPort = 8080;
+
+// What getsockopt(SO_ORIGINAL_DST) says for a proxy-side socket, as "ip:port".
+std::string original_dst(int fd, bool ipv6) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (::getsockopt(fd, ipv6 ? SOL_IPV6 : SOL_IP, SO_ORIGINAL_DST, &ss, &len) != 0) {
+        return std::string("error: ") + strerror(errno);
+    }
+    char buf[INET6_ADDRSTRLEN] = {};
+    if (ss.ss_family == AF_INET) {
+        auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+        inet_ntop(AF_INET, &a->sin_addr, buf, sizeof buf);
+        return std::string(buf) + ":" + std::to_string(ntohs(a->sin_port));
+    }
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, buf, sizeof buf);
+    return std::string(buf) + ":" + std::to_string(ntohs(a->sin6_port));
+}
+
+std::vector<std::string> read_cmdline(pid_t pid) {
+    std::ifstream f("/proc/" + std::to_string(pid) + "/cmdline");
+    std::vector<std::string> argv;
+    for (std::string arg; std::getline(f, arg, '\0');)
+        argv.push_back(arg);
+    return argv;
+}
+
+// Entries of a pinned map, via bpftool's JSON dump.
+size_t map_entries(const std::string& pin) {
+    auto r = run_process({.argv = {"bpftool", "-j", "map", "dump", "pinned", pin}});
+    if (r.exit_code != 0)
+        return SIZE_MAX;
+    return nlohmann::json::parse(r.out).size();
+}
+
+class AgentTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        SLUICE_REQUIRE_PRIVILEGES();
+        name_ = "ag" + std::to_string(::getpid() % 100000);
+        ClusterSpec spec = parse_spec(R"(
+nodes: 2
+mesh: sidecarless
+namespaces:
+  - {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
+pods:
+  - {name: client, namespace: mesh, serviceAccount: client, node: 0}
+  - {name: server, namespace: mesh, serviceAccount: server, node: 1}
+  - {name: outsider, namespace: plain, node: 0}
+)");
+        spec.name = name_;
+        options_.bin_dir = SLUICE_BIN_DIR;
+        options_.cni_path.insert(options_.cni_path.begin(), SLUICE_BIN_DIR);
+        options_.after_node_mesh = [this](ClusterState&, const NodeState& n) {
+            peers_[n.index] =
+                std::make_unique<test::ZdsPeer>(n.run_dir + "/ztunnel.sock", n.system_cgroup);
+            ASSERT_TRUE(peers_[n.index]->wait_connected(5s));
+        };
+        state_ = up(spec, options_);
+    }
+    void TearDown() override {
+        if (name_.empty())
+            return;
+        if (HasFailure() || std::getenv("SLUICE_TEST_DUMP_LOGS") != nullptr) {
+            // The daemons' logs go away with the cluster: show them while they exist.
+            for (const auto& n : state_.nodes) {
+                std::ifstream f(n.run_dir + "/agent.log");
+                std::cerr << "---- " << n.name << " agent.log\n" << f.rdbuf() << "\n";
+            }
+        }
+        peers_.clear();
+        const auto start = std::chrono::steady_clock::now();
+        down(name_, options_);
+        const auto took = std::chrono::steady_clock::now() - start;
+        EXPECT_LT(took, 5s) << "down took "
+                            << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                            << " ms";
+        EXPECT_EQ(leftovers(name_, options_), std::vector<std::string>{});
+    }
+    const PodState& pod(const std::string& ref) { return *state_.find_pod(ref); }
+    const NodeState& node(int i) { return state_.nodes.at(i); }
+    test::ZdsPeer::Listeners listeners(int node_index, const std::string& pod_ref) {
+        auto l = peers_.at(node_index)->listeners(pod_ref, 5s);
+        if (!l)
+            throw std::runtime_error("ztunnel peer never got " + pod_ref);
+        return *l;
+    }
+    // connect() from a pod, as an app in it would (its cgroup and netns).
+    Fd connect_from(const PodState& from, const std::string& ip, uint16_t port, int* err) {
+        CgroupGuard in_pod(from.cgroup);
+        return test::tcp_connect(from.netns, ip, port, err);
+    }
+    std::string metrics(int node_index) {
+        return test::http_get(node(node_index).netns, "127.0.0.1", 15030, "/metrics");
+    }
+
+    std::string name_;
+    TestbedOptions options_;
+    ClusterState state_;
+    std::map<int, std::unique_ptr<test::ZdsPeer>> peers_;
+};
+
+TEST_F(AgentTest, EnrollsOnlyAmbientPodsThroughTheCniChain) {
+    EXPECT_TRUE(peers_[0]->listeners("mesh/client", 1s).has_value());
+    EXPECT_TRUE(peers_[1]->listeners("mesh/server", 1s).has_value());
+    EXPECT_FALSE(peers_[0]->listeners("plain/outsider", 100ms).has_value());
+    // CNI CHECK agrees, and the agent's metrics count what it did.
+    EXPECT_NO_THROW(cni_check(state_, pod("mesh/client")));
+    const std::string m = metrics(0);
+    EXPECT_NE(m.find("sluice_agent_enrolled_pods 1"), std::string::npos) << m;
+    EXPECT_NE(m.find("sluice_agent_cni_requests_total{command=\"ADD\",result=\"ok\"} 2"),
+              std::string::npos)
+        << m;
+    EXPECT_NE(m.find("sluice_agent_ztunnel_connected 1"), std::string::npos) << m;
+    // The pinned maps hold one enrolled netns and both pod addresses on each node.
+    EXPECT_EQ(map_entries(node(0).bpffs + "/maps/enrolled_netns"), 1u);
+    EXPECT_EQ(map_entries(node(0).bpffs + "/maps/endpoint_addrs"), 2u);
+    // sluicectl reads the same from the pinned maps.
+    auto ctl = run_process({.argv = {std::string(SLUICE_BIN_DIR) + "/sluicectl", "pods", "--json",
+                                     "--bpffs-root", node(0).bpffs, "--run-dir", node(0).run_dir}});
+    ASSERT_EQ(ctl.exit_code, 0) << ctl.err;
+    auto pods = nlohmann::json::parse(ctl.out);
+    ASSERT_EQ(pods.size(), 1u);
+    EXPECT_EQ(pods[0]["pod"], "mesh/client");
+    EXPECT_EQ(pods[0]["captured"], true);
+    EXPECT_EQ(pods[0]["ips"][0], pod("mesh/client").ip);
+    // No iptables rule anywhere: capture is eBPF only.
+    auto r = run_process(pod_process(pod("mesh/client"), {"iptables-save"}));
+    EXPECT_EQ(r.out.find("-A "), std::string::npos) << r.out;
+}
+
+TEST_F(AgentTest, OutboundLandsOnZtunnelWithTheOriginalDestination) {
+    for (bool v6 : {false, true}) {
+        SCOPED_TRACE(v6 ? "IPv6" : "IPv4");
+        const PodState& client = pod("mesh/client");
+        const std::string dst = v6 ? pod("mesh/server").ip6 : pod("mesh/server").ip;
+        auto l = listeners(0, "mesh/client");
+        int err = 0;
+        std::string app_view;
+        Fd app;
+        {
+            CgroupGuard in_pod(client.cgroup);
+            app = test::tcp_connect(client.netns, dst, kAppPort, &err);
+            // getpeername4/6 give the app its original peer back, not 127.0.0.1:15001.
+            if (app)
+                app_view = test::peer_ip(app.get());
+        }
+        ASSERT_TRUE(app) << strerror(err);
+        EXPECT_EQ(app_view, dst);
+        Fd proxy = test::accept_on(v6 ? l.outbound6 : l.outbound4);
+        ASSERT_TRUE(proxy) << "the connection did not land on ztunnel's :15001 in the pod's netns";
+        {
+            CgroupGuard as_ztunnel(node(0).system_cgroup);  // where ztunnel runs
+            EXPECT_EQ(original_dst(proxy.get(), v6), dst + ":" + std::to_string(kAppPort));
+        }
+        ASSERT_EQ(::send(app.get(), "ping", 4, 0), 4);
+        char buf[8] = {};
+        std::this_thread::sleep_for(50ms);
+        EXPECT_EQ(::recv(proxy.get(), buf, sizeof buf, 0), 4);
+        EXPECT_STREQ(buf, "ping");
+    }
+    auto ctl = run_process({.argv = {std::string(SLUICE_BIN_DIR) + "/sluicectl", "datapath",
+                                     "counters", "--json", "--bpffs-root", node(0).bpffs}});
+    ASSERT_EQ(ctl.exit_code, 0) << ctl.err;
+    EXPECT_EQ(nlohmann::json::parse(ctl.out)["events"]["redirected"], 2);
+    EXPECT_NE(metrics(0).find("sluice_datapath_verdicts_total{direction=\"egress\",verdict="
+                              "\"allow\",reason=\"redirected\"} 2"),
+              std::string::npos);
+}
+
+TEST_F(AgentTest, PlaintextInboundIsSteeredToPort15006AndOutsidersAreNotCaptured) {
+    const PodState& outsider = pod("plain/outsider");
+    const PodState& server = pod("mesh/server");
+    int err = 0;
+    Fd app = connect_from(outsider, server.ip, kAppPort, &err);
+    ASSERT_TRUE(app) << strerror(err);
+    Fd inbound = test::accept_on(listeners(1, "mesh/server").inbound);
+    ASSERT_TRUE(inbound) << "inbound plaintext was not steered to :15006";
+    // The steered socket keeps the original destination and the real source.
+    EXPECT_EQ(test::local_ip(inbound.get()), server.ip);
+    EXPECT_EQ(test::local_port(inbound.get()), kAppPort);
+    EXPECT_EQ(test::peer_ip(inbound.get()), outsider.ip);
+}
+
+TEST_F(AgentTest, CniDelRemovesEveryMapEntryOfThePod) {
+    const PodState& server = pod("mesh/server");
+    const uint64_t cookie = listeners(1, "mesh/server").netns_cookie;
+    ASSERT_TRUE(fs::exists(node(1).bpffs + "/links/netns/" + std::to_string(cookie)));
+    ASSERT_EQ(map_entries(node(1).bpffs + "/maps/enrolled_netns"), 1u);
+
+    cni_del(state_, server);
+    EXPECT_EQ(peers_[1]->deletes(), 1);
+    EXPECT_EQ(map_entries(node(1).bpffs + "/maps/enrolled_netns"), 0u);
+    EXPECT_EQ(map_entries(node(1).bpffs + "/maps/endpoint_addrs"), 0u);
+    EXPECT_FALSE(fs::exists(node(1).bpffs + "/links/netns/" + std::to_string(cookie)));
+    EXPECT_NE(metrics(1).find("sluice_agent_enrolled_pods 0"), std::string::npos);
+    // DEL again (runtimes retry): still fine.
+    EXPECT_NO_THROW(cni_del(state_, server));
+    // The registry still lists the pod for a while; a registry change must not re-enroll it.
+    write_registry(state_.registry_dir, registry_documents(state_));
+    std::this_thread::sleep_for(700ms);
+    EXPECT_EQ(map_entries(node(1).bpffs + "/maps/enrolled_netns"), 0u);
+}
+
+TEST_F(AgentTest, RemovingTheLabelUnenrollsAndRestoresDirectTraffic) {
+    const PodState& client = pod("mesh/client");
+    const PodState& outsider = pod("plain/outsider");
+    // Opt the pod out, as `kubectl label pod client istio.io/dataplane-mode=none` would.
+    ClusterState relabelled = state_;
+    for (auto& p : relabelled.pods) {
+        if (p.name == "client")
+            p.labels["istio.io/dataplane-mode"] = "none";
+    }
+    write_registry(state_.registry_dir, registry_documents(relabelled));
+    auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (peers_[0]->deletes() < 1 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(20ms);
+    ASSERT_EQ(peers_[0]->deletes(), 1) << "the agent did not unenroll the relabelled pod";
+    EXPECT_EQ(map_entries(node(0).bpffs + "/maps/enrolled_netns"), 0u);
+
+    Fd app_listener = test::tcp_listen(outsider.netns, outsider.ip, kAppPort);
+    int err = 0;
+    Fd app = connect_from(client, outsider.ip, kAppPort, &err);
+    ASSERT_TRUE(app) << strerror(err);
+    Fd accepted = test::tcp_accept(app_listener);
+    ASSERT_TRUE(accepted) << "the unenrolled pod's connect() did not reach the app directly";
+    EXPECT_EQ(test::peer_ip(accepted.get()), client.ip);
+}
+
+TEST_F(AgentTest, Kill9AndRestartKeepsConnectionsAndCapture) {
+    const PodState& client = pod("mesh/client");
+    const PodState& server = pod("mesh/server");
+    auto agent =
+        std::find_if(state_.daemons.begin(), state_.daemons.end(),
+                     [](const DaemonState& d) { return d.node == 0 && d.name == "sluice-agent"; });
+    ASSERT_NE(agent, state_.daemons.end());
+    const std::vector<std::string> argv = read_cmdline(agent->pid);
+    ASSERT_FALSE(argv.empty());
+
+    int err = 0;
+    Fd before = connect_from(client, server.ip, kAppPort, &err);
+    ASSERT_TRUE(before) << strerror(err);
+    Fd before_proxy = test::accept_on(listeners(0, "mesh/client").outbound4);
+    ASSERT_TRUE(before_proxy);
+
+    ASSERT_EQ(::kill(agent->pid, SIGKILL), 0);
+    std::this_thread::sleep_for(100ms);
+    // No agent: the pinned programs still capture new connections…
+    Fd during = connect_from(client, server.ip, kAppPort, &err);
+    ASSERT_TRUE(during) << strerror(err);
+    EXPECT_TRUE(test::accept_on(listeners(0, "mesh/client").outbound4));
+    // …and the established one still carries bytes both ways.
+    EXPECT_EQ(::send(before.get(), "a", 1, 0), 1);
+    std::this_thread::sleep_for(20ms);
+    char c = 0;
+    EXPECT_EQ(::recv(before_proxy.get(), &c, 1, 0), 1);
+
+    // A new agent takes over the pinned maps and links and replays the pods to ztunnel.
+    pid_t pid = spawn_process(node_process(node(0), argv), node(0).run_dir + "/agent.log");
+    ASSERT_TRUE(wait_http_ready(node(0).netns, 15031, "/healthz/ready", 20s));
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (peers_[0]->snapshots() < 2 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(peers_[0]->connections(), 2);
+    EXPECT_EQ(peers_[0]->snapshots(), 2);
+    EXPECT_EQ(::send(before_proxy.get(), "b", 1, 0), 1);
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(::recv(before.get(), &c, 1, 0), 1);
+    EXPECT_EQ(c, 'b');
+    Fd after = connect_from(client, server.ip, kAppPort, &err);
+    ASSERT_TRUE(after);
+    EXPECT_TRUE(test::accept_on(listeners(0, "mesh/client").outbound4));
+    EXPECT_NE(metrics(0).find("sluice_agent_enrolled_pods 1"), std::string::npos);
+    (void)pid;  // killed with the node's cgroup by down()
+}
+
+}  // namespace
+}  // namespace sluice::testbed
