@@ -70,15 +70,6 @@ void add_run_options(CLI::App& app, proxy::Config& c, std::string& mode) {
     opt("log-level", c.log_level, "trace, debug, info, warn, error");
 }
 
-std::string read_text(const std::string& path) {
-    std::ifstream f(path);
-    if (!f)
-        throw std::runtime_error("cannot read " + path);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-
 int run(proxy::Config config) {
     sluice::init_logging("ztunnel", config.log_level);
     if (auto problems = config.validate(); !problems.empty()) {
@@ -94,7 +85,10 @@ int run(proxy::Config config) {
     auto bundle = std::make_shared<identity::TrustBundle>();
     bundle->add(ca->certificate());
     for (const auto& f : config.trust_bundles) {
-        if (auto n = bundle->add_pem(read_text(f)); !n)
+        auto text = identity::read_text_file(f);
+        if (!text)
+            throw std::runtime_error(text.error());
+        if (auto n = bundle->add_pem(*text); !n)
             throw std::runtime_error(f + ": " + n.error());
     }
     auto certs = std::make_shared<identity::CertManager>(

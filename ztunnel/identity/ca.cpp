@@ -14,15 +14,6 @@ namespace {
 
 constexpr auto kClockSkewSlack = std::chrono::minutes(1);
 
-std::expected<std::string, std::string> read_file(const std::string& path) {
-    std::ifstream f(path);
-    if (!f)
-        return std::unexpected("cannot read " + path);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-
 void write_file(const std::string& path, const std::string& text, mode_t mode) {
     std::ofstream f(path, std::ios::trunc);
     f << text;
@@ -60,6 +51,15 @@ bool add_extension(X509* x, X509* issuer, int nid, const std::string& value) {
 }
 
 }  // namespace
+
+std::expected<std::string, std::string> read_text_file(const std::string& path) {
+    std::ifstream f(path);
+    if (!f)
+        return std::unexpected("cannot read " + path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
 
 PkeyPtr generate_p256_key() {
     return PkeyPtr(EVP_EC_gen("P-256"));
@@ -107,10 +107,10 @@ CertificateAuthority CertificateAuthority::create(const std::string& trust_domai
 
 std::expected<CertificateAuthority, std::string> CertificateAuthority::load(
     const std::string& cert_path, const std::string& key_path) {
-    auto cert_text = read_file(cert_path);
+    auto cert_text = read_text_file(cert_path);
     if (!cert_text)
         return std::unexpected(cert_text.error());
-    auto key_text = read_file(key_path);
+    auto key_text = read_text_file(key_path);
     if (!key_text)
         return std::unexpected(key_text.error());
     auto certs = parse_certificates(*cert_text);

@@ -55,6 +55,9 @@ class CertificateAuthority {
     PkeyPtr key_;
 };
 
+// The whole text of a (PEM) file, or why it cannot be read.
+std::expected<std::string, std::string> read_text_file(const std::string& path);
+
 // A fresh ECDSA P-256 key.
 PkeyPtr generate_p256_key();
 

@@ -9,7 +9,6 @@
 #include <boost/asio/detached.hpp>
 
 #include "ztunnel/hbone/handshake.h"
-#include "ztunnel/proxy/relay.h"
 
 namespace sluice::ztunnel::proxy {
 namespace {
@@ -47,15 +46,10 @@ asio::awaitable<void> hbone_stream(Proxy& p, std::shared_ptr<EnrolledWorkload> d
     }
     if (!call.decision.allowed) {
         conn.respond(*st, hbone::kStatusUnauthorized);
-        p.metrics().authz_denied("inbound", call.decision.rule);
-        call.record.result = "denied";
-        finish_inbound(p, call, false, call.decision.reason + " (" + call.decision.rule + ")");
+        deny_inbound(p, call, "inbound");
         co_return;
     }
-    std::optional<asio::ip::address> source;
-    if (p.config().transparent_inbound)
-        source = peer.address();
-    auto app = co_await connect_from(p, *dst, w, *target, source, source.has_value());
+    auto app = co_await connect_app(p, *dst, w, *target, peer);
     if (!app) {
         conn.respond(*st, hbone::kStatusUnavailable);
         call.labels.response_flags = "UF";
@@ -63,11 +57,7 @@ asio::awaitable<void> hbone_stream(Proxy& p, std::shared_ptr<EnrolledWorkload> d
         co_return;
     }
     conn.respond(*st, hbone::kStatusOk);
-    p.metrics().connection_opened(call.labels);
-    auto r = co_await relay(StreamPipe(*st), TcpPipe(*app));
-    call.record.bytes_received = r.a_to_b;
-    call.record.bytes_sent = r.b_to_a;
-    finish_inbound(p, call, true, r.failed ? "connection reset" : "");
+    co_await relay_inbound(p, call, StreamPipe(*st), *app);
 }
 
 asio::awaitable<void> hbone_connection(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w,
@@ -147,6 +137,24 @@ void finish_inbound(Proxy& p, InboundCall& call, bool opened, const std::string&
         call.record.error = error;
     }
     p.access_log().write(call.record);
+}
+
+void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction) {
+    p.metrics().authz_denied(direction, call.decision.rule);
+    call.record.result = "denied";
+    finish_inbound(p, call, false, call.decision.reason + " (" + call.decision.rule + ")");
+}
+
+asio::awaitable<std::expected<tcp::socket, std::string>> connect_app(Proxy& p,
+                                                                     const EnrolledWorkload& dst,
+                                                                     Worker& w,
+                                                                     const tcp::endpoint& target,
+                                                                     const tcp::endpoint& client) {
+    std::optional<asio::ip::address> source;
+    if (p.config().transparent_inbound)
+        source = client.address();
+    auto app = co_await connect_from(p, dst, w, target, source, source.has_value());
+    co_return app;
 }
 
 void serve_hbone(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w, tcp::socket s) {

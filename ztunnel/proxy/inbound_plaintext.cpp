@@ -7,7 +7,6 @@
 #include <boost/asio/detached.hpp>
 
 #include "ztunnel/proxy/inbound.h"
-#include "ztunnel/proxy/relay.h"
 
 namespace sluice::ztunnel::proxy {
 namespace {
@@ -31,26 +30,17 @@ asio::awaitable<void> inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorklo
     }
     if (!call.decision.allowed) {
         TcpPipe(client).abort();
-        p.metrics().authz_denied("inbound_plaintext", call.decision.rule);
-        call.record.result = "denied";
-        finish_inbound(p, call, false, call.decision.reason + " (" + call.decision.rule + ")");
+        deny_inbound(p, call, "inbound_plaintext");
         co_return;
     }
-    std::optional<asio::ip::address> source;
-    if (p.config().transparent_inbound)
-        source = peer.address();
-    auto app = co_await connect_from(p, *dst, w, target, source, source.has_value());
+    auto app = co_await connect_app(p, *dst, w, target, peer);
     if (!app) {
         TcpPipe(client).abort();
         call.labels.response_flags = "UF";
         finish_inbound(p, call, false, app.error());
         co_return;
     }
-    p.metrics().connection_opened(call.labels);
-    auto r = co_await relay(TcpPipe(client), TcpPipe(*app));
-    call.record.bytes_received = r.a_to_b;
-    call.record.bytes_sent = r.b_to_a;
-    finish_inbound(p, call, true, r.failed ? "connection reset" : "");
+    co_await relay_inbound(p, call, TcpPipe(client), *app);
 }
 
 }  // namespace

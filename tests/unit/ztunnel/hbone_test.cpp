@@ -108,6 +108,17 @@ class HboneTest : public ::testing::Test {
         ASSERT_TRUE(done) << "test coroutine did not finish within 10 s";
     }
 
+    // Opens one stream through `pool` and returns why it failed (nullopt: it opened).
+    std::optional<Failure> open_failure(Pool& pool) {
+        std::optional<Failure> failure;
+        run([&]() -> asio::awaitable<void> {
+            auto st = co_await pool.open(key_, request_);
+            if (!st)
+                failure = st.error();
+        });
+        return failure;
+    }
+
     asio::awaitable<std::string> round_trip(Stream& st, std::string data) {
         const bool written = co_await st.write(asio::buffer(data));
         EXPECT_TRUE(written);
@@ -170,12 +181,7 @@ TEST_F(HboneTest, ServerStatusReachesTheClient) {
     serve(kServer);
     status_ = kStatusUnauthorized;
     Pool pool(io_.get_executor(), dialer(kClient));
-    std::optional<Failure> failure;
-    run([&]() -> asio::awaitable<void> {
-        auto st = co_await pool.open(key_, request_);
-        if (!st)
-            failure = st.error();
-    });
+    std::optional<Failure> failure = open_failure(pool);
     ASSERT_TRUE(failure);
     EXPECT_EQ(failure->error, Error::StreamRefused);
     EXPECT_EQ(failure->status, kStatusUnauthorized);
@@ -222,12 +228,7 @@ TEST_F(HboneTest, IdleConnectionsAreClosed) {
 TEST_F(HboneTest, ClientRefusesAServerWithTheWrongIdentity) {
     serve(Identity{"cluster.local", "tenant-a", "impostor"});
     Pool pool(io_.get_executor(), dialer(kClient));
-    std::optional<Failure> failure;
-    run([&]() -> asio::awaitable<void> {
-        auto st = co_await pool.open(key_, request_);
-        if (!st)
-            failure = st.error();
-    });
+    std::optional<Failure> failure = open_failure(pool);
     ASSERT_TRUE(failure);
     EXPECT_EQ(failure->error, Error::PeerRejected) << failure->message();
     EXPECT_NE(failure->detail.find("wrong_identity"), std::string::npos) << failure->detail;
