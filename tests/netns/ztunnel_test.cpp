@@ -331,6 +331,40 @@ TEST_F(ZtunnelSidecarTest, PeerFromAnotherCaIsRefusedWithAReason) {
               1);
 }
 
+TEST_F(ZtunnelSidecarTest, QuitQuitQuitDrainsInFlightConnections) {
+    const PodState& client = pod("client");
+    const PodState& server = pod("server");
+    Fd listener = test::tcp_listen(server.netns, server.ip, kAppPort);
+    auto peer =
+        std::async(std::launch::async, [&] { return test::echo_one_connection(listener, 10000); });
+    int err = 0;
+    Fd c = test::tcp_connect(client.netns, server.ip, kAppPort, &err);
+    ASSERT_TRUE(c) << strerror(err);
+    EXPECT_EQ(test::send_and_receive(c, "before"), "before");
+
+    // POST /quitquitquit to the client's ztunnel (admin is loopback-only, inside the pod).
+    Fd admin = test::tcp_connect(client.netns, "127.0.0.1", 15000, &err);
+    ASSERT_TRUE(admin);
+    const std::string req = "POST /quitquitquit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    ASSERT_GT(::send(admin.get(), req.data(), req.size(), MSG_NOSIGNAL), 0);
+    EXPECT_NE(read_all(admin).find("draining"), std::string::npos);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+
+    EXPECT_EQ(test::send_and_receive(c, "during the drain"), "during the drain")
+        << "an in-flight connection keeps working";
+    Fd refused = test::tcp_connect(client.netns, server.ip, kAppPort, &err, 1000);
+    EXPECT_FALSE(refused) << "a draining ztunnel takes no new connections";
+    c = Fd();
+    EXPECT_EQ(peer.get(), client.ip);
+    // With its last connection gone the sidecar exits: readiness disappears.
+    bool gone = false;
+    for (int i = 0; i < 50 && !gone; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        gone = !test::tcp_connect(client.netns, "127.0.0.1", 15021, &err, 200);
+    }
+    EXPECT_TRUE(gone) << "ztunnel still running after the drain";
+}
+
 class ZtunnelStrictTest : public ZtunnelSidecarTest {
   protected:
     void SetUp() override {
