@@ -6,6 +6,8 @@ set -euo pipefail
 PACKAGES=(
     # toolchain
     build-essential cmake ninja-build pkg-config git clang llvm clang-format
+    # libFuzzer runtime for scripts/fuzz-policies.sh (clang++ -fsanitize=fuzzer)
+    libclang-rt-14-dev
     # eBPF
     libbpf-dev bpftool libelf-dev zlib1g-dev
     # libraries of the design card

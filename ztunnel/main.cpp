@@ -94,8 +94,12 @@ int run(proxy::Config config) {
     auto certs = std::make_shared<identity::CertManager>(
         std::make_shared<const identity::CertificateAuthority>(std::move(*ca)), bundle,
         config.trust_domain, config.cert_lifetime);
-    auto authorizer = state::default_authorizer(
-        config.mtls_mode == "STRICT" ? state::MtlsMode::Strict : state::MtlsMode::Permissive);
+    const auto default_mode =
+        config.mtls_mode == "STRICT" ? state::MtlsMode::Strict : state::MtlsMode::Permissive;
+    auto authorizer = config.policies_dir.empty()
+                          ? state::default_authorizer(default_mode)
+                          : state::policy_authorizer(config.policies_dir, config.registry_dir,
+                                                     default_mode, config.trust_domain);
     proxy::Proxy p(config, state::yaml_folder_registry(config.registry_dir), std::move(authorizer),
                    certs);
     p.start();

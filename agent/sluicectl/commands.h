@@ -17,6 +17,9 @@ using Registrar = std::function<void(CLI::App& app, Context& ctx)>;
 // datapath_cmd.cpp: pods, datapath counters|policy
 void add_datapath_commands(CLI::App& app, Context& ctx);
 
+// sluicectl policy check|explain|diff|compile (policy_cmd.cpp).
+void add_policy_commands(CLI::App& app, Context& ctx);
+
 // ztunnel_cmd.cpp: workloads, certs, connections (from the ztunnel admin port).
 void add_ztunnel_commands(CLI::App& app, Context& ctx);
 

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
     version->callback([] { std::cout << "sluicectl " << SLUICE_VERSION << "\n"; });
 
     sluice::ctl::add_datapath_commands(app, ctx);
+    sluice::ctl::add_policy_commands(app, ctx);
     sluice::ctl::add_ztunnel_commands(app, ctx);
 
     CLI11_PARSE(app, argc, argv);

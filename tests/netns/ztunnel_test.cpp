@@ -365,6 +365,38 @@ TEST_F(ZtunnelSidecarTest, QuitQuitQuitDrainsInFlightConnections) {
     EXPECT_TRUE(gone) << "ztunnel still running after the drain";
 }
 
+TEST_F(ZtunnelSidecarTest, AuthorizationPolicyDenyIsA401AndAClosedConnection) {
+    std::ofstream(state_.policies_dir + "/deny-rag.yaml") << R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-rag, namespace: default}
+spec:
+  selector: {matchLabels: {app: llm}}
+  action: DENY
+  rules:
+    - from:
+        - source: {principals: ["cluster.local/ns/default/sa/rag"]}
+)";
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // reloads once a second
+    const PodState& client = pod("client");
+    const PodState& server = pod("server");
+    Fd listener = test::tcp_listen(server.netns, server.ip, kAppPort);
+    int err = 0;
+    Fd c = test::tcp_connect(client.netns, server.ip, kAppPort, &err);
+    if (c) {
+        EXPECT_EQ(test::send_and_receive(c, "denied?", 3000), "") << "nothing comes back";
+    }
+    EXPECT_FALSE(test::tcp_accept(listener, 200)) << "the app never sees the connection";
+    auto out = access_log(client, 1);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0]["result"], "denied");
+    EXPECT_NE(out[0]["error"].get<std::string>().find("401"), std::string::npos) << out[0];
+    auto in = access_log(server, 1);
+    ASSERT_EQ(in.size(), 1u);
+    EXPECT_EQ(in[0]["result"], "denied");
+    EXPECT_NE(in[0]["error"].get<std::string>().find("deny-rag"), std::string::npos) << in[0];
+    EXPECT_EQ(metric(metrics(server), "sluice_authz_denials_total", {"direction=\"inbound\""}), 1);
+}
+
 class ZtunnelStrictTest : public ZtunnelSidecarTest {
   protected:
     void SetUp() override {

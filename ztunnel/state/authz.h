@@ -39,4 +39,9 @@ class Authorizer {
 enum class MtlsMode { Strict, Permissive };
 std::unique_ptr<Authorizer> default_authorizer(MtlsMode mode);
 
+// The policies library (DESIGN.md §5): policies + registry compiled and evaluated; `default_mode`
+// applies where no PeerAuthentication decides.
+std::unique_ptr<Authorizer> policy_authorizer(std::string policies_dir, std::string registry_dir,
+                                              MtlsMode default_mode, std::string trust_domain);
+
 }  // namespace sluice::ztunnel::state

@@ -47,17 +47,12 @@ class YamlFolderRegistry : public RegistrySource {
   public:
     explicit YamlFolderRegistry(std::string dir) : dir_(std::move(dir)) {}
 
-    bool changed() override {
-        const std::string now = fingerprint();
-        if (now == fingerprint_)
-            return false;
-        return true;
-    }
+    bool changed() override { return directory_fingerprint(dir_) != fingerprint_; }
 
     std::string describe() const override { return "yaml folder " + dir_; }
 
     std::expected<Snapshot, std::string> load() override {
-        fingerprint_ = fingerprint();
+        fingerprint_ = directory_fingerprint(dir_);
         std::map<std::string, Labels> namespaces;
         std::vector<Workload> workloads;
         std::vector<Service> services;
@@ -110,17 +105,6 @@ class YamlFolderRegistry : public RegistrySource {
     }
 
   private:
-    std::string fingerprint() const {
-        std::string fp;
-        std::error_code ec;
-        for (const auto& e : fs::directory_iterator(dir_, ec)) {
-            fp += e.path().filename().string();
-            fp += std::to_string(e.last_write_time(ec).time_since_epoch().count());
-            fp += ';';
-        }
-        return fp;
-    }
-
     static void read_document(const YAML::Node& doc, std::map<std::string, Labels>& namespaces,
                               std::vector<Workload>& workloads, std::vector<Service>& services,
                               std::vector<Slice>& slices) {
@@ -246,6 +230,17 @@ const Workload* Snapshot::workload(const std::string& ns, const std::string& nam
 const Service* Snapshot::service_by_vip(const IpAddress& ip) const {
     auto it = service_by_vip_.find(ip);
     return it == service_by_vip_.end() ? nullptr : &services_[it->second];
+}
+
+std::string directory_fingerprint(const std::string& dir) {
+    std::string fp;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+        fp += e.path().filename().string();
+        fp += std::to_string(e.last_write_time(ec).time_since_epoch().count());
+        fp += ';';
+    }
+    return fp;
 }
 
 std::unique_ptr<RegistrySource> yaml_folder_registry(std::string dir) {

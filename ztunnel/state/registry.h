@@ -97,6 +97,9 @@ class RegistrySource {
 
 std::unique_ptr<RegistrySource> yaml_folder_registry(std::string dir);
 
+// Names and modification times of a folder's entries: changes when any file changes.
+std::string directory_fingerprint(const std::string& dir);
+
 // The current snapshot, swapped atomically on reload.
 class RegistryView {
   public:

@@ -1,0 +1,33 @@
+#include "policies/loader.h"
+
+#include "policies/parser.h"
+#include "policies/source.h"
+#include "policies/validator.h"
+
+namespace sluice::policies {
+
+LoadedPolicies load_policies(const std::string& path, const CompileOptions& options) {
+    LoadedPolicies out;
+    auto files = read_sources(path, out.diagnostics);
+    auto set = parse_policy_files(files, out.diagnostics);
+    auto more = validate(set, options);
+    out.diagnostics.insert(out.diagnostics.end(), more.begin(), more.end());
+    out.policies = std::make_shared<const PolicySet>(std::move(set));
+    return out;
+}
+
+LoadedConfig load_and_compile(const std::string& policy_path, const std::string& registry_path,
+                              const CompileOptions& options) {
+    LoadedConfig out;
+    auto loaded = load_policies(policy_path, options);
+    out.diagnostics = std::move(loaded.diagnostics);
+    auto registry = std::make_shared<const Registry>(
+        registry_path.empty() ? Registry{} : load_registry(registry_path, out.diagnostics));
+    auto compiled = std::make_shared<CompiledPolicy>(compile(loaded.policies, registry, options));
+    out.diagnostics.insert(out.diagnostics.end(), compiled->diagnostics.begin(),
+                           compiled->diagnostics.end());
+    out.compiled = std::move(compiled);
+    return out;
+}
+
+}  // namespace sluice::policies

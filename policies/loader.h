@@ -1,0 +1,32 @@
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "policies/compiler.h"
+#include "policies/diagnostic.h"
+#include "policies/registry.h"
+#include "policies/schema.h"
+
+namespace sluice::policies {
+
+// Reads, parses and validates the policies at `path` (a file or a ConfigMap directory).
+struct LoadedPolicies {
+    std::shared_ptr<const PolicySet> policies;
+    std::vector<Diagnostic> diagnostics;
+    bool ok() const { return !has_errors(diagnostics); }
+};
+LoadedPolicies load_policies(const std::string& path, const CompileOptions& options = {});
+
+// load_policies + load_registry + compile; `compiled` is set even when there are errors (for
+// explain on a broken set); callers check ok().
+struct LoadedConfig {
+    std::shared_ptr<const CompiledPolicy> compiled;
+    std::vector<Diagnostic> diagnostics;  // policy, registry and compile diagnostics
+    bool ok() const { return !has_errors(diagnostics); }
+};
+LoadedConfig load_and_compile(const std::string& policy_path, const std::string& registry_path,
+                              const CompileOptions& options = {});
+
+}  // namespace sluice::policies

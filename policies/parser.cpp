@@ -1,0 +1,711 @@
+#include "policies/parser.h"
+
+#include <algorithm>
+#include <charconv>
+#include <set>
+#include <string_view>
+
+#include "policies/yaml_reader.h"
+
+namespace sluice::policies {
+namespace {
+
+constexpr const char* kIstioSecurityV1 = "security.istio.io/v1";
+constexpr const char* kIstioSecurityV1beta1 = "security.istio.io/v1beta1";
+constexpr const char* kSluiceV1alpha1 = "sluice.dev/v1alpha1";
+
+// Fields of Istio's Source and Operation that need a waypoint (L7) or that this build does not
+// evaluate at L4. Listed so the message names them as "requires a waypoint", not as unknown.
+const std::set<std::string> kSourceL7 = {"requestPrincipals", "notRequestPrincipals",
+                                         "remoteIpBlocks", "notRemoteIpBlocks"};
+const std::set<std::string> kOperationL7 = {"hosts",      "notHosts", "methods",
+                                            "notMethods", "paths",    "notPaths"};
+
+std::optional<std::vector<Cidr>> read_cidrs(YamlReader& r, const YAML::Node& node,
+                                            const std::string& what) {
+    auto texts = r.string_list(node, what);
+    if (!texts)
+        return std::nullopt;
+    std::vector<Cidr> out;
+    bool ok = true;
+    std::size_t i = 0;
+    for (const auto& text : *texts) {
+        const YAML::Node item = node[i++];
+        auto cidr = datapath::parse_cidr(text);
+        if (!cidr) {
+            r.error(item, what + ": '" + text + "' is not an IP address or CIDR");
+            ok = false;
+            continue;
+        }
+        out.push_back(*cidr);
+    }
+    if (!ok)
+        return std::nullopt;
+    return out;
+}
+
+std::optional<Source> read_source(YamlReader& r, const YAML::Node& node, const std::string& ctx) {
+    if (!r.expect_map(node, ctx))
+        return std::nullopt;
+    Source s;
+    bool ok = true;
+    for (const auto& kv : node) {
+        const std::string key = kv.first.as<std::string>("");
+        const std::string where = ctx + "." + key;
+        const YAML::Node& v = kv.second;
+        auto strings = [&](std::vector<std::string>& dst) {
+            ok &= take(r.string_list(v, where), dst);
+        };
+        auto cidrs = [&](std::vector<Cidr>& dst) { ok &= take(read_cidrs(r, v, where), dst); };
+        if (key == "principals") {
+            strings(s.principals);
+        } else if (key == "notPrincipals") {
+            strings(s.not_principals);
+        } else if (key == "namespaces") {
+            strings(s.namespaces);
+        } else if (key == "notNamespaces") {
+            strings(s.not_namespaces);
+        } else if (key == "ipBlocks") {
+            cidrs(s.ip_blocks);
+        } else if (key == "notIpBlocks") {
+            cidrs(s.not_ip_blocks);
+        } else if (kSourceL7.contains(key)) {
+            s.l7_fields.push_back("from.source." + key);
+        } else {
+            r.unknown_field(kv.first, ctx, key);
+        }
+    }
+    if (!ok)
+        return std::nullopt;
+    return s;
+}
+
+std::optional<Operation> read_operation(YamlReader& r, const YAML::Node& node,
+                                        const std::string& ctx) {
+    if (!r.expect_map(node, ctx))
+        return std::nullopt;
+    Operation op;
+    bool ok = true;
+    for (const auto& kv : node) {
+        const std::string key = kv.first.as<std::string>("");
+        const std::string where = ctx + "." + key;
+        if (key == "ports" || key == "notPorts") {
+            ok &= take(r.port_list(kv.second, where), (key == "ports" ? op.ports : op.not_ports));
+        } else if (kOperationL7.contains(key)) {
+            op.l7_fields.push_back("to.operation." + key);
+        } else {
+            r.unknown_field(kv.first, ctx, key);
+        }
+    }
+    if (!ok)
+        return std::nullopt;
+    return op;
+}
+
+std::optional<Rule> read_rule(YamlReader& r, const YAML::Node& node, const std::string& ctx) {
+    if (!r.expect_map(node, ctx))
+        return std::nullopt;
+    Rule rule;
+    rule.where = r.position(node);
+    bool ok = true;
+    for (const auto& kv : node) {
+        const std::string key = kv.first.as<std::string>("");
+        const std::string where = ctx + "." + key;
+        const YAML::Node& v = kv.second;
+        if (key == "from" || key == "to") {
+            if (!r.expect_sequence(v, where)) {
+                ok = false;
+                continue;
+            }
+            for (std::size_t i = 0; i < v.size(); ++i) {
+                const std::string item_ctx = where + "[" + std::to_string(i) + "]";
+                const YAML::Node item = v[i];
+                if (!r.expect_map(item, item_ctx)) {
+                    ok = false;
+                    continue;
+                }
+                const char* inner = key == "from" ? "source" : "operation";
+                for (const auto& ikv : item) {
+                    const std::string ikey = ikv.first.as<std::string>("");
+                    if (ikey != inner)
+                        r.unknown_field(ikv.first, item_ctx, ikey);
+                }
+                const YAML::Node body = item[inner];
+                if (!body) {
+                    r.error(item, item_ctx + ": missing '" + inner + "'");
+                    ok = false;
+                    continue;
+                }
+                if (key == "from") {
+                    auto s = read_source(r, body, item_ctx + ".source");
+                    if (!s) {
+                        ok = false;
+                        continue;
+                    }
+                    for (const auto& f : s->l7_fields)
+                        rule.l7_fields.push_back(f);
+                    rule.from.push_back(std::move(*s));
+                } else {
+                    auto op = read_operation(r, body, item_ctx + ".operation");
+                    if (!op) {
+                        ok = false;
+                        continue;
+                    }
+                    for (const auto& f : op->l7_fields)
+                        rule.l7_fields.push_back(f);
+                    rule.to.push_back(std::move(*op));
+                }
+            }
+        } else if (key == "when") {
+            // Conditions (request.headers, source.ip, …): evaluated by a waypoint only.
+            if (!r.expect_sequence(v, where))
+                ok = false;
+            else if (v.size() > 0)
+                rule.l7_fields.push_back("when");
+        } else {
+            r.unknown_field(kv.first, ctx, key);
+        }
+    }
+    if (!ok)
+        return std::nullopt;
+    return rule;
+}
+
+std::optional<Labels> read_selector(YamlReader& r, const YAML::Node& node, const std::string& ctx) {
+    if (!r.expect_map(node, ctx))
+        return std::nullopt;
+    Labels labels;
+    for (const auto& kv : node) {
+        const std::string key = kv.first.as<std::string>("");
+        if (key == "matchLabels") {
+            auto m = r.string_map(kv.second, ctx + ".matchLabels");
+            if (!m)
+                return std::nullopt;
+            labels = *m;
+        } else {
+            r.unknown_field(kv.first, ctx, key);
+        }
+    }
+    return labels;
+}
+
+void parse_authorization(YamlReader& r, const ObjectMeta& meta, const YAML::Node& spec,
+                         PolicySet& out) {
+    AuthorizationPolicy p;
+    p.meta = meta;
+    p.raw_spec = yaml_to_json(spec);
+    if (spec && !spec.IsNull()) {
+        if (!r.expect_map(spec, "spec"))
+            return;
+        bool ok = true;
+        for (const auto& kv : spec) {
+            const std::string key = kv.first.as<std::string>("");
+            const YAML::Node& v = kv.second;
+            if (key == "selector") {
+                ok &= take(read_selector(r, v, "spec.selector"), p.selector);
+            } else if (key == "action") {
+                auto a = r.string(v, "spec.action");
+                if (!a) {
+                    ok = false;
+                } else if (*a == "ALLOW") {
+                    p.action = Action::Allow;
+                } else if (*a == "DENY") {
+                    p.action = Action::Deny;
+                } else if (*a == "AUDIT" || *a == "CUSTOM") {
+                    r.error(v, "spec.action: " + *a +
+                                   " is not supported (ALLOW and DENY are; AUDIT and CUSTOM need "
+                                   "an external authorizer)");
+                    ok = false;
+                } else {
+                    r.error(v, "spec.action: '" + *a + "' is not one of ALLOW, DENY");
+                    ok = false;
+                }
+            } else if (key == "rules") {
+                if (!r.expect_sequence(v, "spec.rules")) {
+                    ok = false;
+                    continue;
+                }
+                for (std::size_t i = 0; i < v.size(); ++i) {
+                    auto rule = read_rule(r, v[i], "spec.rules[" + std::to_string(i) + "]");
+                    if (!rule) {
+                        ok = false;
+                        continue;
+                    }
+                    p.rules.push_back(std::move(*rule));
+                }
+            } else if (key == "targetRef" || key == "targetRefs") {
+                p.waypoint_targeted = true;
+            } else if (key == "provider") {
+                r.error(v, "spec.provider: CUSTOM providers are not supported");
+                ok = false;
+            } else {
+                r.unknown_field(kv.first, "spec", key);
+            }
+        }
+        if (!ok)
+            return;
+    }
+    if (p.waypoint_targeted && p.selector) {
+        r.error(spec, "spec: selector and targetRef(s) are mutually exclusive");
+        return;
+    }
+    out.authorization.push_back(std::move(p));
+}
+
+std::optional<MtlsMode> read_mode(YamlReader& r, const YAML::Node& node, const std::string& ctx) {
+    if (!r.expect_map(node, ctx))
+        return std::nullopt;
+    MtlsMode mode = MtlsMode::Unset;
+    for (const auto& kv : node) {
+        const std::string key = kv.first.as<std::string>("");
+        if (key != "mode") {
+            r.unknown_field(kv.first, ctx, key);
+            continue;
+        }
+        auto m = r.string(kv.second, ctx + ".mode");
+        if (!m)
+            return std::nullopt;
+        if (*m == "STRICT")
+            mode = MtlsMode::Strict;
+        else if (*m == "PERMISSIVE")
+            mode = MtlsMode::Permissive;
+        else if (*m == "DISABLE")
+            mode = MtlsMode::Disable;
+        else if (*m == "UNSET")
+            mode = MtlsMode::Unset;
+        else {
+            r.error(kv.second,
+                    ctx + ".mode: '" + *m + "' is not one of STRICT, PERMISSIVE, DISABLE, UNSET");
+            return std::nullopt;
+        }
+    }
+    return mode;
+}
+
+void parse_peer_authentication(YamlReader& r, const ObjectMeta& meta, const YAML::Node& spec,
+                               PolicySet& out) {
+    PeerAuthentication p;
+    p.meta = meta;
+    p.raw_spec = yaml_to_json(spec);
+    if (spec && !spec.IsNull()) {
+        if (!r.expect_map(spec, "spec"))
+            return;
+        bool ok = true;
+        for (const auto& kv : spec) {
+            const std::string key = kv.first.as<std::string>("");
+            const YAML::Node& v = kv.second;
+            if (key == "selector") {
+                ok &= take(read_selector(r, v, "spec.selector"), p.selector);
+            } else if (key == "mtls") {
+                ok &= take(read_mode(r, v, "spec.mtls"), p.mode);
+            } else if (key == "portLevelMtls") {
+                if (!r.expect_map(v, "spec.portLevelMtls")) {
+                    ok = false;
+                    continue;
+                }
+                for (const auto& pkv : v) {
+                    auto port = r.port(pkv.first, "spec.portLevelMtls key");
+                    auto m = read_mode(r, pkv.second,
+                                       "spec.portLevelMtls." + pkv.first.as<std::string>(""));
+                    if (!port || !m) {
+                        ok = false;
+                        continue;
+                    }
+                    p.port_modes[*port] = *m;
+                }
+            } else {
+                r.unknown_field(kv.first, "spec", key);
+            }
+        }
+        if (!ok)
+            return;
+    }
+    if (!p.port_modes.empty() && (!p.selector || p.selector->empty())) {
+        // Istio only honours port-level mTLS on workload-scoped policies.
+        r.error(spec, "spec.portLevelMtls needs a non-empty spec.selector (workload scope)");
+        return;
+    }
+    out.peer_authentication.push_back(std::move(p));
+}
+
+std::optional<std::vector<BoundaryPeer>> read_peers(YamlReader& r, const YAML::Node& node,
+                                                    const std::string& ctx) {
+    if (!r.expect_sequence(node, ctx))
+        return std::nullopt;
+    std::vector<BoundaryPeer> peers;
+    bool ok = true;
+    for (std::size_t i = 0; i < node.size(); ++i) {
+        const std::string item_ctx = ctx + "[" + std::to_string(i) + "]";
+        const YAML::Node item = node[i];
+        if (!r.expect_map(item, item_ctx)) {
+            ok = false;
+            continue;
+        }
+        BoundaryPeer peer;
+        for (const auto& kv : item) {
+            const std::string key = kv.first.as<std::string>("");
+            const std::string where = item_ctx + "." + key;
+            if (key == "namespaces" || key == "boundaries") {
+                auto list = r.string_list(kv.second, where);
+                if (!list) {
+                    ok = false;
+                    continue;
+                }
+                (key == "namespaces" ? peer.namespaces : peer.boundaries) = *list;
+            } else if (key == "ports") {
+                auto ports = r.port_list(kv.second, where);
+                if (!ports) {
+                    ok = false;
+                    continue;
+                }
+                peer.ports = *ports;
+            } else {
+                r.unknown_field(kv.first, item_ctx, key);
+            }
+        }
+        if (peer.namespaces.empty() && peer.boundaries.empty()) {
+            r.error(item, item_ctx + ": name at least one of namespaces, boundaries");
+            ok = false;
+        }
+        peers.push_back(std::move(peer));
+    }
+    if (!ok)
+        return std::nullopt;
+    return peers;
+}
+
+void parse_boundary(YamlReader& r, const ObjectMeta& meta, const YAML::Node& spec, PolicySet& out) {
+    IsolationBoundary b;
+    b.meta = meta;
+    b.raw_spec = yaml_to_json(spec);
+    if (!r.expect_map(spec, "spec"))
+        return;
+    bool ok = true;
+    for (const auto& kv : spec) {
+        const std::string key = kv.first.as<std::string>("");
+        const YAML::Node& v = kv.second;
+        if (key == "namespaces") {
+            ok &= take(r.string_list(v, "spec.namespaces"), b.namespaces);
+        } else if (key == "namespaceSelector") {
+            ok &= take(read_selector(r, v, "spec.namespaceSelector"), b.namespace_selector);
+        } else if (key == "allowFrom" || key == "allowTo") {
+            ok &= take(read_peers(r, v, "spec." + key),
+                       (key == "allowFrom" ? b.allow_from : b.allow_to));
+        } else {
+            r.unknown_field(kv.first, "spec", key);
+        }
+    }
+    if (!ok)
+        return;
+    if (b.namespaces.empty() && (!b.namespace_selector || b.namespace_selector->empty())) {
+        r.error(spec,
+                "spec: a boundary needs members: spec.namespaces or a non-empty "
+                "spec.namespaceSelector.matchLabels");
+        return;
+    }
+    out.boundaries.push_back(std::move(b));
+}
+
+// TokenBudget: spec.tenant (one of namespace, principal, header), spec.model (optional, "*"
+// default), spec.limits with at least one of tokensPerMinute, requestsPerMinute, tokensPerDay.
+void parse_token_budget(YamlReader& r, const ObjectMeta& meta, const YAML::Node& spec,
+                        PolicySet& out) {
+    if (!r.expect_map(spec, "spec"))
+        return;
+    bool ok = true;
+    nlohmann::json j = nlohmann::json::object();
+    for (const auto& kv : spec) {
+        const std::string key = kv.first.as<std::string>("");
+        const YAML::Node& v = kv.second;
+        if (key == "tenant") {
+            if (!r.expect_map(v, "spec.tenant")) {
+                ok = false;
+                continue;
+            }
+            nlohmann::json t = nlohmann::json::object();
+            for (const auto& tkv : v) {
+                const std::string tkey = tkv.first.as<std::string>("");
+                if (tkey != "namespace" && tkey != "principal" && tkey != "header") {
+                    r.unknown_field(tkv.first, "spec.tenant", tkey);
+                    continue;
+                }
+                ok &= take(r.string(tkv.second, "spec.tenant." + tkey), t[tkey]);
+            }
+            if (t.size() != 1) {
+                r.error(v, "spec.tenant: give exactly one of namespace, principal, header");
+                ok = false;
+            }
+            j["tenant"] = t;
+        } else if (key == "model") {
+            ok &= take(r.string(v, "spec.model"), j["model"]);
+        } else if (key == "limits") {
+            if (!r.expect_map(v, "spec.limits")) {
+                ok = false;
+                continue;
+            }
+            nlohmann::json l = nlohmann::json::object();
+            bool any_limit = false;
+            for (const auto& lkv : v) {
+                const std::string lkey = lkv.first.as<std::string>("");
+                if (lkey != "tokensPerMinute" && lkey != "requestsPerMinute" &&
+                    lkey != "tokensPerDay") {
+                    r.unknown_field(lkv.first, "spec.limits", lkey);
+                    continue;
+                }
+                any_limit = true;
+                ok &= take(r.integer(lkv.second, "spec.limits." + lkey, 1, 1'000'000'000'000LL),
+                           l[lkey]);
+            }
+            if (!any_limit) {
+                r.error(v,
+                        "spec.limits: set at least one of tokensPerMinute, requestsPerMinute, "
+                        "tokensPerDay");
+                ok = false;
+            }
+            j["limits"] = l;
+        } else {
+            r.unknown_field(kv.first, "spec", key);
+        }
+    }
+    if (ok && !j.contains("tenant")) {
+        r.error(spec, "spec.tenant is required");
+        ok = false;
+    }
+    if (ok && !j.contains("limits")) {
+        r.error(spec, "spec.limits is required");
+        ok = false;
+    }
+    if (!ok)
+        return;
+    if (!j.contains("model"))
+        j["model"] = "*";
+    out.token_budgets.push_back({meta, j});
+}
+
+// ModelRoute: spec.model, spec.backends[] {host, port, weight (default 1)}, optional
+// spec.timeoutSeconds (30..300, default 60) and spec.fallbacks (model names).
+void parse_model_route(YamlReader& r, const ObjectMeta& meta, const YAML::Node& spec,
+                       PolicySet& out) {
+    if (!r.expect_map(spec, "spec"))
+        return;
+    bool ok = true;
+    nlohmann::json j = nlohmann::json::object();
+    for (const auto& kv : spec) {
+        const std::string key = kv.first.as<std::string>("");
+        const YAML::Node& v = kv.second;
+        if (key == "model") {
+            ok &= take(r.string(v, "spec.model"), j["model"]);
+        } else if (key == "timeoutSeconds") {
+            ok &= take(r.integer(v, "spec.timeoutSeconds", 30, 300), j["timeoutSeconds"]);
+        } else if (key == "fallbacks") {
+            ok &= take(r.string_list(v, "spec.fallbacks"), j["fallbacks"]);
+        } else if (key == "backends") {
+            if (!r.expect_sequence(v, "spec.backends") || v.size() == 0) {
+                if (v.IsSequence())
+                    r.error(v, "spec.backends: at least one backend is required");
+                ok = false;
+                continue;
+            }
+            nlohmann::json backends = nlohmann::json::array();
+            for (std::size_t i = 0; i < v.size(); ++i) {
+                const std::string ctx = "spec.backends[" + std::to_string(i) + "]";
+                const YAML::Node b = v[i];
+                if (!r.expect_map(b, ctx)) {
+                    ok = false;
+                    continue;
+                }
+                nlohmann::json be = {{"weight", 1}};
+                for (const auto& bkv : b) {
+                    const std::string bkey = bkv.first.as<std::string>("");
+                    if (bkey == "host") {
+                        ok &= take(r.string(bkv.second, ctx + ".host"), be["host"]);
+                    } else if (bkey == "port") {
+                        ok &= take(r.port(bkv.second, ctx + ".port"), be["port"]);
+                    } else if (bkey == "weight") {
+                        ok &= take(r.integer(bkv.second, ctx + ".weight", 0, 1000), be["weight"]);
+                    } else {
+                        r.unknown_field(bkv.first, ctx, bkey);
+                    }
+                }
+                if (!be.contains("host") || !be.contains("port")) {
+                    r.error(b, ctx + ": host and port are required");
+                    ok = false;
+                }
+                backends.push_back(be);
+            }
+            j["backends"] = backends;
+        } else {
+            r.unknown_field(kv.first, "spec", key);
+        }
+    }
+    if (ok && (!j.contains("model") || !j.contains("backends"))) {
+        r.error(spec, "spec.model and spec.backends are required");
+        ok = false;
+    }
+    if (!ok)
+        return;
+    if (!j.contains("timeoutSeconds"))
+        j["timeoutSeconds"] = 60;
+    out.model_routes.push_back({meta, j});
+}
+
+struct KindInfo {
+    const char* kind;
+    std::vector<const char*> api_versions;
+    bool namespaced;
+    void (*parse)(YamlReader&, const ObjectMeta&, const YAML::Node&, PolicySet&);
+};
+
+const std::vector<KindInfo>& kinds() {
+    static const std::vector<KindInfo> k = {
+        {"AuthorizationPolicy",
+         {kIstioSecurityV1, kIstioSecurityV1beta1},
+         true,
+         parse_authorization},
+        {"PeerAuthentication",
+         {kIstioSecurityV1, kIstioSecurityV1beta1},
+         true,
+         parse_peer_authentication},
+        {"IsolationBoundary", {kSluiceV1alpha1}, false, parse_boundary},
+        {"TokenBudget", {kSluiceV1alpha1}, true, parse_token_budget},
+        {"ModelRoute", {kSluiceV1alpha1}, true, parse_model_route},
+    };
+    return k;
+}
+
+void parse_document(const SourceDocument& doc, PolicySet& out,
+                    std::vector<Diagnostic>& diagnostics) {
+    YamlReader r(doc.file, diagnostics);
+    const YAML::Node& n = doc.node;
+    if (!r.expect_map(n, "document"))
+        return;
+    auto api_version = r.required_string(n, "apiVersion", "document");
+    auto kind = r.required_string(n, "kind", "document");
+    if (!api_version || !kind)
+        return;
+    const KindInfo* info = nullptr;
+    for (const auto& k : kinds()) {
+        if (*kind == k.kind)
+            info = &k;
+    }
+    if (!info) {
+        r.warning(n["kind"], "unknown kind '" + *kind + "' (apiVersion " + *api_version +
+                                 "): document ignored");
+        return;
+    }
+    if (std::none_of(info->api_versions.begin(), info->api_versions.end(),
+                     [&](const char* v) { return *api_version == v; })) {
+        std::string expected;
+        for (const char* v : info->api_versions)
+            expected += (expected.empty() ? "" : ", ") + std::string(v);
+        r.error(n["apiVersion"], "apiVersion '" + *api_version + "' is not supported for " + *kind +
+                                     " (use " + expected + ")");
+        return;
+    }
+    for (const auto& kv : n) {
+        const std::string key = kv.first.as<std::string>("");
+        if (key != "apiVersion" && key != "kind" && key != "metadata" && key != "spec" &&
+            key != "status")
+            r.unknown_field(kv.first, "document", key);
+    }
+    const YAML::Node metadata = n["metadata"];
+    if (!metadata) {
+        r.error(n, *kind + ": metadata is required");
+        return;
+    }
+    if (!r.expect_map(metadata, "metadata"))
+        return;
+    ObjectMeta meta;
+    meta.kind = *kind;
+    meta.where = r.position(n);
+    auto name = r.required_string(metadata, "name", "metadata");
+    if (!name)
+        return;
+    meta.name = *name;
+    if (!is_dns_label(meta.name, 253)) {
+        r.error(metadata["name"], "metadata.name '" + meta.name +
+                                      "' is not a valid name (lowercase letters, digits, '-', "
+                                      "'.'; at most 253)");
+        return;
+    }
+    if (const YAML::Node ns = metadata["namespace"]; ns) {
+        auto s = r.string(ns, "metadata.namespace");
+        if (!s)
+            return;
+        if (!info->namespaced) {
+            r.warning(ns, *kind + " is cluster-scoped: metadata.namespace ignored");
+        } else if (!is_dns_label(*s, 63)) {
+            r.error(ns, "metadata.namespace '" + *s + "' is not a valid namespace name");
+            return;
+        } else {
+            meta.namespace_name = *s;
+        }
+    } else if (info->namespaced) {
+        meta.namespace_name = "default";
+    }
+    const YAML::Node spec = n["spec"];
+    info->parse(r, meta, spec, out);
+}
+
+}  // namespace
+
+nlohmann::json yaml_to_json(const YAML::Node& node, int depth) {
+    if (!node || node.IsNull() || depth > kMaxNestingDepth)
+        return nullptr;
+    if (node.IsScalar()) {
+        const std::string& s = node.Scalar();
+        if (node.Tag() == "!" || node.Tag() == "tag:yaml.org,2002:str")
+            return s;  // quoted: always a string
+        if (s == "true")
+            return true;
+        if (s == "false")
+            return false;
+        long long v = 0;
+        auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+        if (ec == std::errc() && p == s.data() + s.size() && !s.empty())
+            return v;
+        return s;
+    }
+    if (node.IsSequence()) {
+        nlohmann::json a = nlohmann::json::array();
+        for (const auto& item : node)
+            a.push_back(yaml_to_json(item, depth + 1));
+        return a;
+    }
+    nlohmann::json o = nlohmann::json::object();
+    for (const auto& kv : node) {
+        if (!kv.first.IsScalar())
+            continue;
+        o[kv.first.Scalar()] = yaml_to_json(kv.second, depth + 1);
+    }
+    return o;
+}
+
+PolicySet parse_policies(const std::vector<SourceDocument>& documents,
+                         std::vector<Diagnostic>& diagnostics) {
+    PolicySet out;
+    for (const auto& doc : documents) {
+        try {
+            parse_document(doc, out, diagnostics);
+        } catch (const YAML::Exception& e) {
+            // Defensive: yaml-cpp conversions we did not guard. Never let input crash a reload.
+            diagnostics.push_back({Severity::Error,
+                                   {doc.file, e.mark.is_null() ? 0 : e.mark.line + 1,
+                                    e.mark.is_null() ? 0 : e.mark.column + 1},
+                                   "malformed document: " + e.msg});
+        }
+    }
+    return out;
+}
+
+PolicySet parse_policy_files(const std::vector<SourceFile>& files,
+                             std::vector<Diagnostic>& diagnostics) {
+    std::vector<SourceDocument> docs;
+    for (const auto& f : files) {
+        auto d = parse_yaml(f, diagnostics);
+        docs.insert(docs.end(), d.begin(), d.end());
+    }
+    return parse_policies(docs, diagnostics);
+}
+
+}  // namespace sluice::policies

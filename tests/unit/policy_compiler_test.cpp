@@ -1,0 +1,168 @@
+#include <gtest/gtest.h>
+
+#include "policies/compiler.h"
+#include "policies/evaluate.h"
+#include "policies/identity.h"
+#include "policies/kernel_model.h"
+#include "tests/unit/policy_test_util.h"
+
+namespace sluice::policies {
+namespace {
+
+Pod pod(const std::string& ns, const std::string& name, const std::string& ip, Labels labels = {}) {
+    Pod p;
+    p.namespace_name = ns;
+    p.name = name;
+    p.service_account = name;
+    p.labels = std::move(labels);
+    p.addresses = {*datapath::parse_ip(ip)};
+    return p;
+}
+
+PolicySet policies_from(const std::string& yaml) {
+    std::vector<Diagnostic> d;
+    auto set = test::parse_text(yaml, d);
+    EXPECT_FALSE(has_errors(d));
+    return set;
+}
+
+const char* kDenyNamespace = R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-b, namespace: a}
+spec:
+  action: DENY
+  rules: [{from: [{source: {namespaces: [b]}}], to: [{operation: {ports: ["80"]}}]}]
+)";
+
+TEST(StableIdAllocator, KeepsIdsAndResolvesCollisions) {
+    StableIdAllocator tiny(10, 13);  // four ids: collisions are certain
+    auto first = tiny.assign({"a", "b", "c"}, {});
+    ASSERT_EQ(first.size(), 3u);
+    std::set<uint32_t> ids;
+    for (auto& [k, v] : first) {
+        EXPECT_GE(v, 10u);
+        EXPECT_LE(v, 13u);
+        ids.insert(v);
+    }
+    EXPECT_EQ(ids.size(), 3u);
+    auto second = tiny.assign({"c", "d", "b", "a"}, first);
+    for (auto& [k, v] : first)
+        EXPECT_EQ(second.at(k), v) << k;
+    EXPECT_THROW(tiny.assign({"a", "b", "c", "d", "e"}, {}), std::length_error);
+}
+
+TEST(PolicyCompiler, DeterministicAndStableAcrossRecompiles) {
+    Registry r;
+    r.pods = {pod("a", "x", "198.18.0.2"), pod("b", "y", "198.18.0.3")};
+    const auto set = policies_from(kDenyNamespace);
+    const auto c1 = compile(set, r);
+    const auto c2 = compile(set, r);
+    EXPECT_EQ(c1.kernel_json(), c2.kernel_json());
+    EXPECT_EQ(c1.ztunnel_json(), c2.ztunnel_json());
+
+    // A new pod and namespace must not move existing ids.
+    Registry r2 = r;
+    r2.pods.push_back(pod("c", "z", "198.18.0.4"));
+    const IdState prev = c1.id_state();
+    CompileOptions o;
+    o.previous = &prev;
+    const auto c3 = compile(set, r2, o);
+    for (const auto& [key, id] : prev.identities)
+        EXPECT_EQ(c3.id_state().identities.at(key), id);
+    for (const auto& [key, id] : prev.endpoints)
+        EXPECT_EQ(c3.id_state().endpoints.at(key), id);
+    EXPECT_EQ(c1.rule_id("AuthorizationPolicy a/deny-b", 0),
+              c3.rule_id("AuthorizationPolicy a/deny-b", 0));
+}
+
+TEST(PolicyCompiler, NamespaceDenyIsDecidedInTheKernel) {
+    Registry r;
+    r.pods = {pod("a", "x", "198.18.0.2"), pod("b", "y", "198.18.0.3"),
+              pod("c", "w", "198.18.0.4")};
+    const auto c = compile(policies_from(kDenyNamespace), r);
+    ASSERT_FALSE(has_errors(c.diagnostics));
+    KernelModel m(c.kernel);
+    const uint32_t ep = m.endpoint_by_pod("a/x")->value.endpoint_id;
+    const uint32_t id_b = m.identity_of(*datapath::parse_ip("198.18.0.3"));
+    const uint32_t id_c = m.identity_of(*datapath::parse_ip("198.18.0.4"));
+    EXPECT_GE(id_b, kFirstAllocatedIdentity);
+    auto deny = m.lookup(ep, id_b, 80, 6, SLUICE_DIR_INGRESS);
+    EXPECT_EQ(deny.verdict, SLUICE_VERDICT_DENY);
+    EXPECT_EQ(deny.rule_id, c.rule_id("AuthorizationPolicy a/deny-b", 0));
+    EXPECT_EQ(m.lookup(ep, id_b, 81, 6, SLUICE_DIR_INGRESS).verdict, SLUICE_VERDICT_ALLOW);
+    EXPECT_EQ(m.lookup(ep, id_c, 80, 6, SLUICE_DIR_INGRESS).verdict, SLUICE_VERDICT_ALLOW);
+    EXPECT_EQ(m.lookup(ep, SLUICE_IDENTITY_WORLD, 80, 6, SLUICE_DIR_INGRESS).verdict,
+              SLUICE_VERDICT_ALLOW);
+    // Only what differs from the default is stored: one entry for {b, 80}.
+    EXPECT_EQ(c.kernel.policy.size(), 1u) << c.kernel_json().dump();
+}
+
+TEST(PolicyCompiler, IpBlocksGetCidrIdentitiesAndPodsInsideThemAreMarked) {
+    Registry r;
+    r.pods = {pod("a", "x", "198.18.0.2"), pod("b", "y", "10.1.0.3")};
+    const auto c = compile(policies_from(R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-corp, namespace: a}
+spec:
+  rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}]}]
+)"),
+                           r);
+    KernelModel m(c.kernel);
+    const uint32_t ep = m.endpoint_by_pod("a/x")->value.endpoint_id;
+    auto verdict = [&](const char* ip) {
+        return m.lookup(ep, m.identity_of(*datapath::parse_ip(ip)), 443, 6, SLUICE_DIR_INGRESS)
+            .verdict;
+    };
+    EXPECT_EQ(verdict("10.9.9.9"), SLUICE_VERDICT_ALLOW);   // the CIDR identity
+    EXPECT_EQ(verdict("10.1.0.3"), SLUICE_VERDICT_ALLOW);   // a pod inside the CIDR
+    EXPECT_EQ(verdict("192.0.2.1"), SLUICE_VERDICT_DENY);   // world
+    EXPECT_EQ(verdict("198.18.0.2"), SLUICE_VERDICT_DENY);  // a pod outside
+}
+
+TEST(PolicyCompiler, PrincipalRulesAreLeftToZtunnel) {
+    Registry r;
+    r.pods = {pod("a", "x", "198.18.0.2"), pod("b", "y", "198.18.0.3")};
+    const auto c = compile(policies_from(R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: a}
+spec:
+  rules: [{from: [{source: {principals: [cluster.local/ns/b/sa/y]}}], to: [{operation: {ports: ["80"]}}]}]
+)"),
+                           r);
+    KernelModel m(c.kernel);
+    const uint32_t ep = m.endpoint_by_pod("a/x")->value.endpoint_id;
+    const uint32_t id_b = m.identity_of(*datapath::parse_ip("198.18.0.3"));
+    // Port 80 might match (principal unknown in the kernel): pass to ztunnel.
+    EXPECT_EQ(m.lookup(ep, id_b, 80, 6, SLUICE_DIR_INGRESS).verdict, SLUICE_VERDICT_ALLOW);
+    // Port 81 cannot match any ALLOW rule: denied in the kernel.
+    auto d = m.lookup(ep, id_b, 81, 6, SLUICE_DIR_INGRESS);
+    EXPECT_EQ(d.verdict, SLUICE_VERDICT_DENY);
+    EXPECT_EQ(d.rule_id, kRuleIdNoAllowMatched);
+    Connection conn{"spiffe://cluster.local/ns/b/sa/y", *datapath::parse_ip("198.18.0.3"), "a/x",
+                    80};
+    EXPECT_EQ(evaluate(c, conn).verdict, Verdict::Allow);
+    conn.peer_identity = "spiffe://cluster.local/ns/b/sa/other";
+    EXPECT_EQ(evaluate(c, conn).verdict, Verdict::Deny);
+}
+
+TEST(PolicyCompiler, NamespaceInTwoBoundariesBySelectorIsAnError) {
+    Registry r;
+    r.namespaces = {{"a", {{"tenant", "x"}}}};
+    r.pods = {pod("a", "x", "198.18.0.2")};
+    const auto c = compile(policies_from(R"(apiVersion: sluice.dev/v1alpha1
+kind: IsolationBoundary
+metadata: {name: one}
+spec: {namespaces: [a]}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: IsolationBoundary
+metadata: {name: two}
+spec: {namespaceSelector: {matchLabels: {tenant: x}}}
+)"),
+                           r);
+    ASSERT_TRUE(has_errors(c.diagnostics));
+    EXPECT_NE(c.diagnostics[0].message.find("two isolation boundaries"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace sluice::policies

@@ -1,0 +1,230 @@
+#include <gtest/gtest.h>
+
+#include "policies/loader.h"
+#include "policies/validator.h"
+#include "tests/unit/policy_test_util.h"
+
+namespace sluice::policies {
+namespace {
+
+using test::parse_text;
+
+std::string all(const std::vector<Diagnostic>& d) {
+    std::string s;
+    for (const auto& x : d)
+        s += x.to_string() + "\n";
+    return s;
+}
+
+TEST(PolicyParser, ParsesAuthorizationPolicyWithIstioFields) {
+    std::vector<Diagnostic> d;
+    auto set = parse_text(R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: ns1}
+spec:
+  selector: {matchLabels: {app: db}}
+  action: DENY
+  rules:
+    - from:
+        - source:
+            principals: [cluster.local/ns/a/sa/b]
+            notNamespaces: [x]
+            ipBlocks: [10.0.0.0/8, "2001:db8::/32"]
+      to:
+        - operation: {ports: ["5432", 6379], notPorts: ["22"]}
+)",
+                          d);
+    ASSERT_FALSE(has_errors(d)) << all(d);
+    ASSERT_EQ(set.authorization.size(), 1u);
+    const auto& p = set.authorization[0];
+    EXPECT_EQ(p.meta.ref(), "AuthorizationPolicy ns1/p");
+    EXPECT_EQ(p.action, Action::Deny);
+    ASSERT_TRUE(p.selector);
+    EXPECT_EQ(p.selector->at("app"), "db");
+    ASSERT_EQ(p.rules.size(), 1u);
+    EXPECT_EQ(p.rules[0].from[0].ip_blocks.size(), 2u);
+    EXPECT_EQ(p.rules[0].to[0].ports, (std::vector<uint16_t>{5432, 6379}));
+    EXPECT_EQ(p.rules[0].where.line, 8);
+}
+
+TEST(PolicyParser, ErrorsArePositionedAndNamed) {
+    struct Case {
+        const char* yaml;
+        const char* expect;  // substring of the one error
+        int line;
+    };
+    const Case cases[] = {
+        {"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n"
+         "spec:\n  rules:\n  - from:\n    - source:\n        ipBlocks: [10.0.0.300/8]\n",
+         "is not an IP address or CIDR", 8},
+        {"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n"
+         "spec:\n  rules:\n  - to:\n    - operation:\n        ports: [\"8000-8080\"]\n",
+         "port range", 8},
+        {"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n"
+         "spec:\n  action: MAYBE\n",
+         "not one of ALLOW, DENY", 5},
+        {"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n"
+         "spec:\n  rules: {a: 1}\n",
+         "expected a list", 5},
+        {"apiVersion: security.istio.io/v2\nkind: AuthorizationPolicy\nmetadata: {name: p}\n",
+         "not supported for AuthorizationPolicy", 1},
+        {"kind: [unclosed\n", "YAML syntax", 2},
+        // yaml-cpp 0.7 would allocate without bound on this; we refuse it first.
+        {"- a\n  , x\n", "cannot start with ','", 2},
+        {"apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\n"
+         "spec:\n  portLevelMtls:\n    8080: {mode: STRICT}\n",
+         "needs a non-empty spec.selector", 5},
+        {"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: "
+         "Bad_Name}\n",
+         "not a valid name", 3},
+        {"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n"
+         "spec:\n  rules:\n  - to:\n    - operation:\n        ports: [\"70000\"]\n",
+         "outside 1..65535", 8},
+    };
+    for (const auto& c : cases) {
+        std::vector<Diagnostic> d;
+        auto set = parse_text(c.yaml, d);
+        ASSERT_EQ(error_count(d), 1u) << c.yaml << all(d);
+        const auto it = std::find_if(d.begin(), d.end(),
+                                     [](const auto& x) { return x.severity == Severity::Error; });
+        EXPECT_NE(it->message.find(c.expect), std::string::npos) << all(d);
+        EXPECT_EQ(it->where.line, c.line) << all(d);
+        EXPECT_EQ(it->where.file, "test.yaml");
+        EXPECT_EQ(set.authorization.size(), 0u);
+    }
+}
+
+TEST(PolicyParser, UnknownKindsAndFieldsAreNamedWarnings) {
+    std::vector<Diagnostic> d;
+    auto set = parse_text(R"(apiVersion: v1
+kind: ConfigMap
+metadata: {name: x}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: a}
+spec:
+  frobnicate: true
+  rules:
+  - to:
+    - operation:
+        methods: [GET]
+)",
+                          d);
+    EXPECT_FALSE(has_errors(d)) << all(d);
+    EXPECT_NE(all(d).find("unknown kind 'ConfigMap'"), std::string::npos) << all(d);
+    EXPECT_NE(all(d).find("unknown field 'frobnicate' in spec"), std::string::npos) << all(d);
+    ASSERT_EQ(set.authorization.size(), 1u);
+    EXPECT_EQ(set.authorization[0].rules[0].l7_fields,
+              (std::vector<std::string>{"to.operation.methods"}));
+    auto v = validate(set);
+    ASSERT_EQ(v.size(), 1u);
+    EXPECT_NE(v[0].message.find("requires a waypoint"), std::string::npos);
+    EXPECT_NE(v[0].message.find("matches nothing"), std::string::npos);
+}
+
+TEST(PolicyParser, DuplicatesAndBoundaryConflictsAreErrors) {
+    std::vector<Diagnostic> d;
+    auto set = parse_text(R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: a}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: a}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: IsolationBoundary
+metadata: {name: one}
+spec: {namespaces: [a]}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: IsolationBoundary
+metadata: {name: two}
+spec:
+  namespaces: [a]
+  allowFrom: [{boundaries: [three]}]
+)",
+                          d);
+    EXPECT_FALSE(has_errors(d)) << all(d);
+    auto v = validate(set);
+    EXPECT_EQ(error_count(v), 3u) << all(v);
+    EXPECT_NE(all(v).find("duplicate AuthorizationPolicy a/p (first defined at test.yaml:1:1)"),
+              std::string::npos)
+        << all(v);
+    EXPECT_NE(all(v).find("two isolation boundaries"), std::string::npos);
+    EXPECT_NE(all(v).find("unknown boundary 'three'"), std::string::npos);
+}
+
+TEST(PolicyParser, WaypointKindsAreValidated) {
+    std::vector<Diagnostic> d;
+    auto set = parse_text(R"(apiVersion: sluice.dev/v1alpha1
+kind: TokenBudget
+metadata: {name: b, namespace: n}
+spec:
+  tenant: {namespace: t}
+  limits: {tokensPerMinute: 0}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: r, namespace: n}
+spec:
+  model: m
+  timeoutSeconds: 5
+  backends: [{host: h, port: 80}]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: ok, namespace: n}
+spec:
+  model: m
+  backends: [{host: h, port: 80}]
+)",
+                          d);
+    EXPECT_EQ(error_count(d), 2u) << all(d);
+    EXPECT_NE(all(d).find("spec.limits.tokensPerMinute: 0 is outside"), std::string::npos);
+    EXPECT_NE(all(d).find("spec.timeoutSeconds: 5 is outside 30..300"), std::string::npos);
+    ASSERT_EQ(set.model_routes.size(), 1u);
+    EXPECT_EQ(set.model_routes[0].spec["timeoutSeconds"], 60);
+}
+
+TEST(PolicyParser, HostileInputGivesErrorsNotCrashes) {
+    const std::string deep(100000, '[');
+    std::string wide =
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: "
+        "{name: p}\nspec:\n  rules:\n";
+    for (int i = 0; i < 2000; ++i)
+        wide += "  - to: [{operation: {ports: [\"" + std::to_string(i % 65535 + 1) + "\"]}}]\n";
+    for (const std::string& text :
+         {deep, wide, std::string("\0\xff\xfe", 3), std::string("- 1\n- 2\n"),
+          std::string("a: *unknown\n"), std::string("{apiVersion: 1, kind: 2, metadata: 3}")}) {
+        std::vector<Diagnostic> d;
+        EXPECT_NO_THROW(parse_text(text, d));
+    }
+    // The leading-comma guard must not refuse valid YAML: inside a block scalar or a flow list.
+    for (const std::string& text :
+         {std::string("k: |\n  , fine in a block scalar\n"), std::string("k: [a\n  , b]\n")}) {
+        std::vector<Diagnostic> d;
+        EXPECT_EQ(parse_yaml({"test.yaml", text}, d).size(), 1u);
+        EXPECT_FALSE(has_errors(d)) << text << all(d);
+    }
+    std::vector<Diagnostic> d;
+    parse_yaml({"test.yaml", "note: a[b\n, x\n"}, d);  // '[' inside a plain scalar opens no flow
+    EXPECT_TRUE(has_errors(d));
+}
+
+TEST(PolicyLoader, ReadsConfigMapDirectorySkippingKubeletEntries) {
+    test::TempDir dir;
+    dir.write("..2026_01_01/a.yaml",
+              "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n");
+    std::filesystem::create_directory_symlink("..2026_01_01", dir.path() / "..data");
+    std::filesystem::create_symlink("..data/a.yaml", dir.path() / "a.yaml");
+    dir.write("README.txt", "not yaml");
+    auto loaded = load_policies(dir.path().string());
+    EXPECT_TRUE(loaded.ok()) << all(loaded.diagnostics);
+    ASSERT_EQ(loaded.policies->authorization.size(), 1u);
+    EXPECT_EQ(loaded.policies->authorization[0].meta.where.file, (dir.path() / "a.yaml").string());
+}
+
+}  // namespace
+}  // namespace sluice::policies
