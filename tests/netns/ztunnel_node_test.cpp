@@ -15,6 +15,7 @@
 
 #include "common/process.h"
 #include "common/zds.h"
+#include "tests/netns/ztunnel_cluster.h"
 #include "tests/support/privileged.h"
 #include "tests/support/sockets.h"
 #include "tests/testbed/mesh.h"
@@ -99,14 +100,11 @@ bool port_listens(const std::string& netns, uint16_t port) {
     return c || err != ECONNREFUSED;
 }
 
-class ZtunnelNodeTest : public ::testing::Test {
+class ZtunnelNodeTest : public ZtunnelClusterTest {
   protected:
     void SetUp() override {
         SLUICE_REQUIRE_PRIVILEGES();
-        name_ = "zn" + std::to_string(::getpid() % 100000);
-        ClusterSpec spec = parse_spec(kSpec);
-        spec.name = name_;
-        state_ = up(spec);
+        start_cluster("zn", kSpec);
         ensure_cluster_ca(state_, {});
         for (const auto& p : state_.pods)
             install_sidecar_capture(p);
@@ -121,25 +119,19 @@ class ZtunnelNodeTest : public ::testing::Test {
             ASSERT_TRUE(agents_.back()->accept_hello()) << "ztunnel of " << n.name;
         }
     }
-    void TearDown() override {
-        if (name_.empty())
-            return;
-        if (HasFailure()) {
-            for (const auto& n : state_.nodes) {
-                for (const char* f : {"/ztunnel.log", "/access.log"}) {
-                    std::ifstream in(n.run_dir + f);
-                    std::cerr << "==== " << n.name << f << "\n" << in.rdbuf() << "\n";
-                }
-            }
+    std::vector<std::string> log_files() const override {
+        std::vector<std::string> files;
+        for (const auto& n : state_.nodes) {
+            files.push_back(n.run_dir + "/ztunnel.log");
+            files.push_back(n.run_dir + "/access.log");
         }
-        agents_.clear();
-        down(name_);
-        EXPECT_EQ(leftovers(name_), std::vector<std::string>{});
+        return files;
     }
-    const PodState& pod(const std::string& n) const { return *state_.find_pod(n); }
+    void TearDown() override {
+        agents_.clear();
+        ZtunnelClusterTest::TearDown();
+    }
 
-    std::string name_;
-    ClusterState state_;
     std::vector<std::unique_ptr<FakeAgent>> agents_;
 };
 

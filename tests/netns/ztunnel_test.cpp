@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "common/process.h"
+#include "tests/netns/ztunnel_cluster.h"
 #include "tests/support/privileged.h"
 #include "tests/support/sockets.h"
 #include "tests/testbed/spec.h"
@@ -94,37 +95,22 @@ double metric(const std::string& text, const std::string& family,
     return sum;
 }
 
-class ZtunnelSidecarTest : public ::testing::Test {
+class ZtunnelSidecarTest : public ZtunnelClusterTest {
   protected:
     void SetUp() override {
         SLUICE_REQUIRE_PRIVILEGES();
-        name_ = "zt" + std::to_string(::getpid() % 100000);
-        ClusterSpec spec = parse_spec(kSpec);
-        spec.name = name_;
-        state_ = up(spec);
+        start_cluster("zt", kSpec);
         // The registry is written after the pods: wait until both ztunnels have read it.
         for (const char* p : {"client", "server"})
             wait_for_registry(pod(p));
     }
-    void TearDown() override {
-        if (name_.empty())
-            return;
-        if (HasFailure()) {
-            for (const auto& e : fs::directory_iterator(state_.run_dir + "/logs")) {
-                std::ifstream f(e.path());
-                std::cerr << "==== " << e.path() << "\n" << f.rdbuf() << "\n";
-            }
-        }
-        down(name_);
-        EXPECT_EQ(leftovers(name_), std::vector<std::string>{});
+    std::vector<std::string> log_files() const override {
+        std::vector<std::string> files;
+        for (const auto& e : fs::directory_iterator(state_.run_dir + "/logs"))
+            files.push_back(e.path());
+        return files;
     }
 
-    const PodState& pod(const std::string& n) const {
-        const PodState* p = state_.find_pod(n);
-        if (p == nullptr)
-            throw std::runtime_error("no pod " + n);
-        return *p;
-    }
     const NodeState& node(int i) const { return state_.nodes.at(i); }
 
     void wait_for_registry(const PodState& p) {
@@ -202,9 +188,6 @@ class ZtunnelSidecarTest : public ::testing::Test {
         EXPECT_EQ(r.exit_code, 0) << r.err;
         return out;
     }
-
-    std::string name_;
-    ClusterState state_;
 };
 
 TEST_F(ZtunnelSidecarTest, PodToPodAcrossNodesThroughTwoZtunnels) {
