@@ -135,8 +135,10 @@ std::expected<WorkloadCert, std::string> CertificateAuthority::mint(
     X509Ptr cert(X509_new());
     if (!key || !cert)
         return std::unexpected("cannot create workload key: " + openssl_errors());
-    const Clock::time_point not_before =
-        options.not_before.value_or(Clock::now() - kClockSkewSlack);
+    // Back-dated for clock skew, but never by more than a quarter of a (short) lifetime.
+    const auto slack = std::min<std::chrono::seconds>(
+        std::chrono::duration_cast<std::chrono::seconds>(kClockSkewSlack), options.lifetime / 4);
+    const Clock::time_point not_before = options.not_before.value_or(Clock::now() - slack);
     X509_set_version(cert.get(), 2);
     set_random_serial(cert.get());
     set_validity(cert.get(), not_before, options.lifetime);

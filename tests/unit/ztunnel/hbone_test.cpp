@@ -19,22 +19,21 @@ const Identity kServer{"cluster.local", "tenant-a", "llm"};
 
 // An HBONE server on 127.0.0.1:<ephemeral> whose CONNECT handler answers `status` and then
 // echoes the stream, and a client side with its own pool, all on one io_context.
-class HboneTest : public ::testing::Test {
+class HboneFixture : public ::testing::Test {
   protected:
-    HboneTest()
+    explicit HboneFixture(std::chrono::seconds cert_lifetime)
         : ca_(std::make_shared<identity::CertificateAuthority>(
               identity::CertificateAuthority::create("cluster.local"))),
           bundle_(std::make_shared<identity::TrustBundle>()),
-          certs_(std::make_shared<identity::CertManager>(ca_, bundle_, "cluster.local", 1h)),
+          certs_(std::make_shared<identity::CertManager>(ca_, bundle_, "cluster.local",
+                                                         cert_lifetime)),
           contexts_(certs_),
           acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
         bundle_->add(ca_->certificate());
     }
 
     void serve(Identity as) {
-        auto ctx = contexts_.server(as);
-        ASSERT_TRUE(ctx) << ctx.error();
-        server_ctx_ = *ctx;
+        server_identity_ = as;
         asio::co_spawn(io_, accept_loop(), asio::detached);
     }
 
@@ -45,6 +44,12 @@ class HboneTest : public ::testing::Test {
                 co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
             if (ec)
                 co_return;
+            // A fresh context per connection, as the proxy does: renewals take effect at once.
+            auto ctx = contexts_.server(server_identity_);
+            EXPECT_TRUE(ctx);
+            if (!ctx)
+                co_return;
+            server_ctx_ = *ctx;
             auto conn = co_await handshake_server(std::move(s), *server_ctx_,
                                                   [this](std::shared_ptr<Stream> st) {
                                                       requests_.push_back(st->request());
@@ -145,11 +150,58 @@ class HboneTest : public ::testing::Test {
     std::vector<Failure> server_failures_;
     std::vector<ConnectRequest> requests_;
     int status_ = kStatusOk;
+    Identity server_identity_;
     // Named, not braced temporaries in co_await expressions: g++ 12 destroys those twice.
     PoolKey key_{kClient, kServer, "127.0.0.1:15008"};
     ConnectRequest request_{.authority = "198.18.1.2:80"};
     int dials_ = 0;
 };
+
+class HboneTest : public HboneFixture {
+  protected:
+    HboneTest() : HboneFixture(1h) {}
+};
+
+// Certificates live 2 s and renew after 1 s.
+class HboneRotationTest : public HboneFixture {
+  protected:
+    HboneRotationTest() : HboneFixture(2s) {}
+};
+
+TEST_F(HboneRotationTest, RenewalKeepsEstablishedStreamsAndNewHandshakesUseTheNewCert) {
+    serve(kServer);
+    Pool pool(io_.get_executor(), dialer(kClient));
+    std::shared_ptr<asio::ssl::context> first_ctx, second_ctx;
+    std::string before, after, fresh;
+    run([&]() -> asio::awaitable<void> {
+        auto st = co_await pool.open(key_, request_);
+        EXPECT_TRUE(st);
+        if (!st)
+            co_return;
+        first_ctx = client_ctx_;
+        std::array<char, 16> buf;
+        co_await (*st)->write(asio::buffer(std::string_view("one")));
+        before.assign(buf.data(), co_await (*st)->read(asio::buffer(buf)));
+        asio::steady_timer t(io_, 1200ms);  // past the renewal point
+        co_await t.async_wait(asio::use_awaitable);
+        // A new connection (another key) handshakes with renewed certificates...
+        PoolKey other{kClient, kServer, "127.0.0.1:15008/other"};
+        auto st2 = co_await pool.open(other, request_);
+        EXPECT_TRUE(st2);
+        second_ctx = client_ctx_;
+        if (st2)
+            fresh = co_await round_trip(**st2, "fresh");
+        // ...while the stream from before the renewal still carries bytes.
+        co_await (*st)->write(asio::buffer(std::string_view("two")));
+        after.assign(buf.data(), co_await (*st)->read(asio::buffer(buf)));
+        (*st)->close_write();
+        EXPECT_EQ(pool.connections(), 2u);
+    });
+    EXPECT_EQ(before, "one");
+    EXPECT_EQ(after, "two") << "rotation must not drop an established connection";
+    EXPECT_EQ(fresh, "fresh");
+    EXPECT_NE(first_ctx, second_ctx) << "the client context was rebuilt with the renewed cert";
+}
 
 TEST_F(HboneTest, ConnectStreamCarriesBytesBothWaysWithHeaders) {
     serve(kServer);
