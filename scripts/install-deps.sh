@@ -13,6 +13,7 @@ PACKAGES=(
     # libraries of the design card
     libboost-dev libboost-system-dev libssl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev
     libgtest-dev libgmock-dev libyaml-cpp-dev libnghttp2-dev nlohmann-json3-dev libcli11-dev
+    libcivetweb-dev
     # testbed, demo and tests
     iproute2 iptables containernetworking-plugins procps util-linux iputils-ping curl python3
     # waypoint: node (with npm; the nodesource build here bundles it) generates the Unicode
@@ -20,6 +21,8 @@ PACKAGES=(
     nodejs
     # benchmark peers and tools
     nginx-light wrk iperf3 nghttp2-client haproxy tshark
+    # independent HBONE peer in the interop test
+    python3-h2
 )
 
 missing=()

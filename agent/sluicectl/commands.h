@@ -22,4 +22,7 @@ void add_tokenize_commands(CLI::App& app, Context& ctx);
 // sluicectl policy check|explain|diff|compile (policy_cmd.cpp).
 void add_policy_commands(CLI::App& app, Context& ctx);
 
+// ztunnel_cmd.cpp: workloads, certs, connections (from the ztunnel admin port).
+void add_ztunnel_commands(CLI::App& app, Context& ctx);
+
 }  // namespace sluice::ctl

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
     sluice::ctl::add_datapath_commands(app, ctx);
     sluice::ctl::add_policy_commands(app, ctx);
     sluice::ctl::add_tokenize_commands(app, ctx);
+    sluice::ctl::add_ztunnel_commands(app, ctx);
 
     CLI11_PARSE(app, argc, argv);
     return ctx.exit_code;

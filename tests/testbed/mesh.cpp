@@ -11,6 +11,8 @@
 #include "common/netns.h"
 #include "tests/testbed/testbed.h"
 
+#include <filesystem>
+
 namespace sluice::testbed {
 
 // mesh_sidecarless.cpp
@@ -18,17 +20,11 @@ void start_sidecarless_node(ClusterState& state, const NodeState& node,
                             const TestbedOptions& options);
 nlohmann::json sidecarless_cni_plugins(const NodeState& node);
 
-namespace {
-
-[[noreturn]] void unavailable(MeshMode mode) {
-    throw TestbedError("mesh mode '" + to_string(mode) +
-                       "' is not available in this build; use --mesh none");
-}
-
-}  // namespace
-
 std::string sluice_bin_dir(const TestbedOptions& options) {
-    return options.bin_dir;
+    if (!options.bin_dir.empty())
+        return options.bin_dir;
+    // The binaries are built side by side (build/bin/), as is every test binary.
+    return std::filesystem::read_symlink("/proc/self/exe").parent_path().string();
 }
 
 bool wait_http_ready(const std::string& netns, int port, const std::string& path,
@@ -84,13 +80,14 @@ nlohmann::json mesh_cni_plugins(const ClusterState& state, const NodeState& node
     return nlohmann::json::array();
 }
 
-void start_pod_mesh(ClusterState& state, const PodState&, const TestbedOptions&) {
+void start_pod_mesh(ClusterState& state, const PodState& pod, const TestbedOptions& options) {
     switch (state.mesh) {
         case MeshMode::None:
         case MeshMode::Sidecarless:  // the node's ztunnel serves every pod
             return;
         case MeshMode::Sidecar:
-            unavailable(state.mesh);
+            start_sidecar(state, pod, options);
+            return;
     }
 }
 

@@ -33,4 +33,15 @@ bool wait_http_ready(const std::string& netns, int port, const std::string& path
 // Where the sluice binaries are (the directory of sluice-testbed, or SLUICE_BIN_DIR).
 std::string sluice_bin_dir(const TestbedOptions& options);
 
+// Both mesh modes: creates the cluster's signing CA under <run>/ca once (sluice-ztunnel ca
+// create) and records it in state.ca_dir, so `status --json` shows where it is and an outside
+// HBONE peer can get a certificate from the same root (sluice-ztunnel ca mint).
+void ensure_cluster_ca(ClusterState& state, const TestbedOptions& options);
+
+// mesh_sidecar.cpp: sluice-ztunnel --mode sidecar in the pod's netns behind iptables REDIRECT.
+void start_sidecar(ClusterState& state, const PodState& pod, const TestbedOptions& options);
+// The iptables capture of sidecar mode in a pod's netns (outbound → :15001, inbound → :15006)
+// plus the routing that lets ztunnel connect to the app from the client's address.
+void install_sidecar_capture(const PodState& pod);
+
 }  // namespace sluice::testbed

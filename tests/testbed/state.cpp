@@ -27,6 +27,8 @@ json to_json(const ClusterState& s) {
     j["runDir"] = s.run_dir;
     j["registryDir"] = s.registry_dir;
     j["policiesDir"] = s.policies_dir;
+    if (!s.ca_dir.empty())
+        j["caDir"] = s.ca_dir;
     j["cgroupRoot"] = s.cgroup_root;
     j["bpffsRoot"] = s.bpffs_root;
     j["fabricNetns"] = s.fabric_netns;
@@ -96,6 +98,7 @@ ClusterState state_from_json(const json& j) {
     s.run_dir = j.at("runDir");
     s.registry_dir = j.at("registryDir");
     s.policies_dir = j.at("policiesDir");
+    s.ca_dir = j.value("caDir", "");
     s.cgroup_root = j.at("cgroupRoot");
     s.bpffs_root = j.at("bpffsRoot");
     s.fabric_netns = j.at("fabricNetns");

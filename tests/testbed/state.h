@@ -56,6 +56,8 @@ struct ClusterState {
     std::string name;
     MeshMode mesh = MeshMode::None;
     std::string run_dir, registry_dir, policies_dir, cgroup_root, bpffs_root, fabric_netns;
+    // The cluster's signing CA (ca.crt, ca.key) when a mesh runs: ensure_cluster_ca().
+    std::string ca_dir;
     nlohmann::json conflist;
     std::vector<std::string> cni_path;
     std::vector<NamespaceSpec> namespaces;

@@ -1,0 +1,54 @@
+#pragma once
+
+// What the ztunnel netns tests share: a testbed cluster from an inline spec, named uniquely for
+// this process, torn down (with its logs printed on failure) after each test.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "tests/testbed/spec.h"
+#include "tests/testbed/testbed.h"
+
+namespace sluice::testbed {
+
+class ZtunnelClusterTest : public ::testing::Test {
+  protected:
+    // Call from SetUp after SLUICE_REQUIRE_PRIVILEGES().
+    void start_cluster(const std::string& tag, const char* spec_yaml) {
+        name_ = tag + std::to_string(::getpid() % 100000);
+        ClusterSpec spec = parse_spec(spec_yaml);
+        spec.name = name_;
+        state_ = up(spec);
+    }
+    // Files worth reading when a test failed.
+    virtual std::vector<std::string> log_files() const = 0;
+
+    void TearDown() override {
+        if (name_.empty())
+            return;
+        if (HasFailure()) {
+            for (const auto& path : log_files()) {
+                std::ifstream f(path);
+                std::cerr << "==== " << path << "\n" << f.rdbuf() << "\n";
+            }
+        }
+        down(name_);
+        EXPECT_EQ(leftovers(name_), std::vector<std::string>{});
+    }
+
+    const PodState& pod(const std::string& n) const {
+        const PodState* p = state_.find_pod(n);
+        if (p == nullptr)
+            throw std::runtime_error("no pod " + n);
+        return *p;
+    }
+
+    std::string name_;
+    ClusterState state_;
+};
+
+}  // namespace sluice::testbed

@@ -1,0 +1,417 @@
+// netns tier: sluice-ztunnel on the testbed in sidecar mode (one ztunnel per pod behind iptables
+// REDIRECT). Asserts what a user sees: bytes that arrive, the address the server sees, what an
+// independent HBONE client gets from :15008, access-log lines and Prometheus metrics.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common/process.h"
+#include "tests/netns/ztunnel_cluster.h"
+#include "tests/support/privileged.h"
+#include "tests/support/sockets.h"
+#include "tests/testbed/spec.h"
+#include "tests/testbed/testbed.h"
+
+namespace sluice::testbed {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using test::Fd;
+
+constexpr const char* kSpec = R"(
+nodes: 2
+mesh: sidecar
+pods:
+  - name: client
+    serviceAccount: rag
+    node: 0
+    labels: {app: rag}
+  - name: server
+    serviceAccount: llm
+    node: 1
+    labels: {app: llm}
+services:
+  - name: llm
+    selector: {app: llm}
+    ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
+)";
+constexpr uint16_t kAppPort = 8080;
+constexpr const char* kClientId = "spiffe://cluster.local/ns/default/sa/rag";
+constexpr const char* kServerId = "spiffe://cluster.local/ns/default/sa/llm";
+
+// Reads until EOF or timeout.
+std::string read_all(const Fd& s, int timeout_ms = 5000) {
+    std::string out;
+    char buf[65536];
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+        pollfd p{s.get(), POLLIN, 0};
+        if (::poll(&p, 1, 100) <= 0)
+            continue;
+        const ssize_t n = ::recv(s.get(), buf, sizeof(buf), 0);
+        if (n <= 0)
+            break;
+        out.append(buf, static_cast<size_t>(n));
+    }
+    return out;
+}
+
+// GET over plain HTTP/1.1 from inside a netns (ztunnel's admin and metrics ports).
+std::string http_get(const std::string& netns, const std::string& ip, uint16_t port,
+                     const std::string& path) {
+    int err = 0;
+    Fd s = test::tcp_connect(netns, ip, port, &err);
+    if (!s)
+        return {};
+    const std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    if (::send(s.get(), req.data(), req.size(), MSG_NOSIGNAL) < 0)
+        return {};
+    std::string resp = read_all(s);
+    const auto body = resp.find("\r\n\r\n");
+    return body == std::string::npos ? std::string() : resp.substr(body + 4);
+}
+
+// Sum of the samples of `family` whose label set contains every `labels` entry (k="v").
+double metric(const std::string& text, const std::string& family,
+              const std::vector<std::string>& labels) {
+    double sum = 0;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) {
+        if (!line.starts_with(family + "{") && !line.starts_with(family + " "))
+            continue;
+        bool all = true;
+        for (const auto& l : labels)
+            all &= line.find(l) != std::string::npos;
+        if (all)
+            sum += std::stod(line.substr(line.rfind(' ') + 1));
+    }
+    return sum;
+}
+
+class ZtunnelSidecarTest : public ZtunnelClusterTest {
+  protected:
+    void SetUp() override {
+        SLUICE_REQUIRE_PRIVILEGES();
+        start_cluster("zt", kSpec);
+        // The registry is written after the pods: wait until both ztunnels have read it.
+        for (const char* p : {"client", "server"})
+            wait_for_registry(pod(p));
+    }
+    std::vector<std::string> log_files() const override {
+        std::vector<std::string> files;
+        for (const auto& e : fs::directory_iterator(state_.run_dir + "/logs"))
+            files.push_back(e.path());
+        return files;
+    }
+
+    const NodeState& node(int i) const { return state_.nodes.at(i); }
+
+    void wait_for_registry(const PodState& p) {
+        for (int i = 0; i < 100; ++i) {
+            const std::string dump = http_get(p.netns, "127.0.0.1", 15000, "/config_dump");
+            if (!dump.empty()) {
+                json j = json::parse(dump);
+                if (j["workloads"].size() == 2 && j["services"].size() == 1)
+                    return;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        FAIL() << "ztunnel of " << p.name << " did not load the registry";
+    }
+
+    std::string metrics(const PodState& p) {
+        return http_get(p.netns, "127.0.0.1", 15020, "/metrics");
+    }
+
+    // Access-log lines of a pod's ztunnel, waiting until at least `n` are there.
+    std::vector<json> access_log(const PodState& p, size_t n) {
+        std::vector<json> lines;
+        for (int i = 0; i < 100 && lines.size() < n; ++i) {
+            lines.clear();
+            std::ifstream f(state_.run_dir + "/logs/access." + p.namespace_name + "." + p.name +
+                            ".log");
+            for (std::string l; std::getline(f, l);)
+                lines.push_back(json::parse(l));
+            if (lines.size() < n)
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        return lines;
+    }
+
+    // Echo through the mesh from `from`'s netns to ip:port; returns the server's view of the
+    // client address.
+    std::string echo(const std::string& from_netns, const std::string& ip, uint16_t port,
+                     const std::string& payload) {
+        const PodState& server = pod("server");
+        Fd listener = test::tcp_listen(server.netns, server.ip, kAppPort);
+        auto peer = std::async(std::launch::async,
+                               [&] { return test::echo_one_connection(listener, 10000); });
+        int err = 0;
+        Fd c = test::tcp_connect(from_netns, ip, port, &err);
+        EXPECT_TRUE(c) << strerror(err);
+        if (c) {
+            EXPECT_TRUE(test::send_and_receive(c, payload, 20000) == payload)
+                << "payload of " << payload.size() << " bytes did not come back intact";
+        }
+        c = Fd();
+        return peer.get();
+    }
+
+    // The independent HBONE client (python3-h2) from node 0's netns, outside the mesh.
+    json python_hbone(const std::string& authority, const std::string& cert_prefix,
+                      const std::string& ca) {
+        const PodState& server = pod("server");
+        ProcessSpec spec = node_process(
+            node(0),
+            {"/usr/bin/python3", SLUICE_SOURCE_DIR "/tests/netns/hbone_peer.py", "--connect",
+             server.ip + ":15008", "--authority", authority, "--cert", cert_prefix + ".crt",
+             "--key", cert_prefix + ".key", "--ca", ca, "--payload-size", "200000"});
+        ProcessResult r = run_process(spec, std::chrono::seconds(30));
+        if (r.exit_code != 0)
+            return json{{"error", r.err}};
+        return json::parse(r.out);
+    }
+
+    std::string mint(const std::string& ca_dir, const std::string& identity,
+                     const std::string& out) {
+        ProcessSpec spec;
+        spec.argv = {SLUICE_ZTUNNEL_BIN, "ca",     "mint",  "--dir", ca_dir,
+                     "--identity",       identity, "--out", out};
+        ProcessResult r = run_process(spec, std::chrono::seconds(30));
+        EXPECT_EQ(r.exit_code, 0) << r.err;
+        return out;
+    }
+};
+
+TEST_F(ZtunnelSidecarTest, PodToPodAcrossNodesThroughTwoZtunnels) {
+    const PodState& client = pod("client");
+    const PodState& server = pod("server");
+    const std::string one_mib(1 << 20, 'm');
+    EXPECT_EQ(echo(client.netns, server.ip, kAppPort, "x"), client.ip)
+        << "the app must see the client pod's own address";
+    EXPECT_EQ(echo(client.netns, server.ip, kAppPort, one_mib), client.ip);
+
+    auto out = access_log(client, 2);
+    ASSERT_EQ(out.size(), 2u);
+    EXPECT_EQ(out[1]["direction"], "outbound");
+    EXPECT_EQ(out[1]["result"], "ok");
+    EXPECT_EQ(out[1]["src.identity"], kClientId);
+    EXPECT_EQ(out[1]["dst.identity"], kServerId);
+    EXPECT_EQ(out[1]["dst.hbone_addr"], server.ip + ":15008");
+    EXPECT_EQ(out[1]["bytes_received"], 1 << 20);
+    EXPECT_EQ(out[1]["bytes_sent"], 1 << 20);
+    auto in = access_log(server, 2);
+    ASSERT_EQ(in.size(), 2u);
+    EXPECT_EQ(in[1]["direction"], "inbound");
+    EXPECT_EQ(in[1]["src.identity"], kClientId) << "the server side knows the peer's SPIFFE ID";
+    EXPECT_EQ(in[1]["src.workload"], "client");
+    EXPECT_EQ(in[1]["dst.workload"], "server");
+
+    const std::string m_client = metrics(client);
+    const std::string m_server = metrics(server);
+    EXPECT_EQ(metric(m_client, "istio_tcp_connections_opened_total",
+                     {"reporter=\"source\"", "source_principal=\"" + std::string(kClientId),
+                      "destination_principal=\"" + std::string(kServerId),
+                      "connection_security_policy=\"mutual_tls\""}),
+              2);
+    EXPECT_EQ(metric(m_server, "istio_tcp_connections_closed_total",
+                     {"reporter=\"destination\"", "source_workload=\"client\"",
+                      "destination_workload=\"server\""}),
+              2);
+    EXPECT_EQ(metric(m_server, "istio_tcp_received_bytes_total", {"reporter=\"destination\""}),
+              (1 << 20) + 1);
+    // Gauges are sampled every second.
+    double pooled = 0;
+    for (int i = 0; i < 40 && pooled != 1; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        pooled = metric(metrics(client), "sluice_pool_connections", {});
+    }
+    EXPECT_EQ(pooled, 1) << "both connections share one pooled HBONE connection";
+
+    // sluicectl shows the same pooled connection and the server's view of its peer.
+    ProcessSpec ctl;
+    ctl.argv = {SLUICECTL_BIN, "connections", "--json", "--netns", client.netns};
+    ProcessResult r = run_process(ctl, std::chrono::seconds(10));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    json conns = json::parse(r.out);
+    ASSERT_EQ(conns["outbound"].size(), 1u) << r.out;
+    EXPECT_EQ(conns["outbound"][0]["destination"], kServerId);
+    EXPECT_EQ(conns["outbound"][0]["address"], server.ip + ":15008");
+    ctl.argv = {SLUICECTL_BIN, "certs", "--json", "--netns", server.netns};
+    r = run_process(ctl, std::chrono::seconds(10));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(json::parse(r.out)["certificates"][0]["identity"], kServerId);
+}
+
+TEST_F(ZtunnelSidecarTest, ServiceVipResolvesToAnEndpointOverHbone) {
+    const PodState& client = pod("client");
+    const std::string vip = state_.services.at(0).vip;
+    EXPECT_EQ(echo(client.netns, vip, 80, "via the service"), client.ip);
+    auto out = access_log(client, 1);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0]["dst.addr"], vip + ":80");
+    EXPECT_EQ(out[0]["dst.service"], "llm.default.svc.cluster.local");
+    EXPECT_EQ(out[0]["dst.identity"], kServerId);
+    EXPECT_GE(metric(metrics(client), "istio_tcp_connections_opened_total",
+                     {"destination_service=\"llm.default.svc.cluster.local\""}),
+              1);
+}
+
+TEST_F(ZtunnelSidecarTest, PermissivePlaintextFromOutsideTheMeshIsForwarded) {
+    // node0 has no ztunnel: its connection arrives in plaintext and goes to :15006.
+    EXPECT_EQ(echo(node(0).netns, pod("server").ip, kAppPort, "plain"), node(0).fabric_ip);
+    auto in = access_log(pod("server"), 1);
+    ASSERT_EQ(in.size(), 1u);
+    EXPECT_EQ(in[0]["direction"], "inbound_plaintext");
+    EXPECT_EQ(in[0]["src.identity"], "");
+    EXPECT_EQ(in[0]["result"], "ok");
+}
+
+TEST_F(ZtunnelSidecarTest, IndependentHboneClientTalksToOurListener) {
+    const std::string dir = state_.run_dir + "/interop";
+    fs::create_directories(dir);
+    const std::string cert =
+        mint(state_.ca_dir, "spiffe://cluster.local/ns/default/sa/interop", dir + "/interop");
+    const PodState& server = pod("server");
+    Fd listener = test::tcp_listen(server.netns, server.ip, kAppPort);
+    auto peer =
+        std::async(std::launch::async, [&] { return test::echo_one_connection(listener, 10000); });
+    json r = python_hbone(server.ip + ":8080", cert, state_.ca_dir + "/ca.crt");
+    EXPECT_EQ(peer.get(), node(0).fabric_ip);
+    ASSERT_FALSE(r.contains("error")) << r.dump();
+    EXPECT_EQ(r["status"], 200);
+    EXPECT_EQ(r["tls_version"], "TLSv1.3");
+    EXPECT_EQ(r["alpn"], "h2");
+    EXPECT_EQ(r["peer_uris"], json::array({kServerId}))
+        << "the certificate on the wire carries the pod's SPIFFE URI SAN";
+    EXPECT_TRUE(r["echoed"]) << r.dump();
+    auto in = access_log(server, 1);
+    ASSERT_GE(in.size(), 1u);
+    EXPECT_EQ(in.back()["src.identity"], "spiffe://cluster.local/ns/default/sa/interop");
+
+    // A CONNECT for an address that is not this pod is a 400.
+    json bad = python_hbone(pod("client").ip + ":8080", cert, state_.ca_dir + "/ca.crt");
+    EXPECT_EQ(bad["status"], 400) << bad.dump();
+}
+
+TEST_F(ZtunnelSidecarTest, PeerFromAnotherCaIsRefusedWithAReason) {
+    const std::string dir = state_.run_dir + "/foreign";
+    ProcessSpec create;
+    create.argv = {SLUICE_ZTUNNEL_BIN, "ca", "create", "--dir", dir};
+    ASSERT_EQ(run_process(create).exit_code, 0);
+    const std::string cert = mint(dir, "spiffe://cluster.local/ns/default/sa/evil", dir + "/evil");
+    json r = python_hbone(pod("server").ip + ":8080", cert, state_.ca_dir + "/ca.crt");
+    EXPECT_TRUE(r.contains("error")) << "handshake must fail: " << r.dump();
+    EXPECT_EQ(metric(metrics(pod("server")), "sluice_tls_handshake_failures_total",
+                     {"reason=\"unknown_ca\""}),
+              1);
+}
+
+TEST_F(ZtunnelSidecarTest, QuitQuitQuitDrainsInFlightConnections) {
+    const PodState& client = pod("client");
+    const PodState& server = pod("server");
+    Fd listener = test::tcp_listen(server.netns, server.ip, kAppPort);
+    auto peer =
+        std::async(std::launch::async, [&] { return test::echo_one_connection(listener, 10000); });
+    int err = 0;
+    Fd c = test::tcp_connect(client.netns, server.ip, kAppPort, &err);
+    ASSERT_TRUE(c) << strerror(err);
+    EXPECT_EQ(test::send_and_receive(c, "before"), "before");
+
+    // POST /quitquitquit to the client's ztunnel (admin is loopback-only, inside the pod).
+    Fd admin = test::tcp_connect(client.netns, "127.0.0.1", 15000, &err);
+    ASSERT_TRUE(admin);
+    const std::string req = "POST /quitquitquit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    ASSERT_GT(::send(admin.get(), req.data(), req.size(), MSG_NOSIGNAL), 0);
+    EXPECT_NE(read_all(admin).find("draining"), std::string::npos);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+
+    EXPECT_EQ(test::send_and_receive(c, "during the drain"), "during the drain")
+        << "an in-flight connection keeps working";
+    Fd refused = test::tcp_connect(client.netns, server.ip, kAppPort, &err, 1000);
+    EXPECT_FALSE(refused) << "a draining ztunnel takes no new connections";
+    c = Fd();
+    EXPECT_EQ(peer.get(), client.ip);
+    // With its last connection gone the sidecar exits: readiness disappears.
+    bool gone = false;
+    for (int i = 0; i < 50 && !gone; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        gone = !test::tcp_connect(client.netns, "127.0.0.1", 15021, &err, 200);
+    }
+    EXPECT_TRUE(gone) << "ztunnel still running after the drain";
+}
+
+TEST_F(ZtunnelSidecarTest, AuthorizationPolicyDenyIsA401AndAClosedConnection) {
+    std::ofstream(state_.policies_dir + "/deny-rag.yaml") << R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-rag, namespace: default}
+spec:
+  selector: {matchLabels: {app: llm}}
+  action: DENY
+  rules:
+    - from:
+        - source: {principals: ["cluster.local/ns/default/sa/rag"]}
+)";
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // reloads once a second
+    const PodState& client = pod("client");
+    const PodState& server = pod("server");
+    Fd listener = test::tcp_listen(server.netns, server.ip, kAppPort);
+    int err = 0;
+    Fd c = test::tcp_connect(client.netns, server.ip, kAppPort, &err);
+    if (c) {
+        EXPECT_EQ(test::send_and_receive(c, "denied?", 3000), "") << "nothing comes back";
+    }
+    EXPECT_FALSE(test::tcp_accept(listener, 200)) << "the app never sees the connection";
+    auto out = access_log(client, 1);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0]["result"], "denied");
+    EXPECT_NE(out[0]["error"].get<std::string>().find("401"), std::string::npos) << out[0];
+    auto in = access_log(server, 1);
+    ASSERT_EQ(in.size(), 1u);
+    EXPECT_EQ(in[0]["result"], "denied");
+    EXPECT_NE(in[0]["error"].get<std::string>().find("deny-rag"), std::string::npos) << in[0];
+    EXPECT_EQ(metric(metrics(server), "sluice_authz_denials_total", {"direction=\"inbound\""}), 1);
+}
+
+class ZtunnelStrictTest : public ZtunnelSidecarTest {
+  protected:
+    void SetUp() override {
+        // The sidecars inherit the environment: SLUICE_MTLS_MODE is their --mtls-mode.
+        ::setenv("SLUICE_MTLS_MODE", "STRICT", 1);
+        ZtunnelSidecarTest::SetUp();
+        ::unsetenv("SLUICE_MTLS_MODE");
+    }
+};
+
+TEST_F(ZtunnelStrictTest, StrictRefusesPlaintextButCarriesMtls) {
+    const PodState& server = pod("server");
+    Fd listener = test::tcp_listen(server.netns, server.ip, kAppPort);
+    int err = 0;
+    Fd c = test::tcp_connect(node(0).netns, server.ip, kAppPort, &err);
+    // ztunnel accepts on :15006 and resets at once: connect() itself may already see the RST.
+    if (c)
+        EXPECT_EQ(test::send_and_receive(c, "plaintext", 3000), "") << "nothing comes back";
+    else
+        EXPECT_EQ(err, ECONNRESET) << strerror(err);
+    EXPECT_FALSE(test::tcp_accept(listener, 200)) << "the app never sees the connection";
+    auto in = access_log(server, 1);
+    ASSERT_EQ(in.size(), 1u);
+    EXPECT_EQ(in[0]["direction"], "inbound_plaintext");
+    EXPECT_EQ(in[0]["result"], "denied");
+    EXPECT_EQ(
+        metric(metrics(server), "sluice_authz_denials_total", {"direction=\"inbound_plaintext\""}),
+        1);
+    listener = Fd();
+    // Mutual TLS from the meshed client still works.
+    EXPECT_EQ(echo(pod("client").netns, server.ip, kAppPort, "over mTLS"), pod("client").ip);
+}
+
+}  // namespace
+}  // namespace sluice::testbed

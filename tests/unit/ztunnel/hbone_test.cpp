@@ -1,0 +1,323 @@
+#include <gtest/gtest.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include "ztunnel/hbone/handshake.h"
+#include "ztunnel/hbone/pool.h"
+#include "ztunnel/hbone/tls.h"
+
+namespace sluice::ztunnel::hbone {
+namespace {
+
+using identity::Identity;
+using namespace std::chrono_literals;
+
+const Identity kClient{"cluster.local", "tenant-a", "rag"};
+const Identity kServer{"cluster.local", "tenant-a", "llm"};
+
+// An HBONE server on 127.0.0.1:<ephemeral> whose CONNECT handler answers `status` and then
+// echoes the stream, and a client side with its own pool, all on one io_context.
+class HboneFixture : public ::testing::Test {
+  protected:
+    explicit HboneFixture(std::chrono::seconds cert_lifetime)
+        : ca_(std::make_shared<identity::CertificateAuthority>(
+              identity::CertificateAuthority::create("cluster.local"))),
+          bundle_(std::make_shared<identity::TrustBundle>()),
+          certs_(std::make_shared<identity::CertManager>(ca_, bundle_, "cluster.local",
+                                                         cert_lifetime)),
+          contexts_(certs_),
+          acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
+        bundle_->add(ca_->certificate());
+    }
+
+    void serve(Identity as) {
+        server_identity_ = as;
+        asio::co_spawn(io_, accept_loop(), asio::detached);
+    }
+
+    asio::awaitable<void> accept_loop() {
+        for (;;) {
+            boost::system::error_code ec;
+            tcp::socket s =
+                co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+            if (ec)
+                co_return;
+            // A fresh context per connection, as the proxy does: renewals take effect at once.
+            auto ctx = contexts_.server(server_identity_);
+            EXPECT_TRUE(ctx);
+            if (!ctx)
+                co_return;
+            server_ctx_ = *ctx;
+            auto conn = co_await handshake_server(std::move(s), *server_ctx_,
+                                                  [this](std::shared_ptr<Stream> st) {
+                                                      requests_.push_back(st->request());
+                                                      asio::co_spawn(io_, echo(st), asio::detached);
+                                                  });
+            if (!conn)
+                server_failures_.push_back(conn.error());
+            else
+                server_conns_.push_back(*conn);
+        }
+    }
+
+    asio::awaitable<void> echo(std::shared_ptr<Stream> st) {
+        st->connection().respond(*st, status_);
+        if (status_ != kStatusOk)
+            co_return;
+        std::array<char, 16384> buf;
+        for (;;) {
+            size_t n = co_await st->read(asio::buffer(buf));
+            if (n == 0)
+                break;
+            if (!co_await st->write(asio::buffer(buf.data(), n)))
+                co_return;
+        }
+        st->close_write();
+    }
+
+    Pool::Dialer dialer(Identity local) {
+        return [this, local](const PoolKey& key)
+                   -> asio::awaitable<std::expected<std::shared_ptr<Connection>, Failure>> {
+            ++dials_;
+            tcp::socket s(io_);
+            boost::system::error_code ec;
+            co_await s.async_connect(acceptor_.local_endpoint(),
+                                     asio::redirect_error(asio::use_awaitable, ec));
+            if (ec)
+                co_return std::unexpected(Failure{Error::ConnectFailed, ec.message()});
+            auto ctx = contexts_.client(local);
+            if (!ctx)
+                co_return std::unexpected(Failure{Error::HandshakeFailed, ctx.error()});
+            client_ctx_ = *ctx;
+            co_return co_await handshake_client(std::move(s), *client_ctx_, key.destination);
+        };
+    }
+
+    // Runs `fn` to completion on the io_context, bounded in time.
+    template <typename Fn>
+    void run(Fn fn) {
+        bool done = false;
+        asio::co_spawn(
+            io_,
+            [&]() -> asio::awaitable<void> {
+                co_await fn();
+                done = true;
+                acceptor_.close();
+                for (auto& c : server_conns_)
+                    c->close();
+            },
+            asio::detached);
+        io_.run_for(10s);
+        ASSERT_TRUE(done) << "test coroutine did not finish within 10 s";
+    }
+
+    // Opens one stream through `pool` and returns why it failed (nullopt: it opened).
+    std::optional<Failure> open_failure(Pool& pool) {
+        std::optional<Failure> failure;
+        run([&]() -> asio::awaitable<void> {
+            auto st = co_await pool.open(key_, request_);
+            if (!st)
+                failure = st.error();
+        });
+        return failure;
+    }
+
+    asio::awaitable<std::string> round_trip(Stream& st, std::string data) {
+        const bool written = co_await st.write(asio::buffer(data));
+        EXPECT_TRUE(written);
+        st.close_write();
+        std::string got;
+        std::array<char, 65536> buf;
+        for (;;) {
+            size_t n = co_await st.read(asio::buffer(buf));
+            if (n == 0)
+                break;
+            got.append(buf.data(), n);
+        }
+        co_return got;
+    }
+
+    asio::io_context io_;
+    std::shared_ptr<identity::CertificateAuthority> ca_;
+    std::shared_ptr<identity::TrustBundle> bundle_;
+    std::shared_ptr<identity::CertManager> certs_;
+    TlsContexts contexts_;
+    tcp::acceptor acceptor_;
+    std::shared_ptr<asio::ssl::context> server_ctx_, client_ctx_;
+    std::vector<std::shared_ptr<Connection>> server_conns_;
+    std::vector<Failure> server_failures_;
+    std::vector<ConnectRequest> requests_;
+    int status_ = kStatusOk;
+    Identity server_identity_;
+    // Named, not braced temporaries in co_await expressions: g++ 12 destroys those twice.
+    PoolKey key_{kClient, kServer, "127.0.0.1:15008"};
+    ConnectRequest request_{.authority = "198.18.1.2:80"};
+    int dials_ = 0;
+};
+
+class HboneTest : public HboneFixture {
+  protected:
+    HboneTest() : HboneFixture(1h) {}
+};
+
+// Certificates live 2 s and renew after 1 s.
+class HboneRotationTest : public HboneFixture {
+  protected:
+    HboneRotationTest() : HboneFixture(2s) {}
+};
+
+TEST_F(HboneRotationTest, RenewalKeepsEstablishedStreamsAndNewHandshakesUseTheNewCert) {
+    serve(kServer);
+    Pool pool(io_.get_executor(), dialer(kClient));
+    std::shared_ptr<asio::ssl::context> first_ctx, second_ctx;
+    std::string before, after, fresh;
+    run([&]() -> asio::awaitable<void> {
+        auto st = co_await pool.open(key_, request_);
+        EXPECT_TRUE(st);
+        if (!st)
+            co_return;
+        first_ctx = client_ctx_;
+        std::array<char, 16> buf;
+        co_await (*st)->write(asio::buffer(std::string_view("one")));
+        before.assign(buf.data(), co_await (*st)->read(asio::buffer(buf)));
+        asio::steady_timer t(io_, 1200ms);  // past the renewal point
+        co_await t.async_wait(asio::use_awaitable);
+        // A new connection (another key) handshakes with renewed certificates...
+        PoolKey other{kClient, kServer, "127.0.0.1:15008/other"};
+        auto st2 = co_await pool.open(other, request_);
+        EXPECT_TRUE(st2);
+        second_ctx = client_ctx_;
+        if (st2)
+            fresh = co_await round_trip(**st2, "fresh");
+        // ...while the stream from before the renewal still carries bytes.
+        co_await (*st)->write(asio::buffer(std::string_view("two")));
+        after.assign(buf.data(), co_await (*st)->read(asio::buffer(buf)));
+        (*st)->close_write();
+        EXPECT_EQ(pool.connections(), 2u);
+    });
+    EXPECT_EQ(before, "one");
+    EXPECT_EQ(after, "two") << "rotation must not drop an established connection";
+    EXPECT_EQ(fresh, "fresh");
+    EXPECT_NE(first_ctx, second_ctx) << "the client context was rebuilt with the renewed cert";
+}
+
+TEST_F(HboneTest, ConnectStreamCarriesBytesBothWaysWithHeaders) {
+    serve(kServer);
+    Pool pool(io_.get_executor(), dialer(kClient));
+    std::string echoed;
+    const std::string payload(3 << 20, 'x');  // above the 256 KiB send queue, below windows
+    run([&]() -> asio::awaitable<void> {
+        PoolKey key{kClient, kServer, "127.0.0.1:15008"};
+        ConnectRequest req{.authority = "198.18.1.2:8080",
+                           .forwarded = "for=\"198.18.0.2:40000\"",
+                           .baggage = "k8s.namespace.name=tenant-a",
+                           .traceparent = "00-abc-def-01"};
+        auto st = co_await pool.open(key, req);
+        EXPECT_TRUE(st) << st.error().message();
+        if (st)
+            echoed = co_await round_trip(**st, payload);
+    });
+    EXPECT_EQ(echoed.size(), payload.size());
+    EXPECT_TRUE(echoed == payload);
+    ASSERT_EQ(requests_.size(), 1u);
+    EXPECT_EQ(requests_[0].method, "CONNECT");
+    EXPECT_EQ(requests_[0].authority, "198.18.1.2:8080");
+    EXPECT_EQ(requests_[0].forwarded, "for=\"198.18.0.2:40000\"");
+    EXPECT_EQ(requests_[0].baggage, "k8s.namespace.name=tenant-a");
+    EXPECT_EQ(requests_[0].traceparent, "00-abc-def-01");
+}
+
+TEST_F(HboneTest, ServerStatusReachesTheClient) {
+    serve(kServer);
+    status_ = kStatusUnauthorized;
+    Pool pool(io_.get_executor(), dialer(kClient));
+    std::optional<Failure> failure = open_failure(pool);
+    ASSERT_TRUE(failure);
+    EXPECT_EQ(failure->error, Error::StreamRefused);
+    EXPECT_EQ(failure->status, kStatusUnauthorized);
+}
+
+TEST_F(HboneTest, PoolReusesOneConnectionPerKey) {
+    serve(kServer);
+    Pool pool(io_.get_executor(), dialer(kClient));
+    run([&]() -> asio::awaitable<void> {
+        for (int i = 0; i < 3; ++i) {
+            auto st = co_await pool.open(key_, request_);
+            EXPECT_TRUE(st);
+            if (st) {
+                std::string got = co_await round_trip(**st, "ping");
+                EXPECT_EQ(got, "ping");
+            }
+        }
+        EXPECT_EQ(pool.connections(), 1u);
+        // Another source identity never shares the connection.
+        PoolKey other_key{Identity{"cluster.local", "tenant-b", "x"}, kServer, "a"};
+        auto other = co_await pool.open(other_key, request_);
+        EXPECT_TRUE(other);
+        EXPECT_EQ(pool.connections(), 2u);
+    });
+    EXPECT_EQ(dials_, 2);
+}
+
+TEST_F(HboneTest, IdleConnectionsAreClosed) {
+    serve(kServer);
+    Pool pool(io_.get_executor(), dialer(kClient), 1h);
+    run([&]() -> asio::awaitable<void> {
+        auto st = co_await pool.open(key_, request_);
+        EXPECT_TRUE(st);
+        if (st)
+            co_await round_trip(**st, "x");
+        st = {};
+        pool.close_idle(std::chrono::steady_clock::now());
+        EXPECT_EQ(pool.connections(), 1u) << "not idle long enough";
+        pool.close_idle(std::chrono::steady_clock::now() + 2h);
+        EXPECT_EQ(pool.connections(), 0u);
+    });
+}
+
+TEST_F(HboneTest, ClientRefusesAServerWithTheWrongIdentity) {
+    serve(Identity{"cluster.local", "tenant-a", "impostor"});
+    Pool pool(io_.get_executor(), dialer(kClient));
+    std::optional<Failure> failure = open_failure(pool);
+    ASSERT_TRUE(failure);
+    EXPECT_EQ(failure->error, Error::PeerRejected) << failure->message();
+    EXPECT_NE(failure->detail.find("wrong_identity"), std::string::npos) << failure->detail;
+    EXPECT_EQ(pool.connections(), 0u);
+}
+
+TEST_F(HboneTest, ServerRefusesAClientFromAnotherCa) {
+    serve(kServer);
+    // The client's certificate comes from a CA the server does not trust.
+    auto foreign_ca = std::make_shared<identity::CertificateAuthority>(
+        identity::CertificateAuthority::create("cluster.local"));
+    auto foreign =
+        std::make_shared<identity::CertManager>(foreign_ca, bundle_, "cluster.local", 1h);
+    TlsContexts foreign_contexts(foreign);
+    auto ctx = foreign_contexts.client(kClient);
+    ASSERT_TRUE(ctx);
+    std::optional<Failure> failure;
+    run([&]() -> asio::awaitable<void> {
+        tcp::socket s(io_);
+        co_await s.async_connect(acceptor_.local_endpoint(), asio::use_awaitable);
+        auto conn = co_await handshake_client(std::move(s), **ctx, kServer);
+        if (!conn) {
+            failure = conn.error();
+        } else {
+            auto st = co_await (*conn)->open_stream(request_);
+            if (!st)
+                failure = st.error();
+        }
+        asio::steady_timer t(io_, 100ms);
+        co_await t.async_wait(asio::use_awaitable);
+    });
+    ASSERT_TRUE(failure) << "the server must not serve an unknown CA";
+    ASSERT_EQ(server_failures_.size(), 1u);
+    EXPECT_EQ(server_failures_[0].error, Error::PeerRejected);
+    EXPECT_NE(server_failures_[0].detail.find("unknown_ca"), std::string::npos)
+        << server_failures_[0].detail;
+}
+
+}  // namespace
+}  // namespace sluice::ztunnel::hbone

@@ -1,0 +1,447 @@
+#include "ztunnel/hbone/connection.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/write.hpp>
+
+#include <array>
+#include <cstring>
+
+namespace sluice::ztunnel::hbone {
+namespace {
+
+// Data waiting in a stream's send queue beyond this makes Stream::write wait.
+constexpr size_t kSendHighWater = 256 * 1024;
+constexpr size_t kReadChunk = 64 * 1024;
+// Frames are gathered into one TLS write up to about this size.
+constexpr size_t kWriteBatch = 64 * 1024;
+
+nghttp2_nv header(std::string_view name, std::string_view value) {
+    return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
+                      reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(),
+                      value.size(), NGHTTP2_NV_FLAG_NONE};
+}
+
+}  // namespace
+
+const char* to_string(Error e) {
+    switch (e) {
+        case Error::ConnectFailed:
+            return "connect_failed";
+        case Error::HandshakeFailed:
+            return "handshake_failed";
+        case Error::PeerRejected:
+            return "peer_rejected";
+        case Error::ProtocolError:
+            return "protocol_error";
+        case Error::StreamRefused:
+            return "stream_refused";
+        case Error::ConnectionLost:
+            return "connection_lost";
+        case Error::Timeout:
+            return "timeout";
+    }
+    return "unknown";
+}
+
+// ---- Stream --------------------------------------------------------------------------------
+
+Stream::Stream(std::shared_ptr<Connection> conn, asio::any_io_executor ex)
+    : conn_(std::move(conn)), readable_(ex), writable_(ex), headers_(ex) {}
+
+asio::awaitable<size_t> Stream::read(asio::mutable_buffer buf) {
+    while (received_.empty() && !remote_closed_ && !closed_)
+        co_await readable_.wait();
+    size_t copied = 0;
+    while (!received_.empty() && copied < buf.size()) {
+        const std::string& front = received_.front();
+        const size_t n = std::min(buf.size() - copied, front.size() - received_offset_);
+        std::memcpy(static_cast<char*>(buf.data()) + copied, front.data() + received_offset_, n);
+        copied += n;
+        received_offset_ += n;
+        if (received_offset_ == front.size()) {
+            received_.pop_front();
+            received_offset_ = 0;
+        }
+    }
+    if (copied > 0 && !closed_)
+        conn_->consumed(*this, copied);
+    co_return copied;
+}
+
+asio::awaitable<bool> Stream::write(asio::const_buffer buf) {
+    while (to_send_.size() - to_send_offset_ >= kSendHighWater && !closed_)
+        co_await writable_.wait();
+    if (closed_ || local_closed_)
+        co_return false;
+    if (to_send_offset_ > 0) {
+        to_send_.erase(0, to_send_offset_);
+        to_send_offset_ = 0;
+    }
+    to_send_.append(static_cast<const char*>(buf.data()), buf.size());
+    conn_->resume(*this);
+    co_return true;
+}
+
+void Stream::close_write() {
+    if (local_closed_ || closed_)
+        return;
+    local_closed_ = true;
+    conn_->resume(*this);
+}
+
+void Stream::reset() {
+    if (closed_ || conn_->session_ == nullptr)
+        return;
+    nghttp2_submit_rst_stream(conn_->session_, NGHTTP2_FLAG_NONE, id_, NGHTTP2_CANCEL);
+    conn_->kick();
+}
+
+// ---- Connection ----------------------------------------------------------------------------
+
+const nghttp2_session_callbacks* Connection::callbacks() {
+    static nghttp2_session_callbacks* cbs = [] {
+        nghttp2_session_callbacks* c = nullptr;
+        nghttp2_session_callbacks_new(&c);
+        nghttp2_session_callbacks_set_on_begin_headers_callback(c, on_begin_headers);
+        nghttp2_session_callbacks_set_on_header_callback(c, on_header);
+        nghttp2_session_callbacks_set_on_frame_recv_callback(c, on_frame_recv);
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, on_data_chunk);
+        nghttp2_session_callbacks_set_on_stream_close_callback(c, on_stream_close);
+        return c;
+    }();
+    return cbs;
+}
+
+Connection::Connection(TlsStream tls, Role role, identity::Identity peer, RequestHandler on_request)
+    : executor_(tls.get_executor()),
+      tls_(std::move(tls)),
+      role_(role),
+      peer_(std::move(peer)),
+      on_request_(std::move(on_request)),
+      write_ready_(executor_),
+      idle_since_(std::chrono::steady_clock::now()) {
+    boost::system::error_code ec;
+    remote_ = tls_.lowest_layer().remote_endpoint(ec);
+    nghttp2_option* opt = nullptr;
+    nghttp2_option_new(&opt);
+    // Window updates follow what the application consumed (Stream::read), not what arrived.
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    if (role_ == Role::Client)
+        nghttp2_session_client_new2(&session_, callbacks(), this, opt);
+    else
+        nghttp2_session_server_new2(&session_, callbacks(), this, opt);
+    nghttp2_option_del(opt);
+}
+
+Connection::~Connection() {
+    nghttp2_session_del(session_);
+}
+
+void Connection::start() {
+    const nghttp2_settings_entry settings[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, kMaxStreamsPerConnection},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(kStreamWindow)},
+    };
+    nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, std::size(settings));
+    nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow);
+    auto self = shared_from_this();
+    asio::co_spawn(
+        executor_, [self]() { return self->read_loop(); }, asio::detached);
+    asio::co_spawn(
+        executor_, [self]() { return self->write_loop(); }, asio::detached);
+}
+
+bool Connection::accepts_streams() const {
+    if (!open_ || draining_ || nghttp2_session_check_request_allowed(session_) == 0)
+        return false;
+    const uint32_t remote_max =
+        nghttp2_session_get_remote_settings(session_, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+    return streams_.size() < std::min(remote_max, kMaxStreamsPerConnection);
+}
+
+asio::awaitable<std::expected<std::shared_ptr<Stream>, Failure>> Connection::open_stream(
+    ConnectRequest request) {
+    if (!open_)
+        co_return std::unexpected(Failure{Error::ConnectionLost, "connection closed"});
+    auto stream = std::make_shared<Stream>(shared_from_this(), executor_);
+    stream->request_ = std::move(request);
+    const ConnectRequest& r = stream->request_;
+    std::vector<nghttp2_nv> nva = {header(":method", "CONNECT"), header(":authority", r.authority)};
+    if (!r.forwarded.empty())
+        nva.push_back(header("forwarded", r.forwarded));
+    if (!r.baggage.empty())
+        nva.push_back(header("baggage", r.baggage));
+    if (!r.traceparent.empty())
+        nva.push_back(header("traceparent", r.traceparent));
+    nghttp2_data_provider provider{};
+    provider.source.ptr = stream.get();
+    provider.read_callback = read_data;
+    const int32_t id =
+        nghttp2_submit_request(session_, nullptr, nva.data(), nva.size(), &provider, stream.get());
+    if (id < 0) {
+        co_return std::unexpected(Failure{Error::ProtocolError, nghttp2_strerror(id)});
+    }
+    stream->id_ = id;
+    streams_[id] = stream;
+    kick();
+    while (stream->status_ == 0 && !stream->closed_)
+        co_await stream->headers_.wait();
+    if (stream->status_ == 0) {
+        co_return std::unexpected(
+            Failure{Error::ConnectionLost, "stream closed before the response headers"});
+    }
+    if (stream->status_ != kStatusOk) {
+        co_return std::unexpected(Failure{Error::StreamRefused,
+                                          "peer answered " + std::to_string(stream->status_),
+                                          stream->status_});
+    }
+    co_return stream;
+}
+
+void Connection::respond(Stream& stream, int status) {
+    if (stream.responded_ || stream.closed_ || !open_)
+        return;
+    stream.responded_ = true;
+    const std::string code = std::to_string(status);
+    nghttp2_nv nva[] = {header(":status", code)};
+    if (status == kStatusOk) {
+        nghttp2_data_provider provider{};
+        provider.source.ptr = &stream;
+        provider.read_callback = read_data;
+        nghttp2_submit_response(session_, stream.id_, nva, 1, &provider);
+    } else {
+        nghttp2_submit_response(session_, stream.id_, nva, 1, nullptr);
+    }
+    kick();
+}
+
+void Connection::drain() {
+    if (!open_ || draining_)
+        return;
+    draining_ = true;
+    nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
+                          nghttp2_session_get_last_proc_stream_id(session_), NGHTTP2_NO_ERROR,
+                          nullptr, 0);
+    kick();
+}
+
+void Connection::close() {
+    if (!open_)
+        return;
+    open_ = false;
+    boost::system::error_code ec;
+    tls_.lowest_layer().cancel(ec);
+    tls_.lowest_layer().close(ec);
+    // Wake every stream: they see closed_ and end.
+    auto streams = std::move(streams_);
+    streams_.clear();
+    for (auto& [id, s] : streams) {
+        s->closed_ = true;
+        s->reset_ = true;
+        s->readable_.notify();
+        s->writable_.notify();
+        s->headers_.notify();
+    }
+    kick();
+}
+
+void Connection::consumed(Stream& s, size_t n) {
+    nghttp2_session_consume(session_, s.id_, n);
+    kick();
+}
+
+void Connection::resume(Stream& s) {
+    if (s.deferred_) {
+        s.deferred_ = false;
+        nghttp2_session_resume_data(session_, s.id_);
+    }
+    kick();
+}
+
+asio::awaitable<void> Connection::read_loop() {
+    auto self = shared_from_this();
+    std::array<uint8_t, kReadChunk> buf;
+    while (open_) {
+        boost::system::error_code ec;
+        const size_t n = co_await tls_.async_read_some(
+            asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) {
+            if (ec != asio::error::eof && ec != asio::error::operation_aborted &&
+                ec != asio::ssl::error::stream_truncated) {
+                spdlog::debug("hbone: read from {} failed: {}", peer_.uri(), ec.message());
+            }
+            break;
+        }
+        const ssize_t rv = nghttp2_session_mem_recv(session_, buf.data(), n);
+        if (rv < 0) {
+            spdlog::warn("hbone: HTTP/2 error from {}: {}", peer_.uri(),
+                         nghttp2_strerror(static_cast<int>(rv)));
+            break;
+        }
+        kick();
+    }
+    close();
+}
+
+asio::awaitable<void> Connection::write_loop() {
+    auto self = shared_from_this();
+    std::string out;
+    while (open_) {
+        out.clear();
+        while (out.size() < kWriteBatch) {
+            const uint8_t* data = nullptr;
+            const ssize_t n = nghttp2_session_mem_send(session_, &data);
+            if (n < 0) {
+                spdlog::warn("hbone: HTTP/2 send error: {}", nghttp2_strerror(static_cast<int>(n)));
+                close();
+                co_return;
+            }
+            if (n == 0)
+                break;
+            out.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
+        }
+        if (!out.empty()) {
+            boost::system::error_code ec;
+            co_await asio::async_write(tls_, asio::buffer(out),
+                                       asio::redirect_error(asio::use_awaitable, ec));
+            if (ec)
+                break;
+            continue;
+        }
+        if (nghttp2_session_want_read(session_) == 0 && nghttp2_session_want_write(session_) == 0)
+            break;  // GOAWAY exchanged and no stream left
+        co_await write_ready_.wait();
+    }
+    close();
+}
+
+void Connection::stream_ended(Stream& s) {
+    s.closed_ = true;
+    s.readable_.notify();
+    s.writable_.notify();
+    s.headers_.notify();
+    streams_.erase(s.id_);
+    if (streams_.empty())
+        idle_since_ = std::chrono::steady_clock::now();
+}
+
+int Connection::on_begin_headers(nghttp2_session* session, const nghttp2_frame* frame, void* ud) {
+    auto* self = static_cast<Connection*>(ud);
+    if (self->role_ != Role::Server || frame->hd.type != NGHTTP2_HEADERS ||
+        frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        return 0;
+    }
+    auto stream = std::make_shared<Stream>(self->shared_from_this(), self->executor_);
+    stream->id_ = frame->hd.stream_id;
+    nghttp2_session_set_stream_user_data(session, stream->id_, stream.get());
+    self->streams_[stream->id_] = std::move(stream);
+    return 0;
+}
+
+int Connection::on_header(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t* name,
+                          size_t namelen, const uint8_t* value, size_t valuelen, uint8_t, void*) {
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    auto* s =
+        static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+    if (s == nullptr)
+        return 0;
+    const std::string_view n(reinterpret_cast<const char*>(name), namelen);
+    const std::string v(reinterpret_cast<const char*>(value), valuelen);
+    if (n == ":status")
+        s->status_ = std::atoi(v.c_str());
+    else if (n == ":method")
+        s->request_.method = v;
+    else if (n == ":authority")
+        s->request_.authority = v;
+    else if (n == "forwarded")
+        s->request_.forwarded = v;
+    else if (n == "baggage")
+        s->request_.baggage = v;
+    else if (n == "traceparent")
+        s->request_.traceparent = v;
+    return 0;
+}
+
+int Connection::on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* ud) {
+    auto* self = static_cast<Connection*>(ud);
+    if (frame->hd.type == NGHTTP2_GOAWAY) {
+        self->draining_ = true;
+        return 0;
+    }
+    if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA)
+        return 0;
+    auto* s =
+        static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+    if (s == nullptr)
+        return 0;
+    if (frame->hd.type == NGHTTP2_HEADERS) {
+        if (self->role_ == Role::Server && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+            auto it = self->streams_.find(s->id_);
+            if (it != self->streams_.end() && self->on_request_)
+                self->on_request_(it->second);
+            else
+                self->respond(*s, kStatusUnavailable);
+        } else {
+            s->headers_.notify();
+        }
+    }
+    if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
+        s->remote_closed_ = true;
+        s->readable_.notify();
+    }
+    return 0;
+}
+
+int Connection::on_data_chunk(nghttp2_session* session, uint8_t, int32_t stream_id,
+                              const uint8_t* data, size_t len, void*) {
+    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+    if (s == nullptr)
+        return 0;
+    s->received_.emplace_back(reinterpret_cast<const char*>(data), len);
+    s->readable_.notify();
+    return 0;
+}
+
+int Connection::on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
+                                void* ud) {
+    auto* self = static_cast<Connection*>(ud);
+    auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
+    if (s == nullptr)
+        return 0;
+    if (error_code != NGHTTP2_NO_ERROR)
+        s->reset_ = true;
+    // Keep the stream alive until its waiters have run; they hold their own references.
+    auto keep = self->streams_.count(stream_id) ? self->streams_[stream_id] : nullptr;
+    self->stream_ended(*s);
+    return 0;
+}
+
+ssize_t Connection::read_data(nghttp2_session*, int32_t, uint8_t* buf, size_t length,
+                              uint32_t* flags, nghttp2_data_source* source, void*) {
+    auto* s = static_cast<Stream*>(source->ptr);
+    const size_t available = s->to_send_.size() - s->to_send_offset_;
+    const size_t n = std::min(length, available);
+    std::memcpy(buf, s->to_send_.data() + s->to_send_offset_, n);
+    s->to_send_offset_ += n;
+    if (s->to_send_offset_ == s->to_send_.size()) {
+        s->to_send_.clear();
+        s->to_send_offset_ = 0;
+    }
+    if (available - n < kSendHighWater)
+        s->writable_.notify();
+    if (s->to_send_.empty()) {
+        if (s->local_closed_) {
+            *flags |= NGHTTP2_DATA_FLAG_EOF;
+        } else if (n == 0) {
+            s->deferred_ = true;
+            return NGHTTP2_ERR_DEFERRED;
+        }
+    }
+    return static_cast<ssize_t>(n);
+}
+
+}  // namespace sluice::ztunnel::hbone

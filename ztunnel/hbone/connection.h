@@ -1,0 +1,153 @@
+#pragma once
+
+#include <nghttp2/nghttp2.h>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/stream.hpp>
+
+#include <chrono>
+#include <deque>
+#include <expected>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "ztunnel/hbone/error.h"
+#include "ztunnel/hbone/event.h"
+#include "ztunnel/identity/spiffe.h"
+
+namespace sluice::ztunnel::hbone {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using TlsStream = asio::ssl::stream<tcp::socket>;
+
+// Flow control of DESIGN.md §4.
+inline constexpr int32_t kStreamWindow = 4 << 20;
+inline constexpr int32_t kConnectionWindow = 16 << 20;
+inline constexpr uint32_t kMaxStreamsPerConnection = 100;
+
+// The CONNECT request of one HBONE stream (headers as Istio ambient sends them).
+struct ConnectRequest {
+    std::string authority;    // "<dst ip>:<port>" (IPv6 in brackets)
+    std::string forwarded;    // for="<src ip:port>"
+    std::string baggage;      // W3C baggage with the source workload's attributes
+    std::string traceparent;  // W3C trace context
+    std::string method;       // server side: what the peer sent
+};
+
+class Connection;
+
+// One HTTP/2 CONNECT stream: a byte pipe in both directions. All calls on the connection's
+// executor. Reads consume flow-control window only when the caller takes the bytes, so a slow
+// reader slows the sender down instead of growing a buffer.
+class Stream {
+  public:
+    Stream(std::shared_ptr<Connection> conn, asio::any_io_executor ex);
+
+    // Up to buf.size() bytes; 0 at end of stream (the peer's END_STREAM, a reset or a lost
+    // connection: see reset()).
+    asio::awaitable<size_t> read(asio::mutable_buffer buf);
+    // Queues the bytes; waits while too much is queued. False when the stream is gone.
+    asio::awaitable<bool> write(asio::const_buffer buf);
+    // Sends END_STREAM after what is queued (TCP half-close).
+    void close_write();
+    // RST_STREAM(CANCEL).
+    void reset();
+
+    bool was_reset() const { return reset_; }
+    int32_t id() const { return id_; }
+    int status() const { return status_; }
+    const ConnectRequest& request() const { return request_; }
+    Connection& connection() { return *conn_; }
+
+  private:
+    friend class Connection;
+    std::shared_ptr<Connection> conn_;
+    int32_t id_ = -1;
+    ConnectRequest request_;
+    int status_ = 0;
+    std::deque<std::string> received_;
+    size_t received_offset_ = 0;
+    bool remote_closed_ = false;  // END_STREAM seen
+    bool closed_ = false;         // nghttp2 closed the stream
+    bool reset_ = false;          // closed with an error code
+    std::string to_send_;
+    size_t to_send_offset_ = 0;
+    bool local_closed_ = false;
+    bool deferred_ = false;  // nghttp2 waits for resume_data
+    bool responded_ = false;
+    Event readable_, writable_, headers_;
+};
+
+// One TLS + HTTP/2 connection carrying HBONE streams, client or server side. Lives on one
+// io_context (a worker's); never touched from another thread. It exists only after the TLS
+// handshake verified the peer, so no stream can be opened to an unverified peer.
+class Connection : public std::enable_shared_from_this<Connection> {
+  public:
+    enum class Role { Client, Server };
+    // Server: called for every CONNECT request; must eventually call respond().
+    using RequestHandler = std::function<void(std::shared_ptr<Stream>)>;
+
+    Connection(TlsStream tls, Role role, identity::Identity peer, RequestHandler on_request = {});
+    ~Connection();
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
+
+    // Sends the SETTINGS and starts the read and write loops.
+    void start();
+    // Client: opens a CONNECT stream and waits for the response headers. A non-200 status is
+    // Failure{StreamRefused, status}.
+    asio::awaitable<std::expected<std::shared_ptr<Stream>, Failure>> open_stream(
+        ConnectRequest request);
+    // Server: the response to a CONNECT; 200 keeps the stream open for data, others end it.
+    void respond(Stream& stream, int status);
+    // GOAWAY: streams in flight finish, no new ones; the connection closes when the last ends.
+    void drain();
+    // Closes at once, ending every stream.
+    void close();
+
+    // The client pool may add a stream: open, not draining, below the stream limits.
+    bool accepts_streams() const;
+    bool is_open() const { return open_; }
+    size_t active_streams() const { return streams_.size(); }
+    std::chrono::steady_clock::time_point idle_since() const { return idle_since_; }
+    const identity::Identity& peer() const { return peer_; }
+    asio::any_io_executor executor() { return executor_; }
+    tcp::endpoint remote_endpoint() const { return remote_; }
+
+  private:
+    friend class Stream;
+    static const nghttp2_session_callbacks* callbacks();
+    static int on_begin_headers(nghttp2_session*, const nghttp2_frame*, void*);
+    static int on_header(nghttp2_session*, const nghttp2_frame*, const uint8_t*, size_t,
+                         const uint8_t*, size_t, uint8_t, void*);
+    static int on_frame_recv(nghttp2_session*, const nghttp2_frame*, void*);
+    static int on_data_chunk(nghttp2_session*, uint8_t, int32_t, const uint8_t*, size_t, void*);
+    static int on_stream_close(nghttp2_session*, int32_t, uint32_t, void*);
+    static ssize_t read_data(nghttp2_session*, int32_t, uint8_t*, size_t, uint32_t*,
+                             nghttp2_data_source*, void*);
+
+    asio::awaitable<void> read_loop();
+    asio::awaitable<void> write_loop();
+    void kick() { write_ready_.notify(); }
+    void consumed(Stream& s, size_t n);
+    void resume(Stream& s);
+    void stream_ended(Stream& s);
+
+    asio::any_io_executor executor_;
+    TlsStream tls_;
+    Role role_;
+    identity::Identity peer_;
+    RequestHandler on_request_;
+    nghttp2_session* session_ = nullptr;
+    std::map<int32_t, std::shared_ptr<Stream>> streams_;
+    bool open_ = true;
+    bool draining_ = false;
+    Event write_ready_;
+    tcp::endpoint remote_;
+    std::chrono::steady_clock::time_point idle_since_;
+};
+
+}  // namespace sluice::ztunnel::hbone

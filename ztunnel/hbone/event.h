@@ -1,0 +1,56 @@
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+
+namespace sluice::ztunnel::hbone {
+
+// A wake-up for coroutines of one io_context (Boost 1.74 has no channels): waiters check their
+// condition, then wait(); whoever changes the condition calls notify(), which wakes every
+// current waiter. Everything runs on one thread, so no wake-up is lost between check and wait.
+class Event {
+  public:
+    explicit Event(boost::asio::any_io_executor ex)
+        : timer_(std::move(ex), boost::asio::steady_timer::time_point::max()) {}
+    boost::asio::awaitable<void> wait() {
+        boost::system::error_code ec;
+        co_await timer_.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+    }
+    void notify() { timer_.cancel(); }
+
+  private:
+    boost::asio::steady_timer timer_;
+};
+
+// Calls `on_expiry` (typically: close a socket) unless destroyed first; bounds one operation in
+// time without Boost 1.74's missing `||` awaitable operator.
+class Deadline {
+  public:
+    Deadline(boost::asio::any_io_executor ex, std::chrono::steady_clock::duration after,
+             std::function<void()> on_expiry)
+        : timer_(std::move(ex), after), expired_(std::make_shared<bool>(false)) {
+        timer_.async_wait(
+            [fn = std::move(on_expiry), flag = expired_](boost::system::error_code ec) {
+                if (!ec) {
+                    *flag = true;
+                    fn();
+                }
+            });
+    }
+    ~Deadline() { timer_.cancel(); }
+    Deadline(const Deadline&) = delete;
+    Deadline& operator=(const Deadline&) = delete;
+    bool expired() const { return *expired_; }
+
+  private:
+    boost::asio::steady_timer timer_;
+    std::shared_ptr<bool> expired_;
+};
+
+}  // namespace sluice::ztunnel::hbone

@@ -1,0 +1,51 @@
+#include "ztunnel/identity/cert_manager.h"
+
+#include <spdlog/spdlog.h>
+
+namespace sluice::ztunnel::identity {
+
+bool needs_renewal(const WorkloadCert& cert, Clock::time_point now) {
+    return now >= cert.not_before + (cert.not_after - cert.not_before) / 2;
+}
+
+CertManager::CertManager(std::shared_ptr<const CertificateAuthority> ca,
+                         std::shared_ptr<TrustBundle> bundle, std::string trust_domain,
+                         std::chrono::seconds lifetime)
+    : ca_(std::move(ca)),
+      bundle_(std::move(bundle)),
+      trust_domain_(std::move(trust_domain)),
+      lifetime_(lifetime) {}
+
+std::expected<std::shared_ptr<const WorkloadCert>, std::string> CertManager::certificate(
+    const Identity& id) {
+    std::lock_guard lock(mutex_);
+    auto it = certs_.find(id);
+    if (it != certs_.end() && !needs_renewal(*it->second, Clock::now()))
+        return it->second;
+    if (id.trust_domain != trust_domain_)
+        return std::unexpected("identity " + id.uri() + " is outside trust domain " +
+                               trust_domain_);
+    auto minted = ca_->mint(id, {.lifetime = lifetime_});
+    if (!minted)
+        return std::unexpected(minted.error());
+    auto cert = std::make_shared<const WorkloadCert>(std::move(*minted));
+    spdlog::info("{} certificate for {}, valid until {}", it == certs_.end() ? "minted" : "renewed",
+                 id.uri(), format_time(cert->not_after));
+    certs_[id] = cert;
+    return cert;
+}
+
+void CertManager::forget(const Identity& id) {
+    std::lock_guard lock(mutex_);
+    certs_.erase(id);
+}
+
+std::vector<std::shared_ptr<const WorkloadCert>> CertManager::certificates() const {
+    std::lock_guard lock(mutex_);
+    std::vector<std::shared_ptr<const WorkloadCert>> out;
+    for (const auto& [id, c] : certs_)
+        out.push_back(c);
+    return out;
+}
+
+}  // namespace sluice::ztunnel::identity

@@ -1,0 +1,59 @@
+#include "ztunnel/proxy/access_log.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <stdexcept>
+
+#include "ztunnel/identity/ca.h"
+
+namespace sluice::ztunnel::proxy {
+
+nlohmann::json ConnectionRecord::to_json() const {
+    const auto elapsed = std::chrono::steady_clock::now() - start;
+    nlohmann::json j{
+        {"time", identity::format_time(std::chrono::system_clock::now())},
+        {"kind", "access"},
+        {"direction", direction},
+        {"src.addr", src_addr},
+        {"src.workload", src_workload},
+        {"src.namespace", src_namespace},
+        {"src.identity", src_identity},
+        {"dst.addr", dst_addr},
+        {"dst.hbone_addr", hbone_addr},
+        {"dst.workload", dst_workload},
+        {"dst.namespace", dst_namespace},
+        {"dst.identity", dst_identity},
+        {"dst.service", dst_service},
+        {"bytes_sent", bytes_sent},
+        {"bytes_received", bytes_received},
+        {"duration_ms", std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count()},
+        {"result", result},
+    };
+    if (!error.empty())
+        j["error"] = error;
+    return j;
+}
+
+AccessLog::AccessLog(const std::string& target) {
+    if (target.empty() || target == "-")
+        return;
+    fd_ = ::open(target.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd_ < 0)
+        throw std::runtime_error("cannot open access log " + target);
+    owned_ = true;
+}
+
+AccessLog::~AccessLog() {
+    if (owned_)
+        ::close(fd_);
+}
+
+void AccessLog::write(const ConnectionRecord& r) {
+    const std::string line = r.to_json().dump() + "\n";
+    std::lock_guard lock(mutex_);
+    // Best effort: a full disk must not stall the data path.
+    [[maybe_unused]] auto n = ::write(fd_, line.data(), line.size());
+}
+
+}  // namespace sluice::ztunnel::proxy

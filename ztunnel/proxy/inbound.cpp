@@ -1,0 +1,164 @@
+// Inbound HBONE (:15008 in the destination pod's netns): mutual TLS with the pod's certificate,
+// then one CONNECT stream per proxied connection: check the authority is this pod, authorize the
+// peer's SPIFFE identity, connect to the app, answer 200/400/401/503 (DESIGN.md §4).
+#include "ztunnel/proxy/inbound.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+
+#include "ztunnel/hbone/handshake.h"
+
+namespace sluice::ztunnel::proxy {
+namespace {
+
+std::optional<tcp::endpoint> parse_authority(const std::string& authority) {
+    std::string host;
+    uint16_t port = 0;
+    if (!split_host_port(authority, host, port) || port == 0)
+        return std::nullopt;
+    boost::system::error_code ec;
+    auto ip = asio::ip::make_address(host, ec);
+    if (ec)
+        return std::nullopt;
+    return tcp::endpoint(ip, port);
+}
+
+asio::awaitable<void> hbone_stream(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w,
+                                   std::shared_ptr<hbone::Stream> st) {
+    Proxy::ActiveGuard active(p);
+    hbone::Connection& conn = st->connection();
+    const tcp::endpoint peer = conn.remote_endpoint();
+    auto target = parse_authority(st->request().authority);
+    const bool ours =
+        target && std::find(dst->ips.begin(), dst->ips.end(), target->address()) != dst->ips.end();
+    InboundCall call =
+        authorize_inbound(p, *dst, conn.peer().uri(), peer, target.value_or(tcp::endpoint()));
+    call.record.direction = "inbound";
+    call.labels.connection_security_policy = "mutual_tls";
+    if (st->request().method != "CONNECT" || !ours) {
+        conn.respond(*st, hbone::kStatusBadRequest);
+        finish_inbound(p, call, false,
+                       "bad request: " + st->request().method + " " + st->request().authority +
+                           " is not a CONNECT to this pod");
+        co_return;
+    }
+    if (!call.decision.allowed) {
+        conn.respond(*st, hbone::kStatusUnauthorized);
+        deny_inbound(p, call, "inbound");
+        co_return;
+    }
+    auto app = co_await connect_app(p, *dst, w, *target, peer);
+    if (!app) {
+        conn.respond(*st, hbone::kStatusUnavailable);
+        call.labels.response_flags = "UF";
+        finish_inbound(p, call, false, app.error());
+        co_return;
+    }
+    conn.respond(*st, hbone::kStatusOk);
+    co_await relay_inbound(p, call, StreamPipe(*st), *app);
+}
+
+asio::awaitable<void> hbone_connection(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w,
+                                       tcp::socket s) {
+    boost::system::error_code ec;
+    const tcp::endpoint peer = s.remote_endpoint(ec);
+    auto ctx = p.tls().server(dst->id);
+    if (!ctx) {
+        spdlog::error("no TLS context for {}: {}", dst->id.uri(), ctx.error());
+        co_return;
+    }
+    std::shared_ptr<asio::ssl::context> keep = *ctx;
+    auto on_request = [&p, dst, &w](std::shared_ptr<hbone::Stream> st) {
+        asio::co_spawn(w.io, hbone_stream(p, dst, w, std::move(st)), asio::detached);
+    };
+    auto conn = co_await hbone::handshake_server(std::move(s), *keep, on_request);
+    if (!conn) {
+        const hbone::Failure& f = conn.error();
+        spdlog::warn("refused HBONE connection from {} to {}: {}", to_string(peer), dst->id.uri(),
+                     f.message());
+        p.metrics().handshake_failed(f.error == hbone::Error::PeerRejected
+                                         ? f.detail.substr(0, f.detail.find(':'))
+                                         : hbone::to_string(f.error));
+        co_return;
+    }
+    p.track_server_connection(w, *conn);
+}
+
+}  // namespace
+
+InboundCall authorize_inbound(Proxy& p, const EnrolledWorkload& dst,
+                              const std::string& peer_identity, const tcp::endpoint& source,
+                              const tcp::endpoint& destination) {
+    InboundCall call;
+    auto snap = p.registry().current();
+    call.labels.reporter = "destination";
+    call.record.src_addr = to_string(source);
+    call.record.dst_addr = to_string(destination);
+    call.record.src_identity = call.labels.source_principal = peer_identity;
+    if (const state::Workload* src = snap->workload_by_ip(source.address())) {
+        call.record.src_workload = call.labels.source_workload = src->name;
+        call.record.src_namespace = call.labels.source_workload_namespace = src->namespace_name;
+        call.labels.source_app = src->name;
+    }
+    // The destination as the policies see it: the registry's entry, or what enrollment said.
+    state::Workload fallback;
+    const state::Workload* reg = snap->workload(dst.info.namespace_name, dst.info.name);
+    if (reg == nullptr) {
+        fallback.name = dst.info.name;
+        fallback.namespace_name = dst.info.namespace_name;
+        fallback.service_account = dst.info.service_account;
+        fallback.uid = dst.info.uid;
+        fallback.ips = dst.ips;
+        reg = &fallback;
+    }
+    call.record.dst_workload = call.labels.destination_workload = dst.info.name;
+    call.record.dst_namespace = call.labels.destination_workload_namespace =
+        dst.info.namespace_name;
+    call.record.dst_identity = call.labels.destination_principal = dst.id.uri();
+    call.labels.destination_app = dst.info.name;
+    call.decision = p.authorizer().authorize(state::AuthzRequest{
+        .peer_identity = peer_identity,
+        .source = source.address(),
+        .destination = reg,
+        .port = destination.port(),
+    });
+    return call;
+}
+
+void finish_inbound(Proxy& p, InboundCall& call, bool opened, const std::string& error) {
+    if (opened)
+        p.metrics().connection_closed(call.labels, call.record.bytes_sent,
+                                      call.record.bytes_received);
+    if (!error.empty()) {
+        if (call.record.result == "ok")
+            call.record.result = "error";
+        call.record.error = error;
+    }
+    p.access_log().write(call.record);
+}
+
+void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction) {
+    p.metrics().authz_denied(direction, call.decision.rule);
+    call.record.result = "denied";
+    finish_inbound(p, call, false, call.decision.reason + " (" + call.decision.rule + ")");
+}
+
+asio::awaitable<std::expected<tcp::socket, std::string>> connect_app(Proxy& p,
+                                                                     const EnrolledWorkload& dst,
+                                                                     Worker& w,
+                                                                     const tcp::endpoint& target,
+                                                                     const tcp::endpoint& client) {
+    std::optional<asio::ip::address> source;
+    if (p.config().transparent_inbound)
+        source = client.address();
+    auto app = co_await connect_from(p, dst, w, target, source, source.has_value());
+    co_return app;
+}
+
+void serve_hbone(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w, tcp::socket s) {
+    asio::co_spawn(w.io, hbone_connection(p, std::move(dst), w, std::move(s)), asio::detached);
+}
+
+}  // namespace sluice::ztunnel::proxy

@@ -1,0 +1,53 @@
+// Inbound plaintext (:15006): connections for a pod port that did not come over HBONE, steered
+// here by sk_lookup (sidecarless) or iptables REDIRECT (sidecar). STRICT mTLS refuses them;
+// PERMISSIVE authorizes them by source address and forwards them to the app.
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+
+#include "ztunnel/proxy/inbound.h"
+
+namespace sluice::ztunnel::proxy {
+namespace {
+
+asio::awaitable<void> inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w,
+                                        tcp::socket client) {
+    Proxy::ActiveGuard active(p);
+    boost::system::error_code ec;
+    const tcp::endpoint peer = client.remote_endpoint(ec);
+    // REDIRECT records the original destination in conntrack; sk_lookup keeps it as the
+    // socket's local address.
+    auto orig = original_destination(client.native_handle());
+    tcp::endpoint target = orig ? *orig : client.local_endpoint(ec);
+    InboundCall call = authorize_inbound(p, *dst, "", peer, target);
+    call.record.direction = "inbound_plaintext";
+    call.labels.connection_security_policy = "none";
+    if (target.port() == p.config().inbound_plaintext_port) {
+        TcpPipe(client).abort();
+        finish_inbound(p, call, false, "no original destination: direct connection to :15006");
+        co_return;
+    }
+    if (!call.decision.allowed) {
+        TcpPipe(client).abort();
+        deny_inbound(p, call, "inbound_plaintext");
+        co_return;
+    }
+    auto app = co_await connect_app(p, *dst, w, target, peer);
+    if (!app) {
+        TcpPipe(client).abort();
+        call.labels.response_flags = "UF";
+        finish_inbound(p, call, false, app.error());
+        co_return;
+    }
+    co_await relay_inbound(p, call, TcpPipe(client), *app);
+}
+
+}  // namespace
+
+void serve_inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w,
+                             tcp::socket s) {
+    asio::co_spawn(w.io, inbound_plaintext(p, std::move(dst), w, std::move(s)), asio::detached);
+}
+
+}  // namespace sluice::ztunnel::proxy

@@ -1,0 +1,236 @@
+// Outbound (:15001 in the source pod's netns): find where the app meant to connect, resolve it in
+// the registry, and carry it over HBONE to the destination pod's ztunnel, or pass it through
+// when the destination is outside the mesh.
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+
+#include <random>
+
+#include "ztunnel/proxy/proxy.h"
+#include "ztunnel/proxy/relay.h"
+
+namespace sluice::ztunnel::proxy {
+namespace {
+
+std::string random_hex(size_t n) {
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string s(n, '0');
+    for (auto& c : s)
+        c = kHex[rng() & 0xf];
+    return s;
+}
+
+// W3C trace context: a new trace per connection, sampled flag off.
+std::string new_traceparent() {
+    return "00-" + random_hex(32) + "-" + random_hex(16) + "-00";
+}
+
+std::string app_label(const state::Labels& labels, const std::string& fallback) {
+    for (const char* key : {"app.kubernetes.io/name", "app"}) {
+        if (auto it = labels.find(key); it != labels.end())
+            return it->second;
+    }
+    return fallback;
+}
+
+// W3C baggage with the source's attributes, as Istio ambient sends them.
+std::string baggage(const EnrolledWorkload& src, const std::string& app) {
+    return "k8s.cluster.name=Kubernetes,k8s.namespace.name=" + src.info.namespace_name +
+           ",k8s.pod.name=" + src.info.name + ",service.name=" + app;
+}
+
+std::optional<asio::ip::address> same_family(const std::vector<asio::ip::address>& ips, bool v6) {
+    for (const auto& ip : ips) {
+        if (ip.is_v6() == v6)
+            return ip;
+    }
+    return std::nullopt;
+}
+
+void finish(Proxy& p, ConnectionRecord& rec, ConnectionLabels& labels, bool opened,
+            const std::string& level_error = {}) {
+    if (opened)
+        p.metrics().connection_closed(labels, rec.bytes_sent, rec.bytes_received);
+    if (!level_error.empty()) {
+        rec.result = rec.result == "ok" ? "error" : rec.result;
+        rec.error = level_error;
+    }
+    p.access_log().write(rec);
+}
+
+// Everything the tunnel needs once the destination is known.
+struct Tunnel {
+    std::shared_ptr<Proxy::ActiveGuard> active;
+    ConnectionRecord rec;
+    ConnectionLabels labels;
+    hbone::PoolKey key;
+    hbone::ConnectRequest request;
+    std::optional<asio::ip::address> lb_endpoint;
+};
+
+void release_endpoint(Proxy& p, const Tunnel& t) {
+    if (t.lb_endpoint)
+        p.load_balancer().closed(*t.lb_endpoint);
+}
+
+// Runs on the worker that owns the pool for t.key, so all streams to one destination share one
+// HBONE connection (DESIGN.md §4) although connections are accepted on any worker.
+asio::awaitable<void> tunnel(Proxy& p, Worker& w, tcp::socket client, Tunnel t) {
+    auto stream = co_await w.pool->open(t.key, t.request);
+    if (!stream) {
+        const hbone::Failure& f = stream.error();
+        if (f.status == hbone::kStatusUnauthorized)
+            t.rec.result = "denied";
+        t.labels.response_flags = f.status == hbone::kStatusUnauthorized ? "UAEX" : "UF";
+        finish(p, t.rec, t.labels, false, f.message());
+        TcpPipe(client).abort();
+        release_endpoint(p, t);
+        co_return;
+    }
+    p.metrics().connection_opened(t.labels);
+    auto r = co_await relay(TcpPipe(client), StreamPipe(**stream));
+    t.rec.bytes_received = r.a_to_b;
+    t.rec.bytes_sent = r.b_to_a;
+    finish(p, t.rec, t.labels, true, r.failed ? "connection reset" : "");
+    release_endpoint(p, t);
+}
+
+asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, Worker& w,
+                               tcp::socket client) {
+    Tunnel t;
+    t.active = std::make_shared<Proxy::ActiveGuard>(p);
+    ConnectionRecord& rec = t.rec;
+    ConnectionLabels& labels = t.labels;
+    rec.direction = "outbound";
+    labels.reporter = "source";
+    rec.src_workload = labels.source_workload = src->info.name;
+    rec.src_namespace = labels.source_workload_namespace = src->info.namespace_name;
+    rec.src_identity = labels.source_principal = src->id.uri();
+    auto snap = p.registry().current();
+    const state::Workload* src_reg = snap->workload(src->info.namespace_name, src->info.name);
+    labels.source_app = app_label(src_reg ? src_reg->labels : state::Labels{}, src->info.name);
+
+    boost::system::error_code ec;
+    const tcp::endpoint peer = client.remote_endpoint(ec);
+    auto orig = original_destination(client.native_handle());
+    if (!orig) {
+        rec.src_addr = to_string(peer);
+        finish(p, rec, labels, false,
+               std::string("no original destination (SO_ORIGINAL_DST): ") + strerror(orig.error()));
+        co_return;
+    }
+    const bool v6 = orig->address().is_v6();
+    const auto src_ip = same_family(src->ips, v6);
+    // A connection made straight to :15001 has itself as original destination; passing it
+    // through would connect to :15001 again, forever.
+    if (orig->port() == p.config().outbound_port &&
+        (orig->address().is_loopback() ||
+         std::find(src->ips.begin(), src->ips.end(), orig->address()) != src->ips.end())) {
+        rec.src_addr = to_string(peer);
+        rec.dst_addr = to_string(*orig);
+        finish(p, rec, labels, false, "direct connection to the outbound listener refused");
+        co_return;
+    }
+    // The app connected from its pod address (iptables) or from loopback (eBPF redirect): the
+    // tunnel reports the pod address.
+    const tcp::endpoint src_ep(src_ip.value_or(peer.address()), peer.port());
+    rec.src_addr = to_string(src_ep);
+    rec.dst_addr = to_string(*orig);
+
+    tcp::endpoint target = *orig;
+    const state::Workload* dst = nullptr;
+    if (const state::Service* svc = snap->service_by_vip(orig->address())) {
+        rec.dst_service = labels.destination_service = svc->hostname();
+        labels.destination_service_name = svc->name;
+        labels.destination_service_namespace = svc->namespace_name;
+        const state::ServicePort* sp = svc->port(orig->port());
+        if (sp == nullptr) {
+            finish(p, rec, labels, false,
+                   "service " + svc->key() + " has no port " + std::to_string(orig->port()));
+            co_return;
+        }
+        auto ep = p.load_balancer().pick(*svc, src_ep.address(), v6);
+        if (!ep) {
+            finish(p, rec, labels, false, "service " + svc->key() + " has no ready endpoint");
+            co_return;
+        }
+        target = tcp::endpoint(ep->ip, sp->target_port);
+        t.lb_endpoint = ep->ip;
+        p.load_balancer().opened(ep->ip);
+        dst = snap->workload_by_ip(ep->ip);
+    } else {
+        dst = snap->workload_by_ip(orig->address());
+    }
+
+    // In sidecar mode every pod of the registry has a ztunnel; in node mode the enrollment
+    // label says which pods are in the mesh.
+    const bool use_hbone = dst != nullptr && (p.config().mode == Mode::Sidecar || dst->ambient);
+    if (!use_hbone) {
+        rec.direction = "passthrough";
+        labels.connection_security_policy = "none";
+        if (dst != nullptr) {
+            rec.dst_workload = labels.destination_workload = dst->name;
+            rec.dst_namespace = labels.destination_workload_namespace = dst->namespace_name;
+        }
+        auto upstream = co_await connect_from(p, *src, w, target, src_ip, false);
+        if (!upstream) {
+            labels.response_flags = "UF";
+            finish(p, rec, labels, false, upstream.error());
+            TcpPipe(client).abort();
+            release_endpoint(p, t);
+            co_return;
+        }
+        p.metrics().connection_opened(labels);
+        auto r = co_await relay(TcpPipe(client), TcpPipe(*upstream));
+        rec.bytes_received = r.a_to_b;
+        rec.bytes_sent = r.b_to_a;
+        finish(p, rec, labels, true);
+        release_endpoint(p, t);
+        co_return;
+    }
+
+    const identity::Identity dst_id = dst->identity(p.config().trust_domain);
+    rec.dst_workload = labels.destination_workload = dst->name;
+    rec.dst_namespace = labels.destination_workload_namespace = dst->namespace_name;
+    rec.dst_identity = labels.destination_principal = dst_id.uri();
+    labels.destination_app = app_label(dst->labels, dst->name);
+    labels.connection_security_policy = "mutual_tls";
+    const tcp::endpoint hbone_ep(target.address(), p.config().hbone_port);
+    rec.hbone_addr = to_string(hbone_ep);
+    t.key = hbone::PoolKey{src->id, dst_id, rec.hbone_addr, src->info.uid};
+    t.request.authority = to_string(target);
+    t.request.forwarded = "for=\"" + to_string(src_ep) + "\"";
+    t.request.baggage = baggage(*src, labels.source_app);
+    t.request.traceparent = new_traceparent();
+
+    Worker& owner = p.worker_for(t.key);
+    if (&owner == &w) {
+        co_await tunnel(p, w, std::move(client), std::move(t));
+        co_return;
+    }
+    // Hand the client socket to the owning worker's io_context.
+    const auto protocol = client.local_endpoint(ec).protocol();
+    const int fd = client.release(ec);
+    if (ec) {
+        finish(p, rec, labels, false, "cannot move connection to its worker: " + ec.message());
+        release_endpoint(p, t);
+        co_return;
+    }
+    asio::post(owner.io, [&p, &owner, fd, protocol, t = std::move(t)]() mutable {
+        tcp::socket moved(owner.io);
+        boost::system::error_code assign_ec;
+        moved.assign(protocol, fd, assign_ec);
+        asio::co_spawn(owner.io, tunnel(p, owner, std::move(moved), std::move(t)), asio::detached);
+    });
+}
+
+}  // namespace
+
+void serve_outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, Worker& w, tcp::socket s) {
+    asio::co_spawn(w.io, outbound(p, std::move(src), w, std::move(s)), asio::detached);
+}
+
+}  // namespace sluice::ztunnel::proxy

@@ -1,0 +1,129 @@
+#pragma once
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
+
+#include <array>
+#include <memory>
+
+#include "ztunnel/hbone/connection.h"
+#include "ztunnel/hbone/event.h"
+
+namespace sluice::ztunnel::proxy {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+// The same four operations over a TCP socket and an HBONE stream, so one relay serves
+// plaintext↔plaintext and plaintext↔HBONE.
+class TcpPipe {
+  public:
+    explicit TcpPipe(tcp::socket& s) : s_(s) {}
+    asio::awaitable<size_t> read(asio::mutable_buffer b, bool& failed) {
+        boost::system::error_code ec;
+        size_t n = co_await s_.async_read_some(b, asio::redirect_error(asio::use_awaitable, ec));
+        failed = ec && ec != asio::error::eof;
+        co_return ec ? 0 : n;
+    }
+    asio::awaitable<bool> write(asio::const_buffer b) {
+        boost::system::error_code ec;
+        co_await asio::async_write(s_, b, asio::redirect_error(asio::use_awaitable, ec));
+        co_return !ec;
+    }
+    void close_write() {
+        boost::system::error_code ec;
+        s_.shutdown(tcp::socket::shutdown_send, ec);
+    }
+    void abort() {
+        boost::system::error_code ec;
+        // RST instead of FIN: the peer learns the connection failed.
+        s_.set_option(asio::socket_base::linger(true, 0), ec);
+        s_.close(ec);
+    }
+
+  private:
+    tcp::socket& s_;
+};
+
+class StreamPipe {
+  public:
+    explicit StreamPipe(hbone::Stream& s) : s_(s) {}
+    asio::awaitable<size_t> read(asio::mutable_buffer b, bool& failed) {
+        size_t n = co_await s_.read(b);
+        failed = n == 0 && s_.was_reset();
+        co_return n;
+    }
+    asio::awaitable<bool> write(asio::const_buffer b) { return s_.write(b); }
+    void close_write() { s_.close_write(); }
+    void abort() { s_.reset(); }
+
+  private:
+    hbone::Stream& s_;
+};
+
+struct RelayResult {
+    uint64_t a_to_b = 0;  // bytes read from a and written to b
+    uint64_t b_to_a = 0;
+    bool failed = false;  // a side reset or errored instead of closing cleanly
+};
+
+namespace detail {
+
+struct RelayState {
+    explicit RelayState(asio::any_io_executor ex) : done(std::move(ex)) {}
+    int running = 2;
+    bool failed = false;
+    hbone::Event done;
+};
+
+template <typename From, typename To>
+asio::awaitable<void> copy(From& from, To& to, uint64_t& counter, std::shared_ptr<RelayState> st,
+                           std::function<void()> abort_both) {
+    std::array<char, 16 * 1024> buf;
+    for (;;) {
+        bool failed = false;
+        const size_t n = co_await from.read(asio::buffer(buf), failed);
+        if (n == 0) {
+            if (failed || st->failed) {
+                st->failed = true;
+                abort_both();
+            } else {
+                to.close_write();  // half-close travels on
+            }
+            break;
+        }
+        if (!co_await to.write(asio::buffer(buf.data(), n))) {
+            st->failed = true;
+            abort_both();
+            break;
+        }
+        counter += n;
+    }
+    if (--st->running == 0)
+        st->done.notify();
+}
+
+}  // namespace detail
+
+// Copies both ways until both directions ended: EOF travels as a half-close, an error on either
+// side resets both. Both pipes must live on the calling coroutine's executor.
+template <typename A, typename B>
+asio::awaitable<RelayResult> relay(A a, B b) {
+    auto ex = co_await asio::this_coro::executor;
+    auto st = std::make_shared<detail::RelayState>(ex);
+    RelayResult result;
+    auto abort_both = [&a, &b] {
+        a.abort();
+        b.abort();
+    };
+    asio::co_spawn(ex, detail::copy(a, b, result.a_to_b, st, abort_both), asio::detached);
+    asio::co_spawn(ex, detail::copy(b, a, result.b_to_a, st, abort_both), asio::detached);
+    while (st->running > 0)
+        co_await st->done.wait();
+    result.failed = st->failed;
+    co_return result;
+}
+
+}  // namespace sluice::ztunnel::proxy

@@ -1,0 +1,60 @@
+#pragma once
+
+#include <utility>  // Boost 1.74's awaitable.hpp uses std::exchange without it
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <expected>
+#include <functional>
+#include <optional>
+#include <string>
+#include <thread>
+
+namespace sluice::ztunnel::proxy {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+// Every socket ztunnel makes carries this mark (Istio's value, bpf/include/sluice_abi.h), so
+// neither the eBPF datapath nor the sidecar iptables rules capture ztunnel's own traffic.
+inline constexpr uint32_t kZtunnelMark = 0x539;
+
+// Makes sockets inside pods' network namespaces. A socket keeps the netns it was created in, so
+// only creation has to happen there: one dedicated thread setns()es into the pod's netns,
+// creates the socket and hands the descriptor back; workers never change namespace.
+class NetnsSockets {
+  public:
+    NetnsSockets();
+    ~NetnsSockets();
+    NetnsSockets(const NetnsSockets&) = delete;
+    NetnsSockets& operator=(const NetnsSockets&) = delete;
+
+    // Runs `make` (returns an fd or -errno) in the netns of `netns_fd` (-1: ztunnel's own).
+    // Blocking: for the enrollment thread.
+    int run_sync(int netns_fd, std::function<int()> make);
+    // The same from a worker coroutine, without blocking the worker.
+    asio::awaitable<int> run(int netns_fd, std::function<int()> make);
+
+  private:
+    int enter_and_run(int netns_fd, const std::function<int()>& make);
+
+    int own_netns_ = -1;
+    asio::io_context ctx_;
+    std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+    std::thread thread_;
+};
+
+// A marked, listening TCP socket (SO_REUSEADDR, non-blocking): fd or -errno.
+int open_listener(const tcp::endpoint& at, int backlog = 1024);
+// A marked TCP socket, optionally bound to `source` (with IP_TRANSPARENT when `transparent`,
+// so a non-local address can be the source): fd or -errno.
+int open_client_socket(bool ipv6, const std::optional<asio::ip::address>& source, bool transparent);
+// SO_ORIGINAL_DST (IPv4) / IP6T_SO_ORIGINAL_DST (IPv6): answered by the datapath's
+// cgroup/getsockopt program in sidecarless mode and by netfilter behind iptables REDIRECT.
+std::expected<tcp::endpoint, int> original_destination(int fd);
+
+std::string to_string(const tcp::endpoint& ep);
+
+}  // namespace sluice::ztunnel::proxy
