@@ -87,6 +87,7 @@ pods:
         ClusterSpec spec = parse_spec(spec_yaml());
         spec.name = name_;
         options_.bin_dir = SLUICE_BIN_DIR;
+        options_.start_ztunnel = false;  // the ZdsPeer below is this test's ztunnel
         options_.cni_path.insert(options_.cni_path.begin(), SLUICE_BIN_DIR);
         options_.after_node_mesh = [this](ClusterState&, const NodeState& n) {
             peers_[n.index] =

@@ -14,6 +14,7 @@ namespace fs = std::filesystem;
 
 constexpr auto kAgentReadyTimeout = std::chrono::seconds(20);
 constexpr int kAgentReadyPort = 15031;
+constexpr int kZtunnelReadyPort = 15021;
 
 }  // namespace
 
@@ -40,6 +41,32 @@ void start_sidecarless_node(ClusterState& state, const NodeState& node,
                            node.run_dir + "/agent.log");
     }
     spdlog::info("sluice-agent ready on {} (pid {})", node.name, pid);
+    if (!options.start_ztunnel)
+        return;
+
+    // The node's ztunnel, in the same netns and system cgroup (under the cgroup the agent attached
+    // at, so cgroup/getsockopt answers its SO_ORIGINAL_DST calls). It is ready once it applied
+    // the agent's first snapshot.
+    ensure_cluster_ca(state, options);
+    const std::string zt = sluice_bin_dir(options) + "/sluice-ztunnel";
+    if (!fs::exists(zt))
+        throw TestbedError("sidecarless mesh needs " + zt + " (build it: scripts/build.sh)");
+    ProcessSpec zspec =
+        node_process(node, {zt, "--mode", "node", "--node-name", node.name, "--zds-socket",
+                            node.run_dir + "/ztunnel.sock", "--registry-dir", state.registry_dir,
+                            "--policies-dir", state.policies_dir, "--ca-cert",
+                            state.ca_dir + "/ca.crt", "--ca-key", state.ca_dir + "/ca.key",
+                            "--access-log", node.run_dir + "/ztunnel-access.log"});
+    pid_t zpid = spawn_process(zspec, node.run_dir + "/ztunnel.log");
+    state.daemons.push_back({.node = node.index,
+                             .name = "sluice-ztunnel",
+                             .pid = zpid,
+                             .log = node.run_dir + "/ztunnel.log"});
+    if (!wait_http_ready(node.netns, kZtunnelReadyPort, "/healthz/ready", kAgentReadyTimeout)) {
+        throw TestbedError("sluice-ztunnel on " + node.name + " did not become ready; see " +
+                           node.run_dir + "/ztunnel.log");
+    }
+    spdlog::info("sluice-ztunnel ready on {} (pid {})", node.name, zpid);
 }
 
 nlohmann::json sidecarless_cni_plugins(const NodeState& node) {

@@ -28,6 +28,9 @@ struct TestbedOptions {
     // Called after a node's mesh daemons started and before its pods are created (tests use it
     // to attach their own peers to a node's agent).
     std::function<void(ClusterState&, const NodeState&)> after_node_mesh;
+    // Sidecarless mesh: start the node's sluice-ztunnel (agent tests that play ztunnel themselves
+    // turn it off).
+    bool start_ztunnel = true;
 };
 
 // Builds the cluster: fabric, nodes, pods (through the real CNI plugins), services, registry.
