@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -207,10 +208,29 @@ void kill_cgroup_tree(const std::string& root) {
             k << "1";
     }
     auto deadline = std::chrono::steady_clock::now() + kProcessExitWait;
+    // Daemons `up` started are our children when `down` runs in the same process (tests): reap
+    // them, since an unreaped zombie keeps its cgroup busy and rmdir fails with EBUSY.
+    auto reap = [](const std::vector<pid_t>& pids) {
+        for (pid_t pid : pids)
+            ::waitpid(pid, nullptr, WNOHANG);
+    };
+    std::vector<pid_t> seen;
     for (;;) {
         auto pids = cgroup_pids(root);
-        if (pids.empty())
+        seen.insert(seen.end(), pids.begin(), pids.end());
+        reap(seen);
+        if (pids.empty()) {
+            // Give killed children a moment to turn into zombies we can reap.
+            for (int i = 0; i < 50 && !seen.empty(); ++i) {
+                bool any = false;
+                for (pid_t pid : seen)
+                    any |= ::waitpid(pid, nullptr, WNOHANG) == 0;
+                if (!any)
+                    break;
+                std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            }
             return;
+        }
         for (pid_t pid : pids)
             ::kill(pid, SIGKILL);
         if (std::chrono::steady_clock::now() > deadline) {
@@ -236,7 +256,11 @@ void remove_cgroup_tree(const std::string& root) {
     });
     dirs.push_back(root);
     for (const auto& d : dirs) {
-        if (::rmdir(d.c_str()) != 0 && errno != ENOENT) {
+        // A process that just died may still be leaving the cgroup: retry EBUSY briefly.
+        for (int i = 0; i < 100 && ::rmdir(d.c_str()) != 0 && errno == EBUSY; ++i) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        if (fs::exists(d, ec) && ::rmdir(d.c_str()) != 0 && errno != ENOENT) {
             throw TestbedError(
                 fmt::format("cannot remove cgroup {}: {}", d.string(), strerror(errno)));
         }
