@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "agent/unix_listener.h"
+
 namespace sluice::agent {
 namespace {
 
@@ -43,20 +45,10 @@ CniServer::~CniServer() {
 }
 
 std::expected<void, std::string> CniServer::start() {
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (socket_path_.size() >= sizeof addr.sun_path)
-        return std::unexpected("CNI socket path too long: " + socket_path_);
-    std::memcpy(addr.sun_path, socket_path_.c_str(), socket_path_.size() + 1);
-    listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (listen_fd_ < 0)
-        return std::unexpected(std::string("socket: ") + std::strerror(errno));
-    ::unlink(socket_path_.c_str());
-    if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-        ::listen(listen_fd_, 64) != 0) {
-        return std::unexpected("listen on " + socket_path_ + ": " + std::strerror(errno));
-    }
-    ::chmod(socket_path_.c_str(), 0600);
+    auto fd = listen_unix(socket_path_, SOCK_STREAM, 64);
+    if (!fd)
+        return std::unexpected(fd.error());
+    listen_fd_ = *fd;
     thread_ = std::thread([this] { serve(); });
     return {};
 }

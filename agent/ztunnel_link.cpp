@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "agent/unix_listener.h"
+
 namespace sluice::agent {
 
 using namespace std::chrono_literals;
@@ -31,20 +33,10 @@ ZtunnelLink::~ZtunnelLink() {
 }
 
 std::expected<void, std::string> ZtunnelLink::start() {
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (socket_path_.size() >= sizeof addr.sun_path)
-        return std::unexpected("ztunnel socket path too long: " + socket_path_);
-    std::memcpy(addr.sun_path, socket_path_.c_str(), socket_path_.size() + 1);
-    listen_fd_ = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    if (listen_fd_ < 0)
-        return std::unexpected(std::string("socket: ") + std::strerror(errno));
-    ::unlink(socket_path_.c_str());  // a previous agent's socket; nobody can be listening on it
-    if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-        ::listen(listen_fd_, 4) != 0) {
-        return std::unexpected("listen on " + socket_path_ + ": " + std::strerror(errno));
-    }
-    ::chmod(socket_path_.c_str(), 0600);
+    auto fd = listen_unix(socket_path_, SOCK_SEQPACKET, 4);
+    if (!fd)
+        return std::unexpected(fd.error());
+    listen_fd_ = *fd;
     accept_thread_ = std::thread([this] { accept_loop(); });
     return {};
 }

@@ -53,15 +53,19 @@ std::string pod_doc(const PodState& p, const NodeState& node) {
     out << YAML::EndMap << YAML::EndSeq;
     out << YAML::EndMap;
     out << YAML::Key << "status" << YAML::Value << YAML::BeginMap;
-    out << YAML::Key << "phase" << YAML::Value << "Running";
+    // A pod the runtime is still networking is Pending and has no addresses yet, as in Kubernetes.
+    out << YAML::Key << "phase" << YAML::Value << (p.ip.empty() ? "Pending" : "Running");
     out << YAML::Key << "hostIP" << YAML::Value << node.fabric_ip;
-    out << YAML::Key << "podIP" << YAML::Value << p.ip;
-    out << YAML::Key << "podIPs" << YAML::Value << YAML::BeginSeq;
-    for (const auto& ip : {p.ip, p.ip6}) {
-        if (!ip.empty())
-            out << YAML::BeginMap << YAML::Key << "ip" << YAML::Value << ip << YAML::EndMap;
+    if (!p.ip.empty()) {
+        out << YAML::Key << "podIP" << YAML::Value << p.ip;
+        out << YAML::Key << "podIPs" << YAML::Value << YAML::BeginSeq;
+        for (const auto& ip : {p.ip, p.ip6}) {
+            if (!ip.empty())
+                out << YAML::BeginMap << YAML::Key << "ip" << YAML::Value << ip << YAML::EndMap;
+        }
+        out << YAML::EndSeq;
     }
-    out << YAML::EndSeq << YAML::EndMap;
+    out << YAML::EndMap;
     out << YAML::EndMap;
     return std::string(out.c_str()) + "\n";
 }

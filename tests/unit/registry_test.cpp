@@ -89,3 +89,19 @@ TEST(Registry, ServiceEndpointsAreTheSelectedPodsOnly) {
 
 }  // namespace
 }  // namespace sluice::testbed
+
+namespace sluice::testbed {
+namespace {
+
+TEST(Registry, PendingPodHasNoAddresses) {
+    ClusterState s = two_pod_state();
+    s.pods[0].ip.clear();
+    s.pods[0].ip6.clear();
+    YAML::Node pod = YAML::Load(doc(registry_documents(s), "pod.rag.llm.yaml").yaml);
+    EXPECT_EQ(pod["status"]["phase"].as<std::string>(), "Pending");
+    EXPECT_FALSE(pod["status"]["podIP"]);
+    EXPECT_FALSE(pod["status"]["podIPs"]);
+}
+
+}  // namespace
+}  // namespace sluice::testbed
