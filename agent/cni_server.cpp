@@ -11,23 +11,12 @@
 #include <cstring>
 
 #include "agent/unix_listener.h"
+#include "common/fd_io.h"
 
 namespace sluice::agent {
 namespace {
 
 constexpr int kReadTimeoutMs = 5000;
-
-void write_all(int fd, const std::string& s) {
-    size_t off = 0;
-    while (off < s.size()) {
-        ssize_t w = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return;
-        off += static_cast<size_t>(w);
-    }
-}
 
 }  // namespace
 
@@ -82,7 +71,8 @@ void CniServer::handle(int fd) {
             break;
         body.append(buf, static_cast<size_t>(r));
         if (body.size() > cni::kMaxMessageBytes) {
-            write_all(fd, cni::encode(cni::Response{.ok = false, .error = "request too large"}));
+            send_all(fd, cni::encode(cni::Response{.ok = false, .error = "request too large"}),
+                     kReadTimeoutMs);
             return;
         }
     }
@@ -97,7 +87,7 @@ void CniServer::handle(int fd) {
             res = {.ok = false, .error = std::string("agent error: ") + e.what()};
         }
     }
-    write_all(fd, cni::encode(res));
+    send_all(fd, cni::encode(res), kReadTimeoutMs);
 }
 
 }  // namespace sluice::agent

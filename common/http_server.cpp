@@ -13,6 +13,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "common/fd_io.h"
 #include "common/netns.h"
 
 namespace sluice {
@@ -22,27 +23,6 @@ namespace http = boost::beast::http;
 
 constexpr int kIoTimeoutMs = 2000;
 constexpr size_t kMaxRequestBytes = 16 * 1024;
-
-bool wait_fd(int fd, short events, int timeout_ms) {
-    pollfd p{fd, events, 0};
-    int rc;
-    do {
-        rc = ::poll(&p, 1, timeout_ms);
-    } while (rc < 0 && errno == EINTR);
-    return rc > 0;
-}
-
-void write_all(int fd, const std::string& s) {
-    size_t off = 0;
-    while (off < s.size() && wait_fd(fd, POLLOUT, kIoTimeoutMs)) {
-        ssize_t w = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return;
-        off += static_cast<size_t>(w);
-    }
-}
 
 std::string render(const HttpResponse& r, bool head_only) {
     http::response<http::string_body> res{static_cast<http::status>(r.status), 11};
@@ -179,9 +159,10 @@ void HttpServer::serve() {
                 } catch (const std::exception& e) {
                     res = {500, std::string("internal error: ") + e.what() + "\n"};
                 }
-                write_all(c, render(res, method == "HEAD"));
+                send_all(c, render(res, method == "HEAD"), kIoTimeoutMs);
             } else {
-                write_all(c, render({400, "bad request: " + ec.message() + "\n"}, false));
+                send_all(c, render({400, "bad request: " + ec.message() + "\n"}, false),
+                         kIoTimeoutMs);
             }
         }
         ::close(c);

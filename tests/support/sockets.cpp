@@ -11,6 +11,7 @@
 #include <cstring>
 #include <system_error>
 
+#include "common/fd_io.h"
 #include "common/netns.h"
 
 namespace sluice::test {
@@ -58,15 +59,6 @@ std::string format_ip(const sockaddr_storage& ss) {
     }
     inet_ntop(AF_INET6, &a6->sin6_addr, buf, sizeof buf);
     return buf;
-}
-
-bool wait_for(int fd, short events, int timeout_ms) {
-    pollfd p{fd, events, 0};
-    int rc;
-    do {
-        rc = ::poll(&p, 1, timeout_ms);
-    } while (rc < 0 && errno == EINTR);
-    return rc > 0;
 }
 
 }  // namespace
@@ -121,7 +113,7 @@ Fd tcp_connect(const std::string& netns, const std::string& ip, uint16_t port, i
             err = errno;
             return;
         }
-        if (!wait_for(s.get(), POLLOUT, timeout_ms)) {
+        if (!wait_fd(s.get(), POLLOUT, timeout_ms)) {
             err = ETIMEDOUT;
             return;
         }
@@ -139,7 +131,7 @@ Fd tcp_connect(const std::string& netns, const std::string& ip, uint16_t port, i
 }
 
 Fd tcp_accept(const Fd& listener, int timeout_ms) {
-    if (!wait_for(listener.get(), POLLIN, timeout_ms))
+    if (!wait_fd(listener.get(), POLLIN, timeout_ms))
         return Fd();
     return Fd(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
 }
@@ -147,7 +139,7 @@ Fd tcp_accept(const Fd& listener, int timeout_ms) {
 std::string send_and_receive(const Fd& s, const std::string& data, int timeout_ms) {
     size_t sent = 0;
     while (sent < data.size()) {
-        if (!wait_for(s.get(), POLLOUT, timeout_ms))
+        if (!wait_fd(s.get(), POLLOUT, timeout_ms))
             return {};
         ssize_t w = ::send(s.get(), data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
         if (w < 0 && (errno == EAGAIN || errno == EINTR))
@@ -159,7 +151,7 @@ std::string send_and_receive(const Fd& s, const std::string& data, int timeout_m
     std::string got;
     char buf[65536];
     while (got.size() < data.size()) {
-        if (!wait_for(s.get(), POLLIN, timeout_ms))
+        if (!wait_fd(s.get(), POLLIN, timeout_ms))
             break;
         ssize_t r = ::recv(s.get(), buf, sizeof buf, 0);
         if (r < 0 && (errno == EAGAIN || errno == EINTR))
@@ -177,7 +169,7 @@ std::string echo_one_connection(const Fd& listener, int timeout_ms) {
         return {};
     std::string peer = peer_ip(c.get());
     char buf[65536];
-    while (wait_for(c.get(), POLLIN, timeout_ms)) {
+    while (wait_fd(c.get(), POLLIN, timeout_ms)) {
         ssize_t r = ::recv(c.get(), buf, sizeof buf, 0);
         if (r < 0 && (errno == EAGAIN || errno == EINTR))
             continue;
@@ -185,7 +177,7 @@ std::string echo_one_connection(const Fd& listener, int timeout_ms) {
             break;
         size_t off = 0;
         while (off < static_cast<size_t>(r)) {
-            if (!wait_for(c.get(), POLLOUT, timeout_ms))
+            if (!wait_fd(c.get(), POLLOUT, timeout_ms))
                 return peer;
             ssize_t w = ::send(c.get(), buf + off, static_cast<size_t>(r) - off, MSG_NOSIGNAL);
             if (w < 0 && (errno == EAGAIN || errno == EINTR))
