@@ -689,10 +689,7 @@ PolicySet parse_policies(const std::vector<SourceDocument>& documents,
             parse_document(doc, out, diagnostics);
         } catch (const YAML::Exception& e) {
             // Defensive: yaml-cpp conversions we did not guard. Never let input crash a reload.
-            diagnostics.push_back({Severity::Error,
-                                   {doc.file, e.mark.is_null() ? 0 : e.mark.line + 1,
-                                    e.mark.is_null() ? 0 : e.mark.column + 1},
-                                   "malformed document: " + e.msg});
+            diagnostics.push_back(yaml_error(doc.file, e, "malformed document"));
         }
     }
     return out;

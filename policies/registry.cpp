@@ -198,10 +198,7 @@ Registry parse_registry(const std::vector<SourceDocument>& documents,
             else
                 read_endpoint_slice(r, n, ns, *name, out);
         } catch (const YAML::Exception& e) {
-            diagnostics.push_back({Severity::Error,
-                                   {doc.file, e.mark.is_null() ? 0 : e.mark.line + 1,
-                                    e.mark.is_null() ? 0 : e.mark.column + 1},
-                                   "malformed registry document: " + e.msg});
+            diagnostics.push_back(yaml_error(doc.file, e, "malformed registry document"));
         }
     }
     return out;

@@ -118,6 +118,13 @@ std::optional<SourcePosition> leading_comma(const std::string& path, const std::
 
 }  // namespace
 
+Diagnostic yaml_error(const std::string& file, const YAML::Exception& e, const std::string& what) {
+    const bool known = !e.mark.is_null();
+    return {Severity::Error,
+            {file, known ? e.mark.line + 1 : 1, known ? e.mark.column + 1 : 1},
+            what + ": " + e.msg};
+}
+
 SourcePosition position_of(const std::string& file, const YAML::Node& node) {
     const YAML::Mark mark = node.Mark();
     if (mark.is_null())
@@ -174,11 +181,7 @@ std::vector<SourceDocument> parse_yaml(const SourceFile& file,
     try {
         nodes = YAML::LoadAll(file.text);
     } catch (const YAML::Exception& e) {
-        // yaml-cpp's message repeats the position; keep only the reason.
-        diagnostics.push_back({Severity::Error,
-                               {file.path, e.mark.is_null() ? 1 : e.mark.line + 1,
-                                e.mark.is_null() ? 1 : e.mark.column + 1},
-                               "YAML syntax: " + e.msg});
+        diagnostics.push_back(yaml_error(file.path, e, "YAML syntax"));
         return docs;
     } catch (const std::exception& e) {
         diagnostics.push_back(

@@ -42,6 +42,10 @@ std::vector<SourceFile> read_sources(const std::string& path, std::vector<Diagno
 std::vector<SourceDocument> parse_yaml(const SourceFile& file,
                                        std::vector<Diagnostic>& diagnostics);
 
+// A yaml-cpp exception as a positioned error: "<what>: <reason>" (yaml-cpp's own message repeats
+// the position; only the reason is kept). Without a mark, the position is line 1, column 1.
+Diagnostic yaml_error(const std::string& file, const YAML::Exception& e, const std::string& what);
+
 // The position of `node` in `file` (yaml-cpp marks are 0-based; ours are 1-based).
 SourcePosition position_of(const std::string& file, const YAML::Node& node);
 
