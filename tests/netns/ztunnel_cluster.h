@@ -7,6 +7,7 @@
 
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -32,8 +33,10 @@ class ZtunnelClusterTest : public ::testing::Test {
             return;
         if (HasFailure()) {
             for (const auto& path : log_files()) {
+                // Not `<< f.rdbuf()`: an empty file sets failbit on cerr and hides the rest.
                 std::ifstream f(path);
-                std::cerr << "==== " << path << "\n" << f.rdbuf() << "\n";
+                const std::string text(std::istreambuf_iterator<char>(f), {});
+                std::cerr << "==== " << path << "\n" << text << "\n";
             }
         }
         down(name_);

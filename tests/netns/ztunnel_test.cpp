@@ -108,6 +108,9 @@ class ZtunnelSidecarTest : public ZtunnelClusterTest {
         std::vector<std::string> files;
         for (const auto& e : fs::directory_iterator(state_.run_dir + "/logs"))
             files.push_back(e.path());
+        for (const char* extra : {"/interop-server/server.log"})
+            if (fs::exists(state_.run_dir + extra))
+                files.push_back(state_.run_dir + extra);
         return files;
     }
 
@@ -177,6 +180,31 @@ class ZtunnelSidecarTest : public ZtunnelClusterTest {
         if (r.exit_code != 0)
             return json{{"error", r.err}};
         return json::parse(r.out);
+    }
+
+    // POST /quitquitquit to a pod's sidecar (admin is loopback-only, inside the pod); the
+    // response body.
+    std::string quitquitquit(const PodState& p) {
+        int err = 0;
+        Fd admin = test::tcp_connect(p.netns, "127.0.0.1", 15000, &err);
+        if (!admin)
+            return "admin: " + std::string(strerror(err));
+        const std::string req =
+            "POST /quitquitquit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+        if (::send(admin.get(), req.data(), req.size(), MSG_NOSIGNAL) < 0)
+            return "send: " + std::string(strerror(errno));
+        return read_all(admin);
+    }
+
+    // A drained sidecar exits once its last connection is gone: its readiness port closes.
+    bool wait_sidecar_gone(const PodState& p) {
+        int err = 0;
+        for (int i = 0; i < 50; ++i) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            if (!test::tcp_connect(p.netns, "127.0.0.1", 15021, &err, 200))
+                return true;
+        }
+        return false;
     }
 
     std::string mint(const std::string& ca_dir, const std::string& identity,
@@ -325,12 +353,7 @@ TEST_F(ZtunnelSidecarTest, QuitQuitQuitDrainsInFlightConnections) {
     ASSERT_TRUE(c) << strerror(err);
     EXPECT_EQ(test::send_and_receive(c, "before"), "before");
 
-    // POST /quitquitquit to the client's ztunnel (admin is loopback-only, inside the pod).
-    Fd admin = test::tcp_connect(client.netns, "127.0.0.1", 15000, &err);
-    ASSERT_TRUE(admin);
-    const std::string req = "POST /quitquitquit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
-    ASSERT_GT(::send(admin.get(), req.data(), req.size(), MSG_NOSIGNAL), 0);
-    EXPECT_NE(read_all(admin).find("draining"), std::string::npos);
+    EXPECT_NE(quitquitquit(client).find("draining"), std::string::npos);
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
 
     EXPECT_EQ(test::send_and_receive(c, "during the drain"), "during the drain")
@@ -340,12 +363,72 @@ TEST_F(ZtunnelSidecarTest, QuitQuitQuitDrainsInFlightConnections) {
     c = Fd();
     EXPECT_EQ(peer.get(), client.ip);
     // With its last connection gone the sidecar exits: readiness disappears.
-    bool gone = false;
-    for (int i = 0; i < 50 && !gone; ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        gone = !test::tcp_connect(client.netns, "127.0.0.1", 15021, &err, 200);
+    EXPECT_TRUE(wait_sidecar_gone(client)) << "ztunnel still running after the drain";
+}
+
+TEST_F(ZtunnelSidecarTest, OurOutboundTalksToAnIndependentHboneServer) {
+    const PodState& client = pod("client");
+    const PodState& server = pod("server");
+    // The server pod's own sidecar drains and exits; an independent HBONE server (python3-h2)
+    // with the server's identity, minted by the cluster CA, takes over its :15008.
+    ASSERT_NE(quitquitquit(server).find("draining"), std::string::npos);
+    ASSERT_TRUE(wait_sidecar_gone(server));
+    const std::string dir = state_.run_dir + "/interop-server";
+    fs::create_directories(dir);
+    const std::string cert = mint(state_.ca_dir, kServerId, dir + "/server");
+    const pid_t pid = spawn_process(
+        pod_process(server, {"/usr/bin/python3", SLUICE_SOURCE_DIR "/tests/netns/hbone_server.py",
+                             "--listen", server.ip + ":15008", "--cert", cert + ".crt", "--key",
+                             cert + ".key", "--ca", state_.ca_dir + "/ca.crt", "--out",
+                             dir + "/seen.json", "--streams", "1", "--timeout", "30"}),
+        dir + "/server.log");
+    bool listening = false;
+    for (int i = 0; i < 100 && !listening; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        std::ifstream log(dir + "/server.log");
+        listening = std::string(std::istreambuf_iterator<char>(log), {}).find("listening") !=
+                    std::string::npos;
     }
-    EXPECT_TRUE(gone) << "ztunnel still running after the drain";
+    ASSERT_TRUE(listening) << "the python HBONE server did not start";
+
+    std::string payload(300000, '\0');
+    for (size_t i = 0; i < payload.size(); ++i)
+        payload[i] = static_cast<char>((i * 13) % 251);
+    int err = 0;
+    Fd c = test::tcp_connect(client.netns, server.ip, kAppPort, &err);
+    ASSERT_TRUE(c) << strerror(err);
+    EXPECT_TRUE(test::send_and_receive(c, payload, 20000) == payload)
+        << "the independent server's echo did not come back intact through our outbound";
+    ::shutdown(c.get(), SHUT_WR);  // ends our stream: the server ends its side and exits
+    EXPECT_EQ(read_all(c, 5000), "");
+    c = Fd();
+    EXPECT_EQ(wait_process(pid, std::chrono::seconds(20)), 0);
+
+    std::ifstream f(dir + "/seen.json");
+    ASSERT_TRUE(f) << "the HBONE server wrote no summary";
+    const json seen = json::parse(f);
+    EXPECT_EQ(seen["connections"], 1) << seen.dump();
+    EXPECT_EQ(seen["tls_version"], "TLSv1.3");
+    EXPECT_EQ(seen["alpn"], "h2");
+    EXPECT_EQ(seen["peer_uris"], json::array({kClientId}))
+        << "our outbound presents the client pod's SPIFFE identity";
+    ASSERT_EQ(seen["streams"].size(), 1u) << seen.dump();
+    const json& stream = seen["streams"][0];
+    EXPECT_EQ(stream["headers"][":method"], "CONNECT");
+    EXPECT_EQ(stream["headers"][":authority"], server.ip + ":" + std::to_string(kAppPort));
+    EXPECT_FALSE(stream["headers"].contains(":path")) << "RFC 9113 CONNECT has no :path";
+    EXPECT_NE(stream["headers"].value("forwarded", "").find(client.ip), std::string::npos)
+        << stream.dump();
+    EXPECT_EQ(stream["headers"].value("traceparent", "").size(), 55u) << stream.dump();
+    EXPECT_EQ(stream["received"], payload.size());
+    EXPECT_TRUE(stream["ended"]);
+
+    auto out = access_log(client, 1);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0]["result"], "ok");
+    EXPECT_EQ(out[0]["dst.identity"], kServerId);
+    EXPECT_EQ(out[0]["bytes_sent"], payload.size());
+    EXPECT_EQ(out[0]["bytes_received"], payload.size());
 }
 
 TEST_F(ZtunnelSidecarTest, AuthorizationPolicyDenyIsA401AndAClosedConnection) {
@@ -411,6 +494,74 @@ TEST_F(ZtunnelStrictTest, StrictRefusesPlaintextButCarriesMtls) {
     listener = Fd();
     // Mutual TLS from the meshed client still works.
     EXPECT_EQ(echo(pod("client").netns, server.ip, kAppPort, "over mTLS"), pod("client").ip);
+}
+
+class ZtunnelRotationTest : public ZtunnelSidecarTest {
+  protected:
+    void SetUp() override {
+        // 4 s certificates: re-minted every 2 s (at half their lifetime).
+        ::setenv("SLUICE_CERT_LIFETIME", "4", 1);
+        ZtunnelSidecarTest::SetUp();
+        ::unsetenv("SLUICE_CERT_LIFETIME");
+    }
+    size_t renewals(const PodState& p) {
+        std::ifstream f(state_.run_dir + "/logs/ztunnel." + p.namespace_name + "." + p.name +
+                        ".log");
+        size_t n = 0;
+        for (std::string l; std::getline(f, l);)
+            n += l.find("renewed certificate") != std::string::npos;
+        return n;
+    }
+};
+
+TEST_F(ZtunnelRotationTest, CertificatesRotateUnderALongTransferWithoutDroppingIt) {
+    const PodState& client = pod("client");
+    const PodState& server = pod("server");
+    Fd listener = test::tcp_listen(server.netns, server.ip, kAppPort);
+    auto peer =
+        std::async(std::launch::async, [&] { return test::echo_one_connection(listener, 30000); });
+    int err = 0;
+    Fd c = test::tcp_connect(client.netns, server.ip, kAppPort, &err);
+    ASSERT_TRUE(c) << strerror(err);
+    const size_t before = renewals(client) + renewals(server);
+
+    // 9 s of echoed traffic on one tunnelled connection: over four certificate lifetimes halves.
+    std::string chunk(64 * 1024, '\0');
+    size_t chunks = 0;
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(9);
+    while (std::chrono::steady_clock::now() < end && chunks < 10000) {
+        for (size_t i = 0; i < chunk.size(); ++i)
+            chunk[i] = static_cast<char>((i + chunks * 7) % 253);
+        ASSERT_TRUE(test::send_and_receive(c, chunk, 5000) == chunk)
+            << "chunk " << chunks << " did not come back intact";
+        ++chunks;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    EXPECT_GE(renewals(client), 3u) << "the client's certificate was not renewed during the run";
+    EXPECT_GE(renewals(server), 3u) << "the server's certificate was not renewed during the run";
+    EXPECT_GT(renewals(client) + renewals(server), before);
+    c = Fd();
+    EXPECT_EQ(peer.get(), client.ip);
+    listener = Fd();
+
+    // The certificate the server presents now is a current one: the original expired seconds
+    // ago, and the independent client verifies validity against the CA.
+    const std::string dir = state_.run_dir + "/interop";
+    fs::create_directories(dir);
+    const std::string cert =
+        mint(state_.ca_dir, "spiffe://cluster.local/ns/default/sa/interop", dir + "/interop");
+    Fd l2 = test::tcp_listen(server.netns, server.ip, kAppPort);
+    auto peer2 =
+        std::async(std::launch::async, [&] { return test::echo_one_connection(l2, 10000); });
+    json r = python_hbone(server.ip + ":8080", cert, state_.ca_dir + "/ca.crt");
+    ASSERT_FALSE(r.contains("error")) << r.dump();
+    EXPECT_EQ(r["status"], 200);
+    EXPECT_TRUE(r["echoed"]);
+    peer2.get();
+    auto out = access_log(client, 1);
+    ASSERT_GE(out.size(), 1u);
+    EXPECT_EQ(out[0]["result"], "ok");
+    EXPECT_EQ(out[0]["bytes_sent"], chunks * chunk.size());
 }
 
 }  // namespace
