@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "common/fd_io.h"
 #include "common/process.h"
 #include "tests/netns/ztunnel_cluster.h"
 #include "tests/support/privileged.h"
@@ -93,6 +94,54 @@ double metric(const std::string& text, const std::string& family,
             sum += std::stod(line.substr(line.rfind(' ') + 1));
     }
     return sum;
+}
+
+// A deterministic byte stream, so a receiver can check every byte without keeping a copy.
+char pattern_byte(uint64_t i, uint8_t seed) {
+    return static_cast<char>(((i * 2654435761u) >> 11) ^ (i >> 20) ^ seed);
+}
+
+// Sends `n` pattern bytes; false when the peer stalls for `timeout_ms` or goes away.
+bool send_pattern(int fd, uint64_t n, uint8_t seed, int timeout_ms) {
+    char buf[65536];
+    for (uint64_t off = 0; off < n;) {
+        const size_t len = static_cast<size_t>(std::min<uint64_t>(sizeof buf, n - off));
+        for (size_t i = 0; i < len; ++i)
+            buf[i] = pattern_byte(off + i, seed);
+        if (!sluice::send_all(fd, std::string_view(buf, len), timeout_ms))
+            return false;
+        off += len;
+    }
+    return true;
+}
+
+// Reads until EOF: how many leading bytes followed the pattern, and what came after the first
+// `n` bytes (or after the first wrong byte).
+struct PatternRead {
+    uint64_t matched = 0;
+    std::string rest;
+    bool eof = false;
+};
+PatternRead receive_pattern(int fd, uint64_t n, uint8_t seed, int timeout_ms) {
+    PatternRead r;
+    bool broken = false;
+    char buf[65536];
+    while (sluice::wait_fd(fd, POLLIN, timeout_ms)) {
+        const ssize_t got = ::recv(fd, buf, sizeof buf, 0);
+        if (got < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (got <= 0) {
+            r.eof = got == 0;
+            break;
+        }
+        for (ssize_t i = 0; i < got; ++i) {
+            if (!broken && r.matched < n && buf[i] == pattern_byte(r.matched, seed))
+                ++r.matched;
+            else if (r.rest.size() < 4096)
+                broken = true, r.rest.push_back(buf[i]);
+        }
+    }
+    return r;
 }
 
 class ZtunnelSidecarTest : public ZtunnelClusterTest {
@@ -290,6 +339,51 @@ TEST_F(ZtunnelSidecarTest, ServiceVipResolvesToAnEndpointOverHbone) {
     EXPECT_GE(metric(metrics(client), "istio_tcp_connections_opened_total",
                      {"destination_service=\"llm.default.svc.cluster.local\""}),
               1);
+}
+
+TEST_F(ZtunnelSidecarTest, HundredMebibytesEachWayAndAHalfCloseThroughTheServiceVip) {
+    constexpr uint64_t kBytes = 100ull << 20;
+    const PodState& client = pod("client");
+    const PodState& server = pod("server");
+    Fd listener = test::tcp_listen(server.netns, server.ip, kAppPort);
+    // The app: streams 100 MiB to the client while it reads the client's 100 MiB up to EOF (the
+    // client's half-close), then reports what it read and closes.
+    auto app = std::async(std::launch::async, [&] {
+        Fd s = test::tcp_accept(listener, 10000);
+        if (!s)
+            return std::string("no connection");
+        auto sender = std::async(std::launch::async,
+                                 [&] { return send_pattern(s.get(), kBytes, 0x5a, 30000); });
+        PatternRead in = receive_pattern(s.get(), kBytes, 0xa5, 30000);
+        const bool sent = sender.get();
+        const std::string report = std::to_string(in.matched) + (in.eof ? " eof" : " no-eof") +
+                                   (in.rest.empty() ? "" : " +" + std::to_string(in.rest.size()));
+        if (!sent || !sluice::send_all(s.get(), "\n" + report, 5000))
+            return "send failed after " + report;
+        return report;
+    });
+    int err = 0;
+    Fd c = test::tcp_connect(client.netns, state_.services.at(0).vip, 80, &err);
+    ASSERT_TRUE(c) << strerror(err);
+    auto sender = std::async(std::launch::async, [&] {
+        const bool ok = send_pattern(c.get(), kBytes, 0xa5, 30000);
+        ::shutdown(c.get(), SHUT_WR);
+        return ok;
+    });
+    PatternRead in = receive_pattern(c.get(), kBytes, 0x5a, 30000);
+    EXPECT_TRUE(sender.get());
+    const std::string expected = std::to_string(kBytes) + " eof";
+    EXPECT_EQ(app.get(), expected);
+    EXPECT_EQ(in.matched, kBytes) << "server-to-client bytes were lost or changed";
+    EXPECT_EQ(in.rest, "\n" + expected)
+        << "the app's report after the client's half-close did not arrive";
+    EXPECT_TRUE(in.eof);
+    c = Fd();
+    auto out = access_log(client, 1);
+    ASSERT_EQ(out.size(), 1u);
+    // Envoy's convention: sent to / received from the downstream (the client app).
+    EXPECT_EQ(out[0]["bytes_received"], kBytes);
+    EXPECT_EQ(out[0]["bytes_sent"], kBytes + expected.size() + 1);
 }
 
 TEST_F(ZtunnelSidecarTest, PermissivePlaintextFromOutsideTheMeshIsForwarded) {
