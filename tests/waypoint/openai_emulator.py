@@ -12,7 +12,9 @@ Prints "PORT <n>" on stdout once listening. POST /emulator/config {"fail_status"
 "token_delay_ms":…} changes behaviour at runtime; GET /emulator/stats reports counters.
 """
 import argparse
+import base64
 import json
+import struct
 import sys
 import threading
 import time
@@ -91,8 +93,13 @@ class Handler(BaseHTTPRequestHandler):
         prompt = prompt_tokens(body)
         if self.path == "/v1/embeddings":
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-            data = [{"object": "embedding", "index": i, "embedding": [0.1 * (i + 1), 0.2, 0.3]}
-                    for i in range(len(inputs))]
+            vectors = [[0.1 * (i + 1), 0.2, 0.3] for i in range(len(inputs))]
+            if body.get("encoding_format") == "base64":
+                # As OpenAI does: little-endian float32s, base64 (the npm SDK's default ask).
+                vectors = [base64.b64encode(struct.pack("<%df" % len(v), *v)).decode()
+                           for v in vectors]
+            data = [{"object": "embedding", "index": i, "embedding": v}
+                    for i, v in enumerate(vectors)]
             self.send_json(200, {"object": "list", "data": data, "model": model,
                                  "usage": {"prompt_tokens": prompt, "total_tokens": prompt}})
             return
