@@ -29,6 +29,7 @@ void parseWaypoint(const YAML::Node& spec, Config& c) {
     }
     c.usage = usage::parseUsageConfig(spec["usage"]);
     c.embeddings_cache = cache::parseEmbeddingsCacheConfig(spec["embeddingsCache"]);
+    c.admission = admission::parseAdmissionConfig(spec["admission"]);
     for (const auto& pool : spec["pools"])
         c.pools.push_back(parsePoolConfig(pool));
 }
@@ -98,6 +99,8 @@ std::vector<std::string> Config::validate() const {
         if (r.cost_tier)
             check_target(r.name, r.cost_tier->target);
     }
+    if (admission.enabled() && admission.max_queued == 0)
+        problems.push_back("admission: maxQueued must be at least 1 (0 would shed every wait)");
     if (routes.empty())
         problems.push_back("no ModelRoute: nothing to route to");
     return problems;

@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "waypoint/admission/config.h"
 #include "waypoint/filters/budget/config.h"
 #include "waypoint/filters/cache/config.h"
 #include "waypoint/filters/route/config.h"
@@ -34,6 +35,7 @@ struct Config {
     bool access_log = true;  // one JSON line per request on stderr
     usage::UsageConfig usage;
     cache::EmbeddingsCacheConfig embeddings_cache;
+    admission::AdmissionConfig admission;  // priority classes under saturation
     std::vector<PoolConfig> pools;
     std::vector<route::ModelRouteConfig> routes;
     std::vector<budget::TokenBudgetConfig> budgets;  // at most one

@@ -130,6 +130,21 @@ Gateway::Gateway(Config config) : config_(std::move(config)) {
     owned_filters_.push_back(std::move(router));
     for (auto& f : owned_filters_)
         filters_.push_back(f.get());
+    if (config_.admission.enabled()) {
+        auto& in_flight = metrics_.admission_in_flight.Add({});
+        std::array<prometheus::Gauge*, admission::kPriorities> queued{};
+        for (auto p : {admission::Priority::Critical, admission::Priority::Standard,
+                       admission::Priority::Sheddable}) {
+            queued[static_cast<std::size_t>(p)] =
+                &metrics_.admission_queued.Add({{"class", admission::to_string(p)}});
+        }
+        admission_ = std::make_unique<admission::AdmissionQueue>(
+            config_.admission, [&in_flight, queued](std::size_t n, const auto& per_class) {
+                in_flight.Set(double(n));
+                for (std::size_t c = 0; c < admission::kPriorities; ++c)
+                    queued[c]->Set(double(per_class[c]));
+            });
+    }
 }
 
 Gateway::~Gateway() {
@@ -283,7 +298,48 @@ awaitable<void> Gateway::handle(Exchange& ex, UpstreamPool& upstream) {
             co_return;
         }
     }
+    auto slot = co_await admit(ex, ctx, ran);
+    if (!slot)
+        co_return;
     co_await route(ex, ctx, upstream);
+}
+
+admission::Priority Gateway::priorityOf(const RequestContext& ctx) const {
+    const auto& c = config_.admission;
+    if (!c.priority_header.empty()) {
+        if (auto p = admission::parsePriority(std::string(sv(ctx.request[c.priority_header]))))
+            return *p;
+    }
+    if (auto it = c.tenant_priorities.find(ctx.tenant); it != c.tenant_priorities.end())
+        return it->second;
+    return c.default_priority;
+}
+
+awaitable<std::optional<admission::AdmissionQueue::Slot>> Gateway::admit(Exchange& ex,
+                                                                         RequestContext& ctx,
+                                                                         std::size_t ran) {
+    if (!admission_)
+        co_return admission::AdmissionQueue::Slot();
+    const auto priority = priorityOf(ctx);
+    ctx.priority = admission::to_string(priority);
+    auto [outcome, slot] = co_await admission_->acquire(priority, ctx.tenant);
+    if (outcome == admission::Outcome::Admitted)
+        co_return std::move(slot);
+    const std::string reason = admission::to_string(outcome);
+    metrics_.shed.Add({{"class", ctx.priority}, {"reason", reason}, {"tenant", ctx.tenant}})
+        .Increment();
+    ctx.result = "shed";
+    LocalReply shed{.status = http::status::service_unavailable,
+                    .type = "server_error",
+                    .code = "overloaded",
+                    .message = "The waypoint is at capacity and shed this " + ctx.priority +
+                               " request (" + reason + "). Please retry after a brief wait.",
+                    .headers = {{"retry-after", "1"}, {"x-sluice-shed", reason}}};
+    co_await reply(ex, ctx, shed);
+    for (std::size_t i = ran; i-- > 0;)
+        filters_[i]->onComplete(ctx);
+    record(ctx);
+    co_return std::nullopt;
 }
 
 awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream) {
@@ -460,6 +516,7 @@ void Gateway::record(const RequestContext& ctx) {
                             {"status", ctx.status},
                             {"result", ctx.result},
                             {"tenant", ctx.tenant},
+                            {"priority", ctx.priority},
                             {"model", ctx.model},
                             {"route", ctx.route},
                             {"backend", ctx.backend},

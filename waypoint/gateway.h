@@ -6,6 +6,7 @@
 #include <thread>
 #include <vector>
 
+#include "waypoint/admission/queue.h"
 #include "waypoint/config.h"
 #include "waypoint/filters/filter.h"
 #include "waypoint/filters/route/filter.h"
@@ -46,6 +47,12 @@ class Gateway {
     awaitable<void> route(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream);
     awaitable<void> reply(Exchange& ex, RequestContext& ctx, const LocalReply& reply);
     void record(const RequestContext& ctx);
+    admission::Priority priorityOf(const RequestContext& ctx) const;
+    // Waits for an admission slot; on a shed, answers 503 and completes the request (`ran`
+    // filters get onComplete) and returns an empty slot.
+    awaitable<std::optional<admission::AdmissionQueue::Slot>> admit(Exchange& ex,
+                                                                    RequestContext& ctx,
+                                                                    std::size_t ran);
     std::string modelsList() const;
 
     Config config_;
@@ -54,6 +61,7 @@ class Gateway {
     std::vector<std::unique_ptr<HttpFilter>> owned_filters_;
     std::vector<HttpFilter*> filters_;
     route::RouteFilter* router_ = nullptr;
+    std::unique_ptr<admission::AdmissionQueue> admission_;  // null: no admission control
 
     std::vector<std::unique_ptr<Worker>> workers_;
     asio::io_context admin_io_{1};

@@ -46,7 +46,19 @@ Metrics::Metrics()
       upstream_attempts(prometheus::BuildCounter()
                             .Name("sluice_upstream_attempts_total")
                             .Help("Attempts to forward to an endpoint, by outcome")
-                            .Register(registry)) {}
+                            .Register(registry)),
+      shed(prometheus::BuildCounter()
+               .Name("sluice_requests_shed_total")
+               .Help("Requests refused with 503 by admission control, by class and reason")
+               .Register(registry)),
+      admission_in_flight(prometheus::BuildGauge()
+                              .Name("sluice_admission_in_flight")
+                              .Help("Requests holding an admission slot (upstream)")
+                              .Register(registry)),
+      admission_queued(prometheus::BuildGauge()
+                           .Name("sluice_admission_queued")
+                           .Help("Requests waiting for an admission slot, by class")
+                           .Register(registry)) {}
 
 std::string Metrics::serialize() const {
     std::ostringstream out;

@@ -30,6 +30,9 @@ struct Metrics {
     prometheus::Family<prometheus::Gauge>& budget_remaining;     // sluice_budget_remaining_tokens
     prometheus::Family<prometheus::Counter>& rejected;           // sluice_requests_rejected_total
     prometheus::Family<prometheus::Counter>& upstream_attempts;  // sluice_upstream_attempts_total
+    prometheus::Family<prometheus::Counter>& shed;               // sluice_requests_shed_total
+    prometheus::Family<prometheus::Gauge>& admission_in_flight;  // sluice_admission_in_flight
+    prometheus::Family<prometheus::Gauge>& admission_queued;     // sluice_admission_queued
 };
 
 }  // namespace sluice::waypoint

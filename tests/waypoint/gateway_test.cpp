@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <future>
 #include <sstream>
 #include <thread>
 
@@ -17,13 +18,17 @@ namespace {
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
-std::string baseConfig(const std::string& main_endpoints, const std::string& extra = "") {
+// `spec_extra`: more lines of the Waypoint spec (indented two spaces).
+std::string baseConfig(const std::string& main_endpoints, const std::string& extra = "",
+                       const std::string& spec_extra = "") {
     return R"(
 apiVersion: sluice.dev/v1alpha1
 kind: Waypoint
 metadata: {name: test}
 spec:
   limits: {maxBodyBytes: 65536, maxHeaderBytes: 4096}
+)" + spec_extra +
+           R"(
   pools:
     - name: main
       endpoints: [)" +
@@ -374,6 +379,68 @@ spec:
     EXPECT_EQ(hit.body, miss.body);
     EXPECT_EQ(other.headers.count("x-sluice-cache"), 0u);  // keys are per tenant
     EXPECT_EQ(nlohmann::json::parse(backend.stats())["requests"], 2);
+}
+
+}  // namespace
+}  // namespace sluice::waypoint::test
+
+namespace sluice::waypoint::test {
+namespace {
+
+// Polls the metrics until `name{labels}` reads `value` (admission gauges change on other
+// threads); returns the last reading.
+double waitForMetric(Gateway& gw, const std::string& name,
+                     const std::map<std::string, std::string>& labels, double value) {
+    double seen = -1;
+    for (int i = 0; i < 300 && seen != value; ++i) {
+        seen = metricValue(request(gw.metricsPort(), "GET", "/metrics").body, name, labels);
+        if (seen != value)
+            std::this_thread::sleep_for(10ms);
+    }
+    return seen;
+}
+
+TEST(WaypointGateway, SaturatedWaypointShedsSheddableFirstAndServesCritical) {
+    Emulator backend("slow");
+    backend.configure(R"({"token_delay_ms": 100, "completion_tokens": 8})");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\"", "", R"(
+  admission:
+    maxConcurrent: 1
+    maxQueued: 1
+    priorityFrom: {header: x-sluice-priority}
+)"));
+    const std::string body = chatBody(true, false, 8);
+    auto send = [&](const char* priority) {
+        return std::async(std::launch::async, [&, priority] {
+            return request(gw->gatewayPort(), "POST", "/v1/chat/completions", body,
+                           {{"x-sluice-priority", priority}});
+        });
+    };
+    auto first = send("standard");  // holds the only slot for ~0.8 s (8 tokens × 100 ms)
+    ASSERT_EQ(waitForMetric(*gw, "sluice_admission_in_flight", {}, 1), 1);
+    auto sheddable = send("sheddable");
+    ASSERT_EQ(waitForMetric(*gw, "sluice_admission_queued", {{"class", "sheddable"}}, 1), 1);
+    auto critical = send("critical");  // the queue is full: the sheddable waiter goes
+
+    const Reply shed = sheddable.get();
+    EXPECT_EQ(shed.status, 503u) << shed.body;
+    EXPECT_EQ(shed.headers.at("retry-after"), "1");
+    EXPECT_EQ(shed.headers.at("x-sluice-shed"), "preempted");
+    const auto error = json::parse(shed.body)["error"];
+    EXPECT_EQ(error["type"], "server_error");
+    EXPECT_EQ(error["code"], "overloaded");
+    EXPECT_EQ(first.get().status, 200u);
+    const Reply served = critical.get();
+    EXPECT_EQ(served.status, 200u);
+    EXPECT_NE(served.body.find("data: [DONE]"), std::string::npos);
+
+    const auto metrics = metricsOf(*gw, 3);
+    EXPECT_EQ(metricValue(metrics, "sluice_requests_shed_total",
+                          {{"class", "sheddable"}, {"reason", "preempted"}}),
+              1);
+    EXPECT_EQ(metricValue(metrics, "istio_requests_total", {{"response_code", "503"}}), 1);
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 2)
+        << "the shed request never went upstream";
 }
 
 }  // namespace

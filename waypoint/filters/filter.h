@@ -47,6 +47,7 @@ struct RequestContext {
     bool client_wants_usage = false;  // the client itself set stream_options.include_usage
 
     std::string tenant;         // who is paying; "" when no TokenBudget identifies one
+    std::string priority;       // admission class (critical, standard, sheddable); "" = none
     std::string peer_identity;  // SPIFFE id of the peer (HBONE); empty on the plain listener
     std::string traceparent;    // W3C trace context sent upstream and logged
     std::uint64_t estimated_prompt_tokens = 0;
