@@ -9,6 +9,7 @@
 #include "waypoint/filters/usage/filter.h"
 #include "waypoint/http/client_watch.h"
 #include "waypoint/http/forward.h"
+#include "waypoint/lb/load_metrics.h"
 #include "waypoint/tokenizer/encoding.h"
 
 namespace sluice::waypoint {
@@ -198,6 +199,11 @@ void Gateway::start() {
                    asio::detached);
     asio::co_spawn(admin_io_, acceptLoop(*ready_acceptor_, admin_limits_, ready_handler_),
                    asio::detached);
+    // Backends' load reports are scraped on the admin thread, off the data path.
+    for (auto& [name, pool] : pools_) {
+        if (pool->config().load_metrics)
+            asio::co_spawn(admin_io_, scrapeLoadMetrics(*pool, metrics_), asio::detached);
+    }
     admin_thread_ = std::thread([this] { admin_io_.run(); });
 
     for (auto& w : workers_) {

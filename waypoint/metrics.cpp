@@ -58,6 +58,14 @@ Metrics::Metrics()
       admission_queued(prometheus::BuildGauge()
                            .Name("sluice_admission_queued")
                            .Help("Requests waiting for an admission slot, by class")
+                           .Register(registry)),
+      backend_waiting(prometheus::BuildGauge()
+                          .Name("sluice_backend_requests_waiting")
+                          .Help("Requests queued at a backend, as it reports them (vLLM)")
+                          .Register(registry)),
+      backend_kv_cache(prometheus::BuildGauge()
+                           .Name("sluice_backend_kv_cache_usage")
+                           .Help("A backend's KV-cache usage 0..1, as it reports it (vLLM)")
                            .Register(registry)) {}
 
 std::string Metrics::serialize() const {

@@ -33,6 +33,8 @@ struct Metrics {
     prometheus::Family<prometheus::Counter>& shed;               // sluice_requests_shed_total
     prometheus::Family<prometheus::Gauge>& admission_in_flight;  // sluice_admission_in_flight
     prometheus::Family<prometheus::Gauge>& admission_queued;     // sluice_admission_queued
+    prometheus::Family<prometheus::Gauge>& backend_waiting;      // sluice_backend_requests_waiting
+    prometheus::Family<prometheus::Gauge>& backend_kv_cache;     // sluice_backend_kv_cache_usage
 };
 
 }  // namespace sluice::waypoint

@@ -21,7 +21,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 state = {"fail_status": 0, "token_delay_ms": 0, "first_token_delay_ms": 0, "completion_tokens": 5,
-         "requests": 0, "streams_aborted": 0, "include_usage_seen": 0, "waiting": 0}
+         "requests": 0, "streams_aborted": 0, "include_usage_seen": 0, "waiting": 0,
+         "kv_cache_usage": 0.1}
 lock = threading.Lock()
 NAME = "emulator"
 
@@ -63,7 +64,8 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/metrics":
             with lock:
                 text = ("vllm:num_requests_waiting{model_name=\"emulator\"} %d\n"
-                        "vllm:kv_cache_usage_perc{model_name=\"emulator\"} 0.1\n" % state["waiting"])
+                        "vllm:kv_cache_usage_perc{model_name=\"emulator\"} %g\n"
+                        % (state["waiting"], state["kv_cache_usage"]))
             data = text.encode()
             self.send_response(200)
             self.send_header("content-type", "text/plain")

@@ -52,6 +52,13 @@ PoolConfig parsePoolConfig(const YAML::Node& node) {
             outlier["consecutiveFailures"].as<std::uint32_t>(pool.consecutive_failures);
         pool.ejection_time = parseDuration(outlier["ejectionTime"], pool.ejection_time);
     }
+    if (const auto load = node["loadMetrics"]) {
+        pool.load_metrics = true;
+        pool.metrics_path = load["path"].as<std::string>(pool.metrics_path);
+        pool.metrics_interval = parseDuration(load["interval"], pool.metrics_interval);
+        if (pool.metrics_interval < std::chrono::milliseconds(10))
+            throw std::invalid_argument("pool " + pool.name + ": loadMetrics interval below 10ms");
+    }
     return pool;
 }
 

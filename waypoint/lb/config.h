@@ -28,6 +28,11 @@ struct PoolConfig {
     // Outlier ejection: this many consecutive failures eject an endpoint for ejection_time.
     std::uint32_t consecutive_failures = 5;
     std::chrono::milliseconds ejection_time{30'000};
+    // Backends' own load reports (`loadMetrics:`): vLLM's Prometheus metrics scraped from each
+    // endpoint; the balancers then add the endpoint's queue to its in-flight count.
+    bool load_metrics = false;
+    std::string metrics_path = "/metrics";
+    std::chrono::milliseconds metrics_interval{1'000};
 };
 
 // Throws std::invalid_argument on a bad entry.

@@ -1,5 +1,6 @@
 #include "waypoint/lb/pool.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -9,7 +10,12 @@ namespace sluice::waypoint {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr double kEwmaDecayMs = 10'000;  // peak-EWMA time constant (Finagle's default)
+constexpr double kEwmaDecayMs = 10'000;    // peak-EWMA time constant (Finagle's default)
+constexpr double kKvCacheSaturated = 0.9;  // vllm:kv_cache_usage_perc from which to avoid
+constexpr double kKvCachePenalty = 1'000;  // counts as that many queued requests
+// A load report is used for three scrape intervals, and never dropped sooner than this (a slow
+// scrape round on a busy node must not turn the reports off and on).
+constexpr std::chrono::seconds kLoadReportMaxAge{2};
 
 std::uint64_t mix(std::uint64_t h) {
     h ^= h >> 33;
@@ -79,12 +85,27 @@ bool BackendPool::ejected(const Endpoint& ep) const {
     return Clock::now() < ep.ejected_until;
 }
 
+double BackendPool::reportedLoad(const Endpoint& ep, Clock::time_point now) const {
+    const std::int64_t at = ep.load_at_ns.load(std::memory_order_relaxed);
+    if (!config_.load_metrics || at == 0)
+        return 0;
+    const auto age = now.time_since_epoch() - std::chrono::nanoseconds(at);
+    if (age > std::max<std::chrono::nanoseconds>(3 * config_.metrics_interval, kLoadReportMaxAge))
+        return 0;  // stale: the scraper cannot reach it; in-flight counts alone decide
+    const double kv = ep.kv_cache_usage.load(std::memory_order_relaxed);
+    // A nearly full KV cache means new requests queue or preempt others there: avoid it
+    // unless every endpoint is in that state. Below that, the fill level breaks ties.
+    return ep.queue_waiting.load(std::memory_order_relaxed) +
+           (kv >= kKvCacheSaturated ? kKvCachePenalty : kv);
+}
+
 double BackendPool::cost(Endpoint& ep, Clock::time_point now) {
+    const double reported = reportedLoad(ep, now);
     std::lock_guard lock(ep.mutex);
     // Decay toward zero while idle so a slow endpoint is retried eventually.
     const double idle_ms = std::chrono::duration<double, std::milli>(now - ep.ewma_at).count();
     const double ewma = ep.ewma_ms * std::exp(-std::max(0.0, idle_ms) / kEwmaDecayMs);
-    return (ewma + 1.0) * (ep.in_flight.load() + 1);
+    return (ewma + 1.0) * (ep.in_flight.load() + 1 + reported);
 }
 
 Endpoint* BackendPool::prefixAffinity(const RequestContext& ctx,
@@ -135,7 +156,10 @@ Endpoint* BackendPool::pick(const RequestContext& ctx, const Endpoint* avoid) {
         if (config_.policy == LbPolicy::PeakEwma) {
             chosen = cost(*a, now) <= cost(*b, now) ? a : b;
         } else {
-            chosen = a->in_flight.load() <= b->in_flight.load() ? a : b;
+            chosen = a->in_flight.load() + reportedLoad(*a, now) <=
+                             b->in_flight.load() + reportedLoad(*b, now)
+                         ? a
+                         : b;
         }
     }
     chosen->in_flight.fetch_add(1);

@@ -26,6 +26,10 @@ struct Endpoint {
     std::chrono::steady_clock::time_point ewma_at{};
     std::uint32_t consecutive_failures = 0;
     std::chrono::steady_clock::time_point ejected_until{};
+    // The backend's own load report (pool `loadMetrics`), written by the scraper.
+    std::atomic<double> queue_waiting{0};     // vllm:num_requests_waiting
+    std::atomic<double> kv_cache_usage{0};    // vllm:kv_cache_usage_perc, 0..1
+    std::atomic<std::int64_t> load_at_ns{0};  // steady clock of the last good scrape; 0 = never
 };
 
 // A pool of endpoints with a load-balancing policy, a circuit breaker (max requests in flight)
@@ -46,6 +50,11 @@ class BackendPool {
     std::uint32_t inFlight() const { return in_flight_.load(); }
     bool ejected(const Endpoint& ep) const;
     Endpoint& endpoint(std::size_t i) { return *endpoints_[i]; }
+
+    // What the endpoint reported about its own load, when fresh (within three scrape
+    // intervals, at least 2 s): queued requests, plus a large penalty when its KV cache is
+    // nearly full.
+    double reportedLoad(const Endpoint& ep, std::chrono::steady_clock::time_point now) const;
 
   private:
     double cost(Endpoint& ep, std::chrono::steady_clock::time_point now);
