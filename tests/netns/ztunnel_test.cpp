@@ -202,7 +202,8 @@ class ZtunnelSidecarTest : public ZtunnelClusterTest {
     std::string echo(const std::string& from_netns, const std::string& ip, uint16_t port,
                      const std::string& payload) {
         const PodState& server = pod("server");
-        Fd listener = test::tcp_listen(server.netns, server.ip, kAppPort);
+        const bool v6 = ip.find(':') != std::string::npos;
+        Fd listener = test::tcp_listen(server.netns, v6 ? server.ip6 : server.ip, kAppPort);
         auto peer = std::async(std::launch::async,
                                [&] { return test::echo_one_connection(listener, 10000); });
         int err = 0;
@@ -325,6 +326,25 @@ TEST_F(ZtunnelSidecarTest, PodToPodAcrossNodesThroughTwoZtunnels) {
     r = run_process(ctl, std::chrono::seconds(10));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(json::parse(r.out)["certificates"][0]["identity"], kServerId);
+}
+
+TEST_F(ZtunnelSidecarTest, PodToPodOverIpv6KeepsTheClientsAddress) {
+    const PodState& client = pod("client");
+    const PodState& server = pod("server");
+    ASSERT_FALSE(server.ip6.empty());
+    const std::string one_mib(1 << 20, '6');
+    EXPECT_EQ(echo(client.netns, server.ip6, kAppPort, one_mib), client.ip6)
+        << "the app must see the client pod's own IPv6 address";
+    auto out = access_log(client, 1);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0]["result"], "ok");
+    EXPECT_EQ(out[0]["dst.addr"], "[" + server.ip6 + "]:8080");
+    EXPECT_EQ(out[0]["dst.identity"], kServerId);
+    EXPECT_EQ(out[0]["bytes_received"], 1 << 20);
+    auto in = access_log(server, 1);
+    ASSERT_EQ(in.size(), 1u);
+    EXPECT_EQ(in[0]["src.identity"], kClientId);
+    EXPECT_EQ(in[0]["src.workload"], "client");
 }
 
 TEST_F(ZtunnelSidecarTest, ServiceVipResolvesToAnEndpointOverHbone) {

@@ -60,19 +60,26 @@ void install_capture(const PodState& pod, const std::string& iptables) {
 // (IP_TRANSPARENT). Its packets have a non-local source and mark 0x539: remember the connection
 // (connmark); the app's replies on it get a mark that routes them to the local stack, where
 // ztunnel's transparent socket picks them up.
-void install_transparent_return(const PodState& pod) {
+void install_transparent_return(const PodState& pod, const std::string& iptables) {
+    const bool v6 = iptables == "ip6tables";
     auto ipt = [&](std::vector<std::string> args) {
-        args.insert(args.begin(), "iptables");
+        args.insert(args.begin(), iptables);
         args.insert(args.begin() + 1, "-w");
+        run_in_pod(pod, std::move(args));
+    };
+    auto ip = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), "ip");
+        if (v6)
+            args.insert(args.begin() + 1, "-6");
         run_in_pod(pod, std::move(args));
     };
     ipt({"-t", "mangle", "-A", "OUTPUT", "-p", "tcp", "-m", "mark", "--mark", kZtunnelMark, "-m",
          "addrtype", "!", "--src-type", "LOCAL", "-j", "CONNMARK", "--set-mark", kTransparentMark});
     ipt({"-t", "mangle", "-A", "OUTPUT", "-p", "tcp", "-m", "mark", "--mark", "0", "-m", "connmark",
          "--mark", kTransparentMark, "-j", "MARK", "--set-mark", kTransparentMark});
-    run_in_pod(pod, {"ip", "rule", "add", "fwmark", kTransparentMark, "lookup", kTransparentTable});
-    run_in_pod(
-        pod, {"ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", kTransparentTable});
+    ip({"rule", "add", "fwmark", kTransparentMark, "lookup", kTransparentTable});
+    ip({"route", "add", "local", v6 ? "::/0" : "0.0.0.0/0", "dev", "lo", "table",
+        kTransparentTable});
 }
 
 }  // namespace
@@ -91,9 +98,11 @@ void ensure_cluster_ca(ClusterState& state, const TestbedOptions& options) {
 
 void install_sidecar_capture(const PodState& pod) {
     install_capture(pod, "iptables");
-    if (!pod.ip6.empty())
+    install_transparent_return(pod, "iptables");
+    if (!pod.ip6.empty()) {
         install_capture(pod, "ip6tables");
-    install_transparent_return(pod);
+        install_transparent_return(pod, "ip6tables");
+    }
 }
 
 void start_sidecar(ClusterState& state, const PodState& pod, const TestbedOptions& options) {
