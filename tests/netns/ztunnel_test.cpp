@@ -424,6 +424,7 @@ TEST_F(ZtunnelPolicyReloadTest, OpenConnectionOfANowDeniedPrincipalIsClosed) {
 
     const std::string tmp = state_.policies_dir + "/.deny-rag.yaml";
     std::ofstream(tmp) << kDenyRagPolicy;
+    const auto written = std::chrono::steady_clock::now();
     fs::rename(tmp, state_.policies_dir + "/deny-rag.yaml");
     // ztunnel re-reads policies once a second; the close follows at once. Both ends of the
     // denied connection see it torn down (a reset, or EOF after one).
@@ -431,6 +432,10 @@ TEST_F(ZtunnelPolicyReloadTest, OpenConnectionOfANowDeniedPrincipalIsClosed) {
     EXPECT_TRUE(app_end == ECONNRESET || app_end == -1) << "server app: " << app_end;
     const int client_end = test::recv_error_within(denied_client.get(), 3000);
     EXPECT_TRUE(client_end == ECONNRESET || client_end == -1) << "client app: " << client_end;
+    RecordProperty("reload_to_close_ms",
+                   static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                        std::chrono::steady_clock::now() - written)
+                                        .count()));
 
     // The other principal's connection was opened under the old policy too, and keeps flowing.
     EXPECT_TRUE(test::bytes_flow(allowed_client.get(), allowed_app.get(), "still allowed"));
