@@ -45,17 +45,23 @@ services:
 constexpr uint16_t kAppPort = 8080;
 constexpr const char* kClientId = "spiffe://cluster.local/ns/default/sa/rag";
 constexpr const char* kServerId = "spiffe://cluster.local/ns/default/sa/llm";
-// Denies the client's principal (sa rag) at the server (app llm).
-constexpr const char* kDenyRagPolicy = R"(apiVersion: security.istio.io/v1
+// A DENY AuthorizationPolicy named `name` at the server (app llm) for one `source` clause.
+std::string deny_at_server(const std::string& name, const std::string& source) {
+    return R"(apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: deny-rag, namespace: default}
+metadata: {name: )" +
+           name + R"(, namespace: default}
 spec:
   selector: {matchLabels: {app: llm}}
   action: DENY
   rules:
     - from:
-        - source: {principals: ["cluster.local/ns/default/sa/rag"]}
-)";
+        - source: )" +
+           source + "\n";
+}
+// Denies the client's principal (sa rag).
+const std::string kDenyRagPolicy =
+    deny_at_server("deny-rag", R"({principals: ["cluster.local/ns/default/sa/rag"]})");
 
 // Reads until EOF or timeout.
 std::string read_all(const Fd& s, int timeout_ms = 5000) {
@@ -401,6 +407,12 @@ services:
     ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
 )";
     }
+    // Writes a policy file the way kubelet updates a ConfigMap: whole, then renamed into place.
+    void install_policy(const std::string& file, const std::string& text) {
+        const std::string tmp = state_.policies_dir + "/." + file;
+        std::ofstream(tmp) << text;
+        fs::rename(tmp, state_.policies_dir + "/" + file);
+    }
     // A connection from `from` to the server's app, accepted on `listener`, with bytes through.
     std::pair<Fd, Fd> open_connection(const PodState& from, const Fd& listener) {
         int err = 0;
@@ -422,10 +434,8 @@ TEST_F(ZtunnelPolicyReloadTest, OpenConnectionOfANowDeniedPrincipalIsClosed) {
     auto [allowed_client, allowed_app] = open_connection(pod("other"), listener);
     ASSERT_TRUE(denied_app && allowed_app);
 
-    const std::string tmp = state_.policies_dir + "/.deny-rag.yaml";
-    std::ofstream(tmp) << kDenyRagPolicy;
     const auto written = std::chrono::steady_clock::now();
-    fs::rename(tmp, state_.policies_dir + "/deny-rag.yaml");
+    install_policy("deny-rag.yaml", kDenyRagPolicy);
     // ztunnel re-reads policies once a second; the close follows at once. Both ends of the
     // denied connection see it torn down (a reset, or EOF after one).
     const int app_end = test::recv_error_within(denied_app.get(), 3000);
@@ -459,6 +469,40 @@ TEST_F(ZtunnelPolicyReloadTest, OpenConnectionOfANowDeniedPrincipalIsClosed) {
                      {"direction=\"inbound\"", "reason=\"closed_by_policy\""}),
               1)
         << m;
+}
+
+TEST_F(ZtunnelPolicyReloadTest, OpenPlaintextConnectionFromANowDeniedAddressIsClosed) {
+    const PodState& server = pod("server");
+    Fd listener = test::tcp_listen(server.netns, server.ip, kAppPort);
+    // node0 has no ztunnel: its connection arrives in plaintext on the server's :15006.
+    int err = 0;
+    Fd plain = test::tcp_connect(node(0).netns, server.ip, kAppPort, &err);
+    ASSERT_TRUE(plain) << strerror(err);
+    Fd plain_app = test::tcp_accept(listener, 5000);
+    ASSERT_TRUE(plain_app);
+    ASSERT_TRUE(test::bytes_flow(plain.get(), plain_app.get(), "plaintext before"));
+    auto [mtls_client, mtls_app] = open_connection(pod("client"), listener);
+    ASSERT_TRUE(mtls_app);
+
+    install_policy("deny-node0.yaml",
+                   deny_at_server("deny-node0", "{ipBlocks: [" + node(0).fabric_ip + "/32]}"));
+    // ztunnel resets the plaintext client itself (RST) and the app connection.
+    EXPECT_EQ(test::recv_error_within(plain.get(), 3000), ECONNRESET);
+    const int app_end = test::recv_error_within(plain_app.get(), 1000);
+    EXPECT_TRUE(app_end == ECONNRESET || app_end == -1) << "server app: " << app_end;
+    EXPECT_TRUE(test::bytes_flow(mtls_client.get(), mtls_app.get(), "mTLS still allowed"));
+
+    json closed;
+    for (const auto& line : access_log(server, 1)) {
+        if (line["result"] == "closed_by_policy")
+            closed = line;
+    }
+    ASSERT_FALSE(closed.is_null()) << "no closed_by_policy line in the server's access log";
+    EXPECT_EQ(closed["direction"], "inbound_plaintext");
+    EXPECT_NE(closed["error"].get<std::string>().find("deny-node0"), std::string::npos) << closed;
+    EXPECT_EQ(metric(metrics(server), "sluice_authz_denials_total",
+                     {"direction=\"inbound_plaintext\"", "reason=\"closed_by_policy\""}),
+              1);
 }
 
 class ZtunnelStrictTest : public ZtunnelSidecarTest {
