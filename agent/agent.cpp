@@ -57,6 +57,7 @@ std::expected<void, std::string> Agent::init() {
 
     metrics_ = std::make_unique<AgentMetrics>(*datapath_);
     audit_ = std::make_unique<AuditLog>(config_.audit_log);
+    closer_ = std::make_unique<ConnectionCloser>(*datapath_, *metrics_, *audit_);
     ztunnel_ = std::make_unique<ZtunnelLink>(config_.ztunnel_socket(), [this] {
         metrics_->set_ztunnel_connected(true);
         enrollment_->replay_to_ztunnel();
@@ -243,6 +244,8 @@ void Agent::apply_generation(std::shared_ptr<const policies::Generation> g) {
     }
     enrollment_->refresh_bindings();
     metrics_->set_policy_generation(g->number);
+    // Only now: the maps hold the new generation, so the sweep judges by it (DESIGN.md §5).
+    closer_->close_denied(enrollment_->pods(), g->number);
     // Compiling and diffing a generation allocates far more than it keeps; give it back.
     ::malloc_trim(0);
     spdlog::info("policy generation {} in force ({} map changes)", g->number, delta.size());

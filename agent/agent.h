@@ -11,6 +11,7 @@
 #include "agent/audit.h"
 #include "agent/cni_server.h"
 #include "agent/config.h"
+#include "agent/connection_closer.h"
 #include "agent/enrollment.h"
 #include "agent/metrics.h"
 #include "agent/ztunnel_link.h"
@@ -59,6 +60,7 @@ class Agent {
     std::unique_ptr<Enrollment> enrollment_;
     std::unique_ptr<AgentMetrics> metrics_;
     std::unique_ptr<AuditLog> audit_;
+    std::unique_ptr<ConnectionCloser> closer_;
     std::unique_ptr<CniServer> cni_;
     std::unique_ptr<HttpServer> metrics_http_;
     std::unique_ptr<HttpServer> ready_http_;

@@ -71,7 +71,7 @@ AuditLog::~AuditLog() {
 std::string AuditLog::format(const sluice_deny_event& e, const AuditContext& ctx,
                              uint64_t wall_time_ns) {
     nlohmann::json j{{"time", rfc3339(wall_time_ns)},
-                     {"type", "policy_denied"},
+                     {"type", ctx.closed_by_policy ? "connection_closed" : "policy_denied"},
                      {"direction", e.direction == SLUICE_DIR_EGRESS ? "egress" : "ingress"},
                      {"src", address(e.src_addr)},
                      {"src_port", e.src_port},
@@ -84,6 +84,8 @@ std::string AuditLog::format(const sluice_deny_event& e, const AuditContext& ctx
                      {"peer_identity", e.peer_identity}};
     if (!ctx.pod.empty())
         j["pod"] = ctx.pod;
+    if (ctx.closed_by_policy)
+        j["policy_generation"] = ctx.policy_generation;
     return j.dump();
 }
 

@@ -11,10 +11,14 @@ namespace sluice::agent {
 // Who a deny event concerns, resolved by the agent from its enrollment table.
 struct AuditContext {
     std::string pod;  // "ns/name" of the enrolled pod, or empty
+    // The event is an open connection closed after a policy reload, not a refused attempt.
+    bool closed_by_policy = false;
+    uint64_t policy_generation = 0;  // with closed_by_policy: the generation that denies it
 };
 
 // One JSON line per policy denial (DESIGN.md §7): time, src, dst, port, proto, direction,
-// rule, reason — appended to a file or written to stdout.
+// rule, reason — appended to a file or written to stdout. Type "policy_denied" for a refused
+// connection attempt, "connection_closed" for an open connection a policy reload closed.
 class AuditLog {
   public:
     explicit AuditLog(const std::string& path);  // empty: stdout

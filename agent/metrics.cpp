@@ -13,10 +13,6 @@ using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::MetricType;
 
-const char* direction_name(uint8_t d) {
-    return d == SLUICE_DIR_EGRESS ? "egress" : "ingress";
-}
-
 ClientMetric counter(std::vector<ClientMetric::Label> labels, uint64_t value) {
     ClientMetric m;
     m.label = std::move(labels);
@@ -41,6 +37,13 @@ AgentMetrics::AgentMetrics(const datapath::Datapath& dp)
                     .Name("sluice_policy_reload_total")
                     .Help("Policy reload attempts by result (success, unchanged, failure)")
                     .Register(*registry_);
+    connections_closed_ =
+        &BuildCounter()
+             .Name("sluice_policy_connections_closed_total")
+             .Help(
+                 "Open connections closed after a policy reload because the new generation "
+                 "denies them (one audit line each)")
+             .Register(*registry_);
     map_entries_ = &BuildGauge()
                         .Name("sluice_agent_map_entries")
                         .Help("Entries the agent keeps in each eBPF map")
@@ -66,13 +69,17 @@ AgentMetrics::AgentMetrics(const datapath::Datapath& dp)
                               .Add({});
 }
 
+const char* AgentMetrics::direction_label(uint8_t direction) {
+    return direction == SLUICE_DIR_EGRESS ? "egress" : "ingress";
+}
+
 void AgentMetrics::cni_request(const std::string& command, bool ok) {
     cni_requests_->Add({{"command", command}, {"result", ok ? "ok" : "error"}}).Increment();
 }
 
 void AgentMetrics::deny_event(uint8_t direction, uint8_t reason) {
     deny_events_
-        ->Add({{"direction", direction_name(direction)},
+        ->Add({{"direction", direction_label(direction)},
                {"reason", datapath::reason_name(static_cast<sluice_reason>(reason))}})
         .Increment();
 }

@@ -21,6 +21,11 @@ class AgentMetrics {
 
     void cni_request(const std::string& command, bool ok);
     void deny_event(uint8_t direction, uint8_t reason);
+    // One open connection closed because a new policy generation denies it.
+    void connection_closed(uint8_t direction) {
+        connections_closed_->Add({{"direction", direction_label(direction)}}).Increment();
+    }
+    static const char* direction_label(uint8_t direction);
     void set_enrolled_pods(size_t n) { enrolled_->Set(static_cast<double>(n)); }
     void set_ztunnel_connected(bool c) { ztunnel_connected_->Set(c ? 1 : 0); }
     void set_policy_generation(uint64_t g) { policy_generation_->Set(static_cast<double>(g)); }
@@ -38,6 +43,7 @@ class AgentMetrics {
     prometheus::Family<prometheus::Counter>* cni_requests_;
     prometheus::Family<prometheus::Counter>* deny_events_;
     prometheus::Family<prometheus::Counter>* reloads_;
+    prometheus::Family<prometheus::Counter>* connections_closed_;
     prometheus::Family<prometheus::Gauge>* map_entries_;
     prometheus::Family<prometheus::Gauge>* map_capacity_;
     prometheus::Gauge* enrolled_;

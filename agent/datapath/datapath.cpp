@@ -18,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/datapath/libbpf_log.h"
+#include "close.skel.h"
 #include "common/netns.h"
 #include "inbound.skel.h"
 #include "redirect.skel.h"
@@ -350,6 +351,10 @@ Datapath::~Datapath() {
         redirect_bpf__destroy(redirect_);
     if (inbound_ != nullptr)
         inbound_bpf__destroy(inbound_);
+    if (close_link_ != nullptr)
+        bpf_link__destroy(close_link_);  // not pinned: each agent attaches its own iterator
+    if (close_ != nullptr)
+        close_bpf__destroy(close_);
 }
 
 Result<std::unique_ptr<Datapath>> Datapath::open(const DatapathConfig& config) {
@@ -409,7 +414,36 @@ Result<void> Datapath::load() {
     if (int err = inbound_bpf__load(inbound_); err != 0) {
         return load_failure("inbound", err, capture.text());
     }
-    return write_layout_meta();
+    if (auto r = write_layout_meta(); !r)
+        return r;
+    load_closer();
+    return {};
+}
+
+// The connection closer is optional: without it a policy reload still applies to every new
+// connection, only open ones keep running. Pinned maps are reused like the other objects'.
+void Datapath::load_closer() {
+    LibbpfLogCapture capture;
+    close_ = close_bpf__open();
+    if (close_ == nullptr) {
+        spdlog::warn("datapath: cannot open the connection closer: {}", errno_text(errno));
+        return;
+    }
+    set_tunables(close_, config_);
+    auto prepared = prepare_maps(close_->obj, config_, maps_dir(config_));
+    int err = prepared ? close_bpf__load(close_) : -EINVAL;
+    if (err == 0) {
+        close_link_ = bpf_program__attach_iter(close_->progs.sluice_close_denied, nullptr);
+        err = close_link_ == nullptr ? -errno : 0;
+    }
+    if (err != 0) {
+        spdlog::warn(
+            "datapath: open connections cannot be closed on a policy reload (the kernel needs "
+            "iter/tcp and bpf_sock_destroy, 6.5+): {} {}",
+            prepared ? errno_text(err) : prepared.error().message, capture.text());
+        close_bpf__destroy(close_);
+        close_ = nullptr;
+    }
 }
 
 Result<void> Datapath::write_layout_meta() {
@@ -680,6 +714,35 @@ Result<std::optional<OrigDst>> Datapath::orig_dst_by_cookie(uint64_t socket_cook
     od.family = value.family;
     od.netns_cookie = value.netns_cookie;
     return od;
+}
+
+Result<std::vector<sluice_deny_event>> Datapath::close_denied_connections() const {
+    if (close_link_ == nullptr)
+        return fail(Errc::Unsupported, "this kernel cannot close connections from eBPF");
+    Fd iter(bpf_iter_create(bpf_link__fd(close_link_)));
+    if (iter.fd < 0)
+        return fail_errno(Errc::SystemError, "create tcp socket iterator", errno);
+    // The iterator runs while it is read; every record is one closed connection.
+    std::vector<sluice_deny_event> closed;
+    std::vector<char> buf;
+    char chunk[4096];
+    for (;;) {
+        ssize_t n = ::read(iter.fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return fail_errno(Errc::SystemError, "read tcp socket iterator", errno);
+        if (n == 0)
+            break;
+        buf.insert(buf.end(), chunk, chunk + n);
+    }
+    for (size_t off = 0; off + sizeof(sluice_deny_event) <= buf.size();
+         off += sizeof(sluice_deny_event)) {
+        sluice_deny_event ev;
+        std::memcpy(&ev, buf.data() + off, sizeof ev);
+        closed.push_back(ev);
+    }
+    return closed;
 }
 
 Result<int> Datapath::poll_deny_events(

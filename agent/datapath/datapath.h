@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "agent/datapath/address.h"
 #include "agent/datapath/config.h"
@@ -16,6 +17,7 @@
 
 struct redirect_bpf;
 struct inbound_bpf;
+struct close_bpf;
 struct bpf_link;
 struct ring_buffer;
 
@@ -80,6 +82,16 @@ class Datapath {
     // The record connect4/6 made for the app socket with this SO_COOKIE.
     Result<std::optional<OrigDst>> orig_dst_by_cookie(uint64_t socket_cookie) const;
 
+    // Closes the open TCP connections in the calling thread's network namespace that egress
+    // policy, as the maps hold it now, denies (bpf/lib/close.h: a redirected app socket whose
+    // original destination connect() would now refuse); returns one event per closed
+    // connection. Call it from a thread that has joined a pod's netns (socket iterators walk the
+    // creator's netns). Unlike the rest of this class it may run on any thread: it only creates
+    // an iterator from the link made at open(). Errc::Unsupported when the kernel could not load
+    // the iterator (no bpf_sock_destroy before 6.5).
+    Result<std::vector<sluice_deny_event>> close_denied_connections() const;
+    bool can_close_connections() const { return close_link_ != nullptr; }
+
     // Waits up to `timeout` for deny events and hands each to `on_event`; returns how many.
     Result<int> poll_deny_events(const std::function<void(const sluice_deny_event&)>& on_event,
                                  std::chrono::milliseconds timeout);
@@ -90,6 +102,7 @@ class Datapath {
   private:
     explicit Datapath(DatapathConfig config);
     Result<void> load();
+    void load_closer();
     Result<void> attach_cgroup_programs();
     Result<void> check_pinned_cgroup_links(int cgroup_fd) const;
     Result<void> update_netns_links();
@@ -99,6 +112,8 @@ class Datapath {
     DatapathConfig config_;
     redirect_bpf* redirect_ = nullptr;
     inbound_bpf* inbound_ = nullptr;
+    close_bpf* close_ = nullptr;  // optional: null when the kernel cannot destroy sockets
+    bpf_link* close_link_ = nullptr;
     std::map<std::string, bpf_link*> cgroup_links_;  // by program name
     std::map<uint64_t, bpf_link*> netns_links_;      // by netns cookie
     ring_buffer* deny_ring_ = nullptr;

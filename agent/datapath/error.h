@@ -17,6 +17,7 @@ enum class Errc {
     NotFound,               // no such map entry / netns / link
     MapOperationFailed,     // a map update/delete/lookup failed
     SystemError,            // another syscall failed
+    Unsupported,            // the running kernel lacks a feature this operation needs
 };
 
 struct Error {

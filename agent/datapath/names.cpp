@@ -23,6 +23,8 @@ const char* errc_name(Errc code) {
             return "attach_failed";
         case Errc::NotFound:
             return "not_found";
+        case Errc::Unsupported:
+            return "unsupported";
         case Errc::MapOperationFailed:
             return "map_operation_failed";
         case Errc::SystemError:

@@ -26,10 +26,11 @@ static __always_inline bool addr_in_excluded_cidrs(const struct sluice_addr* add
 
 /* Looks the policy up in the documented order (sluice_abi.h: exact, any port, any identity,
  * any both). Returns 0 when the connection may proceed, -EPERM when it is denied; `out` says
- * which rule decided (rule 0: no entry matched, the endpoint's default applied). */
-static __always_inline int policy_check(const struct sluice_enrolled_value* ep,
-                                        const struct sluice_addr* peer, __u16 port, __u8 proto,
-                                        __u8 direction, struct policy_decision* out) {
+ * which rule decided (rule 0: no entry matched, the endpoint's default applied). Counts nothing:
+ * re-checking a connection that is already open (lib/close.h) is not a new match. */
+static __always_inline int policy_decide(const struct sluice_enrolled_value* ep,
+                                         const struct sluice_addr* peer, __u16 port, __u8 proto,
+                                         __u8 direction, struct policy_decision* out) {
     struct sluice_policy_key key = {
         .endpoint_id = ep->endpoint_id,
         .peer_identity = ipcache_identity(peer),
@@ -57,7 +58,6 @@ static __always_inline int policy_check(const struct sluice_enrolled_value* ep,
     if (v) {
         out->rule_id = v->rule_id;
         out->verdict = v->verdict;
-        count_rule(v->rule_id);
     } else {
         __u32 deny_flag = direction == SLUICE_DIR_EGRESS ? SLUICE_ENROLLED_F_DEFAULT_DENY_EGRESS
                                                          : SLUICE_ENROLLED_F_DEFAULT_DENY_INGRESS;
@@ -65,6 +65,15 @@ static __always_inline int policy_check(const struct sluice_enrolled_value* ep,
         out->verdict = (ep->flags & deny_flag) ? SLUICE_VERDICT_DENY : SLUICE_VERDICT_ALLOW;
     }
     return out->verdict == SLUICE_VERDICT_DENY ? -EPERM : 0;
+}
+
+/* policy_decide for a connection being opened: the deciding rule's counter goes up. */
+static __always_inline int policy_check(const struct sluice_enrolled_value* ep,
+                                        const struct sluice_addr* peer, __u16 port, __u8 proto,
+                                        __u8 direction, struct policy_decision* out) {
+    int rc = policy_decide(ep, peer, port, proto, direction, out);
+    count_rule(out->rule_id);
+    return rc;
 }
 
 /* Counts the refusal and reports it on the deny_events ring buffer. A full ring buffer loses the

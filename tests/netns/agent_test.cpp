@@ -404,6 +404,49 @@ TEST_F(AgentPolicyTest, CrossBoundaryConnectFailsWithEpermAnAuditLineAndACounter
     EXPECT_TRUE(test::accept_on(listeners(0, "tenant-a/a").outbound4));
 }
 
+TEST_F(AgentPolicyTest, ReloadClosesOpenConnectionsItDeniesAndKeepsAllowedOnes) {
+    const PodState& a = pod("tenant-a/a");
+    const PodState& b = pod("tenant-b/b");
+    // Opened before any policy: b → a crosses no boundary yet. Both land on the test ztunnel.
+    int err = 0;
+    Fd denied = connect_from(b, a.ip, kAppPort, &err);
+    ASSERT_TRUE(denied) << strerror(err);
+    Fd denied_proxy = test::accept_on(listeners(0, "tenant-b/b").outbound4);
+    Fd allowed = connect_from(a, pod("tenant-a/server").ip, kAppPort, &err);
+    ASSERT_TRUE(allowed) << strerror(err);
+    Fd allowed_proxy = test::accept_on(listeners(0, "tenant-a/a").outbound4);
+    ASSERT_TRUE(denied_proxy && allowed_proxy);
+    ASSERT_TRUE(test::bytes_flow(denied.get(), denied_proxy.get(), "before"));
+    ASSERT_TRUE(test::bytes_flow(allowed.get(), allowed_proxy.get(), "before"));
+
+    const auto written = std::chrono::steady_clock::now();
+    write_policy("policies.yaml", kPolicies);
+    // The app's socket is aborted; ztunnel's end of it gets a RST.
+    EXPECT_EQ(test::recv_error_within(denied.get(), 3000), ECONNABORTED);
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - written);
+    RecordProperty("reload_to_close_ms", static_cast<int>(took.count()));
+    EXPECT_LT(took, 2s) << "reload to close took " << took.count() << " ms";
+    EXPECT_EQ(test::recv_error_within(denied_proxy.get(), 1000), ECONNRESET);
+    // Inside the boundary the open connection keeps carrying bytes.
+    EXPECT_TRUE(test::bytes_flow(allowed.get(), allowed_proxy.get(), "after the reload"));
+    EXPECT_EQ(connect_errno_eventually(b, a.ip, EPERM), EPERM);
+
+    // The audit line follows the close on the agent's policy thread.
+    std::string log;
+    for (int i = 0; i < 20 && log.find("connection_closed") == std::string::npos; ++i) {
+        std::this_thread::sleep_for(50ms);
+        log = audit(0);
+    }
+    EXPECT_NE(log.find("\"type\":\"connection_closed\""), std::string::npos) << log;
+    EXPECT_NE(log.find("\"dst\":\"" + a.ip + "\""), std::string::npos) << log;
+    EXPECT_NE(log.find("\"pod\":\"tenant-b/b\""), std::string::npos) << log;
+    const std::string m = metrics(0);
+    EXPECT_NE(m.find("sluice_policy_connections_closed_total{direction=\"egress\"} 1"),
+              std::string::npos)
+        << m;
+}
+
 TEST_F(AgentPolicyTest, IngressDenyIsDroppedInTheKernel) {
     const PodState& server = pod("tenant-a/server");
     write_policy("policies.yaml", kPolicies);

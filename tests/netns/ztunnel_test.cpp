@@ -46,6 +46,23 @@ services:
 constexpr uint16_t kAppPort = 8080;
 constexpr const char* kClientId = "spiffe://cluster.local/ns/default/sa/rag";
 constexpr const char* kServerId = "spiffe://cluster.local/ns/default/sa/llm";
+// A DENY AuthorizationPolicy named `name` at the server (app llm) for one `source` clause.
+std::string deny_at_server(const std::string& name, const std::string& source) {
+    return R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: )" +
+           name + R"(, namespace: default}
+spec:
+  selector: {matchLabels: {app: llm}}
+  action: DENY
+  rules:
+    - from:
+        - source: )" +
+           source + "\n";
+}
+// Denies the client's principal (sa rag).
+const std::string kDenyRagPolicy =
+    deny_at_server("deny-rag", R"({principals: ["cluster.local/ns/default/sa/rag"]})");
 
 // Reads until EOF or timeout.
 std::string read_all(const Fd& s, int timeout_ms = 5000) {
@@ -146,12 +163,13 @@ PatternRead receive_pattern(int fd, uint64_t n, uint8_t seed, int timeout_ms) {
 
 class ZtunnelSidecarTest : public ZtunnelClusterTest {
   protected:
+    virtual const char* spec() const { return kSpec; }
     void SetUp() override {
         SLUICE_REQUIRE_PRIVILEGES();
-        start_cluster("zt", kSpec);
-        // The registry is written after the pods: wait until both ztunnels have read it.
-        for (const char* p : {"client", "server"})
-            wait_for_registry(pod(p));
+        start_cluster("zt", spec());
+        // The registry is written after the pods: wait until every ztunnel has read it.
+        for (const auto& p : state_.pods)
+            wait_for_registry(p, state_.pods.size());
     }
     std::vector<std::string> log_files() const override {
         std::vector<std::string> files;
@@ -165,12 +183,12 @@ class ZtunnelSidecarTest : public ZtunnelClusterTest {
 
     const NodeState& node(int i) const { return state_.nodes.at(i); }
 
-    void wait_for_registry(const PodState& p) {
+    void wait_for_registry(const PodState& p, size_t workloads) {
         for (int i = 0; i < 100; ++i) {
             const std::string dump = http_get(p.netns, "127.0.0.1", 15000, "/config_dump");
             if (!dump.empty()) {
                 json j = json::parse(dump);
-                if (j["workloads"].size() == 2 && j["services"].size() == 1)
+                if (j["workloads"].size() == workloads && j["services"].size() == 1)
                     return;
             }
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -546,16 +564,7 @@ TEST_F(ZtunnelSidecarTest, OurOutboundTalksToAnIndependentHboneServer) {
 }
 
 TEST_F(ZtunnelSidecarTest, AuthorizationPolicyDenyIsA401AndAClosedConnection) {
-    std::ofstream(state_.policies_dir + "/deny-rag.yaml") << R"(apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-rag, namespace: default}
-spec:
-  selector: {matchLabels: {app: llm}}
-  action: DENY
-  rules:
-    - from:
-        - source: {principals: ["cluster.local/ns/default/sa/rag"]}
-)";
+    std::ofstream(state_.policies_dir + "/deny-rag.yaml") << kDenyRagPolicy;
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // reloads once a second
     const PodState& client = pod("client");
     const PodState& server = pod("server");
@@ -575,6 +584,122 @@ spec:
     EXPECT_EQ(in[0]["result"], "denied");
     EXPECT_NE(in[0]["error"].get<std::string>().find("deny-rag"), std::string::npos) << in[0];
     EXPECT_EQ(metric(metrics(server), "sluice_authz_denials_total", {"direction=\"inbound\""}), 1);
+}
+
+// Policy reload with connections open: the server's ztunnel authorizes its open inbound
+// connections again and closes the ones the new policy denies; others keep flowing.
+class ZtunnelPolicyReloadTest : public ZtunnelSidecarTest {
+  protected:
+    const char* spec() const override {
+        return R"(
+nodes: 2
+mesh: sidecar
+pods:
+  - {name: client, serviceAccount: rag, node: 0, labels: {app: rag}}
+  - {name: other, serviceAccount: other, node: 0, labels: {app: other}}
+  - {name: server, serviceAccount: llm, node: 1, labels: {app: llm}}
+services:
+  - name: llm
+    selector: {app: llm}
+    ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
+)";
+    }
+    // Writes a policy file the way kubelet updates a ConfigMap: whole, then renamed into place.
+    void install_policy(const std::string& file, const std::string& text) {
+        const std::string tmp = state_.policies_dir + "/." + file;
+        std::ofstream(tmp) << text;
+        fs::rename(tmp, state_.policies_dir + "/" + file);
+    }
+    // A connection from `from` to the server's app, accepted on `listener`, with bytes through.
+    std::pair<Fd, Fd> open_connection(const PodState& from, const Fd& listener) {
+        int err = 0;
+        Fd c = test::tcp_connect(from.netns, pod("server").ip, kAppPort, &err);
+        EXPECT_TRUE(c) << strerror(err);
+        Fd a = test::tcp_accept(listener, 5000);
+        EXPECT_TRUE(a) << "the server app did not get the connection from " << from.name;
+        if (c && a) {
+            EXPECT_TRUE(test::bytes_flow(c.get(), a.get(), "hello from " + from.name));
+        }
+        return {std::move(c), std::move(a)};
+    }
+};
+
+TEST_F(ZtunnelPolicyReloadTest, OpenConnectionOfANowDeniedPrincipalIsClosed) {
+    const PodState& server = pod("server");
+    Fd listener = test::tcp_listen(server.netns, server.ip, kAppPort);
+    auto [denied_client, denied_app] = open_connection(pod("client"), listener);
+    auto [allowed_client, allowed_app] = open_connection(pod("other"), listener);
+    ASSERT_TRUE(denied_app && allowed_app);
+
+    const auto written = std::chrono::steady_clock::now();
+    install_policy("deny-rag.yaml", kDenyRagPolicy);
+    // ztunnel re-reads policies once a second; the close follows at once. Both ends of the
+    // denied connection see it torn down (a reset, or EOF after one).
+    const int app_end = test::recv_error_within(denied_app.get(), 3000);
+    EXPECT_TRUE(app_end == ECONNRESET || app_end == -1) << "server app: " << app_end;
+    const int client_end = test::recv_error_within(denied_client.get(), 3000);
+    EXPECT_TRUE(client_end == ECONNRESET || client_end == -1) << "client app: " << client_end;
+    RecordProperty("reload_to_close_ms",
+                   static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                        std::chrono::steady_clock::now() - written)
+                                        .count()));
+
+    // The other principal's connection was opened under the old policy too, and keeps flowing.
+    EXPECT_TRUE(test::bytes_flow(allowed_client.get(), allowed_app.get(), "still allowed"));
+    // New connections of the denied principal are refused as usual.
+    int err = 0;
+    Fd again = test::tcp_connect(pod("client").netns, server.ip, kAppPort, &err);
+    EXPECT_FALSE(test::tcp_accept(listener, 500)) << "a new connection from rag got through";
+
+    json closed;
+    for (const auto& line : access_log(server, 2)) {
+        if (line["result"] == "closed_by_policy")
+            closed = line;
+    }
+    ASSERT_FALSE(closed.is_null()) << "no closed_by_policy line in the server's access log";
+    EXPECT_EQ(closed["direction"], "inbound");
+    EXPECT_EQ(closed["src.identity"], kClientId);
+    EXPECT_NE(closed["error"].get<std::string>().find("deny-rag"), std::string::npos) << closed;
+    EXPECT_GT(closed["bytes_received"].get<uint64_t>(), 0u);
+    const std::string m = metrics(server);
+    EXPECT_EQ(metric(m, "sluice_authz_denials_total",
+                     {"direction=\"inbound\"", "reason=\"closed_by_policy\""}),
+              1)
+        << m;
+}
+
+TEST_F(ZtunnelPolicyReloadTest, OpenPlaintextConnectionFromANowDeniedAddressIsClosed) {
+    const PodState& server = pod("server");
+    Fd listener = test::tcp_listen(server.netns, server.ip, kAppPort);
+    // node0 has no ztunnel: its connection arrives in plaintext on the server's :15006.
+    int err = 0;
+    Fd plain = test::tcp_connect(node(0).netns, server.ip, kAppPort, &err);
+    ASSERT_TRUE(plain) << strerror(err);
+    Fd plain_app = test::tcp_accept(listener, 5000);
+    ASSERT_TRUE(plain_app);
+    ASSERT_TRUE(test::bytes_flow(plain.get(), plain_app.get(), "plaintext before"));
+    auto [mtls_client, mtls_app] = open_connection(pod("client"), listener);
+    ASSERT_TRUE(mtls_app);
+
+    install_policy("deny-node0.yaml",
+                   deny_at_server("deny-node0", "{ipBlocks: [" + node(0).fabric_ip + "/32]}"));
+    // ztunnel resets the plaintext client itself (RST) and the app connection.
+    EXPECT_EQ(test::recv_error_within(plain.get(), 3000), ECONNRESET);
+    const int app_end = test::recv_error_within(plain_app.get(), 1000);
+    EXPECT_TRUE(app_end == ECONNRESET || app_end == -1) << "server app: " << app_end;
+    EXPECT_TRUE(test::bytes_flow(mtls_client.get(), mtls_app.get(), "mTLS still allowed"));
+
+    json closed;
+    for (const auto& line : access_log(server, 1)) {
+        if (line["result"] == "closed_by_policy")
+            closed = line;
+    }
+    ASSERT_FALSE(closed.is_null()) << "no closed_by_policy line in the server's access log";
+    EXPECT_EQ(closed["direction"], "inbound_plaintext");
+    EXPECT_NE(closed["error"].get<std::string>().find("deny-node0"), std::string::npos) << closed;
+    EXPECT_EQ(metric(metrics(server), "sluice_authz_denials_total",
+                     {"direction=\"inbound_plaintext\"", "reason=\"closed_by_policy\""}),
+              1);
 }
 
 class ZtunnelStrictTest : public ZtunnelSidecarTest {

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <system_error>
@@ -148,12 +149,16 @@ std::string send_and_receive(const Fd& s, const std::string& data, int timeout_m
             return {};
         sent += static_cast<size_t>(w);
     }
+    return recv_exactly(s.get(), data.size(), timeout_ms);
+}
+
+std::string recv_exactly(int fd, size_t n, int timeout_ms) {
     std::string got;
     char buf[65536];
-    while (got.size() < data.size()) {
-        if (!wait_fd(s.get(), POLLIN, timeout_ms))
+    while (got.size() < n) {
+        if (!wait_fd(fd, POLLIN, timeout_ms))
             break;
-        ssize_t r = ::recv(s.get(), buf, sizeof buf, 0);
+        ssize_t r = ::recv(fd, buf, std::min(sizeof buf, n - got.size()), 0);
         if (r < 0 && (errno == EAGAIN || errno == EINTR))
             continue;
         if (r <= 0)
@@ -161,6 +166,21 @@ std::string send_and_receive(const Fd& s, const std::string& data, int timeout_m
         got.append(buf, static_cast<size_t>(r));
     }
     return got;
+}
+
+bool bytes_flow(int a, int b, const std::string& msg, int timeout_ms) {
+    return send_all(a, msg, timeout_ms) && recv_exactly(b, msg.size(), timeout_ms) == msg &&
+           send_all(b, msg, timeout_ms) && recv_exactly(a, msg.size(), timeout_ms) == msg;
+}
+
+int recv_error_within(int fd, int timeout_ms) {
+    if (!wait_fd(fd, POLLIN, timeout_ms))
+        return 0;
+    char c;
+    const ssize_t n = ::recv(fd, &c, 1, MSG_DONTWAIT);
+    if (n == 0)
+        return -1;
+    return n < 0 ? errno : 0;
 }
 
 std::string echo_one_connection(const Fd& listener, int timeout_ms) {

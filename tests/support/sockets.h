@@ -38,6 +38,17 @@ Fd tcp_accept(const Fd& listener, int timeout_ms = 3000);
 // Sends all of `data`, then reads exactly data.size() bytes back (or until timeout/EOF).
 std::string send_and_receive(const Fd& s, const std::string& data, int timeout_ms = 3000);
 
+// Reads until `n` bytes arrived, EOF, an error or the timeout; returns what arrived.
+std::string recv_exactly(int fd, size_t n, int timeout_ms = 3000);
+
+// `msg` goes from `a` to `b` and then from `b` to `a`, both arriving intact.
+bool bytes_flow(int a, int b, const std::string& msg, int timeout_ms = 3000);
+
+// How a connection that should have been torn down ended, waiting up to `timeout_ms` for it:
+// the errno recv() reports (ECONNRESET, ECONNABORTED…), -1 for an orderly EOF, or 0 when it is
+// still open (nothing arrived). Reads at most one byte.
+int recv_error_within(int fd, int timeout_ms);
+
 // Serves one connection on `listener`: echoes everything until the peer closes. Returns the
 // peer address as seen by accept(). Runs within the timeout.
 std::string echo_one_connection(const Fd& listener, int timeout_ms = 5000);

@@ -18,7 +18,7 @@ struct ConnectionRecord {
     uint64_t bytes_sent = 0;      // towards the downstream (client)
     uint64_t bytes_received = 0;  // from the downstream
     std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
-    std::string result = "ok";  // "ok", "denied", "error"
+    std::string result = "ok";  // "ok", "denied", "error", "closed_by_policy"
     std::string error;          // why, when not ok
 
     nlohmann::json to_json() const;

@@ -34,7 +34,7 @@ asio::awaitable<void> hbone_stream(Proxy& p, std::shared_ptr<EnrolledWorkload> d
     const bool ours =
         target && std::find(dst->ips.begin(), dst->ips.end(), target->address()) != dst->ips.end();
     InboundCall call =
-        authorize_inbound(p, *dst, conn.peer().uri(), peer, target.value_or(tcp::endpoint()));
+        authorize_inbound(p, dst, conn.peer().uri(), peer, target.value_or(tcp::endpoint()));
     call.record.direction = "inbound";
     call.labels.connection_security_policy = "mutual_tls";
     if (st->request().method != "CONNECT" || !ours) {
@@ -88,10 +88,15 @@ asio::awaitable<void> hbone_connection(Proxy& p, std::shared_ptr<EnrolledWorkloa
 
 }  // namespace
 
-InboundCall authorize_inbound(Proxy& p, const EnrolledWorkload& dst,
+InboundCall authorize_inbound(Proxy& p, std::shared_ptr<EnrolledWorkload> dst_ptr,
                               const std::string& peer_identity, const tcp::endpoint& source,
                               const tcp::endpoint& destination) {
     InboundCall call;
+    const EnrolledWorkload& dst = *dst_ptr;
+    call.destination = std::move(dst_ptr);
+    call.peer_identity = peer_identity;
+    call.source = source;
+    call.target = destination;
     auto snap = p.registry().current();
     call.labels.reporter = "destination";
     call.record.src_addr = to_string(source);
@@ -143,6 +148,45 @@ void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction) {
     p.metrics().authz_denied(direction, call.decision.rule);
     call.record.result = "denied";
     finish_inbound(p, call, false, call.decision.reason + " (" + call.decision.rule + ")");
+}
+
+OpenInboundGuard::OpenInboundGuard(Proxy& p, InboundCall& call, asio::any_io_executor ex,
+                                   std::function<void()> abort)
+    : p_(p) {
+    id_ = p.inbound_connections().add({
+        .destination = call.destination,
+        .peer_identity = call.peer_identity,
+        .source = call.source,
+        .target = call.target,
+        .executor = std::move(ex),
+        .close =
+            [&call, abort = std::move(abort)](const state::AuthzDecision& d) {
+                call.decision = d;
+                call.closed_by_policy = true;
+                abort();
+            },
+    });
+}
+
+OpenInboundGuard::~OpenInboundGuard() {
+    p_.inbound_connections().remove(id_);
+}
+
+void finish_closed_by_policy(Proxy& p, InboundCall& call) {
+    p.metrics().authz_denied(call.record.direction, "closed_by_policy");
+    p.metrics().connection_closed(call.labels, call.record.bytes_sent, call.record.bytes_received);
+    call.record.result = "closed_by_policy";
+    call.record.error = "policy changed: " + call.decision.reason + " (" + call.decision.rule + ")";
+    p.access_log().write(call.record);
+}
+
+size_t close_denied_inbound(Proxy& p) {
+    const size_t n = p.inbound_connections().close_denied([&p](const InboundConnections::Entry& e) {
+        return authorize_inbound(p, e.destination, e.peer_identity, e.source, e.target).decision;
+    });
+    if (n > 0)
+        spdlog::info("policy refresh: closing {} open inbound connection(s) it denies", n);
+    return n;
 }
 
 asio::awaitable<std::expected<tcp::socket, std::string>> connect_app(Proxy& p,

@@ -1,5 +1,9 @@
 #pragma once
 
+#include <functional>
+#include <memory>
+#include <string>
+
 #include "ztunnel/proxy/proxy.h"
 #include "ztunnel/proxy/relay.h"
 
@@ -11,11 +15,16 @@ struct InboundCall {
     ConnectionRecord record;
     ConnectionLabels labels;
     state::AuthzDecision decision;
+    // What authorize_inbound decided on, kept so a policy refresh can decide again.
+    std::shared_ptr<EnrolledWorkload> destination;
+    std::string peer_identity;
+    tcp::endpoint source, target;
+    bool closed_by_policy = false;  // a policy refresh denied it while it was open
 };
 
 // Fills in source and destination from the registry and asks the authorizer. `peer_identity`
 // is empty for plaintext.
-InboundCall authorize_inbound(Proxy& p, const EnrolledWorkload& dst,
+InboundCall authorize_inbound(Proxy& p, std::shared_ptr<EnrolledWorkload> dst,
                               const std::string& peer_identity, const tcp::endpoint& source,
                               const tcp::endpoint& destination);
 
@@ -24,6 +33,25 @@ void finish_inbound(Proxy& p, InboundCall& call, bool opened, const std::string&
 
 // A refusal by policy: counted by direction and rule, logged as "denied".
 void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction);
+
+// Registers the relaying connection with Proxy::inbound_connections() (a policy refresh that
+// denies it calls `abort`), and unregisters it when destroyed, on the same worker.
+class OpenInboundGuard {
+  public:
+    OpenInboundGuard(Proxy& p, InboundCall& call, asio::any_io_executor ex,
+                     std::function<void()> abort);
+    ~OpenInboundGuard();
+    OpenInboundGuard(const OpenInboundGuard&) = delete;
+    OpenInboundGuard& operator=(const OpenInboundGuard&) = delete;
+
+  private:
+    Proxy& p_;
+    uint64_t id_;
+};
+
+// The end of a connection that a policy refresh closed: counted as an authorization denial
+// (reason "closed_by_policy"), logged with result "closed_by_policy" and the deciding rule.
+void finish_closed_by_policy(Proxy& p, InboundCall& call);
 
 // Connects to the app at `target` from inside the pod, from the client's own address when
 // --transparent-inbound is on.
@@ -38,10 +66,23 @@ template <typename Downstream>
 asio::awaitable<void> relay_inbound(Proxy& p, InboundCall& call, Downstream down,
                                     tcp::socket& app) {
     p.metrics().connection_opened(call.labels);
-    auto r = co_await relay(down, TcpPipe(app));
+    // Named before use: g++ 12 may destroy temporaries inside co_await expressions twice.
+    auto ex = co_await asio::this_coro::executor;
+    std::function<void()> abort = [down, &app]() mutable {
+        down.abort();
+        TcpPipe(app).abort();
+    };
+    RelayResult r;
+    {
+        OpenInboundGuard open(p, call, ex, std::move(abort));
+        r = co_await relay(down, TcpPipe(app));
+    }
     call.record.bytes_received = r.a_to_b;
     call.record.bytes_sent = r.b_to_a;
-    finish_inbound(p, call, true, r.failed ? "connection reset" : "");
+    if (call.closed_by_policy)
+        finish_closed_by_policy(p, call);
+    else
+        finish_inbound(p, call, true, r.failed ? "connection reset" : "");
 }
 
 }  // namespace sluice::ztunnel::proxy

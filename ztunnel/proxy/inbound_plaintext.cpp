@@ -20,7 +20,7 @@ asio::awaitable<void> inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorklo
     // socket's local address.
     auto orig = original_destination(client.native_handle());
     tcp::endpoint target = orig ? *orig : client.local_endpoint(ec);
-    InboundCall call = authorize_inbound(p, *dst, "", peer, target);
+    InboundCall call = authorize_inbound(p, dst, "", peer, target);
     call.record.direction = "inbound_plaintext";
     call.labels.connection_security_policy = "none";
     if (target.port() == p.config().inbound_plaintext_port) {

@@ -262,7 +262,8 @@ void Proxy::drain() {
 
 void Proxy::refresh() {
     registry_.refresh();
-    authorizer_->refresh();
+    if (authorizer_->refresh())
+        close_denied_inbound(*this);
     size_t conns = 0, streams = 0;
     for (auto& w : workers_) {
         conns += w->pool_connections;

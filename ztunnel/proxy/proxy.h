@@ -16,6 +16,7 @@
 #include "ztunnel/hbone/tls.h"
 #include "ztunnel/proxy/access_log.h"
 #include "ztunnel/proxy/config.h"
+#include "ztunnel/proxy/inbound_connections.h"
 #include "ztunnel/proxy/load_balancer.h"
 #include "ztunnel/proxy/metrics.h"
 #include "ztunnel/proxy/sockets.h"
@@ -80,6 +81,7 @@ class Proxy {
     Metrics& metrics() { return metrics_; }
     AccessLog& access_log() { return access_log_; }
     NetnsSockets& netns() { return netns_; }
+    InboundConnections& inbound_connections() { return inbound_connections_; }
     LoadBalancer& load_balancer() { return load_balancer_; }
     // Counts a connection for drain(); the guard's destructor uncounts it.
     struct ActiveGuard {
@@ -107,6 +109,7 @@ class Proxy {
     Metrics metrics_;
     AccessLog access_log_;
     NetnsSockets netns_;
+    InboundConnections inbound_connections_;
     LoadBalancer load_balancer_;
     std::vector<std::unique_ptr<Worker>> workers_;
     size_t next_worker_ = 0;
@@ -123,6 +126,9 @@ void serve_outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, Worker& w, 
 void serve_hbone(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w, tcp::socket s);
 void serve_inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w,
                              tcp::socket s);
+// After a policy refresh: authorizes every open inbound connection again and closes the ones now
+// denied (inbound.cpp). Returns how many it closes.
+size_t close_denied_inbound(Proxy& p);
 
 // Opens a marked socket in `wl`'s netns and connects it to `to` within a timeout; with `source`
 // the connection keeps that client address (IP_TRANSPARENT).

@@ -29,8 +29,9 @@ class Authorizer {
   public:
     virtual ~Authorizer() = default;
     virtual AuthzDecision authorize(const AuthzRequest& request) const = 0;
-    // Re-reads policies if they changed; the last good set stays on error.
-    virtual void refresh() {}
+    // Re-reads policies if they changed; the last good set stays on error. True when a new set is
+    // in force: decisions may differ from before, so open connections must be authorized again.
+    virtual bool refresh() { return false; }
     virtual std::string describe() const = 0;
 };
 

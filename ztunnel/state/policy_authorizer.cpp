@@ -23,11 +23,11 @@ class PolicyAuthorizer : public Authorizer {
         refresh();
     }
 
-    void refresh() override {
+    bool refresh() override {
         const std::string fp =
             directory_fingerprint(policies_dir_) + "|" + directory_fingerprint(registry_dir_);
         if (fp == fingerprint_)
-            return;
+            return false;
         fingerprint_ = fp;
         policies::CompileOptions options;
         options.trust_domain = trust_domain_;
@@ -36,12 +36,13 @@ class PolicyAuthorizer : public Authorizer {
             for (const auto& d : loaded.diagnostics)
                 spdlog::warn("policies: {}", d.to_string());
             spdlog::warn("policies: keeping the last good set");
-            return;
+            return false;
         }
         std::lock_guard lock(mutex_);
         compiled_ = loaded.compiled;
         spdlog::info("policies: loaded {} authorization rule(s) from {}", compiled_->rules.size(),
                      policies_dir_);
+        return true;
     }
 
     AuthzDecision authorize(const AuthzRequest& request) const override {

@@ -1,0 +1,55 @@
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "ztunnel/state/authz.h"
+
+namespace sluice::ztunnel::proxy {
+
+struct EnrolledWorkload;
+
+// The open inbound connections (HBONE streams and :15006 plaintext), with what their
+// authorization was decided on, so that a policy refresh can decide again and close the ones the
+// new policy denies (DESIGN.md §5: a reload "closes existing connections the new policy
+// denies").
+//
+// Threads: a connection registers and unregisters on its worker; close_denied() runs on the admin
+// thread and hands each close to the connection's worker, where it runs only if the connection is
+// still registered. Registration and that check happen on the same single-threaded executor, so a
+// close never reaches a connection that has already finished.
+class InboundConnections {
+  public:
+    struct Entry {
+        std::shared_ptr<EnrolledWorkload> destination;
+        std::string peer_identity;  // verified SPIFFE identity; empty for plaintext
+        boost::asio::ip::tcp::endpoint source, target;
+        boost::asio::any_io_executor executor;  // the worker the connection lives on
+        // Aborts both sides of the connection; runs on `executor` with the new decision.
+        std::function<void(const state::AuthzDecision&)> close;
+    };
+
+    uint64_t add(Entry e);
+    void remove(uint64_t id);  // on the connection's executor
+    size_t size() const;
+
+    // Decides every open connection again with `decide` and schedules the close of each one it
+    // denies; returns how many that is.
+    size_t close_denied(const std::function<state::AuthzDecision(const Entry&)>& decide);
+
+  private:
+    void close_now(uint64_t id, const state::AuthzDecision& decision);
+
+    mutable std::mutex mutex_;
+    uint64_t next_id_ = 1;
+    std::map<uint64_t, Entry> open_;
+};
+
+}  // namespace sluice::ztunnel::proxy
