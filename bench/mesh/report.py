@@ -109,12 +109,28 @@ with open("bench/results/mesh.md", "w") as md:
              "(other builds and tests shared the machine)  \n")
     md.write("Path: client pod on node0 → server pod IP on node1 (wrk, iperf3 → nginx, iperf3 -s), "
              "every mode on its own testbed cluster, all up at once.\n\n")
+    md.write("Modes: **none** `--mesh none`; **sidecar** `--mesh sidecar` (sluice-ztunnel per pod, "
+             "iptables REDIRECT, HBONE); **sidecarless** `--mesh sidecarless` (eBPF capture, one "
+             "sluice-ztunnel per node, HBONE); **haproxy** `--mesh none` plus HAProxy 2.6 sidecars "
+             "in TCP mode with `nbthread 2` (as ztunnel's 2 workers): the client pod's app ports are "
+             "captured with iptables `nat OUTPUT` REDIRECT (haproxy's uid excluded), the client "
+             "haproxy originates TLS 1.3 with a client certificate minted from the testbed CA to the "
+             "server pod, where `nat PREROUTING` REDIRECT hands it to the server haproxy, which "
+             "verifies it and forwards to the app on 127.0.0.1. HAProxy opens one TLS connection "
+             "per client connection; ztunnel multiplexes streams over pooled HBONE connections.\n\n")
     md.write("| mode | p50 ms (1 conn) | p99 ms (1 conn) | added p50 | added p99 | req/s (1 conn) "
              "| req/s (32 conns) | iperf3 Gbit/s | wrk errors |\n|---|---|---|---|---|---|---|---|---|\n")
     for name, m in modes.items():
         md.write(f"| {name} | {m['p50_ms_c1']:.3f} | {m['p99_ms_c1']:.3f} | {m['added_p50_ms_c1']:.3f} "
                  f"| {m['added_p99_ms_c1']:.3f} | {m['requests_per_s_c1']} | {m['requests_per_s_c32']} "
                  f"| {m['iperf3_gbit_per_s']:.2f} | {m['wrk_errors']} |\n")
+    md.write("\nPer round (the medians above hide how much a shared 2-core machine moves):\n\n"
+             "| mode | p50 ms (1 conn) | req/s (32 conns) | iperf3 Gbit/s |\n|---|---|---|---|\n")
+    for name, m in modes.items():
+        r = m["rounds"]
+        md.write(f"| {name} | {', '.join(f'{v:.3f}' for v in r['p50_ms_c1'])} "
+                 f"| {', '.join(f'{v:.0f}' for v in r['requests_per_s_c32'])} "
+                 f"| {', '.join(f'{v:.2f}' for v in r['iperf3_gbit_per_s'])} |\n")
     rss = result["ztunnel_rss_kib"]
     md.write("\nztunnel RSS (MiB): sidecarless per node idle "
              f"{[mib(k) for k in rss['sidecarless_idle_per_node']]}, after the load "
