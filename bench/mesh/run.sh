@@ -63,9 +63,9 @@ ztunnel_pids() {  # mode: the pids of its sluice-ztunnel daemons, node0 first
 }
 rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 rss_all() {  # pids…: "kib kib …"
-    local out=()
-    for p in "$@"; do out+=("$(rss_kib "$p")"); done
-    echo "${out[*]}"
+    local vals=()
+    for p in "$@"; do vals+=("$(rss_kib "$p")"); done
+    echo "${vals[*]}"
 }
 
 cat >"$tmp/cluster.yaml" <<'YAML'
