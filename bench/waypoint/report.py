@@ -1,25 +1,12 @@
 """Parses the wrk outputs of bench/waypoint/run.sh into bench/results/waypoint.{json,md}."""
 import json
-import re
+import os
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from wrk_output import parse  # noqa: E402
+
 tmp, machine, rss_kb = sys.argv[1], sys.argv[2], int(sys.argv[3])
-
-
-def ms(value, unit):
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def parse(path):
-    text = open(path).read()
-    out = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))}
-    for pct in ("50", "90", "99"):
-        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", text)
-        out[f"p{pct}_ms"] = round(ms(*m.groups()), 3)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    out["non_2xx"] = int(errors.group(1)) if errors else 0
-    return out
-
 
 result = {"machine": machine, "command": "bench/waypoint/run.sh", "waypoint_rss_kib": rss_kb,
           "modes": {}}

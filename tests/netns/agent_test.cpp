@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "common/process.h"
+#include "tests/netns/sidecarless_spec.h"
 #include "tests/support/cgroup_guard.h"
 #include "tests/support/privileged.h"
 #include "tests/support/sockets.h"
@@ -70,16 +71,8 @@ size_t map_entries(const std::string& pin) {
 class AgentTest : public ::testing::Test {
   protected:
     virtual std::string spec_yaml() const {
-        return R"(
-nodes: 2
-mesh: sidecarless
-namespaces:
-  - {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
-pods:
-  - {name: client, namespace: mesh, serviceAccount: client, node: 0}
-  - {name: server, namespace: mesh, serviceAccount: server, node: 1}
-  - {name: outsider, namespace: plain, node: 0}
-)";
+        return std::string(kSidecarlessClientServerSpec) +
+               "  - {name: outsider, namespace: plain, node: 0}\n";
     }
     void SetUp() override {
         SLUICE_REQUIRE_PRIVILEGES();
