@@ -46,7 +46,11 @@ Metrics::Metrics()
       upstream_attempts(prometheus::BuildCounter()
                             .Name("sluice_upstream_attempts_total")
                             .Help("Attempts to forward to an endpoint, by outcome")
-                            .Register(registry)) {}
+                            .Register(registry)),
+      policy_reloads(prometheus::BuildCounter()
+                         .Name("sluice_policy_reload_total")
+                         .Help("Reloads of the policies folder, by result")
+                         .Register(registry)) {}
 
 std::string Metrics::serialize() const {
     std::ostringstream out;

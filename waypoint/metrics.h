@@ -30,6 +30,7 @@ struct Metrics {
     prometheus::Family<prometheus::Gauge>& budget_remaining;     // sluice_budget_remaining_tokens
     prometheus::Family<prometheus::Counter>& rejected;           // sluice_requests_rejected_total
     prometheus::Family<prometheus::Counter>& upstream_attempts;  // sluice_upstream_attempts_total
+    prometheus::Family<prometheus::Counter>& policy_reloads;     // sluice_policy_reload_total
 };
 
 }  // namespace sluice::waypoint
