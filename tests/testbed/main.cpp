@@ -64,6 +64,9 @@ int main(int argc, char** argv) {
         ->envname("SLUICE_TESTBED_CGROUP2");
     app.add_option("--bin-dir", options.bin_dir, "Where the sluice binaries are")
         ->envname("SLUICE_BIN_DIR");
+    app.add_option("--emulator", options.emulator_script,
+                   "up --waypoint: the OpenAI-compatible emulator script (a test fixture)")
+        ->envname("SLUICE_TESTBED_EMULATOR");
 
     auto* up = app.add_subcommand("up", "Create (or re-create) the cluster");
     int nodes = 2, pods_per_node = 2;
