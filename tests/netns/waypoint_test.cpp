@@ -11,11 +11,18 @@
 #include <regex>
 #include <thread>
 
+#include "common/process.h"
 #include "tests/support/privileged.h"
 #include "tests/support/sockets.h"
 #include "tests/testbed/testbed.h"
 
 namespace sluice::testbed {
+
+// gtest prints test parameters with this (found by argument-dependent lookup).
+void PrintTo(MeshMode mode, std::ostream* os) {
+    *os << to_string(mode);
+}
+
 namespace {
 
 using nlohmann::json;
@@ -47,12 +54,15 @@ void write_budget(const std::string& policies_dir, const std::string& tenant,
 
 class WaypointTest : public ::testing::Test {
   protected:
-    void SetUp() override {
+    void SetUp() override { start(MeshMode::None); }
+    void start(MeshMode mesh) {
         SLUICE_REQUIRE_PRIVILEGES();
         options_.bin_dir = SLUICE_BIN_DIR;
         options_.cni_path.insert(options_.cni_path.begin(), SLUICE_BIN_DIR);
         name_ = cluster_name("wp");
         ClusterSpec spec = generated_spec(name_, 2, 1);
+        spec.mesh = mesh;
+        spec.namespaces.push_back({"default", {{"istio.io/dataplane-mode", "ambient"}}});
         spec.waypoint = true;
         state_ = up(spec, options_);
         ASSERT_TRUE(state_.waypoint.has_value());
@@ -193,6 +203,65 @@ TEST_F(WaypointTest, ChangedTokenBudgetInThePoliciesFolderTakesEffect) {
     EXPECT_GE(std::stoi(failures[1]), 1);
     EXPECT_EQ(chat("tenant-a").headers["x-ratelimit-limit-tokens"], "500000");
 }
+
+// The waypoint works in every mesh mode; with the sidecarless mesh the client's hop to it is
+// captured and carried over HBONE like any pod traffic.
+class WaypointOnMeshTest : public WaypointTest, public ::testing::WithParamInterface<MeshMode> {
+  protected:
+    void SetUp() override { start(GetParam()); }
+};
+
+TEST_P(WaypointOnMeshTest, ClientIsServedThroughTheMesh) {
+    test::HttpReply r = chat("tenant-b");
+    ASSERT_EQ(r.status, 200u) << r.body;
+    EXPECT_GT(json::parse(r.body).at("usage").at("total_tokens").get<int>(), 0);
+    EXPECT_NE(metrics().find("response_code=\"200\""), std::string::npos);
+    if (GetParam() == MeshMode::Sidecar) {
+        EXPECT_EQ(state_.waypoint->metrics, state_.find_pod("ai/waypoint")->ip + ":15090");
+    }
+    if (GetParam() != MeshMode::Sidecarless)
+        return;
+    // Capture is by cgroup, so this client runs as a process of the pod (curl), not as a thread
+    // of the test that only entered the pod's netns. Its node's ztunnel logs the hop: HBONE to
+    // the waypoint pod, both identities. ztunnel learns new pods from the registry a moment
+    // after `up`, so the client asks again (bounded) until a hop is logged.
+    auto curl_chat = [&] {
+        ProcessResult r = run_process(
+            pod_process(*client_,
+                        {"curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
+                         "-H", "content-type: application/json", "-H", "x-tenant: tenant-b", "-d",
+                         R"({"model":"m","messages":[{"role":"user","content":"hi"}]})",
+                         "http://" + state_.waypoint->gateway + "/v1/chat/completions"}),
+            std::chrono::seconds(10));
+        return r.out;
+    };
+    EXPECT_EQ(curl_chat(), "200");
+    const std::string log_path = state_.nodes.at(client_->node).run_dir + "/ztunnel-access.log";
+    const auto deadline = std::chrono::steady_clock::now() + kReloadWait;
+    json hop;
+    while (hop.is_null() && std::chrono::steady_clock::now() < deadline) {
+        std::ifstream log(log_path);
+        for (std::string line; std::getline(log, line);) {
+            auto e = json::parse(line, nullptr, false);
+            if (!e.is_discarded() && e.value("direction", "") == "outbound" &&
+                e.value("dst.addr", "") == state_.waypoint->gateway)
+                hop = e;
+        }
+        if (hop.is_null()) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            EXPECT_EQ(curl_chat(), "200");
+        }
+    }
+    ASSERT_FALSE(hop.is_null()) << "no ztunnel access-log line for the hop in " << log_path;
+    EXPECT_EQ(hop["src.identity"], "spiffe://cluster.local/ns/default/sa/default");
+    EXPECT_EQ(hop["dst.identity"], "spiffe://cluster.local/ns/ai/sa/waypoint");
+    EXPECT_EQ(hop["dst.hbone_addr"], state_.find_pod("ai/waypoint")->ip + ":15008");
+    EXPECT_EQ(hop["result"], "ok");
+}
+
+INSTANTIATE_TEST_SUITE_P(Meshes, WaypointOnMeshTest,
+                         ::testing::Values(MeshMode::Sidecar, MeshMode::Sidecarless),
+                         [](const auto& info) { return to_string(info.param); });
 
 }  // namespace
 }  // namespace sluice::testbed
