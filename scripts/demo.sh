@@ -3,8 +3,10 @@
 # the sidecarless mesh (sluice-agent + sluice-ztunnel per node, sluice-cni in the CNI chain), runs
 # nginx in a pod and sends real HTTP requests to it through the mesh (HBONE, mutual TLS with
 # SPIFFE identities), shows that no iptables rule exists, applies a tenant isolation policy and
-# shows the kernel refusing a cross-tenant connect(). Tears everything down at the end; set
-# SLUICE_DEMO_KEEP=1 to keep the cluster.
+# shows the kernel refusing a cross-tenant connect(), then sends OpenAI-style chat completions
+# through sluice-waypoint until tenant-a exceeds its token budget and gets a 429 while tenant-b is
+# still served (the model servers are an OpenAI-compatible emulator: a test fixture, no model
+# runs here). Tears everything down at the end; set SLUICE_DEMO_KEEP=1 to keep the cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +18,7 @@ scripts/install-deps.sh
 scripts/build.sh
 
 TB=build/bin/sluice-testbed
-NAME=demo
+NAME=${SLUICE_DEMO_NAME:-demo}  # cluster name (set it to run beside another demo)
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 cleanup() {
     if [[ ${SLUICE_DEMO_KEEP:-0} != 1 ]]; then
@@ -26,8 +28,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "starting a 2-node cluster with the sidecarless mesh (agent + ztunnel per node; bridge + host-local + sluice-cni)"
-"$TB" up --name "$NAME" --spec tests/testbed/examples/rag-demo.yaml --mesh sidecarless
+step "starting a 2-node cluster with the sidecarless mesh (agent + ztunnel per node; bridge + host-local + sluice-cni) and a waypoint"
+"$TB" up --name "$NAME" --spec tests/testbed/examples/rag-demo.yaml --mesh sidecarless --waypoint
 
 RUN=/var/run/sluice/testbed/$NAME
 RETRIEVER_IP=$("$TB" status --name "$NAME" --json |
@@ -79,16 +81,21 @@ build/bin/sluicectl pods --bpffs-root "/sys/fs/bpf/sluice/$NAME/node0" --run-dir
 "$TB" exec --name "$NAME" tenant-a/frontend -- sh -c 'echo "iptables rules in tenant-a/frontend: $(iptables-save | grep -c "^-A" || true)"'
 
 step "tenant isolation: tenant-b may not reach tenant-a (policies/ folder = the ConfigMap mount)"
+# Both tenants may still use the shared AI gateway (namespace ai, port 8080).
 cat >"$RUN/policies/boundaries.yaml" <<'YAML'
 apiVersion: sluice.dev/v1alpha1
 kind: IsolationBoundary
 metadata: {name: tenant-a}
-spec: {namespaces: [tenant-a]}
+spec:
+  namespaces: [tenant-a]
+  allowTo: [{namespaces: [ai], ports: [8080]}]
 ---
 apiVersion: sluice.dev/v1alpha1
 kind: IsolationBoundary
 metadata: {name: tenant-b}
-spec: {namespaces: [tenant-b]}
+spec:
+  namespaces: [tenant-b]
+  allowTo: [{namespaces: [ai], ports: [8080]}]
 YAML
 sleep 1.5
 echo "tenant-b/frontend -> retriever:"
@@ -103,6 +110,60 @@ echo "audit line on node1:"
 tail -n 1 "$RUN/node1/audit.log"
 echo "tenant-a/frontend -> retriever still works:"
 "$TB" exec --name "$NAME" tenant-a/frontend -- curl -sS --max-time 5 "http://$RETRIEVER_IP:8080/"
+
+step "token budgets at the waypoint (ai/waypoint in front of ai/llm-0, ai/llm-1: OpenAI-compatible emulators, a test fixture)"
+STATUS=$("$TB" status --name "$NAME" --json)
+waypoint_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)["waypoint"][sys.argv[1]])' "$1" <<<"$STATUS"; }
+GATEWAY=$(waypoint_field gateway)
+METRICS=$(waypoint_field metrics)
+WAYPOINT_LOG=$(waypoint_field log)
+echo "waypoint gateway $GATEWAY (status --json .waypoint.gateway), metrics $METRICS"
+# One TokenBudget per tenant (policies library schema), tokens per minute.
+for budget in tenant-a:200 tenant-b:20000; do
+    printf -- '---\napiVersion: sluice.dev/v1alpha1\nkind: TokenBudget\nmetadata: {name: %s, namespace: ai}\nspec:\n  tenant: {header: %s}\n  limits: {tokensPerMinute: %s}\n' \
+        "${budget%:*}" "${budget%:*}" "${budget#*:}"
+done >"$RUN/budgets.yaml.tmp"
+mv "$RUN/budgets.yaml.tmp" "$RUN/policies/budgets.yaml"
+cat "$RUN/policies/budgets.yaml"
+# chat <tenant> [curl args...]: one chat completion from the tenant's frontend pod.
+chat() {
+    local tenant=$1
+    shift
+    "$TB" exec --name "$NAME" "$tenant/frontend" -- curl -sS --max-time 10 "$@" \
+        -H 'content-type: application/json' -H "x-tenant: $tenant" \
+        -d '{"model":"gpt-4o-mini","max_tokens":60,"messages":[{"role":"user","content":"Summarise the retrieved passages about token budgets."}]}' \
+        "http://$GATEWAY/v1/chat/completions"
+}
+# The waypoint reloads the folder within a second; wait until tenant-a's limit shows up.
+for _ in $(seq 40); do
+    chat tenant-a -o /dev/null -D - 2>/dev/null | grep -qi '^x-ratelimit-limit-tokens: 200' && break
+    sleep 0.25
+done
+echo "tenant-a/frontend sends chat completions (through ztunnel, HBONE) until its budget of 200 tokens/min is spent:"
+for i in $(seq 30); do
+    code=$(chat tenant-a -o "$RUN/reply.json" -w '%{http_code}' || true)
+    if [[ $code == 200 ]]; then
+        echo "  request $i: 200  usage $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["usage"])' "$RUN/reply.json")"
+    else
+        echo "  request $i: $code"
+        break
+    fi
+done
+echo "the client -> waypoint hop in ztunnel's access log (HBONE, both SPIFFE identities):"
+grep -h "\"dst.addr\":\"$GATEWAY\"" "$RUN"/node*/ztunnel-access.log | grep '"direction":"outbound"' | tail -n 1 |
+    python3 -c 'import json,sys; e=json.loads(sys.stdin.read()); print("  %s -> %s via %s: %s" % (e["src.identity"], e["dst.identity"], e["dst.hbone_addr"], e["result"]))' ||
+    echo "  (no line yet)"
+echo "the refusal, as an OpenAI client sees it:"
+chat tenant-a -i || true
+echo
+echo "tenant-b/frontend at the same moment:"
+chat tenant-b -i || true
+echo
+echo "the waypoint's access log line for the 429:"
+grep '"status":429' "$WAYPOINT_LOG" | tail -n 1 | sed 's/.*access //' | python3 -m json.tool
+echo "its metrics (read inside ai/waypoint: the tenants' boundaries let them reach port 8080 only):"
+"$TB" exec --name "$NAME" ai/waypoint -- curl -sS --max-time 5 "http://127.0.0.1:${METRICS##*:}/metrics" |
+    grep -E '^(sluice_requests_rejected_total|sluice_budget_remaining_tokens|sluice_gen_ai_tokens_total)' || true
 
 step "the registry the mesh reads (Kubernetes Pod/Service/EndpointSlice documents)"
 ls "$RUN/registry"

@@ -18,6 +18,8 @@ void parseWaypoint(const YAML::Node& spec, Config& c) {
     c.workers = spec["workers"].as<unsigned>(c.workers);
     c.tokenizer_dir = spec["tokenizerDir"].as<std::string>(c.tokenizer_dir);
     c.log_level = spec["logLevel"].as<std::string>(c.log_level);
+    c.policies_dir = spec["policiesDir"].as<std::string>(c.policies_dir);
+    c.registry_dir = spec["registryDir"].as<std::string>(c.registry_dir);
     c.access_log = spec["accessLog"].as<bool>(c.access_log);
     if (const auto& l = spec["limits"]) {
         c.limits.max_header_bytes = l["maxHeaderBytes"].as<std::size_t>(c.limits.max_header_bytes);
@@ -101,7 +103,7 @@ std::vector<std::string> Config::validate() const {
     }
     if (admission.enabled() && admission.max_queued == 0)
         problems.push_back("admission: maxQueued must be at least 1 (0 would shed every wait)");
-    if (routes.empty())
+    if (routes.empty() && policies_dir.empty())
         problems.push_back("no ModelRoute: nothing to route to");
     return problems;
 }

@@ -19,6 +19,7 @@ inline constexpr const char* kDefaultMetricsListen = "0.0.0.0:15020";
 inline constexpr const char* kDefaultReadyListen = "0.0.0.0:15021";
 inline constexpr const char* kConfigEnv = "SLUICE_WAYPOINT_CONFIG";
 inline constexpr const char* kListenEnv = "SLUICE_WAYPOINT_LISTEN";
+inline constexpr const char* kPoliciesDirEnv = "SLUICE_WAYPOINT_POLICIES_DIR";
 
 // Everything sluice-waypoint runs with. The --config file is multi-document YAML: one
 // `sluice.dev/v1alpha1 Waypoint` document (listeners, limits, pools) plus TokenBudget and
@@ -32,7 +33,11 @@ struct Config {
     UpstreamPool::Limits upstream;  // backend side: connect/idle timeouts, idle pool size
     std::string tokenizer_dir;      // rank files; "" = $SLUICE_TOKENIZER_DIR or the build's
     std::string log_level = "info";
-    bool access_log = true;  // one JSON line per request on stderr
+    // The policies folder (ConfigMap mount): its TokenBudget and ModelRoute documents are
+    // merged into these (waypoint/policy_view.h) and hot-reloaded. "" = none.
+    std::string policies_dir;
+    std::string registry_dir;  // registry documents the policy compiler reads; "" = none
+    bool access_log = true;    // one JSON line per request on stderr
     usage::UsageConfig usage;
     cache::EmbeddingsCacheConfig embeddings_cache;
     admission::AdmissionConfig admission;  // priority classes under saturation

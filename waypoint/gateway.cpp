@@ -4,12 +4,14 @@
 
 #include <random>
 
+#include "policies/watcher.h"
 #include "waypoint/filters/budget/filter.h"
 #include "waypoint/filters/cache/filter.h"
 #include "waypoint/filters/usage/filter.h"
 #include "waypoint/http/client_watch.h"
 #include "waypoint/http/forward.h"
 #include "waypoint/lb/load_metrics.h"
+#include "waypoint/policy_view.h"
 #include "waypoint/tokenizer/encoding.h"
 
 namespace sluice::waypoint {
@@ -118,9 +120,11 @@ Gateway::Gateway(Config config) : config_(std::move(config)) {
     }
     // Filter order: usage (estimate) → budget (admission) → embeddings cache → route (targets).
     owned_filters_.push_back(std::make_unique<usage::UsageFilter>(config_.usage, *cl100k, *o200k));
-    if (!config_.budgets.empty()) {
-        owned_filters_.push_back(
-            std::make_unique<budget::BudgetFilter>(config_.budgets.front(), &metrics_));
+    // With a policies folder the budget filter always exists: a TokenBudget may appear later.
+    if (!config_.budgets.empty() || !config_.policies_dir.empty()) {
+        auto budget = std::make_unique<budget::BudgetFilter>(baseBudget(config_), &metrics_);
+        budget_ = budget.get();
+        owned_filters_.push_back(std::move(budget));
     }
     if (config_.embeddings_cache.enabled) {
         owned_filters_.push_back(
@@ -150,6 +154,33 @@ Gateway::Gateway(Config config) : config_(std::move(config)) {
 
 Gateway::~Gateway() {
     stop();
+}
+
+bool Gateway::applyPolicies(const nlohmann::json& view) {
+    try {
+        PolicyView merged = makePolicyView(config_, view);
+        std::lock_guard lock(pools_mutex_);
+        // Pools keep their endpoint state (in-flight counts, ejections) across reloads when
+        // their endpoints did not change.
+        std::map<std::string, std::shared_ptr<BackendPool>> pools;
+        for (const auto& p : merged.pools) {
+            auto it = pools_.find(p.name);
+            const bool same = it != pools_.end() && it->second->config().endpoints == p.endpoints &&
+                              it->second->config().policy == p.policy;
+            pools[p.name] = same ? it->second : std::make_shared<BackendPool>(p);
+        }
+        router_->reconfigure(merged.routes, pools);
+        if (budget_)
+            budget_->reconfigure(merged.budget);
+        pools_ = std::move(pools);
+        spdlog::info("policies applied: {} budget limits, {} routes, {} pools",
+                     merged.budget.limits.size(), merged.routes.size(), pools_.size());
+        return true;
+    } catch (const std::exception& e) {
+        spdlog::error("policies not applied (the previous ones stay in force): {}", e.what());
+        metrics_.policy_reloads.Add({{"result", "failure"}}).Increment();
+        return false;
+    }
 }
 
 void Gateway::start() {
@@ -210,11 +241,28 @@ void Gateway::start() {
         asio::co_spawn(w->io, acceptLoop(*w->acceptor, config_.limits, w->handler), asio::detached);
         w->thread = std::thread([io = &w->io] { io->run(); });
     }
+    if (!config_.policies_dir.empty()) {
+        // The first load is synchronous, so the policies are in force before we report ready.
+        watcher_ = std::make_unique<policies::PolicyWatcher>(
+            policies::WatcherConfig{.policy_dir = config_.policies_dir,
+                                    .registry_dir = config_.registry_dir},
+            [this](std::shared_ptr<const policies::Generation> g) {
+                spdlog::info("policies generation {}", g->number);
+                applyPolicies(g->compiled->waypoint);
+            },
+            [this](std::string_view result) {
+                metrics_.policy_reloads.Add({{"result", std::string(result)}}).Increment();
+            });
+        if (!watcher_->start())
+            spdlog::warn("cannot watch {}: policy changes need a restart", config_.policies_dir);
+    }
     ready_ = true;
 }
 
 void Gateway::stop() {
     ready_ = false;
+    if (watcher_)
+        watcher_->stop();
     for (auto& w : workers_)
         w->io.stop();
     admin_io_.stop();
@@ -228,13 +276,8 @@ void Gateway::stop() {
 
 std::string Gateway::modelsList() const {
     nlohmann::json data = nlohmann::json::array();
-    for (const auto& r : config_.routes) {
-        for (const auto& m : r.models) {
-            if (m != "*")
-                data.push_back(
-                    {{"id", m}, {"object", "model"}, {"created", 0}, {"owned_by", "sluice"}});
-        }
-    }
+    for (const auto& m : router_->models())
+        data.push_back({{"id", m}, {"object", "model"}, {"created", 0}, {"owned_by", "sluice"}});
     return nlohmann::json{{"object", "list"}, {"data", data}}.dump();
 }
 

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -15,7 +16,15 @@
 #include "waypoint/lb/pool.h"
 #include "waypoint/metrics.h"
 
+namespace sluice::policies {
+class PolicyWatcher;
+}
+
 namespace sluice::waypoint {
+
+namespace budget {
+class BudgetFilter;
+}
 
 // The running waypoint: worker threads that each accept on the gateway port and proxy with
 // their own upstream connection pool, the shared filter chain, and an admin thread for
@@ -32,6 +41,11 @@ class Gateway {
     unsigned short metricsPort() const { return metrics_port_; }
     unsigned short readyPort() const { return ready_port_; }
     Metrics& metrics() { return metrics_; }
+
+    // Merges a policies-folder view (CompiledPolicy::waypoint) into the config and swaps the
+    // budget and route filters' configuration. On a bad view it logs, counts a failed reload
+    // and keeps what runs. The policy watcher calls it on every new generation.
+    bool applyPolicies(const nlohmann::json& view);
 
   private:
     struct Worker {
@@ -57,7 +71,10 @@ class Gateway {
 
     Config config_;
     Metrics metrics_;
+    std::mutex pools_mutex_;  // pools_ is replaced by applyPolicies (watcher thread)
     std::map<std::string, std::shared_ptr<BackendPool>> pools_;
+    budget::BudgetFilter* budget_ = nullptr;
+    std::unique_ptr<policies::PolicyWatcher> watcher_;
     std::vector<std::unique_ptr<HttpFilter>> owned_filters_;
     std::vector<HttpFilter*> filters_;
     route::RouteFilter* router_ = nullptr;

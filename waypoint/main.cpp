@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
     CLI::App app{"sluice-waypoint: token-aware L7 proxy for OpenAI-compatible APIs"};
     std::string config_path;
     std::string listen, metrics_listen, ready_listen, tokenizer_dir, log_level;
+    std::string policies_dir, registry_dir;
     unsigned workers = 0;
     app.add_option("--config", config_path, "Config file (multi-document YAML)")
         ->envname(kConfigEnv)
@@ -26,6 +27,10 @@ int main(int argc, char** argv) {
     app.add_option("--workers", workers, "Worker threads (default from config, else 1)");
     app.add_option("--tokenizer-dir", tokenizer_dir, "Directory of <encoding>.tiktoken files");
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
+    app.add_option("--policies-dir", policies_dir,
+                   "Policies folder (ConfigMap mount): TokenBudget/ModelRoute, hot-reloaded")
+        ->envname(kPoliciesDirEnv);
+    app.add_option("--registry-dir", registry_dir, "Registry documents for the policy compiler");
     CLI11_PARSE(app, argc, argv);
 
     Config config;
@@ -47,6 +52,10 @@ int main(int argc, char** argv) {
         config.tokenizer_dir = tokenizer_dir;
     if (!log_level.empty())
         config.log_level = log_level;
+    if (!policies_dir.empty())
+        config.policies_dir = policies_dir;
+    if (!registry_dir.empty())
+        config.registry_dir = registry_dir;
     if (auto problems = config.validate(); !problems.empty()) {
         for (const auto& p : problems)
             std::cerr << "sluice-waypoint: config: " << p << "\n";

@@ -66,7 +66,11 @@ Metrics::Metrics()
       backend_kv_cache(prometheus::BuildGauge()
                            .Name("sluice_backend_kv_cache_usage")
                            .Help("A backend's KV-cache usage 0..1, as it reports it (vLLM)")
-                           .Register(registry)) {}
+                           .Register(registry)),
+      policy_reloads(prometheus::BuildCounter()
+                         .Name("sluice_policy_reload_total")
+                         .Help("Reloads of the policies folder, by result")
+                         .Register(registry)) {}
 
 std::string Metrics::serialize() const {
     std::ostringstream out;

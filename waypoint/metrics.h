@@ -35,6 +35,7 @@ struct Metrics {
     prometheus::Family<prometheus::Gauge>& admission_queued;     // sluice_admission_queued
     prometheus::Family<prometheus::Gauge>& backend_waiting;      // sluice_backend_requests_waiting
     prometheus::Family<prometheus::Gauge>& backend_kv_cache;     // sluice_backend_kv_cache_usage
+    prometheus::Family<prometheus::Counter>& policy_reloads;     // sluice_policy_reload_total
 };
 
 }  // namespace sluice::waypoint

@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <sstream>
 #include <system_error>
 
 #include "common/fd_io.h"
@@ -239,21 +241,29 @@ uint16_t local_port(int fd) {
 
 namespace sluice::test {
 
-std::string http_get(const std::string& netns, const std::string& ip, uint16_t port,
-                     const std::string& path) {
+HttpReply http_request(const std::string& netns, const std::string& ip, uint16_t port,
+                       const std::string& method, const std::string& path,
+                       const std::map<std::string, std::string>& headers, const std::string& body,
+                       int timeout_ms) {
+    HttpReply reply;
     int err = 0;
-    Fd s = tcp_connect(netns, ip, port, &err);
+    Fd s = tcp_connect(netns, ip, port, &err, timeout_ms);
     if (!s)
-        return {};
-    const std::string req =
-        "GET " + path + " HTTP/1.1\r\nHost: " + ip + "\r\nConnection: close\r\n\r\n";
+        return reply;
+    std::string req =
+        method + " " + path + " HTTP/1.1\r\nHost: " + ip + "\r\nConnection: close\r\n";
+    for (const auto& [name, value] : headers)
+        req += name + ": " + value + "\r\n";
+    if (!body.empty() || method == "POST")
+        req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+    req += "\r\n" + body;
     if (::send(s.get(), req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size()))
-        return {};
+        return reply;
     std::string raw;
     char buf[16384];
     for (;;) {
         pollfd p{s.get(), POLLIN, 0};
-        if (::poll(&p, 1, 3000) <= 0)
+        if (::poll(&p, 1, timeout_ms) <= 0)
             break;
         ssize_t r = ::recv(s.get(), buf, sizeof buf, 0);
         if (r < 0 && (errno == EAGAIN || errno == EINTR))
@@ -262,11 +272,47 @@ std::string http_get(const std::string& netns, const std::string& ip, uint16_t p
             break;
         raw.append(buf, static_cast<size_t>(r));
     }
-    auto sp = raw.find(' ');
-    auto body = raw.find("\r\n\r\n");
-    if (sp == std::string::npos || body == std::string::npos)
+    const auto head_end = raw.find("\r\n\r\n");
+    if (raw.rfind("HTTP/1.", 0) != 0 || head_end == std::string::npos)
+        return reply;
+    std::istringstream head(raw.substr(0, head_end));
+    std::string line;
+    std::getline(head, line);
+    reply.status = static_cast<unsigned>(std::atoi(line.c_str() + 9));
+    while (std::getline(head, line)) {
+        if (!line.empty() && line.back() == '\r')
+            line.pop_back();
+        const auto colon = line.find(':');
+        if (colon == std::string::npos)
+            continue;
+        std::string name = line.substr(0, colon);
+        std::transform(name.begin(), name.end(), name.begin(), ::tolower);
+        reply.headers[name] = line.substr(line.find_first_not_of(' ', colon + 1));
+    }
+    std::string rest = raw.substr(head_end + 4);
+    if (reply.headers["transfer-encoding"] != "chunked") {
+        reply.body = std::move(rest);
+        return reply;
+    }
+    for (std::size_t at = 0;;) {
+        const auto eol = rest.find("\r\n", at);
+        if (eol == std::string::npos)
+            break;
+        const std::size_t size = std::strtoul(rest.c_str() + at, nullptr, 16);
+        if (size == 0)
+            break;
+        reply.body += rest.substr(eol + 2, size);
+        at = eol + 2 + size + 2;
+    }
+    return reply;
+}
+
+std::string http_get(const std::string& netns, const std::string& ip, uint16_t port,
+                     const std::string& path) {
+    HttpReply r = http_request(netns, ip, port, "GET", path, {}, "", 3000);
+    if (r.status == 0)
         return {};
-    return raw.substr(sp + 1, 3) + "\n" + raw.substr(body + 4);
+    return std::to_string(r.status) + "\n" + r.body;
 }
 
 Fd accept_on(int listener_fd, int timeout_ms) {

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <utility>
 
@@ -66,6 +67,17 @@ namespace sluice::test {
 // failure. For metrics and readiness endpoints.
 std::string http_get(const std::string& netns, const std::string& ip, uint16_t port,
                      const std::string& path);
+
+// One HTTP/1.1 exchange (Connection: close) from inside `netns`; status 0 when it failed.
+struct HttpReply {
+    unsigned status = 0;
+    std::map<std::string, std::string> headers;  // lower-case names
+    std::string body;                            // de-chunked
+};
+HttpReply http_request(const std::string& netns, const std::string& ip, uint16_t port,
+                       const std::string& method, const std::string& path,
+                       const std::map<std::string, std::string>& headers = {},
+                       const std::string& body = "", int timeout_ms = 5000);
 
 // accept() on a listener the caller does not own as an Fd.
 Fd accept_on(int listener_fd, int timeout_ms = 3000);

@@ -33,6 +33,10 @@ void print_status(const tb::ClusterState& s) {
         std::cout << "    service " << sv.spec.namespace_name << "/" << sv.spec.name << "  "
                   << sv.vip << "\n";
     }
+    if (s.waypoint) {
+        std::cout << "  waypoint " << s.waypoint->pod << "  gateway " << s.waypoint->gateway
+                  << "  metrics " << s.waypoint->metrics << "  log " << s.waypoint->log << "\n";
+    }
     std::cout << "  registry " << s.registry_dir << "\n  policies " << s.policies_dir << "\n";
 }
 
@@ -60,6 +64,9 @@ int main(int argc, char** argv) {
         ->envname("SLUICE_TESTBED_CGROUP2");
     app.add_option("--bin-dir", options.bin_dir, "Where the sluice binaries are")
         ->envname("SLUICE_BIN_DIR");
+    app.add_option("--emulator", options.emulator_script,
+                   "up --waypoint: the OpenAI-compatible emulator script (a test fixture)")
+        ->envname("SLUICE_TESTBED_EMULATOR");
 
     auto* up = app.add_subcommand("up", "Create (or re-create) the cluster");
     int nodes = 2, pods_per_node = 2;
@@ -73,7 +80,8 @@ int main(int argc, char** argv) {
         ->check(CLI::ExistingFile);
     up->add_option("--mesh", mesh, "none | sidecar | sidecarless")
         ->check(CLI::IsMember({"none", "sidecar", "sidecarless"}));
-    up->add_flag("--waypoint", waypoint, "Also start a waypoint (sidecarless mesh)");
+    up->add_flag("--waypoint", waypoint,
+                 "Also run sluice-waypoint (pod ai/waypoint) in front of emulator pods ai/llm-*");
 
     auto* down = app.add_subcommand("down", "Remove the cluster and anything a crashed run left");
 
@@ -109,10 +117,8 @@ int main(int argc, char** argv) {
                 spec.name = name;
             if (up->get_option("--mesh")->count() > 0)
                 spec.mesh = tb::parse_mesh_mode(mesh);
-            if (waypoint) {
-                // The waypoint arrives with its own issue.
-                throw tb::TestbedError("--waypoint is not available in this build");
-            }
+            if (waypoint)
+                spec.waypoint = true;
             print_status(tb::up(spec, options));
         } else if (down->parsed()) {
             tb::down(name, options);

@@ -60,6 +60,22 @@ bool wait_http_ready(const std::string& netns, int port, const std::string& path
     return false;
 }
 
+pid_t start_pod_daemon(ClusterState& state, const PodState& pod, const std::string& name,
+                       std::vector<std::string> argv, const std::string& log, int ready_port,
+                       const std::string& ready_path, std::chrono::milliseconds timeout) {
+    const pid_t pid = spawn_process(pod_process(pod, std::move(argv)), log);
+    state.daemons.push_back({.node = pod.node,
+                             .pod = pod.namespace_name + "/" + pod.name,
+                             .name = name,
+                             .pid = pid,
+                             .log = log});
+    if (!wait_http_ready(pod.netns, ready_port, ready_path, timeout)) {
+        throw TestbedError(name + " in pod " + pod.namespace_name + "/" + pod.name +
+                           " did not become ready; see " + log);
+    }
+    return pid;
+}
+
 void start_node_mesh(ClusterState& state, const NodeState& node, const TestbedOptions& options) {
     switch (state.mesh) {
         case MeshMode::None:

@@ -30,6 +30,13 @@ void start_pod_mesh(ClusterState& state, const PodState& pod, const TestbedOptio
 bool wait_http_ready(const std::string& netns, int port, const std::string& path,
                      std::chrono::milliseconds timeout);
 
+// Starts `argv` in the pod (its netns and cgroup, output appended to `log`), records it in
+// state.daemons as `name`, and waits until http://127.0.0.1:<ready_port><ready_path> in the pod
+// answers 200; throws TestbedError naming the log otherwise. Returns the pid.
+pid_t start_pod_daemon(ClusterState& state, const PodState& pod, const std::string& name,
+                       std::vector<std::string> argv, const std::string& log, int ready_port,
+                       const std::string& ready_path, std::chrono::milliseconds timeout);
+
 // Where the sluice binaries are (the directory of sluice-testbed, or SLUICE_BIN_DIR).
 std::string sluice_bin_dir(const TestbedOptions& options);
 

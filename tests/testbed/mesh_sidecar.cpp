@@ -141,15 +141,8 @@ void start_sidecar(ClusterState& state, const PodState& pod, const TestbedOption
         argv.push_back(pod.ip6);
     }
     const std::string log = logs + "/ztunnel." + base + ".log";
-    const pid_t pid = spawn_process(pod_process(pod, argv), log);
-    state.daemons.push_back({.node = pod.node,
-                             .pod = pod.namespace_name + "/" + pod.name,
-                             .name = "sluice-ztunnel",
-                             .pid = pid,
-                             .log = log});
-    if (!wait_http_ready(pod.netns, kReadinessPort, "/healthz/ready", kSidecarStartTimeout))
-        throw TestbedError("sluice-ztunnel of pod " + pod.name + " did not become ready; see " +
-                           log);
+    const pid_t pid = start_pod_daemon(state, pod, "sluice-ztunnel", argv, log, kReadinessPort,
+                                       "/healthz/ready", kSidecarStartTimeout);
     spdlog::info("sidecar ztunnel for {}/{} running (pid {})", pod.namespace_name, pod.name, pid);
 }
 

@@ -98,11 +98,13 @@ ClusterSpec parse_spec(const std::string& yaml_text, const std::string& origin) 
     ClusterSpec spec;
     spec.nodes = 1;
     check_fields(origin, root, "cluster spec",
-                 {"name", "nodes", "mesh", "namespaces", "pods", "services"});
+                 {"name", "nodes", "mesh", "waypoint", "namespaces", "pods", "services"});
     if (root["name"])
         spec.name = scalar<std::string>(origin, root["name"], "name");
     if (root["nodes"])
         spec.nodes = scalar<int>(origin, root["nodes"], "nodes");
+    if (root["waypoint"])
+        spec.waypoint = scalar<bool>(origin, root["waypoint"], "waypoint");
     if (root["mesh"]) {
         try {
             spec.mesh = parse_mesh_mode(scalar<std::string>(origin, root["mesh"], "mesh"));

@@ -45,6 +45,9 @@ struct ClusterSpec {
     std::string name = "local";
     int nodes = 2;
     MeshMode mesh = MeshMode::None;
+    // Also run sluice-waypoint in front of OpenAI-compatible emulator pods (tests/testbed/
+    // waypoint.cpp): namespace `ai`, pods llm-0, llm-1 and waypoint.
+    bool waypoint = false;
     std::vector<NamespaceSpec> namespaces;  // extra labels; pods' namespaces exist implicitly
     std::vector<PodSpec> pods;
     std::vector<ServiceSpec> services;

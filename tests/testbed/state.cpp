@@ -83,6 +83,12 @@ json to_json(const ClusterState& s) {
                                  {"vip", sv.vip},
                                  {"uid", sv.uid}});
     }
+    if (s.waypoint) {
+        const auto& w = *s.waypoint;
+        j["waypoint"] = {{"pod", w.pod},          {"gateway", w.gateway}, {"metrics", w.metrics},
+                         {"ready", w.ready},      {"config", w.config},   {"log", w.log},
+                         {"backends", w.backends}};
+    }
     j["daemons"] = json::array();
     for (const auto& d : s.daemons) {
         j["daemons"].push_back(
@@ -152,6 +158,16 @@ ClusterState state_from_json(const json& j) {
         ss.vip = sv.at("vip");
         ss.uid = sv.at("uid");
         s.services.push_back(ss);
+    }
+    if (j.contains("waypoint")) {
+        const json& w = j["waypoint"];
+        s.waypoint = WaypointState{.pod = w.at("pod"),
+                                   .gateway = w.at("gateway"),
+                                   .metrics = w.at("metrics"),
+                                   .ready = w.at("ready"),
+                                   .config = w.at("config"),
+                                   .log = w.at("log"),
+                                   .backends = w.at("backends").get<std::vector<std::string>>()};
     }
     for (const auto& d : j.value("daemons", json::array())) {
         s.daemons.push_back({d.at("node"), d.at("pod"), d.at("name"), d.at("pid"), d.at("log")});

@@ -50,6 +50,17 @@ struct DaemonState {
     std::string log;
 };
 
+// `up --waypoint`: where the waypoint and its backends are (status --json "waypoint").
+struct WaypointState {
+    std::string pod;                    // "ai/waypoint"
+    std::string gateway;                // ip:port of the OpenAI-compatible listener
+    std::string metrics;                // ip:port of /metrics
+    std::string ready;                  // ip:port of /healthz/ready
+    std::string config;                 // the generated --config file
+    std::string log;                    // its stderr: logs and the JSON access log ("access {...}")
+    std::vector<std::string> backends;  // emulator endpoints ip:port (test fixture)
+};
+
 // What `up` built, written to <run>/state.json for status/exec/down in later invocations.
 // `down` never depends on it: it finds resources by name prefix.
 struct ClusterState {
@@ -65,6 +76,7 @@ struct ClusterState {
     std::vector<PodState> pods;
     std::vector<ServiceState> services;
     std::vector<DaemonState> daemons;
+    std::optional<WaypointState> waypoint;
 
     // "ns/name" or a bare name that is unique across namespaces.
     const PodState* find_pod(const std::string& ref) const;

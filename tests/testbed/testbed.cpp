@@ -19,6 +19,7 @@
 #include "tests/testbed/cni.h"
 #include "tests/testbed/mesh.h"
 #include "tests/testbed/registry.h"
+#include "tests/testbed/waypoint.h"
 
 namespace sluice::testbed {
 namespace {
@@ -510,12 +511,19 @@ ClusterState build(const ClusterSpec& spec, const TestbedOptions& options) {
     }
     write_registry(s.registry_dir, registry_documents(s));
     write_file(l.state_file(), to_json(s).dump(2) + "\n");
+    if (spec.waypoint) {
+        start_waypoint(s, options);
+        write_file(l.state_file(), to_json(s).dump(2) + "\n");
+    }
     return s;
 }
 
 }  // namespace
 
-ClusterState up(const ClusterSpec& spec, const TestbedOptions& options) {
+ClusterState up(const ClusterSpec& requested, const TestbedOptions& options) {
+    ClusterSpec spec = requested;
+    if (spec.waypoint)
+        add_waypoint_pods(spec);
     auto problems = validate(spec);
     if (!problems.empty()) {
         std::string msg = "invalid cluster spec:";

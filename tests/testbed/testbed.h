@@ -31,6 +31,8 @@ struct TestbedOptions {
     // Sidecarless mesh: start the node's sluice-ztunnel (agent tests that play ztunnel themselves
     // turn it off).
     bool start_ztunnel = true;
+    // `up --waypoint`: the OpenAI-compatible emulator (a test fixture) run in the llm pods.
+    std::string emulator_script = SLUICE_TESTBED_EMULATOR;
 };
 
 // Builds the cluster: fabric, nodes, pods (through the real CNI plugins), services, registry.

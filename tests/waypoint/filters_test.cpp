@@ -9,6 +9,7 @@
 #include "waypoint/filters/usage/filter.h"
 #include "waypoint/http/sse.h"
 #include "waypoint/lb/pool.h"
+#include "waypoint/policy_view.h"
 
 namespace sluice::waypoint {
 namespace {
@@ -152,6 +153,117 @@ TEST(BudgetFilter, TenantFromApiKeyAndSpiffeNamespace) {
     EXPECT_EQ(filter.tenantOf(spiffe.ctx), "rag");
     Call none("", 1, 1);
     EXPECT_EQ(filter.tenantOf(none.ctx), "anonymous");
+}
+
+TEST(BudgetFilter, ReconfiguredLimitKeepsWhatWasUsedInTheWindow) {
+    FakeClock clock;
+    budget::BudgetFilter filter(
+        budgetConfig({.tokens_per_minute = 1000}), nullptr, [&] { return clock.now; },
+        [&] { return clock.day; });
+    Call first("a", 100, 500);  // reserves 600, settles 600
+    ASSERT_FALSE(filter.onRequest(first.ctx));
+    settle(filter, first, 100, 500);
+
+    filter.reconfigure(budgetConfig({.tokens_per_minute = 500}));
+    Call refused("a", 50, 50);  // 600 of 500 used: nothing left
+    auto reply = filter.onRequest(refused.ctx);
+    ASSERT_TRUE(reply);
+    EXPECT_EQ(reply->status, http::status::too_many_requests);
+    auto header = [&](const std::string& name) {
+        for (const auto& [n, v] : reply->headers) {
+            if (n == name)
+                return v;
+        }
+        return std::string();
+    };
+    EXPECT_EQ(header("x-ratelimit-limit-tokens"), "500");
+    EXPECT_EQ(header("x-ratelimit-remaining-tokens"), "0");
+
+    filter.reconfigure(budgetConfig({.tokens_per_minute = 2000}));
+    Call admitted("a", 50, 50);  // 600 of 2000 used
+    ASSERT_FALSE(filter.onRequest(admitted.ctx));
+    settle(filter, admitted, 50, 50);
+    EXPECT_EQ(admitted.ctx.reserved_tokens, 100u);
+}
+
+TEST(PolicyView, FolderBudgetsAndRoutesAreMergedIntoTheConfig) {
+    const auto base = parseConfig(R"(
+kind: Waypoint
+spec:
+  pools: [{name: llm, endpoints: ["127.0.0.1:1"]}]
+---
+kind: ModelRoute
+metadata: {name: default}
+spec: {models: ["*"], backends: [{pool: llm}]}
+---
+kind: TokenBudget
+metadata: {name: base}
+spec:
+  tenantFrom: [{header: x-team}]
+  limits: [{tenant: "*", tokensPerMinute: 1000}, {tenant: a, tokensPerMinute: 5}]
+)");
+    const auto view = nlohmann::json::parse(R"({
+      "tokenBudgets": [
+        {"name": "a", "namespace": "ai", "spec": {"tenant": {"header": "a"}, "model": "*",
+         "limits": {"tokensPerMinute": 300, "requestsPerMinute": 6}}},
+        {"name": "ns", "namespace": "ai", "spec": {"tenant": {"namespace": "rag"},
+         "model": "gpt-4o", "limits": {"tokensPerDay": 9}}},
+        {"name": "p", "namespace": "ai", "spec": {"tenant": {"principal":
+         "cluster.local/ns/rag/sa/x"}, "model": "*", "limits": {"tokensPerMinute": 7}}}],
+      "modelRoutes": [
+        {"name": "chat", "namespace": "ai", "spec": {"model": "big", "timeoutSeconds": 120,
+         "backends": [{"host": "llm", "port": 1, "weight": 3},
+                      {"host": "198.18.0.9", "port": 8000, "weight": 1}],
+         "fallbacks": ["small"]}},
+        {"name": "small", "namespace": "ai", "spec": {"model": "small", "timeoutSeconds": 60,
+         "backends": [{"host": "2001:db8::9", "port": 8000, "weight": 1}]}}]})");
+    const PolicyView v = makePolicyView(base, view);
+
+    ASSERT_EQ(v.budget.tenant_from.size(), 1u);
+    EXPECT_EQ(v.budget.tenant_from[0].header, "x-team");
+    ASSERT_EQ(v.budget.limits.size(), 4u);  // "*", then the folder's a (replacing 5), rag, p
+    EXPECT_EQ(v.budget.limits[0].tenant, "*");
+    EXPECT_EQ(v.budget.limits[1].tenant, "a");
+    EXPECT_EQ(v.budget.limits[1].tokens_per_minute, 300u);
+    EXPECT_EQ(v.budget.limits[1].requests_per_minute, 6u);
+    EXPECT_EQ(v.budget.limits[2].tenant, "rag");
+    EXPECT_EQ(v.budget.limits[2].model, "gpt-4o");
+    EXPECT_EQ(v.budget.limits[2].tokens_per_day, 9u);
+    EXPECT_EQ(v.budget.limits[3].tenant, "spiffe://cluster.local/ns/rag/sa/x");
+
+    ASSERT_EQ(v.routes.size(), 3u);  // the folder's first, the config's catch-all last
+    EXPECT_EQ(v.routes[0].models, std::vector<std::string>{"big"});
+    EXPECT_EQ(v.routes[0].timeout, std::chrono::seconds(120));
+    ASSERT_EQ(v.routes[0].backends.size(), 2u);
+    EXPECT_EQ(v.routes[0].backends[0].pool, "llm");
+    EXPECT_EQ(v.routes[0].backends[0].weight, 3u);
+    EXPECT_EQ(v.routes[0].backends[1].pool, "198.18.0.9:8000");
+    ASSERT_EQ(v.routes[0].fallbacks.size(), 1u);
+    EXPECT_EQ(v.routes[0].fallbacks[0].pool, "[2001:db8::9]:8000");
+    EXPECT_EQ(v.routes[0].fallbacks[0].model, "small");
+    EXPECT_EQ(v.routes[2].name, "default");
+    ASSERT_EQ(v.pools.size(), 3u);
+    EXPECT_EQ(v.pools[2].endpoints, std::vector<std::string>{"[2001:db8::9]:8000"});
+
+    // Without a TokenBudget in the config: tenants from x-tenant, then the SPIFFE namespace.
+    Config bare = base;
+    bare.budgets.clear();
+    const PolicyView d = makePolicyView(bare, nlohmann::json::object());
+    ASSERT_EQ(d.budget.tenant_from.size(), 2u);
+    EXPECT_EQ(d.budget.tenant_from[0].header, kDefaultTenantHeader);
+    EXPECT_EQ(d.budget.tenant_from[1].kind, budget::TenantSource::Kind::Namespace);
+    EXPECT_TRUE(d.budget.limits.empty());
+
+    // A backend that is neither a pool nor an address, and an unknown fallback: both named.
+    const auto bad = nlohmann::json::parse(R"({"modelRoutes": [{"name": "r", "spec": {
+        "model": "m", "backends": [{"host": "llm.svc", "port": 80}], "fallbacks": ["nope"]}}]})");
+    try {
+        makePolicyView(base, bad);
+        ADD_FAILURE() << "accepted";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("llm.svc"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("nope"), std::string::npos) << e.what();
+    }
 }
 
 TEST(SseSplitter, EventsCompleteAcrossReadsAndBothLineEndings) {

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -55,7 +56,10 @@ struct RequestContext {
     Usage usage;
     std::uint64_t reserved_tokens = 0;  // what the budget took at admission, settled on completion
 
-    std::string route;                 // name of the ModelRoute that matched
+    std::string route;  // name of the ModelRoute that matched
+    // The route table this request was routed with: keeps its routes and pools (which
+    // `targets` point into) alive when a policy reload replaces the table mid-request.
+    std::shared_ptr<const void> route_table;
     std::string route_decision;        // which rule decided (x-sluice-route header)
     std::vector<RouteTarget> targets;  // primary first, then fallbacks
     std::string backend;               // endpoint that answered

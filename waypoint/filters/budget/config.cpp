@@ -4,6 +4,8 @@
 
 #include <stdexcept>
 
+#include "waypoint/problems.h"
+
 namespace sluice::waypoint::budget {
 
 TokenBudgetConfig parseTokenBudget(const std::string& name, const YAML::Node& spec) {
@@ -53,12 +55,7 @@ TokenBudgetConfig parseTokenBudget(const std::string& name, const YAML::Node& sp
     }
     if (config.limits.empty())
         problems.push_back(where("limits is empty"));
-    if (!problems.empty()) {
-        std::string all;
-        for (const auto& p : problems)
-            all += (all.empty() ? "" : "; ") + p;
-        throw std::invalid_argument(all);
-    }
+    throwIfProblems(problems);
     return config;
 }
 

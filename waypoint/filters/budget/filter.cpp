@@ -37,10 +37,34 @@ std::string namespaceOf(std::string_view spiffe) {
 BudgetFilter::BudgetFilter(TokenBudgetConfig config, Metrics* metrics,
                            std::function<Clock::time_point()> now,
                            std::function<std::int64_t()> utc_day)
-    : config_(std::move(config)),
-      metrics_(metrics),
-      now_(std::move(now)),
-      utc_day_(std::move(utc_day)) {}
+    : metrics_(metrics), now_(std::move(now)), utc_day_(std::move(utc_day)) {
+    config_ = std::make_shared<const TokenBudgetConfig>(std::move(config));
+}
+
+void BudgetFilter::reconfigure(TokenBudgetConfig config) {
+    auto next = std::make_shared<const TokenBudgetConfig>(std::move(config));
+    std::lock_guard lock(config_mutex_);
+    config_ = std::move(next);
+}
+
+BudgetFilter::ConfigPtr BudgetFilter::config() const {
+    std::lock_guard lock(config_mutex_);
+    return config_;
+}
+
+void BudgetFilter::fit(State& state, const BudgetLimit& limit, Clock::time_point now) {
+    auto fit_bucket = [&](std::optional<TokenBucket>& bucket, std::uint64_t per_minute) {
+        if (!per_minute) {
+            bucket.reset();
+        } else if (!bucket) {
+            bucket.emplace(per_minute, now);
+        } else if (bucket->capacity() != double(per_minute)) {
+            bucket->resize(per_minute, now);
+        }
+    };
+    fit_bucket(state.tokens, limit.tokens_per_minute);
+    fit_bucket(state.requests, limit.requests_per_minute);
+}
 
 std::int64_t BudgetFilter::currentUtcDay() {
     using namespace std::chrono;
@@ -48,7 +72,11 @@ std::int64_t BudgetFilter::currentUtcDay() {
 }
 
 std::string BudgetFilter::tenantOf(const RequestContext& ctx) const {
-    for (const auto& source : config_.tenant_from) {
+    return tenantOf(*config(), ctx);
+}
+
+std::string BudgetFilter::tenantOf(const TokenBudgetConfig& config, const RequestContext& ctx) {
+    for (const auto& source : config.tenant_from) {
         std::string tenant;
         switch (source.kind) {
             case TenantSource::Kind::Header:
@@ -56,7 +84,7 @@ std::string BudgetFilter::tenantOf(const RequestContext& ctx) const {
                 break;
             case TenantSource::Kind::ApiKey: {
                 const auto key = bearerToken(sv(ctx.request[source.header]));
-                if (auto it = config_.api_keys.find(key); it != config_.api_keys.end()) {
+                if (auto it = config.api_keys.find(key); it != config.api_keys.end()) {
                     tenant = it->second;
                 }
                 break;
@@ -71,14 +99,15 @@ std::string BudgetFilter::tenantOf(const RequestContext& ctx) const {
         if (!tenant.empty())
             return tenant;
     }
-    return config_.default_tenant;
+    return config.default_tenant;
 }
 
-const BudgetLimit* BudgetFilter::match(const std::string& tenant, const std::string& model) const {
+const BudgetLimit* BudgetFilter::match(const TokenBudgetConfig& config, const std::string& tenant,
+                                       const std::string& model) {
     // The most specific entry wins: tenant and model, tenant, model, neither.
     const BudgetLimit* best = nullptr;
     int best_score = -1;
-    for (const auto& limit : config_.limits) {
+    for (const auto& limit : config.limits) {
         const bool tenant_ok = limit.tenant == "*" || limit.tenant == tenant;
         const bool model_ok = limit.model == "*" || limit.model == model;
         if (!tenant_ok || !model_ok)
@@ -100,8 +129,9 @@ std::string BudgetFilter::keyOf(const BudgetLimit& limit, const std::string& ten
 std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
     if (ctx.api.empty() || ctx.api == "models")
         return std::nullopt;
-    ctx.tenant = tenantOf(ctx);
-    const BudgetLimit* limit = match(ctx.tenant, ctx.model);
+    const ConfigPtr config = this->config();  // keeps `limit` valid through a reconfigure
+    ctx.tenant = tenantOf(*config, ctx);
+    const BudgetLimit* limit = match(*config, ctx.tenant, ctx.model);
     if (!limit)
         return std::nullopt;
 
@@ -110,11 +140,7 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
     const std::int64_t today = utc_day_();
     std::lock_guard lock(mutex_);
     State& state = states_[keyOf(*limit, ctx.tenant, ctx.model)];
-    if (limit->tokens_per_minute && !state.tokens)
-        state.tokens.emplace(limit->tokens_per_minute, now);
-    if (limit->requests_per_minute && !state.requests) {
-        state.requests.emplace(limit->requests_per_minute, now);
-    }
+    fit(state, *limit, now);
     if (state.day != today) {
         state.day = today;
         state.used_today = 0;
@@ -200,7 +226,8 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
 void BudgetFilter::onComplete(RequestContext& ctx) {
     if (ctx.api.empty() || ctx.api == "models")
         return;
-    const BudgetLimit* limit = match(ctx.tenant, ctx.model);
+    const ConfigPtr config = this->config();
+    const BudgetLimit* limit = match(*config, ctx.tenant, ctx.model);
     if (!limit || ctx.result == "rate_limited")
         return;
     // Charge what was used: the reported usage; without one, nothing for a request no backend

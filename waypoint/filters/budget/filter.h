@@ -1,5 +1,6 @@
 #pragma once
 
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -29,6 +30,10 @@ class BudgetFilter : public HttpFilter {
     std::optional<LocalReply> onRequest(RequestContext& ctx) override;
     void onComplete(RequestContext& ctx) override;
 
+    // Replaces the tenant sources and limits (policy reload). Buckets keep what was used in
+    // the current window and take the new capacity at the tenant's next request.
+    void reconfigure(TokenBudgetConfig config);
+
     std::string tenantOf(const RequestContext& ctx) const;
     static std::int64_t currentUtcDay();
 
@@ -40,11 +45,18 @@ class BudgetFilter : public HttpFilter {
         std::uint64_t used_today = 0;
         std::uint32_t concurrent = 0;
     };
-    const BudgetLimit* match(const std::string& tenant, const std::string& model) const;
+    using ConfigPtr = std::shared_ptr<const TokenBudgetConfig>;
+    ConfigPtr config() const;
+    static std::string tenantOf(const TokenBudgetConfig& config, const RequestContext& ctx);
+    static const BudgetLimit* match(const TokenBudgetConfig& config, const std::string& tenant,
+                                    const std::string& model);
     static std::string keyOf(const BudgetLimit& limit, const std::string& tenant,
                              const std::string& model);
+    // Brings the state's buckets to the limit's current capacities (after a reconfigure).
+    static void fit(State& state, const BudgetLimit& limit, Clock::time_point now);
 
-    TokenBudgetConfig config_;
+    mutable std::mutex config_mutex_;
+    ConfigPtr config_;  // swapped whole by reconfigure(); a request keeps the one it started with
     Metrics* metrics_;
     std::function<Clock::time_point()> now_;
     std::function<std::int64_t()> utc_day_;

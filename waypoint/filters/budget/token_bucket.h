@@ -34,6 +34,13 @@ class TokenBucket {
         return level_;
     }
     double capacity() const { return capacity_; }
+    // A new per-minute capacity (a reloaded limit): what was used in the window stays used.
+    void resize(std::uint64_t per_minute, Clock::time_point now) {
+        refill(now);
+        const double used = capacity_ - level_;
+        capacity_ = double(per_minute);
+        level_ = capacity_ - used;
+    }
     // Seconds until `n` could be taken / until the bucket is full again.
     double secondsUntil(std::uint64_t n, Clock::time_point now) {
         refill(now);

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "waypoint/lb/config.h"
+#include "waypoint/problems.h"
 
 namespace sluice::waypoint::route {
 namespace {
@@ -50,12 +51,7 @@ ModelRouteConfig parseModelRoute(const std::string& name, const YAML::Node& spec
         if (t.pool.empty())
             problems.push_back("a backend names no pool");
     }
-    if (!problems.empty()) {
-        std::string all;
-        for (const auto& p : problems)
-            all += (all.empty() ? "" : "; ") + p;
-        throw std::invalid_argument("ModelRoute " + name + ": " + all);
-    }
+    throwIfProblems(problems, "ModelRoute " + name + ": ");
     return route;
 }
 

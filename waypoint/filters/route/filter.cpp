@@ -8,8 +8,42 @@ namespace {
 thread_local std::minstd_rand rng{std::random_device{}()};
 }
 
-RouteFilter::RouteFilter(std::vector<ModelRouteConfig> routes,
-                         const std::map<std::string, std::shared_ptr<BackendPool>>& pools) {
+RouteFilter::RouteFilter(std::vector<ModelRouteConfig> routes, const Pools& pools)
+    : table_(build(std::move(routes), pools)) {}
+
+void RouteFilter::reconfigure(std::vector<ModelRouteConfig> routes, const Pools& pools) {
+    auto next = build(std::move(routes), pools);
+    std::lock_guard lock(mutex_);
+    table_ = std::move(next);
+}
+
+std::shared_ptr<const RouteFilter::Table> RouteFilter::table() const {
+    std::lock_guard lock(mutex_);
+    return table_;
+}
+
+std::shared_ptr<const RouteFilter::Table> RouteFilter::tableOf(const RequestContext& ctx) const {
+    if (ctx.route_table)
+        return std::static_pointer_cast<const Table>(ctx.route_table);
+    return table();
+}
+
+std::vector<std::string> RouteFilter::models() const {
+    std::vector<std::string> out;
+    const auto current = table();
+    for (const auto& route : current->routes) {
+        for (const auto& m : route->config.models) {
+            if (m != "*")
+                out.push_back(m);
+        }
+    }
+    return out;
+}
+
+std::shared_ptr<const RouteFilter::Table> RouteFilter::build(std::vector<ModelRouteConfig> routes,
+                                                             const Pools& pools) {
+    auto table = std::make_shared<Table>();
+    table->pools = pools;
     for (auto& config : routes) {
         auto route = std::make_unique<Route>();
         auto target = [&](const TargetConfig& t) {
@@ -30,12 +64,15 @@ RouteFilter::RouteFilter(std::vector<ModelRouteConfig> routes,
         if (config.cost_tier)
             route->cost_tier = target(config.cost_tier->target);
         route->config = std::move(config);
-        routes_.push_back(std::move(route));
+        table->routes.push_back(std::move(route));
     }
+    return table;
 }
 
 const ModelRouteConfig* RouteFilter::routeFor(const RequestContext& ctx) const {
-    for (const auto& route : routes_) {
+    // Before onRequest the pointer is only valid until the next reload; the gateway asks after.
+    const auto table = tableOf(ctx);
+    for (const auto& route : table->routes) {
         for (const auto& m : route->config.models) {
             if (m == "*" || m == ctx.model)
                 return &route->config;
@@ -44,8 +81,8 @@ const ModelRouteConfig* RouteFilter::routeFor(const RequestContext& ctx) const {
     return nullptr;
 }
 
-RouteFilter::Route* RouteFilter::find(const std::string& name) {
-    for (auto& route : routes_) {
+RouteFilter::Route* RouteFilter::find(const Table& table, const std::string& name) {
+    for (const auto& route : table.routes) {
         if (route->config.name == name)
             return route.get();
     }
@@ -53,6 +90,7 @@ RouteFilter::Route* RouteFilter::find(const std::string& name) {
 }
 
 std::optional<LocalReply> RouteFilter::onRequest(RequestContext& ctx) {
+    ctx.route_table = table();
     const ModelRouteConfig* config = routeFor(ctx);
     if (!config) {
         ctx.result = "no_route";
@@ -63,7 +101,7 @@ std::optional<LocalReply> RouteFilter::onRequest(RequestContext& ctx) {
                                      "` does not exist or is not "
                                      "routed by this gateway."};
     }
-    Route& route = *find(config->name);
+    Route& route = *find(*tableOf(ctx), config->name);
     ctx.route = config->name;
     ++route.active;
     const auto& tier = config->cost_tier;
@@ -91,12 +129,12 @@ std::optional<LocalReply> RouteFilter::onRequest(RequestContext& ctx) {
 }
 
 void RouteFilter::onComplete(RequestContext& ctx) {
-    if (Route* route = find(ctx.route))
+    if (Route* route = find(*tableOf(ctx), ctx.route))
         --route->active;
 }
 
 bool RouteFilter::retryAllowed(const RequestContext& ctx) {
-    Route* route = find(ctx.route);
+    Route* route = find(*tableOf(ctx), ctx.route);
     if (!route)
         return false;
     const auto& r = route->config.retries;
@@ -109,7 +147,7 @@ bool RouteFilter::retryAllowed(const RequestContext& ctx) {
 }
 
 void RouteFilter::retryFinished(const RequestContext& ctx) {
-    if (Route* route = find(ctx.route))
+    if (Route* route = find(*tableOf(ctx), ctx.route))
         --route->retries;
 }
 

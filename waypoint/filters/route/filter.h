@@ -3,6 +3,8 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "waypoint/filters/filter.h"
@@ -13,11 +15,19 @@ namespace sluice::waypoint::route {
 
 // ModelRoute: picks the route for the request's model and fills ctx.targets (weighted backend
 // or cost tier first, then the fallbacks in order). The attempts themselves run in the
-// gateway's router, which asks retryAllowed() before each retry.
+// gateway's router, which asks retryAllowed() before each retry. The routes form one immutable
+// table that reconfigure() replaces whole (policy reload); each request keeps the table it was
+// routed with (ctx.route_table) until it completes.
 class RouteFilter : public HttpFilter {
   public:
-    RouteFilter(std::vector<ModelRouteConfig> routes,
-                const std::map<std::string, std::shared_ptr<BackendPool>>& pools);
+    using Pools = std::map<std::string, std::shared_ptr<BackendPool>>;
+    // Throws std::invalid_argument when a route names a pool that `pools` lacks.
+    RouteFilter(std::vector<ModelRouteConfig> routes, const Pools& pools);
+
+    // Replaces the routes (same validation as the constructor; on a throw the old table stays).
+    void reconfigure(std::vector<ModelRouteConfig> routes, const Pools& pools);
+    // Client model names of the current routes ("*" left out), for GET /v1/models.
+    std::vector<std::string> models() const;
 
     std::string_view name() const override { return "route"; }
     std::optional<LocalReply> onRequest(RequestContext& ctx) override;
@@ -38,8 +48,19 @@ class RouteFilter : public HttpFilter {
         std::atomic<std::uint32_t> active{0};
         std::atomic<std::uint32_t> retries{0};
     };
-    Route* find(const std::string& name);
-    std::vector<std::unique_ptr<Route>> routes_;
+    struct Table {
+        std::vector<std::unique_ptr<Route>> routes;
+        Pools pools;  // what the targets point into
+    };
+    static std::shared_ptr<const Table> build(std::vector<ModelRouteConfig> routes,
+                                              const Pools& pools);
+    std::shared_ptr<const Table> table() const;
+    // The table of the request (after onRequest), else the current one.
+    std::shared_ptr<const Table> tableOf(const RequestContext& ctx) const;
+    static Route* find(const Table& table, const std::string& name);
+
+    mutable std::mutex mutex_;
+    std::shared_ptr<const Table> table_;
 };
 
 }  // namespace sluice::waypoint::route
