@@ -19,7 +19,7 @@ metadata: {name: p, namespace: a}
 spec:
   rules: [{to: [{operation: {ports: ["8080"]}}]}]
 )";
-// `ports` must be a list of port strings: the error is at line 5, column 30.
+// `ports` must be a list of port strings: the error is at line 5, column 37.
 constexpr const char* kWrongType = R"(apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: p, namespace: a}
@@ -68,9 +68,9 @@ TEST(PolicyStatusFile, ReportsGenerationsAndTheFailingPosition) {
     const json& e = s["lastReload"]["errors"][0];
     EXPECT_EQ(e["file"], (policies / "policy.yaml").string());
     EXPECT_EQ(e["line"], 5);
-    EXPECT_EQ(e["column"], 30);
+    EXPECT_EQ(e["column"], 37);
     const std::string text = format_policy_status(s);
-    EXPECT_NE(text.find("policy.yaml:5:30: error: "), std::string::npos) << text;
+    EXPECT_NE(text.find("policy.yaml:5:37: error: "), std::string::npos) << text;
     EXPECT_NE(text.find("last reload: failure"), std::string::npos) << text;
     EXPECT_NE(text.find("generation 1 stays in force"), std::string::npos) << text;
 
