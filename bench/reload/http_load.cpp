@@ -3,6 +3,7 @@
 // through the datapath's connect() hook) and records when it started, how long it took and how
 // it ended. Runs inside a testbed pod (`sluice-testbed exec`).
 //   sluice-bench-http-load --target 198.18.1.2:8080 --rate 1000 --seconds 10 --out FILE
+//                          [--stop-file F]   (stop early, once F exists; --seconds stays the bound)
 // FILE: one line per request, "start_unix_us latency_us late_us result" (result "ok" or what
 // failed: "connect:EPERM", "recv:ETIMEDOUT", "status:503", …). A JSON summary goes to stdout.
 #include <arpa/inet.h>
@@ -96,6 +97,8 @@ int main(int argc, char** argv) {
     app.add_option("--timeout-ms", timeout_ms, "per connect/send/recv")
         ->check(CLI::Range(1, 30000));
     app.add_option("--out", out_path, "per-request samples")->required();
+    std::string stop_file;
+    app.add_option("--stop-file", stop_file, "stop sending once this file exists");
     CLI11_PARSE(app, argc, argv);
 
     const auto colon = target.rfind(':');
@@ -108,8 +111,8 @@ int main(int argc, char** argv) {
     }
     dst.sin_port = htons(static_cast<uint16_t>(std::stoi(target.substr(colon + 1))));
 
-    const int64_t total = static_cast<int64_t>(rate) * seconds;
-    std::vector<Sample> samples(static_cast<size_t>(total));
+    std::atomic<int64_t> total = static_cast<int64_t>(rate) * seconds;
+    std::vector<Sample> samples(static_cast<size_t>(total.load()));
     std::atomic<int64_t> next{0};
     const auto t0 = Clock::now() + std::chrono::milliseconds(50);
     const auto wall0 = std::chrono::system_clock::now() + std::chrono::milliseconds(50);
@@ -132,11 +135,28 @@ int main(int argc, char** argv) {
                                   .count();
         }
     };
+    std::atomic<bool> done{false};
+    std::thread stopper([&] {
+        while (!done && !stop_file.empty()) {
+            if (::access(stop_file.c_str(), F_OK) == 0) {
+                // Requests not handed out yet are never sent; those in flight finish.
+                int64_t cut = next.load();
+                while (!next.compare_exchange_weak(cut, cut + total.load()))
+                    ;
+                total = std::min(cut, total.load());
+                return;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+    });
     std::vector<std::thread> pool;
     for (int i = 0; i < threads; ++i)
         pool.emplace_back(worker);
     for (auto& t : pool)
         t.join();
+    done = true;
+    stopper.join();
+    samples.resize(static_cast<size_t>(total.load()));
     const double took = std::chrono::duration<double>(Clock::now() - t0).count();
 
     std::ofstream out(out_path, std::ios::trunc);
@@ -150,9 +170,9 @@ int main(int argc, char** argv) {
         else
             ++failures[s.result];
     }
-    nlohmann::json summary{{"sent", total},
+    nlohmann::json summary{{"sent", total.load()},
                            {"ok", ok},
-                           {"failed", total - ok},
+                           {"failed", total.load() - ok},
                            {"failures", failures},
                            {"seconds", took}};
     std::cout << summary.dump() << "\n";

@@ -6,9 +6,12 @@
                                        generations have real kernel entries on the testbed's
                                        node0/node1 and on eight nodes that are not there
   policies.py publish DIR GEN          one kubelet-style ConfigMap swap of generation GEN into DIR
-  policies.py reload-loop DIR FIRST COUNT INTERVAL LOG
-                                       COUNT swaps (generations FIRST..), one every INTERVAL s;
-                                       LOG gets "generation unix_time_of_the_rename" per swap
+  policies.py reload-loop DIR FIRST COUNT GAP LOG STOP STATUS...
+                                       COUNT swaps (generations FIRST..): each waits until every
+                                       agent STATUS file (policy-status.json) shows the previous
+                                       one in the maps, then GAP s more; LOG gets "generation
+                                       rename_unix_time in_force_unix_time" per swap; STOP is
+                                       created at the end (the load generator's --stop-file)
 
 Every generation has 10 010 rules: 1000 AuthorizationPolicies (one per extra workload, 10 rules:
 principals, namespaces, notNamespaces, ipBlocks) whose ports rotate with the generation, so
@@ -16,6 +19,7 @@ every generation changes every one of them, plus the bench's own traffic rules, 
 change in meaning: web/server ALLOWs namespace `load` on 8080 (and a DENY on unrelated ipBlocks
 that moves with the generation, so the server's own map entries change on each swap too).
 """
+import json
 import os
 import random
 import shutil
@@ -113,14 +117,35 @@ def main():
     elif cmd == "publish":
         publish(sys.argv[2], int(sys.argv[3]))
     elif cmd == "reload-loop":
-        out_dir, first, count, interval, log = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
-        start = time.monotonic()
+        out_dir, first, count, gap, log, stop = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6], sys.argv[7]
+        status_files = sys.argv[8:]
+
+        def applied():
+            out = []
+            for path in status_files:
+                try:
+                    with open(path) as f:
+                        out.append(json.load(f)["appliedGeneration"])
+                except (OSError, ValueError, KeyError):
+                    out.append(-1)
+            return out
+
         with open(log, "w") as f:
             for i in range(count):
-                time.sleep(max(0.0, start + i * interval - time.monotonic()))
+                before = applied()
                 renamed = publish(out_dir, first + i)
-                f.write(f"{first + i} {renamed:.6f}\n")
+                deadline, in_force = time.monotonic() + 60, None
+                while time.monotonic() < deadline:
+                    if all(a > b for a, b in zip(applied(), before)):
+                        in_force = time.time()
+                        break
+                    time.sleep(0.01)
+                f.write(f"{first + i} {renamed:.6f} {in_force or 0:.6f}\n")
                 f.flush()
+                if in_force is None:
+                    break  # the agents never applied it: the report says so
+                time.sleep(gap)
+        open(stop, "w").close()
     else:
         sys.exit(f"unknown command {cmd}")
 
