@@ -70,11 +70,16 @@ std::expected<void, std::string> Agent::init() {
 
     // Policy before any new enrollment, so pods get their compiled endpoint ids from the start.
     // An invalid policy directory at startup leaves the maps as the last agent left them.
+    policy_status_ =
+        std::make_unique<PolicyStatusFile>(config_.policy_status_file(), config_.policies_dir);
     watcher_ = std::make_unique<policies::PolicyWatcher>(
         policies::WatcherConfig{.policy_dir = config_.policies_dir,
                                 .registry_dir = config_.registry_dir},
         [this](std::shared_ptr<const policies::Generation> g) { apply_generation(std::move(g)); },
-        [this](std::string_view result) { metrics_->policy_reload(std::string(result)); });
+        [this](std::string_view result) {
+            metrics_->policy_reload(std::string(result));
+            policy_status_->write(*watcher_);
+        });
     if (!watcher_->start()) {
         spdlog::warn("cannot watch {}: policy changes need an agent restart", config_.policies_dir);
     }
@@ -235,6 +240,7 @@ void Agent::apply_generation(std::shared_ptr<const policies::Generation> g) {
         // more permissive than both generations; the next reload starts from the old state.
         spdlog::error("policy generation {}: applying {} map changes failed after {}: {}",
                       g->number, delta.size(), result.applied, sink.last_error());
+        policy_status_->apply_failed(g->number, sink.last_error());
         return;
     }
     applied_ = next;
@@ -244,6 +250,7 @@ void Agent::apply_generation(std::shared_ptr<const policies::Generation> g) {
     }
     enrollment_->refresh_bindings();
     metrics_->set_policy_generation(g->number);
+    policy_status_->applied(g->number);
     // Only now: the maps hold the new generation, so the sweep judges by it (DESIGN.md §5).
     closer_->close_denied(enrollment_->pods(), g->number);
     // Compiling and diffing a generation allocates far more than it keeps; give it back.

@@ -14,6 +14,7 @@
 #include "agent/connection_closer.h"
 #include "agent/enrollment.h"
 #include "agent/metrics.h"
+#include "agent/policy_status.h"
 #include "agent/ztunnel_link.h"
 #include "common/http_server.h"
 #include "policies/kernel_apply.h"
@@ -72,6 +73,7 @@ class Agent {
     // a while; reconcile must not put them back into the mesh.
     std::mutex deleted_mu_;
     std::set<std::string> deleted_by_cni_;
+    std::unique_ptr<PolicyStatusFile> policy_status_;  // before watcher_: its hook writes it
     std::unique_ptr<policies::PolicyWatcher> watcher_;
     std::mutex apply_mu_;               // one generation applied at a time
     policies::KernelState applied_;     // what the maps hold (apply_mu_)

@@ -40,6 +40,8 @@ uint64_t to_wall_ns(uint64_t monotonic_ns) {
     return static_cast<uint64_t>(static_cast<int64_t>(monotonic_ns) + offset);
 }
 
+}  // namespace
+
 std::string rfc3339(uint64_t wall_ns) {
     time_t secs = static_cast<time_t>(wall_ns / 1'000'000'000ULL);
     tm utc{};
@@ -48,8 +50,6 @@ std::string rfc3339(uint64_t wall_ns) {
     strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &utc);
     return fmt::format("{}.{:06d}Z", buf, (wall_ns / 1000) % 1'000'000);
 }
-
-}  // namespace
 
 AuditLog::AuditLog(const std::string& path) {
     if (path.empty()) {

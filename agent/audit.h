@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <cstdio>
 #include <mutex>
 #include <string>
@@ -7,6 +8,9 @@
 #include "sluice_abi.h"
 
 namespace sluice::agent {
+
+// "2026-11-26T21:00:00.123456Z" for a time on the realtime clock (ns since the epoch).
+std::string rfc3339(uint64_t wall_ns);
 
 // Who a deny event concerns, resolved by the agent from its enrollment table.
 struct AuditContext {

@@ -25,8 +25,8 @@ inline constexpr const char* kDefaultReadyAddress = "0.0.0.0:15031";
 
 // sluice-agent's configuration: one flat struct, every field set by a flag and an env variable.
 struct AgentConfig {
-    std::string node_name;                           // pods whose spec.nodeName matches are ours
-    std::string run_dir = kDefaultRunDir;            // cni.sock, ztunnel.sock, agent-state.json
+    std::string node_name;                 // pods whose spec.nodeName matches are ours
+    std::string run_dir = kDefaultRunDir;  // sockets, agent-state.json, policy-status.json
     std::string registry_dir = kDefaultRegistryDir;  // Pod/Namespace/Service/EndpointSlice YAML
     std::string policies_dir = kDefaultPoliciesDir;  // the policy ConfigMap mount
     std::string metrics_address = kDefaultMetricsAddress;
@@ -43,6 +43,8 @@ struct AgentConfig {
     std::string cni_socket() const { return run_dir + "/cni.sock"; }
     std::string ztunnel_socket() const { return run_dir + "/ztunnel.sock"; }
     std::string state_file() const { return run_dir + "/agent-state.json"; }
+    // The policy generation in force and the last reload's result (sluicectl policy status).
+    std::string policy_status_file() const { return run_dir + "/policy-status.json"; }
 
     // Every problem at once; empty when the agent can start.
     std::vector<std::string> validate() const;

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/atomic_file.h"
 #include "common/netns.h"
 
 namespace sluice::agent {
@@ -89,18 +90,9 @@ void Enrollment::persist() const {
     }
     json state{
         {"pods", pods}, {"nextEndpointId", next_endpoint_id_}, {"fallbackIds", fallback_ids_}};
-    const std::string tmp = state_file_ + ".tmp";
-    {
-        std::ofstream f(tmp, std::ios::trunc);
-        f << state.dump(2) << "\n";
-        if (!f) {
-            spdlog::error("cannot write {}: enrollment state will be rebuilt from the registry",
-                          tmp);
-            return;
-        }
-    }
-    std::error_code ec;
-    fs::rename(tmp, state_file_, ec);
+    if (!write_file_atomically(state_file_, state.dump(2) + "\n"))
+        spdlog::error("cannot write {}: enrollment state will be rebuilt from the registry",
+                      state_file_);
 }
 
 void Enrollment::restore() {

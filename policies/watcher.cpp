@@ -182,12 +182,16 @@ void PolicyWatcher::reload() {
             ++counts_.failure;
         status_.generation = current_ ? current_->number : 0;
         status_.last_ok = result != "failure";
+        status_.last_result = std::string(result);
         status_.last_diagnostics = loaded.diagnostics;
+        status_.last_attempt = std::chrono::system_clock::now();
+        if (published)
+            status_.last_success = status_.last_attempt;
     }
-    if (on_reload_)
-        on_reload_(result);
     if (published && on_generation_)
         on_generation_(published);
+    if (on_reload_)
+        on_reload_(result);
 }
 
 std::shared_ptr<const Generation> PolicyWatcher::current() const {

@@ -42,7 +42,10 @@ struct ReloadCounts {
 struct ReloadStatus {
     uint64_t generation = 0;  // 0: nothing valid loaded yet
     bool last_ok = false;
+    std::string last_result;  // "success", "unchanged" or "failure"; empty before the first
     std::vector<Diagnostic> last_diagnostics;  // of the last attempt (errors when it failed)
+    std::chrono::system_clock::time_point last_attempt{};
+    std::chrono::system_clock::time_point last_success{};  // the last new generation
 };
 
 // Watches the policy (and registry) directory with inotify, including kubelet's atomic `..data`
@@ -53,7 +56,8 @@ struct ReloadStatus {
 class PolicyWatcher {
   public:
     using GenerationCallback = std::function<void(std::shared_ptr<const Generation>)>;
-    // Called once per reload attempt with "success", "unchanged" or "failure".
+    // Called once per reload attempt with "success", "unchanged" or "failure", after
+    // `on_generation` has returned (so a hook that reports status sees the generation applied).
     using MetricHook = std::function<void(std::string_view result)>;
 
     PolicyWatcher(WatcherConfig config, GenerationCallback on_generation,

@@ -1,9 +1,12 @@
-// sluicectl policy check | explain | diff | compile (docs/policies.md).
+// sluicectl policy check | explain | diff | compile | status (docs/policies.md).
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <string>
 
+#include "agent/config.h"
+#include "agent/policy_status.h"
 #include "agent/sluicectl/commands.h"
 #include "policies/diff.h"
 #include "policies/evaluate.h"
@@ -152,6 +155,30 @@ void add_policy_commands(CLI::App& app, Context& ctx) {
         for (const auto& l : lines)
             std::cout << l << "\n";
         ctx.exit_code = lines.empty() ? 0 : kExitProblem;
+    });
+
+    // status
+    auto* status = policy->add_subcommand(
+        "status",
+        "The agent's policy generation and last reload (exit 1 when the last reload failed)");
+    auto run_dir = std::make_shared<std::string>(agent::kDefaultRunDir);
+    auto status_json = std::make_shared<bool>(false);
+    status->add_option("--run-dir", *run_dir, "the agent's run directory")
+        ->envname(agent::kEnvRunDir)
+        ->capture_default_str();
+    status->add_flag("--json", *status_json, "print the status document as the agent wrote it");
+    status->callback([&ctx, run_dir, status_json] {
+        const std::string path = agent::AgentConfig{.run_dir = *run_dir}.policy_status_file();
+        std::ifstream f(path);
+        auto doc = nlohmann::json::parse(f, nullptr, false);
+        if (!f.is_open() || doc.is_discarded() || !doc.is_object()) {
+            std::cerr << "no policy status at " << path
+                      << " (is sluice-agent running with this --run-dir?)\n";
+            ctx.exit_code = kExitUsage;
+            return;
+        }
+        std::cout << (*status_json ? doc.dump(2) + "\n" : agent::format_policy_status(doc));
+        ctx.exit_code = agent::policy_status_failed(doc) ? kExitProblem : 0;
     });
 
     // compile

@@ -17,6 +17,7 @@
 #include "common/process.h"
 #include "tests/netns/sidecarless_spec.h"
 #include "tests/support/cgroup_guard.h"
+#include "tests/support/kubelet_volume.h"
 #include "tests/support/privileged.h"
 #include "tests/support/sockets.h"
 #include "tests/support/zds_peer.h"
@@ -485,6 +486,112 @@ TEST_F(AgentPolicyTest, BadYamlKeepsTheLastGoodPolicy) {
     ss << f.rdbuf();
     EXPECT_NE(ss.str().find("broken.yaml:"), std::string::npos)
         << "the error names the file and position";
+}
+
+// The ConfigMap path end to end: kubelet's `..data` swap in the testbed's policies folder, the
+// agent's watcher, the compiler and the maps, timed from the rename to the first refused connect().
+TEST_F(AgentPolicyTest, KubeletSwapTakesEffectWithinOneSecondAndBadYamlIsReported) {
+    const PodState& a = pod("tenant-a/a");
+    const PodState& b = pod("tenant-b/b");
+    const std::string status_file = node(0).run_dir + "/policy-status.json";
+    auto status = [&] {
+        std::ifstream f(status_file);
+        return nlohmann::json::parse(f, nullptr, false);
+    };
+    auto reloads = [](const nlohmann::json& s) {
+        return s["reloads"]["success"].get<uint64_t>() + s["reloads"]["unchanged"].get<uint64_t>() +
+               s["reloads"]["failure"].get<uint64_t>();
+    };
+    // Waits until the agent on node 0 has made more than `reloads_before` reload attempts.
+    auto wait_reload = [&](uint64_t reloads_before) {
+        auto deadline = std::chrono::steady_clock::now() + 5s;
+        nlohmann::json s;
+        do {
+            s = status();
+            if (!s.is_discarded() && reloads(s) > reloads_before)
+                return s;
+            std::this_thread::sleep_for(20ms);
+        } while (std::chrono::steady_clock::now() < deadline);
+        return s;
+    };
+    nlohmann::json st = status();
+    ASSERT_FALSE(st.is_discarded()) << "the agent wrote no " << status_file;
+
+    // Generation with no boundary: tenant-b may reach tenant-a (the connect lands on ztunnel).
+    test::KubeletVolume volume(state_.policies_dir);
+    const std::string outsiders_only = std::string(kPolicies).substr(
+        std::string(kPolicies).find("apiVersion: security.istio.io/v1"));
+    volume.publish({{"policies.yaml", outsiders_only}});
+    st = wait_reload(reloads(st));
+    ASSERT_EQ(st["lastReload"]["result"], "success") << st.dump(2);
+    const uint64_t gen_before = st["generation"];
+    int err = 0;
+    {
+        Fd c = connect_from(b, a.ip, kAppPort, &err);
+        ASSERT_TRUE(c) << "before the boundary, tenant-b must reach tenant-a: " << strerror(err);
+    }
+
+    // The boundary arrives by the swap: from the rename on, connect() until the kernel refuses.
+    const auto t0 = std::chrono::steady_clock::now();
+    volume.publish({{"policies.yaml", kPolicies}});
+    auto took = std::chrono::steady_clock::duration::max();
+    int attempts = 0;
+    while (std::chrono::steady_clock::now() - t0 < 3s) {
+        ++attempts;
+        Fd c = connect_from(b, a.ip, kAppPort, &err);
+        if (!c) {
+            took = std::chrono::steady_clock::now() - t0;
+            break;
+        }
+        std::this_thread::sleep_for(5ms);
+    }
+    ASSERT_EQ(err, EPERM) << "after " << attempts << " attempts";
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(took).count();
+    std::cerr << "boundary in force " << ms << " ms after the ..data rename (" << attempts
+              << " connects)\n";
+    EXPECT_LT(took, 1s) << ms << " ms";
+    st = wait_reload(reloads(st));  // written after the maps took the generation
+    EXPECT_EQ(st["appliedGeneration"].get<uint64_t>(), gen_before + 1) << st.dump(2);
+
+    // Broken YAML by the same swap: the boundary stays, and the position is reported.
+    const std::string before_metrics = metrics(0);
+    EXPECT_EQ(before_metrics.find("sluice_policy_reload_total{result=\"failure\"} 1"),
+              std::string::npos)
+        << before_metrics;
+    // `ports` must be a list: the error is at line 5, column 37 of broken.yaml.
+    volume.publish({{"policies.yaml", kPolicies},
+                    {"broken.yaml",
+                     "apiVersion: security.istio.io/v1\n"
+                     "kind: AuthorizationPolicy\n"
+                     "metadata: {name: broken, namespace: tenant-a}\n"
+                     "spec:\n"
+                     "  rules: [{to: [{operation: {ports: {x: 1}}}]}]\n"}});
+    st = wait_reload(reloads(st));
+    ASSERT_EQ(st["lastReload"]["result"], "failure") << st.dump(2);
+    EXPECT_EQ(st["generation"].get<uint64_t>(), gen_before + 1);
+    for (int i = 0; i < 10; ++i) {
+        Fd c = connect_from(b, a.ip, kAppPort, &err);
+        EXPECT_FALSE(c);
+        EXPECT_EQ(err, EPERM) << "the broken file must not lift the boundary";
+    }
+    auto ctl = run_process({.argv = {std::string(SLUICE_BIN_DIR) + "/sluicectl", "policy", "status",
+                                     "--run-dir", node(0).run_dir}});
+    EXPECT_EQ(ctl.exit_code, 1) << ctl.out << ctl.err;
+    EXPECT_NE(ctl.out.find(state_.policies_dir + "/broken.yaml:5:37: error: "), std::string::npos)
+        << ctl.out;
+    EXPECT_NE(ctl.out.find("generation " + std::to_string(gen_before + 1) + " stays in force"),
+              std::string::npos)
+        << ctl.out;
+    const std::string m = metrics(0);
+    EXPECT_NE(m.find("sluice_policy_reload_total{result=\"failure\"} 1"), std::string::npos) << m;
+
+    // Fixed: the status is clean again and sluicectl exits 0.
+    volume.publish({{"policies.yaml", kPolicies}});
+    st = wait_reload(reloads(st));
+    EXPECT_EQ(st["lastReload"]["result"], "unchanged") << st.dump(2);
+    ctl = run_process({.argv = {std::string(SLUICE_BIN_DIR) + "/sluicectl", "policy", "status",
+                                "--run-dir", node(0).run_dir}});
+    EXPECT_EQ(ctl.exit_code, 0) << ctl.out << ctl.err;
 }
 
 TEST_F(AgentPolicyTest, PolicyStaysEnforcedThroughAnAgentKill9) {

@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "policies/watcher.h"
+#include "tests/support/kubelet_volume.h"
 #include "tests/unit/policy_test_util.h"
 
 namespace sluice::policies {
@@ -17,34 +18,6 @@ std::string allow_port(int port) {
            "namespace: a}\nspec:\n  rules: [{to: [{operation: {ports: [\"" +
            std::to_string(port) + "\"]}}]}]\n";
 }
-
-// Does what kubelet does to a ConfigMap volume: write the new files into a fresh timestamped
-// directory, point `..data_tmp` at it, rename it over `..data` (atomic), then remove the old one.
-class KubeletVolume {
-  public:
-    explicit KubeletVolume(const fs::path& dir) : dir_(dir) {}
-
-    void publish(const std::map<std::string, std::string>& files) {
-        const std::string ts = "..2026_11_26_00_00_0" + std::to_string(++version_);
-        fs::create_directory(dir_ / ts);
-        for (const auto& [name, text] : files)
-            std::ofstream(dir_ / ts / name) << text;
-        fs::create_directory_symlink(ts, dir_ / "..data_tmp");
-        fs::rename(dir_ / "..data_tmp", dir_ / "..data");
-        for (const auto& [name, text] : files) {
-            if (!fs::exists(fs::symlink_status(dir_ / name)))
-                fs::create_symlink("..data/" + name, dir_ / name);
-        }
-        if (!old_.empty())
-            fs::remove_all(dir_ / old_);
-        old_ = ts;
-    }
-
-  private:
-    fs::path dir_;
-    int version_ = 0;
-    std::string old_;
-};
 
 class Collector {
   public:
@@ -71,7 +44,7 @@ uint16_t allowed_port(const Generation& g) {
 
 TEST(PolicyWatcher, FollowsKubeletSwapsAndKeepsLastGoodOnErrors) {
     test::TempDir dir;
-    KubeletVolume volume(dir.path());
+    test::KubeletVolume volume(dir.path());
     volume.publish({{"policy.yaml", allow_port(8080)}});
 
     Collector gens;

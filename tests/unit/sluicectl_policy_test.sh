@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# sluicectl policy check / explain / diff as a user runs them: exit codes and what they print.
+# sluicectl policy check / explain / diff / status as a user runs them: exit codes and what they print.
 #   sluicectl_policy_test.sh <sluicectl> <repo root>
 set -uo pipefail
 ctl=$1
@@ -41,4 +41,17 @@ sed -i 's/ports: \["6333"\]/ports: ["6334"]/' "$tmp/new/20-tenant-a.yaml"
 expect "diff" 1 "~ AuthorizationPolicy tenant-a/vector-db" -- \
     "$ctl" policy diff "$ex/policies" "$tmp/new" --registry "$ex/registry"
 expect "diff same" 0 "" -- "$ctl" policy diff "$ex/policies" "$ex/policies"
+# policy status reads the agent's run dir (the netns test covers what a running agent writes).
+expect "status without an agent" 2 "no policy status at $tmp/run/policy-status.json" -- \
+    "$ctl" policy status --run-dir "$tmp/run"
+mkdir -p "$tmp/run"
+echo '{"generation": 3, "appliedGeneration": 3, "applyError": "", "policyDir": "/p", "objects": 2,
+ "kernelPolicyEntries": 5, "ipcacheEntries": 4, "lastSuccessTime": "2026-11-26T21:00:00.000000Z",
+ "reloads": {"success": 3, "unchanged": 0, "failure": 1},
+ "lastReload": {"result": "failure", "time": "2026-11-26T21:00:01.000000Z", "warnings": [],
+  "errors": [{"text": "/p/a.yaml:4:9: error: expected a list"}]}}' >"$tmp/run/policy-status.json"
+expect "status after a failed reload" 1 "/p/a.yaml:4:9: error: expected a list" -- \
+    "$ctl" policy status --run-dir "$tmp/run"
+SLUICE_RUN_DIR=$tmp/run expect "status from SLUICE_RUN_DIR" 1 "generation 3 stays in force" -- \
+    "$ctl" policy status
 exit $((fails > 0))
