@@ -407,7 +407,8 @@ void parse_boundary(YamlReader& r, const ObjectMeta& meta, const YAML::Node& spe
 }
 
 // TokenBudget: spec.tenant (one of namespace, principal, header), spec.model (optional, "*"
-// default), spec.limits with at least one of tokensPerMinute, requestsPerMinute, tokensPerDay.
+// default), spec.limits with at least one of tokensPerMinute, requestsPerMinute, tokensPerDay,
+// maxConcurrent.
 void parse_token_budget(YamlReader& r, const ObjectMeta& meta, const YAML::Node& spec,
                         PolicySet& out) {
     if (!r.expect_map(spec, "spec"))
@@ -447,19 +448,21 @@ void parse_token_budget(YamlReader& r, const ObjectMeta& meta, const YAML::Node&
             bool any_limit = false;
             for (const auto& lkv : v) {
                 const std::string lkey = lkv.first.as<std::string>("");
-                if (lkey != "tokensPerMinute" && lkey != "requestsPerMinute" &&
+                const bool concurrency = lkey == "maxConcurrent";
+                if (!concurrency && lkey != "tokensPerMinute" && lkey != "requestsPerMinute" &&
                     lkey != "tokensPerDay") {
                     r.unknown_field(lkv.first, "spec.limits", lkey);
                     continue;
                 }
                 any_limit = true;
-                ok &= take(r.integer(lkv.second, "spec.limits." + lkey, 1, 1'000'000'000'000LL),
+                ok &= take(r.integer(lkv.second, "spec.limits." + lkey, 1,
+                                     concurrency ? 1'000'000LL : 1'000'000'000'000LL),
                            l[lkey]);
             }
             if (!any_limit) {
                 r.error(v,
                         "spec.limits: set at least one of tokensPerMinute, requestsPerMinute, "
-                        "tokensPerDay");
+                        "tokensPerDay, maxConcurrent");
                 ok = false;
             }
             j["limits"] = l;

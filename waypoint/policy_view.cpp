@@ -61,6 +61,7 @@ PolicyView makePolicyView(const Config& base, const json& view) {
             .tokens_per_minute = limits.value("tokensPerMinute", std::uint64_t{0}),
             .requests_per_minute = limits.value("requestsPerMinute", std::uint64_t{0}),
             .tokens_per_day = limits.value("tokensPerDay", std::uint64_t{0}),
+            .max_concurrent = limits.value("maxConcurrent", std::uint32_t{0}),
         };
         auto& all = out.budget.limits;
         std::erase_if(all, [&](const budget::BudgetLimit& l) {

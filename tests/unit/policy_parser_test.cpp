@@ -163,7 +163,7 @@ kind: TokenBudget
 metadata: {name: b, namespace: n}
 spec:
   tenant: {namespace: t}
-  limits: {tokensPerMinute: 0}
+  limits: {tokensPerMinute: 0, maxConcurrent: 4}
 ---
 apiVersion: sluice.dev/v1alpha1
 kind: ModelRoute
@@ -186,6 +186,32 @@ spec:
     EXPECT_NE(all(d).find("spec.timeoutSeconds: 5 is outside 30..300"), std::string::npos);
     ASSERT_EQ(set.model_routes.size(), 1u);
     EXPECT_EQ(set.model_routes[0].spec["timeoutSeconds"], 60);
+}
+
+TEST(PolicyParser, TokenBudgetConcurrencyLimit) {
+    std::vector<Diagnostic> d;
+    auto set = parse_text(R"(apiVersion: sluice.dev/v1alpha1
+kind: TokenBudget
+metadata: {name: only-concurrency, namespace: ai}
+spec:
+  tenant: {header: tenant-a}
+  limits: {maxConcurrent: 3}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: TokenBudget
+metadata: {name: too-many, namespace: ai}
+spec:
+  tenant: {header: tenant-b}
+  limits: {maxConcurrent: 2000000}
+)",
+                          d);
+    EXPECT_EQ(d.size(), 1u) << all(d);
+    EXPECT_NE(all(d).find("test.yaml:13:27: error: spec.limits.maxConcurrent: 2000000 is outside "
+                          "1..1000000"),
+              std::string::npos)
+        << all(d);
+    ASSERT_EQ(set.token_budgets.size(), 1u);
+    EXPECT_EQ(set.token_budgets[0].spec["limits"]["maxConcurrent"], 3);
 }
 
 TEST(PolicyParser, HostileInputGivesErrorsNotCrashes) {

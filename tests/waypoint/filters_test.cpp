@@ -205,7 +205,7 @@ spec:
     const auto view = nlohmann::json::parse(R"({
       "tokenBudgets": [
         {"name": "a", "namespace": "ai", "spec": {"tenant": {"header": "a"}, "model": "*",
-         "limits": {"tokensPerMinute": 300, "requestsPerMinute": 6}}},
+         "limits": {"tokensPerMinute": 300, "requestsPerMinute": 6, "maxConcurrent": 2}}},
         {"name": "ns", "namespace": "ai", "spec": {"tenant": {"namespace": "rag"},
          "model": "gpt-4o", "limits": {"tokensPerDay": 9}}},
         {"name": "p", "namespace": "ai", "spec": {"tenant": {"principal":
@@ -226,6 +226,8 @@ spec:
     EXPECT_EQ(v.budget.limits[1].tenant, "a");
     EXPECT_EQ(v.budget.limits[1].tokens_per_minute, 300u);
     EXPECT_EQ(v.budget.limits[1].requests_per_minute, 6u);
+    EXPECT_EQ(v.budget.limits[1].max_concurrent, 2u);
+    EXPECT_EQ(v.budget.limits[2].max_concurrent, 0u) << "unset: unlimited";
     EXPECT_EQ(v.budget.limits[2].tenant, "rag");
     EXPECT_EQ(v.budget.limits[2].model, "gpt-4o");
     EXPECT_EQ(v.budget.limits[2].tokens_per_day, 9u);
