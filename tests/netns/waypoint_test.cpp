@@ -7,6 +7,8 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
@@ -74,6 +76,18 @@ class WaypointTest : public ::testing::Test {
     void TearDown() override {
         if (name_.empty())
             return;
+        if (HasFailure()) {  // the daemons' logs (ztunnel access logs included) say why
+            for (const auto& d : state_.daemons) {
+                std::ifstream f(d.log);
+                std::cerr << "==== " << d.name << " " << d.pod << " " << d.log << "\n"
+                          << std::string(std::istreambuf_iterator<char>(f), {}) << "\n";
+            }
+            for (const auto& n : state_.nodes) {
+                std::ifstream f(n.run_dir + "/ztunnel-access.log");
+                std::cerr << "==== " << n.name << " ztunnel-access.log\n"
+                          << std::string(std::istreambuf_iterator<char>(f), {}) << "\n";
+            }
+        }
         down(name_, options_);
         EXPECT_EQ(leftovers(name_, options_), std::vector<std::string>{});
     }

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <optional>
 #include <string>
 
 #include "tests/testbed/state.h"
@@ -25,6 +26,15 @@ void start_node_mesh(ClusterState& state, const NodeState& node, const TestbedOp
 nlohmann::json mesh_cni_plugins(const ClusterState& state, const NodeState& node,
                                 const TestbedOptions& options);
 void start_pod_mesh(ClusterState& state, const PodState& pod, const TestbedOptions& options);
+
+// GET http://127.0.0.1:<port><path> inside `netns`: the body of a 200, else nullopt.
+std::optional<std::string> local_http_get(const std::string& netns, int port,
+                                          const std::string& path);
+
+// Waits until every ztunnel of the cluster (node ztunnels, or sidecars) lists every pod and
+// service of `state` in its /config_dump, so `up` hands over a mesh that decides the first
+// connection with every workload known; throws TestbedError after `timeout`.
+void wait_registry_loaded(const ClusterState& state, std::chrono::milliseconds timeout);
 
 // Polls http://127.0.0.1:<port><path> inside `netns` until it answers 200 or the timeout passes.
 bool wait_http_ready(const std::string& netns, int port, const std::string& path,

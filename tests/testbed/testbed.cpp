@@ -515,6 +515,9 @@ ClusterState build(const ClusterSpec& spec, const TestbedOptions& options) {
         start_waypoint(s, options);
         write_file(l.state_file(), to_json(s).dump(2) + "\n");
     }
+    // ztunnel reads the registry once a second; the first connection must find every pod.
+    if (s.mesh != MeshMode::Sidecarless || options.start_ztunnel)
+        wait_registry_loaded(s, std::chrono::seconds(10));
     return s;
 }
 
