@@ -272,6 +272,9 @@ void Gateway::stop() {
     }
     if (admin_thread_.joinable())
         admin_thread_.join();
+    // Queued requests die with their workers' io_contexts; no slot may be handed to them.
+    if (admission_)
+        admission_->close();
 }
 
 std::string Gateway::modelsList() const {

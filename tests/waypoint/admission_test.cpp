@@ -6,6 +6,7 @@
 #include <boost/asio/post.hpp>
 
 #include <algorithm>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -138,6 +139,27 @@ TEST(AdmissionQueue, AWaiterPastItsClassTimeoutIsShedAndLeavesTheQueue) {
     held->reset();
     runFor(io, 1000ms);
     EXPECT_EQ(log.back(), "a:admitted") << "the standard request (10 s timeout) still got in";
+}
+
+TEST(AdmissionQueue, ClosedForShutdownForgetsWaitersAndHandsNothingOver) {
+    auto io = std::make_unique<asio::io_context>();
+    AdmissionQueue q(oneSlot());
+    auto held = hold(*io, q);
+    std::vector<std::string> log;
+    request(*io, q, log, "w", Priority::Standard, "t");
+    poll(*io);
+    ASSERT_EQ(q.queued(Priority::Standard), 1u);
+    io->stop();
+    q.close();
+    EXPECT_EQ(q.queued(Priority::Standard), 0u);
+    io.reset();     // the waiting coroutine is destroyed, never resumed
+    held->reset();  // releasing after that posts to nobody
+    EXPECT_EQ(q.inFlight(), 0u);
+    EXPECT_EQ(log, std::vector<std::string>{});
+    asio::io_context other;
+    request(other, q, log, "late", Priority::Critical, "t");
+    poll(other);
+    EXPECT_EQ(log, std::vector<std::string>{"late:queue_full"});
 }
 
 TEST(AdmissionQueue, ConfigParsesClassesAndRejectsUnknownOnes) {

@@ -186,6 +186,32 @@ TEST(BudgetFilter, ReconfiguredLimitKeepsWhatWasUsedInTheWindow) {
     EXPECT_EQ(admitted.ctx.reserved_tokens, 100u);
 }
 
+TEST(BudgetFilter, ARequestSettlesWithTheStateItReservedFromAcrossAReconfigure) {
+    FakeClock clock;
+    const auto one_at_a_time = budgetConfig({.max_concurrent = 1});
+    budget::BudgetFilter filter(
+        one_at_a_time, nullptr, [&] { return clock.now; }, [&] { return clock.day; });
+    Call in_flight("a", 10, 10);
+    ASSERT_FALSE(filter.onRequest(in_flight.ctx));
+    // While it runs, a more specific limit for the tenant and model appears (another state).
+    auto specific = one_at_a_time;
+    specific.limits.push_back({.tenant = "a", .model = "gpt-4o", .max_concurrent = 5});
+    filter.reconfigure(specific);
+    settle(filter, in_flight, 10, 10);
+    // Back to the first shape: its concurrency slot must have been given back.
+    filter.reconfigure(one_at_a_time);
+    Call next("a", 10, 10);
+    EXPECT_FALSE(filter.onRequest(next.ctx)) << "the slot leaked: the tenant is locked out";
+    Call second("a", 10, 10);
+    auto reply = filter.onRequest(second.ctx);
+    ASSERT_TRUE(reply) << "max_concurrent 1 still holds";
+    EXPECT_EQ(reply->status, http::status::too_many_requests);
+    filter.onComplete(second.ctx);  // a refused request holds nothing
+    settle(filter, next, 10, 10);
+    Call third("a", 10, 10);
+    EXPECT_FALSE(filter.onRequest(third.ctx));
+}
+
 TEST(PolicyView, FolderBudgetsAndRoutesAreMergedIntoTheConfig) {
     const auto base = parseConfig(R"(
 kind: Waypoint

@@ -30,6 +30,8 @@ vllm:num_requests_running{model_name="llama-3-8b"} 12
     EXPECT_EQ(r->kv_cache, 0.875);
     EXPECT_FALSE(parseVllmMetrics("# nothing here\nprocess_cpu_seconds_total 3\n"));
     EXPECT_FALSE(parseVllmMetrics("vllm:num_requests_waiting{broken 3\n"));
+    EXPECT_FALSE(parseVllmMetrics("vllm:num_requests_waiting NaN\nvllm:kv_cache_usage_perc +Inf\n"))
+        << "non-finite samples are ignored";
     auto bare = parseVllmMetrics("vllm:num_requests_waiting 2\n");
     ASSERT_TRUE(bare);
     EXPECT_EQ(bare->waiting, 2);

@@ -57,6 +57,8 @@ awaitable<std::pair<Outcome, AdmissionQueue::Slot>> AdmissionQueue::acquire(Prio
     std::shared_ptr<Waiter> waiter;
     {
         std::lock_guard lock(mutex_);
+        if (closed_)
+            co_return std::pair{Outcome::QueueFull, Slot()};
         if (in_flight_ < config_.max_concurrent) {
             ++in_flight_;
             notify();
@@ -95,9 +97,20 @@ awaitable<std::pair<Outcome, AdmissionQueue::Slot>> AdmissionQueue::acquire(Prio
                         *waiter->outcome == Outcome::Admitted ? Slot(this) : Slot()};
 }
 
+void AdmissionQueue::close() {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+    for (auto& q : classes_) {
+        q.by_tenant.clear();
+        q.size = 0;
+    }
+    queued_ = 0;
+    notify();
+}
+
 void AdmissionQueue::release() {
     std::lock_guard lock(mutex_);
-    if (auto next = popNext())
+    if (auto next = closed_ ? nullptr : popNext())
         wake(next, Outcome::Admitted);  // the slot passes on: in_flight_ stays
     else
         --in_flight_;

@@ -57,6 +57,11 @@ class AdmissionQueue {
     // The Slot is held only when the outcome is Admitted.
     awaitable<std::pair<Outcome, Slot>> acquire(Priority priority, std::string tenant);
 
+    // For shutdown, once no worker runs any more: forgets every waiter (their coroutines are
+    // destroyed with their io_context, never resumed) and stops handing slots over, so slots
+    // released while the workers are torn down touch no other worker's io_context.
+    void close();
+
     std::size_t inFlight() const;
     std::size_t queued(Priority p) const;
     const AdmissionConfig& config() const { return config_; }
@@ -80,6 +85,7 @@ class AdmissionQueue {
     const Observer observer_;
     mutable std::mutex mutex_;
     std::size_t in_flight_ = 0;
+    bool closed_ = false;
     std::size_t queued_ = 0;
     std::uint64_t next_seq_ = 0;
     std::array<ClassQueue, kPriorities> classes_;

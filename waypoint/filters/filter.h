@@ -55,6 +55,8 @@ struct RequestContext {
     std::uint64_t max_output_tokens = 0;  // max_tokens / max_completion_tokens or a default
     Usage usage;
     std::uint64_t reserved_tokens = 0;  // what the budget took at admission, settled on completion
+    std::string budget_state;           // the budget state it was taken from; "" = none taken
+    std::string budget_model_label;     // that state's model label for the remaining-tokens gauge
 
     std::string route;  // name of the ModelRoute that matched
     // The route table this request was routed with: keeps its routes and pools (which

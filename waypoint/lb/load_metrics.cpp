@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 
 #include "waypoint/lb/pool.h"
 #include "waypoint/metrics.h"
@@ -31,8 +32,8 @@ std::optional<double> sampleOf(std::string_view line, std::string_view name) {
         line.remove_prefix(1);
     double value = 0;
     const auto [end, ec] = std::from_chars(line.data(), line.data() + line.size(), value);
-    if (ec != std::errc() || end == line.data())
-        return std::nullopt;
+    if (ec != std::errc() || end == line.data() || !std::isfinite(value))
+        return std::nullopt;  // NaN / ±Inf would poison every comparison
     return value;
 }
 
@@ -86,9 +87,14 @@ awaitable<void> scrapeLoadMetrics(BackendPool& pool, Metrics& metrics) {
     asio::steady_timer timer(co_await asio::this_coro::executor);
     for (;;) {
         const auto round = Clock::now();
+        // A round of timeouts takes about one interval (at least 200 ms per endpoint), so
+        // healthy endpoints' reports do not go stale behind unreachable ones.
+        const auto per_endpoint = std::max<std::chrono::milliseconds>(
+            config.metrics_interval / std::max<std::size_t>(1, pool.size()),
+            std::chrono::milliseconds(200));
         for (std::size_t i = 0; i < pool.size(); ++i) {
             Endpoint& ep = pool.endpoint(i);
-            auto text = co_await httpGet(ep.address, config.metrics_path, config.metrics_interval);
+            auto text = co_await httpGet(ep.address, config.metrics_path, per_endpoint);
             auto report = text ? parseVllmMetrics(*text) : std::nullopt;
             if (!report)
                 continue;

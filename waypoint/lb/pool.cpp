@@ -85,13 +85,13 @@ bool BackendPool::ejected(const Endpoint& ep) const {
     return Clock::now() < ep.ejected_until;
 }
 
-double BackendPool::reportedLoad(const Endpoint& ep, Clock::time_point now) const {
+std::optional<double> BackendPool::reportedLoad(const Endpoint& ep, Clock::time_point now) const {
     const std::int64_t at = ep.load_at_ns.load(std::memory_order_relaxed);
     if (!config_.load_metrics || at == 0)
-        return 0;
+        return std::nullopt;
     const auto age = now.time_since_epoch() - std::chrono::nanoseconds(at);
     if (age > std::max<std::chrono::nanoseconds>(3 * config_.metrics_interval, kLoadReportMaxAge))
-        return 0;  // stale: the scraper cannot reach it; in-flight counts alone decide
+        return std::nullopt;  // stale: the scraper cannot reach it
     const double kv = ep.kv_cache_usage.load(std::memory_order_relaxed);
     // A nearly full KV cache means new requests queue or preempt others there: avoid it
     // unless every endpoint is in that state. Below that, the fill level breaks ties.
@@ -99,8 +99,7 @@ double BackendPool::reportedLoad(const Endpoint& ep, Clock::time_point now) cons
            (kv >= kKvCacheSaturated ? kKvCachePenalty : kv);
 }
 
-double BackendPool::cost(Endpoint& ep, Clock::time_point now) {
-    const double reported = reportedLoad(ep, now);
+double BackendPool::cost(Endpoint& ep, Clock::time_point now, double reported) {
     std::lock_guard lock(ep.mutex);
     // Decay toward zero while idle so a slow endpoint is retried eventually.
     const double idle_ms = std::chrono::duration<double, std::milli>(now - ep.ewma_at).count();
@@ -153,13 +152,15 @@ Endpoint* BackendPool::pick(const RequestContext& ctx, const Endpoint* avoid) {
         Endpoint* b = healthy[dist(rng)];
         while (b == a)
             b = healthy[dist(rng)];
+        // The backends' own reports count only when both candidates have a fresh one: an
+        // endpoint the scraper cannot reach must not look idle next to one reporting a queue.
+        const auto ra = reportedLoad(*a, now), rb = reportedLoad(*b, now);
+        const bool reports = ra && rb;
+        const double la = reports ? *ra : 0, lb = reports ? *rb : 0;
         if (config_.policy == LbPolicy::PeakEwma) {
-            chosen = cost(*a, now) <= cost(*b, now) ? a : b;
+            chosen = cost(*a, now, la) <= cost(*b, now, lb) ? a : b;
         } else {
-            chosen = a->in_flight.load() + reportedLoad(*a, now) <=
-                             b->in_flight.load() + reportedLoad(*b, now)
-                         ? a
-                         : b;
+            chosen = a->in_flight.load() + la <= b->in_flight.load() + lb ? a : b;
         }
     }
     chosen->in_flight.fetch_add(1);

@@ -53,11 +53,13 @@ class BackendPool {
 
     // What the endpoint reported about its own load, when fresh (within three scrape
     // intervals, at least 2 s): queued requests, plus a large penalty when its KV cache is
-    // nearly full.
-    double reportedLoad(const Endpoint& ep, std::chrono::steady_clock::time_point now) const;
+    // nearly full. nullopt: no fresh report (or load metrics are off for the pool).
+    std::optional<double> reportedLoad(const Endpoint& ep,
+                                       std::chrono::steady_clock::time_point now) const;
 
   private:
-    double cost(Endpoint& ep, std::chrono::steady_clock::time_point now);
+    // Peak-EWMA cost with `reported` queued requests added to the in-flight count.
+    double cost(Endpoint& ep, std::chrono::steady_clock::time_point now, double reported);
     Endpoint* prefixAffinity(const RequestContext& ctx, const std::vector<Endpoint*>& healthy);
 
     PoolConfig config_;

@@ -138,8 +138,9 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
     const std::uint64_t want = ctx.estimated_prompt_tokens + ctx.max_output_tokens;
     const auto now = now_();
     const std::int64_t today = utc_day_();
+    const std::string key = keyOf(*limit, ctx.tenant, ctx.model);
     std::lock_guard lock(mutex_);
-    State& state = states_[keyOf(*limit, ctx.tenant, ctx.model)];
+    State& state = states_[key];
     fit(state, *limit, now);
     if (state.day != today) {
         state.day = today;
@@ -214,6 +215,9 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
     state.used_today += want;
     ++state.concurrent;
     ctx.reserved_tokens = want;
+    // Settled against this same state, whatever a reconfigure does meanwhile.
+    ctx.budget_state = key;
+    ctx.budget_model_label = limit->model == "*" ? "*" : ctx.model;
     add_headers(ctx.response_headers);
     if (metrics_ && state.tokens) {
         metrics_->budget_remaining
@@ -226,9 +230,9 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
 void BudgetFilter::onComplete(RequestContext& ctx) {
     if (ctx.api.empty() || ctx.api == "models")
         return;
-    const ConfigPtr config = this->config();
-    const BudgetLimit* limit = match(*config, ctx.tenant, ctx.model);
-    if (!limit || ctx.result == "rate_limited")
+    // Only requests this filter admitted hold a reservation (a 429 never took one); they settle
+    // with the state they reserved from, even if a reconfigure changed the limits since.
+    if (ctx.budget_state.empty())
         return;
     // Charge what was used: the reported usage; without one, nothing for a request no backend
     // answered successfully, else the whole reservation (the conservative choice).
@@ -240,7 +244,7 @@ void BudgetFilter::onComplete(RequestContext& ctx) {
     }
     const auto now = now_();
     std::lock_guard lock(mutex_);
-    State& state = states_[keyOf(*limit, ctx.tenant, ctx.model)];
+    State& state = states_[ctx.budget_state];
     const double refund = double(ctx.reserved_tokens) - double(used);
     if (state.tokens)
         state.tokens->adjust(refund, now);
@@ -250,8 +254,7 @@ void BudgetFilter::onComplete(RequestContext& ctx) {
     if (state.concurrent > 0)
         --state.concurrent;
     if (metrics_ && state.tokens) {
-        metrics_->budget_remaining
-            .Add({{"tenant", ctx.tenant}, {"model", limit->model == "*" ? "*" : ctx.model}})
+        metrics_->budget_remaining.Add({{"tenant", ctx.tenant}, {"model", ctx.budget_model_label}})
             .Set(state.tokens->level(now));
     }
 }
