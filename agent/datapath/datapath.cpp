@@ -730,8 +730,14 @@ Result<std::vector<sluice_deny_event>> Datapath::close_denied_connections() cons
         ssize_t n = ::read(iter.fd, chunk, sizeof chunk);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0)
+        if (n < 0 && buf.empty())
             return fail_errno(Errc::SystemError, "read tcp socket iterator", errno);
+        if (n < 0) {
+            // The sockets reported so far are closed already: keep their records (audit,
+            // metric) rather than dropping them with the error.
+            spdlog::warn("datapath: tcp socket iterator stopped early: {}", errno_text(errno));
+            break;
+        }
         if (n == 0)
             break;
         buf.insert(buf.end(), chunk, chunk + n);
