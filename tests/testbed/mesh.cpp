@@ -6,6 +6,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <spdlog/spdlog.h>
+
 #include <thread>
 
 #include "common/netns.h"
@@ -113,6 +115,19 @@ pid_t start_pod_daemon(ClusterState& state, const PodState& pod, const std::stri
         throw TestbedError(name + " in pod " + pod.namespace_name + "/" + pod.name +
                            " did not become ready; see " + log);
     }
+    return pid;
+}
+
+pid_t start_node_daemon(ClusterState& state, const NodeState& node, const std::string& name,
+                        std::vector<std::string> argv, const std::string& log, int ready_port,
+                        std::chrono::milliseconds timeout) {
+    if (!std::filesystem::exists(argv.at(0)))
+        throw TestbedError("the mesh needs " + argv[0] + " (build it: scripts/build.sh)");
+    const pid_t pid = spawn_process(node_process(node, std::move(argv)), log);
+    state.daemons.push_back({.node = node.index, .name = name, .pid = pid, .log = log});
+    if (!wait_http_ready(node.netns, ready_port, "/healthz/ready", timeout))
+        throw TestbedError(name + " on " + node.name + " did not become ready; see " + log);
+    spdlog::info("{} ready on {} (pid {})", name, node.name, pid);
     return pid;
 }
 

@@ -47,6 +47,12 @@ pid_t start_pod_daemon(ClusterState& state, const PodState& pod, const std::stri
                        std::vector<std::string> argv, const std::string& log, int ready_port,
                        const std::string& ready_path, std::chrono::milliseconds timeout);
 
+// The same for a node daemon (argv[0] must exist): in the node's netns and system cgroup,
+// ready when http://127.0.0.1:<ready_port>/healthz/ready in the node answers 200.
+pid_t start_node_daemon(ClusterState& state, const NodeState& node, const std::string& name,
+                        std::vector<std::string> argv, const std::string& log, int ready_port,
+                        std::chrono::milliseconds timeout);
+
 // Where the sluice binaries are (the directory of sluice-testbed, or SLUICE_BIN_DIR).
 std::string sluice_bin_dir(const TestbedOptions& options);
 
