@@ -86,6 +86,10 @@ asio::awaitable<void> hbone_connection(Proxy& p, std::shared_ptr<EnrolledWorkloa
     p.track_server_connection(w, *conn);
 }
 
+state::AuthzDecision decide_again(Proxy& p, const InboundConnections::Entry& e) {
+    return authorize_inbound(p, e.destination, e.peer_identity, e.source, e.target).decision;
+}
+
 }  // namespace
 
 InboundCall authorize_inbound(Proxy& p, std::shared_ptr<EnrolledWorkload> dst_ptr,
@@ -123,6 +127,7 @@ InboundCall authorize_inbound(Proxy& p, std::shared_ptr<EnrolledWorkload> dst_pt
         dst.info.namespace_name;
     call.record.dst_identity = call.labels.destination_principal = dst.id.uri();
     call.labels.destination_app = dst.info.name;
+    call.policy_epoch = p.inbound_connections().epoch();
     call.decision = p.authorizer().authorize(state::AuthzRequest{
         .peer_identity = peer_identity,
         .source = source.address(),
@@ -153,19 +158,21 @@ void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction) {
 OpenInboundGuard::OpenInboundGuard(Proxy& p, InboundCall& call, asio::any_io_executor ex,
                                    std::function<void()> abort)
     : p_(p) {
-    id_ = p.inbound_connections().add({
-        .destination = call.destination,
-        .peer_identity = call.peer_identity,
-        .source = call.source,
-        .target = call.target,
-        .executor = std::move(ex),
-        .close =
-            [&call, abort = std::move(abort)](const state::AuthzDecision& d) {
-                call.decision = d;
-                call.closed_by_policy = true;
-                abort();
-            },
-    });
+    id_ = p.inbound_connections().add(
+        {
+            .destination = call.destination,
+            .peer_identity = call.peer_identity,
+            .source = call.source,
+            .target = call.target,
+            .executor = std::move(ex),
+            .close =
+                [&call, abort = std::move(abort)](const state::AuthzDecision& d) {
+                    call.decision = d;
+                    call.closed_by_policy = true;
+                    abort();
+                },
+        },
+        call.policy_epoch, [&p](const InboundConnections::Entry& e) { return decide_again(p, e); });
 }
 
 OpenInboundGuard::~OpenInboundGuard() {
@@ -181,9 +188,8 @@ void finish_closed_by_policy(Proxy& p, InboundCall& call) {
 }
 
 size_t close_denied_inbound(Proxy& p) {
-    const size_t n = p.inbound_connections().close_denied([&p](const InboundConnections::Entry& e) {
-        return authorize_inbound(p, e.destination, e.peer_identity, e.source, e.target).decision;
-    });
+    const size_t n = p.inbound_connections().close_denied(
+        [&p](const InboundConnections::Entry& e) { return decide_again(p, e); });
     if (n > 0)
         spdlog::info("policy refresh: closing {} open inbound connection(s) it denies", n);
     return n;

@@ -19,6 +19,7 @@ struct InboundCall {
     std::shared_ptr<EnrolledWorkload> destination;
     std::string peer_identity;
     tcp::endpoint source, target;
+    uint64_t policy_epoch = 0;      // InboundConnections::epoch() when it was decided
     bool closed_by_policy = false;  // a policy refresh denied it while it was open
 };
 
@@ -35,7 +36,9 @@ void finish_inbound(Proxy& p, InboundCall& call, bool opened, const std::string&
 void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction);
 
 // Registers the relaying connection with Proxy::inbound_connections() (a policy refresh that
-// denies it calls `abort`), and unregisters it when destroyed, on the same worker.
+// denies it calls `abort`), and unregisters it when destroyed, on the same worker. A refresh
+// that came while the app connection was being opened is caught up with here: the connection is
+// decided again and, if denied, aborted before it relays a byte.
 class OpenInboundGuard {
   public:
     OpenInboundGuard(Proxy& p, InboundCall& call, asio::any_io_executor ex,
