@@ -156,6 +156,11 @@ Gateway::~Gateway() {
     stop();
 }
 
+void Gateway::scrapeLoad(const std::shared_ptr<BackendPool>& pool) {
+    if (pool->config().load_metrics)
+        asio::co_spawn(admin_io_, scrapeLoadMetrics(pool, metrics_), asio::detached);
+}
+
 bool Gateway::applyPolicies(const nlohmann::json& view) {
     try {
         PolicyView merged = makePolicyView(config_, view);
@@ -168,6 +173,8 @@ bool Gateway::applyPolicies(const nlohmann::json& view) {
             const bool same = it != pools_.end() && it->second->config().endpoints == p.endpoints &&
                               it->second->config().policy == p.policy;
             pools[p.name] = same ? it->second : std::make_shared<BackendPool>(p);
+            if (!same && scraping_)
+                scrapeLoad(pools[p.name]);
         }
         router_->reconfigure(merged.routes, pools);
         if (budget_)
@@ -231,9 +238,11 @@ void Gateway::start() {
     asio::co_spawn(admin_io_, acceptLoop(*ready_acceptor_, admin_limits_, ready_handler_),
                    asio::detached);
     // Backends' load reports are scraped on the admin thread, off the data path.
-    for (auto& [name, pool] : pools_) {
-        if (pool->config().load_metrics)
-            asio::co_spawn(admin_io_, scrapeLoadMetrics(*pool, metrics_), asio::detached);
+    {
+        std::lock_guard lock(pools_mutex_);
+        for (auto& [name, pool] : pools_)
+            scrapeLoad(pool);
+        scraping_ = true;  // from now on applyPolicies starts the scrapers of new pools
     }
     admin_thread_ = std::thread([this] { admin_io_.run(); });
 

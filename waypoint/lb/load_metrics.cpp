@@ -82,10 +82,14 @@ std::optional<LoadReport> parseVllmMetrics(std::string_view text) {
     return r;
 }
 
-awaitable<void> scrapeLoadMetrics(BackendPool& pool, Metrics& metrics) {
-    const auto& config = pool.config();
+awaitable<void> scrapeLoadMetrics(std::weak_ptr<BackendPool> weak, Metrics& metrics) {
     asio::steady_timer timer(co_await asio::this_coro::executor);
     for (;;) {
+        std::shared_ptr<BackendPool> held = weak.lock();
+        if (!held)
+            co_return;  // replaced by a reload: the new pool has its own scraper
+        BackendPool& pool = *held;
+        const auto& config = pool.config();
         const auto round = Clock::now();
         // A round of timeouts takes about one interval (at least 200 ms per endpoint), so
         // healthy endpoints' reports do not go stale behind unreachable ones.
@@ -107,6 +111,7 @@ awaitable<void> scrapeLoadMetrics(BackendPool& pool, Metrics& metrics) {
             metrics.backend_kv_cache.Add(labels).Set(report->kv_cache);
         }
         timer.expires_at(round + config.metrics_interval);
+        held.reset();  // a pool replaced during the wait is freed now, not a round later
         error_code ec;
         co_await timer.async_wait(noThrow(ec));
         if (ec)
