@@ -7,7 +7,8 @@
  * socket is closed exactly when the same connect() would fail with EPERM now. Inbound
  * connections end at ztunnel (HBONE and the :15006 plaintext listener), which re-authorizes
  * them itself on a policy refresh (docs/ztunnel.md); sockets that were never redirected
- * (loopback, excluded destinations, HBONE) were never subject to egress policy and stay.
+ * (loopback, excluded destinations, HBONE) were never subject to egress policy and stay, as do
+ * connections to a destination excluded since they were opened.
  *
  * Runs from a tcp socket iterator, which walks the network namespace of the thread that created
  * it; bpf_sock_destroy (kernel >= 6.5, iter/tcp only) aborts the socket: its owner reads
@@ -69,6 +70,10 @@ static __always_inline int close_if_egress_denied(struct sock_common* skc,
 
     struct sluice_addr dst;
     addr_from_bytes(&dst, od.addr);
+    /* A destination excluded since (the CIDR map changes at runtime) is no longer subject to
+     * egress policy: the same connect() would pass through now. */
+    if (port_is_excluded(od.port) || addr_in_excluded_cidrs(&dst))
+        return 0;
     struct policy_decision decision = {};
     if (policy_decide(ep, &dst, od.port, IPPROTO_TCP, SLUICE_DIR_EGRESS, &decision) == 0)
         return 0;

@@ -128,6 +128,27 @@ TEST_F(CloseTest, IPv6AndV4MappedConnectionsAreJudgedByTheirOriginalDestination)
     EXPECT_TRUE(round_trip(other.get(), other_proxy.get(), "identity 7070 is allowed"));
 }
 
+TEST_F(CloseTest, ADestinationExcludedSinceTheConnectIsLeftAlone) {
+    SLUICE_REQUIRE_PRIVILEGES();
+    auto& dp = open_datapath();
+    ASSERT_TRUE(dp.can_close_connections());
+    TestNetns& app = add_netns("app");
+    enroll(app, kEndpoint);
+    UniqueFd listener = app.run([] { return tcp_listen("127.0.0.1", SLUICE_PORT_OUTBOUND, true); });
+    UniqueFd excluded_proxy, denied_proxy;
+    UniqueFd excluded = open_redirected(app, listener.get(), kDeniedPort, excluded_proxy);
+    UniqueFd denied =
+        open_redirected(app, listener.get(), kDeniedPort, denied_proxy, AF_INET, "198.18.0.21");
+
+    ASSERT_TRUE(dp.add_excluded_cidr(cidr(std::string(kServer) + "/32")));
+    deny(kEndpoint, SLUICE_IDENTITY_ANY, kDeniedPort, SLUICE_DIR_EGRESS, kDenyRule);
+    auto closed = close_in(app);
+    ASSERT_EQ(closed.size(), 1u) << "only the destination that is still meshed";
+    EXPECT_EQ(event_addr(closed[0].dst_addr), "198.18.0.21");
+    EXPECT_EQ(recv_error_within_1s(denied.get()), ECONNABORTED);
+    EXPECT_TRUE(round_trip(excluded.get(), excluded_proxy.get(), "excluded since"));
+}
+
 TEST_F(CloseTest, PodsThatAreNotEnrolledAreUntouched) {
     SLUICE_REQUIRE_PRIVILEGES();
     auto& dp = open_datapath();
