@@ -3,7 +3,7 @@
  *
  * The kernel admitted a connection once, at connect(): the app's socket was redirected to the
  * outbound port and connect4/6 recorded its original destination under the socket cookie
- * (orig_dst_cookie). Re-checking is the same egress decision (policy_decide) on that record, so a
+ * (orig_dst_sk). Re-checking is the same egress decision (policy_decide) on that record, so a
  * socket is closed exactly when the same connect() would fail with EPERM now. Inbound
  * connections end at ztunnel (HBONE and the :15006 plaintext listener), which re-authorizes
  * them itself on a policy refresh (docs/ztunnel.md); sockets that were never redirected
@@ -65,7 +65,7 @@ static __always_inline int close_if_egress_denied(struct sock_common* skc,
     if (!ep)
         return 0;
     struct sluice_orig_dst od;
-    if (orig_dst_by_cookie(bpf_get_socket_cookie(skc), &od) < 0 || od.netns_cookie != netns_cookie)
+    if (orig_dst_of(&tp->inet_conn.icsk_inet.sk, &od) < 0 || od.netns_cookie != netns_cookie)
         return 0;
 
     struct sluice_addr dst;
