@@ -136,12 +136,12 @@ Gateway::Gateway(Config config) : config_(std::move(config)) {
     for (auto& f : owned_filters_)
         filters_.push_back(f.get());
     if (config_.admission.enabled()) {
-        auto& in_flight = metrics_.admission_in_flight.Add({});
+        auto& in_flight = metrics_.admission_in_flight.at({});
         std::array<prometheus::Gauge*, admission::kPriorities> queued{};
         for (auto p : {admission::Priority::Critical, admission::Priority::Standard,
                        admission::Priority::Sheddable}) {
             queued[static_cast<std::size_t>(p)] =
-                &metrics_.admission_queued.Add({{"class", admission::to_string(p)}});
+                &metrics_.admission_queued.at({{"class", admission::to_string(p)}});
         }
         admission_ = std::make_unique<admission::AdmissionQueue>(
             config_.admission, [&in_flight, queued](std::size_t n, const auto& per_class) {
@@ -185,7 +185,7 @@ bool Gateway::applyPolicies(const nlohmann::json& view) {
         return true;
     } catch (const std::exception& e) {
         spdlog::error("policies not applied (the previous ones stay in force): {}", e.what());
-        metrics_.policy_reloads.Add({{"result", "failure"}}).Increment();
+        metrics_.policy_reloads.at({{"result", "failure"}}).Increment();
         return false;
     }
 }
@@ -260,7 +260,7 @@ void Gateway::start() {
                 applyPolicies(g->compiled->waypoint);
             },
             [this](std::string_view result) {
-                metrics_.policy_reloads.Add({{"result", std::string(result)}}).Increment();
+                metrics_.policy_reloads.at({{"result", std::string(result)}}).Increment();
             });
         if (!watcher_->start())
             spdlog::warn("cannot watch {}: policy changes need a restart", config_.policies_dir);
@@ -387,7 +387,7 @@ awaitable<std::optional<admission::AdmissionQueue::Slot>> Gateway::admit(Exchang
     if (outcome == admission::Outcome::Admitted)
         co_return std::move(slot);
     const std::string reason = admission::to_string(outcome);
-    metrics_.shed.Add({{"class", ctx.priority}, {"reason", reason}, {"tenant", ctx.tenant}})
+    metrics_.shed.at({{"class", ctx.priority}, {"reason", reason}, {"tenant", ctx.tenant}})
         .Increment();
     ctx.result = "shed";
     LocalReply shed{.status = http::status::service_unavailable,
@@ -454,8 +454,8 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
                 target.pool->finish(*ep, true, std::nullopt);
             }
             metrics_.upstream_attempts
-                .Add({{"pool", target.pool->name()},
-                      {"outcome", std::string(toString(result.outcome))}})
+                .at({{"pool", target.pool->name()},
+                     {"outcome", std::string(toString(result.outcome))}})
                 .Increment();
             if (watch.gone())
                 result.outcome = ForwardOutcome::ClientGone;
@@ -528,48 +528,51 @@ void Gateway::record(const RequestContext& ctx) {
     const double ms = std::chrono::duration<double, std::milli>(end - ctx.start).count();
     const std::string code = std::to_string(ctx.status);
     const std::string principal = ctx.peer_identity.empty() ? "unknown" : ctx.peer_identity;
-    metrics_.duration_ms
-        .Add({{"reporter", "waypoint"}, {"response_code", code}}, latencyBucketsMs())
+    metrics_.duration_ms.at({{"reporter", "waypoint"}, {"response_code", code}}, latencyBucketsMs())
         .Observe(ms);
     const bool genai = !ctx.api.empty() && ctx.api != "models" && !ctx.model.empty();
     if (genai && ctx.status > 0 && ctx.status < 400) {
         const std::string operation = ctx.api == "embeddings"
                                           ? "embeddings"
                                           : (ctx.api == "chat" ? "chat" : "text_completion");
-        auto labels = [&](const char* type) {
-            return prometheus::Labels{{"gen_ai_token_type", type},
-                                      {"gen_ai_request_model", ctx.model},
-                                      {"gen_ai_operation_name", operation},
-                                      {"tenant", ctx.tenant}};
+        auto count = [&](const char* type, std::uint64_t n) {
+            metrics_.token_usage
+                .at({{"gen_ai_token_type", type},
+                     {"gen_ai_request_model", ctx.model},
+                     {"gen_ai_operation_name", operation},
+                     {"tenant", ctx.tenant}},
+                    tokenBuckets())
+                .Observe(double(n));
+            metrics_.tokens
+                .at({{"gen_ai_token_type", type},
+                     {"gen_ai_request_model", ctx.model},
+                     {"gen_ai_operation_name", operation},
+                     {"tenant", ctx.tenant}})
+                .Increment(double(n));
         };
-        metrics_.token_usage.Add(labels("input"), tokenBuckets())
-            .Observe(double(ctx.usage.prompt_tokens));
-        metrics_.tokens.Add(labels("input")).Increment(double(ctx.usage.prompt_tokens));
-        if (ctx.api != "embeddings") {
-            metrics_.token_usage.Add(labels("output"), tokenBuckets())
-                .Observe(double(ctx.usage.completion_tokens));
-            metrics_.tokens.Add(labels("output")).Increment(double(ctx.usage.completion_tokens));
-        }
-        const prometheus::Labels model_labels{{"gen_ai_request_model", ctx.model},
-                                              {"gen_ai_operation_name", operation}};
-        metrics_.operation_s.Add(model_labels, secondsBuckets()).Observe(ms / 1000);
+        count("input", ctx.usage.prompt_tokens);
+        if (ctx.api != "embeddings")
+            count("output", ctx.usage.completion_tokens);
+        const std::initializer_list<Labeled<prometheus::Histogram>::Label> model_labels{
+            {"gen_ai_request_model", ctx.model}, {"gen_ai_operation_name", operation}};
+        metrics_.operation_s.at(model_labels, secondsBuckets()).Observe(ms / 1000);
         if (ctx.first_token) {
             const double ttft = std::chrono::duration<double>(*ctx.first_token - ctx.start).count();
-            metrics_.ttft_s.Add(model_labels, secondsBuckets()).Observe(ttft);
+            metrics_.ttft_s.at(model_labels, secondsBuckets()).Observe(ttft);
             if (ctx.usage.completion_tokens > 1) {
                 const double rest = std::chrono::duration<double>(end - *ctx.first_token).count();
-                metrics_.tpot_s.Add(model_labels, secondsBuckets())
+                metrics_.tpot_s.at(model_labels, secondsBuckets())
                     .Observe(rest / double(ctx.usage.completion_tokens - 1));
             }
         }
     }
     // Last, so a reader that sees this request counted also sees its other metrics.
     metrics_.requests
-        .Add({{"reporter", "waypoint"},
-              {"response_code", code},
-              {"destination_service", ctx.route},
-              {"source_principal", principal},
-              {"request_protocol", "http"}})
+        .at({{"reporter", "waypoint"},
+             {"response_code", code},
+             {"destination_service", ctx.route},
+             {"source_principal", principal},
+             {"request_protocol", "http"}})
         .Increment();
     if (config_.access_log) {
         nlohmann::json line{{"path", std::string(sv(ctx.request.target()))},

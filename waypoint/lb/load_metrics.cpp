@@ -106,9 +106,10 @@ awaitable<void> scrapeLoadMetrics(std::weak_ptr<BackendPool> weak, Metrics& metr
             ep.kv_cache_usage.store(report->kv_cache, std::memory_order_relaxed);
             ep.load_at_ns.store(std::chrono::nanoseconds(Clock::now().time_since_epoch()).count(),
                                 std::memory_order_relaxed);
-            const prometheus::Labels labels{{"pool", config.name}, {"endpoint", ep.name}};
-            metrics.backend_waiting.Add(labels).Set(report->waiting);
-            metrics.backend_kv_cache.Add(labels).Set(report->kv_cache);
+            metrics.backend_waiting.at({{"pool", config.name}, {"endpoint", ep.name}})
+                .Set(report->waiting);
+            metrics.backend_kv_cache.at({{"pool", config.name}, {"endpoint", ep.name}})
+                .Set(report->kv_cache);
         }
         timer.expires_at(round + config.metrics_interval);
         held.reset();  // a pool replaced during the wait is freed now, not a round later
