@@ -3,6 +3,7 @@
 // agent gives it every workload and makes it the steering session, then the first one drains
 // (/quitquitquit) and exits. Throughout, new connections from a pod must all succeed, and a
 // long transfer through the old ztunnel must finish intact.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -11,6 +12,7 @@
 #include <atomic>
 #include <fstream>
 #include <future>
+#include <iostream>
 #include <sstream>
 #include <thread>
 
@@ -48,6 +50,34 @@ constexpr size_t kChunk = 256 * 1024;
 constexpr int kChunks = 96;  // 24 MiB, paced over ~8 s
 constexpr auto kChunkPause = 80ms;
 
+// Listener `old` has a connection in its accept queue when it closes; a second listener of its
+// SO_REUSEPORT group exists. Prints "migrated hi" when the kernel moved the connection to the
+// other listener (tcp_migrate_req=1), "lost <error>" when it reset it.
+constexpr const char* kMigrateProbe = R"(
+import socket
+def listener():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 18080))
+    s.listen(8)
+    return s
+old = listener()
+client = socket.create_connection(("127.0.0.1", 18080))
+new = listener()
+old.close()
+new.settimeout(1)
+try:
+    conn, _ = new.accept()
+    client.sendall(b"hi")
+    print("migrated", conn.recv(2).decode())
+except socket.timeout:
+    client.settimeout(1)
+    try:
+        print("lost", client.recv(1))
+    except OSError as e:
+        print("lost", e.strerror)
+)";
+
 std::string read_file(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
     std::stringstream ss;
@@ -60,6 +90,15 @@ size_t count_of(const std::string& text, const std::string& what) {
     for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1))
         ++n;
     return n;
+}
+
+// test::tcp_connect/tcp_accept hand out non-blocking sockets; the transfer wants plain
+// blocking calls, bounded by socket timeouts.
+void make_blocking(int fd, int timeout_s) {
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    const timeval t{.tv_sec = timeout_s, .tv_usec = 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &t, sizeof t);
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &t, sizeof t);
 }
 
 char pattern_byte(size_t i) {
@@ -108,6 +147,7 @@ void sink_server(const Fd& listener) {
     Fd c = test::tcp_accept(listener, 10000);
     if (!c)
         return;
+    make_blocking(c.get(), 20);
     size_t total = 0;
     bool intact = true;
     char buf[64 * 1024];
@@ -138,9 +178,11 @@ class ZtunnelNodeTakeoverTest : public ::testing::Test {
         if (name_.empty())
             return;
         if (HasFailure()) {
-            const auto& n = state_.nodes.at(0);
-            for (const char* log : {"/ztunnel.log", "/ztunnel-new.log", "/agent.log"})
-                std::cerr << "==== " << n.name << log << "\n" << read_file(n.run_dir + log);
+            for (const auto& n : state_.nodes) {
+                for (const char* log : {"/ztunnel.log", "/ztunnel-access.log", "/ztunnel-new.log",
+                                        "/ztunnel-new-access.log", "/agent.log"})
+                    std::cerr << "==== " << n.name << log << "\n" << read_file(n.run_dir + log);
+            }
         }
         down(name_, options_);
         EXPECT_EQ(leftovers(name_, options_), std::vector<std::string>{});
@@ -201,8 +243,7 @@ TEST_F(ZtunnelNodeTakeoverTest, NewZtunnelTakesOverWhileTheOldDrainsWithoutRefus
     int err = 0;
     Fd long_conn = test::tcp_connect(client.netns, server.ip, kSinkPort, &err);
     ASSERT_TRUE(long_conn) << strerror(err);
-    const timeval send_timeout{.tv_sec = 20, .tv_usec = 0};
-    ::setsockopt(long_conn.get(), SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof send_timeout);
+    make_blocking(long_conn.get(), 20);
     const auto transfer_start = std::chrono::steady_clock::now();
     auto transfer = std::async(std::launch::async, [&]() -> std::pair<std::string, double> {
         std::string chunk(kChunk, '\0');
@@ -213,8 +254,11 @@ TEST_F(ZtunnelNodeTakeoverTest, NewZtunnelTakesOverWhileTheOldDrainsWithoutRefus
             for (size_t off = 0; off < chunk.size();) {
                 const ssize_t n =
                     ::send(long_conn.get(), chunk.data() + off, chunk.size() - off, MSG_NOSIGNAL);
-                if (n <= 0)
-                    return {"send: " + std::string(strerror(errno)), 0};
+                if (n <= 0) {
+                    return {"send: " + std::string(strerror(errno)) + " after " +
+                                std::to_string(sent + off) + " bytes",
+                            0};
+                }
                 off += static_cast<size_t>(n);
             }
             sent += kChunk;
@@ -280,6 +324,12 @@ TEST_F(ZtunnelNodeTakeoverTest, NewZtunnelTakesOverWhileTheOldDrainsWithoutRefus
         auto r = run_process(pod_process(*p, {"cat", "/proc/sys/net/ipv4/tcp_migrate_req"}));
         EXPECT_EQ(r.out, "1\n") << p->name;
     }
+    // What that buys, checked on this kernel: a queued connection survives its listener's close
+    // in the pod netns, and is reset in the node netns, which nobody changed (per-netns sysctl).
+    auto probe = run_process({.argv = {"python3", "-c", kMigrateProbe}, .netns = local.netns});
+    EXPECT_EQ(probe.out, "migrated hi\n") << probe.err;
+    probe = run_process({.argv = {"python3", "-c", kMigrateProbe}, .netns = node0.netns});
+    EXPECT_EQ(probe.out, "lost Connection reset by peer\n") << probe.err;
 
     // The old one drains.
     std::this_thread::sleep_for(1s);
@@ -309,17 +359,23 @@ TEST_F(ZtunnelNodeTakeoverTest, NewZtunnelTakesOverWhileTheOldDrainsWithoutRefus
     EXPECT_EQ(r.ok, kConnections);
     EXPECT_TRUE(r.failures.empty()) << r.failures.size() << " failed, first: " << r.failures[0];
 
-    // Afterwards the new ztunnel alone serves new connections.
-    const std::string new_log = node0.run_dir + "/ztunnel-new-access.log";
-    const size_t before = count_of(read_file(new_log), "\"direction\":\"outbound\"");
+    // Afterwards the new ztunnel alone serves new connections ("after": 5 bytes each way, unlike
+    // the loop's messages, so its access-log lines are these).
     for (int i = 0; i < 10; ++i) {
         Fd c = test::tcp_connect(client.netns, i % 2 == 0 ? server_vip : local_vip, 80, &err);
         ASSERT_TRUE(c) << strerror(err);
         EXPECT_EQ(test::send_and_receive(c, "after"), "after");
     }
     in_client.reset();
-    std::this_thread::sleep_for(200ms);
-    EXPECT_EQ(count_of(read_file(new_log), "\"direction\":\"outbound\""), before + 10);
+    const std::string after_line = R"("bytes_received":5,"bytes_sent":5,"direction":"outbound")";
+    const std::string new_log = node0.run_dir + "/ztunnel-new-access.log";
+    for (int i = 0; i < 100 && count_of(read_file(new_log), after_line) < 10; ++i)
+        std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(count_of(read_file(new_log), after_line), 10u);
+    std::cout << "takeover: " << r.ok << "/" << kConnections << " connections ok; transfer of "
+              << kChunk * kChunks << " bytes took " << transfer_seconds << " s, quit at "
+              << quit_seconds << " s; old ztunnel exited " << gone_after
+              << " s after /quitquitquit\n";
     agent_view = local_http_get(node0.netns, 15031, "/healthz/ready").value_or("");
     EXPECT_EQ(count_of(agent_view, "session "), 1u) << agent_view;
     EXPECT_NE(agent_view.find(steering), std::string::npos) << agent_view;
