@@ -222,9 +222,16 @@ void Connection::drain() {
     if (!open_ || draining_)
         return;
     draining_ = true;
-    nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
-                          nghttp2_session_get_last_proc_stream_id(session_), NGHTTP2_NO_ERROR,
-                          nullptr, 0);
+    if (role_ == Role::Server) {
+        // GOAWAY with the largest stream id (RFC 9113 §6.8, graceful shutdown): the client opens
+        // no new stream here, and a stream it opened before it read this is still served, so a
+        // drain refuses nothing. The connection ends with the process.
+        nghttp2_submit_shutdown_notice(session_);
+    } else {
+        nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(session_), NGHTTP2_NO_ERROR,
+                              nullptr, 0);
+    }
     kick();
 }
 

@@ -103,7 +103,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
         ConnectRequest request);
     // Server: the response to a CONNECT; 200 keeps the stream open for data, others end it.
     void respond(Stream& stream, int status);
-    // GOAWAY: streams in flight finish, no new ones; the connection closes when the last ends.
+    // GOAWAY: streams in flight finish, no new ones. Client: the connection closes when the
+    // last ends. Server: a shutdown notice (last stream id 2^31-1), so streams the client sent
+    // before reading it are still served.
     void drain();
     // Closes at once, ending every stream.
     void close();
