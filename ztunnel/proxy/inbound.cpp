@@ -101,10 +101,10 @@ InboundCall authorize_inbound(Proxy& p, std::shared_ptr<EnrolledWorkload> dst_pt
     call.labels.reporter = "destination";
     call.record.src_addr = to_string(source);
     call.record.dst_addr = to_string(destination);
-    call.record.src_identity = call.labels.source_principal = peer_identity;
+    call.labels.source_principal = peer_identity;
     if (const state::Workload* src = snap->workload_by_ip(source.address())) {
-        call.record.src_workload = call.labels.source_workload = src->name;
-        call.record.src_namespace = call.labels.source_workload_namespace = src->namespace_name;
+        call.labels.source_workload = src->name;
+        call.labels.source_workload_namespace = src->namespace_name;
         call.labels.source_app = src->name;
     }
     // The destination as the policies see it: the registry's entry, or what enrollment said.
@@ -118,10 +118,9 @@ InboundCall authorize_inbound(Proxy& p, std::shared_ptr<EnrolledWorkload> dst_pt
         fallback.ips = dst.ips;
         reg = &fallback;
     }
-    call.record.dst_workload = call.labels.destination_workload = dst.info.name;
-    call.record.dst_namespace = call.labels.destination_workload_namespace =
-        dst.info.namespace_name;
-    call.record.dst_identity = call.labels.destination_principal = dst.id.uri();
+    call.labels.destination_workload = dst.info.name;
+    call.labels.destination_workload_namespace = dst.info.namespace_name;
+    call.labels.destination_principal = dst.id.uri();
     call.labels.destination_app = dst.info.name;
     call.decision = p.authorizer().authorize(state::AuthzRequest{
         .peer_identity = peer_identity,
@@ -141,7 +140,7 @@ void finish_inbound(Proxy& p, InboundCall& call, bool opened, const std::string&
             call.record.result = "error";
         call.record.error = error;
     }
-    p.access_log().write(call.record);
+    p.access_log().write(call.record, call.labels);
 }
 
 void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction) {
@@ -177,7 +176,7 @@ void finish_closed_by_policy(Proxy& p, InboundCall& call) {
     p.metrics().connection_closed(call.labels, call.record.bytes_sent, call.record.bytes_received);
     call.record.result = "closed_by_policy";
     call.record.error = "policy changed: " + call.decision.reason + " (" + call.decision.rule + ")";
-    p.access_log().write(call.record);
+    p.access_log().write(call.record, call.labels);
 }
 
 size_t close_denied_inbound(Proxy& p) {
