@@ -6,7 +6,6 @@
 #include <boost/asio/ssl/stream.hpp>
 
 #include <chrono>
-#include <deque>
 #include <expected>
 #include <functional>
 #include <map>
@@ -49,6 +48,8 @@ class Stream {
     // Up to buf.size() bytes; 0 at end of stream (the peer's END_STREAM, a reset or a lost
     // connection: see reset()).
     asio::awaitable<size_t> read(asio::mutable_buffer buf);
+    // Returns once bytes or the end of the stream are there; consumes nothing.
+    asio::awaitable<void> wait_readable();
     // Queues the bytes; waits while too much is queued. False when the stream is gone.
     asio::awaitable<bool> write(asio::const_buffer buf);
     // Sends END_STREAM after what is queued (TCP half-close).
@@ -56,6 +57,10 @@ class Stream {
     // RST_STREAM(CANCEL).
     void reset();
 
+    // Bytes or the end of the stream are there: read() returns without waiting.
+    bool readable() const {
+        return received_.size() > received_offset_ || remote_closed_ || closed_;
+    }
     bool was_reset() const { return reset_; }
     int32_t id() const { return id_; }
     int status() const { return status_; }
@@ -68,7 +73,9 @@ class Stream {
     int32_t id_ = -1;
     ConnectRequest request_;
     int status_ = 0;
-    std::deque<std::string> received_;
+    // Bytes that arrived and the reader has not taken yet, from received_offset_ on. Both
+    // buffers give their memory back once drained: 10k idle streams hold none.
+    std::string received_;
     size_t received_offset_ = 0;
     bool remote_closed_ = false;  // END_STREAM seen
     bool closed_ = false;         // nghttp2 closed the stream
@@ -78,7 +85,8 @@ class Stream {
     bool local_closed_ = false;
     bool deferred_ = false;  // nghttp2 waits for resume_data
     bool responded_ = false;
-    Event readable_, writable_, headers_;
+    // readable_ also wakes open_stream() when the response headers arrived.
+    Event readable_, writable_;
 };
 
 // One TLS + HTTP/2 connection carrying HBONE streams, client or server side. Lives on one

@@ -1,5 +1,6 @@
 #include "ztunnel/proxy/proxy.h"
 
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -17,6 +18,7 @@ namespace {
 
 constexpr auto kConnectTimeout = std::chrono::seconds(5);
 constexpr auto kGaugePeriod = std::chrono::seconds(1);
+constexpr size_t kTrimAfterClosed = 1000;
 
 asio::awaitable<void> accept_loop(Proxy& p, std::shared_ptr<EnrolledWorkload> wl,
                                   std::shared_ptr<tcp::acceptor> acceptor,
@@ -280,6 +282,14 @@ void Proxy::drain() {
 
 void Proxy::refresh() {
     registry_.refresh();
+    // After a burst of connections closed, give the freed heap back to the system: glibc keeps
+    // it otherwise (10k closed connections left ~70 MiB resident).
+    const size_t open = active_connections_.load();
+    connections_high_water_ = std::max(connections_high_water_, open);
+    if (connections_high_water_ >= open + kTrimAfterClosed) {
+        ::malloc_trim(0);
+        connections_high_water_ = open;
+    }
     if (authorizer_->refresh())
         close_denied_inbound(*this);
     size_t conns = 0, streams = 0;

@@ -121,6 +121,7 @@ class Proxy {
     mutable std::mutex mutex_;
     std::map<std::string, std::shared_ptr<EnrolledWorkload>> workloads_;
     std::atomic<size_t> active_connections_{0};
+    size_t connections_high_water_ = 0;  // admin thread: most open since the last malloc_trim
     std::atomic<bool> draining_{false};
     // Server-side HBONE connections, per worker, to send GOAWAY on drain.
     std::map<Worker*, std::vector<std::weak_ptr<hbone::Connection>>> server_connections_;
