@@ -621,8 +621,7 @@ void Gateway::record(const RequestContext& ctx) {
               {"response_code", code},
               {"destination_service", ctx.route},
               {"source_principal", principal},
-              {"request_protocol", "http"},
-              {"connection_security_policy", ctx.peer_identity.empty() ? "none" : "mutual_tls"}})
+              {"request_protocol", "http"}})
         .Increment();
     if (config_.access_log) {
         nlohmann::json line{{"path", std::string(sv(ctx.request.target()))},
