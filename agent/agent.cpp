@@ -58,10 +58,15 @@ std::expected<void, std::string> Agent::init() {
     metrics_ = std::make_unique<AgentMetrics>(*datapath_);
     audit_ = std::make_unique<AuditLog>(config_.audit_log);
     closer_ = std::make_unique<ConnectionCloser>(*datapath_, *metrics_, *audit_);
-    ztunnel_ = std::make_unique<ZtunnelLink>(config_.ztunnel_socket(), [this] {
-        metrics_->set_ztunnel_connected(true);
-        enrollment_->replay_to_ztunnel();
-    });
+    ztunnel_ = std::make_unique<ZtunnelLink>(
+        config_.ztunnel_socket(),
+        [this](ZtunnelLink::SessionId s) {
+            metrics_->set_ztunnel_connected(true);
+            enrollment_->replay_to_ztunnel(s);
+        },
+        [this](ZtunnelLink::SessionId s, bool was_steering) {
+            enrollment_->ztunnel_lost(s, was_steering);
+        });
     enrollment_ = std::make_unique<Enrollment>(*datapath_, *ztunnel_, config_.state_file(),
                                                config_.node_name, config_.ztunnel_timeout);
     enrollment_->set_endpoint_resolver([this](const EnrolledPod& pod) { return binding_of(pod); });
@@ -140,8 +145,14 @@ Agent::~Agent() {
 HttpResponse Agent::ready_response() const {
     if (!ready_)
         return {503, "starting\n"};
-    return {200, std::string("ready\nztunnel: ") +
-                     (ztunnel_->connected() ? "connected" : "not connected") + "\n"};
+    // One line per ZDS session: "session <id> pid <pid> ready|syncing [steering]".
+    std::string body = std::string("ready\nztunnel: ") +
+                       (ztunnel_->connected() ? "connected" : "not connected") + "\n";
+    for (const auto& s : ztunnel_->describe()) {
+        body += "session " + std::to_string(s.id) + " pid " + std::to_string(s.pid) +
+                (s.ready ? " ready" : " syncing") + (s.steering ? " steering" : "") + "\n";
+    }
+    return {200, body};
 }
 
 void Agent::refresh_gauges() {
@@ -151,6 +162,7 @@ void Agent::refresh_gauges() {
         addrs += p.ips.size();
     metrics_->set_enrolled_pods(pods.size());
     metrics_->set_ztunnel_connected(ztunnel_->connected());
+    metrics_->set_ztunnel_sessions(ztunnel_->sessions().size());
     const auto& sizes = config_.datapath.map_sizes;
     metrics_->set_map_entries("enrolled_netns", pods.size(), sizes.enrolled_netns);
     metrics_->set_map_entries("listeners", pods.size(), sizes.listeners);

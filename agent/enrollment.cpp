@@ -132,19 +132,50 @@ void Enrollment::restore() {
     spdlog::info("restored {} enrolled pods from {}", pods_.size(), state_file_);
 }
 
-std::expected<void, std::string> Enrollment::hand_to_ztunnel(const EnrolledPod& pod) {
+std::expected<int, std::string> Enrollment::send_to(ZtunnelLink::SessionId session,
+                                                    const EnrolledPod& pod) {
     int netns_fd = ::open(pod.netns.c_str(), O_RDONLY | O_CLOEXEC);
     if (netns_fd < 0)
         return std::unexpected("open " + pod.netns + ": " + std::strerror(errno));
     auto listener =
-        ztunnel_.add_workload(workload_info(pod, node_name_), netns_fd, ztunnel_timeout_);
+        ztunnel_.add_workload(session, workload_info(pod, node_name_), netns_fd, ztunnel_timeout_);
     ::close(netns_fd);
-    if (!listener)
-        return std::unexpected(listener.error());
-    auto reg = dp_.register_inbound_listener(pod.netns_cookie, *listener);
-    ::close(*listener);
+    return listener;
+}
+
+std::expected<void, std::string> Enrollment::register_listener(const EnrolledPod& pod,
+                                                               int listener) {
+    auto reg = dp_.register_inbound_listener(pod.netns_cookie, listener);
+    ::close(listener);
     if (!reg)
         return std::unexpected("register inbound listener: " + describe(reg.error()));
+    return {};
+}
+
+std::expected<void, std::string> Enrollment::hand_to_ztunnel(const EnrolledPod& pod) {
+    if (!ztunnel_.connected() && !ztunnel_.wait_connected(ztunnel_timeout_))
+        return std::unexpected("ztunnel is not connected to " + ztunnel_.socket_path());
+    const auto steering = ztunnel_.steering();
+    bool registered = false;
+    for (const auto session : ztunnel_.sessions()) {
+        auto listener = send_to(session, pod);
+        if (session != steering) {
+            // Another ztunnel (draining, or still syncing) serves the pod too, or fails to: its
+            // listeners do not steer.
+            if (!listener)
+                spdlog::warn("ztunnel session {}: {}", session, listener.error());
+            else
+                ::close(*listener);
+            continue;
+        }
+        if (!listener)
+            return std::unexpected(listener.error());
+        if (auto r = register_listener(pod, *listener); !r)
+            return r;
+        registered = true;
+    }
+    if (!registered)
+        return std::unexpected("the steering ztunnel session ended");
     return {};
 }
 
@@ -240,10 +271,9 @@ std::expected<void, std::string> Enrollment::remove(const std::string& ns,
         !r && r.error().code != datapath::Errc::NotFound) {
         problems += "detach sk_lookup: " + describe(r.error()) + "; ";
     }
-    if (ztunnel_.connected()) {
-        if (auto r = ztunnel_.del_workload(pod.uid, ztunnel_timeout_); !r) {
-            spdlog::warn("ztunnel DelWorkload {}/{}: {}", ns, name, r.error());
-        }
+    for (const auto session : ztunnel_.sessions()) {
+        if (auto r = ztunnel_.del_workload(session, pod.uid, ztunnel_timeout_); !r)
+            spdlog::warn("ztunnel session {} DelWorkload {}/{}: {}", session, ns, name, r.error());
     }
     pods_.erase(it);
     persist();
@@ -266,18 +296,41 @@ std::vector<EnrolledPod> Enrollment::pods() const {
     return out;
 }
 
-void Enrollment::replay_to_ztunnel() {
+void Enrollment::replay_to_ztunnel(ZtunnelLink::SessionId session) {
     std::lock_guard lk(mu_);
     std::vector<std::string> gone;
+    std::vector<std::pair<const EnrolledPod*, int>> listeners;
+    auto close_all = [&] {
+        for (const auto& [pod, fd] : listeners)
+            ::close(fd);
+    };
     for (const auto& [key, pod] : pods_) {
         if (cookie_if_present(pod.netns) != pod.netns_cookie) {
             gone.push_back(key);
             continue;
         }
-        if (auto r = hand_to_ztunnel(pod); !r) {
-            spdlog::error("replaying pod {} to ztunnel: {}", key, r.error());
-            return;  // the link dropped; the next connection replays again
+        auto listener = send_to(session, pod);
+        if (!listener) {
+            spdlog::error("replaying pod {} to ztunnel session {}: {}", key, session,
+                          listener.error());
+            close_all();
+            return;  // the session dropped; its ztunnel reconnects and gets everything again
         }
+        listeners.emplace_back(&pod, *listener);
+    }
+    if (auto r = ztunnel_.snapshot_sent(session, ztunnel_timeout_); !r) {
+        spdlog::error("SnapshotSent to ztunnel session {}: {}", session, r.error());
+        close_all();
+        return;
+    }
+    const bool steers = ztunnel_.mark_ready(session);
+    for (const auto& [pod, fd] : listeners) {
+        if (!steers) {
+            ::close(fd);
+            continue;
+        }
+        if (auto r = register_listener(*pod, fd); !r)
+            spdlog::error("pod {}/{}: {}", pod->namespace_name, pod->name, r.error());
     }
     for (const auto& key : gone) {
         const EnrolledPod& pod = pods_.at(key);
@@ -287,11 +340,23 @@ void Enrollment::replay_to_ztunnel() {
     }
     if (!gone.empty())
         persist();
-    if (auto r = ztunnel_.snapshot_sent(ztunnel_timeout_); !r) {
-        spdlog::error("SnapshotSent: {}", r.error());
+    spdlog::info("ztunnel session {} has the snapshot of {} workloads{}", session, pods_.size(),
+                 steers ? " and steers inbound" : "");
+}
+
+void Enrollment::ztunnel_lost(ZtunnelLink::SessionId session, bool was_steering) {
+    if (!was_steering)
+        return;
+    const auto next = ztunnel_.steering();
+    if (!next) {
+        spdlog::warn(
+            "ztunnel session {} steered and no other session is connected; inbound "
+            "steering waits for a ztunnel",
+            session);
         return;
     }
-    spdlog::info("ztunnel has the snapshot of {} workloads", pods_.size());
+    spdlog::info("ztunnel session {} steered; session {} takes over", session, *next);
+    replay_to_ztunnel(*next);
 }
 
 void Enrollment::refresh_bindings() {

@@ -59,14 +59,23 @@ class Enrollment {
     bool is_enrolled(const std::string& ns, const std::string& name) const;
     std::vector<EnrolledPod> pods() const;
 
-    // After ztunnel (re)connects: every enrolled workload again, then SnapshotSent.
-    void replay_to_ztunnel();
+    // After a ztunnel connects: every enrolled workload to that session, then SnapshotSent. Once
+    // acked, the session steers if it is the newest ready one (its listeners go into the map).
+    void replay_to_ztunnel(ZtunnelLink::SessionId session);
+    // After a session ended: when it was the one steering, the next one takes over (the
+    // workloads are sent to it again; ztunnel answers an AddWorkload it already serves with the
+    // same listener).
+    void ztunnel_lost(ZtunnelLink::SessionId session, bool was_steering);
 
     // Re-reads endpoint bindings (after a policy change) and rewrites enrolled_netns values.
     void refresh_bindings();
 
   private:
+    // AddWorkload to every connected session; the steering session's listener is registered.
     std::expected<void, std::string> hand_to_ztunnel(const EnrolledPod& pod);
+    // AddWorkload to one session: its :15006 listener fd.
+    std::expected<int, std::string> send_to(ZtunnelLink::SessionId session, const EnrolledPod& pod);
+    std::expected<void, std::string> register_listener(const EnrolledPod& pod, int listener);
     EndpointBinding binding_for(const EnrolledPod& pod);
     void persist() const;
 

@@ -62,6 +62,11 @@ AgentMetrics::AgentMetrics(const datapath::Datapath& dp)
                               .Help("1 while the node's ztunnel is connected to the agent")
                               .Register(*registry_)
                               .Add({});
+    ztunnel_sessions_ = &BuildGauge()
+                             .Name("sluice_agent_ztunnel_sessions")
+                             .Help("ZDS sessions open (two while a new ztunnel takes over)")
+                             .Register(*registry_)
+                             .Add({});
     policy_generation_ = &BuildGauge()
                               .Name("sluice_policy_generation")
                               .Help("Generation of the policy in force in the datapath")

@@ -28,6 +28,7 @@ class AgentMetrics {
     static const char* direction_label(uint8_t direction);
     void set_enrolled_pods(size_t n) { enrolled_->Set(static_cast<double>(n)); }
     void set_ztunnel_connected(bool c) { ztunnel_connected_->Set(c ? 1 : 0); }
+    void set_ztunnel_sessions(size_t n) { ztunnel_sessions_->Set(static_cast<double>(n)); }
     void set_policy_generation(uint64_t g) { policy_generation_->Set(static_cast<double>(g)); }
     void set_map_entries(const std::string& map, size_t entries, size_t capacity);
     void policy_reload(const std::string& result) {
@@ -48,6 +49,7 @@ class AgentMetrics {
     prometheus::Family<prometheus::Gauge>* map_capacity_;
     prometheus::Gauge* enrolled_;
     prometheus::Gauge* ztunnel_connected_;
+    prometheus::Gauge* ztunnel_sessions_;
     prometheus::Gauge* policy_generation_;
 };
 

@@ -46,14 +46,15 @@ int sluice_connect6(struct bpf_sock_addr* ctx) {
 
 SEC("sockops")
 int sluice_sockops(struct bpf_sock_ops* skops) {
+    struct bpf_sock* sk = skops->sk;
     switch (skops->op) {
         case BPF_SOCK_OPS_TCP_CONNECT_CB:
-            ztunnel_flow_record(skops);
-            orig_dst_rekey(skops);
+            ztunnel_flow_record(skops, sk);
+            orig_dst_rekey(skops, sk);
             break;
         case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
             /* -ENOENT for every connection that was not redirected: nothing to do. */
-            orig_dst_rekey(skops);
+            orig_dst_rekey(skops, sk);
             break;
         default:
             break;
@@ -88,7 +89,7 @@ int sluice_getsockopt(struct bpf_sockopt* ctx) {
 SEC("cgroup/getpeername4")
 int sluice_getpeername4(struct bpf_sock_addr* ctx) {
     struct sluice_orig_dst od;
-    if (orig_dst_by_cookie(bpf_get_socket_cookie(ctx), &od) < 0)
+    if (orig_dst_of(ctx->sk, &od) < 0)
         return 1;
     struct sluice_addr addr;
     addr_from_bytes(&addr, od.addr);
@@ -102,7 +103,7 @@ int sluice_getpeername4(struct bpf_sock_addr* ctx) {
 SEC("cgroup/getpeername6")
 int sluice_getpeername6(struct bpf_sock_addr* ctx) {
     struct sluice_orig_dst od;
-    if (orig_dst_by_cookie(bpf_get_socket_cookie(ctx), &od) < 0)
+    if (orig_dst_of(ctx->sk, &od) < 0)
         return 1;
     struct sluice_addr addr;
     addr_from_bytes(&addr, od.addr);

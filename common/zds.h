@@ -19,6 +19,11 @@
 //                                                         sk_lookup SOCKHASH).
 //
 // The agent enables redirection for a pod only after the Ack of its AddWorkload.
+//
+// Several ztunnels may be connected at once (an upgrade: the new one starts while the old one
+// drains). Each connection is a session that gets the full workload set; the agent steers
+// inbound to the newest session whose SnapshotSent was acked. An AddWorkload for a workload
+// ztunnel already serves in the same netns is acked with the same listener.
 
 #include <cstdint>
 #include <expected>

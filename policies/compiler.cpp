@@ -1,6 +1,7 @@
 #include "policies/compiler.h"
 
 #include <algorithm>
+#include <map>
 #include <set>
 #include <tuple>
 #include <unordered_map>
@@ -624,6 +625,24 @@ class Compiler {
             budgets.push_back(
                 {{"name", b.meta.name}, {"namespace", b.meta.namespace_name}, {"spec", b.spec}});
         nlohmann::json routes = nlohmann::json::array();
+        // One route per model: the waypoint could only pick one of two silently. The first by
+        // (namespace, name) is the one named in the error, so the message does not depend on
+        // file order.
+        std::map<std::string, const ModelRoute*> route_of_model;
+        for (const auto& m : p_.model_routes) {
+            const std::string model = m.spec.value("model", "");
+            auto [it, fresh] = route_of_model.emplace(model, &m);
+            if (!fresh) {
+                const ModelRoute* a = it->second;
+                const ModelRoute* b = &m;
+                if (std::tie(b->meta.namespace_name, b->meta.name) <
+                    std::tie(a->meta.namespace_name, a->meta.name))
+                    std::swap(a, b);
+                error(b->meta.where, "model '" + model + "' is already routed by " + a->meta.ref() +
+                                         "; a model has one ModelRoute");
+                it->second = a;
+            }
+        }
         for (const auto& m : p_.model_routes)
             routes.push_back(
                 {{"name", m.meta.name}, {"namespace", m.meta.namespace_name}, {"spec", m.spec}});

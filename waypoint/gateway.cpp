@@ -153,12 +153,12 @@ Gateway::Gateway(Config config) : config_(std::move(config)) {
     for (auto& f : owned_filters_)
         filters_.push_back(f.get());
     if (config_.admission.enabled()) {
-        auto& in_flight = metrics_.admission_in_flight.Add({});
+        auto& in_flight = metrics_.admission_in_flight.at({});
         std::array<prometheus::Gauge*, admission::kPriorities> queued{};
         for (auto p : {admission::Priority::Critical, admission::Priority::Standard,
                        admission::Priority::Sheddable}) {
             queued[static_cast<std::size_t>(p)] =
-                &metrics_.admission_queued.Add({{"class", admission::to_string(p)}});
+                &metrics_.admission_queued.at({{"class", admission::to_string(p)}});
         }
         admission_ = std::make_unique<admission::AdmissionQueue>(
             config_.admission, [&in_flight, queued](std::size_t n, const auto& per_class) {
@@ -173,6 +173,11 @@ Gateway::~Gateway() {
     stop();
 }
 
+void Gateway::scrapeLoad(const std::shared_ptr<BackendPool>& pool) {
+    if (pool->config().load_metrics)
+        asio::co_spawn(admin_io_, scrapeLoadMetrics(pool, metrics_), asio::detached);
+}
+
 bool Gateway::applyPolicies(const nlohmann::json& view) {
     try {
         PolicyView merged = makePolicyView(config_, view);
@@ -185,6 +190,8 @@ bool Gateway::applyPolicies(const nlohmann::json& view) {
             const bool same = it != pools_.end() && it->second->config().endpoints == p.endpoints &&
                               it->second->config().policy == p.policy;
             pools[p.name] = same ? it->second : std::make_shared<BackendPool>(p);
+            if (!same && scraping_)
+                scrapeLoad(pools[p.name]);
         }
         router_->reconfigure(merged.routes, pools);
         if (budget_)
@@ -195,7 +202,7 @@ bool Gateway::applyPolicies(const nlohmann::json& view) {
         return true;
     } catch (const std::exception& e) {
         spdlog::error("policies not applied (the previous ones stay in force): {}", e.what());
-        metrics_.policy_reloads.Add({{"result", "failure"}}).Increment();
+        metrics_.policy_reloads.at({{"result", "failure"}}).Increment();
         return false;
     }
 }
@@ -250,9 +257,11 @@ void Gateway::start() {
     asio::co_spawn(admin_io_, acceptLoop(*ready_acceptor_, admin_limits_, ready_handler_),
                    asio::detached);
     // Backends' load reports are scraped on the admin thread, off the data path.
-    for (auto& [name, pool] : pools_) {
-        if (pool->config().load_metrics)
-            asio::co_spawn(admin_io_, scrapeLoadMetrics(*pool, metrics_), asio::detached);
+    {
+        std::lock_guard lock(pools_mutex_);
+        for (auto& [name, pool] : pools_)
+            scrapeLoad(pool);
+        scraping_ = true;  // from now on applyPolicies starts the scrapers of new pools
     }
     admin_thread_ = std::thread([this] { admin_io_.run(); });
 
@@ -272,7 +281,7 @@ void Gateway::start() {
                 applyPolicies(g->compiled->waypoint);
             },
             [this](std::string_view result) {
-                metrics_.policy_reloads.Add({{"result", std::string(result)}}).Increment();
+                metrics_.policy_reloads.at({{"result", std::string(result)}}).Increment();
             });
         if (!watcher_->start())
             spdlog::warn("cannot watch {}: policy changes need a restart", config_.policies_dir);
@@ -324,11 +333,11 @@ void Gateway::startHbone() {
         HboneServer::Hooks hooks{
             .refused =
                 [this](const std::string& reason) {
-                    metrics_.handshake_failures.Add({{"reason", reason}}).Increment();
+                    metrics_.handshake_failures.at({{"reason", reason}}).Increment();
                 },
             .stream =
                 [this](int status) {
-                    metrics_.hbone_streams.Add({{"response_code", std::to_string(status)}})
+                    metrics_.hbone_streams.at({{"response_code", std::to_string(status)}})
                         .Increment();
                 }};
         w->hbone = std::make_unique<HboneServer>(*tls_, *identity_, config_.limits, w->handler,
@@ -439,7 +448,7 @@ awaitable<std::optional<admission::AdmissionQueue::Slot>> Gateway::admit(Exchang
     if (outcome == admission::Outcome::Admitted)
         co_return std::move(slot);
     const std::string reason = admission::to_string(outcome);
-    metrics_.shed.Add({{"class", ctx.priority}, {"reason", reason}, {"tenant", ctx.tenant}})
+    metrics_.shed.at({{"class", ctx.priority}, {"reason", reason}, {"tenant", ctx.tenant}})
         .Increment();
     ctx.result = "shed";
     LocalReply shed{.status = http::status::service_unavailable,
@@ -506,8 +515,8 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
                 target.pool->finish(*ep, true, std::nullopt);
             }
             metrics_.upstream_attempts
-                .Add({{"pool", target.pool->name()},
-                      {"outcome", std::string(toString(result.outcome))}})
+                .at({{"pool", target.pool->name()},
+                     {"outcome", std::string(toString(result.outcome))}})
                 .Increment();
             if (watch.gone())
                 result.outcome = ForwardOutcome::ClientGone;
@@ -580,48 +589,51 @@ void Gateway::record(const RequestContext& ctx) {
     const double ms = std::chrono::duration<double, std::milli>(end - ctx.start).count();
     const std::string code = std::to_string(ctx.status);
     const std::string principal = ctx.peer_identity.empty() ? "unknown" : ctx.peer_identity;
-    metrics_.duration_ms
-        .Add({{"reporter", "waypoint"}, {"response_code", code}}, latencyBucketsMs())
+    metrics_.duration_ms.at({{"reporter", "waypoint"}, {"response_code", code}}, latencyBucketsMs())
         .Observe(ms);
     const bool genai = !ctx.api.empty() && ctx.api != "models" && !ctx.model.empty();
     if (genai && ctx.status > 0 && ctx.status < 400) {
         const std::string operation = ctx.api == "embeddings"
                                           ? "embeddings"
                                           : (ctx.api == "chat" ? "chat" : "text_completion");
-        auto labels = [&](const char* type) {
-            return prometheus::Labels{{"gen_ai_token_type", type},
-                                      {"gen_ai_request_model", ctx.model},
-                                      {"gen_ai_operation_name", operation},
-                                      {"tenant", ctx.tenant}};
+        auto count = [&](const char* type, std::uint64_t n) {
+            metrics_.token_usage
+                .at({{"gen_ai_token_type", type},
+                     {"gen_ai_request_model", ctx.model},
+                     {"gen_ai_operation_name", operation},
+                     {"tenant", ctx.tenant}},
+                    tokenBuckets())
+                .Observe(double(n));
+            metrics_.tokens
+                .at({{"gen_ai_token_type", type},
+                     {"gen_ai_request_model", ctx.model},
+                     {"gen_ai_operation_name", operation},
+                     {"tenant", ctx.tenant}})
+                .Increment(double(n));
         };
-        metrics_.token_usage.Add(labels("input"), tokenBuckets())
-            .Observe(double(ctx.usage.prompt_tokens));
-        metrics_.tokens.Add(labels("input")).Increment(double(ctx.usage.prompt_tokens));
-        if (ctx.api != "embeddings") {
-            metrics_.token_usage.Add(labels("output"), tokenBuckets())
-                .Observe(double(ctx.usage.completion_tokens));
-            metrics_.tokens.Add(labels("output")).Increment(double(ctx.usage.completion_tokens));
-        }
-        const prometheus::Labels model_labels{{"gen_ai_request_model", ctx.model},
-                                              {"gen_ai_operation_name", operation}};
-        metrics_.operation_s.Add(model_labels, secondsBuckets()).Observe(ms / 1000);
+        count("input", ctx.usage.prompt_tokens);
+        if (ctx.api != "embeddings")
+            count("output", ctx.usage.completion_tokens);
+        const std::initializer_list<Labeled<prometheus::Histogram>::Label> model_labels{
+            {"gen_ai_request_model", ctx.model}, {"gen_ai_operation_name", operation}};
+        metrics_.operation_s.at(model_labels, secondsBuckets()).Observe(ms / 1000);
         if (ctx.first_token) {
             const double ttft = std::chrono::duration<double>(*ctx.first_token - ctx.start).count();
-            metrics_.ttft_s.Add(model_labels, secondsBuckets()).Observe(ttft);
+            metrics_.ttft_s.at(model_labels, secondsBuckets()).Observe(ttft);
             if (ctx.usage.completion_tokens > 1) {
                 const double rest = std::chrono::duration<double>(end - *ctx.first_token).count();
-                metrics_.tpot_s.Add(model_labels, secondsBuckets())
+                metrics_.tpot_s.at(model_labels, secondsBuckets())
                     .Observe(rest / double(ctx.usage.completion_tokens - 1));
             }
         }
     }
     // Last, so a reader that sees this request counted also sees its other metrics.
     metrics_.requests
-        .Add({{"reporter", "waypoint"},
-              {"response_code", code},
-              {"destination_service", ctx.route},
-              {"source_principal", principal},
-              {"request_protocol", "http"}})
+        .at({{"reporter", "waypoint"},
+             {"response_code", code},
+             {"destination_service", ctx.route},
+             {"source_principal", principal},
+             {"request_protocol", "http"}})
         .Increment();
     if (config_.access_log) {
         nlohmann::json line{{"path", std::string(sv(ctx.request.target()))},

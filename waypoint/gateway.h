@@ -72,12 +72,16 @@ class Gateway {
                                                                     RequestContext& ctx,
                                                                     std::size_t ran);
     std::string modelsList() const;
+    // Starts scraping the pool's backends' load reports on the admin thread, if it has
+    // `loadMetrics`; the scraper ends when the pool is replaced or gone.
+    void scrapeLoad(const std::shared_ptr<BackendPool>& pool);
     void startHbone();  // binds each worker's HBONE acceptor (SO_REUSEPORT, one port)
 
     Config config_;
     Metrics metrics_;
     std::mutex pools_mutex_;  // pools_ is replaced by applyPolicies (watcher thread)
     std::map<std::string, std::shared_ptr<BackendPool>> pools_;
+    bool scraping_ = false;  // under pools_mutex_: start() has started the scrapers
     budget::BudgetFilter* budget_ = nullptr;
     std::unique_ptr<policies::PolicyWatcher> watcher_;
     std::vector<std::unique_ptr<HttpFilter>> owned_filters_;

@@ -25,6 +25,7 @@ namespace state = sluice::ztunnel::state;
 
 constexpr auto kRefreshPeriod = std::chrono::seconds(1);
 constexpr auto kDrainPoll = std::chrono::milliseconds(100);
+constexpr auto kGoawayGrace = std::chrono::seconds(1);
 
 std::string env_name(const std::string& flag) {
     std::string s = proxy::kEnvPrefix;
@@ -133,13 +134,22 @@ int run(proxy::Config config) {
         if (quitting)
             return;
         quitting = true;
+        // The ZDS session ends for good first (no reconnect): the agent stops sending this
+        // ztunnel workloads and, if it steered, hands steering to the other session.
+        if (zds)
+            zds->stop();
         p.drain();
         asio::co_spawn(
             admin,
             [&]() -> asio::awaitable<void> {
-                const auto deadline = std::chrono::steady_clock::now() + config.drain_timeout;
+                const auto start = std::chrono::steady_clock::now();
+                const auto deadline = start + config.drain_timeout;
+                // Peers that sent a stream before they read the GOAWAY get it served.
+                const auto grace = start + std::min<std::chrono::steady_clock::duration>(
+                                               kGoawayGrace, config.drain_timeout);
                 asio::steady_timer t(admin);
-                while (p.active_connections() > 0 && std::chrono::steady_clock::now() < deadline) {
+                const auto now = [] { return std::chrono::steady_clock::now(); };
+                while ((p.active_connections() > 0 || now() < grace) && now() < deadline) {
                     t.expires_after(kDrainPoll);
                     co_await t.async_wait(asio::use_awaitable);
                 }

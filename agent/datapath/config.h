@@ -16,7 +16,7 @@ struct MapSizes {
     uint32_t ipcache = 65536;                // CIDR → identity entries
     uint32_t policy = 65536;                 // compiled L4 policy entries
     uint32_t rule_counters = 16384;          // distinct rule ids counted
-    uint32_t orig_dst = 65536;               // concurrent redirected connections (each LRU map)
+    uint32_t orig_dst = 65536;               // connections between connect and ztunnel's accept
     uint32_t excluded_cidrs = 64;            // never-redirected destination prefixes
     uint32_t ztunnel_flows = 65536;          // ztunnel connections opened inside pod netns
     uint32_t listeners = 4096;               // inbound listeners (one per enrolled netns)

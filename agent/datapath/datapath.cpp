@@ -124,7 +124,7 @@ uint32_t map_size_for(const MapSizes& s, std::string_view name) {
         return s.policy;
     if (name == "rule_counters")
         return s.rule_counters;
-    if (name == "orig_dst_cookie" || name == "orig_dst_tuple")
+    if (name == "orig_dst_tuple")
         return s.orig_dst;
     if (name == "excluded_cidrs")
         return s.excluded_cidrs;
@@ -701,12 +701,12 @@ Result<uint64_t> Datapath::rule_count(uint32_t rule_id) const {
     return percpu_sum(map_fd("rule_counters"), rule_id, true);
 }
 
-Result<std::optional<OrigDst>> Datapath::orig_dst_by_cookie(uint64_t socket_cookie) const {
+Result<std::optional<OrigDst>> Datapath::orig_dst_of_socket(int socket_fd) const {
     sluice_orig_dst value{};
-    if (bpf_map_lookup_elem(map_fd("orig_dst_cookie"), &socket_cookie, &value) != 0) {
+    if (bpf_map_lookup_elem(map_fd("orig_dst_sk"), &socket_fd, &value) != 0) {
         if (errno == ENOENT)
             return std::optional<OrigDst>{};
-        return fail_errno(Errc::MapOperationFailed, "read orig_dst_cookie", errno);
+        return fail_errno(Errc::MapOperationFailed, "read orig_dst_sk", errno);
     }
     OrigDst od;
     std::memcpy(od.address.bytes.data(), value.addr, 16);

@@ -79,8 +79,8 @@ class Datapath {
     Result<uint64_t> event_count(sluice_event event) const;
     Result<uint64_t> rule_count(uint32_t rule_id) const;
 
-    // The record connect4/6 made for the app socket with this SO_COOKIE.
-    Result<std::optional<OrigDst>> orig_dst_by_cookie(uint64_t socket_cookie) const;
+    // The record connect4/6 made in the storage of this (app) socket, an fd of this process.
+    Result<std::optional<OrigDst>> orig_dst_of_socket(int socket_fd) const;
 
     // Closes the open TCP connections in the calling thread's network namespace that egress
     // policy, as the maps hold it now, denies (bpf/lib/close.h: a redirected app socket whose

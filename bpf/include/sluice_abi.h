@@ -28,7 +28,7 @@ typedef __u32 sluice_u32;
 typedef __u64 sluice_u64;
 #endif
 
-#define SLUICE_ABI_VERSION 1
+#define SLUICE_ABI_VERSION 2
 
 /* ztunnel's own sockets carry this SO_MARK (Istio's value); the datapath never redirects them
  * and only they may bind the reserved ports below inside an enrolled netns. */
@@ -132,7 +132,7 @@ struct sluice_policy_value {
 /* Map "excluded_cidrs": LPM_TRIE, key sluice_ipcache_key, value u8 (1). Destinations inside are
  * never redirected (for example the node's API server). */
 
-/* Map "orig_dst_cookie": LRU_HASH, key u64 socket cookie of the app's socket.
+/* Map "orig_dst_sk":     SK_STORAGE on the app's socket (userspace: key = a socket fd).
  * Map "orig_dst_tuple":  LRU_HASH, key sluice_tuple_key = the app socket's local address as the
  * proxy sees it as its peer (written by sockops once the source port is known). */
 struct sluice_orig_dst {

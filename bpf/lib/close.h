@@ -3,11 +3,12 @@
  *
  * The kernel admitted a connection once, at connect(): the app's socket was redirected to the
  * outbound port and connect4/6 recorded its original destination under the socket cookie
- * (orig_dst_cookie). Re-checking is the same egress decision (policy_decide) on that record, so a
+ * (orig_dst_sk). Re-checking is the same egress decision (policy_decide) on that record, so a
  * socket is closed exactly when the same connect() would fail with EPERM now. Inbound
  * connections end at ztunnel (HBONE and the :15006 plaintext listener), which re-authorizes
  * them itself on a policy refresh (docs/ztunnel.md); sockets that were never redirected
- * (loopback, excluded destinations, HBONE) were never subject to egress policy and stay.
+ * (loopback, excluded destinations, HBONE) were never subject to egress policy and stay, as do
+ * connections to a destination excluded since they were opened.
  *
  * Runs from a tcp socket iterator, which walks the network namespace of the thread that created
  * it; bpf_sock_destroy (kernel >= 6.5, iter/tcp only) aborts the socket: its owner reads
@@ -64,11 +65,15 @@ static __always_inline int close_if_egress_denied(struct sock_common* skc,
     if (!ep)
         return 0;
     struct sluice_orig_dst od;
-    if (orig_dst_by_cookie(bpf_get_socket_cookie(skc), &od) < 0 || od.netns_cookie != netns_cookie)
+    if (orig_dst_of(&tp->inet_conn.icsk_inet.sk, &od) < 0 || od.netns_cookie != netns_cookie)
         return 0;
 
     struct sluice_addr dst;
     addr_from_bytes(&dst, od.addr);
+    /* A destination excluded since (the CIDR map changes at runtime) is no longer subject to
+     * egress policy: the same connect() would pass through now. */
+    if (port_is_excluded(od.port) || addr_in_excluded_cidrs(&dst))
+        return 0;
     struct policy_decision decision = {};
     if (policy_decide(ep, &dst, od.port, IPPROTO_TCP, SLUICE_DIR_EGRESS, &decision) == 0)
         return 0;

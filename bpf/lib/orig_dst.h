@@ -1,41 +1,48 @@
 /* Original destinations of redirected connections.
  *
- * connect4/6 record the destination the app asked for under the app socket's cookie
- * (orig_dst_cookie). The proxy only sees its accepted socket, whose peer is the app socket's
- * local address, so sockops copies the record under {netns cookie, app local addr, app local
- * port} (orig_dst_tuple) as soon as the source port is chosen (TCP_CONNECT_CB, before the SYN
- * leaves). getsockopt(SO_ORIGINAL_DST) on the proxy side reads orig_dst_tuple, getpeername on the
- * app side reads orig_dst_cookie. Both maps are LRU: records of closed sockets age out. */
+ * connect4/6 record the destination the app asked for in the app socket's own storage
+ * (orig_dst_sk, socket-local storage: it lives and dies with the socket, so a long-lived
+ * connection keeps its record however many connections come and go after it). The proxy only
+ * sees its accepted socket, whose peer is the app socket's local address, so sockops copies the
+ * record under {netns cookie, app local addr, app local port} (orig_dst_tuple) as soon as the
+ * source port is chosen (TCP_CONNECT_CB, before the SYN leaves). getsockopt(SO_ORIGINAL_DST) on
+ * the proxy side reads orig_dst_tuple (an LRU map: it is read once, right after accept), and
+ * getpeername on the app side and the connection closer read orig_dst_sk. */
 #pragma once
 
 #include "lib/counters.h"
 #include "lib/maps.h"
 
-static __always_inline int orig_dst_record(__u64 socket_cookie, const struct sluice_addr* dst,
-                                           __u16 port, __u16 family, __u64 netns_cookie) {
-    struct sluice_orig_dst od = {
-        .port = port,
-        .family = family,
-        .netns_cookie = netns_cookie,
-    };
-    addr_to_bytes(od.addr, dst);
-    if (bpf_map_update_elem(&orig_dst_cookie, &socket_cookie, &od, BPF_ANY) != 0)
+/* `sk` is the app's socket: ctx->sk in sock_addr and sockops programs, a BTF socket in
+ * iterators. */
+static __always_inline int orig_dst_record(void* sk, const struct sluice_addr* dst, __u16 port,
+                                           __u16 family, __u64 netns_cookie) {
+    struct sluice_orig_dst* od =
+        bpf_sk_storage_get(&orig_dst_sk, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!od)
         return -ENOMEM;
+    addr_to_bytes(od->addr, dst);
+    od->port = port;
+    od->family = family;
+    od->pad = 0;
+    od->netns_cookie = netns_cookie;
     return 0;
 }
 
-static __always_inline int orig_dst_by_cookie(__u64 socket_cookie, struct sluice_orig_dst* out) {
-    struct sluice_orig_dst* od = bpf_map_lookup_elem(&orig_dst_cookie, &socket_cookie);
+static __always_inline int orig_dst_of(void* sk, struct sluice_orig_dst* out) {
+    if (!sk)
+        return -ENOENT;
+    struct sluice_orig_dst* od = bpf_sk_storage_get(&orig_dst_sk, sk, NULL, 0);
     if (!od)
         return -ENOENT;
     *out = *od;
     return 0;
 }
 
-/* Called from sockops once the app socket has its local address and port. */
-static __always_inline int orig_dst_rekey(struct bpf_sock_ops* skops) {
+/* Called from sockops once the app socket has its local address and port; `sk` is skops->sk. */
+static __always_inline int orig_dst_rekey(struct bpf_sock_ops* skops, struct bpf_sock* sk) {
     struct sluice_orig_dst od;
-    int rc = orig_dst_by_cookie(bpf_get_socket_cookie(skops), &od);
+    int rc = orig_dst_of(sk, &od);
     if (rc < 0)
         return rc;
 

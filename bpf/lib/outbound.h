@@ -38,7 +38,7 @@ static __always_inline int outbound_connect(struct bpf_sock_addr* ctx,
     if (policy_enforce(ep, netns_cookie, &flow, SLUICE_DIR_EGRESS) < 0)
         return -EPERM;
 
-    if (orig_dst_record(bpf_get_socket_cookie(ctx), dst, port, family, netns_cookie) < 0) {
+    if (orig_dst_record(ctx->sk, dst, port, family, netns_cookie) < 0) {
         count_drop(SLUICE_REASON_ORIG_DST_FULL);
         return -ENOMEM;
     }

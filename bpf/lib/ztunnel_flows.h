@@ -9,8 +9,9 @@
 #include "lib/maps.h"
 #include "lib/sock.h"
 
-static __always_inline int ztunnel_flow_record(struct bpf_sock_ops* skops) {
-    struct bpf_sock* sk = skops->sk;
+/* `sk` is skops->sk, read once by the caller (the verifier refuses a ctx pointer the compiler
+ * offset before loading through it, which separate reads of skops->sk can turn into). */
+static __always_inline int ztunnel_flow_record(struct bpf_sock_ops* skops, struct bpf_sock* sk) {
     if (!sk || sk->mark != cfg_ztunnel_mark)
         return -ENOENT;
     struct sluice_addr local, remote;

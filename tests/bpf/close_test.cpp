@@ -128,6 +128,56 @@ TEST_F(CloseTest, IPv6AndV4MappedConnectionsAreJudgedByTheirOriginalDestination)
     EXPECT_TRUE(round_trip(other.get(), other_proxy.get(), "identity 7070 is allowed"));
 }
 
+TEST_F(CloseTest, ADestinationExcludedSinceTheConnectIsLeftAlone) {
+    SLUICE_REQUIRE_PRIVILEGES();
+    auto& dp = open_datapath();
+    ASSERT_TRUE(dp.can_close_connections());
+    TestNetns& app = add_netns("app");
+    enroll(app, kEndpoint);
+    UniqueFd listener = app.run([] { return tcp_listen("127.0.0.1", SLUICE_PORT_OUTBOUND, true); });
+    UniqueFd excluded_proxy, denied_proxy;
+    UniqueFd excluded = open_redirected(app, listener.get(), kDeniedPort, excluded_proxy);
+    UniqueFd denied =
+        open_redirected(app, listener.get(), kDeniedPort, denied_proxy, AF_INET, "198.18.0.21");
+
+    ASSERT_TRUE(dp.add_excluded_cidr(cidr(std::string(kServer) + "/32")));
+    deny(kEndpoint, SLUICE_IDENTITY_ANY, kDeniedPort, SLUICE_DIR_EGRESS, kDenyRule);
+    auto closed = close_in(app);
+    ASSERT_EQ(closed.size(), 1u) << "only the destination that is still meshed";
+    EXPECT_EQ(event_addr(closed[0].dst_addr), "198.18.0.21");
+    EXPECT_EQ(recv_error_within_1s(denied.get()), ECONNABORTED);
+    EXPECT_TRUE(round_trip(excluded.get(), excluded_proxy.get(), "excluded since"));
+}
+
+// The original destination lives in the app socket's storage: however many connections come
+// and go after it (here 5x the size of the tuple map), a long-lived connection still shows the
+// app its real peer and is still judged by the closer.
+TEST_F(CloseTest, ALongLivedConnectionKeepsItsRecordThroughConnectionChurn) {
+    SLUICE_REQUIRE_PRIVILEGES();
+    config_.map_sizes.orig_dst = 64;
+    auto& dp = open_datapath();
+    ASSERT_TRUE(dp.can_close_connections());
+    TestNetns& app = add_netns("app");
+    enroll(app, kEndpoint);
+    UniqueFd listener = app.run([] { return tcp_listen("127.0.0.1", SLUICE_PORT_OUTBOUND, true); });
+    UniqueFd long_proxy;
+    UniqueFd long_lived = open_redirected(app, listener.get(), kDeniedPort, long_proxy);
+    for (int i = 0; i < 320; ++i) {
+        UniqueFd proxy;
+        UniqueFd churn = open_redirected(app, listener.get(), kAllowedPort, proxy);
+        ASSERT_TRUE(proxy) << "churn connection " << i;
+    }
+    EXPECT_EQ(peer_name(long_lived.get()),
+              std::string(kServer) + ":" + std::to_string(kDeniedPort));
+    EXPECT_EQ(dp.orig_dst_of_socket(long_lived.get()).value()->port, kDeniedPort);
+
+    deny(kEndpoint, SLUICE_IDENTITY_ANY, kDeniedPort, SLUICE_DIR_EGRESS, kDenyRule);
+    auto closed = close_in(app);
+    ASSERT_EQ(closed.size(), 1u);
+    EXPECT_EQ(closed[0].dst_port, kDeniedPort);
+    EXPECT_EQ(recv_error_within_1s(long_lived.get()), ECONNABORTED);
+}
+
 TEST_F(CloseTest, PodsThatAreNotEnrolledAreUntouched) {
     SLUICE_REQUIRE_PRIVILEGES();
     auto& dp = open_datapath();

@@ -168,7 +168,7 @@ TEST_F(DatapathTest, EveryProgramLoadsAndIsPinned) {
     }
     for (const char* map : {"layout_meta", "enrolled_netns", "endpoint_addrs", "ipcache", "policy",
                             "rule_counters", "drop_counters", "event_counters", "excluded_cidrs",
-                            "orig_dst_cookie", "orig_dst_tuple", "listeners", "deny_events"}) {
+                            "orig_dst_sk", "orig_dst_tuple", "listeners", "deny_events"}) {
         EXPECT_TRUE(fs::exists(root / "maps" / map)) << map;
     }
     // The sk_lookup program loads too; it attaches per netns.
@@ -263,7 +263,7 @@ TEST_F(DatapathTest, IpcacheLongestPrefixMatchDecidesIdentity) {
     EXPECT_EQ(rc, 0);
 }
 
-TEST_F(DatapathTest, OrigDstRecordedUnderSocketCookie) {
+TEST_F(DatapathTest, OrigDstRecordedInTheAppSocketsStorage) {
     SLUICE_REQUIRE_PRIVILEGES();
     auto& dp = open_datapath();
     TestNetns& app = add_netns("app");
@@ -274,7 +274,7 @@ TEST_F(DatapathTest, OrigDstRecordedUnderSocketCookie) {
         sock = tcp_socket(AF_INET);
         ASSERT_EQ(tcp_connect(sock.get(), "198.18.0.10", 8080), 0);
     });
-    auto od = dp.orig_dst_by_cookie(socket_cookie(sock.get()));
+    auto od = dp.orig_dst_of_socket(sock.get());
     ASSERT_TRUE(od) << od.error().message;
     ASSERT_TRUE(od->has_value());
     EXPECT_EQ((*od)->address.to_string(), "198.18.0.10");

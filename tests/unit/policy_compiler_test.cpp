@@ -164,5 +164,26 @@ spec: {namespaceSelector: {matchLabels: {tenant: x}}}
     EXPECT_NE(c.diagnostics[0].message.find("two isolation boundaries"), std::string::npos);
 }
 
+TEST(PolicyCompiler, TwoModelRoutesForOneModelAreAnError) {
+    Registry r;
+    auto route = [](const std::string& name, const std::string& model) {
+        return "apiVersion: sluice.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: " + name +
+               ", namespace: ai}\nspec:\n  model: " + model +
+               "\n  backends: [{host: 198.18.1.5, port: 8000}]\n";
+    };
+    // "b" comes first in the file; the error still names the route first by (namespace, name).
+    const auto c = compile(policies_from(route("b", "gpt-4o") + "---\n" + route("a", "gpt-4o") +
+                                         "---\n" + route("c", "gpt-4o-mini")),
+                           r);
+    ASSERT_EQ(error_count(c.diagnostics), 1u);
+    EXPECT_EQ(c.diagnostics[0].message,
+              "model 'gpt-4o' is already routed by ModelRoute ai/a; a model has one ModelRoute");
+    EXPECT_EQ(c.diagnostics[0].where.line, 1) << "reported at ModelRoute ai/b, the first document";
+
+    const auto fine = compile(policies_from(route("a", "gpt-4o") + "---\n" + route("c", "m2")), r);
+    EXPECT_FALSE(has_errors(fine.diagnostics));
+    EXPECT_EQ(fine.waypoint["modelRoutes"].size(), 2u);
+}
+
 }  // namespace
 }  // namespace sluice::policies

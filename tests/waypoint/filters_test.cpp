@@ -307,31 +307,64 @@ TEST(SseSplitter, EventsCompleteAcrossReadsAndBothLineEndings) {
     EXPECT_TRUE(s.pending().empty());
 }
 
-TEST(UsageFilter, InjectsIncludeUsageAndStripsTheUsageChunk) {
+// A usage filter with both encodings from the test tokenizer data.
+std::unique_ptr<usage::UsageFilter> usageFilter() {
     auto cl =
         tokenizer::Encoding::load(tokenizer::EncodingName::kCl100kBase, SLUICE_TEST_TOKENIZER_DIR);
     auto o2 =
         tokenizer::Encoding::load(tokenizer::EncodingName::kO200kBase, SLUICE_TEST_TOKENIZER_DIR);
-    ASSERT_TRUE(cl && o2);
-    usage::UsageFilter filter({}, *cl, *o2);
+    if (!cl || !o2)
+        throw std::runtime_error("tokenizer data missing in " SLUICE_TEST_TOKENIZER_DIR);
+    return std::make_unique<usage::UsageFilter>(usage::UsageConfig{}, *cl, *o2);
+}
+
+TEST(UsageFilter, InjectsIncludeUsageAndStripsTheUsageChunk) {
+    auto filter = usageFilter();
     Call c("a", 0, 0);
     c.ctx.stream = true;
     c.ctx.body = nlohmann::json::parse(
         R"({"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hello world"}]})");
-    ASSERT_FALSE(filter.onRequest(c.ctx));
+    ASSERT_FALSE(filter->onRequest(c.ctx));
     EXPECT_TRUE(c.ctx.body_modified);
     EXPECT_EQ((*c.ctx.body)["stream_options"]["include_usage"], true);
     // 3 (reply) + 3 (message) + "user" (1) + "hello world" (2)
     EXPECT_EQ(c.ctx.estimated_prompt_tokens, 9u);
     EXPECT_EQ(c.ctx.max_output_tokens, 1024u);
     std::string raw = "data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n";
-    EXPECT_TRUE(filter.onStreamEvent(c.ctx, raw.substr(6, raw.size() - 8), raw));
+    EXPECT_TRUE(filter->onStreamEvent(c.ctx, raw.substr(6, raw.size() - 8), raw));
     EXPECT_EQ(raw, "data: {\"choices\":[{\"delta\":{}}]}\n\n");
     std::string usage = R"({"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}})";
     std::string usage_raw = "data: " + usage + "\n\n";
-    EXPECT_FALSE(filter.onStreamEvent(c.ctx, usage, usage_raw));
+    EXPECT_FALSE(filter->onStreamEvent(c.ctx, usage, usage_raw));
     EXPECT_TRUE(c.ctx.usage.reported);
     EXPECT_EQ(c.ctx.usage.total(), 10u);
+}
+
+// The reconciliation reads only the top-level `usage` object, whatever else the body carries.
+TEST(UsageFilter, ReadsTheTopLevelUsageOfAResponseBody) {
+    auto filter = usageFilter();
+    auto read = [&](std::string_view body) {
+        Call c("a", 0, 0);
+        filter->onResponseBody(c.ctx, body);
+        return c.ctx.usage;
+    };
+    Usage u = read(R"({"choices":[{"message":{"content":"{\"usage\":{\"prompt_tokens\":99}}",)"
+                   R"("usage":{"prompt_tokens":98}}}],"usage":{"prompt_tokens":12,)"
+                   R"("prompt_tokens_details":{"prompt_tokens":97,"cached_tokens":4},)"
+                   R"("completion_tokens":5,"total_tokens":17}})");
+    EXPECT_TRUE(u.reported);
+    EXPECT_EQ(u.prompt_tokens, 12u) << "not the nested or quoted ones";
+    EXPECT_EQ(u.completion_tokens, 5u);
+
+    u = read(
+        R"({"usage":{"prompt_tokens":8,"total_tokens":20},"data":[{"embedding":[0.1,-2e3]}]})");
+    EXPECT_TRUE(u.reported);
+    EXPECT_EQ(u.completion_tokens, 12u) << "total minus prompt without completion_tokens";
+
+    EXPECT_FALSE(read(R"({"usage":null,"choices":[]})").reported);
+    EXPECT_FALSE(read(R"([{"usage":{"prompt_tokens":1}}])").reported) << "not an object";
+    EXPECT_FALSE(read(R"({"usage":{"prompt_tokens":1}} trailing)").reported) << "malformed";
+    EXPECT_FALSE(read(R"({"usage":{"prompt_tokens":1})").reported) << "truncated";
 }
 
 PoolConfig poolOf(LbPolicy policy, int endpoints) {

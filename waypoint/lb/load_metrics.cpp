@@ -82,10 +82,14 @@ std::optional<LoadReport> parseVllmMetrics(std::string_view text) {
     return r;
 }
 
-awaitable<void> scrapeLoadMetrics(BackendPool& pool, Metrics& metrics) {
-    const auto& config = pool.config();
+awaitable<void> scrapeLoadMetrics(std::weak_ptr<BackendPool> weak, Metrics& metrics) {
     asio::steady_timer timer(co_await asio::this_coro::executor);
     for (;;) {
+        std::shared_ptr<BackendPool> held = weak.lock();
+        if (!held)
+            co_return;  // replaced by a reload: the new pool has its own scraper
+        BackendPool& pool = *held;
+        const auto& config = pool.config();
         const auto round = Clock::now();
         // A round of timeouts takes about one interval (at least 200 ms per endpoint), so
         // healthy endpoints' reports do not go stale behind unreachable ones.
@@ -102,11 +106,13 @@ awaitable<void> scrapeLoadMetrics(BackendPool& pool, Metrics& metrics) {
             ep.kv_cache_usage.store(report->kv_cache, std::memory_order_relaxed);
             ep.load_at_ns.store(std::chrono::nanoseconds(Clock::now().time_since_epoch()).count(),
                                 std::memory_order_relaxed);
-            const prometheus::Labels labels{{"pool", config.name}, {"endpoint", ep.name}};
-            metrics.backend_waiting.Add(labels).Set(report->waiting);
-            metrics.backend_kv_cache.Add(labels).Set(report->kv_cache);
+            metrics.backend_waiting.at({{"pool", config.name}, {"endpoint", ep.name}})
+                .Set(report->waiting);
+            metrics.backend_kv_cache.at({{"pool", config.name}, {"endpoint", ep.name}})
+                .Set(report->kv_cache);
         }
         timer.expires_at(round + config.metrics_interval);
+        held.reset();  // a pool replaced during the wait is freed now, not a round later
         error_code ec;
         co_await timer.async_wait(noThrow(ec));
         if (ec)

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string_view>
 
@@ -23,8 +24,8 @@ std::optional<LoadReport> parseVllmMetrics(std::string_view text);
 // Scrapes every endpoint of `pool` every `metrics_interval` (GET `metrics_path` on the
 // endpoint's address), stores the reports in the endpoints for the balancers and in the gauges
 // sluice_backend_requests_waiting / sluice_backend_kv_cache_usage. Runs until its io_context
-// stops. A failed scrape leaves the last report, which goes stale after three intervals (at
-// least 2 s).
-awaitable<void> scrapeLoadMetrics(BackendPool& pool, Metrics& metrics);
+// stops or the pool is gone (a policy reload replaced it). A failed scrape leaves the last
+// report, which goes stale after three intervals (at least 2 s).
+awaitable<void> scrapeLoadMetrics(std::weak_ptr<BackendPool> pool, Metrics& metrics);
 
 }  // namespace sluice::waypoint

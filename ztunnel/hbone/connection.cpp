@@ -14,7 +14,8 @@ namespace {
 
 // Data waiting in a stream's send queue beyond this makes Stream::write wait.
 constexpr size_t kSendHighWater = 256 * 1024;
-constexpr size_t kReadChunk = 64 * 1024;
+// One TLS record at most comes out of one read.
+constexpr size_t kReadChunk = 16 * 1024;
 // Frames are gathered into one TLS write up to about this size.
 constexpr size_t kWriteBatch = 64 * 1024;
 
@@ -22,6 +23,24 @@ nghttp2_nv header(std::string_view name, std::string_view value) {
     return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
                       reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(),
                       value.size(), NGHTTP2_NV_FLAG_NONE};
+}
+
+// Drops the consumed front `[0, offset)` of `buf` before more is appended, once it is at least
+// as large as what stays: each byte is moved at most once on average.
+void compact(std::string& buf, size_t& offset) {
+    if (offset == 0 || offset < buf.size() - offset)
+        return;
+    buf.erase(0, offset);
+    offset = 0;
+}
+
+// Empties a drained buffer and returns its heap memory: idle streams hold no buffer.
+void release(std::string& buf, size_t& offset) {
+    offset = 0;
+    if (buf.capacity() > std::string().capacity())
+        std::string().swap(buf);
+    else
+        buf.clear();
 }
 
 }  // namespace
@@ -49,24 +68,23 @@ const char* to_string(Error e) {
 // ---- Stream --------------------------------------------------------------------------------
 
 Stream::Stream(std::shared_ptr<Connection> conn, asio::any_io_executor ex)
-    : conn_(std::move(conn)), readable_(ex), writable_(ex), headers_(ex) {}
+    : conn_(std::move(conn)), readable_(ex), writable_(ex) {}
+
+asio::awaitable<void> Stream::wait_readable() {
+    while (!readable())
+        co_await readable_.wait();
+}
 
 asio::awaitable<size_t> Stream::read(asio::mutable_buffer buf) {
-    while (received_.empty() && !remote_closed_ && !closed_ && !read_cancelled_)
+    while (!readable() && !read_cancelled_)
         co_await readable_.wait();
     read_cancelled_ = false;
-    size_t copied = 0;
-    while (!received_.empty() && copied < buf.size()) {
-        const std::string& front = received_.front();
-        const size_t n = std::min(buf.size() - copied, front.size() - received_offset_);
-        std::memcpy(static_cast<char*>(buf.data()) + copied, front.data() + received_offset_, n);
-        copied += n;
-        received_offset_ += n;
-        if (received_offset_ == front.size()) {
-            received_.pop_front();
-            received_offset_ = 0;
-        }
-    }
+    const size_t copied = std::min(buf.size(), received_.size() - received_offset_);
+    if (copied > 0)
+        std::memcpy(buf.data(), received_.data() + received_offset_, copied);
+    received_offset_ += copied;
+    if (received_offset_ == received_.size())
+        release(received_, received_offset_);
     if (copied > 0 && !closed_)
         conn_->consumed(*this, copied);
     co_return copied;
@@ -77,10 +95,7 @@ asio::awaitable<bool> Stream::write(asio::const_buffer buf) {
         co_await writable_.wait();
     if (closed_ || local_closed_)
         co_return false;
-    if (to_send_offset_ > 0) {
-        to_send_.erase(0, to_send_offset_);
-        to_send_offset_ = 0;
-    }
+    compact(to_send_, to_send_offset_);
     to_send_.append(static_cast<const char*>(buf.data()), buf.size());
     conn_->resume(*this);
     co_return true;
@@ -191,10 +206,12 @@ asio::awaitable<std::expected<std::shared_ptr<Stream>, Failure>> Connection::ope
         co_return std::unexpected(Failure{Error::ProtocolError, nghttp2_strerror(id)});
     }
     stream->id_ = id;
+    // nghttp2 copied the headers; only the server side keeps what the peer asked for.
+    stream->request_ = ConnectRequest{};
     streams_[id] = stream;
     kick();
     while (stream->status_ == 0 && !stream->closed_)
-        co_await stream->headers_.wait();
+        co_await stream->readable_.wait();
     if (stream->status_ == 0) {
         co_return std::unexpected(
             Failure{Error::ConnectionLost, "stream closed before the response headers"});
@@ -228,9 +245,16 @@ void Connection::drain() {
     if (!open_ || draining_)
         return;
     draining_ = true;
-    nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
-                          nghttp2_session_get_last_proc_stream_id(session_), NGHTTP2_NO_ERROR,
-                          nullptr, 0);
+    if (role_ == Role::Server) {
+        // GOAWAY with the largest stream id (RFC 9113 §6.8, graceful shutdown): the client opens
+        // no new stream here, and a stream it opened before it read this is still served, so a
+        // drain refuses nothing. The connection ends with the process.
+        nghttp2_submit_shutdown_notice(session_);
+    } else {
+        nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(session_), NGHTTP2_NO_ERROR,
+                              nullptr, 0);
+    }
     kick();
 }
 
@@ -249,7 +273,6 @@ void Connection::close() {
         s->reset_ = true;
         s->readable_.notify();
         s->writable_.notify();
-        s->headers_.notify();
     }
     kick();
 }
@@ -318,7 +341,8 @@ asio::awaitable<void> Connection::write_loop() {
             continue;
         }
         if (nghttp2_session_want_read(session_) == 0 && nghttp2_session_want_write(session_) == 0)
-            break;  // GOAWAY exchanged and no stream left
+            break;                // GOAWAY exchanged and no stream left
+        std::string().swap(out);  // an idle connection holds no batch buffer
         co_await write_ready_.wait();
     }
     close();
@@ -328,7 +352,6 @@ void Connection::stream_ended(Stream& s) {
     s.closed_ = true;
     s.readable_.notify();
     s.writable_.notify();
-    s.headers_.notify();
     streams_.erase(s.id_);
     if (streams_.empty())
         idle_since_ = std::chrono::steady_clock::now();
@@ -392,7 +415,7 @@ int Connection::on_frame_recv(nghttp2_session* session, const nghttp2_frame* fra
             else
                 self->respond(*s, kStatusUnavailable);
         } else {
-            s->headers_.notify();
+            s->readable_.notify();  // the response headers
         }
     }
     if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
@@ -407,7 +430,8 @@ int Connection::on_data_chunk(nghttp2_session* session, uint8_t, int32_t stream_
     auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
     if (s == nullptr)
         return 0;
-    s->received_.emplace_back(reinterpret_cast<const char*>(data), len);
+    compact(s->received_, s->received_offset_);
+    s->received_.append(reinterpret_cast<const char*>(data), len);
     s->readable_.notify();
     return 0;
 }
@@ -433,10 +457,8 @@ ssize_t Connection::read_data(nghttp2_session*, int32_t, uint8_t* buf, size_t le
     const size_t n = std::min(length, available);
     std::memcpy(buf, s->to_send_.data() + s->to_send_offset_, n);
     s->to_send_offset_ += n;
-    if (s->to_send_offset_ == s->to_send_.size()) {
-        s->to_send_.clear();
-        s->to_send_offset_ = 0;
-    }
+    if (s->to_send_offset_ == s->to_send_.size())
+        release(s->to_send_, s->to_send_offset_);
     if (available - n < kSendHighWater)
         s->writable_.notify();
     if (s->to_send_.empty()) {

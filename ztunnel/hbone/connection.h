@@ -6,7 +6,6 @@
 #include <boost/asio/ssl/stream.hpp>
 
 #include <chrono>
-#include <deque>
 #include <expected>
 #include <functional>
 #include <map>
@@ -49,6 +48,8 @@ class Stream {
     // Up to buf.size() bytes; 0 at end of stream (the peer's END_STREAM, a reset or a lost
     // connection: see reset()).
     asio::awaitable<size_t> read(asio::mutable_buffer buf);
+    // Returns once bytes or the end of the stream are there; consumes nothing.
+    asio::awaitable<void> wait_readable();
     // Queues the bytes; waits while too much is queued. False when the stream is gone.
     asio::awaitable<bool> write(asio::const_buffer buf);
     // Sends END_STREAM after what is queued (TCP half-close).
@@ -58,6 +59,10 @@ class Stream {
     // Makes a pending read() return 0 now (without data) even though the stream is still open.
     void cancel_read();
 
+    // Bytes or the end of the stream are there: read() returns without waiting.
+    bool readable() const {
+        return received_.size() > received_offset_ || remote_closed_ || closed_;
+    }
     // nghttp2 closed the stream (both sides ended, reset or connection lost).
     bool is_closed() const { return closed_; }
     bool write_closed() const { return local_closed_; }
@@ -73,7 +78,9 @@ class Stream {
     int32_t id_ = -1;
     ConnectRequest request_;
     int status_ = 0;
-    std::deque<std::string> received_;
+    // Bytes that arrived and the reader has not taken yet, from received_offset_ on. Both
+    // buffers give their memory back once drained: 10k idle streams hold none.
+    std::string received_;
     size_t received_offset_ = 0;
     bool remote_closed_ = false;  // END_STREAM seen
     bool closed_ = false;         // nghttp2 closed the stream
@@ -84,7 +91,8 @@ class Stream {
     bool deferred_ = false;  // nghttp2 waits for resume_data
     bool responded_ = false;
     bool read_cancelled_ = false;
-    Event readable_, writable_, headers_;
+    // readable_ also wakes open_stream() when the response headers arrived.
+    Event readable_, writable_;
 };
 
 // One TLS + HTTP/2 connection carrying HBONE streams, client or server side. Lives on one
@@ -109,7 +117,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
         ConnectRequest request);
     // Server: the response to a CONNECT; 200 keeps the stream open for data, others end it.
     void respond(Stream& stream, int status);
-    // GOAWAY: streams in flight finish, no new ones; the connection closes when the last ends.
+    // GOAWAY: streams in flight finish, no new ones. Client: the connection closes when the
+    // last ends. Server: a shutdown notice (last stream id 2^31-1), so streams the client sent
+    // before reading it are still served.
     void drain();
     // Closes at once, ending every stream.
     void close();

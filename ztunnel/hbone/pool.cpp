@@ -15,8 +15,8 @@ Pool::Pool(asio::any_io_executor ex, Dialer dialer,
 
 asio::awaitable<std::expected<std::shared_ptr<Stream>, Failure>> Pool::open(
     const PoolKey& key, ConnectRequest request) {
-    if (draining_)
-        co_return std::unexpected(Failure{Error::ConnectionLost, "pool is draining"});
+    // A draining pool still serves connections accepted before the listeners closed: they
+    // get a fresh HBONE connection (the drained ones take no new streams).
     std::shared_ptr<Connection> conn;
     auto& list = connections_[key];
     std::erase_if(list, [](const auto& c) { return !c->is_open(); });

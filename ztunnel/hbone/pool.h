@@ -43,7 +43,7 @@ class Pool {
     // Closes connections idle longer than the timeout; runs from a periodic timer too.
     void close_idle(std::chrono::steady_clock::time_point now);
     void start_idle_sweep();
-    // GOAWAY on every connection; no new streams through this pool.
+    // GOAWAY on every connection: no new streams on them. A later open() dials afresh.
     void drain();
 
     size_t connections() const;

@@ -6,25 +6,26 @@
 #include <stdexcept>
 
 #include "ztunnel/identity/ca.h"
+#include "ztunnel/proxy/metrics.h"
 
 namespace sluice::ztunnel::proxy {
 
-nlohmann::json ConnectionRecord::to_json() const {
+nlohmann::json ConnectionRecord::to_json(const ConnectionLabels& l) const {
     const auto elapsed = std::chrono::steady_clock::now() - start;
     nlohmann::json j{
         {"time", identity::format_time(std::chrono::system_clock::now())},
         {"kind", "access"},
         {"direction", direction},
         {"src.addr", src_addr},
-        {"src.workload", src_workload},
-        {"src.namespace", src_namespace},
-        {"src.identity", src_identity},
+        {"src.workload", l.source_workload},
+        {"src.namespace", l.source_workload_namespace},
+        {"src.identity", l.source_principal},
         {"dst.addr", dst_addr},
         {"dst.hbone_addr", hbone_addr},
-        {"dst.workload", dst_workload},
-        {"dst.namespace", dst_namespace},
-        {"dst.identity", dst_identity},
-        {"dst.service", dst_service},
+        {"dst.workload", l.destination_workload},
+        {"dst.namespace", l.destination_workload_namespace},
+        {"dst.identity", l.destination_principal},
+        {"dst.service", l.destination_service},
         {"bytes_sent", bytes_sent},
         {"bytes_received", bytes_received},
         {"duration_ms", std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count()},
@@ -49,8 +50,8 @@ AccessLog::~AccessLog() {
         ::close(fd_);
 }
 
-void AccessLog::write(const ConnectionRecord& r) {
-    const std::string line = r.to_json().dump() + "\n";
+void AccessLog::write(const ConnectionRecord& r, const ConnectionLabels& labels) {
+    const std::string line = r.to_json(labels).dump() + "\n";
     std::lock_guard lock(mutex_);
     // Best effort: a full disk must not stall the data path.
     [[maybe_unused]] auto n = ::write(fd_, line.data(), line.size());

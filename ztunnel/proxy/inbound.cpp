@@ -36,7 +36,7 @@ asio::awaitable<void> hbone_stream(Proxy& p, std::shared_ptr<EnrolledWorkload> d
     InboundCall call =
         authorize_inbound(p, dst, conn.peer().uri(), peer, target.value_or(tcp::endpoint()));
     call.record.direction = "inbound";
-    call.labels.connection_security_policy = "mutual_tls";
+    call.labels->connection_security_policy = "mutual_tls";
     if (st->request().method != "CONNECT" || !ours) {
         conn.respond(*st, hbone::kStatusBadRequest);
         finish_inbound(p, call, false,
@@ -52,7 +52,7 @@ asio::awaitable<void> hbone_stream(Proxy& p, std::shared_ptr<EnrolledWorkload> d
     auto app = co_await connect_app(p, *dst, w, *target, peer);
     if (!app) {
         conn.respond(*st, hbone::kStatusUnavailable);
-        call.labels.response_flags = "UF";
+        call.labels->response_flags = "UF";
         finish_inbound(p, call, false, app.error());
         co_return;
     }
@@ -86,6 +86,10 @@ asio::awaitable<void> hbone_connection(Proxy& p, std::shared_ptr<EnrolledWorkloa
     p.track_server_connection(w, *conn);
 }
 
+state::AuthzDecision decide_again(Proxy& p, const InboundConnections::Entry& e) {
+    return authorize_inbound(p, e.destination, e.peer_identity, e.source, e.target).decision;
+}
+
 }  // namespace
 
 InboundCall authorize_inbound(Proxy& p, std::shared_ptr<EnrolledWorkload> dst_ptr,
@@ -98,14 +102,14 @@ InboundCall authorize_inbound(Proxy& p, std::shared_ptr<EnrolledWorkload> dst_pt
     call.source = source;
     call.target = destination;
     auto snap = p.registry().current();
-    call.labels.reporter = "destination";
+    call.labels->reporter = "destination";
     call.record.src_addr = to_string(source);
     call.record.dst_addr = to_string(destination);
-    call.record.src_identity = call.labels.source_principal = peer_identity;
+    call.labels->source_principal = peer_identity;
     if (const state::Workload* src = snap->workload_by_ip(source.address())) {
-        call.record.src_workload = call.labels.source_workload = src->name;
-        call.record.src_namespace = call.labels.source_workload_namespace = src->namespace_name;
-        call.labels.source_app = src->name;
+        call.labels->source_workload = src->name;
+        call.labels->source_workload_namespace = src->namespace_name;
+        call.labels->source_app = src->name;
     }
     // The destination as the policies see it: the registry's entry, or what enrollment said.
     state::Workload fallback;
@@ -118,11 +122,11 @@ InboundCall authorize_inbound(Proxy& p, std::shared_ptr<EnrolledWorkload> dst_pt
         fallback.ips = dst.ips;
         reg = &fallback;
     }
-    call.record.dst_workload = call.labels.destination_workload = dst.info.name;
-    call.record.dst_namespace = call.labels.destination_workload_namespace =
-        dst.info.namespace_name;
-    call.record.dst_identity = call.labels.destination_principal = dst.id.uri();
-    call.labels.destination_app = dst.info.name;
+    call.labels->destination_workload = dst.info.name;
+    call.labels->destination_workload_namespace = dst.info.namespace_name;
+    call.labels->destination_principal = dst.id.uri();
+    call.labels->destination_app = dst.info.name;
+    call.policy_epoch = p.inbound_connections().epoch();
     call.decision = p.authorizer().authorize(state::AuthzRequest{
         .peer_identity = peer_identity,
         .source = source.address(),
@@ -134,14 +138,14 @@ InboundCall authorize_inbound(Proxy& p, std::shared_ptr<EnrolledWorkload> dst_pt
 
 void finish_inbound(Proxy& p, InboundCall& call, bool opened, const std::string& error) {
     if (opened)
-        p.metrics().connection_closed(call.labels, call.record.bytes_sent,
+        p.metrics().connection_closed(*call.labels, call.record.bytes_sent,
                                       call.record.bytes_received);
     if (!error.empty()) {
         if (call.record.result == "ok")
             call.record.result = "error";
         call.record.error = error;
     }
-    p.access_log().write(call.record);
+    p.access_log().write(call.record, *call.labels);
 }
 
 void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction) {
@@ -153,19 +157,21 @@ void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction) {
 OpenInboundGuard::OpenInboundGuard(Proxy& p, InboundCall& call, asio::any_io_executor ex,
                                    std::function<void()> abort)
     : p_(p) {
-    id_ = p.inbound_connections().add({
-        .destination = call.destination,
-        .peer_identity = call.peer_identity,
-        .source = call.source,
-        .target = call.target,
-        .executor = std::move(ex),
-        .close =
-            [&call, abort = std::move(abort)](const state::AuthzDecision& d) {
-                call.decision = d;
-                call.closed_by_policy = true;
-                abort();
-            },
-    });
+    id_ = p.inbound_connections().add(
+        {
+            .destination = call.destination,
+            .peer_identity = call.peer_identity,
+            .source = call.source,
+            .target = call.target,
+            .executor = std::move(ex),
+            .close =
+                [&call, abort = std::move(abort)](const state::AuthzDecision& d) {
+                    call.decision = d;
+                    call.closed_by_policy = true;
+                    abort();
+                },
+        },
+        call.policy_epoch, [&p](const InboundConnections::Entry& e) { return decide_again(p, e); });
 }
 
 OpenInboundGuard::~OpenInboundGuard() {
@@ -174,16 +180,15 @@ OpenInboundGuard::~OpenInboundGuard() {
 
 void finish_closed_by_policy(Proxy& p, InboundCall& call) {
     p.metrics().authz_denied(call.record.direction, "closed_by_policy");
-    p.metrics().connection_closed(call.labels, call.record.bytes_sent, call.record.bytes_received);
+    p.metrics().connection_closed(*call.labels, call.record.bytes_sent, call.record.bytes_received);
     call.record.result = "closed_by_policy";
     call.record.error = "policy changed: " + call.decision.reason + " (" + call.decision.rule + ")";
-    p.access_log().write(call.record);
+    p.access_log().write(call.record, *call.labels);
 }
 
 size_t close_denied_inbound(Proxy& p) {
-    const size_t n = p.inbound_connections().close_denied([&p](const InboundConnections::Entry& e) {
-        return authorize_inbound(p, e.destination, e.peer_identity, e.source, e.target).decision;
-    });
+    const size_t n = p.inbound_connections().close_denied(
+        [&p](const InboundConnections::Entry& e) { return decide_again(p, e); });
     if (n > 0)
         spdlog::info("policy refresh: closing {} open inbound connection(s) it denies", n);
     return n;

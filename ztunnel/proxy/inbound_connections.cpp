@@ -6,10 +6,20 @@
 
 namespace sluice::ztunnel::proxy {
 
-uint64_t InboundConnections::add(Entry e) {
-    std::lock_guard lock(mutex_);
-    const uint64_t id = next_id_++;
-    open_.emplace(id, std::move(e));
+uint64_t InboundConnections::add(Entry e, uint64_t authorized_in, const Decide& decide) {
+    uint64_t id = 0;
+    {
+        std::lock_guard lock(mutex_);
+        id = next_id_++;
+        open_.emplace(id, e);
+    }
+    // close_denied() starts its epoch before it copies the open set. An unchanged epoch read
+    // after the insert means that copy, if one is being taken, already holds this connection.
+    if (epoch_.load() != authorized_in) {
+        state::AuthzDecision d = decide(e);
+        if (!d.allowed)
+            e.close(d);
+    }
     return id;
 }
 
@@ -23,8 +33,8 @@ size_t InboundConnections::size() const {
     return open_.size();
 }
 
-size_t InboundConnections::close_denied(
-    const std::function<state::AuthzDecision(const Entry&)>& decide) {
+size_t InboundConnections::close_denied(const Decide& decide) {
+    epoch_.fetch_add(1);
     // Decide outside the lock: workers keep registering connections meanwhile. A connection
     // opened after the copy was authorized by the new policy already.
     std::vector<std::pair<uint64_t, Entry>> open;

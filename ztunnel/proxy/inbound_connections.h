@@ -3,6 +3,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -36,18 +37,28 @@ class InboundConnections {
         std::function<void(const state::AuthzDecision&)> close;
     };
 
-    uint64_t add(Entry e);
+    using Decide = std::function<state::AuthzDecision(const Entry&)>;
+
+    // The policy generation a new connection is authorized under: read it before authorizing.
+    uint64_t epoch() const { return epoch_.load(); }
+
+    // Registers a connection authorized under `authorized_in`, on its executor. A refresh may have
+    // put a new policy set in force (and walked the open connections) between that decision and
+    // this registration: then the connection is decided again with `decide`, and closed here, on
+    // the caller's thread, if the new set denies it.
+    uint64_t add(Entry e, uint64_t authorized_in, const Decide& decide);
     void remove(uint64_t id);  // on the connection's executor
     size_t size() const;
 
-    // Decides every open connection again with `decide` and schedules the close of each one it
-    // denies; returns how many that is.
-    size_t close_denied(const std::function<state::AuthzDecision(const Entry&)>& decide);
+    // A new policy set is in force: starts a new epoch, decides every open connection again with
+    // `decide` and schedules the close of each one it denies; returns how many that is.
+    size_t close_denied(const Decide& decide);
 
   private:
     void close_now(uint64_t id, const state::AuthzDecision& decision);
 
     mutable std::mutex mutex_;
+    std::atomic<uint64_t> epoch_{0};
     uint64_t next_id_ = 1;
     std::map<uint64_t, Entry> open_;
 };

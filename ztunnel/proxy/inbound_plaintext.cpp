@@ -22,7 +22,7 @@ asio::awaitable<void> inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorklo
     tcp::endpoint target = orig ? *orig : client.local_endpoint(ec);
     InboundCall call = authorize_inbound(p, dst, "", peer, target);
     call.record.direction = "inbound_plaintext";
-    call.labels.connection_security_policy = "none";
+    call.labels->connection_security_policy = "none";
     if (target.port() == p.config().inbound_plaintext_port) {
         TcpPipe(client).abort();
         finish_inbound(p, call, false, "no original destination: direct connection to :15006");
@@ -36,7 +36,7 @@ asio::awaitable<void> inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorklo
     auto app = co_await connect_app(p, *dst, w, target, peer);
     if (!app) {
         TcpPipe(client).abort();
-        call.labels.response_flags = "UF";
+        call.labels->response_flags = "UF";
         finish_inbound(p, call, false, app.error());
         co_return;
     }

@@ -1,5 +1,7 @@
 #include "ztunnel/proxy/metrics.h"
 
+#include <algorithm>
+
 namespace sluice::ztunnel::proxy {
 namespace {
 
@@ -65,6 +67,51 @@ Metrics::Metrics()
 void Metrics::expose(const std::string& address) {
     exposer_ = std::make_unique<prometheus::Exposer>(address);
     exposer_->RegisterCollectable(registry_);
+}
+
+namespace {
+
+size_t hash_labels(const ConnectionLabels& l) {
+    size_t h = 0;
+    for (const std::string* s :
+         {&l.reporter, &l.source_workload, &l.source_workload_namespace, &l.source_principal,
+          &l.source_app, &l.destination_workload, &l.destination_workload_namespace,
+          &l.destination_principal, &l.destination_app, &l.destination_service,
+          &l.destination_service_name, &l.destination_service_namespace,
+          &l.connection_security_policy, &l.response_flags}) {
+        h = h * 1000003 ^ std::hash<std::string>{}(*s);
+    }
+    return h;
+}
+
+}  // namespace
+
+std::shared_ptr<const ConnectionLabels> SharedLabels::get(ConnectionLabels labels) {
+    const size_t h = hash_labels(labels);
+    std::lock_guard lock(mutex_);
+    auto [first, last] = by_hash_.equal_range(h);
+    for (auto it = first; it != last; ++it) {
+        auto held = it->second.lock();
+        if (held && *held == labels)
+            return held;
+    }
+    auto shared = std::make_shared<const ConnectionLabels>(std::move(labels));
+    by_hash_.emplace(h, shared);
+    if (by_hash_.size() >= sweep_at_) {
+        sweep();
+        sweep_at_ = std::max<size_t>(64, 2 * by_hash_.size());
+    }
+    return shared;
+}
+
+size_t SharedLabels::size() {
+    std::lock_guard lock(mutex_);
+    sweep();
+    return by_hash_.size();
+}
+
+void SharedLabels::sweep() {
+    std::erase_if(by_hash_, [](const auto& e) { return e.second.expired(); });
 }
 
 void Metrics::connection_opened(const ConnectionLabels& l) {

@@ -8,7 +8,9 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 
 namespace sluice::ztunnel::proxy {
 
@@ -23,6 +25,23 @@ struct ConnectionLabels {
     std::string response_flags = "-";        // Envoy-style: "-", "UF" (upstream failure), ...
 
     std::map<std::string, std::string> to_map() const;
+    bool operator==(const ConnectionLabels&) const = default;
+};
+
+// Equal label sets of open connections share one copy: 10k connections between the same two
+// workloads hold one ConnectionLabels instead of 10k. Thread-safe; an entry lives as long as a
+// connection holds it.
+class SharedLabels {
+  public:
+    std::shared_ptr<const ConnectionLabels> get(ConnectionLabels labels);
+    size_t size();  // entries still held, after dropping released ones
+
+  private:
+    void sweep();  // with mutex_ held
+
+    std::mutex mutex_;
+    std::unordered_multimap<size_t, std::weak_ptr<const ConnectionLabels>> by_hash_;
+    size_t sweep_at_ = 64;
 };
 
 // Prometheus on :15020: Istio's istio_tcp_* families plus sluice_* internals. Counters are
@@ -43,6 +62,7 @@ class Metrics {
     void set_workloads(size_t n);
 
     prometheus::Registry& registry() { return *registry_; }
+    SharedLabels& shared_labels() { return shared_labels_; }
 
   private:
     std::shared_ptr<prometheus::Registry> registry_;
@@ -57,6 +77,7 @@ class Metrics {
     prometheus::Gauge& pool_streams_;
     prometheus::Family<prometheus::Gauge>& cert_expiry_;
     prometheus::Gauge& workloads_;
+    SharedLabels shared_labels_;
 };
 
 }  // namespace sluice::ztunnel::proxy

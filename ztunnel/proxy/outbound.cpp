@@ -50,7 +50,7 @@ std::optional<asio::ip::address> same_family(const std::vector<asio::ip::address
     return std::nullopt;
 }
 
-void finish(Proxy& p, ConnectionRecord& rec, ConnectionLabels& labels, bool opened,
+void finish(Proxy& p, ConnectionRecord& rec, const ConnectionLabels& labels, bool opened,
             const std::string& level_error = {}) {
     if (opened)
         p.metrics().connection_closed(labels, rec.bytes_sent, rec.bytes_received);
@@ -58,7 +58,7 @@ void finish(Proxy& p, ConnectionRecord& rec, ConnectionLabels& labels, bool open
         rec.result = rec.result == "ok" ? "error" : rec.result;
         rec.error = level_error;
     }
-    p.access_log().write(rec);
+    p.access_log().write(rec, labels);
 }
 
 // Everything the tunnel needs once the destination is known.
@@ -71,44 +71,54 @@ struct Tunnel {
     std::optional<asio::ip::address> lb_endpoint;
 };
 
-void release_endpoint(Proxy& p, const Tunnel& t) {
-    if (t.lb_endpoint)
-        p.load_balancer().closed(*t.lb_endpoint);
+void release_endpoint(Proxy& p, const std::optional<asio::ip::address>& lb_endpoint) {
+    if (lb_endpoint)
+        p.load_balancer().closed(*lb_endpoint);
 }
 
 // Runs on the worker that owns the pool for t.key, so all streams to one destination share one
 // HBONE connection (DESIGN.md §4) although connections are accepted on any worker.
-asio::awaitable<void> tunnel(Proxy& p, Worker& w, tcp::socket client, Tunnel t) {
-    auto stream = co_await w.pool->open(t.key, t.request);
+asio::awaitable<void> tunnel(Proxy& p, Worker& w, tcp::socket client, std::unique_ptr<Tunnel> t) {
+    auto stream = co_await w.pool->open(t->key, std::move(t->request));
     if (!stream) {
         const hbone::Failure& f = stream.error();
         if (f.status == hbone::kStatusUnauthorized)
-            t.rec.result = "denied";
-        t.labels.response_flags = f.status == hbone::kStatusUnauthorized ? "UAEX" : "UF";
-        finish(p, t.rec, t.labels, false, f.message());
+            t->rec.result = "denied";
+        t->labels.response_flags = f.status == hbone::kStatusUnauthorized ? "UAEX" : "UF";
+        finish(p, t->rec, t->labels, false, f.message());
         TcpPipe(client).abort();
-        release_endpoint(p, t);
+        release_endpoint(p, t->lb_endpoint);
         co_return;
     }
-    p.metrics().connection_opened(t.labels);
+    // For the connection's lifetime only what its end needs stays: the record, one copy of the
+    // labels shared with every connection that has the same, the load-balancer pick and the
+    // drain count.
+    ConnectionRecord rec = std::move(t->rec);
+    const std::shared_ptr<const ConnectionLabels> labels =
+        p.metrics().shared_labels().get(std::move(t->labels));
+    const std::optional<asio::ip::address> lb_endpoint = t->lb_endpoint;
+    const std::shared_ptr<Proxy::ActiveGuard> active = std::move(t->active);
+    t.reset();
+    p.metrics().connection_opened(*labels);
     auto r = co_await relay(TcpPipe(client), StreamPipe(**stream));
-    t.rec.bytes_received = r.a_to_b;
-    t.rec.bytes_sent = r.b_to_a;
-    finish(p, t.rec, t.labels, true, r.failed ? "connection reset" : "");
-    release_endpoint(p, t);
+    rec.bytes_received = r.a_to_b;
+    rec.bytes_sent = r.b_to_a;
+    finish(p, rec, *labels, true, r.failed ? "connection reset" : "");
+    release_endpoint(p, lb_endpoint);
 }
 
 asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, Worker& w,
                                tcp::socket client) {
-    Tunnel t;
+    auto owned = std::make_unique<Tunnel>();
+    Tunnel& t = *owned;
     t.active = std::make_shared<Proxy::ActiveGuard>(p);
     ConnectionRecord& rec = t.rec;
     ConnectionLabels& labels = t.labels;
     rec.direction = "outbound";
     labels.reporter = "source";
-    rec.src_workload = labels.source_workload = src->info.name;
-    rec.src_namespace = labels.source_workload_namespace = src->info.namespace_name;
-    rec.src_identity = labels.source_principal = src->id.uri();
+    labels.source_workload = src->info.name;
+    labels.source_workload_namespace = src->info.namespace_name;
+    labels.source_principal = src->id.uri();
     auto snap = p.registry().current();
     const state::Workload* src_reg = snap->workload(src->info.namespace_name, src->info.name);
     labels.source_app = app_label(src_reg ? src_reg->labels : state::Labels{}, src->info.name);
@@ -143,7 +153,7 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
     tcp::endpoint target = *orig;
     const state::Workload* dst = nullptr;
     if (const state::Service* svc = snap->service_by_vip(orig->address())) {
-        rec.dst_service = labels.destination_service = svc->hostname();
+        labels.destination_service = svc->hostname();
         labels.destination_service_name = svc->name;
         labels.destination_service_namespace = svc->namespace_name;
         const state::ServicePort* sp = svc->port(orig->port());
@@ -172,15 +182,15 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
         rec.direction = "passthrough";
         labels.connection_security_policy = "none";
         if (dst != nullptr) {
-            rec.dst_workload = labels.destination_workload = dst->name;
-            rec.dst_namespace = labels.destination_workload_namespace = dst->namespace_name;
+            labels.destination_workload = dst->name;
+            labels.destination_workload_namespace = dst->namespace_name;
         }
         auto upstream = co_await connect_from(p, *src, w, target, src_ip, false);
         if (!upstream) {
             labels.response_flags = "UF";
             finish(p, rec, labels, false, upstream.error());
             TcpPipe(client).abort();
-            release_endpoint(p, t);
+            release_endpoint(p, t.lb_endpoint);
             co_return;
         }
         p.metrics().connection_opened(labels);
@@ -188,14 +198,14 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
         rec.bytes_received = r.a_to_b;
         rec.bytes_sent = r.b_to_a;
         finish(p, rec, labels, true);
-        release_endpoint(p, t);
+        release_endpoint(p, t.lb_endpoint);
         co_return;
     }
 
     const identity::Identity dst_id = dst->identity(p.config().trust_domain);
-    rec.dst_workload = labels.destination_workload = dst->name;
-    rec.dst_namespace = labels.destination_workload_namespace = dst->namespace_name;
-    rec.dst_identity = labels.destination_principal = dst_id.uri();
+    labels.destination_workload = dst->name;
+    labels.destination_workload_namespace = dst->namespace_name;
+    labels.destination_principal = dst_id.uri();
     labels.destination_app = app_label(dst->labels, dst->name);
     labels.connection_security_policy = "mutual_tls";
     const tcp::endpoint hbone_ep(target.address(), p.config().hbone_port);
@@ -208,7 +218,9 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
 
     Worker& owner = p.worker_for(t.key);
     if (&owner == &w) {
-        co_await tunnel(p, w, std::move(client), std::move(t));
+        // A coroutine of its own, so this frame (everything the lookups above needed) ends here
+        // instead of staying for the connection's lifetime.
+        asio::co_spawn(w.io, tunnel(p, w, std::move(client), std::move(owned)), asio::detached);
         co_return;
     }
     // Hand the client socket to the owning worker's io_context.
@@ -216,10 +228,10 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
     const int fd = client.release(ec);
     if (ec) {
         finish(p, rec, labels, false, "cannot move connection to its worker: " + ec.message());
-        release_endpoint(p, t);
+        release_endpoint(p, t.lb_endpoint);
         co_return;
     }
-    asio::post(owner.io, [&p, &owner, fd, protocol, t = std::move(t)]() mutable {
+    asio::post(owner.io, [&p, &owner, fd, protocol, t = std::move(owned)]() mutable {
         tcp::socket moved(owner.io);
         boost::system::error_code assign_ec;
         moved.assign(protocol, fd, assign_ec);

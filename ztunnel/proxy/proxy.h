@@ -39,7 +39,8 @@ struct EnrolledWorkload {
     zds::WorkloadInfo info;
     identity::Identity id;
     std::vector<asio::ip::address> ips;
-    int netns_fd = -1;  // owned; -1: ztunnel's own netns (sidecar mode)
+    int netns_fd = -1;         // owned; -1: ztunnel's own netns (sidecar mode)
+    uint64_t netns_inode = 0;  // which netns netns_fd is, to recognise a re-sent AddWorkload
     int inbound_plaintext_fd = -1;
     std::vector<std::shared_ptr<tcp::acceptor>> acceptors;
     ~EnrolledWorkload();
@@ -55,6 +56,10 @@ class Proxy {
     void start();  // worker threads
     // Opens 127.0.0.1:15001, :15006 and :15008 in the workload's netns (takes `netns_fd`).
     // Returns the :15006 listener fd (still owned by the proxy), for the agent's sk_lookup.
+    // Listeners join a SO_REUSEPORT group, so another ztunnel can hold the same ports in the
+    // same netns (takeover); tcp_migrate_req is set in the netns so connections queued on a
+    // closing listener move to the other one. The same workload again (same info and netns) is
+    // acked with the listener it already has, without touching the listeners.
     std::expected<int, std::string> add_workload(const zds::WorkloadInfo& info, int netns_fd);
     void remove_workload(const std::string& uid);
     std::vector<std::string> workload_uids() const;
@@ -116,6 +121,7 @@ class Proxy {
     mutable std::mutex mutex_;
     std::map<std::string, std::shared_ptr<EnrolledWorkload>> workloads_;
     std::atomic<size_t> active_connections_{0};
+    size_t connections_high_water_ = 0;  // admin thread: most open since the last malloc_trim
     std::atomic<bool> draining_{false};
     // Server-side HBONE connections, per worker, to send GOAWAY on drain.
     std::map<Worker*, std::vector<std::weak_ptr<hbone::Connection>>> server_connections_;

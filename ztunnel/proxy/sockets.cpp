@@ -79,7 +79,8 @@ int open_listener(const tcp::endpoint& at, int backlog) {
     const int one = 1;
     const uint32_t mark = kZtunnelMark;
     if (::setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0 ||
-        ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) {
+        ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
         return fail(fd);
     }
     if (family == AF_INET6)
@@ -89,6 +90,17 @@ int open_listener(const tcp::endpoint& at, int backlog) {
     if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(fd, backlog) != 0)
         return fail(fd);
     return fd;
+}
+
+int enable_tcp_migrate_req() {
+    // /proc/sys/net resolves against the opening thread's netns.
+    const int fd = ::open("/proc/sys/net/ipv4/tcp_migrate_req", O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (::write(fd, "1", 1) != 1)
+        return fail(fd);
+    ::close(fd);
+    return 0;
 }
 
 int open_client_socket(bool ipv6, const std::optional<asio::ip::address>& source,

@@ -46,8 +46,11 @@ class NetnsSockets {
     std::thread thread_;
 };
 
-// A marked, listening TCP socket (SO_REUSEADDR, non-blocking): fd or -errno.
+// A marked, listening TCP socket (SO_REUSEADDR, SO_REUSEPORT, non-blocking): fd or -errno.
+// SO_REUSEPORT lets a second ztunnel listen on the same ports during a takeover.
 int open_listener(const tcp::endpoint& at, int backlog = 1024);
+// Writes 1 to net.ipv4.tcp_migrate_req of the calling thread's netns: 0 or -errno.
+int enable_tcp_migrate_req();
 // A marked TCP socket, optionally bound to `source` (with IP_TRANSPARENT when `transparent`,
 // so a non-local address can be the source): fd or -errno.
 int open_client_socket(bool ipv6, const std::optional<asio::ip::address>& source, bool transparent);

@@ -18,6 +18,7 @@ class ZdsClient {
     ZdsClient(std::string socket_path, Proxy& proxy);
     ~ZdsClient();
     void start();
+    // Ends the session for good (no reconnect): the first step of a drain.
     void stop();
     // True once a full snapshot has been applied (readiness in node mode).
     bool synced() const { return synced_; }

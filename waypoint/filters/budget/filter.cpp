@@ -182,7 +182,7 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
         reply.headers.emplace_back("retry-after", std::to_string(std::max<std::int64_t>(
                                                       1, std::llround(std::ceil(retry_after)))));
         if (metrics_)
-            metrics_->rejected.Add({{"reason", what}, {"tenant", ctx.tenant}}).Increment();
+            metrics_->rejected.at({{"reason", what}, {"tenant", ctx.tenant}}).Increment();
         ctx.result = "rate_limited";
         return reply;
     };
@@ -221,7 +221,7 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
     add_headers(ctx.response_headers);
     if (metrics_ && state.tokens) {
         metrics_->budget_remaining
-            .Add({{"tenant", ctx.tenant}, {"model", limit->model == "*" ? "*" : ctx.model}})
+            .at({{"tenant", ctx.tenant}, {"model", limit->model == "*" ? "*" : ctx.model}})
             .Set(state.tokens->level(now));
     }
     return std::nullopt;
@@ -254,7 +254,7 @@ void BudgetFilter::onComplete(RequestContext& ctx) {
     if (state.concurrent > 0)
         --state.concurrent;
     if (metrics_ && state.tokens) {
-        metrics_->budget_remaining.Add({{"tenant", ctx.tenant}, {"model", ctx.budget_model_label}})
+        metrics_->budget_remaining.at({{"tenant", ctx.tenant}, {"model", ctx.budget_model_label}})
             .Set(state.tokens->level(now));
     }
 }

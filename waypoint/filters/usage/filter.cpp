@@ -1,5 +1,7 @@
 #include "waypoint/filters/usage/filter.h"
 
+#include <optional>
+
 namespace sluice::waypoint::usage {
 
 UsageFilter::UsageFilter(UsageConfig config, std::shared_ptr<const tokenizer::Encoding> cl100k,
@@ -89,19 +91,103 @@ std::optional<LocalReply> UsageFilter::onRequest(RequestContext& ctx) {
     return std::nullopt;
 }
 
-bool UsageFilter::readUsage(const nlohmann::json& json, Usage& usage) {
-    auto it = json.find("usage");
-    if (it == json.end() || !it->is_object())
-        return false;
-    usage.prompt_tokens = it->value("prompt_tokens", std::uint64_t{0});
-    usage.completion_tokens = it->value("completion_tokens", std::uint64_t{0});
-    if (!it->contains("completion_tokens") && it->contains("total_tokens")) {
-        usage.completion_tokens =
-            it->value("total_tokens", usage.prompt_tokens) - usage.prompt_tokens;
+namespace {
+
+// What reconciliation needs from a response body or a stream chunk: the top-level `usage`
+// object's counts and whether `choices` is an empty array. Read with nlohmann's SAX interface:
+// the rest of the document (the generated text, mostly) is checked for syntax but never built.
+class UsageReader : public nlohmann::json_sax<nlohmann::json> {
+  public:
+    // False on malformed JSON or a top level that is not an object.
+    bool read(std::string_view text) {
+        return nlohmann::json::sax_parse(text, this, nlohmann::json::input_format_t::json, true) &&
+               top_is_object_;
     }
-    usage.reported = true;
-    return true;
-}
+
+    // The counts, when the document has a `usage` object.
+    bool usage(Usage& out) const {
+        if (!usage_object_)
+            return false;
+        out.prompt_tokens = prompt_.value_or(0);
+        out.completion_tokens = completion_.value_or(0);
+        if (!completion_ && total_)
+            out.completion_tokens = *total_ > out.prompt_tokens ? *total_ - out.prompt_tokens : 0;
+        out.reported = true;
+        return true;
+    }
+    bool choicesEmpty() const { return choices_array_ && choices_items_ == 0; }
+
+    bool null() override { return value(std::nullopt); }
+    bool boolean(bool) override { return value(std::nullopt); }
+    bool number_integer(number_integer_t n) override {
+        return value(n < 0 ? std::nullopt : std::optional<std::uint64_t>(std::uint64_t(n)));
+    }
+    bool number_unsigned(number_unsigned_t n) override { return value(n); }
+    bool number_float(number_float_t f, const string_t&) override {
+        return value(f >= 0 ? std::optional<std::uint64_t>(std::uint64_t(f)) : std::nullopt);
+    }
+    bool string(string_t&) override { return value(std::nullopt); }
+    bool binary(binary_t&) override { return value(std::nullopt); }
+    bool start_object(std::size_t) override { return open(true); }
+    bool start_array(std::size_t) override { return open(false); }
+    bool end_object() override { return close(); }
+    bool end_array() override { return close(); }
+    bool key(string_t& k) override {
+        if (depth_ == 1)
+            top_key_ = k == "usage" ? Top::Usage : k == "choices" ? Top::Choices : Top::Other;
+        else if (depth_ == 2 && top_key_ == Top::Usage && in_usage_)
+            usage_key_ = k == "prompt_tokens"       ? &prompt_
+                         : k == "completion_tokens" ? &completion_
+                         : k == "total_tokens"      ? &total_
+                                                    : nullptr;
+        return true;
+    }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+        return false;
+    }
+
+  private:
+    enum class Top { Other, Usage, Choices };
+
+    bool value(std::optional<std::uint64_t> n) {
+        if (depth_ == 2 && in_usage_ && usage_key_ != nullptr) {
+            if (n)
+                *usage_key_ = *n;
+            usage_key_ = nullptr;
+        }
+        if (depth_ == 2 && in_choices_)
+            ++choices_items_;
+        return true;
+    }
+    bool open(bool object) {
+        if (depth_ == 0)
+            top_is_object_ = object;
+        if (depth_ == 2 && in_choices_)
+            ++choices_items_;
+        if (depth_ == 1 && top_key_ == Top::Usage && object)
+            usage_object_ = in_usage_ = true;
+        if (depth_ == 1 && top_key_ == Top::Choices && !object)
+            choices_array_ = in_choices_ = true;
+        ++depth_;
+        return true;
+    }
+    bool close() {
+        if (--depth_ == 1)
+            in_usage_ = in_choices_ = false;
+        return true;
+    }
+
+    int depth_ = 0;
+    bool top_is_object_ = false;
+    Top top_key_ = Top::Other;
+    bool in_usage_ = false, usage_object_ = false;
+    bool in_choices_ = false, choices_array_ = false;
+    std::size_t choices_items_ = 0;
+    std::optional<std::uint64_t>* usage_key_ = nullptr;
+    std::optional<std::uint64_t> prompt_, completion_, total_;
+};
+
+}  // namespace
 
 bool UsageFilter::onStreamEvent(RequestContext& ctx, std::string_view data, std::string& raw) {
     // Only the final chunk carries a usage object (others have none or "usage": null), so skip
@@ -123,19 +209,17 @@ bool UsageFilter::onStreamEvent(RequestContext& ctx, std::string_view data, std:
         }
         return true;
     }
-    const auto json = nlohmann::json::parse(data, nullptr, false);
-    if (json.is_discarded() || !readUsage(json, ctx.usage))
+    UsageReader reader;
+    if (!reader.read(data) || !reader.usage(ctx.usage))
         return true;
     // The usage chunk we asked for has no choices; drop it unless the client asked too.
-    const bool usage_only =
-        json.contains("choices") && json["choices"].is_array() && json["choices"].empty();
-    return ctx.client_wants_usage || !usage_only;
+    return ctx.client_wants_usage || !reader.choicesEmpty();
 }
 
 void UsageFilter::onResponseBody(RequestContext& ctx, std::string_view body) {
-    const auto json = nlohmann::json::parse(body, nullptr, false);
-    if (!json.is_discarded() && json.is_object())
-        readUsage(json, ctx.usage);
+    UsageReader reader;
+    if (reader.read(body))
+        reader.usage(ctx.usage);
 }
 
 }  // namespace sluice::waypoint::usage

@@ -28,7 +28,6 @@ class UsageFilter : public HttpFilter {
 
   private:
     const tokenizer::Encoding& encodingFor(const std::string& model) const;
-    static bool readUsage(const nlohmann::json& json, Usage& usage);
 
     UsageConfig config_;
     std::shared_ptr<const tokenizer::Encoding> cl100k_;
