@@ -76,7 +76,9 @@ asio::awaitable<void> Stream::wait_readable() {
 }
 
 asio::awaitable<size_t> Stream::read(asio::mutable_buffer buf) {
-    co_await wait_readable();
+    while (!readable() && !read_cancelled_)
+        co_await readable_.wait();
+    read_cancelled_ = false;
     const size_t copied = std::min(buf.size(), received_.size() - received_offset_);
     if (copied > 0)
         std::memcpy(buf.data(), received_.data() + received_offset_, copied);
@@ -104,6 +106,11 @@ void Stream::close_write() {
         return;
     local_closed_ = true;
     conn_->resume(*this);
+}
+
+void Stream::cancel_read() {
+    read_cancelled_ = true;
+    readable_.notify();
 }
 
 void Stream::reset() {

@@ -56,11 +56,16 @@ class Stream {
     void close_write();
     // RST_STREAM(CANCEL).
     void reset();
+    // Makes a pending read() return 0 now (without data) even though the stream is still open.
+    void cancel_read();
 
     // Bytes or the end of the stream are there: read() returns without waiting.
     bool readable() const {
         return received_.size() > received_offset_ || remote_closed_ || closed_;
     }
+    // nghttp2 closed the stream (both sides ended, reset or connection lost).
+    bool is_closed() const { return closed_; }
+    bool write_closed() const { return local_closed_; }
     bool was_reset() const { return reset_; }
     int32_t id() const { return id_; }
     int status() const { return status_; }
@@ -85,6 +90,7 @@ class Stream {
     bool local_closed_ = false;
     bool deferred_ = false;  // nghttp2 waits for resume_data
     bool responded_ = false;
+    bool read_cancelled_ = false;
     // readable_ also wakes open_stream() when the response headers arrived.
     Event readable_, writable_;
 };
