@@ -26,6 +26,7 @@ def main():
     p.add_argument("--key", required=True)
     p.add_argument("--authority", required=True)
     p.add_argument("--request", required=True, help="file with the HTTP/1.1 request bytes")
+    p.add_argument("--method", default="CONNECT", help="another method sends a plain request")
     p.add_argument("--timeout", type=float, default=10)
     args = p.parse_args()
 
@@ -51,7 +52,10 @@ def main():
         client_side=True, validate_outbound_headers=False, validate_inbound_headers=False))
     conn.initiate_connection()
     sid = conn.get_next_available_stream_id()
-    conn.send_headers(sid, [(":method", "CONNECT"), (":authority", args.authority)])
+    headers = [(":method", args.method), (":authority", args.authority)]
+    if args.method != "CONNECT":
+        headers += [(":scheme", "https"), (":path", "/")]
+    conn.send_headers(sid, headers, end_stream=args.method != "CONNECT")
     tls.sendall(conn.data_to_send())
     with open(args.request, "rb") as f:
         request = f.read()

@@ -399,31 +399,41 @@ TEST(WaypointHbone, SseIsRelayedEventByEventAndDisconnectCancels) {
     EXPECT_EQ(backend.streamsAborted(), 1);
 }
 
-// Interop: an independent HBONE client (python3-h2 + ssl, tests/waypoint/hbone_client.py).
-TEST(WaypointHbone, PythonH2ClientIsServed) {
-    Emulator backend("a");
-    TestCa ca;
-    auto gw = startGateway(hboneConfig(backend, ca));
-    auto cert = ca.ca->mint(kApp);
-    ASSERT_TRUE(cert);
+// Runs the independent HBONE client (python3-h2 + ssl, tests/waypoint/hbone_client.py) as
+// `cert` and returns its JSON report.
+json pythonHbone(unsigned short port, const TestCa& ca, const identity::WorkloadCert& cert,
+                 const std::string& method) {
     TempDir dir;
     auto write = [&](const std::string& name, const std::string& text) {
         std::ofstream(dir.path / name) << text;
         return (dir.path / name).string();
     };
     const std::string cmd = "/usr/bin/python3 " SLUICE_HBONE_CLIENT " --port " +
-                            std::to_string(gw->hbonePort()) + " --ca " + ca.cert + " --cert " +
-                            write("cert.pem", cert->cert_pem + cert->chain_pem) + " --key " +
-                            write("key.pem", cert->key_pem) + " --authority " + kVip +
-                            " --request " + write("request", rawRequest(chatBody(false)));
+                            std::to_string(port) + " --ca " + ca.cert + " --cert " +
+                            write("cert.pem", cert.cert_pem + cert.chain_pem) + " --key " +
+                            write("key.pem", cert.key_pem) + " --authority " + kVip + " --method " +
+                            method + " --request " + write("request", rawRequest(chatBody(false)));
     FILE* pipe = ::popen(cmd.c_str(), "r");
-    ASSERT_NE(pipe, nullptr);
+    if (pipe == nullptr)
+        return json();
     std::string out;
     char buf[4096];
     for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;)
         out.append(buf, n);
-    ASSERT_EQ(::pclose(pipe), 0) << out;
-    const auto result = json::parse(out);
+    const int rc = ::pclose(pipe);
+    EXPECT_EQ(rc, 0) << out;
+    return json::parse(out, nullptr, false);
+}
+
+// Interop: an independent HBONE client; a request other than CONNECT is answered 400 (§4).
+TEST(WaypointHbone, PythonH2ClientIsServedAndNonConnectIsRefused) {
+    Emulator backend("a");
+    TestCa ca;
+    auto gw = startGateway(hboneConfig(backend, ca));
+    auto cert = ca.ca->mint(kApp);
+    ASSERT_TRUE(cert);
+    const auto result = pythonHbone(gw->hbonePort(), ca, *cert, "CONNECT");
+    ASSERT_TRUE(result.is_object());
     EXPECT_EQ(result["tls_version"], "TLSv1.3");
     EXPECT_EQ(result["alpn"], "h2");
     EXPECT_EQ(result["server_uris"], json::array({kWaypoint.uri()}));
@@ -431,9 +441,16 @@ TEST(WaypointHbone, PythonH2ClientIsServed) {
     auto reply = parseReply(result["body"].get<std::string>());
     ASSERT_EQ(reply.status, 200u) << result["body"];
     EXPECT_EQ(json::parse(reply.body)["usage"]["completion_tokens"], 5);
+
+    const auto refused = pythonHbone(gw->hbonePort(), ca, *cert, "GET");
+    ASSERT_TRUE(refused.is_object());
+    EXPECT_EQ(refused["status"], 400);
+    EXPECT_EQ(refused["body"], "");
     const auto metrics =
-        metricsWhen(*gw, "istio_requests_total", {{"source_principal", kApp.uri()}}, 1);
+        metricsWhen(*gw, "sluice_hbone_streams_total", {{"response_code", "400"}}, 1);
     EXPECT_EQ(metricValue(metrics, "istio_requests_total", {{"source_principal", kApp.uri()}}), 1);
+    EXPECT_EQ(metricValue(metrics, "sluice_hbone_streams_total", {{"response_code", "400"}}), 1);
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 1);
 }
 
 }  // namespace
