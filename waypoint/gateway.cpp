@@ -444,9 +444,29 @@ awaitable<std::optional<admission::AdmissionQueue::Slot>> Gateway::admit(Exchang
         co_return admission::AdmissionQueue::Slot();
     const auto priority = priorityOf(ctx);
     ctx.priority = admission::to_string(priority);
-    auto [outcome, slot] = co_await admission_->acquire(priority, ctx.tenant);
-    if (outcome == admission::Outcome::Admitted)
+    if (auto slot = admission_->tryAcquire())
         co_return std::move(slot);
+    // It waits: a client that goes away meanwhile gives its queue place back at once.
+    admission::AdmissionQueue::Withdrawal withdrawal;
+    ClientWatch watch(ex.stream, ex.buffer,
+                      config_.limits.max_header_bytes + config_.limits.max_body_bytes);
+    watch.start([&withdrawal] { withdrawal.withdraw(); });
+    auto [outcome, slot] = co_await admission_->acquire(priority, ctx.tenant, &withdrawal);
+    co_await watch.stop();
+    if (outcome == admission::Outcome::Admitted && !watch.gone())
+        co_return std::move(slot);
+    auto complete = [&] {
+        for (std::size_t i = ran; i-- > 0;)
+            filters_[i]->onComplete(ctx);
+        record(ctx);
+    };
+    if (watch.gone()) {
+        slot.reset();
+        ctx.result = "client_gone";
+        ex.keep_alive = false;
+        complete();
+        co_return std::nullopt;
+    }
     const std::string reason = admission::to_string(outcome);
     metrics_.shed.at({{"class", ctx.priority}, {"reason", reason}, {"tenant", ctx.tenant}})
         .Increment();
@@ -458,9 +478,7 @@ awaitable<std::optional<admission::AdmissionQueue::Slot>> Gateway::admit(Exchang
                                " request (" + reason + "). Please retry after a brief wait.",
                     .headers = {{"retry-after", "1"}, {"x-sluice-shed", reason}}};
     co_await reply(ex, ctx, shed);
-    for (std::size_t i = ran; i-- > 0;)
-        filters_[i]->onComplete(ctx);
-    record(ctx);
+    complete();
     co_return std::nullopt;
 }
 

@@ -190,5 +190,52 @@ tenantClasses: {team-a: critical}
     }
 }
 
+TEST(AdmissionQueue, AWithdrawnWaiterGivesItsPlaceToTheNextAtOnce) {
+    asio::io_context io;
+    AdmissionQueue q(oneSlot(1));
+    auto held = hold(io, q);
+    std::vector<std::string> log;
+    AdmissionQueue::Withdrawal withdrawal;
+    asio::co_spawn(
+        io,
+        [&]() -> awaitable<void> {
+            auto [outcome, slot] = co_await q.acquire(Priority::Standard, "gone", &withdrawal);
+            log.push_back(std::string("gone:") + to_string(outcome));
+        },
+        asio::detached);
+    poll(io);
+    EXPECT_EQ(q.queued(Priority::Standard), 1u);
+    request(io, q, log, "full", Priority::Standard, "t");  // the one queue place is taken
+    poll(io);
+    EXPECT_EQ(log, std::vector<std::string>{"full:queue_full"});
+
+    withdrawal.withdraw();
+    poll(io);
+    EXPECT_EQ(log.back(), "gone:withdrawn");
+    EXPECT_EQ(q.queued(Priority::Standard), 0u);
+    request(io, q, log, "next", Priority::Standard, "t");  // the place is free again
+    poll(io);
+    EXPECT_EQ(q.queued(Priority::Standard), 1u);
+    held->reset();
+    poll(io);
+    EXPECT_EQ(log.back(), "next:admitted");
+
+    // Withdrawn before it ever queued: it does not queue at all.
+    AdmissionQueue::Withdrawal early;
+    early.withdraw();
+    auto blocker = hold(io, q);
+    bool done = false;
+    asio::co_spawn(
+        io,
+        [&]() -> awaitable<void> {
+            auto [outcome, slot] = co_await q.acquire(Priority::Standard, "early", &early);
+            EXPECT_EQ(outcome, Outcome::Withdrawn);
+            done = true;
+        },
+        asio::detached);
+    poll(io);
+    EXPECT_TRUE(done);
+}
+
 }  // namespace
 }  // namespace sluice::waypoint::admission

@@ -395,15 +395,20 @@ double waitForMetric(Gateway& gw, const std::string& name,
     return seen;
 }
 
+// A gateway that admits one request at a time (`admission` adds to its admission block) in front
+// of a backend that streams 8 tokens 100 ms apart: one streamed chat holds the slot ~0.8 s.
+std::unique_ptr<Gateway> oneSlotGateway(Emulator& backend, const std::string& admission) {
+    backend.configure(R"({"token_delay_ms": 100, "completion_tokens": 8})");
+    return startGateway(baseConfig("\"" + backend.address() + "\"", "",
+                                   "\n  admission:\n    maxConcurrent: 1" + admission));
+}
+
 TEST(WaypointGateway, SaturatedWaypointShedsSheddableFirstAndServesCritical) {
     Emulator backend("slow");
-    backend.configure(R"({"token_delay_ms": 100, "completion_tokens": 8})");
-    auto gw = startGateway(baseConfig("\"" + backend.address() + "\"", "", R"(
-  admission:
-    maxConcurrent: 1
+    auto gw = oneSlotGateway(backend, R"(
     maxQueued: 1
     priorityFrom: {header: x-sluice-priority}
-)"));
+)");
     const std::string body = chatBody(true, false, 8);
     auto send = [&](const char* priority) {
         return std::async(std::launch::async, [&, priority] {
@@ -436,6 +441,39 @@ TEST(WaypointGateway, SaturatedWaypointShedsSheddableFirstAndServesCritical) {
     EXPECT_EQ(metricValue(metrics, "istio_requests_total", {{"response_code", "503"}}), 1);
     EXPECT_EQ(json::parse(backend.stats())["requests"], 2)
         << "the shed request never went upstream";
+}
+
+// A queued client that hangs up gives its queue place back at once, not when the request would
+// have been admitted, and its request never goes upstream.
+TEST(WaypointGateway, AClientThatHangsUpWhileQueuedLeavesTheQueue) {
+    Emulator backend("slow");
+    auto gw = oneSlotGateway(backend, "\n    maxQueued: 4\n");
+    const std::string body = chatBody(true, false, 8);
+    auto first = std::async(std::launch::async, [&] {
+        return request(gw->gatewayPort(), "POST", "/v1/chat/completions", body);
+    });  // holds the only slot for ~0.8 s
+    ASSERT_EQ(waitForMetric(*gw, "sluice_admission_in_flight", {}, 1), 1);
+
+    asio::io_context io;
+    tcp::socket client(io);
+    client.connect({asio::ip::make_address("127.0.0.1"), gw->gatewayPort()});
+    asio::write(client, asio::buffer("POST /v1/chat/completions HTTP/1.1\r\nHost: w\r\n"
+                                     "Content-Type: application/json\r\nContent-Length: " +
+                                     std::to_string(body.size()) + "\r\n\r\n" + body));
+    ASSERT_EQ(waitForMetric(*gw, "sluice_admission_queued", {{"class", "standard"}}, 1), 1);
+    const auto hung_up = std::chrono::steady_clock::now();
+    client.close();
+    EXPECT_EQ(waitForMetric(*gw, "sluice_admission_queued", {{"class", "standard"}}, 0), 0);
+    EXPECT_EQ(first.wait_until(hung_up + 100ms), std::future_status::timeout)
+        << "the place was given back while the slot was still held, not when it came free";
+
+    EXPECT_EQ(first.get().status, 200u);
+    const Reply after = request(gw->gatewayPort(), "POST", "/v1/chat/completions", chatBody(false));
+    EXPECT_EQ(after.status, 200u);
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 2) << "the withdrawn request never went";
+    const auto metrics = metricsOf(*gw, 3);  // the withdrawn request is recorded too
+    EXPECT_EQ(metricValue(metrics, "sluice_requests_shed_total", {}), -1) << "nothing was shed";
+    EXPECT_EQ(metricValue(metrics, "istio_requests_total", {{"response_code", "200"}}), 2);
 }
 
 }  // namespace

@@ -18,6 +18,8 @@ const char* to_string(Outcome o) {
             return "preempted";
         case Outcome::Timeout:
             return "queue_timeout";
+        case Outcome::Withdrawn:
+            return "withdrawn";
     }
     return "unknown";
 }
@@ -51,12 +53,35 @@ void AdmissionQueue::Slot::reset() {
         q->release();
 }
 
-awaitable<std::pair<Outcome, AdmissionQueue::Slot>> AdmissionQueue::acquire(Priority priority,
-                                                                            std::string tenant) {
+AdmissionQueue::Slot AdmissionQueue::tryAcquire() {
+    std::lock_guard lock(mutex_);
+    if (closed_ || in_flight_ >= config_.max_concurrent)
+        return Slot();
+    ++in_flight_;
+    notify();
+    return Slot(this);
+}
+
+void AdmissionQueue::Withdrawal::withdraw() {
+    withdrawn_ = true;
+    if (!waiter_)
+        return;
+    std::lock_guard lock(queue_->mutex_);
+    if (waiter_->outcome)
+        return;  // admitted or pushed out already: acquire() returns that
+    queue_->remove(waiter_);
+    queue_->notify();
+    wake(waiter_, Outcome::Withdrawn);
+}
+
+awaitable<std::pair<Outcome, AdmissionQueue::Slot>> AdmissionQueue::acquire(
+    Priority priority, std::string tenant, Withdrawal* withdrawal) {
     auto executor = co_await asio::this_coro::executor;
     std::shared_ptr<Waiter> waiter;
     {
         std::lock_guard lock(mutex_);
+        if (withdrawal && withdrawal->withdrawn_)
+            co_return std::pair{Outcome::Withdrawn, Slot()};
         if (closed_)
             co_return std::pair{Outcome::QueueFull, Slot()};
         if (in_flight_ < config_.max_concurrent) {
@@ -83,10 +108,16 @@ awaitable<std::pair<Outcome, AdmissionQueue::Slot>> AdmissionQueue::acquire(Prio
         ++q.size;
         ++queued_;
         notify();
+        if (withdrawal) {
+            withdrawal->queue_ = this;
+            withdrawal->waiter_ = waiter;
+        }
     }
     waiter->timer.expires_after(config_.queue_timeout[static_cast<std::size_t>(priority)]);
     error_code ec;
     co_await waiter->timer.async_wait(noThrow(ec));
+    if (withdrawal)
+        withdrawal->waiter_.reset();
     std::lock_guard lock(mutex_);
     if (!waiter->outcome) {  // the timer ran out first
         remove(waiter);

@@ -20,6 +20,7 @@ enum class Outcome {
     QueueFull,  // every queue place was taken by requests of this class or a higher one
     Preempted,  // queued, then pushed out by a more important request when the queue was full
     Timeout,    // queued longer than the class's queueTimeout
+    Withdrawn,  // queued, then withdrawn by the caller (its client went away)
 };
 const char* to_string(Outcome o);
 
@@ -30,6 +31,8 @@ const char* to_string(Outcome o);
 // of its class. When the queue is full a new request pushes out the newest waiter of the least
 // important class below its own (sheddable goes first); if there is none it is refused itself.
 class AdmissionQueue {
+    struct Waiter;
+
   public:
     // Called with the lock held after every change, for gauges: (in flight, queued per class).
     using Observer = std::function<void(std::size_t, const std::array<std::size_t, kPriorities>&)>;
@@ -53,9 +56,32 @@ class AdmissionQueue {
         AdmissionQueue* queue_ = nullptr;
     };
 
+    // Takes a request back out of the queue: its place goes to the next one at once instead of
+    // when the request would have been admitted or timed out. Used on the acquiring coroutine's
+    // executor only.
+    class Withdrawal {
+      public:
+        Withdrawal() = default;
+        Withdrawal(const Withdrawal&) = delete;
+        Withdrawal& operator=(const Withdrawal&) = delete;
+        // The pending acquire() returns Withdrawn (at once, if it has not queued yet); nothing
+        // happens once it has been admitted or shed.
+        void withdraw();
+
+      private:
+        friend class AdmissionQueue;
+        AdmissionQueue* queue_ = nullptr;
+        std::shared_ptr<Waiter> waiter_;  // while queued
+        bool withdrawn_ = false;
+    };
+
     // Waits (on the calling coroutine's executor) until a slot is free or the request is shed.
-    // The Slot is held only when the outcome is Admitted.
-    awaitable<std::pair<Outcome, Slot>> acquire(Priority priority, std::string tenant);
+    // The Slot is held only when the outcome is Admitted. `withdrawal` lets the caller take the
+    // request back while it waits.
+    awaitable<std::pair<Outcome, Slot>> acquire(Priority priority, std::string tenant,
+                                                Withdrawal* withdrawal = nullptr);
+    // Admitted at once if a slot is free, else an empty Slot (nothing queued).
+    Slot tryAcquire();
 
     // For shutdown, once no worker runs any more: forgets every waiter (their coroutines are
     // destroyed with their io_context, never resumed) and stops handing slots over, so slots
@@ -67,7 +93,6 @@ class AdmissionQueue {
     const AdmissionConfig& config() const { return config_; }
 
   private:
-    struct Waiter;
     struct ClassQueue {
         std::map<std::string, std::deque<std::shared_ptr<Waiter>>> by_tenant;
         std::string last_served;  // round-robin cursor over tenants
