@@ -32,6 +32,8 @@ nlohmann::json ConnectionRecord::to_json() const {
     };
     if (!error.empty())
         j["error"] = error;
+    if (!waypoint.empty())
+        j["waypoint"] = waypoint;
     return j;
 }
 

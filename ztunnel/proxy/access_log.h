@@ -15,6 +15,7 @@ struct ConnectionRecord {
     std::string src_addr, dst_addr, hbone_addr;
     std::string src_workload, src_namespace, src_identity;
     std::string dst_workload, dst_namespace, dst_identity, dst_service;
+    std::string waypoint;         // "ns/name" of the waypoint Service the connection went through
     uint64_t bytes_sent = 0;      // towards the downstream (client)
     uint64_t bytes_received = 0;  // from the downstream
     std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
