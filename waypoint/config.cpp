@@ -2,6 +2,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "ztunnel/identity/spiffe.h"
+
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -16,6 +18,10 @@ void parseWaypoint(const YAML::Node& spec, Config& c) {
     c.metrics_listen = spec["metricsListen"].as<std::string>(c.metrics_listen);
     c.ready_listen = spec["readyListen"].as<std::string>(c.ready_listen);
     c.workers = spec["workers"].as<unsigned>(c.workers);
+    c.hbone_listen = spec["hboneListen"].as<std::string>(c.hbone_listen);
+    c.identity = spec["identity"].as<std::string>(c.identity);
+    c.ca_cert = spec["caCert"].as<std::string>(c.ca_cert);
+    c.ca_key = spec["caKey"].as<std::string>(c.ca_key);
     c.tokenizer_dir = spec["tokenizerDir"].as<std::string>(c.tokenizer_dir);
     c.log_level = spec["logLevel"].as<std::string>(c.log_level);
     c.policies_dir = spec["policiesDir"].as<std::string>(c.policies_dir);
@@ -81,6 +87,14 @@ std::vector<std::string> Config::validate() const {
     std::vector<std::string> problems;
     if (workers == 0 || workers > 64)
         problems.push_back("workers must be 1..64");
+    if (!identity.empty()) {
+        if (auto id = ztunnel::identity::Identity::parse(identity); !id)
+            problems.push_back("identity: " + id.error());
+        if (ca_cert.empty() || ca_key.empty())
+            problems.push_back("identity needs caCert and caKey (the signing CA)");
+    } else if (!hbone_listen.empty()) {
+        problems.push_back("hboneListen needs an identity (the waypoint's SPIFFE id)");
+    }
     if (budgets.size() > 1)
         problems.push_back("only one TokenBudget document is supported");
     std::set<std::string> pool_names;

@@ -17,6 +17,9 @@ namespace sluice::waypoint {
 inline constexpr const char* kDefaultListen = "0.0.0.0:8080";
 inline constexpr const char* kDefaultMetricsListen = "0.0.0.0:15020";
 inline constexpr const char* kDefaultReadyListen = "0.0.0.0:15021";
+// The HBONE listener's address when an identity is configured and no address is given: every
+// address, dual-stack; 0.0.0.0:15008 where the namespace has no IPv6.
+inline constexpr const char* kDefaultHboneListen = "[::]:15008";
 inline constexpr const char* kConfigEnv = "SLUICE_WAYPOINT_CONFIG";
 inline constexpr const char* kListenEnv = "SLUICE_WAYPOINT_LISTEN";
 inline constexpr const char* kPoliciesDirEnv = "SLUICE_WAYPOINT_POLICIES_DIR";
@@ -28,6 +31,11 @@ struct Config {
     std::string listen = kDefaultListen;                 // plain HTTP gateway listener
     std::string metrics_listen = kDefaultMetricsListen;  // GET /metrics
     std::string ready_listen = kDefaultReadyListen;      // GET /healthz/ready
+    // HBONE (:15008, as an Istio waypoint behind ztunnel): on when `identity` is set. "" with an
+    // identity = kDefaultHboneListen.
+    std::string hbone_listen;
+    std::string identity;           // spiffe://<td>/ns/<ns>/sa/<sa>: the waypoint's own identity
+    std::string ca_cert, ca_key;    // signing CA (PEM files): mints our certificate, trust bundle
     unsigned workers = 1;           // threads, each with its own listener (SO_REUSEPORT)
     ServerLimits limits;            // client side: sizes and timeouts
     UpstreamPool::Limits upstream;  // backend side: connect/idle timeouts, idle pool size

@@ -106,6 +106,23 @@ std::string nextTraceparent(std::string_view incoming) {
 }
 
 Gateway::Gateway(Config config) : config_(std::move(config)) {
+    if (!config_.identity.empty()) {
+        auto id = identity::Identity::parse(config_.identity);
+        if (!id)
+            throw std::runtime_error("identity: " + id.error());
+        auto ca = identity::CertificateAuthority::load(config_.ca_cert, config_.ca_key);
+        if (!ca)
+            throw std::runtime_error("signing CA: " + ca.error());
+        auto bundle = std::make_shared<identity::TrustBundle>();
+        bundle->add(ca->certificate());
+        auto certs = std::make_shared<identity::CertManager>(
+            std::make_shared<const identity::CertificateAuthority>(std::move(*ca)), bundle,
+            id->trust_domain, identity::kDefaultWorkloadCertLifetime);
+        tls_ = std::make_unique<hbone::TlsContexts>(std::move(certs));
+        if (auto ctx = tls_->server(*id); !ctx)  // mint now: a bad CA fails at start
+            throw std::runtime_error("certificate for " + id->uri() + ": " + ctx.error());
+        identity_ = *id;
+    }
     for (const auto& pool : config_.pools) {
         pools_[pool.name] = std::make_shared<BackendPool>(pool);
     }
@@ -197,6 +214,8 @@ void Gateway::start() {
         workers_.push_back(std::move(w));
     }
     gateway_port_ = port;
+    if (identity_)
+        startHbone();
     metrics_acceptor_ =
         std::make_unique<tcp::acceptor>(admin_io_, parseListen(config_.metrics_listen));
     ready_acceptor_ = std::make_unique<tcp::acceptor>(admin_io_, parseListen(config_.ready_listen));
@@ -219,7 +238,7 @@ void Gateway::start() {
             res.keep_alive(ex.keep_alive);
             res.prepare_payload();
             error_code ec;
-            co_await http::async_write(ex.socket, res, noThrow(ec));
+            co_await http::async_write(ex.stream, res, noThrow(ec));
             if (ec)
                 ex.keep_alive = false;
         };
@@ -239,6 +258,8 @@ void Gateway::start() {
 
     for (auto& w : workers_) {
         asio::co_spawn(w->io, acceptLoop(*w->acceptor, config_.limits, w->handler), asio::detached);
+        if (w->hbone)
+            asio::co_spawn(w->io, w->hbone->acceptLoop(*w->hbone_acceptor), asio::detached);
         w->thread = std::thread([io = &w->io] { io->run(); });
     }
     if (!config_.policies_dir.empty()) {
@@ -272,9 +293,48 @@ void Gateway::stop() {
     }
     if (admin_thread_.joinable())
         admin_thread_.join();
+    // The workers are stopped: closing here is single-threaded. It ends the HBONE connections
+    // and their streams (which reference each other) before the io_contexts go away.
+    for (auto& w : workers_) {
+        if (w->hbone)
+            w->hbone->closeAll();
+    }
     // Queued requests die with their workers' io_contexts; no slot may be handed to them.
     if (admission_)
         admission_->close();
+}
+
+void Gateway::startHbone() {
+    const bool defaulted = config_.hbone_listen.empty();
+    auto at = parseListen(defaulted ? kDefaultHboneListen : config_.hbone_listen);
+    unsigned short port = at.port();
+    for (auto& w : workers_) {
+        try {
+            w->hbone_acceptor = std::make_unique<tcp::acceptor>(
+                listenReusePort(w->io, tcp::endpoint(at.address(), port)));
+        } catch (const std::exception&) {  // boost::system::system_error: no IPv6 here
+            if (!defaulted || !at.address().is_v6())
+                throw;
+            // The default [::] in a namespace without IPv6: every IPv4 address instead.
+            at = tcp::endpoint(asio::ip::address_v4::any(), at.port());
+            w->hbone_acceptor = std::make_unique<tcp::acceptor>(
+                listenReusePort(w->io, tcp::endpoint(at.address(), port)));
+        }
+        port = w->hbone_acceptor->local_endpoint().port();
+        HboneServer::Hooks hooks{
+            .refused =
+                [this](const std::string& reason) {
+                    metrics_.handshake_failures.Add({{"reason", reason}}).Increment();
+                },
+            .stream =
+                [this](int status) {
+                    metrics_.hbone_streams.Add({{"response_code", std::to_string(status)}})
+                        .Increment();
+                }};
+        w->hbone = std::make_unique<HboneServer>(*tls_, *identity_, config_.limits, w->handler,
+                                                 std::move(hooks));
+    }
+    hbone_port_ = port;
 }
 
 std::string Gateway::modelsList() const {
@@ -292,7 +352,7 @@ awaitable<void> Gateway::reply(Exchange& ex, RequestContext& ctx, const LocalRep
     }
     ctx.status = unsigned(local.status);
     error_code ec;
-    co_await http::async_write(ex.socket, res, noThrow(ec));
+    co_await http::async_write(ex.stream, res, noThrow(ec));
     if (ec)
         ex.keep_alive = false;
 }
@@ -300,6 +360,7 @@ awaitable<void> Gateway::reply(Exchange& ex, RequestContext& ctx, const LocalRep
 awaitable<void> Gateway::handle(Exchange& ex, UpstreamPool& upstream) {
     RequestContext ctx(ex.request);
     ctx.peer_identity = ex.peer_identity;
+    ctx.destination = ex.authority;
     ctx.api = apiOf(sv(ex.request.target()));
     ctx.traceparent = nextTraceparent(sv(ex.request["traceparent"]));
 
@@ -310,7 +371,7 @@ awaitable<void> Gateway::handle(Exchange& ex, UpstreamPool& upstream) {
         res.keep_alive(ex.keep_alive);
         res.prepare_payload();
         error_code ec;
-        co_await http::async_write(ex.socket, res, noThrow(ec));
+        co_await http::async_write(ex.stream, res, noThrow(ec));
         ctx.status = 200;
         record(ctx);
         co_return;
@@ -396,7 +457,7 @@ awaitable<std::optional<admission::AdmissionQueue::Slot>> Gateway::admit(Exchang
 
 awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream) {
     tcp::socket* upstream_socket = nullptr;
-    ClientWatch watch(ex.socket, ex.buffer,
+    ClientWatch watch(ex.stream, ex.buffer,
                       config_.limits.max_header_bytes + config_.limits.max_body_bytes);
     watch.start([&upstream_socket] {
         if (upstream_socket) {
@@ -434,7 +495,7 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
             }
             ForwardOptions options{.timeout = target.timeout, .hold_retryable_status = !last};
             result =
-                co_await forward(ClientSide{ex.socket, ex.request.version(), ex.keep_alive}, ctx,
+                co_await forward(ClientSide{ex.stream, ex.request.version(), ex.keep_alive}, ctx,
                                  body, ep->address, options, filters_, upstream, &upstream_socket);
             const bool ok = result.outcome == ForwardOutcome::Completed && result.status < 500;
             if (result.outcome != ForwardOutcome::ClientGone) {
@@ -486,7 +547,7 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
         // next when there is one, else another endpoint of the same pool.
         thread_local std::minstd_rand rng{std::random_device{}()};
         const auto base = route_config.retries.backoff * (1 << std::min(attempt, 6u));
-        asio::steady_timer timer(ex.socket.get_executor());
+        asio::steady_timer timer(ex.stream.get_executor());
         timer.expires_after(base / 2 + std::chrono::milliseconds(rng() % (base.count() / 2 + 1)));
         error_code ec;
         co_await timer.async_wait(noThrow(ec));
@@ -560,7 +621,8 @@ void Gateway::record(const RequestContext& ctx) {
               {"response_code", code},
               {"destination_service", ctx.route},
               {"source_principal", principal},
-              {"request_protocol", "http"}})
+              {"request_protocol", "http"},
+              {"connection_security_policy", ctx.peer_identity.empty() ? "none" : "mutual_tls"}})
         .Increment();
     if (config_.access_log) {
         nlohmann::json line{{"path", std::string(sv(ctx.request.target()))},
@@ -577,6 +639,10 @@ void Gateway::record(const RequestContext& ctx) {
                             {"usage_reported", ctx.usage.reported},
                             {"duration_ms", ms},
                             {"traceparent", ctx.traceparent}};
+        if (!ctx.peer_identity.empty()) {
+            line["peer"] = ctx.peer_identity;
+            line["authority"] = ctx.destination;
+        }
         if (ctx.first_token) {
             line["ttft_ms"] =
                 std::chrono::duration<double, std::milli>(*ctx.first_token - ctx.start).count();

@@ -11,6 +11,7 @@
 #include "waypoint/config.h"
 #include "waypoint/filters/filter.h"
 #include "waypoint/filters/route/filter.h"
+#include "waypoint/hbone/listener.h"
 #include "waypoint/http/server.h"
 #include "waypoint/http/upstream.h"
 #include "waypoint/lb/pool.h"
@@ -38,6 +39,7 @@ class Gateway {
     void stop();   // closes listeners and stops the threads; idempotent
 
     unsigned short gatewayPort() const { return gateway_port_; }
+    unsigned short hbonePort() const { return hbone_port_; }  // 0: no HBONE listener
     unsigned short metricsPort() const { return metrics_port_; }
     unsigned short readyPort() const { return ready_port_; }
     Metrics& metrics() { return metrics_; }
@@ -53,6 +55,8 @@ class Gateway {
         std::unique_ptr<tcp::acceptor> acceptor;
         std::unique_ptr<UpstreamPool> upstream;
         Handler handler;  // proxies with this worker's upstream pool
+        std::unique_ptr<tcp::acceptor> hbone_acceptor;
+        std::unique_ptr<HboneServer> hbone;
         std::thread thread;
     };
 
@@ -68,6 +72,7 @@ class Gateway {
                                                                     RequestContext& ctx,
                                                                     std::size_t ran);
     std::string modelsList() const;
+    void startHbone();  // binds each worker's HBONE acceptor (SO_REUSEPORT, one port)
 
     Config config_;
     Metrics metrics_;
@@ -80,6 +85,10 @@ class Gateway {
     route::RouteFilter* router_ = nullptr;
     std::unique_ptr<admission::AdmissionQueue> admission_;  // null: no admission control
 
+    // HBONE: the waypoint's own identity and its TLS contexts (certificate minted from the CA).
+    std::optional<identity::Identity> identity_;
+    std::unique_ptr<hbone::TlsContexts> tls_;
+
     std::vector<std::unique_ptr<Worker>> workers_;
     asio::io_context admin_io_{1};
     std::unique_ptr<tcp::acceptor> metrics_acceptor_, ready_acceptor_;
@@ -87,7 +96,7 @@ class Gateway {
     Handler metrics_handler_, ready_handler_;
     std::thread admin_thread_;
     std::atomic<bool> ready_{false};
-    unsigned short gateway_port_ = 0, metrics_port_ = 0, ready_port_ = 0;
+    unsigned short gateway_port_ = 0, hbone_port_ = 0, metrics_port_ = 0, ready_port_ = 0;
 };
 
 // "ip:port" or "[v6]:port" → endpoint; throws std::invalid_argument.

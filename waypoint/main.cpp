@@ -2,6 +2,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include <array>
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
@@ -16,12 +17,19 @@ int main(int argc, char** argv) {
     std::string config_path;
     std::string listen, metrics_listen, ready_listen, tokenizer_dir, log_level;
     std::string policies_dir, registry_dir;
+    std::string hbone_listen, identity_uri, ca_cert, ca_key;
     unsigned workers = 0;
     app.add_option("--config", config_path, "Config file (multi-document YAML)")
         ->envname(kConfigEnv)
         ->required();
     app.add_option("--listen", listen, "Gateway listener ip:port (default 0.0.0.0:8080)")
         ->envname(kListenEnv);
+    app.add_option("--hbone-listen", hbone_listen,
+                   "HBONE listener ip:port (with --identity; default [::]:15008)");
+    app.add_option("--identity", identity_uri,
+                   "The waypoint's SPIFFE id spiffe://<td>/ns/<ns>/sa/<sa> (turns HBONE on)");
+    app.add_option("--ca-cert", ca_cert, "Signing CA certificate (PEM): trust bundle");
+    app.add_option("--ca-key", ca_key, "Signing CA key (PEM): mints the waypoint's certificate");
     app.add_option("--metrics-listen", metrics_listen, "Metrics listener (default 0.0.0.0:15020)");
     app.add_option("--ready-listen", ready_listen, "Readiness listener (default 0.0.0.0:15021)");
     app.add_option("--workers", workers, "Worker threads (default from config, else 1)");
@@ -42,6 +50,15 @@ int main(int argc, char** argv) {
     }
     if (!listen.empty())
         config.listen = listen;
+    const std::array<std::pair<const std::string*, std::string*>, 4> hbone_flags{
+        {{&hbone_listen, &config.hbone_listen},
+         {&identity_uri, &config.identity},
+         {&ca_cert, &config.ca_cert},
+         {&ca_key, &config.ca_key}}};
+    for (const auto& [flag, field] : hbone_flags) {
+        if (!flag->empty())
+            *field = *flag;
+    }
     if (!metrics_listen.empty())
         config.metrics_listen = metrics_listen;
     if (!ready_listen.empty())
@@ -73,8 +90,9 @@ int main(int argc, char** argv) {
     try {
         Gateway gateway(std::move(config));
         gateway.start();
-        spdlog::info("listening: gateway :{}, metrics :{}, ready :{}", gateway.gatewayPort(),
-                     gateway.metricsPort(), gateway.readyPort());
+        spdlog::info("listening: gateway :{}, hbone :{}, metrics :{}, ready :{}",
+                     gateway.gatewayPort(), gateway.hbonePort(), gateway.metricsPort(),
+                     gateway.readyPort());
         int sig = 0;
         sigwait(&signals, &sig);
         spdlog::info("signal {}: stopping", sig);

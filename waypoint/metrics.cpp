@@ -70,7 +70,15 @@ Metrics::Metrics()
       policy_reloads(prometheus::BuildCounter()
                          .Name("sluice_policy_reload_total")
                          .Help("Reloads of the policies folder, by result")
-                         .Register(registry)) {}
+                         .Register(registry)),
+      handshake_failures(prometheus::BuildCounter()
+                             .Name("sluice_tls_handshake_failures_total")
+                             .Help("HBONE connections refused at the TLS handshake, by reason")
+                             .Register(registry)),
+      hbone_streams(prometheus::BuildCounter()
+                        .Name("sluice_hbone_streams_total")
+                        .Help("HBONE CONNECT streams accepted (200) or refused, by response code")
+                        .Register(registry)) {}
 
 std::string Metrics::serialize() const {
     std::ostringstream out;

@@ -36,6 +36,8 @@ struct Metrics {
     prometheus::Family<prometheus::Gauge>& backend_waiting;      // sluice_backend_requests_waiting
     prometheus::Family<prometheus::Gauge>& backend_kv_cache;     // sluice_backend_kv_cache_usage
     prometheus::Family<prometheus::Counter>& policy_reloads;     // sluice_policy_reload_total
+    prometheus::Family<prometheus::Counter>& handshake_failures;  // sluice_tls_handshake_failures
+    prometheus::Family<prometheus::Counter>& hbone_streams;       // sluice_hbone_streams_total
 };
 
 }  // namespace sluice::waypoint

@@ -2,6 +2,8 @@
 
 #include <signal.h>
 
+#include <nlohmann/json.hpp>
+
 #include <boost/asio/connect.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
@@ -70,6 +72,16 @@ std::string Emulator::stats() {
     return request(port_, "GET", "/emulator/stats").body;
 }
 
+int Emulator::streamsAborted(std::chrono::milliseconds within) {
+    const auto until = std::chrono::steady_clock::now() + within;
+    for (;;) {
+        const int aborted = nlohmann::json::parse(stats())["streams_aborted"].get<int>();
+        if (aborted > 0 || std::chrono::steady_clock::now() >= until)
+            return aborted;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+}
+
 Reply request(unsigned short port, const std::string& method, const std::string& target,
               const std::string& body, const std::map<std::string, std::string>& headers) {
     asio::io_context io;
@@ -89,15 +101,19 @@ Reply request(unsigned short port, const std::string& method, const std::string&
     http::response_parser<http::string_body> parser;
     parser.body_limit(64 << 20);
     http::read(stream, buffer, parser);
+    return replyOf(parser.get());
+}
+
+Reply replyOf(const http::response<http::string_body>& response) {
     Reply reply;
-    reply.status = parser.get().result_int();
-    for (const auto& f : parser.get()) {
+    reply.status = response.result_int();
+    for (const auto& f : response) {
         std::string name(f.name_string());
         for (auto& c : name)
             c = char(std::tolower(c));
         reply.headers[name] = std::string(f.value());
     }
-    reply.body = parser.get().body();
+    reply.body = response.body();
     return reply;
 }
 
@@ -120,13 +136,13 @@ std::string rawExchange(unsigned short port, const std::string& bytes,
     return out;
 }
 
-std::unique_ptr<Gateway> startGateway(const std::string& yaml) {
+std::unique_ptr<Gateway> startGateway(const std::string& yaml, bool access_log) {
     Config config = parseConfig(yaml);
     config.listen = "127.0.0.1:0";
     config.metrics_listen = "127.0.0.1:0";
     config.ready_listen = "127.0.0.1:0";
     config.tokenizer_dir = SLUICE_TEST_TOKENIZER_DIR;
-    config.access_log = false;
+    config.access_log = access_log;
     if (auto problems = config.validate(); !problems.empty()) {
         throw std::runtime_error("config: " + problems.front());
     }

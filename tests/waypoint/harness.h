@@ -34,6 +34,8 @@ class Emulator {
     void configure(const std::string& json);
     // GET /emulator/stats as parsed JSON text.
     std::string stats();
+    // The stats' `streams_aborted` once it is above 0, or 0 after `within`.
+    int streamsAborted(std::chrono::milliseconds within = std::chrono::seconds(4));
 
   private:
     TempDir dir_;
@@ -47,6 +49,8 @@ struct Reply {
     std::string body;                            // de-chunked
 };
 
+Reply replyOf(const http::response<http::string_body>& response);
+
 Reply request(unsigned short port, const std::string& method, const std::string& target,
               const std::string& body = "", const std::map<std::string, std::string>& headers = {});
 
@@ -54,8 +58,9 @@ Reply request(unsigned short port, const std::string& method, const std::string&
 std::string rawExchange(unsigned short port, const std::string& bytes,
                         std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
-// A gateway built from YAML text (tokenizer from the build), listening on loopback port 0.
-std::unique_ptr<Gateway> startGateway(const std::string& yaml);
+// A gateway built from YAML text (tokenizer from the build), listening on loopback port 0;
+// the access log (spdlog's default logger) only when asked for.
+std::unique_ptr<Gateway> startGateway(const std::string& yaml, bool access_log = false);
 
 // Value of a Prometheus sample whose line starts with `prefix` (name plus labels), or -1.
 double metricValue(const std::string& metrics_text, const std::string& name,

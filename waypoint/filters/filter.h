@@ -50,6 +50,7 @@ struct RequestContext {
     std::string tenant;         // who is paying; "" when no TokenBudget identifies one
     std::string priority;       // admission class (critical, standard, sheddable); "" = none
     std::string peer_identity;  // SPIFFE id of the peer (HBONE); empty on the plain listener
+    std::string destination;    // HBONE: the CONNECT :authority (service VIP:port), for the log
     std::string traceparent;    // W3C trace context sent upstream and logged
     std::uint64_t estimated_prompt_tokens = 0;
     std::uint64_t max_output_tokens = 0;  // max_tokens / max_completion_tokens or a default

@@ -2,7 +2,7 @@
 
 namespace sluice::waypoint {
 
-ClientWatch::ClientWatch(tcp::socket& client, beast::flat_buffer& buffer, std::size_t max_buffered)
+ClientWatch::ClientWatch(ClientStream& client, beast::flat_buffer& buffer, std::size_t max_buffered)
     : client_(client),
       buffer_(buffer),
       max_buffered_(max_buffered),
@@ -22,7 +22,7 @@ void ClientWatch::start(std::function<void()> on_gone) {
                    asio::detached);
 }
 
-awaitable<void> ClientWatch::watch(std::shared_ptr<State> state, tcp::socket& client,
+awaitable<void> ClientWatch::watch(std::shared_ptr<State> state, ClientStream& client,
                                    beast::flat_buffer& buffer, std::size_t max_buffered) {
     while (!state->stopping && buffer.size() < max_buffered) {
         error_code ec;

@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "waypoint/http/asio.h"
+#include "waypoint/http/client_stream.h"
 
 namespace sluice::waypoint {
 
@@ -12,7 +13,7 @@ namespace sluice::waypoint {
 // the client socket; bytes that arrive (a pipelined next request) are kept in `buffer`.
 class ClientWatch {
   public:
-    ClientWatch(tcp::socket& client, beast::flat_buffer& buffer, std::size_t max_buffered);
+    ClientWatch(ClientStream& client, beast::flat_buffer& buffer, std::size_t max_buffered);
     ~ClientWatch();
     ClientWatch(const ClientWatch&) = delete;
     ClientWatch& operator=(const ClientWatch&) = delete;
@@ -31,10 +32,10 @@ class ClientWatch {
         std::function<void()> on_gone;
         std::unique_ptr<asio::steady_timer> exited;
     };
-    static awaitable<void> watch(std::shared_ptr<State> state, tcp::socket& client,
+    static awaitable<void> watch(std::shared_ptr<State> state, ClientStream& client,
                                  beast::flat_buffer& buffer, std::size_t max_buffered);
 
-    tcp::socket& client_;
+    ClientStream& client_;
     beast::flat_buffer& buffer_;
     std::size_t max_buffered_;
     std::shared_ptr<State> state_;

@@ -7,9 +7,9 @@
 
 namespace sluice::waypoint {
 
-// Cancels a socket's pending operations when a phase takes too long (Boost 1.74 has no
-// `op || timer`). The timer's handler may already be queued when the phase finishes, so it acts
-// only while armed; disarm() is called before the socket can go away.
+// Cancels a stream's (a tcp::socket's or ClientStream's) pending operations when a phase takes too
+// long (Boost 1.74 has no `op || timer`). The timer's handler may already be queued when the phase
+// finishes, so it acts only while armed; disarm() is called before the socket can go away.
 class Deadline {
   public:
     explicit Deadline(const asio::any_io_executor& ex)
@@ -18,7 +18,8 @@ class Deadline {
     Deadline(const Deadline&) = delete;
     Deadline& operator=(const Deadline&) = delete;
 
-    void arm(tcp::socket& socket, std::chrono::milliseconds timeout) {
+    template <class Stream>
+    void arm(Stream& socket, std::chrono::milliseconds timeout) {
         disarm();
         state_ = std::make_shared<State>();
         state_->armed = true;

@@ -45,7 +45,7 @@ http::request<http::string_body> upstreamRequest(const RequestContext& ctx,
 }
 
 // Writes one HTTP/1.1 chunk (or raw bytes when the client response is not chunked).
-awaitable<error_code> writeBody(tcp::socket& client, bool chunked, std::string_view data) {
+awaitable<error_code> writeBody(ClientStream& client, bool chunked, std::string_view data) {
     error_code ec;
     if (data.empty())
         co_return ec;

@@ -6,6 +6,7 @@
 
 #include "waypoint/filters/filter.h"
 #include "waypoint/http/asio.h"
+#include "waypoint/http/client_stream.h"
 #include "waypoint/http/upstream.h"
 
 namespace sluice::waypoint {
@@ -30,7 +31,7 @@ struct ForwardResult {
 
 // The client side of one exchange.
 struct ClientSide {
-    tcp::socket& socket;
+    ClientStream& socket;
     unsigned version = 11;
     bool keep_alive = true;
 };

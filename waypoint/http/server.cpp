@@ -22,6 +22,14 @@ awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
                                 const Handler& handler) {
     error_code ec;
     socket.set_option(tcp::no_delay(true), ec);
+    ClientStream stream(socket);
+    static const Downstream plain;
+    co_await serveHttp1(stream, limits, handler, plain);
+}
+
+awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, const Handler& handler,
+                           const Downstream& downstream) {
+    error_code ec;
     beast::flat_buffer buffer;
     Deadline deadline(socket.get_executor());
     for (std::size_t served = 0; served < limits.max_requests_per_connection; ++served) {
@@ -67,7 +75,7 @@ awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
             // Lingering close (as nginx): closing with unread request bytes would send a RST
             // that can destroy the error reply before the client reads it, so drain for a
             // bounded time and amount first.
-            socket.shutdown(tcp::socket::shutdown_send, write_ec);
+            socket.shutdown_send(write_ec);
             deadline.arm(socket, std::chrono::milliseconds(1000));
             std::array<char, 16384> sink;
             for (std::size_t drained = 0; !write_ec && drained < (4u << 20);) {
@@ -77,27 +85,25 @@ awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
             break;
         }
         Request request = parser.release();
-        Exchange exchange{socket, buffer, request, request.keep_alive()};
+        Exchange exchange{socket,
+                          buffer,
+                          request,
+                          request.keep_alive(),
+                          downstream.peer_identity,
+                          downstream.authority};
         co_await handler(exchange);
         if (!exchange.keep_alive || !socket.is_open())
             break;
     }
-    socket.shutdown(tcp::socket::shutdown_send, ec);
+    socket.shutdown_send(ec);
     socket.close(ec);
 }
 
 awaitable<void> acceptLoop(tcp::acceptor& acceptor, const ServerLimits& limits,
                            const Handler& handler) {
-    for (;;) {
-        error_code ec;
-        tcp::socket socket = co_await acceptor.async_accept(noThrow(ec));
-        if (ec == asio::error::operation_aborted || !acceptor.is_open())
-            co_return;
-        if (ec)
-            continue;  // e.g. EMFILE: the client is dropped, the listener stays
-        asio::co_spawn(acceptor.get_executor(), serveConnection(std::move(socket), limits, handler),
-                       asio::detached);
-    }
+    co_await acceptEach(acceptor, [&limits, &handler](tcp::socket socket) {
+        return serveConnection(std::move(socket), limits, handler);
+    });
 }
 
 tcp::acceptor listenReusePort(asio::io_context& io, const tcp::endpoint& at) {

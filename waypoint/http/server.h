@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "waypoint/http/asio.h"
+#include "waypoint/http/client_stream.h"
 
 namespace sluice::waypoint {
 
@@ -18,11 +19,18 @@ struct ServerLimits {
 // One request read from a client, to be answered by the handler (which writes the response
 // itself, so it can stream). Setting keep_alive to false closes the connection afterwards.
 struct Exchange {
-    tcp::socket& socket;
+    ClientStream& stream;
     beast::flat_buffer& buffer;  // bytes read past this request (pipelining) stay here
     Request& request;
     bool keep_alive = true;
-    std::string peer_identity;  // SPIFFE id when the connection came through HBONE
+    std::string_view peer_identity;  // SPIFFE id when the connection came through HBONE
+    std::string_view authority;      // HBONE: the CONNECT :authority (original destination)
+};
+
+// Who is at the other end of a downstream connection (empty on the plain listener).
+struct Downstream {
+    std::string peer_identity;
+    std::string authority;
 };
 using Handler = std::function<awaitable<void>(Exchange&)>;
 
@@ -31,6 +39,23 @@ using Handler = std::function<awaitable<void>(Exchange&)>;
 // an OpenAI-shaped error body and the connection is closed.
 awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
                                 const Handler& handler);
+// The same on any client stream (an HBONE CONNECT stream); ends with a send shutdown and close.
+awaitable<void> serveHttp1(ClientStream& stream, const ServerLimits& limits, const Handler& handler,
+                           const Downstream& downstream);
+
+// Accepts on `acceptor` until it is closed, spawning `serve(socket)` for each client.
+template <class Serve>
+awaitable<void> acceptEach(tcp::acceptor& acceptor, Serve serve) {
+    for (;;) {
+        error_code ec;
+        tcp::socket socket = co_await acceptor.async_accept(noThrow(ec));
+        if (ec == asio::error::operation_aborted || !acceptor.is_open())
+            co_return;
+        if (ec)
+            continue;  // e.g. EMFILE: the client is dropped, the listener stays
+        asio::co_spawn(acceptor.get_executor(), serve(std::move(socket)), asio::detached);
+    }
+}
 
 // Accepts on `acceptor` until it is closed, spawning serveConnection for each client.
 awaitable<void> acceptLoop(tcp::acceptor& acceptor, const ServerLimits& limits,

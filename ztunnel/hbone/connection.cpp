@@ -52,8 +52,9 @@ Stream::Stream(std::shared_ptr<Connection> conn, asio::any_io_executor ex)
     : conn_(std::move(conn)), readable_(ex), writable_(ex), headers_(ex) {}
 
 asio::awaitable<size_t> Stream::read(asio::mutable_buffer buf) {
-    while (received_.empty() && !remote_closed_ && !closed_)
+    while (received_.empty() && !remote_closed_ && !closed_ && !read_cancelled_)
         co_await readable_.wait();
+    read_cancelled_ = false;
     size_t copied = 0;
     while (!received_.empty() && copied < buf.size()) {
         const std::string& front = received_.front();
@@ -90,6 +91,11 @@ void Stream::close_write() {
         return;
     local_closed_ = true;
     conn_->resume(*this);
+}
+
+void Stream::cancel_read() {
+    read_cancelled_ = true;
+    readable_.notify();
 }
 
 void Stream::reset() {

@@ -55,7 +55,12 @@ class Stream {
     void close_write();
     // RST_STREAM(CANCEL).
     void reset();
+    // Makes a pending read() return 0 now (without data) even though the stream is still open.
+    void cancel_read();
 
+    // nghttp2 closed the stream (both sides ended, reset or connection lost).
+    bool is_closed() const { return closed_; }
+    bool write_closed() const { return local_closed_; }
     bool was_reset() const { return reset_; }
     int32_t id() const { return id_; }
     int status() const { return status_; }
@@ -78,6 +83,7 @@ class Stream {
     bool local_closed_ = false;
     bool deferred_ = false;  // nghttp2 waits for resume_data
     bool responded_ = false;
+    bool read_cancelled_ = false;
     Event readable_, writable_, headers_;
 };
 

@@ -1,0 +1,442 @@
+// The waypoint's HBONE listener (:15008 behind ztunnel), over loopback: a real Gateway with an
+// emulator backend, clients with certificates minted from a test CA (ztunnel/identity) that
+// open HBONE streams with ztunnel's own HBONE client (Connection Role::Client + open_stream)
+// and speak HTTP/1.1 on them. Assertions: what arrives on the stream, the budget per SPIFFE id,
+// handshake refusals and their reason metric.
+#include <gtest/gtest.h>
+
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
+
+#include <boost/asio/connect.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "tests/waypoint/harness.h"
+#include "ztunnel/hbone/handshake.h"
+#include "ztunnel/hbone/tls.h"
+
+namespace sluice::waypoint::test {
+namespace {
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+using identity::Identity;
+
+const Identity kWaypoint{"cluster.local", "ai", "waypoint"};
+const Identity kApp{"cluster.local", "rag", "app"};
+const Identity kOther{"cluster.local", "batch", "job"};
+constexpr const char* kVip = "198.18.0.10:8000";  // the service the client dialled
+
+// The waypoint's signing CA, written to files for --ca-cert/--ca-key.
+struct TestCa {
+    TempDir dir;
+    std::shared_ptr<identity::CertificateAuthority> ca =
+        std::make_shared<identity::CertificateAuthority>(
+            identity::CertificateAuthority::create("cluster.local"));
+    std::string cert = (dir.path / "ca.pem").string();
+    std::string key = (dir.path / "ca-key.pem").string();
+    TestCa() { ca->write(cert, key); }
+};
+
+std::string hboneConfig(const Emulator& backend, const TestCa& ca, const std::string& extra = "") {
+    return R"(
+kind: Waypoint
+spec:
+  hboneListen: 127.0.0.1:0
+  identity: )" +
+           kWaypoint.uri() + "\n  caCert: " + ca.cert + "\n  caKey: " + ca.key + R"(
+  pools: [{name: main, endpoints: [")" +
+           backend.address() + R"("]}]
+---
+kind: ModelRoute
+metadata: {name: chat}
+spec:
+  models: ["*"]
+  timeout: 5s
+  backends: [{pool: main}]
+)" + extra;
+}
+
+std::string chatBody(bool stream, int max_tokens = 5) {
+    json body{{"model", "gpt-4o"},
+              {"max_tokens", max_tokens},
+              {"messages", {{{"role", "user"}, {"content", "Say hello to the mesh"}}}}};
+    if (stream)
+        body["stream"] = true;
+    return body.dump();
+}
+
+std::string rawRequest(const std::string& body) {
+    return "POST /v1/chat/completions HTTP/1.1\r\nHost: llm\r\nContent-Type: application/json\r\n"
+           "Connection: close\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+Reply parseReply(const std::string& raw) {
+    http::response_parser<http::string_body> parser;
+    parser.eager(true);
+    parser.body_limit(64 << 20);
+    error_code ec;
+    std::size_t offset = 0;
+    while (!parser.is_done() && offset < raw.size()) {
+        const std::size_t n =
+            parser.put(asio::buffer(raw.data() + offset, raw.size() - offset), ec);
+        if (ec || n == 0)
+            break;
+        offset += n;
+    }
+    return parser.is_done() ? replyOf(parser.get()) : Reply{};
+}
+
+// A workload behind ztunnel: its own certificate (from `ca`, or given), ztunnel's HBONE client.
+class HboneClient {
+  public:
+    HboneClient(std::shared_ptr<identity::CertificateAuthority> ca, const Identity& as,
+                std::shared_ptr<identity::CertificateAuthority> trusted = nullptr)
+        : bundle_(std::make_shared<identity::TrustBundle>()),
+          certs_(std::make_shared<identity::CertManager>(ca, bundle_, as.trust_domain, 1h)) {
+        bundle_->add((trusted ? trusted : ca)->certificate());
+        auto cert = certs_->certificate(as);
+        if (!cert)
+            throw std::runtime_error(cert.error());
+        auto ctx = hbone::make_context(**cert, *certs_, false);
+        if (!ctx)
+            throw std::runtime_error(ctx.error());
+        ctx_ = *ctx;
+    }
+    // Presents `cert` but verifies the server as a workload of `trust_domain` under `root`.
+    HboneClient(const identity::WorkloadCert& cert, identity::CertificateAuthority& root)
+        : bundle_(std::make_shared<identity::TrustBundle>()) {
+        bundle_->add(root.certificate());
+        certs_ = std::make_shared<identity::CertManager>(nullptr, bundle_, "cluster.local", 1h);
+        auto ctx = hbone::make_context(cert, *certs_, false);
+        if (!ctx)
+            throw std::runtime_error(ctx.error());
+        ctx_ = *ctx;
+    }
+    ~HboneClient() {
+        if (conn_)
+            conn_->close();
+        io_.run_for(100ms);  // lets the closed connection's loops end
+    }
+
+    // TLS + HTTP/2 to the waypoint; false when the handshake or the first stream failed.
+    bool connect(unsigned short port) {
+        run([&]() -> awaitable<void> {
+            tcp::socket s(io_);
+            error_code ec;
+            co_await s.async_connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port),
+                                     noThrow(ec));
+            if (ec)
+                co_return;
+            auto conn = co_await hbone::handshake_client(std::move(s), *ctx_, kWaypoint);
+            if (conn)
+                conn_ = *conn;
+            else
+                failure_ = conn.error().message();
+        });
+        return conn_ != nullptr;
+    }
+
+    // One CONNECT stream to `authority`: sends `bytes`, then reads until the waypoint ends the
+    // stream. `on_read` sees each read as it arrives.
+    std::optional<std::string> exchange(const std::string& bytes,
+                                        std::function<void(std::string_view)> on_read = {},
+                                        const std::string& authority = kVip) {
+        std::optional<std::string> got;
+        run([&]() -> awaitable<void> {
+            // A named request: g++ 12 destroys a braced temporary passed by value to a
+            // coroutine twice.
+            const hbone::ConnectRequest request{.authority = authority};
+            auto st = co_await conn_->open_stream(request);
+            if (!st) {
+                failure_ = st.error().message();
+                status_ = st.error().status;
+                co_return;
+            }
+            const bool written = co_await (*st)->write(asio::buffer(bytes));
+            EXPECT_TRUE(written);
+            std::string out;
+            std::array<char, 16384> buf;
+            for (;;) {
+                const std::size_t n = co_await (*st)->read(asio::buffer(buf));
+                if (n == 0)
+                    break;
+                out.append(buf.data(), n);
+                if (on_read)
+                    on_read({buf.data(), n});
+            }
+            got = std::move(out);
+        });
+        return got;
+    }
+    // Sends `bytes`, waits for the first response bytes, then resets the stream (RST_STREAM).
+    bool abandon(const std::string& bytes) {
+        bool started = false;
+        run([&]() -> awaitable<void> {
+            const hbone::ConnectRequest request{.authority = kVip};
+            auto st = co_await conn_->open_stream(request);
+            if (!st)
+                co_return;
+            co_await (*st)->write(asio::buffer(bytes));
+            std::array<char, 4096> buf;
+            started = co_await (*st)->read(asio::buffer(buf)) > 0;
+            (*st)->reset();
+        });
+        io_.run_for(50ms);  // the RST_STREAM goes out
+        return started;
+    }
+    Reply chat(const std::string& body) {
+        auto raw = exchange(rawRequest(body));
+        return raw ? parseReply(*raw) : Reply{};
+    }
+    const std::string& failure() const { return failure_; }
+    int status() const { return status_; }
+
+  private:
+    template <class Fn>
+    void run(Fn fn) {
+        bool done = false;
+        asio::co_spawn(
+            io_,
+            [&]() -> awaitable<void> {
+                co_await fn();
+                done = true;
+            },
+            asio::detached);
+        for (int i = 0; i < 200 && !done; ++i)
+            io_.run_for(50ms);
+        io_.restart();
+        ASSERT_TRUE(done) << "HBONE client did not finish within 10 s";
+    }
+
+    asio::io_context io_;
+    std::shared_ptr<identity::TrustBundle> bundle_;
+    std::shared_ptr<identity::CertManager> certs_;
+    std::shared_ptr<asio::ssl::context> ctx_;
+    std::shared_ptr<hbone::Connection> conn_;
+    std::string failure_;
+    int status_ = 0;
+};
+
+std::string metricsWhen(Gateway& gw, const std::string& name,
+                        const std::map<std::string, std::string>& labels, double at_least) {
+    std::string text;
+    for (int i = 0; i < 200; ++i) {
+        text = request(gw.metricsPort(), "GET", "/metrics").body;
+        if (metricValue(text, name, labels) >= at_least)
+            break;
+        std::this_thread::sleep_for(10ms);
+    }
+    return text;
+}
+
+// Captures spdlog's default logger (the access log) while alive.
+class LogCapture {
+  public:
+    LogCapture() : previous_(spdlog::default_logger()) {
+        spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+            "capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(out_)));
+    }
+    ~LogCapture() { spdlog::set_default_logger(previous_); }
+    std::string text() { return out_.str(); }  // only once the writers are stopped
+
+  private:
+    std::ostringstream out_;
+    std::shared_ptr<spdlog::logger> previous_;
+};
+
+TEST(WaypointHbone, ChatOverHboneIsServedWithThePeerIdentity) {
+    Emulator backend("a");
+    TestCa ca;
+    LogCapture log;
+    auto gw = startGateway(hboneConfig(backend, ca), true);
+    ASSERT_NE(gw->hbonePort(), 0);
+    HboneClient client(ca.ca, kApp);
+    ASSERT_TRUE(client.connect(gw->hbonePort())) << client.failure();
+    const auto reply = client.chat(chatBody(false));
+    ASSERT_EQ(reply.status, 200u) << reply.body;
+    const auto body = json::parse(reply.body);
+    EXPECT_EQ(body["object"], "chat.completion");
+    EXPECT_EQ(body["usage"]["completion_tokens"], 5);
+    // Two requests on one stream (keep-alive) and a second stream on the same connection.
+    const std::string keep_alive =
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: llm\r\n"
+        "Content-Length: " +
+        std::to_string(chatBody(false).size()) + "\r\n\r\n" + chatBody(false);
+    auto two = client.exchange(keep_alive + rawRequest(chatBody(false)));
+    ASSERT_TRUE(two) << client.failure();
+    std::size_t ok = 0;
+    for (std::size_t at = 0; (at = two->find("HTTP/1.1 200 OK", at)) != std::string::npos; ++at)
+        ++ok;
+    EXPECT_EQ(ok, 2u) << *two;
+
+    const auto metrics =
+        metricsWhen(*gw, "istio_requests_total", {{"source_principal", kApp.uri()}}, 3);
+    EXPECT_EQ(metricValue(metrics, "istio_requests_total",
+                          {{"source_principal", kApp.uri()},
+                           {"connection_security_policy", "mutual_tls"},
+                           {"response_code", "200"}}),
+              3);
+    EXPECT_EQ(metricValue(metrics, "sluice_hbone_streams_total", {{"response_code", "200"}}), 2);
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 3);
+    gw->stop();
+    std::istringstream lines(log.text());
+    int logged = 0;
+    for (std::string line; std::getline(lines, line);) {
+        const auto at = line.find("access {");
+        if (at == std::string::npos)
+            continue;
+        const auto entry = json::parse(line.substr(at + 7));
+        EXPECT_EQ(entry["peer"], kApp.uri());
+        EXPECT_EQ(entry["authority"], kVip);
+        EXPECT_EQ(entry["status"], 200);
+        ++logged;
+    }
+    EXPECT_EQ(logged, 3);
+}
+
+TEST(WaypointHbone, BudgetByPeerSpiffeIdentity) {
+    Emulator backend("a");
+    TestCa ca;
+    auto gw = startGateway(hboneConfig(backend, ca, R"(---
+kind: TokenBudget
+metadata: {name: tenants}
+spec:
+  tenantFrom: [{spiffe: {}}]
+  limits:
+    - {tenant: "*", tokensPerMinute: 400, requestsPerMinute: 100}
+)"));
+    backend.configure(R"({"completion_tokens": 150})");
+    const std::string body = chatBody(false, 150);
+    HboneClient app(ca.ca, kApp);
+    ASSERT_TRUE(app.connect(gw->hbonePort())) << app.failure();
+    EXPECT_EQ(app.chat(body).status, 200u);
+    EXPECT_EQ(app.chat(body).status, 200u);
+    auto third = app.chat(body);
+    ASSERT_EQ(third.status, 429u) << third.body;
+    EXPECT_EQ(json::parse(third.body)["error"]["code"], "rate_limit_exceeded");
+    EXPECT_EQ(third.headers["x-ratelimit-limit-tokens"], "400");
+
+    HboneClient other(ca.ca, kOther);
+    ASSERT_TRUE(other.connect(gw->hbonePort())) << other.failure();
+    EXPECT_EQ(other.chat(body).status, 200u);
+    const auto metrics =
+        metricsWhen(*gw, "istio_requests_total", {{"source_principal", kOther.uri()}}, 1);
+    EXPECT_EQ(metricValue(metrics, "sluice_requests_rejected_total",
+                          {{"reason", "tokens per min (TPM)"}, {"tenant", kApp.uri()}}),
+              1);
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 3);
+}
+
+TEST(WaypointHbone, UnknownCaAndWrongTrustDomainAreRefusedAtTheHandshake) {
+    Emulator backend("a");
+    TestCa ca;
+    auto gw = startGateway(hboneConfig(backend, ca));
+    {
+        // A certificate from a CA the waypoint does not trust (the client trusts the waypoint).
+        auto foreign = std::make_shared<identity::CertificateAuthority>(
+            identity::CertificateAuthority::create("cluster.local"));
+        HboneClient client(foreign, kApp, ca.ca);
+        if (client.connect(gw->hbonePort())) {
+            EXPECT_FALSE(client.exchange(rawRequest(chatBody(false))));
+        }
+    }
+    {
+        // Signed by the right CA, but for another trust domain.
+        auto cert = ca.ca->mint({"evil.local", "rag", "app"});
+        ASSERT_TRUE(cert);
+        HboneClient client(*cert, *ca.ca);
+        if (client.connect(gw->hbonePort())) {
+            EXPECT_FALSE(client.exchange(rawRequest(chatBody(false))));
+        }
+    }
+    const auto metrics = metricsWhen(*gw, "sluice_tls_handshake_failures_total",
+                                     {{"reason", "wrong_trust_domain"}}, 1);
+    EXPECT_EQ(
+        metricValue(metrics, "sluice_tls_handshake_failures_total", {{"reason", "unknown_ca"}}), 1);
+    EXPECT_EQ(metricValue(metrics, "sluice_tls_handshake_failures_total",
+                          {{"reason", "wrong_trust_domain"}}),
+              1);
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 0);
+}
+
+TEST(WaypointHbone, SseIsRelayedEventByEventAndDisconnectCancels) {
+    Emulator backend("slow");
+    backend.configure(R"({"token_delay_ms": 400, "completion_tokens": 4})");
+    TestCa ca;
+    auto gw = startGateway(hboneConfig(backend, ca));
+    HboneClient client(ca.ca, kApp);
+    ASSERT_TRUE(client.connect(gw->hbonePort())) << client.failure();
+    const auto start = std::chrono::steady_clock::now();
+    std::optional<std::chrono::steady_clock::duration> first_token;
+    std::string seen;
+    auto raw = client.exchange(rawRequest(chatBody(true, 4)), [&](std::string_view got) {
+        seen.append(got);
+        if (!first_token && seen.find("tok0") != std::string::npos) {
+            first_token = std::chrono::steady_clock::now() - start;
+            EXPECT_EQ(seen.find("tok1"), std::string::npos);  // not batched with the next one
+        }
+    });
+    ASSERT_TRUE(raw);
+    const auto total = std::chrono::steady_clock::now() - start;
+    ASSERT_TRUE(first_token);
+    EXPECT_LT(*first_token, 300ms);  // the first event did not wait for the ~1.2 s rest
+    EXPECT_GE(total, 1000ms);
+    auto reply = parseReply(*raw);
+    EXPECT_EQ(reply.status, 200u);
+    EXPECT_EQ(reply.headers["content-type"].rfind("text/event-stream", 0), 0u);
+    EXPECT_NE(reply.body.find("data: [DONE]"), std::string::npos);
+
+    // A client that resets its stream mid-response: the backend sees its stream aborted.
+    backend.configure(R"({"token_delay_ms": 100, "completion_tokens": 50})");
+    HboneClient leaver(ca.ca, kApp);
+    ASSERT_TRUE(leaver.connect(gw->hbonePort()));
+    EXPECT_TRUE(leaver.abandon(rawRequest(chatBody(true, 50))));
+    EXPECT_EQ(backend.streamsAborted(), 1);
+}
+
+// Interop: an independent HBONE client (python3-h2 + ssl, tests/waypoint/hbone_client.py).
+TEST(WaypointHbone, PythonH2ClientIsServed) {
+    Emulator backend("a");
+    TestCa ca;
+    auto gw = startGateway(hboneConfig(backend, ca));
+    auto cert = ca.ca->mint(kApp);
+    ASSERT_TRUE(cert);
+    TempDir dir;
+    auto write = [&](const std::string& name, const std::string& text) {
+        std::ofstream(dir.path / name) << text;
+        return (dir.path / name).string();
+    };
+    const std::string cmd = "/usr/bin/python3 " SLUICE_HBONE_CLIENT " --port " +
+                            std::to_string(gw->hbonePort()) + " --ca " + ca.cert + " --cert " +
+                            write("cert.pem", cert->cert_pem + cert->chain_pem) + " --key " +
+                            write("key.pem", cert->key_pem) + " --authority " + kVip +
+                            " --request " + write("request", rawRequest(chatBody(false)));
+    FILE* pipe = ::popen(cmd.c_str(), "r");
+    ASSERT_NE(pipe, nullptr);
+    std::string out;
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;)
+        out.append(buf, n);
+    ASSERT_EQ(::pclose(pipe), 0) << out;
+    const auto result = json::parse(out);
+    EXPECT_EQ(result["tls_version"], "TLSv1.3");
+    EXPECT_EQ(result["alpn"], "h2");
+    EXPECT_EQ(result["server_uris"], json::array({kWaypoint.uri()}));
+    EXPECT_EQ(result["status"], 200);
+    auto reply = parseReply(result["body"].get<std::string>());
+    ASSERT_EQ(reply.status, 200u) << result["body"];
+    EXPECT_EQ(json::parse(reply.body)["usage"]["completion_tokens"], 5);
+    const auto metrics =
+        metricsWhen(*gw, "istio_requests_total", {{"source_principal", kApp.uri()}}, 1);
+    EXPECT_EQ(metricValue(metrics, "istio_requests_total", {{"source_principal", kApp.uri()}}), 1);
+}
+
+}  // namespace
+}  // namespace sluice::waypoint::test
