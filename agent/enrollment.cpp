@@ -64,16 +64,20 @@ void Enrollment::set_endpoint_resolver(EndpointResolver r) {
 }
 
 EndpointBinding Enrollment::binding_for(const EnrolledPod& pod) {
-    if (resolver_) {
-        if (auto b = resolver_(pod))
-            return *b;
+    std::optional<EndpointBinding> b;
+    if (resolver_)
+        b = resolver_(pod);
+    if (!b) {
+        // A pod the compiled policy does not know (yet): an id from a range the compiler never
+        // hands out, with no policy entries, until the next generation binds it.
+        auto it = fallback_ids_.find(pod.uid);
+        if (it == fallback_ids_.end())
+            it = fallback_ids_.emplace(pod.uid, kFallbackEndpointBase + next_endpoint_id_++).first;
+        b = EndpointBinding{.endpoint_id = it->second, .flags = 0};
     }
-    // A pod the compiled policy does not know (yet): an id from a range the compiler never
-    // hands out, with no policy entries, until the next generation binds it.
-    auto it = fallback_ids_.find(pod.uid);
-    if (it == fallback_ids_.end())
-        it = fallback_ids_.emplace(pod.uid, kFallbackEndpointBase + next_endpoint_id_++).first;
-    return {.endpoint_id = it->second, .flags = 0};
+    if (pod.waypoint)
+        b->flags |= SLUICE_ENROLLED_F_WAYPOINT;
+    return *b;
 }
 
 void Enrollment::persist() const {
@@ -86,7 +90,8 @@ void Enrollment::persist() const {
                         {"netns", p.netns},
                         {"ips", p.ips},
                         {"netnsCookie", p.netns_cookie},
-                        {"endpointId", p.endpoint_id}});
+                        {"endpointId", p.endpoint_id},
+                        {"waypoint", p.waypoint}});
     }
     json state{
         {"pods", pods}, {"nextEndpointId", next_endpoint_id_}, {"fallbackIds", fallback_ids_}};
@@ -117,6 +122,7 @@ void Enrollment::restore() {
         p.ips = j.value("ips", std::vector<std::string>{});
         p.netns_cookie = j.value("netnsCookie", uint64_t{0});
         p.endpoint_id = j.value("endpointId", 0u);
+        p.waypoint = j.value("waypoint", false);
         auto cookie = cookie_if_present(p.netns);
         if (cookie && *cookie == p.netns_cookie) {
             pods_[key_of(p.namespace_name, p.name)] = p;
@@ -214,7 +220,8 @@ std::expected<void, std::string> Enrollment::add(const PodRecord& rec,
                     .namespace_name = rec.namespace_name,
                     .service_account = rec.service_account,
                     .netns = netns_path,
-                    .ips = rec.ips};
+                    .ips = rec.ips,
+                    .waypoint = is_waypoint_pod(rec)};
     auto attached = dp_.attach_netns(netns_path);
     if (!attached)
         return std::unexpected("attach sk_lookup: " + describe(attached.error()));

@@ -22,6 +22,8 @@ struct EnrolledPod {
     std::vector<std::string> ips;
     uint64_t netns_cookie = 0;
     uint32_t endpoint_id = 0;
+    bool waypoint =
+        false;  // labelled a waypoint: may bind the HBONE port (SLUICE_ENROLLED_F_WAYPOINT)
 };
 
 // Where a pod's endpoint id and default verdict flags come from: the compiled policy (the

@@ -106,6 +106,11 @@ std::vector<PodRecord> RegistryView::pods_on_node(const std::string& node) const
     return out;
 }
 
+bool is_waypoint_pod(const PodRecord& pod) {
+    auto it = pod.labels.find(kWaypointManagedLabel);
+    return it != pod.labels.end() && it->second == kWaypointManagedValue;
+}
+
 bool RegistryView::wants_ambient(const PodRecord& pod) const {
     if (auto it = pod.labels.find(kDataplaneModeLabel); it != pod.labels.end()) {
         return it->second == kDataplaneModeAmbient;

@@ -21,6 +21,10 @@ struct PodRecord {
 inline constexpr const char* kDataplaneModeLabel = "istio.io/dataplane-mode";
 inline constexpr const char* kDataplaneModeAmbient = "ambient";
 inline constexpr const char* kNetnsAnnotation = "sluice.dev/netns";
+// Istio ambient's waypoint pod label: such a pod terminates HBONE on its own :15008.
+inline constexpr const char* kWaypointManagedLabel = "gateway.istio.io/managed";
+inline constexpr const char* kWaypointManagedValue = "istio.io-mesh-controller";
+bool is_waypoint_pod(const PodRecord& pod);
 
 // A snapshot of the registry folder. Documents that do not parse are skipped with a warning
 // (the policy library validates them with positions; enrollment must not stop on one bad file).

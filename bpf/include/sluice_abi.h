@@ -90,6 +90,8 @@ struct sluice_layout_meta {
 /* Map "enrolled_netns": HASH, key u64 netns cookie. */
 #define SLUICE_ENROLLED_F_DEFAULT_DENY_EGRESS 0x1u  /* no policy entry → deny (else allow) */
 #define SLUICE_ENROLLED_F_DEFAULT_DENY_INGRESS 0x2u /* no policy entry → deny (else allow) */
+/* A waypoint pod: its own process may bind the HBONE port (it terminates HBONE itself). */
+#define SLUICE_ENROLLED_F_WAYPOINT 0x4u
 struct sluice_enrolled_value {
     sluice_u32 endpoint_id; /* the pod's endpoint id: first field of policy keys */
     sluice_u32 flags;       /* SLUICE_ENROLLED_F_* */

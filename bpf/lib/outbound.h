@@ -47,7 +47,8 @@ static __always_inline int outbound_connect(struct bpf_sock_addr* ctx,
 }
 
 /* Returns 0 when the bind may proceed, -EPERM for a non-ztunnel socket binding a reserved port
- * inside an enrolled netns (it would hijack captured traffic). */
+ * inside an enrolled netns (it would hijack captured traffic). A waypoint pod terminates HBONE
+ * itself: its process may bind the HBONE port (ztunnel does not listen there). */
 static __always_inline int bind_guard(struct bpf_sock_addr* ctx, const struct sluice_addr* addr) {
     __u16 port = bpf_ntohs((__u16)ctx->user_port);
     if (!port_is_reserved(port))
@@ -55,6 +56,8 @@ static __always_inline int bind_guard(struct bpf_sock_addr* ctx, const struct sl
     __u64 netns_cookie = bpf_get_netns_cookie(ctx);
     struct sluice_enrolled_value* ep = enrolled_lookup(netns_cookie);
     if (!ep || sock_is_ztunnel(ctx->sk))
+        return 0;
+    if (port == cfg_hbone_port && (ep->flags & SLUICE_ENROLLED_F_WAYPOINT))
         return 0;
 
     struct sluice_deny_event ev = {

@@ -289,7 +289,9 @@ TEST_F(DatapathTest, BindGuardReservesZtunnelPorts) {
     auto& dp = open_datapath();
     TestNetns& pod = add_netns("pod");
     TestNetns& other = add_netns("other");
+    TestNetns& waypoint = add_netns("waypoint");
     enroll(pod, kEndpoint);
+    enroll(waypoint, kEndpoint + 1, SLUICE_ENROLLED_F_WAYPOINT);
 
     struct Case {
         const char* description;
@@ -310,14 +312,19 @@ TEST_F(DatapathTest, BindGuardReservesZtunnelPorts) {
         {"app binding another port", &pod, AF_INET, "0.0.0.0", 8080, false, 0},
         {"app binding 15001 in a netns that is not enrolled", &other, AF_INET, "127.0.0.1", 15001,
          false, 0},
+        {"waypoint binding 15008 in its enrolled netns", &waypoint, AF_INET, "0.0.0.0", 15008,
+         false, 0},
+        {"waypoint binding 15008 (IPv6)", &waypoint, AF_INET6, "::", 15008, false, 0},
+        {"waypoint binding 15001 in its enrolled netns", &waypoint, AF_INET, "127.0.0.1", 15001,
+         false, EPERM},
     };
     for (const auto& c : cases) {
         int rc = c.ns->run([&] { return try_bind(c.family, c.ip, c.port, c.mark); });
         EXPECT_EQ(rc, c.expect) << c.description;
     }
-    EXPECT_EQ(dp.drop_count(SLUICE_REASON_RESERVED_PORT_BIND).value(), 3u);
-    auto events = drain_deny_events(3);
-    ASSERT_EQ(events.size(), 3u);
+    EXPECT_EQ(dp.drop_count(SLUICE_REASON_RESERVED_PORT_BIND).value(), 4u);
+    auto events = drain_deny_events(4);
+    ASSERT_EQ(events.size(), 4u);
     EXPECT_EQ(events[0].reason, SLUICE_REASON_RESERVED_PORT_BIND);
     EXPECT_EQ(events[0].src_port, 15001);
 }

@@ -4,9 +4,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <signal.h>
+
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <iterator>
 #include <nlohmann/json.hpp>
@@ -16,6 +19,7 @@
 #include "common/process.h"
 #include "tests/support/privileged.h"
 #include "tests/support/sockets.h"
+#include "tests/testbed/mesh.h"
 #include "tests/testbed/testbed.h"
 
 namespace sluice::testbed {
@@ -57,7 +61,7 @@ void write_budget(const std::string& policies_dir, const std::string& tenant,
 class WaypointTest : public ::testing::Test {
   protected:
     void SetUp() override { start(MeshMode::None); }
-    void start(MeshMode mesh) {
+    void start(MeshMode mesh, const std::function<void(ClusterSpec&)>& extend = {}) {
         SLUICE_REQUIRE_PRIVILEGES();
         options_.bin_dir = SLUICE_BIN_DIR;
         options_.cni_path.insert(options_.cni_path.begin(), SLUICE_BIN_DIR);
@@ -66,6 +70,8 @@ class WaypointTest : public ::testing::Test {
         spec.mesh = mesh;
         spec.namespaces.push_back({"default", {{"istio.io/dataplane-mode", "ambient"}}});
         spec.waypoint = true;
+        if (extend)
+            extend(spec);
         state_ = up(spec, options_);
         ASSERT_TRUE(state_.waypoint.has_value());
         std::tie(gateway_ip_, gateway_port_) = split(state_.waypoint->gateway);
@@ -276,6 +282,236 @@ TEST_P(WaypointOnMeshTest, ClientIsServedThroughTheMesh) {
 INSTANTIATE_TEST_SUITE_P(Meshes, WaypointOnMeshTest,
                          ::testing::Values(MeshMode::Sidecar, MeshMode::Sidecarless),
                          [](const auto& info) { return to_string(info.param); });
+
+// What curl in a pod got: its exit code, the status, headers (lower-case) and body.
+struct CurlReply {
+    int exit_code = -1;
+    unsigned status = 0;
+    std::map<std::string, std::string> headers;
+    std::string body;
+};
+
+// Istio ambient with a waypoint (sidecarless): service ai/llm is labelled
+// `istio.io/use-waypoint: waypoint`, so a client that only knows the service VIP is carried by its
+// node's ztunnel over HBONE to the waypoint pod's :15008, which the waypoint terminates itself;
+// the waypoint's upstream to the emulator goes through the waypoint pod's ztunnel.
+class WaypointHboneTest : public WaypointTest {
+  protected:
+    static constexpr const char* kClientPrincipal = "cluster.local/ns/default/sa/default";
+    static constexpr const char* kWaypointId = "spiffe://cluster.local/ns/ai/sa/waypoint";
+
+    void SetUp() override {
+        start(MeshMode::Sidecarless, [](ClusterSpec& spec) {
+            // A second client identity in another namespace, on the other node.
+            spec.namespaces.push_back({"tenant-b", {{"istio.io/dataplane-mode", "ambient"}}});
+            spec.pods.push_back({.name = "client",
+                                 .namespace_name = "tenant-b",
+                                 .service_account = "client-b",
+                                 .node = 0});
+        });
+        if (HasFatalFailure())
+            return;
+        ASSERT_FALSE(state_.waypoint->hbone.empty())
+            << "sluice-waypoint in " << SLUICE_BIN_DIR << " has no --hbone-listen";
+        EXPECT_EQ(state_.waypoint->hbone, state_.find_pod("ai/waypoint")->ip + ":15008");
+        for (const auto& s : state_.services) {
+            if (s.spec.namespace_name == "ai" && s.spec.name == "llm")
+                llm_vip_ = s.vip + ":8000";
+        }
+        ASSERT_FALSE(llm_vip_.empty());
+        client_b_ = state_.find_pod("tenant-b/client");
+        ASSERT_NE(client_b_, nullptr);
+    }
+
+    // A chat completion to the llm service VIP from a process of `pod` (captured by its cgroup),
+    // with no knowledge of the waypoint.
+    CurlReply curl_chat(const PodState& pod, int max_tokens = 50) {
+        const json body = {{"model", "gpt-4o-mini"},
+                           {"max_tokens", max_tokens},
+                           {"messages", {{{"role", "user"}, {"content", "hello"}}}}};
+        ProcessResult r =
+            run_process(pod_process(pod, {"curl", "-sS", "-i", "--max-time", "5", "-H",
+                                          "content-type: application/json", "-d", body.dump(),
+                                          "http://" + llm_vip_ + "/v1/chat/completions"}),
+                        std::chrono::seconds(10));
+        CurlReply reply;
+        reply.exit_code = r.exit_code;
+        std::istringstream in(r.out);
+        std::string line;
+        if (std::getline(in, line)) {
+            std::smatch m;
+            if (std::regex_search(line, m, std::regex(R"(^HTTP/[0-9.]+ ([0-9]{3}))")))
+                reply.status = static_cast<unsigned>(std::stoi(m[1]));
+        }
+        while (std::getline(in, line) && line != "\r" && !line.empty()) {
+            const auto colon = line.find(':');
+            if (colon == std::string::npos)
+                continue;
+            std::string name = line.substr(0, colon);
+            std::transform(name.begin(), name.end(), name.begin(), ::tolower);
+            std::string value = line.substr(colon + 1);
+            value.erase(0, value.find_first_not_of(' '));
+            if (!value.empty() && value.back() == '\r')
+                value.pop_back();
+            reply.headers[name] = value;
+        }
+        reply.body.assign(std::istreambuf_iterator<char>(in), {});
+        return reply;
+    }
+
+    // The JSON lines of a ztunnel access log that satisfy `match`.
+    static std::vector<json> access_lines(const std::string& path,
+                                          const std::function<bool(const json&)>& match) {
+        std::vector<json> out;
+        std::ifstream log(path);
+        for (std::string line; std::getline(log, line);) {
+            auto e = json::parse(line, nullptr, false);
+            if (!e.is_discarded() && match(e))
+                out.push_back(e);
+        }
+        return out;
+    }
+    std::vector<json> ztunnel_lines(const std::function<bool(const json&)>& match) {
+        std::vector<json> out;
+        for (const auto& n : state_.nodes) {
+            for (auto& e : access_lines(n.run_dir + "/ztunnel-access.log", match))
+                out.push_back(std::move(e));
+        }
+        return out;
+    }
+
+    // Requests the emulator pods have served (read on their own loopback: no mesh involved).
+    int emulator_requests() {
+        int total = 0;
+        for (const char* pod : {"ai/llm-0", "ai/llm-1"}) {
+            const auto stats = local_http_get(state_.find_pod(pod)->netns, 8000, "/emulator/stats");
+            total += json::parse(stats.value_or("{}")).at("requests").get<int>();
+        }
+        return total;
+    }
+
+    std::string llm_vip_;
+    const PodState* client_b_ = nullptr;
+};
+
+TEST_F(WaypointHboneTest, ServiceVipGoesThroughTheWaypointOverHbone) {
+    const std::string client_id = std::string("spiffe://") + kClientPrincipal;
+    CurlReply r = curl_chat(*client_);
+    ASSERT_EQ(r.status, 200u) << "curl exit " << r.exit_code << "\n" << r.body;
+    const json usage = json::parse(r.body).at("usage");
+    EXPECT_GT(usage.at("prompt_tokens").get<int>(), 0);
+    EXPECT_GT(usage.at("completion_tokens").get<int>(), 0);
+    EXPECT_NE(r.headers["x-backend"].find("llm-"), std::string::npos);
+
+    // The client's node ztunnel: HBONE to the waypoint pod, the VIP as destination.
+    const std::string waypoint_ip = state_.find_pod("ai/waypoint")->ip;
+    auto hops = access_lines(
+        state_.nodes.at(client_->node).run_dir + "/ztunnel-access.log", [&](const json& e) {
+            return e.value("direction", "") == "outbound" && e.value("dst.addr", "") == llm_vip_;
+        });
+    ASSERT_FALSE(hops.empty());
+    const json& hop = hops.back();
+    EXPECT_EQ(hop["dst.hbone_addr"], waypoint_ip + ":15008");
+    EXPECT_EQ(hop["dst.identity"], kWaypointId);
+    EXPECT_EQ(hop["src.identity"], client_id);
+    EXPECT_EQ(hop["dst.workload"], "llm");
+    EXPECT_EQ(hop["dst.service"], "llm.ai.svc.cluster.local");
+    EXPECT_EQ(hop["waypoint"], "ai/waypoint");
+    EXPECT_EQ(hop["result"], "ok");
+
+    // The waypoint terminated the HBONE: its access log has the client's principal and the VIP
+    // as authority.
+    {
+        std::ifstream log(state_.waypoint->log);
+        std::string line, seen;
+        while (std::getline(log, line)) {
+            if (line.find(client_id) != std::string::npos &&
+                line.find(llm_vip_) != std::string::npos)
+                seen = line;
+        }
+        EXPECT_FALSE(seen.empty())
+            << "no waypoint access-log line with " << client_id << " and " << llm_vip_;
+    }
+    // The waypoint's upstream went through its pod's ztunnel: the backend side's ztunnel counts
+    // an inbound connection from the waypoint's identity (its access-log line comes when the
+    // waypoint's pooled upstream connection closes).
+    const std::string backend = r.headers["x-backend"];
+    const PodState* llm = state_.find_pod("ai/" + backend);
+    ASSERT_NE(llm, nullptr) << backend;
+    const std::string m =
+        local_http_get(state_.nodes.at(llm->node).netns, 15020, "/metrics").value_or("");
+    EXPECT_TRUE(std::regex_search(
+        m, std::regex("istio_tcp_connections_opened_total\\{[^}]*destination_workload=\"" +
+                      backend + "\"[^}]*reporter=\"destination\"[^}]*source_principal=\"" +
+                      kWaypointId + "\"[^}]*\\} [1-9]")))
+        << "no inbound connection from the waypoint to " << backend << " counted:\n"
+        << m;
+    EXPECT_TRUE(ztunnel_lines([&](const json& e) {
+                    return e.value("src.identity", "") == client_id &&
+                           e.value("dst.workload", "").starts_with("llm-");
+                }).empty())
+        << "the client reached a backend without the waypoint";
+}
+
+TEST_F(WaypointHboneTest, TokenBudgetOnTheClientsSpiffeIdentity) {
+    {
+        const std::string path = state_.policies_dir + "/budgets.yaml";
+        std::ofstream(path + ".tmp", std::ios::trunc)
+            << "apiVersion: sluice.dev/v1alpha1\nkind: TokenBudget\nmetadata: {name: client-a, "
+               "namespace: ai}\nspec:\n  tenant: {principal: "
+            << kClientPrincipal << "}\n  limits: {tokensPerMinute: 300}\n";
+        std::filesystem::rename(path + ".tmp", path);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + kReloadWait;
+    while (std::chrono::steady_clock::now() < deadline &&
+           curl_chat(*client_, 1).headers["x-ratelimit-limit-tokens"] != "300") {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ASSERT_EQ(curl_chat(*client_, 1).headers["x-ratelimit-limit-tokens"], "300")
+        << "the budget on the SPIFFE identity was not applied";
+
+    int admitted = 0;
+    CurlReply refused;
+    for (int i = 0; i < kMaxRequests; ++i) {
+        refused = curl_chat(*client_);
+        if (refused.status != 200)
+            break;
+        ++admitted;
+    }
+    ASSERT_EQ(refused.status, 429u) << refused.body;
+    EXPECT_GE(admitted, 1);
+    EXPECT_EQ(json::parse(refused.body).at("error").at("code"), "rate_limit_exceeded");
+
+    // Another identity (tenant-b/client, sa client-b) still has the default budget.
+    CurlReply served = curl_chat(*client_b_);
+    ASSERT_EQ(served.status, 200u) << served.body;
+    EXPECT_EQ(served.headers["x-ratelimit-limit-tokens"], "1000000");
+}
+
+TEST_F(WaypointHboneTest, WaypointDownRefusesInsteadOfBypassing) {
+    ASSERT_EQ(curl_chat(*client_).status, 200u);
+    const DaemonState* waypoint = nullptr;
+    for (const auto& d : state_.daemons) {
+        if (d.name == "sluice-waypoint")
+            waypoint = &d;
+    }
+    ASSERT_NE(waypoint, nullptr);
+    ASSERT_EQ(::kill(waypoint->pid, SIGKILL), 0);
+    ASSERT_EQ(wait_process(waypoint->pid, std::chrono::seconds(5)), 128 + SIGKILL);
+
+    const int served_before = emulator_requests();
+    CurlReply r = curl_chat(*client_);
+    EXPECT_EQ(r.status, 0u) << r.body;
+    EXPECT_NE(r.exit_code, 0) << "curl must see a reset or closed connection";
+    EXPECT_EQ(emulator_requests(), served_before) << "the request reached a backend directly";
+    auto failed = access_lines(
+        state_.nodes.at(client_->node).run_dir + "/ztunnel-access.log", [&](const json& e) {
+            return e.value("dst.addr", "") == llm_vip_ && e.value("result", "") != "ok";
+        });
+    ASSERT_FALSE(failed.empty());
+    EXPECT_EQ(failed.back()["waypoint"], "ai/waypoint");
+    EXPECT_EQ(failed.back()["direction"], "outbound") << "never passthrough";
+}
 
 }  // namespace
 }  // namespace sluice::testbed

@@ -91,6 +91,7 @@ std::string service_doc(const ServiceState& s) {
     out << YAML::Key << "name" << YAML::Value << s.spec.name;
     out << YAML::Key << "namespace" << YAML::Value << s.spec.namespace_name;
     out << YAML::Key << "uid" << YAML::Value << s.uid;
+    emit_labels(out, "labels", s.spec.labels);
     out << YAML::EndMap;
     out << YAML::Key << "spec" << YAML::Value << YAML::BeginMap;
     out << YAML::Key << "type" << YAML::Value << "ClusterIP";

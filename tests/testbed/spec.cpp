@@ -160,7 +160,8 @@ ClusterSpec parse_spec(const std::string& yaml_text, const std::string& origin) 
         if (!svcs.IsSequence())
             fail(origin, svcs, "services must be a list");
         for (const auto& s : svcs) {
-            check_fields(origin, s, "service", {"name", "namespace", "selector", "ports"});
+            check_fields(origin, s, "service",
+                         {"name", "namespace", "selector", "ports", "labels"});
             if (!s["name"])
                 fail(origin, s, "service needs a name");
             ServiceSpec svc;
@@ -168,6 +169,7 @@ ClusterSpec parse_spec(const std::string& yaml_text, const std::string& origin) 
             if (s["namespace"])
                 svc.namespace_name = scalar<std::string>(origin, s["namespace"], "namespace");
             svc.selector = string_map(origin, s["selector"], "selector");
+            svc.labels = string_map(origin, s["labels"], "labels");
             if (auto ports = s["ports"]) {
                 if (!ports.IsSequence())
                     fail(origin, ports, "ports must be a list");

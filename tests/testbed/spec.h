@@ -37,6 +37,7 @@ struct ServiceSpec {
     std::string namespace_name = "default";
     std::map<std::string, std::string> selector;
     std::vector<ServicePort> ports;
+    std::map<std::string, std::string> labels;  // e.g. istio.io/use-waypoint
 };
 
 // A whole local cluster. Every resource it creates carries the cluster name, so several

@@ -79,6 +79,7 @@ json to_json(const ClusterState& s) {
         j["services"].push_back({{"name", sv.spec.name},
                                  {"namespace", sv.spec.namespace_name},
                                  {"selector", sv.spec.selector},
+                                 {"labels", sv.spec.labels},
                                  {"ports", ports},
                                  {"vip", sv.vip},
                                  {"uid", sv.uid}});
@@ -88,6 +89,8 @@ json to_json(const ClusterState& s) {
         j["waypoint"] = {{"pod", w.pod},          {"gateway", w.gateway}, {"metrics", w.metrics},
                          {"ready", w.ready},      {"config", w.config},   {"log", w.log},
                          {"backends", w.backends}};
+        if (!w.hbone.empty())
+            j["waypoint"]["hbone"] = w.hbone;
     }
     j["daemons"] = json::array();
     for (const auto& d : s.daemons) {
@@ -151,6 +154,8 @@ ClusterState state_from_json(const json& j) {
         ss.spec.name = sv.at("name");
         ss.spec.namespace_name = sv.at("namespace");
         ss.spec.selector = sv.at("selector").get<std::map<std::string, std::string>>();
+        ss.spec.labels =
+            sv.value("labels", json::object()).get<std::map<std::string, std::string>>();
         for (const auto& p : sv.at("ports")) {
             ss.spec.ports.push_back(
                 {p.at("name"), p.at("port"), p.at("targetPort"), p.at("protocol")});
@@ -167,7 +172,8 @@ ClusterState state_from_json(const json& j) {
                                    .ready = w.at("ready"),
                                    .config = w.at("config"),
                                    .log = w.at("log"),
-                                   .backends = w.at("backends").get<std::vector<std::string>>()};
+                                   .backends = w.at("backends").get<std::vector<std::string>>(),
+                                   .hbone = w.value("hbone", "")};
     }
     for (const auto& d : j.value("daemons", json::array())) {
         s.daemons.push_back({d.at("node"), d.at("pod"), d.at("name"), d.at("pid"), d.at("log")});

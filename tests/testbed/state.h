@@ -59,6 +59,7 @@ struct WaypointState {
     std::string config;                 // the generated --config file
     std::string log;                    // its stderr: logs and the JSON access log ("access {...}")
     std::vector<std::string> backends;  // emulator endpoints ip:port (test fixture)
+    std::string hbone;  // ip:15008 when the waypoint terminates HBONE itself (sidecarless), else ""
 };
 
 // What `up` built, written to <run>/state.json for status/exec/down in later invocations.

@@ -526,7 +526,7 @@ ClusterState build(const ClusterSpec& spec, const TestbedOptions& options) {
 ClusterState up(const ClusterSpec& requested, const TestbedOptions& options) {
     ClusterSpec spec = requested;
     if (spec.waypoint)
-        add_waypoint_pods(spec);
+        add_waypoint_pods(spec, options);
     auto problems = validate(spec);
     if (!problems.empty()) {
         std::string msg = "invalid cluster spec:";

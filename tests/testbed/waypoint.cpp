@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/process.h"
 #include "tests/testbed/mesh.h"
 #include "tests/testbed/testbed.h"
 
@@ -24,6 +25,12 @@ constexpr const char* kBackendName = "llm";
 constexpr int kBackendReplicas = 2;
 constexpr int kBackendPort = 8000;
 constexpr int kGatewayPort = 8080;
+constexpr int kHbonePort = 15008;
+constexpr const char* kTrustDomain = "cluster.local";
+// Istio ambient's labels (the same as ztunnel/state/registry.h reads).
+constexpr const char* kWaypointManagedLabel = "gateway.istio.io/managed";
+constexpr const char* kWaypointManagedValue = "istio.io-mesh-controller";
+constexpr const char* kUseWaypointLabel = "istio.io/use-waypoint";
 // The waypoint's admin ports, as every sluice component; with sidecars the pod's own ztunnel
 // holds 15020/15021, so the waypoint moves to Envoy's stats port and the one after it.
 constexpr int kMetricsPort = 15020, kReadyPort = 15021;
@@ -74,6 +81,7 @@ spec:
   tenantFrom:
     - header: x-tenant
     - apiKey: {{header: authorization}}
+    - spiffe: {{}}
     - namespace: {{}}
   defaultTenant: anonymous
   limits:
@@ -82,9 +90,29 @@ spec:
         fmt::arg("pool", kBackendName), fmt::arg("endpoints", endpoints));
 }
 
+// Whether this sluice-waypoint terminates HBONE itself (`--hbone-listen`): asked once per `up`.
+bool binary_serves_hbone(const TestbedOptions& options) {
+    const std::string bin = sluice_bin_dir(options) + "/sluice-waypoint";
+    if (!fs::exists(bin))
+        return false;  // start_waypoint names the missing binary
+    ProcessResult r = run_process({.argv = {bin, "--help"}}, std::chrono::seconds(10));
+    return (r.out + r.err).find("--hbone-listen") != std::string::npos;
+}
+
 }  // namespace
 
-void add_waypoint_pods(ClusterSpec& spec) {
+bool waypoint_serves_hbone(const PodState& pod) {
+    auto it = pod.labels.find(kWaypointManagedLabel);
+    return it != pod.labels.end() && it->second == kWaypointManagedValue;
+}
+
+void add_waypoint_pods(ClusterSpec& spec, const TestbedOptions& options) {
+    // Sidecarless only: with sidecars the pod's own ztunnel holds :15008 and the waypoint is
+    // reached like any pod.
+    const bool hbone = spec.mesh == MeshMode::Sidecarless && binary_serves_hbone(options);
+    if (spec.mesh == MeshMode::Sidecarless && !hbone)
+        spdlog::warn("sluice-waypoint has no --hbone-listen: service {}/{} does not use it",
+                     kWaypointNamespace, kBackendName);
     // Enrolled like the tenants' namespaces, so in sidecarless mode every hop to and from the
     // waypoint goes through the mesh.
     spec.namespaces.push_back({kWaypointNamespace, {{"istio.io/dataplane-mode", "ambient"}}});
@@ -95,15 +123,21 @@ void add_waypoint_pods(ClusterSpec& spec) {
                              .node = i % spec.nodes,
                              .labels = {{"app", kBackendName}}});
     }
-    spec.pods.push_back({.name = kWaypointPod,
-                         .namespace_name = kWaypointNamespace,
-                         .service_account = kWaypointPod,
-                         .node = 0,
-                         .labels = {{"app", kWaypointPod}}});
-    spec.services.push_back({.name = kBackendName,
-                             .namespace_name = kWaypointNamespace,
-                             .selector = {{"app", kBackendName}},
-                             .ports = {{"http", kBackendPort, kBackendPort, "TCP"}}});
+    PodSpec waypoint{.name = kWaypointPod,
+                     .namespace_name = kWaypointNamespace,
+                     .service_account = kWaypointPod,
+                     .node = 0,
+                     .labels = {{"app", kWaypointPod}}};
+    ServiceSpec backend{.name = kBackendName,
+                        .namespace_name = kWaypointNamespace,
+                        .selector = {{"app", kBackendName}},
+                        .ports = {{"http", kBackendPort, kBackendPort, "TCP"}}};
+    if (hbone) {
+        waypoint.labels[kWaypointManagedLabel] = kWaypointManagedValue;
+        backend.labels[kUseWaypointLabel] = kWaypointPod;
+    }
+    spec.pods.push_back(std::move(waypoint));
+    spec.services.push_back(std::move(backend));
     spec.services.push_back({.name = kWaypointPod,
                              .namespace_name = kWaypointNamespace,
                              .selector = {{"app", kWaypointPod}},
@@ -145,13 +179,38 @@ void start_waypoint(ClusterState& state, const TestbedOptions& options) {
     const std::string bin = sluice_bin_dir(options) + "/sluice-waypoint";
     if (!fs::exists(bin))
         throw TestbedError("--waypoint needs " + bin + " (build it: scripts/build.sh)");
-    const pid_t pid = start_pod_daemon(
-        state, pod, "sluice-waypoint",
-        {bin, "--config", w.config, "--listen", fmt::format("0.0.0.0:{}", kGatewayPort),
-         "--metrics-listen", fmt::format("0.0.0.0:{}", metrics_port), "--ready-listen",
-         fmt::format("0.0.0.0:{}", ready_port), "--policies-dir", state.policies_dir,
-         "--registry-dir", state.registry_dir},
-        w.log, ready_port, "/healthz/ready", kStartTimeout);
+    std::vector<std::string> argv = {bin,
+                                     "--config",
+                                     w.config,
+                                     "--listen",
+                                     fmt::format("0.0.0.0:{}", kGatewayPort),
+                                     "--metrics-listen",
+                                     fmt::format("0.0.0.0:{}", metrics_port),
+                                     "--ready-listen",
+                                     fmt::format("0.0.0.0:{}", ready_port),
+                                     "--policies-dir",
+                                     state.policies_dir,
+                                     "--registry-dir",
+                                     state.registry_dir};
+    if (waypoint_serves_hbone(pod)) {
+        // The node ztunnel leaves this pod's :15008 to the waypoint, which terminates the HBONE
+        // of the services that use it with its own certificate from the cluster CA.
+        ensure_cluster_ca(state, options);
+        w.hbone = fmt::format("{}:{}", pod.ip, kHbonePort);
+        const std::vector<std::string> hbone = {
+            "--hbone-listen",
+            fmt::format("0.0.0.0:{}", kHbonePort),
+            "--identity",
+            fmt::format("spiffe://{}/ns/{}/sa/{}", kTrustDomain, pod.namespace_name,
+                        pod.service_account),
+            "--ca-cert",
+            state.ca_dir + "/ca.crt",
+            "--ca-key",
+            state.ca_dir + "/ca.key"};
+        argv.insert(argv.end(), hbone.begin(), hbone.end());
+    }
+    const pid_t pid = start_pod_daemon(state, pod, "sluice-waypoint", std::move(argv), w.log,
+                                       ready_port, "/healthz/ready", kStartTimeout);
     spdlog::info("sluice-waypoint ready in {} (pid {}): gateway {}, backends {}", w.pod, pid,
                  w.gateway, fmt::join(w.backends, " "));
     state.waypoint = std::move(w);

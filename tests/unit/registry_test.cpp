@@ -33,7 +33,8 @@ ClusterState two_pod_state() {
     ServiceState svc{.spec = {.name = "llm",
                               .namespace_name = "rag",
                               .selector = {{"app", "llm"}},
-                              .ports = {{"http", 80, 8000, "TCP"}}},
+                              .ports = {{"http", 80, 8000, "TCP"}},
+                              .labels = {{"istio.io/use-waypoint", "waypoint"}}},
                      .vip = "198.19.128.1",
                      .uid = "s1"};
     s.services = {svc};
@@ -74,6 +75,7 @@ TEST(Registry, ServiceEndpointsAreTheSelectedPodsOnly) {
     auto docs = registry_documents(two_pod_state());
     YAML::Node svc = YAML::Load(doc(docs, "service.rag.llm.yaml").yaml);
     EXPECT_EQ(svc["spec"]["clusterIP"].as<std::string>(), "198.19.128.1");
+    EXPECT_EQ(svc["metadata"]["labels"]["istio.io/use-waypoint"].as<std::string>(), "waypoint");
     EXPECT_EQ(svc["spec"]["ports"][0]["targetPort"].as<int>(), 8000);
     YAML::Node v4 = YAML::Load(doc(docs, "endpointslice.rag.llm-v4.yaml").yaml);
     EXPECT_EQ(v4["apiVersion"].as<std::string>(), "discovery.k8s.io/v1");

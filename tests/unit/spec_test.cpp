@@ -36,6 +36,7 @@ services:
     namespace: tenant-a
     selector: {app: llm}
     ports: [{name: http, port: 80, targetPort: 8000}]
+    labels: {istio.io/use-waypoint: waypoint}
 )");
     EXPECT_EQ(spec.name, "rag");
     EXPECT_EQ(spec.nodes, 2);
@@ -50,6 +51,7 @@ services:
     EXPECT_EQ(spec.namespaces.at(0).labels.at("istio.io/dataplane-mode"), "ambient");
     ASSERT_EQ(spec.services.size(), 1u);
     EXPECT_EQ(spec.services[0].ports.at(0).target_port, 8000);
+    EXPECT_EQ(spec.services[0].labels.at("istio.io/use-waypoint"), "waypoint");
     EXPECT_TRUE(validate(spec).empty());
 }
 

@@ -33,6 +33,8 @@ nlohmann::json ConnectionRecord::to_json(const ConnectionLabels& l) const {
     };
     if (!error.empty())
         j["error"] = error;
+    if (!l.destination_waypoint.empty())
+        j["waypoint"] = l.destination_waypoint;
     return j;
 }
 

@@ -22,25 +22,30 @@ std::string or_unknown(const std::string& s) {
 }  // namespace
 
 std::map<std::string, std::string> ConnectionLabels::to_map() const {
-    return {{"reporter", reporter},
-            {"source_workload", or_unknown(source_workload)},
-            {"source_workload_namespace", or_unknown(source_workload_namespace)},
-            {"source_principal", or_unknown(source_principal)},
-            {"source_app", or_unknown(source_app)},
-            {"source_canonical_service", or_unknown(source_app)},
-            {"source_cluster", "Kubernetes"},
-            {"destination_workload", or_unknown(destination_workload)},
-            {"destination_workload_namespace", or_unknown(destination_workload_namespace)},
-            {"destination_principal", or_unknown(destination_principal)},
-            {"destination_app", or_unknown(destination_app)},
-            {"destination_canonical_service", or_unknown(destination_app)},
-            {"destination_cluster", "Kubernetes"},
-            {"destination_service", or_unknown(destination_service)},
-            {"destination_service_name", or_unknown(destination_service_name)},
-            {"destination_service_namespace", or_unknown(destination_service_namespace)},
-            {"request_protocol", "tcp"},
-            {"response_flags", response_flags},
-            {"connection_security_policy", connection_security_policy}};
+    std::map<std::string, std::string> m{
+        {"reporter", reporter},
+        {"source_workload", or_unknown(source_workload)},
+        {"source_workload_namespace", or_unknown(source_workload_namespace)},
+        {"source_principal", or_unknown(source_principal)},
+        {"source_app", or_unknown(source_app)},
+        {"source_canonical_service", or_unknown(source_app)},
+        {"source_cluster", "Kubernetes"},
+        {"destination_workload", or_unknown(destination_workload)},
+        {"destination_workload_namespace", or_unknown(destination_workload_namespace)},
+        {"destination_principal", or_unknown(destination_principal)},
+        {"destination_app", or_unknown(destination_app)},
+        {"destination_canonical_service", or_unknown(destination_app)},
+        {"destination_cluster", "Kubernetes"},
+        {"destination_service", or_unknown(destination_service)},
+        {"destination_service_name", or_unknown(destination_service_name)},
+        {"destination_service_namespace", or_unknown(destination_service_namespace)},
+        {"request_protocol", "tcp"},
+        {"response_flags", response_flags},
+        {"connection_security_policy", connection_security_policy}};
+    // Only on connections through a waypoint: Istio's label set stays as it is elsewhere.
+    if (!destination_waypoint.empty())
+        m["destination_waypoint"] = destination_waypoint;
+    return m;
 }
 
 Metrics::Metrics()
@@ -55,6 +60,8 @@ Metrics::Metrics()
                             "Connections refused by authorization, by reason")),
       handshake_failures_(counter(*registry_, "sluice_tls_handshake_failures_total",
                                   "HBONE TLS handshakes refused, by reason")),
+      outbound_refused_(counter(*registry_, "sluice_outbound_refused_total",
+                                "Outbound connections refused before an upstream was tried")),
       pool_connections_(
           gauge(*registry_, "sluice_pool_connections", "Open HBONE client connections in the pools")
               .Add({})),
@@ -123,6 +130,10 @@ void Metrics::connection_closed(const ConnectionLabels& l, uint64_t sent, uint64
     closed_.Add(m).Increment();
     sent_.Add(m).Increment(static_cast<double>(sent));
     received_.Add(m).Increment(static_cast<double>(received));
+}
+
+void Metrics::outbound_refused(const std::string& reason) {
+    outbound_refused_.Add({{"reason", reason}}).Increment();
 }
 
 void Metrics::authz_denied(const std::string& direction, const std::string& reason) {

@@ -23,6 +23,7 @@ struct ConnectionLabels {
     std::string destination_service, destination_service_name, destination_service_namespace;
     std::string connection_security_policy;  // "mutual_tls" or "none"
     std::string response_flags = "-";        // Envoy-style: "-", "UF" (upstream failure), ...
+    std::string destination_waypoint;        // "ns/name" of the waypoint Service on the way, if any
 
     std::map<std::string, std::string> to_map() const;
     bool operator==(const ConnectionLabels&) const = default;
@@ -57,6 +58,8 @@ class Metrics {
     void connection_closed(const ConnectionLabels& l, uint64_t sent, uint64_t received);
     void authz_denied(const std::string& direction, const std::string& reason);
     void handshake_failed(const std::string& reason);
+    // An outbound connection refused before any upstream was tried (fail closed).
+    void outbound_refused(const std::string& reason);
     void set_pool(size_t connections, size_t streams);
     void set_cert_expiry(const std::string& identity, double seconds);
     void set_workloads(size_t n);
@@ -73,6 +76,7 @@ class Metrics {
     prometheus::Family<prometheus::Counter>& received_;
     prometheus::Family<prometheus::Counter>& authz_denied_;
     prometheus::Family<prometheus::Counter>& handshake_failures_;
+    prometheus::Family<prometheus::Counter>& outbound_refused_;
     prometheus::Gauge& pool_connections_;
     prometheus::Gauge& pool_streams_;
     prometheus::Family<prometheus::Gauge>& cert_expiry_;

@@ -1,6 +1,7 @@
 // Outbound (:15001 in the source pod's netns): find where the app meant to connect, resolve it in
-// the registry, and carry it over HBONE to the destination pod's ztunnel, or pass it through
-// when the destination is outside the mesh.
+// the registry, and carry it over HBONE to the destination pod's ztunnel (or to a pod of the
+// waypoint the destination service uses), or pass it through when the destination is outside
+// the mesh.
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/co_spawn.hpp>
@@ -59,6 +60,16 @@ void finish(Proxy& p, ConnectionRecord& rec, const ConnectionLabels& labels, boo
         rec.error = level_error;
     }
     p.access_log().write(rec, labels);
+}
+
+// Fail closed: the client is reset, the refusal counted, logged and written to the access log.
+void refuse(Proxy& p, ConnectionRecord& rec, ConnectionLabels& labels, tcp::socket& client,
+            const char* reason, const std::string& detail) {
+    labels.response_flags = "UH";  // Envoy: no healthy upstream
+    p.metrics().outbound_refused(reason);
+    spdlog::warn("outbound {} -> {} refused ({}): {}", rec.src_addr, rec.dst_addr, reason, detail);
+    finish(p, rec, labels, false, detail);
+    TcpPipe(client).abort();
 }
 
 // Everything the tunnel needs once the destination is known.
@@ -150,9 +161,12 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
     rec.src_addr = to_string(src_ep);
     rec.dst_addr = to_string(*orig);
 
-    tcp::endpoint target = *orig;
-    const state::Workload* dst = nullptr;
-    if (const state::Service* svc = snap->service_by_vip(orig->address())) {
+    tcp::endpoint target = *orig;               // the :authority of the CONNECT
+    std::optional<asio::ip::address> hbone_ip;  // set when the HBONE peer is not target's pod
+    const state::Workload* dst = nullptr;       // the HBONE peer
+    const state::Service* waypoint = nullptr;
+    const state::Service* svc = snap->service_by_vip(orig->address());
+    if (svc != nullptr) {
         labels.destination_service = svc->hostname();
         labels.destination_service_name = svc->name;
         labels.destination_service_namespace = svc->namespace_name;
@@ -162,22 +176,43 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
                    "service " + svc->key() + " has no port " + std::to_string(orig->port()));
             co_return;
         }
-        auto ep = p.load_balancer().pick(*svc, src_ep.address(), v6);
-        if (!ep) {
+        auto route = state::waypoint_route(*snap, src_reg, *svc);
+        if (!route) {
+            refuse(p, rec, labels, client, "waypoint_missing", route.error());
+            co_return;
+        }
+        waypoint = route->waypoint;
+        // Istio ambient: through a waypoint, HBONE goes to one of its pods with the original
+        // destination as the authority, and the waypoint picks the service's endpoint.
+        auto ep = p.load_balancer().pick(waypoint ? *waypoint : *svc, src_ep.address(), v6);
+        if (!ep && waypoint == nullptr) {
             finish(p, rec, labels, false, "service " + svc->key() + " has no ready endpoint");
             co_return;
         }
-        target = tcp::endpoint(ep->ip, sp->target_port);
+        dst = ep ? snap->workload_by_ip(ep->ip) : nullptr;
+        if (waypoint != nullptr) {
+            labels.destination_waypoint = waypoint->key();
+            if (dst == nullptr) {
+                refuse(p, rec, labels, client, "no_waypoint_endpoint",
+                       "waypoint " + waypoint->key() + " of service " + svc->key() +
+                           " has no ready endpoint pod");
+                co_return;
+            }
+            hbone_ip = ep->ip;
+        } else {
+            target = tcp::endpoint(ep->ip, sp->target_port);
+        }
         t.lb_endpoint = ep->ip;
         p.load_balancer().opened(ep->ip);
-        dst = snap->workload_by_ip(ep->ip);
     } else {
         dst = snap->workload_by_ip(orig->address());
     }
 
     // In sidecar mode every pod of the registry has a ztunnel; in node mode the enrollment
     // label says which pods are in the mesh.
-    const bool use_hbone = dst != nullptr && (p.config().mode == Mode::Sidecar || dst->ambient);
+    // A waypoint terminates HBONE itself, enrolled or not.
+    const bool use_hbone =
+        dst != nullptr && (p.config().mode == Mode::Sidecar || dst->ambient || waypoint != nullptr);
     if (!use_hbone) {
         rec.direction = "passthrough";
         labels.connection_security_policy = "none";
@@ -203,12 +238,19 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
     }
 
     const identity::Identity dst_id = dst->identity(p.config().trust_domain);
-    labels.destination_workload = dst->name;
-    labels.destination_workload_namespace = dst->namespace_name;
+    if (waypoint != nullptr) {
+        // What the connection is for is the service; the waypoint is the verified peer.
+        labels.destination_workload = svc->name;
+        labels.destination_workload_namespace = svc->namespace_name;
+        labels.destination_app = svc->name;
+    } else {
+        labels.destination_workload = dst->name;
+        labels.destination_workload_namespace = dst->namespace_name;
+        labels.destination_app = app_label(dst->labels, dst->name);
+    }
     labels.destination_principal = dst_id.uri();
-    labels.destination_app = app_label(dst->labels, dst->name);
     labels.connection_security_policy = "mutual_tls";
-    const tcp::endpoint hbone_ep(target.address(), p.config().hbone_port);
+    const tcp::endpoint hbone_ep(hbone_ip.value_or(target.address()), p.config().hbone_port);
     rec.hbone_addr = to_string(hbone_ep);
     t.key = hbone::PoolKey{src->id, dst_id, rec.hbone_addr, src->info.uid};
     t.request.authority = to_string(target);

@@ -154,14 +154,21 @@ std::expected<int, std::string> Proxy::add_workload(const zds::WorkloadInfo& inf
         void (*serve)(Proxy&, std::shared_ptr<EnrolledWorkload>, Worker&, tcp::socket);
     };
     const bool v6 = std::any_of(wl->ips.begin(), wl->ips.end(), [](auto& a) { return a.is_v6(); });
+    // A waypoint pod terminates HBONE on :15008 itself; its outbound and other inbound are ours.
+    // The Pod object exists before the runtime networks it, so a fresh read finds its labels.
+    registry_.refresh();
+    const state::Workload* reg = registry_.current()->workload(info.namespace_name, info.name);
+    const bool hbone = reg == nullptr || !reg->waypoint;
     std::vector<Spec> specs = {
         {{asio::ip::make_address("127.0.0.1"), config_.outbound_port}, serve_outbound},
         {{asio::ip::address_v4::any(), config_.inbound_plaintext_port}, serve_inbound_plaintext},
-        {{asio::ip::address_v4::any(), config_.hbone_port}, serve_hbone},
     };
+    if (hbone)
+        specs.push_back({{asio::ip::address_v4::any(), config_.hbone_port}, serve_hbone});
     if (v6) {
         specs.push_back({{asio::ip::make_address("::1"), config_.outbound_port}, serve_outbound});
-        specs.push_back({{asio::ip::address_v6::any(), config_.hbone_port}, serve_hbone});
+        if (hbone)
+            specs.push_back({{asio::ip::address_v6::any(), config_.hbone_port}, serve_hbone});
         specs.push_back({{asio::ip::address_v6::any(), config_.inbound_plaintext_port},
                          serve_inbound_plaintext});
     }
@@ -191,8 +198,8 @@ std::expected<int, std::string> Proxy::add_workload(const zds::WorkloadInfo& inf
     wl->inbound_plaintext_fd = fds[1];
     for (size_t i = 0; i < specs.size(); ++i)
         start_listener(wl, fds[i], next_worker_++, specs[i].serve);
-    spdlog::info("serving {}/{} ({}) as {}", info.namespace_name, info.name, info.uid,
-                 wl->id.uri());
+    spdlog::info("serving {}/{} ({}) as {}{}", info.namespace_name, info.name, info.uid,
+                 wl->id.uri(), hbone ? "" : " (waypoint: its own :15008)");
     std::lock_guard lock(mutex_);
     workloads_[info.uid] = wl;
     metrics_.set_workloads(workloads_.size());

@@ -86,8 +86,10 @@ class YamlFolderRegistry : public RegistrySource {
             };
             w.ambient =
                 has(w.labels) || (has(ns_labels) && !w.labels.contains(kDataplaneModeLabel));
+            w.waypoint = is_waypoint_pod(w.labels);
         }
         for (auto& s : services) {
+            s.waypoint = use_waypoint(s.labels, namespaces[s.namespace_name], s.namespace_name);
             for (const auto& sl : slices) {
                 if (sl.namespace_name != s.namespace_name || sl.service != s.name)
                     continue;
@@ -138,6 +140,7 @@ class YamlFolderRegistry : public RegistrySource {
             s.name = name;
             s.namespace_name = ns;
             s.load_balancing = parse_lb(labels_of(meta["annotations"])[kLoadBalancerAnnotation]);
+            s.labels = labels_of(meta["labels"]);
             for (const auto& ipn : doc["spec"]["clusterIPs"]) {
                 if (auto ip = parse_ip(ipn.as<std::string>("")))
                     s.vips.push_back(*ip);
@@ -150,9 +153,9 @@ class YamlFolderRegistry : public RegistrySource {
                 ServicePort p;
                 p.name = pn["name"].as<std::string>("");
                 p.port = pn["port"].as<uint16_t>(0);
-                // A named targetPort resolves through the EndpointSlice below.
-                p.target_port =
-                    pn["targetPort"].IsScalar() ? pn["targetPort"].as<uint16_t>(p.port) : p.port;
+                // A named targetPort resolves through the EndpointSlice below; none means port.
+                const YAML::Node tp = pn["targetPort"];
+                p.target_port = tp && tp.IsScalar() ? tp.as<uint16_t>(p.port) : p.port;
                 s.ports.push_back(p);
             }
             services.push_back(std::move(s));
@@ -212,9 +215,47 @@ Snapshot::Snapshot(std::vector<Workload> workloads, std::vector<Service> service
             workload_by_ip_[ip] = i;
     }
     for (size_t i = 0; i < services_.size(); ++i) {
+        service_by_key_[services_[i].key()] = i;
         for (const auto& ip : services_[i].vips)
             service_by_vip_[ip] = i;
     }
+}
+
+const Service* Snapshot::service(const std::string& key) const {
+    auto it = service_by_key_.find(key);
+    return it == service_by_key_.end() ? nullptr : &services_[it->second];
+}
+
+std::optional<std::string> use_waypoint(const Labels& service_labels,
+                                        const Labels& namespace_labels,
+                                        const std::string& namespace_name) {
+    // The Service's own label wins, `none` included; the Namespace's applies otherwise.
+    const Labels& from =
+        service_labels.contains(kUseWaypointLabel) ? service_labels : namespace_labels;
+    auto name = from.find(kUseWaypointLabel);
+    if (name == from.end() || name->second.empty() || name->second == "none")
+        return std::nullopt;
+    auto ns = from.find(kUseWaypointNamespaceLabel);
+    return (ns == from.end() || ns->second.empty() ? namespace_name : ns->second) + "/" +
+           name->second;
+}
+
+bool is_waypoint_pod(const Labels& pod_labels) {
+    auto it = pod_labels.find(kWaypointManagedLabel);
+    return it != pod_labels.end() && it->second == kWaypointManagedValue;
+}
+
+std::expected<WaypointRoute, std::string> waypoint_route(const Snapshot& snap,
+                                                         const Workload* source,
+                                                         const Service& destination) {
+    if (!destination.waypoint || *destination.waypoint == destination.key() ||
+        (source != nullptr && source->waypoint))
+        return WaypointRoute{};
+    const Service* waypoint = snap.service(*destination.waypoint);
+    if (waypoint == nullptr)
+        return std::unexpected("service " + destination.key() + " uses waypoint " +
+                               *destination.waypoint + ", which is not in the registry");
+    return WaypointRoute{waypoint};
 }
 
 const Workload* Snapshot::workload_by_ip(const IpAddress& ip) const {
@@ -258,6 +299,7 @@ std::shared_ptr<const Snapshot> RegistryView::current() const {
 }
 
 void RegistryView::refresh() {
+    std::lock_guard refreshing(refresh_mutex_);
     if (!source_->changed())
         return;
     auto snap = source_->load();

@@ -3,8 +3,10 @@
 #include <filesystem>
 #include <fstream>
 
+#include "ztunnel/proxy/access_log.h"
 #include "ztunnel/proxy/config.h"
 #include "ztunnel/proxy/load_balancer.h"
+#include "ztunnel/proxy/metrics.h"
 #include "ztunnel/state/authz.h"
 #include "ztunnel/state/registry.h"
 
@@ -115,6 +117,135 @@ TEST_F(RegistryTest, LoadBalancerSkipsUnreadyEndpointsAndFollowsThePolicy) {
     for (int i = 0; i < 5; ++i)
         EXPECT_EQ(lb.pick(svc, ip("198.18.7.7"), false)->ip, first);
     EXPECT_FALSE(lb.pick(svc, ip("198.18.7.7"), true)) << "no IPv6 endpoints";
+}
+
+// Istio ambient's waypoint labels: the Service's own label, else its Namespace's; `none` opts out.
+TEST(UseWaypointTest, ServiceLabelThenNamespaceLabelAndNoneOptsOut) {
+    using state::use_waypoint;
+    const state::Labels ns = {{"istio.io/use-waypoint", "ns-wp"}};
+    EXPECT_EQ(use_waypoint({}, {}, "a"), std::nullopt);
+    EXPECT_EQ(use_waypoint({{"istio.io/use-waypoint", "wp"}}, {}, "a"), "a/wp")
+        << "default: the service's own namespace";
+    EXPECT_EQ(use_waypoint(
+                  {{"istio.io/use-waypoint", "wp"}, {"istio.io/use-waypoint-namespace", "infra"}},
+                  {}, "a"),
+              "infra/wp");
+    EXPECT_EQ(use_waypoint({}, ns, "a"), "a/ns-wp") << "the namespace label applies";
+    EXPECT_EQ(use_waypoint({{"istio.io/use-waypoint", "wp"}}, ns, "a"), "a/wp")
+        << "the service label wins";
+    EXPECT_EQ(use_waypoint({{"istio.io/use-waypoint", "none"}}, ns, "a"), std::nullopt)
+        << "none on the service opts out of the namespace's waypoint";
+    EXPECT_EQ(use_waypoint({{"istio.io/use-waypoint-namespace", "infra"}}, ns, "a"), "a/ns-wp")
+        << "a namespace override without a name on the service does not move the namespace's";
+    EXPECT_TRUE(state::is_waypoint_pod({{"gateway.istio.io/managed", "istio.io-mesh-controller"}}));
+    EXPECT_FALSE(state::is_waypoint_pod({{"gateway.istio.io/managed", "other"}}));
+    EXPECT_FALSE(state::is_waypoint_pod({{"app", "waypoint"}}));
+}
+
+// The testbed's shape: service ai/llm uses waypoint ai/waypoint, whose pod is labelled.
+class WaypointRegistryTest : public RegistryTest {
+  protected:
+    void SetUp() override {
+        RegistryTest::SetUp();
+        write("namespace.ai.yaml", R"(apiVersion: v1
+kind: Namespace
+metadata: {name: ai, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+)");
+        write("pod.ai.waypoint.yaml", R"(apiVersion: v1
+kind: Pod
+metadata: {name: waypoint, namespace: ai, uid: w0, labels: {app: waypoint, gateway.istio.io/managed: istio.io-mesh-controller}}
+spec: {nodeName: node0, serviceAccountName: waypoint}
+status: {podIP: 198.18.0.9}
+)");
+        write("pod.ai.llm-0.yaml", R"(apiVersion: v1
+kind: Pod
+metadata: {name: llm-0, namespace: ai, uid: l0, labels: {app: llm}}
+spec: {nodeName: node1, serviceAccountName: llm}
+status: {podIP: 198.18.1.9}
+)");
+        service("llm", "198.19.128.2", "");
+        service("waypoint", "198.19.128.3", "");
+        service("plain", "198.19.128.4", "istio.io/use-waypoint: none");
+        service("elsewhere", "198.19.128.5",
+                "istio.io/use-waypoint: gone, istio.io/use-waypoint-namespace: infra");
+        slice("waypoint", "198.18.0.9", "waypoint", true);
+        slice("llm", "198.18.1.9", "llm-0", true);
+    }
+    void service(const std::string& name, const std::string& vip, const std::string& labels) {
+        write("service.ai." + name + ".yaml",
+              "apiVersion: v1\nkind: Service\nmetadata: {name: " + name +
+                  ", namespace: ai, labels: {" + labels + "}}\nspec:\n  clusterIP: " + vip +
+                  "\n  ports: [{name: http, port: 80}]\n");
+    }
+    void slice(const std::string& svc, const std::string& addr, const std::string& pod,
+               bool ready) {
+        write("endpointslice.ai." + svc + ".yaml",
+              "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: " + svc +
+                  "-v4, namespace: ai, labels: {kubernetes.io/service-name: " + svc +
+                  "}}\nendpoints:\n  - {addresses: [" + addr + "], conditions: {ready: " +
+                  (ready ? "true" : "false") + "}, targetRef: {kind: Pod, name: " + pod +
+                  ", namespace: ai}}\nports: [{name: http, port: 80}]\n");
+    }
+};
+
+TEST_F(WaypointRegistryTest, ServiceRoutesThroughItsWaypointExceptFromTheWaypoint) {
+    auto snap = state::yaml_folder_registry(dir_)->load();
+    ASSERT_TRUE(snap) << snap.error();
+    const state::Service* llm = snap->service_by_vip(ip("198.19.128.2"));
+    ASSERT_NE(llm, nullptr);
+    EXPECT_EQ(llm->waypoint, "ai/waypoint") << "from the namespace label";
+    const state::Workload* wp = snap->workload("ai", "waypoint");
+    const state::Workload* client = snap->workload("tenant-a", "llm-0");
+    ASSERT_NE(wp, nullptr);
+    EXPECT_TRUE(wp->waypoint);
+    EXPECT_FALSE(client->waypoint);
+
+    auto route = state::waypoint_route(*snap, client, *llm);
+    ASSERT_TRUE(route) << route.error();
+    ASSERT_NE(route->waypoint, nullptr);
+    EXPECT_EQ(route->waypoint->key(), "ai/waypoint");
+    route = state::waypoint_route(*snap, nullptr, *llm);
+    ASSERT_TRUE(route);
+    EXPECT_NE(route->waypoint, nullptr) << "a source outside the registry goes through it too";
+
+    // No loops: the waypoint's own connections to the service go to its endpoints.
+    route = state::waypoint_route(*snap, wp, *llm);
+    ASSERT_TRUE(route);
+    EXPECT_EQ(route->waypoint, nullptr);
+    // The waypoint service itself (the namespace label names it) is not routed to itself.
+    route = state::waypoint_route(*snap, client, *snap->service("ai/waypoint"));
+    ASSERT_TRUE(route);
+    EXPECT_EQ(route->waypoint, nullptr);
+    // Opted out by `none`.
+    route = state::waypoint_route(*snap, client, *snap->service_by_vip(ip("198.19.128.4")));
+    ASSERT_TRUE(route);
+    EXPECT_EQ(route->waypoint, nullptr);
+    // A waypoint the registry does not hold: an error naming it (the caller fails closed).
+    route = state::waypoint_route(*snap, client, *snap->service_by_vip(ip("198.19.128.5")));
+    ASSERT_FALSE(route);
+    EXPECT_NE(route.error().find("infra/gone"), std::string::npos) << route.error();
+}
+
+TEST_F(WaypointRegistryTest, WaypointWithoutAReadyEndpointHasNothingToPick) {
+    slice("waypoint", "198.18.0.9", "waypoint", false);
+    auto snap = state::yaml_folder_registry(dir_)->load();
+    ASSERT_TRUE(snap) << snap.error();
+    auto route =
+        state::waypoint_route(*snap, snap->workload("tenant-a", "llm-0"), *snap->service("ai/llm"));
+    ASSERT_TRUE(route);
+    ASSERT_NE(route->waypoint, nullptr);
+    proxy::LoadBalancer lb;
+    EXPECT_FALSE(lb.pick(*route->waypoint, ip("198.18.5.5"), false));
+}
+
+TEST(WaypointHopTest, AccessLogAndMetricLabelsNameTheWaypointOnlyWhenThereIsOne) {
+    proxy::ConnectionRecord rec;
+    proxy::ConnectionLabels labels;
+    EXPECT_FALSE(rec.to_json(labels).contains("waypoint"));
+    EXPECT_FALSE(labels.to_map().contains("destination_waypoint"));
+    labels.destination_waypoint = "ai/waypoint";
+    EXPECT_EQ(rec.to_json(labels)["waypoint"], "ai/waypoint");
+    EXPECT_EQ(labels.to_map().at("destination_waypoint"), "ai/waypoint");
 }
 
 TEST(DefaultAuthorizerTest, StrictRefusesOnlyPlaintext) {
