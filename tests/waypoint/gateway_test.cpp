@@ -47,6 +47,20 @@ spec:
 )" + extra;
 }
 
+// baseConfig plus a TokenBudget per x-tenant: `tokens_per_minute`, 100 requests per minute.
+std::string budgetConfig(const Emulator& backend, int tokens_per_minute) {
+    return baseConfig("\"" + backend.address() + "\"", R"(---
+apiVersion: sluice.dev/v1alpha1
+kind: TokenBudget
+metadata: {name: tenants}
+spec:
+  tenantFrom: [{header: x-tenant}]
+  limits:
+    - {tenant: "*", tokensPerMinute: )" + std::to_string(tokens_per_minute) +
+                                                           R"(, requestsPerMinute: 100}
+)");
+}
+
 // A Waypoint with two single-endpoint pools and one ModelRoute taking every model.
 std::string twoPoolConfig(const std::string& a, const Emulator& ea, const std::string& b,
                           const Emulator& eb, const std::string& route_spec) {
@@ -216,15 +230,7 @@ TEST(WaypointGateway, KeepAliveAndChunkedRequestBody) {
 
 TEST(WaypointGateway, TokenBudgetReturns429WithHeadersAndOtherTenantIsServed) {
     Emulator backend("a");
-    auto gw = startGateway(baseConfig("\"" + backend.address() + "\"", R"(---
-apiVersion: sluice.dev/v1alpha1
-kind: TokenBudget
-metadata: {name: tenants}
-spec:
-  tenantFrom: [{header: x-tenant}]
-  limits:
-    - {tenant: "*", tokensPerMinute: 400, requestsPerMinute: 100}
-)"));
+    auto gw = startGateway(budgetConfig(backend, 400));
     // Each request reserves its prompt estimate + max_tokens (150) and settles at the emulator's
     // usage (its prompt count + 150): 400 → 2 admitted, the third is over budget.
     backend.configure(R"({"completion_tokens": 150})");
@@ -560,15 +566,7 @@ TEST(WaypointH2, ConcurrentStreamsOnOneConnectionAreAllAnswered) {
 
 TEST(WaypointH2, OverBudgetIs429WithRetryAfterOverH2) {
     Emulator backend("a");
-    auto gw = startGateway(baseConfig("\"" + backend.address() + "\"", R"(---
-apiVersion: sluice.dev/v1alpha1
-kind: TokenBudget
-metadata: {name: tenants}
-spec:
-  tenantFrom: [{header: x-tenant}]
-  limits:
-    - {tenant: "*", tokensPerMinute: 200, requestsPerMinute: 100}
-)"));
+    auto gw = startGateway(budgetConfig(backend, 200));
     backend.configure(R"({"completion_tokens": 150})");
     const std::string body = chatBody(false, false, 150);
     auto first = curlH2(gw->gatewayPort(), body, "-H 'x-tenant: team-a'");

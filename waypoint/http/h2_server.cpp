@@ -12,12 +12,14 @@
 
 #include <boost/asio/write.hpp>
 
-#include "ztunnel/hbone/event.h"
+#include "ztunnel/hbone/nghttp2_io.h"
 
 namespace sluice::waypoint {
 namespace {
 
 using ztunnel::hbone::Event;
+using ztunnel::hbone::header;
+using ztunnel::hbone::SendQueue;
 
 // Response bytes queued for the peer beyond this make the pipeline's write wait.
 constexpr std::size_t kSendHighWater = 256 * 1024;
@@ -26,12 +28,6 @@ constexpr std::size_t kWriteBatch = 64 * 1024;
 // The HTTP/1.1 response header the pipeline writes (status line and fields).
 constexpr std::uint32_t kResponseHeaderLimit = 64 * 1024;
 constexpr std::string_view kPrefaceHead = "PRI * HTTP/2.0\r\n\r\n";
-
-nghttp2_nv header(std::string_view name, std::string_view value) {
-    return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
-                      reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(),
-                      value.size(), NGHTTP2_NV_FLAG_NONE};
-}
 
 // Connection-specific fields (RFC 9113 §8.2.2) never cross the translation in either direction.
 // `name` is lower case (HTTP/2 requires it; response names are lowered first).
@@ -91,12 +87,12 @@ class H2Stream final : public ByteStream, private http::basic_parser<false> {
     void on_header_impl(error_code&) override;
     void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code&) override {}
     std::size_t on_body_impl(beast::string_view body, error_code&) override {
-        to_send_.append(body.data(), body.size());
+        send_.append({body.data(), body.size()});
         return body.size();
     }
     void on_chunk_header_impl(std::uint64_t, beast::string_view, error_code&) override {}
     std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code&) override {
-        to_send_.append(body.data(), body.size());
+        send_.append({body.data(), body.size()});
         return body.size();
     }
     void on_finish_impl(error_code&) override { finished_ = true; }
@@ -124,11 +120,9 @@ class H2Stream final : public ByteStream, private http::basic_parser<false> {
     std::string unparsed_;
     std::string status_;
     std::vector<std::pair<std::string, std::string>> response_fields_;
-    std::string to_send_;
-    std::size_t to_send_offset_ = 0;
+    SendQueue send_;
     bool submitted_ = false;
     bool finished_ = false;  // the whole response went through the parser (or send shut down)
-    bool deferred_ = false;
     // Lifetime.
     bool closed_ = false;  // close() was called by the pipeline
     bool ended_ = false;   // nghttp2 closed the stream
@@ -170,8 +164,8 @@ class H2Session : public std::enable_shared_from_this<H2Session> {
     nghttp2_session* session() { return session_; }
     void kick() { write_ready_.notify(); }
     void resume(H2Stream& s) {
-        if (s.deferred_ && !s.ended_) {
-            s.deferred_ = false;
+        if (s.send_.deferred && !s.ended_) {
+            s.send_.deferred = false;
             nghttp2_session_resume_data(session_, s.id_);
         }
         kick();
@@ -270,15 +264,11 @@ awaitable<ByteStream::IoResult> H2Stream::read(asio::mutable_buffer buf) {
 }
 
 awaitable<ByteStream::IoResult> H2Stream::write(std::string data) {
-    while (to_send_.size() - to_send_offset_ >= kSendHighWater && !ended_ && !closed_)
+    while (send_.queued() >= kSendHighWater && !ended_ && !closed_)
         co_await writable_.wait();
     if (ended_ || closed_)
         co_return IoResult{asio::error::broken_pipe, 0};
     const std::size_t n = data.size();
-    if (to_send_offset_ > 0 && to_send_offset_ >= to_send_.size() - to_send_offset_) {
-        to_send_.erase(0, to_send_offset_);
-        to_send_offset_ = 0;
-    }
     unparsed_.append(data);
     std::size_t used = 0;
     error_code ec;
@@ -343,40 +333,18 @@ void H2Stream::close() {
 ssize_t H2Stream::readData(nghttp2_session*, int32_t, uint8_t* buf, std::size_t length,
                            uint32_t* flags, nghttp2_data_source* source, void*) {
     auto* s = static_cast<H2Stream*>(source->ptr);
-    const std::size_t available = s->to_send_.size() - s->to_send_offset_;
-    const std::size_t n = std::min(length, available);
-    std::memcpy(buf, s->to_send_.data() + s->to_send_offset_, n);
-    s->to_send_offset_ += n;
-    if (s->to_send_offset_ == s->to_send_.size()) {
-        s->to_send_.clear();
-        s->to_send_offset_ = 0;
-    }
-    if (available - n < kSendHighWater)
-        s->writable_.notify();
-    if (s->to_send_.empty()) {
-        if (s->finished_) {
-            *flags |= NGHTTP2_DATA_FLAG_EOF;
-        } else if (n == 0) {
-            s->deferred_ = true;
-            return NGHTTP2_ERR_DEFERRED;
-        }
-    }
-    return static_cast<ssize_t>(n);
+    return s->send_.take(buf, length, flags, s->finished_, s->writable_, kSendHighWater);
 }
 
 // ---- H2Session -----------------------------------------------------------------------------
 
 const nghttp2_session_callbacks* H2Session::callbacks() {
-    static nghttp2_session_callbacks* cbs = [] {
-        nghttp2_session_callbacks* c = nullptr;
-        nghttp2_session_callbacks_new(&c);
-        nghttp2_session_callbacks_set_on_begin_headers_callback(c, onBeginHeaders);
-        nghttp2_session_callbacks_set_on_header_callback(c, onHeader);
-        nghttp2_session_callbacks_set_on_frame_recv_callback(c, onFrameRecv);
-        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, onDataChunk);
-        nghttp2_session_callbacks_set_on_stream_close_callback(c, onStreamClose);
-        return c;
-    }();
+    static nghttp2_session_callbacks* cbs =
+        ztunnel::hbone::newCallbacks({.begin_headers = onBeginHeaders,
+                                      .header = onHeader,
+                                      .frame_recv = onFrameRecv,
+                                      .data_chunk = onDataChunk,
+                                      .stream_close = onStreamClose});
     return cbs;
 }
 
@@ -476,17 +444,8 @@ awaitable<void> H2Session::writeLoop() {
     std::string out;
     while (open_) {
         out.clear();
-        while (out.size() < kWriteBatch) {
-            const uint8_t* data = nullptr;
-            const ssize_t n = nghttp2_session_mem_send(session_, &data);
-            if (n < 0) {
-                close();
-                co_return;
-            }
-            if (n == 0)
-                break;
-            out.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
-        }
+        if (!ztunnel::hbone::gatherFrames(session_, out, kWriteBatch))
+            break;
         if (!out.empty()) {
             error_code ec;
             co_await asio::async_write(socket_, asio::buffer(out), noThrow(ec));
