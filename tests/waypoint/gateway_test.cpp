@@ -6,7 +6,10 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <cstdio>
+#include <fstream>
 #include <future>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -42,6 +45,20 @@ spec:
   timeout: 5s
   backends: [{pool: main}]
 )" + extra;
+}
+
+// baseConfig plus a TokenBudget per x-tenant: `tokens_per_minute`, 100 requests per minute.
+std::string budgetConfig(const Emulator& backend, int tokens_per_minute) {
+    return baseConfig("\"" + backend.address() + "\"", R"(---
+apiVersion: sluice.dev/v1alpha1
+kind: TokenBudget
+metadata: {name: tenants}
+spec:
+  tenantFrom: [{header: x-tenant}]
+  limits:
+    - {tenant: "*", tokensPerMinute: )" + std::to_string(tokens_per_minute) +
+                                                           R"(, requestsPerMinute: 100}
+)");
 }
 
 // A Waypoint with two single-endpoint pools and one ModelRoute taking every model.
@@ -213,15 +230,7 @@ TEST(WaypointGateway, KeepAliveAndChunkedRequestBody) {
 
 TEST(WaypointGateway, TokenBudgetReturns429WithHeadersAndOtherTenantIsServed) {
     Emulator backend("a");
-    auto gw = startGateway(baseConfig("\"" + backend.address() + "\"", R"(---
-apiVersion: sluice.dev/v1alpha1
-kind: TokenBudget
-metadata: {name: tenants}
-spec:
-  tenantFrom: [{header: x-tenant}]
-  limits:
-    - {tenant: "*", tokensPerMinute: 400, requestsPerMinute: 100}
-)"));
+    auto gw = startGateway(budgetConfig(backend, 400));
     // Each request reserves its prompt estimate + max_tokens (150) and settles at the emulator's
     // usage (its prompt count + 150): 400 → 2 admitted, the third is over budget.
     backend.configure(R"({"completion_tokens": 150})");
@@ -474,6 +483,171 @@ TEST(WaypointGateway, AClientThatHangsUpWhileQueuedLeavesTheQueue) {
     const auto metrics = metricsOf(*gw, 3);  // the withdrawn request is recorded too
     EXPECT_EQ(metricValue(metrics, "sluice_requests_shed_total", {}), -1) << "nothing was shed";
     EXPECT_EQ(metricValue(metrics, "istio_requests_total", {{"response_code", "200"}}), 2);
+}
+
+// ---- HTTP/2 (h2c with prior knowledge) on the plain listener ------------------------------
+
+// A request body in a file for the command-line HTTP/2 clients.
+struct BodyFile {
+    explicit BodyFile(const std::string& body) { std::ofstream(path()) << body; }
+    std::string path() const { return (dir.path / "body.json").string(); }
+    TempDir dir;
+};
+
+// `curl --http2-prior-knowledge -i` POSTing `body`: the reply as curl saw it.
+Reply curlH2(unsigned short port, const std::string& body, const std::string& extra = "") {
+    BodyFile file(body);
+    const auto [rc, out] = runCommand(
+        "curl -sS --http2-prior-knowledge -i -m 10 -H 'content-type: application/json' " + extra +
+        " --data-binary @" + file.path() + " http://127.0.0.1:" + std::to_string(port) +
+        "/v1/chat/completions");
+    EXPECT_EQ(rc, 0) << out;
+    Reply reply;
+    const auto end = out.find("\r\n\r\n");
+    if (!out.starts_with("HTTP/2 ") || end == std::string::npos)
+        return reply;
+    reply.status = unsigned(std::stoi(out.substr(7, 3)));
+    reply.body = out.substr(end + 4);
+    std::istringstream head(out.substr(0, end));
+    std::string line;
+    std::getline(head, line);
+    while (std::getline(head, line)) {
+        const auto colon = line.find(": ");
+        if (colon != std::string::npos && line.ends_with('\r'))
+            reply.headers[line.substr(0, colon)] = line.substr(colon + 2, line.size() - colon - 3);
+    }
+    return reply;
+}
+
+// `nghttp -v` POSTing `body` (`multiply` times, concurrently on one connection): its frame log.
+std::string nghttpLog(unsigned short port, const std::string& body, int multiply = 1) {
+    BodyFile file(body);
+    const auto [rc, out] =
+        runCommand("nghttp -v -n -t 10 -m " + std::to_string(multiply) + " -d " + file.path() +
+                   " -H 'content-type: application/json' http://127.0.0.1:" + std::to_string(port) +
+                   "/v1/chat/completions");
+    EXPECT_EQ(rc, 0) << out;
+    return out;
+}
+
+// Seconds (nghttp's timestamps) of every non-empty DATA frame received on `stream_id`.
+std::vector<double> dataFrameTimes(const std::string& log, int stream_id) {
+    std::vector<double> times;
+    std::istringstream in(log);
+    const std::string tail = "stream_id=" + std::to_string(stream_id) + ">";
+    for (std::string line; std::getline(in, line);) {
+        if (line.find("] recv DATA frame <length=") == std::string::npos ||
+            line.find(tail) == std::string::npos || line.find("<length=0,") != std::string::npos) {
+            continue;
+        }
+        times.push_back(std::stod(line.substr(line.find('[') + 1)));
+    }
+    return times;
+}
+
+TEST(WaypointH2, NonStreamedChatOverH2cAndHttp11OnTheSamePort) {
+    Emulator backend("a");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    const auto direct = request(backend.port(), "POST", "/v1/chat/completions", chatBody(false));
+    auto via = curlH2(gw->gatewayPort(), chatBody(false));
+    ASSERT_EQ(via.status, 200u) << via.body;
+    EXPECT_EQ(via.body, direct.body);
+    EXPECT_TRUE(json::parse(via.body)["usage"].is_object());
+    EXPECT_EQ(via.headers["x-backend"], "a");
+    EXPECT_EQ(via.headers["x-sluice-route"], "chat;weighted:main");
+    EXPECT_EQ(via.headers.count("connection"), 0u);
+    EXPECT_EQ(via.headers.count("transfer-encoding"), 0u);
+    auto http1 = request(gw->gatewayPort(), "POST", "/v1/chat/completions", chatBody(false));
+    EXPECT_EQ(http1.status, 200u);
+    EXPECT_EQ(http1.body, direct.body);
+    const auto metrics = metricsOf(*gw, 2);
+    EXPECT_EQ(metricValue(metrics, "istio_requests_total", {{"response_code", "200"}}), 2);
+}
+
+TEST(WaypointH2, StreamedEventsLeaveAsSeparateDataFramesWithoutDelay) {
+    Emulator backend("slow");
+    backend.configure(R"({"token_delay_ms": 200, "completion_tokens": 4})");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    const auto log = nghttpLog(gw->gatewayPort(), chatBody(true, false, 4));
+    // nghttp's request stream (after its PRIORITY-only streams).
+    const auto status = log.find(") :status: 200");
+    ASSERT_NE(status, std::string::npos) << log;
+    const auto id_at = log.rfind("stream_id=", status) + 10;
+    const int id = std::stoi(log.substr(id_at, status - id_at));
+    EXPECT_NE(
+        log.find("recv (stream_id=" + std::to_string(id) + ") content-type: text/event-stream"),
+        std::string::npos);
+    const auto times = dataFrameTimes(log, id);
+    // 4 token events, the final chunk and [DONE], spread over ~0.8 s: each its own DATA frame.
+    ASSERT_GE(times.size(), 5u) << log;
+    EXPECT_LT(times.front() + 0.5, times.back()) << log;
+    EXPECT_NE(log.find("flags=0x01, stream_id=" + std::to_string(id) + ">\n          ; END_STREAM"),
+              std::string::npos)
+        << log;
+}
+
+TEST(WaypointH2, ConcurrentStreamsOnOneConnectionAreAllAnswered) {
+    Emulator backend("a");
+    backend.configure(R"({"token_delay_ms": 50, "completion_tokens": 4})");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    const auto log = nghttpLog(gw->gatewayPort(), chatBody(true, false, 4), 6);
+    std::set<std::string> answered;
+    std::istringstream in(log);
+    for (std::string line; std::getline(in, line);) {
+        const auto at = line.find("recv (stream_id=");
+        if (at != std::string::npos && line.ends_with(":status: 200"))
+            answered.insert(line.substr(at, line.find(')') - at));
+    }
+    EXPECT_EQ(answered.size(), 6u) << log;
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 6);
+}
+
+TEST(WaypointH2, OverBudgetIs429WithRetryAfterOverH2) {
+    Emulator backend("a");
+    auto gw = startGateway(budgetConfig(backend, 200));
+    backend.configure(R"({"completion_tokens": 150})");
+    const std::string body = chatBody(false, false, 150);
+    auto first = curlH2(gw->gatewayPort(), body, "-H 'x-tenant: team-a'");
+    ASSERT_EQ(first.status, 200u) << first.body;
+    EXPECT_EQ(first.headers["x-ratelimit-limit-tokens"], "200");
+    EXPECT_EQ(first.headers["x-ratelimit-limit-requests"], "100");
+    auto over = curlH2(gw->gatewayPort(), body, "-H 'x-tenant: team-a'");
+    ASSERT_EQ(over.status, 429u) << over.body;
+    EXPECT_EQ(json::parse(over.body)["error"]["code"], "rate_limit_exceeded");
+    EXPECT_GE(std::stoi(over.headers["retry-after"]), 1);
+    EXPECT_EQ(over.headers["x-ratelimit-limit-tokens"], "200");
+}
+
+TEST(WaypointH2, OversizedBodyIsOpenAiShaped413) {
+    Emulator backend("a");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    auto reply = curlH2(gw->gatewayPort(), std::string(70000, 'x'));  // limit: 65536
+    ASSERT_EQ(reply.status, 413u) << reply.body;
+    EXPECT_EQ(json::parse(reply.body)["error"]["type"], "invalid_request_error");
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 0);
+}
+
+TEST(WaypointH2, RstStreamCancelsTheUpstreamStreamAndTheConnectionLives) {
+    Emulator backend("slow");
+    backend.configure(R"({"token_delay_ms": 100, "completion_tokens": 50})");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    BodyFile streamed(chatBody(true, false, 50));
+    BodyFile plain(chatBody(false));
+    const std::string cmd = "/usr/bin/python3 " SLUICE_H2_RESET_CLIENT " --hold 4 --port " +
+                            std::to_string(gw->gatewayPort()) + " --streamed " + streamed.path() +
+                            " --plain " + plain.path();
+    FILE* client = ::popen(cmd.c_str(), "r");
+    ASSERT_NE(client, nullptr);
+    std::string lines;
+    char line[256];
+    while (lines.find("second") == std::string::npos && std::fgets(line, sizeof line, client))
+        lines += line;
+    EXPECT_NE(lines.find("reset\n"), std::string::npos) << lines;
+    EXPECT_NE(lines.find("second 200\n"), std::string::npos) << lines;
+    // The client still holds the connection (4 s) and the stream would run ~5 s: only the
+    // RST_STREAM can have ended it this early.
+    EXPECT_EQ(backend.streamsAborted(2500ms), 1);
+    EXPECT_EQ(::pclose(client), 0);
 }
 
 }  // namespace

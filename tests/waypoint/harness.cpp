@@ -9,6 +9,7 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 
+#include <cstdio>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -115,6 +116,17 @@ Reply replyOf(const http::response<http::string_body>& response) {
     }
     reply.body = response.body();
     return reply;
+}
+
+std::pair<int, std::string> runCommand(const std::string& command) {
+    FILE* pipe = ::popen(command.c_str(), "r");
+    if (pipe == nullptr)
+        return {-1, ""};
+    std::string out;
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;)
+        out.append(buf, n);
+    return {::pclose(pipe), out};
 }
 
 std::string rawExchange(unsigned short port, const std::string& bytes,

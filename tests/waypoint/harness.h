@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "waypoint/config.h"
@@ -57,6 +58,9 @@ Reply request(unsigned short port, const std::string& method, const std::string&
 // Sends raw bytes and reads until the peer closes or `timeout`; returns what arrived.
 std::string rawExchange(unsigned short port, const std::string& bytes,
                         std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
+// Runs `command` with /bin/sh; its standard output and exit status (-1 when it did not run).
+std::pair<int, std::string> runCommand(const std::string& command);
 
 // A gateway built from YAML text (tokenizer from the build), listening on loopback port 0;
 // the access log (spdlog's default logger) only when asked for.

@@ -413,14 +413,7 @@ json pythonHbone(unsigned short port, const TestCa& ca, const identity::Workload
                             write("cert.pem", cert.cert_pem + cert.chain_pem) + " --key " +
                             write("key.pem", cert.key_pem) + " --authority " + kVip + " --method " +
                             method + " --request " + write("request", rawRequest(chatBody(false)));
-    FILE* pipe = ::popen(cmd.c_str(), "r");
-    if (pipe == nullptr)
-        return json();
-    std::string out;
-    char buf[4096];
-    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;)
-        out.append(buf, n);
-    const int rc = ::pclose(pipe);
+    const auto [rc, out] = runCommand(cmd);
     EXPECT_EQ(rc, 0) << out;
     return json::parse(out, nullptr, false);
 }

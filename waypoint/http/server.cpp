@@ -5,6 +5,7 @@
 #include <array>
 
 #include "waypoint/http/deadline.h"
+#include "waypoint/http/h2_server.h"
 #include "waypoint/http/openai_error.h"
 
 namespace sluice::waypoint {
@@ -45,6 +46,12 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
         if (ec == http::error::end_of_stream || ec == asio::error::eof ||
             ec == asio::error::connection_reset) {
             break;
+        }
+        if (ec == http::error::bad_version && served == 0 && socket.socket() != nullptr &&
+            isH2Preface(buffer)) {
+            // h2c with prior knowledge: the connection changes hands (docs/waypoint.md).
+            serveH2c(std::move(*socket.socket()), buffer, limits, handler);
+            co_return;
         }
         if (ec) {
             if (deadline.fired() && buffer.size() == 0 && !parser.got_some())

@@ -19,30 +19,6 @@ constexpr size_t kReadChunk = 16 * 1024;
 // Frames are gathered into one TLS write up to about this size.
 constexpr size_t kWriteBatch = 64 * 1024;
 
-nghttp2_nv header(std::string_view name, std::string_view value) {
-    return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
-                      reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(),
-                      value.size(), NGHTTP2_NV_FLAG_NONE};
-}
-
-// Drops the consumed front `[0, offset)` of `buf` before more is appended, once it is at least
-// as large as what stays: each byte is moved at most once on average.
-void compact(std::string& buf, size_t& offset) {
-    if (offset == 0 || offset < buf.size() - offset)
-        return;
-    buf.erase(0, offset);
-    offset = 0;
-}
-
-// Empties a drained buffer and returns its heap memory: idle streams hold no buffer.
-void release(std::string& buf, size_t& offset) {
-    offset = 0;
-    if (buf.capacity() > std::string().capacity())
-        std::string().swap(buf);
-    else
-        buf.clear();
-}
-
 }  // namespace
 
 const char* to_string(Error e) {
@@ -91,12 +67,11 @@ asio::awaitable<size_t> Stream::read(asio::mutable_buffer buf) {
 }
 
 asio::awaitable<bool> Stream::write(asio::const_buffer buf) {
-    while (to_send_.size() - to_send_offset_ >= kSendHighWater && !closed_)
+    while (send_.queued() >= kSendHighWater && !closed_)
         co_await writable_.wait();
     if (closed_ || local_closed_)
         co_return false;
-    compact(to_send_, to_send_offset_);
-    to_send_.append(static_cast<const char*>(buf.data()), buf.size());
+    send_.append({static_cast<const char*>(buf.data()), buf.size()});
     conn_->resume(*this);
     co_return true;
 }
@@ -123,16 +98,11 @@ void Stream::reset() {
 // ---- Connection ----------------------------------------------------------------------------
 
 const nghttp2_session_callbacks* Connection::callbacks() {
-    static nghttp2_session_callbacks* cbs = [] {
-        nghttp2_session_callbacks* c = nullptr;
-        nghttp2_session_callbacks_new(&c);
-        nghttp2_session_callbacks_set_on_begin_headers_callback(c, on_begin_headers);
-        nghttp2_session_callbacks_set_on_header_callback(c, on_header);
-        nghttp2_session_callbacks_set_on_frame_recv_callback(c, on_frame_recv);
-        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, on_data_chunk);
-        nghttp2_session_callbacks_set_on_stream_close_callback(c, on_stream_close);
-        return c;
-    }();
+    static nghttp2_session_callbacks* cbs = newCallbacks({.begin_headers = on_begin_headers,
+                                                          .header = on_header,
+                                                          .frame_recv = on_frame_recv,
+                                                          .data_chunk = on_data_chunk,
+                                                          .stream_close = on_stream_close});
     return cbs;
 }
 
@@ -283,8 +253,8 @@ void Connection::consumed(Stream& s, size_t n) {
 }
 
 void Connection::resume(Stream& s) {
-    if (s.deferred_) {
-        s.deferred_ = false;
+    if (s.send_.deferred) {
+        s.send_.deferred = false;
         nghttp2_session_resume_data(session_, s.id_);
     }
     kick();
@@ -320,17 +290,10 @@ asio::awaitable<void> Connection::write_loop() {
     std::string out;
     while (open_) {
         out.clear();
-        while (out.size() < kWriteBatch) {
-            const uint8_t* data = nullptr;
-            const ssize_t n = nghttp2_session_mem_send(session_, &data);
-            if (n < 0) {
-                spdlog::warn("hbone: HTTP/2 send error: {}", nghttp2_strerror(static_cast<int>(n)));
-                close();
-                co_return;
-            }
-            if (n == 0)
-                break;
-            out.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
+        if (!gatherFrames(session_, out, kWriteBatch)) {
+            spdlog::warn("hbone: HTTP/2 send error");
+            close();
+            co_return;
         }
         if (!out.empty()) {
             boost::system::error_code ec;
@@ -453,23 +416,7 @@ int Connection::on_stream_close(nghttp2_session* session, int32_t stream_id, uin
 ssize_t Connection::read_data(nghttp2_session*, int32_t, uint8_t* buf, size_t length,
                               uint32_t* flags, nghttp2_data_source* source, void*) {
     auto* s = static_cast<Stream*>(source->ptr);
-    const size_t available = s->to_send_.size() - s->to_send_offset_;
-    const size_t n = std::min(length, available);
-    std::memcpy(buf, s->to_send_.data() + s->to_send_offset_, n);
-    s->to_send_offset_ += n;
-    if (s->to_send_offset_ == s->to_send_.size())
-        release(s->to_send_, s->to_send_offset_);
-    if (available - n < kSendHighWater)
-        s->writable_.notify();
-    if (s->to_send_.empty()) {
-        if (s->local_closed_) {
-            *flags |= NGHTTP2_DATA_FLAG_EOF;
-        } else if (n == 0) {
-            s->deferred_ = true;
-            return NGHTTP2_ERR_DEFERRED;
-        }
-    }
-    return static_cast<ssize_t>(n);
+    return s->send_.take(buf, length, flags, s->local_closed_, s->writable_, kSendHighWater);
 }
 
 }  // namespace sluice::ztunnel::hbone

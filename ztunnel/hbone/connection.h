@@ -14,6 +14,7 @@
 
 #include "ztunnel/hbone/error.h"
 #include "ztunnel/hbone/event.h"
+#include "ztunnel/hbone/nghttp2_io.h"
 #include "ztunnel/identity/spiffe.h"
 
 namespace sluice::ztunnel::hbone {
@@ -85,10 +86,8 @@ class Stream {
     bool remote_closed_ = false;  // END_STREAM seen
     bool closed_ = false;         // nghttp2 closed the stream
     bool reset_ = false;          // closed with an error code
-    std::string to_send_;
-    size_t to_send_offset_ = 0;
+    SendQueue send_;
     bool local_closed_ = false;
-    bool deferred_ = false;  // nghttp2 waits for resume_data
     bool responded_ = false;
     bool read_cancelled_ = false;
     // readable_ also wakes open_stream() when the response headers arrived.

@@ -1,0 +1,491 @@
+#include "waypoint/http/h2_server.h"
+
+#include <nghttp2/nghttp2.h>
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <cctype>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+
+#include <boost/asio/write.hpp>
+
+#include "ztunnel/hbone/nghttp2_io.h"
+
+namespace sluice::waypoint {
+namespace {
+
+using ztunnel::hbone::Event;
+using ztunnel::hbone::header;
+using ztunnel::hbone::SendQueue;
+
+// Response bytes queued for the peer beyond this make the pipeline's write wait.
+constexpr std::size_t kSendHighWater = 256 * 1024;
+constexpr std::size_t kReadChunk = 16 * 1024;
+constexpr std::size_t kWriteBatch = 64 * 1024;
+// The HTTP/1.1 response header the pipeline writes (status line and fields).
+constexpr std::uint32_t kResponseHeaderLimit = 64 * 1024;
+constexpr std::string_view kPrefaceHead = "PRI * HTTP/2.0\r\n\r\n";
+
+// Connection-specific fields (RFC 9113 §8.2.2) never cross the translation in either direction.
+// `name` is lower case (HTTP/2 requires it; response names are lowered first).
+bool hopByHop(std::string_view name) {
+    return name == "connection" || name == "keep-alive" || name == "transfer-encoding" ||
+           name == "upgrade" || name == "proxy-connection" || name == "te";
+}
+
+std::string lower(std::string_view s) {
+    std::string out(s);
+    for (char& c : out)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+}
+
+class H2Session;
+
+// One HTTP/2 stream as an HTTP/1.1 connection carrying one request: reads yield the request as
+// HTTP/1.1 bytes, writes are parsed as an HTTP/1.1 response and leave as HEADERS and DATA.
+class H2Stream final : public ByteStream, private http::basic_parser<false> {
+  public:
+    H2Stream(H2Session& session, int32_t id, asio::any_io_executor ex)
+        : session_(session), id_(id), readable_(ex), writable_(ex) {
+        header_limit(kResponseHeaderLimit);
+        // Not boost::none: Beast 1.74 compares a content length against the optional itself.
+        body_limit(std::numeric_limits<std::uint64_t>::max());
+        eager(true);
+    }
+
+    awaitable<IoResult> read(asio::mutable_buffer buf) override;
+    awaitable<IoResult> write(std::string data) override;
+    void cancel() override {
+        cancelled_ = true;
+        readable_.notify();
+    }
+    void shutdown_send() override;
+    void close() override;
+    bool is_open() const override { return !closed_ && !ended_; }
+
+  private:
+    friend class H2Session;
+    // The request, from HEADERS and DATA.
+    void addHeader(std::string_view name, std::string_view value);
+    void requestComplete(std::size_t max_body_bytes);
+    // Response parser callbacks.
+    void on_request_impl(http::verb, beast::string_view, beast::string_view, int,
+                         error_code&) override {}
+    void on_response_impl(int code, beast::string_view, int, error_code&) override {
+        status_ = std::to_string(code);
+    }
+    void on_field_impl(http::field, beast::string_view name, beast::string_view value,
+                       error_code&) override {
+        std::string lowered = lower(sv(name));
+        if (!hopByHop(lowered))
+            response_fields_.emplace_back(std::move(lowered), std::string(sv(value)));
+    }
+    void on_header_impl(error_code&) override;
+    void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code&) override {}
+    std::size_t on_body_impl(beast::string_view body, error_code&) override {
+        send_.append({body.data(), body.size()});
+        return body.size();
+    }
+    void on_chunk_header_impl(std::uint64_t, beast::string_view, error_code&) override {}
+    std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code&) override {
+        send_.append({body.data(), body.size()});
+        return body.size();
+    }
+    void on_finish_impl(error_code&) override { finished_ = true; }
+    static ssize_t readData(nghttp2_session*, int32_t, uint8_t* buf, std::size_t length,
+                            uint32_t* flags, nghttp2_data_source* source, void*);
+    void ended(bool reset) {
+        ended_ = true;
+        reset_ = reset;
+        readable_.notify();
+        writable_.notify();
+    }
+
+    H2Session& session_;
+    int32_t id_;
+    // Request side.
+    std::string method_, path_, authority_, fields_;
+    std::size_t field_bytes_ = 0;
+    std::string body_;
+    bool body_too_large_ = false;
+    std::string request_;  // HTTP/1.1 bytes, complete once request_ready_
+    std::size_t request_offset_ = 0;
+    bool request_ready_ = false;
+    bool cancelled_ = false;
+    // Response side.
+    std::string unparsed_;
+    std::string status_;
+    std::vector<std::pair<std::string, std::string>> response_fields_;
+    SendQueue send_;
+    bool submitted_ = false;
+    bool finished_ = false;  // the whole response went through the parser (or send shut down)
+    // Lifetime.
+    bool closed_ = false;  // close() was called by the pipeline
+    bool ended_ = false;   // nghttp2 closed the stream
+    bool reset_ = false;   // ... with an error code (RST_STREAM, connection lost)
+    Event readable_, writable_;
+};
+
+// One h2c connection: the nghttp2 server session, its socket loops and its streams.
+class H2Session : public std::enable_shared_from_this<H2Session> {
+  public:
+    H2Session(tcp::socket socket, const ServerLimits& limits, const Handler& handler)
+        : socket_(std::move(socket)),
+          executor_(socket_.get_executor()),
+          limits_(limits),
+          handler_(handler),
+          write_ready_(executor_) {
+        nghttp2_session_server_new(&session_, callbacks(), this);
+    }
+    ~H2Session() { nghttp2_session_del(session_); }
+    H2Session(const H2Session&) = delete;
+    H2Session& operator=(const H2Session&) = delete;
+
+    void start(std::string_view received) {
+        const nghttp2_settings_entry settings[] = {
+            {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, kH2MaxConcurrentStreams},
+            {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE,
+             static_cast<uint32_t>(limits_.max_header_bytes)},
+        };
+        nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, std::size(settings));
+        auto self = shared_from_this();
+        if (!feed(received))
+            return close();
+        asio::co_spawn(
+            executor_, [self] { return self->readLoop(); }, asio::detached);
+        asio::co_spawn(
+            executor_, [self] { return self->writeLoop(); }, asio::detached);
+    }
+
+    nghttp2_session* session() { return session_; }
+    void kick() { write_ready_.notify(); }
+    void resume(H2Stream& s) {
+        if (s.send_.deferred && !s.ended_) {
+            s.send_.deferred = false;
+            nghttp2_session_resume_data(session_, s.id_);
+        }
+        kick();
+    }
+
+  private:
+    static const nghttp2_session_callbacks* callbacks();
+    static int onBeginHeaders(nghttp2_session*, const nghttp2_frame*, void*);
+    static int onHeader(nghttp2_session*, const nghttp2_frame*, const uint8_t*, std::size_t,
+                        const uint8_t*, std::size_t, uint8_t, void*);
+    static int onFrameRecv(nghttp2_session*, const nghttp2_frame*, void*);
+    static int onDataChunk(nghttp2_session*, uint8_t, int32_t, const uint8_t*, std::size_t, void*);
+    static int onStreamClose(nghttp2_session*, int32_t, uint32_t, void*);
+
+    H2Stream* find(int32_t id) {
+        return static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session_, id));
+    }
+    bool feed(std::string_view bytes) {
+        const ssize_t rv = nghttp2_session_mem_recv(
+            session_, reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+        if (rv < 0) {
+            spdlog::debug("h2c: HTTP/2 error: {}", nghttp2_strerror(static_cast<int>(rv)));
+            return false;
+        }
+        kick();
+        return true;
+    }
+    awaitable<void> readLoop();
+    awaitable<void> writeLoop();
+    awaitable<void> serveStream(std::shared_ptr<H2Stream> stream);
+    void close();
+
+    tcp::socket socket_;
+    asio::any_io_executor executor_;
+    const ServerLimits& limits_;
+    const Handler& handler_;
+    nghttp2_session* session_ = nullptr;
+    std::map<int32_t, std::shared_ptr<H2Stream>> streams_;
+    bool open_ = true;
+    Event write_ready_;
+};
+
+// ---- H2Stream ------------------------------------------------------------------------------
+
+void H2Stream::addHeader(std::string_view name, std::string_view value) {
+    field_bytes_ += name.size() + value.size() + 4;
+    if (name == ":method")
+        method_ = value;
+    else if (name == ":path")
+        path_ = value;
+    else if (name == ":authority")
+        authority_ = value;
+    else if (name.starts_with(':') || hopByHop(name) || name == "content-length" ||
+             (name == "host" && !authority_.empty()))
+        return;
+    else
+        fields_.append(name).append(": ").append(value).append("\r\n");
+}
+
+void H2Stream::requestComplete(std::size_t max_body_bytes) {
+    if (request_ready_)
+        return;
+    // One request per stream: "connection: close" ends serveHttp1 after the response. The body
+    // arrived whole (END_STREAM), so its length is known; one over the limit is announced as
+    // such and the HTTP/1.1 parser answers 413 exactly as on the plain listener.
+    const std::size_t length = body_too_large_ ? max_body_bytes + 1 : body_.size();
+    request_.reserve(field_bytes_ + body_.size() + 64);
+    request_.append(method_).append(" ").append(path_).append(" HTTP/1.1\r\n");
+    if (!authority_.empty())
+        request_.append("host: ").append(authority_).append("\r\n");
+    request_.append(fields_).append("connection: close\r\ncontent-length: ");
+    request_.append(std::to_string(length)).append("\r\n\r\n").append(body_);
+    std::string().swap(fields_);
+    std::string().swap(body_);
+    request_ready_ = true;
+    readable_.notify();
+}
+
+awaitable<ByteStream::IoResult> H2Stream::read(asio::mutable_buffer buf) {
+    if (closed_)
+        co_return IoResult{asio::error::bad_descriptor, 0};
+    // After the request, a read waits for the stream's end: the client's END_STREAM is not a
+    // disconnect (HTTP/1.1's EOF is); only RST_STREAM or a lost connection is.
+    while (!cancelled_ && !ended_ && (!request_ready_ || request_offset_ == request_.size()))
+        co_await readable_.wait();
+    if (std::exchange(cancelled_, false))
+        co_return IoResult{asio::error::operation_aborted, 0};
+    const std::size_t n = std::min(buf.size(), request_.size() - request_offset_);
+    if (n > 0) {
+        std::memcpy(buf.data(), request_.data() + request_offset_, n);
+        request_offset_ += n;
+        co_return IoResult{error_code{}, n};
+    }
+    co_return IoResult{
+        reset_ ? error_code(asio::error::connection_reset) : error_code(asio::error::eof), 0};
+}
+
+awaitable<ByteStream::IoResult> H2Stream::write(std::string data) {
+    while (send_.queued() >= kSendHighWater && !ended_ && !closed_)
+        co_await writable_.wait();
+    if (ended_ || closed_)
+        co_return IoResult{asio::error::broken_pipe, 0};
+    const std::size_t n = data.size();
+    unparsed_.append(data);
+    std::size_t used = 0;
+    error_code ec;
+    while (used < unparsed_.size() && !is_done()) {
+        const std::size_t k =
+            put(asio::buffer(unparsed_.data() + used, unparsed_.size() - used), ec);
+        used += k;
+        if (ec == http::error::need_more) {
+            ec = {};
+            break;
+        }
+        if (ec)
+            break;
+    }
+    unparsed_.erase(0, used);
+    if (ec) {
+        spdlog::warn("h2c: stream {}: response does not parse: {}", id_, ec.message());
+        co_return IoResult{asio::error::broken_pipe, 0};
+    }
+    session_.resume(*this);
+    co_return IoResult{error_code{}, n};
+}
+
+void H2Stream::on_header_impl(error_code&) {
+    std::vector<nghttp2_nv> nva;
+    nva.reserve(response_fields_.size() + 1);
+    nva.push_back(header(":status", status_));
+    for (const auto& [name, value] : response_fields_)
+        nva.push_back(header(name, value));
+    nghttp2_data_provider provider{};
+    provider.source.ptr = this;
+    provider.read_callback = readData;
+    if (!ended_)
+        nghttp2_submit_response(session_.session(), id_, nva.data(), nva.size(), &provider);
+    submitted_ = true;
+    response_fields_.clear();
+}
+
+void H2Stream::shutdown_send() {
+    if (!is_done()) {
+        error_code ec;
+        put_eof(ec);  // a body delimited by the end of the connection ends here
+    }
+    if (submitted_)
+        finished_ = true;
+    session_.resume(*this);
+}
+
+void H2Stream::close() {
+    if (std::exchange(closed_, true))
+        return;
+    // An incomplete response (client gone, upstream reset mid-response) resets the stream; a
+    // complete one still goes out with END_STREAM.
+    if (!ended_ && !finished_) {
+        nghttp2_submit_rst_stream(session_.session(), NGHTTP2_FLAG_NONE, id_,
+                                  submitted_ ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_REFUSED_STREAM);
+        session_.kick();
+    }
+    readable_.notify();
+}
+
+ssize_t H2Stream::readData(nghttp2_session*, int32_t, uint8_t* buf, std::size_t length,
+                           uint32_t* flags, nghttp2_data_source* source, void*) {
+    auto* s = static_cast<H2Stream*>(source->ptr);
+    return s->send_.take(buf, length, flags, s->finished_, s->writable_, kSendHighWater);
+}
+
+// ---- H2Session -----------------------------------------------------------------------------
+
+const nghttp2_session_callbacks* H2Session::callbacks() {
+    static nghttp2_session_callbacks* cbs =
+        ztunnel::hbone::newCallbacks({.begin_headers = onBeginHeaders,
+                                      .header = onHeader,
+                                      .frame_recv = onFrameRecv,
+                                      .data_chunk = onDataChunk,
+                                      .stream_close = onStreamClose});
+    return cbs;
+}
+
+int H2Session::onBeginHeaders(nghttp2_session* session, const nghttp2_frame* frame, void* ud) {
+    auto* self = static_cast<H2Session*>(ud);
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    auto stream = std::make_shared<H2Stream>(*self, frame->hd.stream_id, self->executor_);
+    nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, stream.get());
+    self->streams_[frame->hd.stream_id] = std::move(stream);
+    return 0;
+}
+
+int H2Session::onHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name,
+                        std::size_t namelen, const uint8_t* value, std::size_t valuelen, uint8_t,
+                        void* ud) {
+    auto* self = static_cast<H2Session*>(ud);
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;  // trailers are dropped
+    H2Stream* s = self->find(frame->hd.stream_id);
+    if (s == nullptr)
+        return 0;
+    // Beyond twice the header limit the stream is reset; up to it the HTTP/1.1 parser answers
+    // 431 as on the plain listener.
+    if (s->field_bytes_ > 2 * self->limits_.max_header_bytes)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    s->addHeader({reinterpret_cast<const char*>(name), namelen},
+                 {reinterpret_cast<const char*>(value), valuelen});
+    return 0;
+}
+
+int H2Session::onFrameRecv(nghttp2_session*, const nghttp2_frame* frame, void* ud) {
+    auto* self = static_cast<H2Session*>(ud);
+    if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA)
+        return 0;
+    H2Stream* s = self->find(frame->hd.stream_id);
+    if (s == nullptr)
+        return 0;
+    if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        auto it = self->streams_.find(frame->hd.stream_id);
+        if (it != self->streams_.end()) {
+            asio::co_spawn(self->executor_, self->serveStream(it->second), asio::detached);
+        }
+    }
+    if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
+        s->requestComplete(self->limits_.max_body_bytes);
+    return 0;
+}
+
+int H2Session::onDataChunk(nghttp2_session*, uint8_t, int32_t stream_id, const uint8_t* data,
+                           std::size_t len, void* ud) {
+    auto* self = static_cast<H2Session*>(ud);
+    H2Stream* s = self->find(stream_id);
+    if (s == nullptr || s->request_ready_)
+        return 0;
+    if (s->body_.size() + len > self->limits_.max_body_bytes) {
+        s->body_too_large_ = true;  // the rest is dropped; the window is still given back
+        std::string().swap(s->body_);
+    }
+    if (!s->body_too_large_)
+        s->body_.append(reinterpret_cast<const char*>(data), len);
+    return 0;
+}
+
+int H2Session::onStreamClose(nghttp2_session*, int32_t stream_id, uint32_t error_code, void* ud) {
+    auto* self = static_cast<H2Session*>(ud);
+    auto it = self->streams_.find(stream_id);
+    if (it == self->streams_.end())
+        return 0;
+    auto keep = std::move(it->second);  // its waiters hold their own references
+    self->streams_.erase(it);
+    keep->ended(error_code != NGHTTP2_NO_ERROR);
+    return 0;
+}
+
+awaitable<void> H2Session::serveStream(std::shared_ptr<H2Stream> stream) {
+    auto self = shared_from_this();
+    ClientStream client(*stream, executor_);
+    static const Downstream plain;
+    co_await serveHttp1(client, limits_, handler_, plain);
+}
+
+awaitable<void> H2Session::readLoop() {
+    auto self = shared_from_this();
+    std::array<char, kReadChunk> buf;
+    while (open_) {
+        error_code ec;
+        const std::size_t n = co_await socket_.async_read_some(asio::buffer(buf), noThrow(ec));
+        if (ec || !feed({buf.data(), n}))
+            break;
+    }
+    close();
+}
+
+awaitable<void> H2Session::writeLoop() {
+    auto self = shared_from_this();
+    std::string out;
+    while (open_) {
+        out.clear();
+        if (!ztunnel::hbone::gatherFrames(session_, out, kWriteBatch))
+            break;
+        if (!out.empty()) {
+            error_code ec;
+            co_await asio::async_write(socket_, asio::buffer(out), noThrow(ec));
+            if (ec)
+                break;
+            continue;
+        }
+        if (nghttp2_session_want_read(session_) == 0 && nghttp2_session_want_write(session_) == 0)
+            break;
+        co_await write_ready_.wait();
+    }
+    close();
+}
+
+void H2Session::close() {
+    if (!std::exchange(open_, false))
+        return;
+    error_code ec;
+    socket_.cancel(ec);
+    socket_.close(ec);
+    auto streams = std::move(streams_);
+    streams_.clear();
+    for (auto& [id, s] : streams)
+        s->ended(true);
+    kick();
+}
+
+}  // namespace
+
+bool isH2Preface(const beast::flat_buffer& buffer) {
+    const auto data = buffer.data();
+    return std::string_view(static_cast<const char*>(data.data()), data.size())
+        .starts_with(kPrefaceHead);
+}
+
+void serveH2c(tcp::socket socket, const beast::flat_buffer& received, const ServerLimits& limits,
+              const Handler& handler) {
+    auto session = std::make_shared<H2Session>(std::move(socket), limits, handler);
+    const auto data = received.data();
+    session->start({static_cast<const char*>(data.data()), data.size()});
+}
+
+}  // namespace sluice::waypoint
