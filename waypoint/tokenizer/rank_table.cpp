@@ -80,7 +80,7 @@ void RankTable::growLong() {
 }
 
 bool RankTable::insert(std::string_view bytes, Rank rank) {
-    if (bytes.empty() || find(bytes))
+    if (bytes.empty() || rank > kMaxRank || find(bytes))
         return false;
     const auto offset = std::uint32_t(arena_.size());
     arena_.append(bytes);
@@ -98,7 +98,7 @@ bool RankTable::insert(std::string_view bytes, Rank rank) {
         std::size_t i = slotIndex(hashShort(key, bytes.size()), short_.size());
         while (short_[i].length)
             i = (i + 1) & mask;
-        short_[i] = ShortSlot{key, rank, std::uint32_t(bytes.size())};
+        short_[i] = ShortSlot{key, rank, std::uint32_t(bytes.size()) & 0xf};
         ++short_count_;
     } else {
         if ((long_count_ + 1) * 2 > long_.size())

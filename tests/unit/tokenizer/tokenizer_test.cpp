@@ -14,6 +14,7 @@
 #include "common/process.h"
 #include "waypoint/tokenizer/encoding.h"
 #include "waypoint/tokenizer/pretokenize.h"
+#include "waypoint/tokenizer/rank_table.h"
 #include "waypoint/tokenizer/unicode_classes.h"
 
 namespace tk = sluice::waypoint::tokenizer;
@@ -162,6 +163,28 @@ std::vector<std::string> buildCorpus() {
 }
 
 }  // namespace
+
+// Short tokens (≤ 8 bytes) live in packed 12-byte slots: every length 1..8 and the largest rank
+// the slot holds come back as inserted; a rank beyond it is refused, not truncated.
+TEST(RankTable, ShortAndLongTokensRoundTripAndRanksAreBounded) {
+    tk::RankTable t;
+    const std::string bytes = "abcdefghijklmnop";
+    for (std::size_t n = 1; n <= bytes.size(); ++n)
+        ASSERT_TRUE(t.insert(std::string_view(bytes).substr(0, n), tk::Rank(1000 + n)));
+    ASSERT_TRUE(t.insert(std::string_view("\xff\x00zz", 4), (tk::Rank{1} << 28) - 1));
+    EXPECT_FALSE(t.insert("toolarge", tk::Rank{1} << 28));
+    EXPECT_FALSE(t.insert("abc", 7)) << "already present";
+    for (std::size_t n = 1; n <= bytes.size(); ++n) {
+        const auto r = t.find(std::string_view(bytes).substr(0, n));
+        ASSERT_TRUE(r) << n;
+        EXPECT_EQ(*r, tk::Rank(1000 + n));
+        EXPECT_EQ(t.bytesOf(*r), bytes.substr(0, n));
+    }
+    EXPECT_EQ(t.find(std::string_view("\xff\x00zz", 4)), (tk::Rank{1} << 28) - 1);
+    EXPECT_FALSE(t.find("toolarge"));
+    EXPECT_FALSE(t.find("abcdefgX"));
+    EXPECT_EQ(t.size(), bytes.size() + 1);
+}
 
 TEST(UnicodeClasses, KnownCodePoints) {
     EXPECT_EQ(tk::classOf('A'), tk::CharClass::kUpper);
