@@ -627,6 +627,27 @@ TEST(WaypointH2, OversizedBodyIsOpenAiShaped413) {
     EXPECT_EQ(json::parse(backend.stats())["requests"], 0);
 }
 
+// Only the exact preface switches: other HTTP/2.0 request lines stay HTTP/1.1 400s, and a
+// preface with a broken rest is closed by nghttp2 without an HTTP/1.1 reply.
+TEST(WaypointH2, OnlyTheExactPrefaceSwitches) {
+    Emulator backend("a");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    const std::string get20 = rawExchange(gw->gatewayPort(), "GET / HTTP/2.0\r\n\r\n");
+    EXPECT_TRUE(get20.starts_with("HTTP/1.1 400")) << get20;
+    EXPECT_NE(get20.find("invalid_request_error"), std::string::npos);
+    const std::string broken = rawExchange(gw->gatewayPort(), "PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n");
+    EXPECT_EQ(broken.find("HTTP/1.1"), std::string::npos) << broken;
+    // A valid preface, an empty SETTINGS and a GOAWAY: the server answers with its SETTINGS
+    // frame (type 4 on stream 0) and closes once no stream is left.
+    const std::string settings("\0\0\0\x04\0\0\0\0\0", 9);
+    const std::string goaway("\0\0\x08\x07\0\0\0\0\0\0\0\0\0\0\0\0\0", 17);
+    const std::string good =
+        rawExchange(gw->gatewayPort(), "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings + goaway);
+    ASSERT_GE(good.size(), 9u) << good;
+    EXPECT_EQ(good[3], '\x04');
+    EXPECT_EQ(good.find("HTTP/1.1"), std::string::npos);
+}
+
 TEST(WaypointH2, RstStreamCancelsTheUpstreamStreamAndTheConnectionLives) {
     Emulator backend("slow");
     backend.configure(R"({"token_delay_ms": 100, "completion_tokens": 50})");
