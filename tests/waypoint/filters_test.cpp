@@ -361,6 +361,10 @@ TEST(UsageFilter, ReadsTheTopLevelUsageOfAResponseBody) {
     EXPECT_TRUE(u.reported);
     EXPECT_EQ(u.completion_tokens, 12u) << "total minus prompt without completion_tokens";
 
+    u = read(R"({"usage":{"prompt_tokens":14.0,"completion_tokens":1e30}})");
+    EXPECT_EQ(u.prompt_tokens, 14u);
+    EXPECT_EQ(u.completion_tokens, 0u) << "out of range: not a count";
+
     EXPECT_FALSE(read(R"({"usage":null,"choices":[]})").reported);
     EXPECT_FALSE(read(R"([{"usage":{"prompt_tokens":1}}])").reported) << "not an object";
     EXPECT_FALSE(read(R"({"usage":{"prompt_tokens":1}} trailing)").reported) << "malformed";

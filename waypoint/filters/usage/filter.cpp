@@ -124,7 +124,9 @@ class UsageReader : public nlohmann::json_sax<nlohmann::json> {
     }
     bool number_unsigned(number_unsigned_t n) override { return value(n); }
     bool number_float(number_float_t f, const string_t&) override {
-        return value(f >= 0 ? std::optional<std::uint64_t>(std::uint64_t(f)) : std::nullopt);
+        // A count sent as 14.0 counts; a negative, NaN or out-of-range one does not.
+        const bool fits = f >= 0 && f < 18446744073709551616.0;
+        return value(fits ? std::optional<std::uint64_t>(std::uint64_t(f)) : std::nullopt);
     }
     bool string(string_t&) override { return value(std::nullopt); }
     bool binary(binary_t&) override { return value(std::nullopt); }
