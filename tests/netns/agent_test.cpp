@@ -19,6 +19,7 @@
 #include "tests/support/cgroup_guard.h"
 #include "tests/support/kubelet_volume.h"
 #include "tests/support/privileged.h"
+#include "tests/support/proc.h"
 #include "tests/support/sockets.h"
 #include "tests/support/zds_peer.h"
 #include "tests/testbed/mesh.h"
@@ -32,6 +33,7 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using test::CgroupGuard;
 using test::Fd;
+using test::read_cmdline;
 
 constexpr uint16_t kAppPort = 8080;
 
@@ -51,14 +53,6 @@ std::string original_dst(int fd, bool ipv6) {
     auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
     inet_ntop(AF_INET6, &a->sin6_addr, buf, sizeof buf);
     return std::string(buf) + ":" + std::to_string(ntohs(a->sin6_port));
-}
-
-std::vector<std::string> read_cmdline(pid_t pid) {
-    std::ifstream f("/proc/" + std::to_string(pid) + "/cmdline");
-    std::vector<std::string> argv;
-    for (std::string arg; std::getline(f, arg, '\0');)
-        argv.push_back(arg);
-    return argv;
 }
 
 // Entries of a pinned map, via bpftool's JSON dump.

@@ -19,6 +19,7 @@
 #include "common/process.h"
 #include "tests/support/cgroup_guard.h"
 #include "tests/support/privileged.h"
+#include "tests/support/proc.h"
 #include "tests/support/sockets.h"
 #include "tests/testbed/mesh.h"
 #include "tests/testbed/spec.h"
@@ -29,6 +30,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using test::Fd;
+using test::read_cmdline;
 
 constexpr const char* kSpec = R"(
 nodes: 2
@@ -116,14 +118,6 @@ std::vector<std::string> with_flag(std::vector<std::string> argv, const std::str
     }
     argv.push_back(flag);
     argv.push_back(value);
-    return argv;
-}
-
-std::vector<std::string> read_cmdline(pid_t pid) {
-    std::ifstream f("/proc/" + std::to_string(pid) + "/cmdline");
-    std::vector<std::string> argv;
-    for (std::string arg; std::getline(f, arg, '\0');)
-        argv.push_back(arg);
     return argv;
 }
 
