@@ -18,6 +18,8 @@ void parseWaypoint(const YAML::Node& spec, Config& c) {
     c.metrics_listen = spec["metricsListen"].as<std::string>(c.metrics_listen);
     c.ready_listen = spec["readyListen"].as<std::string>(c.ready_listen);
     c.workers = spec["workers"].as<unsigned>(c.workers);
+    c.busy_poll =
+        std::chrono::microseconds(spec["busyPollMicros"].as<std::int64_t>(c.busy_poll.count()));
     c.hbone_listen = spec["hboneListen"].as<std::string>(c.hbone_listen);
     c.identity = spec["identity"].as<std::string>(c.identity);
     c.ca_cert = spec["caCert"].as<std::string>(c.ca_cert);
@@ -87,6 +89,8 @@ std::vector<std::string> Config::validate() const {
     std::vector<std::string> problems;
     if (workers == 0 || workers > 64)
         problems.push_back("workers must be 1..64");
+    if (busy_poll.count() < 0 || busy_poll > std::chrono::milliseconds(10))
+        problems.push_back("busyPollMicros must be 0..10000");
     if (!identity.empty()) {
         if (auto id = ztunnel::identity::Identity::parse(identity); !id)
             problems.push_back("identity: " + id.error());

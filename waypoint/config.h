@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -34,9 +35,13 @@ struct Config {
     // HBONE (:15008, as an Istio waypoint behind ztunnel): on when `identity` is set. "" with an
     // identity = kDefaultHboneListen.
     std::string hbone_listen;
-    std::string identity;           // spiffe://<td>/ns/<ns>/sa/<sa>: the waypoint's own identity
-    std::string ca_cert, ca_key;    // signing CA (PEM files): mints our certificate, trust bundle
-    unsigned workers = 1;           // threads, each with its own listener (SO_REUSEPORT)
+    std::string identity;         // spiffe://<td>/ns/<ns>/sa/<sa>: the waypoint's own identity
+    std::string ca_cert, ca_key;  // signing CA (PEM files): mints our certificate, trust bundle
+    unsigned workers = 1;         // threads, each with its own listener (SO_REUSEPORT)
+    // A worker that ran out of events keeps polling this long before it sleeps: trades CPU
+    // for latency where waking a sleeping CPU is slow (VMs). 0 = off (docs/waypoint.md,
+    // "Latency").
+    std::chrono::microseconds busy_poll{0};
     ServerLimits limits;            // client side: sizes and timeouts
     UpstreamPool::Limits upstream;  // backend side: connect/idle timeouts, idle pool size
     std::string tokenizer_dir;      // rank files; "" = $SLUICE_TOKENIZER_DIR or the build's

@@ -74,6 +74,27 @@ std::optional<http::status> failureStatus(const ForwardResult& result) {
     }
 }
 
+// Runs a worker's io_context. With `spin` > 0, a worker that ran out of ready handlers keeps
+// polling (epoll with a zero timeout) for that long before it blocks, so an answer that comes
+// back within the window is handled without waking a sleeping CPU; idle, it sleeps as usual.
+void runWorker(asio::io_context& io, std::chrono::microseconds spin) {
+    if (spin.count() == 0) {
+        io.run();
+        return;
+    }
+    using Clock = std::chrono::steady_clock;
+    auto last_work = Clock::now();
+    while (!io.stopped()) {
+        if (io.poll() > 0) {
+            last_work = Clock::now();
+        } else if (Clock::now() - last_work >= spin) {
+            if (io.run_one() == 0)
+                return;
+            last_work = Clock::now();
+        }
+    }
+}
+
 }  // namespace
 
 tcp::endpoint parseListen(const std::string& text) {
@@ -269,7 +290,7 @@ void Gateway::start() {
         asio::co_spawn(w->io, acceptLoop(*w->acceptor, config_.limits, w->handler), asio::detached);
         if (w->hbone)
             asio::co_spawn(w->io, w->hbone->acceptLoop(*w->hbone_acceptor), asio::detached);
-        w->thread = std::thread([io = &w->io] { io->run(); });
+        w->thread = std::thread([io = &w->io, spin = config_.busy_poll] { runWorker(*io, spin); });
     }
     if (!config_.policies_dir.empty()) {
         // The first load is synchronous, so the policies are in force before we report ready.
@@ -493,6 +514,14 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
         }
     });
 
+    if (watch.gone()) {  // hung up before its request was sent anywhere
+        ctx.result = "client_gone";
+        ex.keep_alive = false;
+        for (std::size_t i = filters_.size(); i-- > 0;)
+            filters_[i]->onComplete(ctx);
+        record(ctx);
+        co_return;
+    }
     const auto& route_config = *router_->routeFor(ctx);
     std::size_t target_index = 0;
     const Endpoint* avoid = nullptr;

@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 
 #include "common/log.h"
 #include "waypoint/config.h"
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
     std::string policies_dir, registry_dir;
     std::string hbone_listen, identity_uri, ca_cert, ca_key;
     unsigned workers = 0;
+    std::optional<std::int64_t> busy_poll_us;
     app.add_option("--config", config_path, "Config file (multi-document YAML)")
         ->envname(kConfigEnv)
         ->required();
@@ -33,6 +35,8 @@ int main(int argc, char** argv) {
     app.add_option("--metrics-listen", metrics_listen, "Metrics listener (default 0.0.0.0:15020)");
     app.add_option("--ready-listen", ready_listen, "Readiness listener (default 0.0.0.0:15021)");
     app.add_option("--workers", workers, "Worker threads (default from config, else 1)");
+    app.add_option("--busy-poll-us", busy_poll_us,
+                   "Microseconds a worker polls for new events before sleeping (default 0: off)");
     app.add_option("--tokenizer-dir", tokenizer_dir, "Directory of <encoding>.tiktoken files");
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
     app.add_option("--policies-dir", policies_dir,
@@ -65,6 +69,8 @@ int main(int argc, char** argv) {
         config.ready_listen = ready_listen;
     if (workers)
         config.workers = workers;
+    if (busy_poll_us)
+        config.busy_poll = std::chrono::microseconds(*busy_poll_us);
     if (!tokenizer_dir.empty())
         config.tokenizer_dir = tokenizer_dir;
     if (!log_level.empty())

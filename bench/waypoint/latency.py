@@ -6,12 +6,18 @@
 1. Fixed rate: 1000 chat requests/s for 5 s on one keep-alive connection, open loop (request i is
    due at t0 + i ms; its latency counts from the due time, so a slow answer delays the next ones
    and they count it: no coordinated omission). Backend: nginx with a static OpenAI reply.
-   Direct vs through sluice-waypoint (budgets, usage, route on; 1 worker).
+   Direct vs through sluice-waypoint (budgets, usage, route on; 1 worker) as configured by
+   default, and with busyPollMicros 100 (a worker polls 100 µs for the next event before it
+   sleeps: CPU for latency where waking a sleeping vCPU is slow) vs through nginx as a plain
+   reverse proxy (keep-alive upstream, no buffering; the outside reference).
 2. Time to first token: 300 streamed chat requests, one after the other on a keep-alive
    connection, to the OpenAI emulator (tests/waypoint/openai_emulator.py, a TEST FIXTURE that
    streams 3 tokens 2 ms apart), direct vs through the waypoint; TTFT = from the first byte sent
    to the first SSE event that carries content.
-The waypoint runs pinned to CPU 1, everything else to CPU 0. Loopback only, bounded in time.
+The proxies (waypoint, nginx proxy) run pinned to CPU 1, clients and backends to CPU 0. Every
+process runs SCHED_FIFO (when allowed) so that other work on a shared machine does not land inside
+the measurement; all paths alike. The paths alternate over ROUNDS rounds; the reported figure of
+each path is the median of its rounds. Loopback only, bounded in time.
 """
 import json
 import os
@@ -24,7 +30,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build"))
-RATE, SECONDS, TTFT_REQUESTS = 1000, 5, 300
+RATE, SECONDS, TTFT_REQUESTS, ROUNDS = 1000, 5, 300, 3
+PATHS = ("direct", "waypoint", "waypoint-busy-poll", "nginx-proxy")
+BUSY_POLL_US = 100
 CHAT = json.dumps({"model": "gpt-4o", "max_tokens": 16,
                    "messages": [{"role": "user", "content": "Say hello to the mesh"}]})
 STREAM = json.dumps({"model": "emulated", "max_tokens": 3, "stream": True,
@@ -103,6 +111,10 @@ def fixed_rate(port):
     t0 = time.perf_counter_ns() + 1_000_000
     for i in range(RATE * SECONDS):
         due = t0 + i * 1_000_000_000 // RATE
+        # Sleep most of the gap, spin the rest: a SCHED_FIFO client spinning all the time would
+        # hit the kernel's real-time throttling (and starve the backend on its CPU).
+        if (ahead := due - time.perf_counter_ns()) > 300_000:
+            time.sleep((ahead - 200_000) / 1e9)
         while time.perf_counter_ns() < due:
             pass
         conn.sock.sendall(req)
@@ -131,31 +143,72 @@ def ttft(port):
             "requests": len(samples), "non_200": bad}
 
 
+def pinned(cpu, argv):
+    """argv on `cpu`, SCHED_FIFO when the bench may use it (see the module doc)."""
+    return (["chrt", "-f", "50"] if REALTIME else []) + ["taskset", "-c", str(cpu)] + argv
+
+
+def cpu_seconds(pid):
+    """User + system CPU of a process so far (chrt and taskset exec it: the pid stays)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def median_of(runs):
+    """The per-key median over rounds of numbers; counts add up."""
+    out = {}
+    for k in runs[0]:
+        vals = [r[k] for r in runs]
+        out[k] = sum(vals) if k in ("requests", "non_200") else statistics.median(vals)
+    return out
+
+
+def nginx_conf(tmp, name, servers):
+    d = f"{tmp}/{name}"
+    os.makedirs(f"{d}/logs")
+    with open(f"{d}/nginx.conf", "w") as f:
+        f.write(f"""daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid;
+error_log {d}/logs/error.log;
+events {{ worker_connections 1024; }}
+http {{ access_log off; keepalive_requests 1000000; client_body_temp_path {d}; proxy_temp_path {d};
+  fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+{servers} }}
+""")
+    return ["nginx", "-p", d, "-c", f"{d}/nginx.conf"]
+
+
+def proxy_server(listen_port, upstream_port):
+    return f"""  upstream u{listen_port} {{ server 127.0.0.1:{upstream_port}; keepalive 16; }}
+  server {{ listen 127.0.0.1:{listen_port}; location / {{ proxy_pass http://u{listen_port};
+    proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }} }}
+"""
+
+
+REALTIME = os.geteuid() == 0 and os.environ.get("SLUICE_BENCH_REALTIME", "1") == "1"
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="sluice-wp-latency-")
     procs = []
     try:
-        nginx_port, emu_port, wp_port = free_port(), free_port(), free_port()
-        os.makedirs(f"{tmp}/nginx/logs")
+        nginx_port, emu_port, wp_port, wp_busy_port = (free_port(), free_port(), free_port(),
+                                                       free_port())
+        proxy_static, proxy_emu = free_port(), free_port()
         reply = ('{"id":"cmpl-bench","object":"chat.completion","created":0,"model":"gpt-4o",'
                  '"choices":[{"index":0,"message":{"role":"assistant","content":"I am fine."},'
                  '"finish_reason":"stop"}],"usage":{"prompt_tokens":14,"completion_tokens":4,'
                  '"total_tokens":18}}')
-        with open(f"{tmp}/nginx/nginx.conf", "w") as f:
-            f.write(f"""daemon off; master_process off; worker_processes 1; pid {tmp}/nginx/nginx.pid;
-error_log {tmp}/nginx/logs/error.log;
-events {{ worker_connections 1024; }}
-http {{ access_log off; keepalive_requests 1000000; client_body_temp_path {tmp}/nginx; proxy_temp_path {tmp}/nginx;
-  fastcgi_temp_path {tmp}/nginx; uwsgi_temp_path {tmp}/nginx; scgi_temp_path {tmp}/nginx;
-  server {{ listen 127.0.0.1:{nginx_port}; location / {{ default_type application/json;
-    return 200 '{reply}'; }} }} }}
-""")
-        procs.append(subprocess.Popen(["taskset", "-c", "0", "nginx", "-p", f"{tmp}/nginx", "-c",
-                                       f"{tmp}/nginx/nginx.conf"]))
+        backend = nginx_conf(tmp, "backend", f"""  server {{ listen 127.0.0.1:{nginx_port}; location / {{ default_type application/json;
+    return 200 '{reply}'; }} }}""")
+        proxy = nginx_conf(tmp, "proxy", proxy_server(proxy_static, nginx_port) +
+                           proxy_server(proxy_emu, emu_port))
+        procs.append(subprocess.Popen(pinned(0, backend)))
+        procs.append(subprocess.Popen(pinned(1, proxy)))
         procs.append(subprocess.Popen(
-            ["taskset", "-c", "0", "/usr/bin/python3", f"{ROOT}/tests/waypoint/openai_emulator.py",
-             "--port", str(emu_port), "--name", "bench", "--token-delay-ms", "2",
-             "--max-seconds", "300"], stdout=subprocess.DEVNULL))
+            pinned(0, ["/usr/bin/python3", f"{ROOT}/tests/waypoint/openai_emulator.py",
+                       "--port", str(emu_port), "--name", "bench", "--token-delay-ms", "2",
+                       "--max-seconds", "600"]), stdout=subprocess.DEVNULL))
         with open(f"{tmp}/waypoint.yaml", "w") as f:
             f.write(f"""apiVersion: sluice.dev/v1alpha1
 kind: Waypoint
@@ -183,16 +236,40 @@ spec:
   tenantFrom: [{{header: x-tenant}}]
   limits: [{{tenant: "*", tokensPerMinute: 1000000000000, requestsPerMinute: 1000000000000}}]
 """)
-        wp = subprocess.Popen(["taskset", "-c", "1", f"{BUILD}/bin/sluice-waypoint", "--config",
-                               f"{tmp}/waypoint.yaml", "--listen", f"127.0.0.1:{wp_port}",
-                               "--metrics-listen", "127.0.0.1:0", "--ready-listen", "127.0.0.1:0",
-                               "--log-level", "warn"])
-        procs.append(wp)
-        for p in (nginx_port, emu_port, wp_port):
+        proxy_pid = {"nginx-proxy": procs[1].pid}
+        for port, busy_poll in ((wp_port, 0), (wp_busy_port, BUSY_POLL_US)):
+            proxy_pid["waypoint-busy-poll" if busy_poll else "waypoint"] = len(procs)
+            procs.append(subprocess.Popen(pinned(1, [
+                f"{BUILD}/bin/sluice-waypoint", "--config", f"{tmp}/waypoint.yaml", "--listen",
+                f"127.0.0.1:{port}", "--metrics-listen", "127.0.0.1:0", "--ready-listen",
+                "127.0.0.1:0", "--log-level", "warn", "--busy-poll-us", str(busy_poll)])))
+        proxy_pid.update({k: procs[i].pid for k, i in proxy_pid.items() if k != "nginx-proxy"})
+        for p in (nginx_port, emu_port, wp_port, wp_busy_port, proxy_static, proxy_emu):
             wait_port(p)
         os.sched_setaffinity(0, {0})
-        rate = {"direct": fixed_rate(nginx_port), "waypoint": fixed_rate(wp_port)}
-        first = {"direct": ttft(emu_port), "waypoint": ttft(wp_port)}
+        if REALTIME:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50))
+        rate_port = {"direct": nginx_port, "waypoint": wp_port, "waypoint-busy-poll": wp_busy_port,
+                     "nginx-proxy": proxy_static}
+        ttft_port = dict(rate_port, direct=emu_port, **{"nginx-proxy": proxy_emu})
+        rate_runs = {k: [] for k in PATHS}
+        ttft_runs = {k: [] for k in PATHS}
+        for r in range(ROUNDS):
+            for k in PATHS:
+                before = cpu_seconds(proxy_pid[k]) if k in proxy_pid else 0.0
+                run = fixed_rate(rate_port[k])
+                if k in proxy_pid:  # the proxy's CPU per request at this rate
+                    run["proxy_cpu_us_per_request"] = \
+                        (cpu_seconds(proxy_pid[k]) - before) * 1e6 / run["requests"]
+                rate_runs[k].append(run)
+            for k in PATHS:
+                ttft_runs[k].append(ttft(ttft_port[k]))
+            print(f"round {r + 1}/{ROUNDS}: p50 " +
+                  ", ".join(f"{k} {rate_runs[k][-1]['p50_ms']:.3f}" for k in PATHS) +
+                  "; TTFT " + ", ".join(f"{k} {ttft_runs[k][-1]['p50_ms']:.3f}" for k in PATHS),
+                  flush=True)
+        rate = {k: median_of(v) for k, v in rate_runs.items()}
+        first = {k: median_of(v) for k, v in ttft_runs.items()}
     finally:
         for p in procs:
             p.terminate()
@@ -200,18 +277,26 @@ spec:
             p.wait(timeout=10)
         subprocess.run(["rm", "-rf", tmp])
 
-    added = {k: rate["waypoint"][k] - rate["direct"][k] for k in ("p50_ms", "p90_ms", "p99_ms")}
-    ttft_added = first["waypoint"]["p50_ms"] - first["direct"]["p50_ms"]
+    added = {k: {q: rate[k][q] - rate["direct"][q] for q in ("p50_ms", "p90_ms", "p99_ms")}
+             for k in PATHS[1:]}
+    ttft_added = {k: first[k]["p50_ms"] - first["direct"]["p50_ms"] for k in PATHS[1:]}
     targets = [
-        ("added p50 at 1k req/s ≤ 0.2 ms", added["p50_ms"], 0.2),
-        ("added p99 at 1k req/s ≤ 1 ms", added["p99_ms"], 1.0),
-        ("TTFT added (median) ≤ 0.1 ms", ttft_added, 0.1),
+        ("added p50 at 1k req/s ≤ 0.2 ms", added["waypoint"]["p50_ms"], 0.2),
+        ("added p99 at 1k req/s ≤ 1 ms", added["waypoint"]["p99_ms"], 1.0),
+        ("TTFT added (median) ≤ 0.1 ms", ttft_added["waypoint"], 0.1),
+        (f"with busyPollMicros {BUSY_POLL_US}: added p50 at 1k req/s ≤ 0.2 ms",
+         added["waypoint-busy-poll"]["p50_ms"], 0.2),
+        (f"with busyPollMicros {BUSY_POLL_US}: added p99 at 1k req/s ≤ 1 ms",
+         added["waypoint-busy-poll"]["p99_ms"], 1.0),
+        (f"with busyPollMicros {BUSY_POLL_US}: TTFT added (median) ≤ 0.1 ms",
+         ttft_added["waypoint-busy-poll"], 0.1),
     ]
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
     machine = (f"{os.uname().sysname} {os.uname().release} {os.uname().machine}, "
                f"{os.cpu_count()} cores")
-    out = {"machine": machine, "load_average": load, "rate": rate, "added": added, "ttft": first,
+    out = {"machine": machine, "load_average": load, "realtime": REALTIME, "rounds": ROUNDS,
+           "rate": rate, "added": added, "ttft": first, "rate_runs": rate_runs, "ttft_runs": ttft_runs,
            "ttft_added_ms": ttft_added,
            "targets": [{"target": t, "measured_ms": m, "limit_ms": l, "pass": m <= l}
                        for t, m, l in targets]}
@@ -221,19 +306,33 @@ spec:
     lines = [
         "# Waypoint latency at 1k req/s and time to first token (loopback)", "",
         f"Machine: {machine}  ",
-        "Command: `bench/waypoint/latency.py build` (waypoint on CPU 1; client, nginx and the "
-        f"emulator on CPU 0)  ", f"Load average at the end: {load}", "",
+        "Command: `sudo bench/waypoint/latency.py build` (proxies — sluice-waypoint, nginx as a "
+        "plain reverse proxy — on CPU 1; client, backend nginx and the emulator on CPU 0; "
+        f"{'all SCHED_FIFO' if REALTIME else 'normal scheduling'})  ",
+        f"Load average at the end: {load}", "",
+        f"{ROUNDS} rounds, the paths alternating; each figure is the median over the rounds.", "",
         f"Fixed rate: {RATE} chat requests/s for {SECONDS} s, one keep-alive connection, open loop "
         "(latency from each request's due time).", "",
-        "| path | p50 ms | p90 ms | p99 ms | requests | non-200 |", "|---|---|---|---|---|---|"]
+        "| path | p50 ms | p90 ms | p99 ms | added p50 | added p99 | proxy CPU µs/request | "
+        "requests | non-200 |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for k, r in rate.items():
+        a = added.get(k, {"p50_ms": 0.0, "p99_ms": 0.0})
+        cpu = r.get("proxy_cpu_us_per_request")
         lines.append(f"| {k} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "
-                     f"{r['requests']} | {r['non_200']} |")
+                     f"{a['p50_ms']:.3f} | {a['p99_ms']:.3f} | "
+                     f"{'—' if cpu is None else f'{cpu:.0f}'} | {r['requests']} | {r['non_200']} |")
+    lines += ["", "Per round (p50 ms): " + "; ".join(
+        f"{k} " + ", ".join(f"{x['p50_ms']:.3f}" for x in rate_runs[k]) for k in PATHS)]
     lines += ["", f"Time to first token: {TTFT_REQUESTS} streamed chats to the OpenAI emulator "
               "(test fixture; 3 tokens, 2 ms apart), one after the other on a keep-alive "
-              "connection.", "", "| path | TTFT p50 ms | TTFT p90 ms | non-200 |", "|---|---|---|---|"]
+              "connection.", "", "| path | TTFT p50 ms | TTFT p90 ms | TTFT added | non-200 |",
+              "|---|---|---|---|---|"]
     for k, r in first.items():
-        lines.append(f"| {k} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['non_200']} |")
+        lines.append(f"| {k} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
+                     f"{ttft_added.get(k, 0.0):.3f} | {r['non_200']} |")
+    lines += ["", "Per round (TTFT p50 ms): " + "; ".join(
+        f"{k} " + ", ".join(f"{x['p50_ms']:.3f}" for x in ttft_runs[k]) for k in PATHS)]
     lines += ["", "| target | measured | limit | result |", "|---|---|---|---|"]
     for t, m, l in targets:
         lines.append(f"| {t} | {m:.3f} ms | {l} ms | {'**PASS**' if m <= l else '**MISS**'} |")

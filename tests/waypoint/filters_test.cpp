@@ -65,9 +65,14 @@ TEST(BudgetFilter, TokensPerMinuteRejectsThenRecoversAfterTheWindow) {
     EXPECT_EQ(reply->type, "tokens");
     std::map<std::string, std::string> h(reply->headers.begin(), reply->headers.end());
     EXPECT_EQ(h["x-ratelimit-remaining-tokens"], "0");
-    EXPECT_EQ(h["retry-after"], "15");  // 250 tokens at 1000/min
-    Call other("b", 50, 200);
+    EXPECT_EQ(h["retry-after"], "15");                 // 250 tokens at 1000/min
+    EXPECT_EQ(h["x-ratelimit-reset-tokens"], "1m0s");  // the whole bucket refills in a minute
+    EXPECT_NE(reply->message.find("Please try again in 15s."), std::string::npos) << reply->message;
+    Call other("b", 50, 201);
     EXPECT_FALSE(filter.onRequest(other.ctx));
+    std::map<std::string, std::string> admitted(other.ctx.response_headers.begin(),
+                                                other.ctx.response_headers.end());
+    EXPECT_EQ(admitted["x-ratelimit-reset-tokens"], "15.06s");  // 251 tokens at 1000/min
     clock.now += 15s;
     Call later("a", 50, 200);
     EXPECT_FALSE(filter.onRequest(later.ctx));
@@ -450,6 +455,7 @@ TEST(Config, ValidateReportsEveryProblem) {
 kind: Waypoint
 spec:
   workers: 0
+  busyPollMicros: 20000
   pools: [{name: a, endpoints: ["127.0.0.1:1"]}]
 ---
 kind: ModelRoute
@@ -459,9 +465,10 @@ spec:
   backends: [{pool: missing}]
 )");
     const auto problems = config.validate();
-    ASSERT_EQ(problems.size(), 2u);
+    ASSERT_EQ(problems.size(), 3u);
     EXPECT_NE(problems[0].find("workers"), std::string::npos);
-    EXPECT_NE(problems[1].find("unknown pool missing"), std::string::npos);
+    EXPECT_NE(problems[1].find("busyPollMicros must be 0..10000"), std::string::npos);
+    EXPECT_NE(problems[2].find("unknown pool missing"), std::string::npos);
     EXPECT_THROW(parseConfig("kind: TokenBudget\nspec: {limits: []}\n"), std::invalid_argument);
 }
 

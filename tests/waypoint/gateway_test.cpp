@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sys/resource.h>
 #include <atomic>
 #include <cstdio>
 #include <fstream>
@@ -121,6 +122,34 @@ TEST(WaypointGateway, NonStreamedResponseIsRelayedAndUsageCounted) {
                           {{"gen_ai_token_type", "output"}, {"gen_ai_request_model", "gpt-4o"}}),
               usage["completion_tokens"].get<double>());
     EXPECT_EQ(metricValue(metrics, "istio_requests_total", {{"response_code", "200"}}), 1);
+}
+
+// CPU seconds this process (the in-process gateway and the test) used so far.
+double processCpuSeconds() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+           double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+TEST(WaypointGateway, BusyPollingWorkerServesAndSleepsOnceIdle) {
+    Emulator backend("a");
+    auto gw =
+        startGateway(baseConfig("\"" + backend.address() + "\"", "", "  busyPollMicros: 5000\n"));
+    // Right after each answer the worker spins for 5 ms: the test's own waiting shows it.
+    const double before_traffic = processCpuSeconds();
+    for (int i = 0; i < 20; ++i) {
+        auto via = request(gw->gatewayPort(), "POST", "/v1/chat/completions", chatBody(false));
+        ASSERT_EQ(via.status, 200u) << i;
+        std::this_thread::sleep_for(2ms);  // inside the spin window: the worker is still polling
+    }
+    EXPECT_GT(processCpuSeconds() - before_traffic, 0.02)
+        << "20 requests 2 ms apart with a 5 ms spin window kept a CPU busy for most of 40 ms";
+    // Idle, it sleeps: half a second costs far less than half a CPU-second.
+    std::this_thread::sleep_for(50ms);
+    const double idle_from = processCpuSeconds();
+    std::this_thread::sleep_for(500ms);
+    EXPECT_LT(processCpuSeconds() - idle_from, 0.1);
 }
 
 TEST(WaypointGateway, StreamWithoutIncludeUsageIsByteExactAndStillCounted) {

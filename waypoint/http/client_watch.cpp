@@ -1,6 +1,17 @@
 #include "waypoint/http/client_watch.h"
 
+#include <poll.h>
+
 namespace sluice::waypoint {
+namespace {
+
+// The peer shut its side down or the connection failed (buffered bytes do not hide it).
+bool hungUp(tcp::socket& socket) {
+    pollfd p{.fd = socket.native_handle(), .events = POLLRDHUP, .revents = 0};
+    return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
+}  // namespace
 
 ClientWatch::ClientWatch(ClientStream& client, beast::flat_buffer& buffer, std::size_t max_buffered)
     : client_(client),
@@ -17,6 +28,16 @@ ClientWatch::~ClientWatch() {
 void ClientWatch::start(std::function<void()> on_gone) {
     state_->on_gone = std::move(on_gone);
     state_->running = true;
+    if (tcp::socket* socket = client_.socket()) {
+        // A hang-up that came before this watch started left no edge to wait for.
+        if (hungUp(*socket)) {
+            state_->running = false;
+            noticeGone(*state_);
+            return;
+        }
+        waitForHangUp(state_, *socket);
+        return;
+    }
     state_->exited->expires_at(asio::steady_timer::time_point::max());
     asio::co_spawn(client_.get_executor(), watch(state_, client_, buffer_, max_buffered_),
                    asio::detached);
@@ -29,16 +50,34 @@ awaitable<void> ClientWatch::watch(std::shared_ptr<State> state, ClientStream& c
         const std::size_t n = co_await client.async_read_some(buffer.prepare(4096), noThrow(ec));
         buffer.commit(n);
         if (ec) {
-            if (!state->stopping && ec != asio::error::operation_aborted) {
-                state->gone = true;
-                if (state->on_gone)
-                    state->on_gone();
-            }
+            if (!state->stopping && ec != asio::error::operation_aborted)
+                noticeGone(*state);
             break;
         }
     }
     state->running = false;
     state->exited->cancel();
+}
+
+void ClientWatch::noticeGone(State& state) {
+    state.gone = true;
+    if (state.on_gone)
+        state.on_gone();
+}
+
+void ClientWatch::waitForHangUp(std::shared_ptr<State> state, tcp::socket& socket) {
+    socket.async_wait(tcp::socket::wait_read, [state, &socket](error_code ec) {
+        if (state->stopping || ec == asio::error::operation_aborted) {
+            state->running = false;
+            return;
+        }
+        if (!ec && !hungUp(socket)) {
+            waitForHangUp(state, socket);  // bytes of a pipelined request: still there
+            return;
+        }
+        state->running = false;
+        noticeGone(*state);
+    });
 }
 
 awaitable<void> ClientWatch::stop() {
@@ -47,6 +86,8 @@ awaitable<void> ClientWatch::stop() {
     state_->stopping = true;
     error_code ec;
     client_.cancel(ec);
+    if (client_.socket())
+        co_return;  // the wait's handler only notes that it ended; nothing waits for it
     // `exited` never expires by itself; the watcher cancels it on its way out.
     while (state_->running)
         co_await state_->exited->async_wait(noThrow(ec));

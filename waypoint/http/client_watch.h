@@ -9,8 +9,11 @@
 namespace sluice::waypoint {
 
 // Notices a client that goes away while its request is being proxied, so the upstream request
-// is cancelled instead of running (and burning tokens) to the end. It keeps one read pending on
-// the client socket; bytes that arrive (a pipelined next request) are kept in `buffer`.
+// is cancelled instead of running (and burning tokens) to the end. On a TCP client it waits for
+// the socket to become readable without reading and then asks the kernel whether the peer shut
+// down (POLLRDHUP): no buffer, no syscall while nothing happens, and a pipelined next request
+// stays in the socket. On other streams (HBONE) it keeps one read pending; bytes that arrive (a
+// pipelined next request) are kept in `buffer`.
 class ClientWatch {
   public:
     ClientWatch(ClientStream& client, beast::flat_buffer& buffer, std::size_t max_buffered);
@@ -34,6 +37,8 @@ class ClientWatch {
     };
     static awaitable<void> watch(std::shared_ptr<State> state, ClientStream& client,
                                  beast::flat_buffer& buffer, std::size_t max_buffered);
+    static void waitForHangUp(std::shared_ptr<State> state, tcp::socket& socket);
+    static void noticeGone(State& state);
 
     ClientStream& client_;
     beast::flat_buffer& buffer_;

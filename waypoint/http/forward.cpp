@@ -3,7 +3,8 @@
 #include <array>
 #include <cstdio>
 
-#include "waypoint/http/deadline.h"
+#include <boost/beast/core/buffers_to_string.hpp>
+
 #include "waypoint/http/sse.h"
 
 namespace sluice::waypoint {
@@ -44,20 +45,48 @@ http::request<http::string_body> upstreamRequest(const RequestContext& ctx,
     return req;
 }
 
-// Writes one HTTP/1.1 chunk (or raw bytes when the client response is not chunked).
-awaitable<error_code> writeBody(ClientStream& client, bool chunked, std::string_view data) {
+// The response header block exactly as Beast writes it, as bytes, so that it can leave in the
+// same write as the first body bytes: one segment and one wake-up of the client instead of two.
+std::string serializeHead(http::response<http::empty_body>& res) {
+    http::response_serializer<http::empty_body> serializer{res};
+    serializer.split(true);
+    std::string out;
     error_code ec;
-    if (data.empty())
-        co_return ec;
-    if (!chunked) {
-        co_await asio::async_write(client, asio::buffer(data), noThrow(ec));
-        co_return ec;
+    while (!ec && !serializer.is_header_done()) {
+        serializer.next(ec, [&](error_code&, const auto& buffers) {
+            out += beast::buffers_to_string(buffers);
+            serializer.consume(beast::buffer_bytes(buffers));
+        });
     }
+    return out;
+}
+
+// What goes to the client after one read from the backend: the response header while it is
+// still unsent, then `data` as one HTTP/1.1 chunk (or raw bytes when the response is not
+// chunked), then the last chunk when the body ended. One gather write.
+awaitable<error_code> writeBody(ClientStream& client, std::string& head, bool chunked,
+                                std::string_view data, bool last) {
     char size[24];
-    const int len = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
-    const std::array<asio::const_buffer, 3> parts{asio::buffer(size, std::size_t(len)),
-                                                  asio::buffer(data), asio::buffer("\r\n", 2)};
-    co_await asio::async_write(client, parts, noThrow(ec));
+    std::array<asio::const_buffer, 5> parts;
+    std::size_t n = 0;
+    if (!head.empty())
+        parts[n++] = asio::buffer(head);
+    if (!data.empty()) {
+        if (chunked) {
+            const int len = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+            parts[n++] = asio::buffer(size, std::size_t(len));
+        }
+        parts[n++] = asio::buffer(data);
+        if (chunked)
+            parts[n++] = asio::buffer("\r\n", 2);
+    }
+    if (last && chunked)
+        parts[n++] = asio::buffer("0\r\n\r\n", 5);
+    error_code ec;
+    if (n > 0) {
+        co_await asio::async_write(client, std::span(parts.data(), n), noThrow(ec));
+        head.clear();
+    }
     co_return ec;
 }
 
@@ -88,8 +117,6 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
     ForwardResult result;
     const auto sent_at = std::chrono::steady_clock::now();
     auto request = upstreamRequest(ctx, body);
-    auto ex = client.socket.get_executor();
-    Deadline deadline(ex);
 
     // A pooled connection may have been closed by the backend while idle; that shows as an
     // error before any response byte, and then one fresh connection is tried.
@@ -101,6 +128,7 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
             co_return result;
         }
         tcp::socket& up = lease.socket;
+        Deadline& deadline = lease.deadline;
         *upstream_socket = &up;
         struct Clear {
             tcp::socket** s;
@@ -150,81 +178,78 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
             res.content_length(parser.content_length());
         }
         res.keep_alive(client.keep_alive);
-        http::response_serializer<http::empty_body> serializer{res};
-        co_await http::async_write_header(client.socket, serializer, noThrow(ec));
+        // The header leaves with the first body bytes when they came with it (a small reply
+        // goes out in one write); a stream's header goes out at once.
+        std::string pending_head = serializeHead(res);
         result.committed = true;
         ctx.status = result.status;
-        if (ec) {
-            result.outcome = ForwardOutcome::ClientGone;
-            co_return result;
+        if (up_buffer.size() == 0 && !parser.is_done()) {
+            if (co_await writeBody(client.socket, pending_head, chunked, {}, false)) {
+                result.outcome = ForwardOutcome::ClientGone;
+                co_return result;
+            }
         }
 
         SseSplitter splitter;
         std::string inspected;
         bool inspect = !sse;
         std::array<char, 16384> chunk;
-        while (!parser.is_done()) {
-            parser.get().body().data = chunk.data();
-            parser.get().body().size = chunk.size();
-            deadline.arm(up, options.timeout);
-            co_await http::async_read_some(up, up_buffer, parser, noThrow(ec));
-            deadline.disarm();
-            if (ec == http::error::need_buffer)
-                ec = {};
-            if (ec) {
-                // Mid-body failure: HTTP/1.1 can only tell the client by closing.
-                result.outcome =
-                    deadline.fired() ? ForwardOutcome::Timeout : ForwardOutcome::UpstreamFailed;
-                co_return result;
+        std::string out;
+        while (true) {
+            std::string_view got;
+            if (!parser.is_done()) {
+                parser.get().body().data = chunk.data();
+                parser.get().body().size = chunk.size();
+                deadline.arm(up, options.timeout);
+                co_await http::async_read_some(up, up_buffer, parser, noThrow(ec));
+                deadline.disarm();
+                if (ec == http::error::need_buffer)
+                    ec = {};
+                if (ec) {
+                    // Mid-body failure: HTTP/1.1 can only tell the client by closing.
+                    result.outcome =
+                        deadline.fired() ? ForwardOutcome::Timeout : ForwardOutcome::UpstreamFailed;
+                    co_return result;
+                }
+                got = std::string_view(chunk.data(), chunk.size() - parser.get().body().size);
             }
-            const std::string_view got(chunk.data(), chunk.size() - parser.get().body().size);
-            if (got.empty())
-                continue;
-            error_code write_ec;
+            const bool last = parser.is_done();
+            std::string_view data = got;
             if (sse) {
                 // Relay each event as soon as it is complete; filters may drop one (the usage
                 // chunk the client did not ask for).
-                std::string out;
-                splitter.feed(got, [&](std::string_view raw_view, std::string_view data) {
+                out.clear();
+                splitter.feed(got, [&](std::string_view raw_view, std::string_view event) {
                     std::string raw(raw_view);
                     bool keep = true;
                     for (HttpFilter* f : filters)
-                        keep = f->onStreamEvent(ctx, data, raw) && keep;
-                    if (!ctx.first_token && !data.empty() && data != "[DONE]") {
+                        keep = f->onStreamEvent(ctx, event, raw) && keep;
+                    if (!ctx.first_token && !event.empty() && event != "[DONE]") {
                         ctx.first_token = std::chrono::steady_clock::now();
                     }
                     if (keep)
                         out.append(raw);
                 });
-                write_ec = co_await writeBody(client.socket, chunked, out);
+                if (last)
+                    out.append(splitter.pending());
+                data = out;
+            } else if (inspect && inspected.size() + got.size() <= options.inspect_limit) {
+                inspected.append(got);
             } else {
-                if (inspect && inspected.size() + got.size() <= options.inspect_limit) {
-                    inspected.append(got);
-                } else {
-                    inspect = false;
+                inspect = false;
+            }
+            if (!data.empty() || last) {
+                if (co_await writeBody(client.socket, pending_head, chunked, data, last)) {
+                    result.outcome = ForwardOutcome::ClientGone;
+                    co_return result;
                 }
-                write_ec = co_await writeBody(client.socket, chunked, got);
             }
-            if (write_ec) {
-                result.outcome = ForwardOutcome::ClientGone;
-                co_return result;
-            }
+            if (last)
+                break;
         }
-        if (sse) {
-            if (auto rest = co_await writeBody(client.socket, chunked, splitter.pending())) {
-                result.outcome = ForwardOutcome::ClientGone;
-                co_return result;
-            }
-        } else if (inspect) {
+        if (inspect) {
             for (HttpFilter* f : filters)
                 f->onResponseBody(ctx, inspected);
-        }
-        if (chunked) {
-            co_await asio::async_write(client.socket, asio::buffer("0\r\n\r\n", 5), noThrow(ec));
-            if (ec) {
-                result.outcome = ForwardOutcome::ClientGone;
-                co_return result;
-            }
         }
         if (parser.keep_alive())
             pool.release(std::move(lease));

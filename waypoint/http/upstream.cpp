@@ -1,7 +1,5 @@
 #include "waypoint/http/upstream.h"
 
-#include "waypoint/http/deadline.h"
-
 namespace sluice::waypoint {
 
 namespace {
@@ -20,28 +18,29 @@ awaitable<std::pair<error_code, UpstreamPool::Lease>> UpstreamPool::acquire(
             Idle idle = std::move(list.back());
             list.pop_back();
             if (now - idle.since < limits_.idle_timeout && idle.socket.is_open()) {
-                co_return std::pair{error_code{}, Lease{std::move(idle.socket), key, true}};
+                co_return std::pair{error_code{}, Lease{std::move(idle.socket), key, true,
+                                                        std::move(idle.deadline)}};
             }
         }
     }
-    tcp::socket socket(ex_);
-    Deadline deadline(ex_);
-    deadline.arm(socket, limits_.connect_timeout);
+    Lease lease{tcp::socket(ex_), key, false, Deadline(ex_)};
+    lease.deadline.arm(lease.socket, limits_.connect_timeout);
     error_code ec;
-    co_await socket.async_connect(address, noThrow(ec));
-    deadline.disarm();
-    if (deadline.fired())
+    co_await lease.socket.async_connect(address, noThrow(ec));
+    lease.deadline.disarm();
+    if (lease.deadline.fired())
         ec = asio::error::timed_out;
     if (!ec)
-        socket.set_option(tcp::no_delay(true), ec);
-    co_return std::pair{ec, Lease{std::move(socket), key, false}};
+        lease.socket.set_option(tcp::no_delay(true), ec);
+    co_return std::pair{ec, std::move(lease)};
 }
 
 void UpstreamPool::release(Lease lease) {
     auto& list = idle_[lease.key];
     if (list.size() >= limits_.max_idle_per_endpoint)
         return;  // the socket closes here
-    list.push_back(Idle{std::move(lease.socket), std::chrono::steady_clock::now()});
+    list.push_back(
+        Idle{std::move(lease.socket), std::move(lease.deadline), std::chrono::steady_clock::now()});
 }
 
 std::size_t UpstreamPool::idleCount() const {

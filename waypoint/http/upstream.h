@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "waypoint/http/asio.h"
+#include "waypoint/http/deadline.h"
 
 namespace sluice::waypoint {
 
@@ -26,6 +27,9 @@ class UpstreamPool {
         tcp::socket socket;
         std::string key;  // "ip:port"
         bool reused = false;
+        // Bounds each phase on this connection; it stays with the connection, so a request on a
+        // reused one schedules no new timer.
+        Deadline deadline;
     };
     // A connected socket to `address`, reused when one is idle.
     awaitable<std::pair<error_code, Lease>> acquire(const tcp::endpoint& address);
@@ -37,6 +41,7 @@ class UpstreamPool {
   private:
     struct Idle {
         tcp::socket socket;
+        Deadline deadline;
         std::chrono::steady_clock::time_point since;
     };
     asio::any_io_executor ex_;

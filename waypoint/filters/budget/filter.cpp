@@ -1,5 +1,6 @@
 #include "waypoint/filters/budget/filter.h"
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 
@@ -9,8 +10,16 @@ namespace {
 // OpenAI's reset format: "1s", "6m0s", "0.5s".
 std::string resetString(double seconds) {
     char buf[32];
+    seconds = std::ceil(seconds * 1000) / 1000;
     if (seconds < 60) {
-        std::snprintf(buf, sizeof buf, "%gs", std::ceil(seconds * 1000) / 1000);
+        // Shortest fixed notation of the millisecond-rounded value: "%g" without printf's cost
+        // (it runs for every request, for the x-ratelimit-reset-* headers).
+        auto [end, ec] =
+            std::to_chars(buf, buf + sizeof buf - 2, seconds, std::chars_format::fixed);
+        if (ec != std::errc())
+            return "0s";
+        *end++ = 's';
+        *end = '\0';
     } else {
         std::snprintf(buf, sizeof buf, "%dm%ds", int(seconds) / 60, int(seconds) % 60);
     }
