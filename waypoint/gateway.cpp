@@ -541,11 +541,12 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
         } else {
             std::string body;
             const bool rewrite = !target.model.empty() && target.model != ctx.model;
-            if (ctx.body && (ctx.body_modified || rewrite)) {
-                auto copy = *ctx.body;
-                if (rewrite)
-                    copy["model"] = target.model;
+            if (ctx.body && rewrite) {
+                auto copy = *ctx.body;  // the next target may rewrite to another model
+                copy["model"] = target.model;
                 body = copy.dump();
+            } else if (ctx.body && ctx.body_modified) {
+                body = ctx.body->dump();
             } else {
                 body = ex.request.body();
             }

@@ -2,6 +2,8 @@
 
 #include <array>
 #include <cstdio>
+#include <memory>
+#include <vector>
 
 #include <boost/beast/core/buffers_to_string.hpp>
 
@@ -89,6 +91,35 @@ awaitable<error_code> writeBody(ClientStream& client, std::string& head, bool ch
     }
     co_return ec;
 }
+
+// 16 KiB relay buffers, reused by the requests of one worker thread: a buffer in the coroutine
+// frame would make every request allocate (and the allocator consolidate) a 17 KiB frame.
+class RelayBuffer {
+  public:
+    static constexpr std::size_t kSize = 16384;
+    RelayBuffer() {
+        if (free_.empty()) {
+            buf_ = std::make_unique_for_overwrite<char[]>(kSize);
+        } else {
+            buf_ = std::move(free_.back());
+            free_.pop_back();
+        }
+    }
+    ~RelayBuffer() {
+        if (free_.size() < kKeep)
+            free_.push_back(std::move(buf_));
+    }
+    RelayBuffer(const RelayBuffer&) = delete;
+    RelayBuffer& operator=(const RelayBuffer&) = delete;
+    char* data() { return buf_.get(); }
+
+  private:
+    static constexpr std::size_t kKeep = 64;  // idle buffers a worker keeps (1 MiB)
+    static thread_local std::vector<std::unique_ptr<char[]>> free_;
+    std::unique_ptr<char[]> buf_;
+};
+
+thread_local std::vector<std::unique_ptr<char[]>> RelayBuffer::free_;
 
 }  // namespace
 
@@ -193,13 +224,13 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
         SseSplitter splitter;
         std::string inspected;
         bool inspect = !sse;
-        std::array<char, 16384> chunk;
+        RelayBuffer chunk;
         std::string out;
         while (true) {
             std::string_view got;
             if (!parser.is_done()) {
                 parser.get().body().data = chunk.data();
-                parser.get().body().size = chunk.size();
+                parser.get().body().size = RelayBuffer::kSize;
                 deadline.arm(up, options.timeout);
                 co_await http::async_read_some(up, up_buffer, parser, noThrow(ec));
                 deadline.disarm();
@@ -211,7 +242,7 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
                         deadline.fired() ? ForwardOutcome::Timeout : ForwardOutcome::UpstreamFailed;
                     co_return result;
                 }
-                got = std::string_view(chunk.data(), chunk.size() - parser.get().body().size);
+                got = std::string_view(chunk.data(), RelayBuffer::kSize - parser.get().body().size);
             }
             const bool last = parser.is_done();
             std::string_view data = got;
