@@ -1,7 +1,7 @@
 #include "waypoint/http/forward.h"
 
 #include <array>
-#include <cstdio>
+#include <charconv>
 #include <memory>
 #include <vector>
 
@@ -75,8 +75,10 @@ awaitable<error_code> writeBody(ClientStream& client, std::string& head, bool ch
         parts[n++] = asio::buffer(head);
     if (!data.empty()) {
         if (chunked) {
-            const int len = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
-            parts[n++] = asio::buffer(size, std::size_t(len));
+            char* end = std::to_chars(size, size + sizeof size - 2, data.size(), 16).ptr;
+            *end++ = '\r';
+            *end++ = '\n';
+            parts[n++] = asio::buffer(size, std::size_t(end - size));
         }
         parts[n++] = asio::buffer(data);
         if (chunked)
