@@ -514,14 +514,6 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
         }
     });
 
-    if (watch.gone()) {  // hung up before its request was sent anywhere
-        ctx.result = "client_gone";
-        ex.keep_alive = false;
-        for (std::size_t i = filters_.size(); i-- > 0;)
-            filters_[i]->onComplete(ctx);
-        record(ctx);
-        co_return;
-    }
     const auto& route_config = *router_->routeFor(ctx);
     std::size_t target_index = 0;
     const Endpoint* avoid = nullptr;

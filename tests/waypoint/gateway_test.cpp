@@ -336,6 +336,60 @@ TEST(WaypointGateway, ClientDisconnectCancelsTheUpstreamStream) {
     EXPECT_EQ(backend.streamsAborted(), 1);
 }
 
+// A request pipelined behind a stream, sent once the stream runs: the watch reads it aside
+// (waiting on a socket that holds unread bytes would wake at once, again and again) and it is
+// served after the stream.
+TEST(WaypointGateway, APipelinedRequestWaitsForTheStreamWithoutSpinning) {
+    Emulator backend("slow");
+    backend.configure(R"({"token_delay_ms": 100, "completion_tokens": 6})");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    auto post = [](const std::string& body, const std::string& extra_header = "") {
+        return "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + extra_header +
+               "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    };
+    asio::io_context io;
+    tcp::socket s(io);
+    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
+    asio::write(s, asio::buffer(post(chatBody(true, false, 6))));
+    std::string got(1024, '\0');
+    got.resize(s.read_some(asio::buffer(got)));  // the stream has started
+    const double cpu_before = processCpuSeconds();
+    const auto started = std::chrono::steady_clock::now();
+    asio::write(s, asio::buffer(post(chatBody(false), "Connection: close\r\n")));
+    error_code ec;
+    for (char buf[4096]; !ec;)
+        got.append(buf, s.read_some(asio::buffer(buf), ec));
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const auto done = got.find("data: [DONE]");
+    ASSERT_NE(done, std::string::npos) << got;
+    EXPECT_NE(got.find("\"object\":\"chat.completion\"", done), std::string::npos) << got;
+    EXPECT_GT(elapsed, 0.3);  // the stream took its time …
+    EXPECT_LT(processCpuSeconds() - cpu_before, 0.3 * elapsed) << "… and the worker slept";
+}
+
+// The same client hanging up mid-stream is still noticed: the watch reads its pipelined bytes
+// and then the end of the stream.
+TEST(WaypointGateway, APipeliningClientThatHangsUpCancelsTheStream) {
+    Emulator backend("slow");
+    backend.configure(R"({"token_delay_ms": 100, "completion_tokens": 50})");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    {
+        const std::string body = chatBody(true, false, 50);
+        asio::io_context io;
+        tcp::socket s(io);
+        s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
+        asio::write(s, asio::buffer("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                                    "Content-Length: " +
+                                    std::to_string(body.size()) + "\r\n\r\n" + body));
+        char buf[1024];
+        s.read_some(asio::buffer(buf));  // the stream has started
+        asio::write(s, asio::buffer(std::string("POST /v1/chat/completions HTTP/1.1\r\n")));
+        std::this_thread::sleep_for(50ms);  // the watch has read them aside
+    }
+    EXPECT_EQ(backend.streamsAborted(), 1);
+}
+
 TEST(WaypointGateway, CanarySplitFollowsWeights) {
     Emulator stable("stable");
     Emulator canary("canary");

@@ -23,21 +23,21 @@ ClientWatch::ClientWatch(ClientStream& client, beast::flat_buffer& buffer, std::
 
 ClientWatch::~ClientWatch() {
     state_->on_gone = nullptr;
+    state_->stopping = true;  // a wait's handler still queued must not touch this object
 }
 
 void ClientWatch::start(std::function<void()> on_gone) {
     state_->on_gone = std::move(on_gone);
     state_->running = true;
-    if (tcp::socket* socket = client_.socket()) {
-        // A hang-up that came before this watch started left no edge to wait for.
-        if (hungUp(*socket)) {
-            state_->running = false;
-            noticeGone(*state_);
-            return;
-        }
-        waitForHangUp(state_, *socket);
+    if (client_.socket()) {
+        waitForHangUp();
         return;
     }
+    startReading();
+}
+
+void ClientWatch::startReading() {
+    state_->reading = true;
     state_->exited->expires_at(asio::steady_timer::time_point::max());
     asio::co_spawn(client_.get_executor(), watch(state_, client_, buffer_, max_buffered_),
                    asio::detached);
@@ -65,14 +65,18 @@ void ClientWatch::noticeGone(State& state) {
         state.on_gone();
 }
 
-void ClientWatch::waitForHangUp(std::shared_ptr<State> state, tcp::socket& socket) {
-    socket.async_wait(tcp::socket::wait_read, [state, &socket](error_code ec) {
+void ClientWatch::waitForHangUp() {
+    // A wait (unlike a read) re-arms the socket in epoll, which reports what is already there
+    // too: a hang-up before the watch started is not missed.
+    client_.socket()->async_wait(tcp::socket::wait_read, [this, state = state_](error_code ec) {
         if (state->stopping || ec == asio::error::operation_aborted) {
             state->running = false;
             return;
         }
-        if (!ec && !hungUp(socket)) {
-            waitForHangUp(state, socket);  // bytes of a pipelined request: still there
+        if (!ec && !hungUp(*client_.socket())) {
+            // Bytes of a pipelined request: waiting again would report them at once, again
+            // and again, so read them into the buffer from now on (stop() then waits for it).
+            startReading();
             return;
         }
         state->running = false;
@@ -86,7 +90,7 @@ awaitable<void> ClientWatch::stop() {
     state_->stopping = true;
     error_code ec;
     client_.cancel(ec);
-    if (client_.socket())
+    if (!state_->reading)
         co_return;  // the wait's handler only notes that it ended; nothing waits for it
     // `exited` never expires by itself; the watcher cancels it on its way out.
     while (state_->running)

@@ -32,12 +32,14 @@ class ClientWatch {
         bool gone = false;
         bool running = false;
         bool stopping = false;
+        bool reading = false;  // a read is (or was) pending, not just a wait
         std::function<void()> on_gone;
         std::unique_ptr<asio::steady_timer> exited;
     };
     static awaitable<void> watch(std::shared_ptr<State> state, ClientStream& client,
                                  beast::flat_buffer& buffer, std::size_t max_buffered);
-    static void waitForHangUp(std::shared_ptr<State> state, tcp::socket& socket);
+    void waitForHangUp();
+    void startReading();
     static void noticeGone(State& state);
 
     ClientStream& client_;
