@@ -318,22 +318,42 @@ TEST(WaypointGateway, LastAttemptRelaysTheBackendError) {
     EXPECT_EQ(json::parse(broken.stats())["requests"], 3);  // first try + 2 retries
 }
 
+std::string postRequest(const std::string& body, const std::string& extra_header = "") {
+    return "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + extra_header +
+           "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+// A connection to the gateway whose streamed chat (`tokens` tokens) has started; what arrived
+// so far in `got`.
+tcp::socket startStream(asio::io_context& io, unsigned short port, int tokens,
+                        std::string* got = nullptr) {
+    tcp::socket s(io);
+    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+    asio::write(s, asio::buffer(postRequest(chatBody(true, false, tokens))));
+    std::string first(1024, '\0');
+    first.resize(s.read_some(asio::buffer(first)));
+    if (got)
+        *got = first;
+    return s;
+}
+
+// Streams of 50 tokens 100 ms apart: a client that hangs up is ~5 s early.
+struct SlowStreams {
+    Emulator backend{"slow"};
+    std::unique_ptr<Gateway> gw;
+    SlowStreams() {
+        backend.configure(R"({"token_delay_ms": 100, "completion_tokens": 50})");
+        gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    }
+};
+
 TEST(WaypointGateway, ClientDisconnectCancelsTheUpstreamStream) {
-    Emulator backend("slow");
-    backend.configure(R"({"token_delay_ms": 100, "completion_tokens": 50})");
-    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    SlowStreams slow;
     {
-        const std::string body = chatBody(true, false, 50);
         asio::io_context io;
-        tcp::socket s(io);
-        s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
-        asio::write(s, asio::buffer("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                                    "Content-Length: " +
-                                    std::to_string(body.size()) + "\r\n\r\n" + body));
-        char buf[1024];
-        s.read_some(asio::buffer(buf));  // the stream has started
-    }                                    // the client closes here, ~5 s before the stream would end
-    EXPECT_EQ(backend.streamsAborted(), 1);
+        auto s = startStream(io, slow.gw->gatewayPort(), 50);
+    }  // the client closes here
+    EXPECT_EQ(slow.backend.streamsAborted(), 1);
 }
 
 // A request pipelined behind a stream, sent once the stream runs: the watch reads it aside
@@ -343,19 +363,12 @@ TEST(WaypointGateway, APipelinedRequestWaitsForTheStreamWithoutSpinning) {
     Emulator backend("slow");
     backend.configure(R"({"token_delay_ms": 100, "completion_tokens": 6})");
     auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
-    auto post = [](const std::string& body, const std::string& extra_header = "") {
-        return "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + extra_header +
-               "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-    };
     asio::io_context io;
-    tcp::socket s(io);
-    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
-    asio::write(s, asio::buffer(post(chatBody(true, false, 6))));
-    std::string got(1024, '\0');
-    got.resize(s.read_some(asio::buffer(got)));  // the stream has started
+    std::string got;
+    auto s = startStream(io, gw->gatewayPort(), 6, &got);
     const double cpu_before = processCpuSeconds();
     const auto started = std::chrono::steady_clock::now();
-    asio::write(s, asio::buffer(post(chatBody(false), "Connection: close\r\n")));
+    asio::write(s, asio::buffer(postRequest(chatBody(false), "Connection: close\r\n")));
     error_code ec;
     for (char buf[4096]; !ec;)
         got.append(buf, s.read_some(asio::buffer(buf), ec));
@@ -371,23 +384,14 @@ TEST(WaypointGateway, APipelinedRequestWaitsForTheStreamWithoutSpinning) {
 // The same client hanging up mid-stream is still noticed: the watch reads its pipelined bytes
 // and then the end of the stream.
 TEST(WaypointGateway, APipeliningClientThatHangsUpCancelsTheStream) {
-    Emulator backend("slow");
-    backend.configure(R"({"token_delay_ms": 100, "completion_tokens": 50})");
-    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    SlowStreams slow;
     {
-        const std::string body = chatBody(true, false, 50);
         asio::io_context io;
-        tcp::socket s(io);
-        s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
-        asio::write(s, asio::buffer("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                                    "Content-Length: " +
-                                    std::to_string(body.size()) + "\r\n\r\n" + body));
-        char buf[1024];
-        s.read_some(asio::buffer(buf));  // the stream has started
+        auto s = startStream(io, slow.gw->gatewayPort(), 50);
         asio::write(s, asio::buffer(std::string("POST /v1/chat/completions HTTP/1.1\r\n")));
         std::this_thread::sleep_for(50ms);  // the watch has read them aside
     }
-    EXPECT_EQ(backend.streamsAborted(), 1);
+    EXPECT_EQ(slow.backend.streamsAborted(), 1);
 }
 
 TEST(WaypointGateway, CanarySplitFollowsWeights) {
