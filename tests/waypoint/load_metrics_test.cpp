@@ -87,7 +87,8 @@ TEST(WaypointLoadMetrics, TrafficAvoidsTheBackendThatReportsAQueueOrAFullKvCache
     // coin toss, so 30 out of 30 on one side would not happen by chance (2^-29).
     a.configure(R"({"waiting": 25})");
     ASSERT_TRUE(waitForGauge(*gw, "sluice_backend_requests_waiting", a, 25));
-    EXPECT_EQ(servedBy(*gw, 30), (std::map<std::string, int>{{"b", 30}}));
+    EXPECT_EQ(servedBy(*gw, 30), (std::map<std::string, int>{{"b", 30}}))
+        << request(gw->metricsPort(), "GET", "/metrics").body;
 
     a.configure(R"({"waiting": 0})");
     b.configure(R"({"kv_cache_usage": 0.97})");
