@@ -116,7 +116,7 @@ class RelayBuffer {
     char* data() { return buf_.get(); }
 
   private:
-    static constexpr std::size_t kKeep = 64;  // idle buffers a worker keeps (1 MiB)
+    static constexpr std::size_t kKeep = 16;  // idle buffers a worker keeps (256 KiB)
     static thread_local std::vector<std::unique_ptr<char[]>> free_;
     std::unique_ptr<char[]> buf_;
 };
