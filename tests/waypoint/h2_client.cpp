@@ -18,14 +18,18 @@ nghttp2_nv nv(const std::string& name, const std::string& value) {
 
 }  // namespace
 
-H2Client::H2Client() {
+H2Client::H2Client(bool read_nothing) {
     nghttp2_session_callbacks* cbs = nullptr;
     nghttp2_session_callbacks_new(&cbs);
     nghttp2_session_callbacks_set_on_header_callback(cbs, onHeader);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, onFrameRecv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, onDataChunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, onStreamClose);
-    nghttp2_session_client_new(&session_, cbs, this);
+    nghttp2_option* opt = nullptr;
+    nghttp2_option_new(&opt);
+    nghttp2_option_set_no_auto_window_update(opt, read_nothing ? 1 : 0);
+    nghttp2_session_client_new2(&session_, cbs, this, opt);
+    nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
     nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, nullptr, 0);
 }

@@ -35,7 +35,9 @@ class H2Client {
     using Read = std::function<awaitable<std::size_t>(asio::mutable_buffer)>;
     using Write = std::function<awaitable<bool>(std::string)>;
 
-    H2Client();
+    // `read_nothing`: response bytes are never taken (no WINDOW_UPDATE is sent), as a client
+    // that stopped reading.
+    explicit H2Client(bool read_nothing = false);
     ~H2Client();
     H2Client(const H2Client&) = delete;
     H2Client& operator=(const H2Client&) = delete;

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <optional>
 #include <thread>
 
 #include "tests/waypoint/h2_client.h"
@@ -103,6 +104,33 @@ TEST(WaypointH2Limits, BodiesThatNeverEndGet408AndGiveTheirBudgetBack) {
     EXPECT_EQ(client.ended_order.front(), small);
     EXPECT_EQ(client.ended_order.back(), big);
     EXPECT_EQ(json::parse(backend.stats())["requests"], 2);
+}
+
+// A client that stops reading one stream's response: the waypoint's writes wait on that
+// stream's window, and after the idle timeout the stream is reset and the upstream abandoned.
+TEST(WaypointH2Limits, AStalledStreamIsResetAfterTheIdleTimeout) {
+    Emulator backend("a");
+    backend.configure(R"({"completion_tokens": 200000})");  // ~25 MB of events, no delay
+    auto gw = startGateway(config(backend, "idleTimeout: 1s"));
+    H2OverTcp conn(gw->gatewayPort());
+    H2Client client(true);
+    json body{{"model", "gpt-4o"},
+              {"max_tokens", 200000},
+              {"stream", true},
+              {"messages", {{{"role", "user"}, {"content", "hello"}}}}};
+    const int32_t id = client.submit("POST", "/v1/chat/completions", body.dump());
+    std::optional<std::chrono::steady_clock::time_point> answered;
+    ASSERT_TRUE(conn.run(client, [&](H2Client& c) {
+        if (!answered && c.streams[id].status != 0)
+            answered = std::chrono::steady_clock::now();
+    }));
+    ASSERT_TRUE(answered);
+    const auto after = std::chrono::steady_clock::now() - *answered;
+    EXPECT_EQ(client.streams[id].status, 200u);
+    EXPECT_EQ(client.streams[id].reset_code, uint32_t(NGHTTP2_CANCEL));
+    EXPECT_GE(after, 1s);
+    EXPECT_LT(after, 6s);
+    EXPECT_EQ(backend.streamsAborted(), 1);
 }
 
 TEST(WaypointH2Drain, StopSendsGoawayAndTheStreamInFlightFinishes) {

@@ -53,10 +53,12 @@ class H2Session;
 
 // One HTTP/2 stream as an HTTP/1.1 connection carrying one request: reads yield the request as
 // HTTP/1.1 bytes, writes are parsed as an HTTP/1.1 response and leave as HEADERS and DATA.
-class H2Stream final : public ByteStream, private http::basic_parser<false> {
+class H2Stream final : public ByteStream,
+                       public std::enable_shared_from_this<H2Stream>,
+                       private http::basic_parser<false> {
   public:
     H2Stream(H2Session& session, int32_t id, asio::any_io_executor ex)
-        : session_(session), id_(id), readable_(ex), writable_(ex) {
+        : session_(session), id_(id), executor_(ex), readable_(ex), writable_(ex) {
         header_limit(kResponseHeaderLimit);
         // Not boost::none: Beast 1.74 compares a content length against the optional itself.
         body_limit(std::numeric_limits<std::uint64_t>::max());
@@ -116,6 +118,7 @@ class H2Stream final : public ByteStream, private http::basic_parser<false> {
 
     H2Session& session_;
     int32_t id_;
+    asio::any_io_executor executor_;
     // Request side.
     std::string method_, path_, authority_, fields_;
     std::size_t field_bytes_ = 0;
@@ -176,6 +179,7 @@ class H2Session : public std::enable_shared_from_this<H2Session>, private H2Conn
     awaitable<void> run(std::string_view received);
 
     nghttp2_session* session() { return session_; }
+    std::chrono::milliseconds idleTimeout() const { return limits_.idle_timeout; }
     void kick() { write_ready_.notify(); }
     void resume(H2Stream& s) {
         if (s.send_.deferred && !s.ended_) {
@@ -323,8 +327,21 @@ awaitable<ByteStream::IoResult> H2Stream::read(asio::mutable_buffer buf) {
 }
 
 awaitable<ByteStream::IoResult> H2Stream::write(std::string data) {
-    while (send_.queued() >= kSendHighWater && !ended_ && !closed_)
-        co_await writable_.wait();
+    if (send_.queued() >= kSendHighWater && !ended_ && !closed_) {
+        // The peer's window holds the response back: a client that stopped reading this stream
+        // gets it reset after the idle timeout (a timer only on this slow path).
+        ztunnel::hbone::Deadline bound(executor_, session_.idleTimeout(),
+                                       [self = shared_from_this()] { self->writable_.notify(); });
+        while (send_.queued() >= kSendHighWater && !ended_ && !closed_ && !bound.expired())
+            co_await writable_.wait();
+        if (bound.expired() && !ended_ && !closed_) {
+            spdlog::info("h2c: stream {}: the peer took no response bytes for {} ms; reset", id_,
+                         session_.idleTimeout().count());
+            nghttp2_submit_rst_stream(session_.session(), NGHTTP2_FLAG_NONE, id_, NGHTTP2_CANCEL);
+            session_.kick();
+            co_return IoResult{asio::error::broken_pipe, 0};
+        }
+    }
     if (ended_ || closed_)
         co_return IoResult{asio::error::broken_pipe, 0};
     const std::size_t n = data.size();
