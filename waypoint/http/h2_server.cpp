@@ -122,7 +122,8 @@ class H2Stream final : public ByteStream,
     // Request side.
     std::string method_, path_, authority_, fields_;
     std::size_t field_bytes_ = 0;
-    std::string body_;
+    std::string body_;  // collected; read after the head once the request is whole
+    std::size_t body_offset_ = 0;
     bool body_too_large_ = false;
     // Body admission (docs/waypoint.md, "Request bodies held per connection"): the budget this
     // stream reserved while admitted, the declared content-length, bytes not yet given back
@@ -131,7 +132,7 @@ class H2Stream final : public ByteStream,
     std::size_t reserved_ = 0;
     std::size_t unconsumed_ = 0;
     bool admitted_ = false;
-    std::string request_;  // HTTP/1.1 bytes: the request line, complete once request_ready_
+    std::string request_;  // HTTP/1.1 head: the request line, whole once request_ready_
     std::size_t request_offset_ = 0;
     bool request_ready_ = false;
     bool cancelled_ = false;
@@ -287,13 +288,12 @@ void H2Stream::requestComplete(std::size_t max_body_bytes) {
     // arrived whole (END_STREAM), so its length is known; one over the limit is announced as
     // such and the HTTP/1.1 parser answers 413 exactly as on the plain listener.
     const std::size_t length = body_too_large_ ? max_body_bytes + 1 : body_.size();
-    request_.reserve(request_.size() + field_bytes_ + body_.size() + 64);
+    request_.reserve(request_.size() + field_bytes_ + 64);
     if (!authority_.empty())
         request_.append("host: ").append(authority_).append("\r\n");
     request_.append(fields_).append("connection: close\r\ncontent-length: ");
-    request_.append(std::to_string(length)).append("\r\n\r\n").append(body_);
+    request_.append(std::to_string(length)).append("\r\n\r\n");
     std::string().swap(fields_);
-    std::string().swap(body_);
     request_ready_ = true;
     readable_.notify();
 }
@@ -307,17 +307,25 @@ awaitable<ByteStream::IoResult> H2Stream::read(asio::mutable_buffer buf) {
         co_return IoResult{asio::error::eof, 0};
     // After the request, a read waits for the stream's end: the client's END_STREAM is not a
     // disconnect (HTTP/1.1's EOF is); only RST_STREAM or a lost connection is.
-    while (!cancelled_ && !ended_ && request_offset_ == request_.size())
+    // The head, then (once whole) the body, each read from where it was collected.
+    auto unread = [this] {
+        return request_offset_ < request_.size() || (request_ready_ && body_offset_ < body_.size());
+    };
+    while (!cancelled_ && !ended_ && !unread())
         co_await readable_.wait();
     if (std::exchange(cancelled_, false))
         co_return IoResult{asio::error::operation_aborted, 0};
-    const std::size_t n = std::min(buf.size(), request_.size() - request_offset_);
-    if (n > 0) {
-        std::memcpy(buf.data(), request_.data() + request_offset_, n);
-        request_offset_ += n;
-        if (request_ready_ && request_offset_ == request_.size()) {
+    if (unread()) {
+        const bool head = request_offset_ < request_.size();
+        const std::string& from = head ? request_ : body_;
+        std::size_t& offset = head ? request_offset_ : body_offset_;
+        const std::size_t n = std::min(buf.size(), from.size() - offset);
+        std::memcpy(buf.data(), from.data() + offset, n);
+        offset += n;
+        if (request_ready_ && !unread()) {
             std::string().swap(request_);  // the parser has its own copy now
-            request_offset_ = 0;
+            std::string().swap(body_);
+            request_offset_ = body_offset_ = 0;
             session_.release(*this);  // handed to the pipeline
         }
         co_return IoResult{error_code{}, n};
