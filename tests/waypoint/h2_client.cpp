@@ -215,12 +215,13 @@ H2OverTcp::H2OverTcp(unsigned short port) {
 bool H2OverTcp::run(H2Client& client, std::function<void(H2Client&)> on_event,
                     std::chrono::milliseconds timeout) {
     bool done = false;
-    auto read = [this](asio::mutable_buffer buf) -> awaitable<std::size_t> {
+    // Named std::functions: g++ 12 mishandles temporaries passed by value to a coroutine.
+    const H2Client::Read read = [this](asio::mutable_buffer buf) -> awaitable<std::size_t> {
         error_code ec;
         const std::size_t n = co_await socket_.async_read_some(buf, noThrow(ec));
         co_return ec ? 0 : n;
     };
-    auto write = [this](std::string data) -> awaitable<bool> {
+    const H2Client::Write write = [this](std::string data) -> awaitable<bool> {
         error_code ec;
         co_await asio::async_write(socket_, asio::buffer(data), noThrow(ec));
         co_return !ec;

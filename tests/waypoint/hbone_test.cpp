@@ -216,15 +216,15 @@ class HboneClient {
                 }
                 h2_stream_ = *st;
             }
+            // Named: g++ 12 mishandles temporaries passed by value to a coroutine.
             auto stream = h2_stream_;
-            co_await h2.run(
-                [stream](asio::mutable_buffer b) -> awaitable<std::size_t> {
-                    co_return co_await stream->read(b);
-                },
-                [stream](std::string d) -> awaitable<bool> {
-                    co_return co_await stream->write(asio::buffer(d));
-                },
-                on_event);
+            const H2Client::Read read = [stream](asio::mutable_buffer b) -> awaitable<std::size_t> {
+                co_return co_await stream->read(b);
+            };
+            const H2Client::Write write = [stream](std::string d) -> awaitable<bool> {
+                co_return co_await stream->write(asio::buffer(d));
+            };
+            co_await h2.run(read, write, on_event);
             ok = true;
         });
         return ok;
