@@ -34,6 +34,9 @@ void parseWaypoint(const YAML::Node& spec, Config& c) {
         c.limits.max_body_bytes = l["maxBodyBytes"].as<std::size_t>(c.limits.max_body_bytes);
         c.limits.request_timeout = parseDuration(l["requestTimeout"], c.limits.request_timeout);
         c.limits.idle_timeout = parseDuration(l["idleTimeout"], c.limits.idle_timeout);
+        c.limits.max_connection_body_bytes =
+            l["maxConnectionBodyBytes"].as<std::size_t>(c.limits.max_connection_body_bytes);
+        c.limits.drain_timeout = parseDuration(l["drainTimeout"], c.limits.drain_timeout);
         c.upstream.connect_timeout = parseDuration(l["connectTimeout"], c.upstream.connect_timeout);
         c.upstream.idle_timeout = parseDuration(l["upstreamIdleTimeout"], c.upstream.idle_timeout);
     }

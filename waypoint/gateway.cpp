@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <future>
 #include <random>
 
 #include "policies/watcher.h"
@@ -287,7 +288,8 @@ void Gateway::start() {
     admin_thread_ = std::thread([this] { admin_io_.run(); });
 
     for (auto& w : workers_) {
-        asio::co_spawn(w->io, acceptLoop(*w->acceptor, config_.limits, w->handler), asio::detached);
+        asio::co_spawn(w->io, acceptLoop(*w->acceptor, config_.limits, w->handler, &w->h2),
+                       asio::detached);
         if (w->hbone)
             asio::co_spawn(w->io, w->hbone->acceptLoop(*w->hbone_acceptor), asio::detached);
         w->thread = std::thread([io = &w->io, spin = config_.busy_poll] { runWorker(*io, spin); });
@@ -314,6 +316,7 @@ void Gateway::stop() {
     ready_ = false;
     if (watcher_)
         watcher_->stop();
+    drainWorkers();
     for (auto& w : workers_)
         w->io.stop();
     admin_io_.stop();
@@ -332,6 +335,32 @@ void Gateway::stop() {
     // Queued requests die with their workers' io_contexts; no slot may be handed to them.
     if (admission_)
         admission_->close();
+}
+
+void Gateway::drainWorkers() {
+    std::vector<std::future<void>> drained;
+    for (auto& w : workers_) {
+        if (!w->thread.joinable())
+            continue;  // stopped already (stop is idempotent)
+        auto done = std::make_shared<std::promise<void>>();
+        drained.push_back(done->get_future());
+        auto drain = [](Worker& w, std::chrono::milliseconds grace,
+                        std::shared_ptr<std::promise<void>> done) -> awaitable<void> {
+            error_code ec;
+            w.acceptor->close(ec);
+            if (w.hbone_acceptor)
+                w.hbone_acceptor->close(ec);
+            if (w.hbone)
+                w.hbone->drainAll();
+            co_await w.h2.drain(grace);
+            done->set_value();
+        };
+        asio::co_spawn(w->io, drain(*w, config_.limits.drain_timeout, done), asio::detached);
+    }
+    const auto until =
+        std::chrono::steady_clock::now() + config_.limits.drain_timeout + std::chrono::seconds(1);
+    for (auto& f : drained)
+        f.wait_until(until);
 }
 
 void Gateway::startHbone() {
@@ -362,7 +391,7 @@ void Gateway::startHbone() {
                         .Increment();
                 }};
         w->hbone = std::make_unique<HboneServer>(*tls_, *identity_, config_.limits, w->handler,
-                                                 std::move(hooks));
+                                                 std::move(hooks), &w->h2);
     }
     hbone_port_ = port;
 }

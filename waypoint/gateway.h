@@ -12,6 +12,7 @@
 #include "waypoint/filters/filter.h"
 #include "waypoint/filters/route/filter.h"
 #include "waypoint/hbone/listener.h"
+#include "waypoint/http/h2_server.h"
 #include "waypoint/http/server.h"
 #include "waypoint/http/upstream.h"
 #include "waypoint/lb/pool.h"
@@ -36,7 +37,9 @@ class Gateway {
     ~Gateway();
 
     void start();  // binds every listener (throws if one cannot bind), then starts threads
-    void stop();   // closes listeners and stops the threads; idempotent
+    // Closes the listeners, sends GOAWAY to every h2c connection and waits up to
+    // limits.drainTimeout for their streams in flight, then stops the threads; idempotent.
+    void stop();
 
     unsigned short gatewayPort() const { return gateway_port_; }
     unsigned short hbonePort() const { return hbone_port_; }  // 0: no HBONE listener
@@ -52,6 +55,7 @@ class Gateway {
   private:
     struct Worker {
         asio::io_context io{1};
+        H2Connections h2{io.get_executor()};  // plain and in-HBONE h2c connections
         std::unique_ptr<tcp::acceptor> acceptor;
         std::unique_ptr<UpstreamPool> upstream;
         Handler handler;  // proxies with this worker's upstream pool
@@ -60,6 +64,7 @@ class Gateway {
         std::thread thread;
     };
 
+    void drainWorkers();  // stop(): listeners closed, GOAWAYs, streams in flight finish
     awaitable<void> handle(Exchange& ex, UpstreamPool& upstream);
     // Runs the attempts, replies, then completes the request (filters' onComplete, metrics, log).
     awaitable<void> route(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream);

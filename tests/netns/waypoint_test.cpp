@@ -286,6 +286,7 @@ INSTANTIATE_TEST_SUITE_P(Meshes, WaypointOnMeshTest,
 // What curl in a pod got: its exit code, the status, headers (lower-case) and body.
 struct CurlReply {
     int exit_code = -1;
+    std::string status_line;  // "HTTP/2 200", "HTTP/1.1 200 OK"
     unsigned status = 0;
     std::map<std::string, std::string> headers;
     std::string body;
@@ -324,21 +325,30 @@ class WaypointHboneTest : public WaypointTest {
     }
 
     // A chat completion to the llm service VIP from a process of `pod` (captured by its cgroup),
-    // with no knowledge of the waypoint.
-    CurlReply curl_chat(const PodState& pod, int max_tokens = 50) {
+    // with no knowledge of the waypoint; `h2`: HTTP/2 with prior knowledge (h2c).
+    CurlReply curl_chat(const PodState& pod, int max_tokens = 50, bool h2 = false) {
         const json body = {{"model", "gpt-4o-mini"},
                            {"max_tokens", max_tokens},
                            {"messages", {{{"role", "user"}, {"content", "hello"}}}}};
-        ProcessResult r =
-            run_process(pod_process(pod, {"curl", "-sS", "-i", "--max-time", "5", "-H",
-                                          "content-type: application/json", "-d", body.dump(),
-                                          "http://" + llm_vip_ + "/v1/chat/completions"}),
-                        std::chrono::seconds(10));
+        std::vector<std::string> argv{"curl",
+                                      "-sS",
+                                      "-i",
+                                      "--max-time",
+                                      "5",
+                                      "-H",
+                                      "content-type: application/json",
+                                      "-d",
+                                      body.dump(),
+                                      "http://" + llm_vip_ + "/v1/chat/completions"};
+        if (h2)
+            argv.insert(argv.begin() + 1, "--http2-prior-knowledge");
+        ProcessResult r = run_process(pod_process(pod, argv), std::chrono::seconds(10));
         CurlReply reply;
         reply.exit_code = r.exit_code;
         std::istringstream in(r.out);
         std::string line;
         if (std::getline(in, line)) {
+            reply.status_line = line;
             std::smatch m;
             if (std::regex_search(line, m, std::regex(R"(^HTTP/[0-9.]+ ([0-9]{3}))")))
                 reply.status = static_cast<unsigned>(std::stoi(m[1]));
@@ -451,6 +461,29 @@ TEST_F(WaypointHboneTest, ServiceVipGoesThroughTheWaypointOverHbone) {
                            e.value("dst.workload", "").starts_with("llm-");
                 }).empty())
         << "the client reached a backend without the waypoint";
+}
+
+// A client speaking h2c with prior knowledge to the service VIP: ztunnel carries its bytes in an
+// HBONE CONNECT stream, and the waypoint serves them as HTTP/2 (the emulator behind it speaks
+// only HTTP/1.1) with the client's identity.
+TEST_F(WaypointHboneTest, H2PriorKnowledgeThroughZtunnelIsServedAsHttp2) {
+    const std::string client_id = std::string("spiffe://") + kClientPrincipal;
+    CurlReply r = curl_chat(*client_, 50, true);
+    ASSERT_EQ(r.status, 200u) << "curl exit " << r.exit_code << "\n" << r.body;
+    EXPECT_TRUE(r.status_line.starts_with("HTTP/2 ")) << r.status_line;
+    const json usage = json::parse(r.body).at("usage");
+    EXPECT_GT(usage.at("completion_tokens").get<int>(), 0);
+    EXPECT_NE(r.headers["x-backend"].find("llm-"), std::string::npos);
+    EXPECT_FALSE(r.headers["x-ratelimit-limit-tokens"].empty());
+    EXPECT_EQ(r.headers.count("connection"), 0u) << "an HTTP/1.1 field in an HTTP/2 response";
+    std::ifstream log(state_.waypoint->log);
+    std::string line, seen;
+    while (std::getline(log, line)) {
+        if (line.find(client_id) != std::string::npos && line.find(llm_vip_) != std::string::npos)
+            seen = line;
+    }
+    EXPECT_FALSE(seen.empty()) << "no waypoint access-log line with " << client_id << " and "
+                               << llm_vip_;
 }
 
 TEST_F(WaypointHboneTest, TokenBudgetOnTheClientsSpiffeIdentity) {

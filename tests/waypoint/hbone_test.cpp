@@ -16,6 +16,7 @@
 #include <sstream>
 #include <thread>
 
+#include "tests/waypoint/h2_client.h"
 #include "tests/waypoint/harness.h"
 #include "ztunnel/hbone/handshake.h"
 #include "ztunnel/hbone/tls.h"
@@ -43,10 +44,14 @@ struct TestCa {
     TestCa() { ca->write(cert, key); }
 };
 
-std::string hboneConfig(const Emulator& backend, const TestCa& ca, const std::string& extra = "") {
+std::string hboneConfig(const Emulator& backend, const TestCa& ca, const std::string& extra = "",
+                        const std::string& limits = "") {
     return R"(
 kind: Waypoint
 spec:
+  limits: {)" +
+           limits +
+           R"(}
   hboneListen: 127.0.0.1:0
   identity: )" +
            kWaypoint.uri() + "\n  caCert: " + ca.cert + "\n  caKey: " + ca.key + R"(
@@ -61,6 +66,16 @@ spec:
   backends: [{pool: main}]
 )" + extra;
 }
+
+// 400 tokens per minute for every SPIFFE id.
+constexpr const char* kSpiffeBudget = R"(---
+kind: TokenBudget
+metadata: {name: tenants}
+spec:
+  tenantFrom: [{spiffe: {}}]
+  limits:
+    - {tenant: "*", tokensPerMinute: 400, requestsPerMinute: 100}
+)";
 
 std::string chatBody(bool stream, int max_tokens = 5) {
     json body{{"model", "gpt-4o"},
@@ -179,17 +194,64 @@ class HboneClient {
     bool abandon(const std::string& bytes) {
         bool started = false;
         run([&]() -> awaitable<void> {
-            const hbone::ConnectRequest request{.authority = kVip};
-            auto st = co_await conn_->open_stream(request);
-            if (!st)
-                co_return;
-            co_await (*st)->write(asio::buffer(bytes));
-            std::array<char, 4096> buf;
-            started = co_await (*st)->read(asio::buffer(buf)) > 0;
-            (*st)->reset();
+            auto st = co_await answered(bytes);
+            started = st != nullptr;
+            if (st)
+                st->reset();
         });
         io_.run_for(50ms);  // the RST_STREAM goes out
         return started;
+    }
+    // h2c with prior knowledge inside one CONNECT stream (opened by the first call, kept for
+    // the next): runs `h2` until its streams ended.
+    bool h2(H2Client& h2, std::function<void(H2Client&)> on_event = {}) {
+        bool ok = false;
+        run([&]() -> awaitable<void> {
+            if (!h2_stream_) {
+                const hbone::ConnectRequest request{.authority = kVip};
+                auto st = co_await conn_->open_stream(request);
+                if (!st) {
+                    failure_ = st.error().message();
+                    co_return;
+                }
+                h2_stream_ = *st;
+            }
+            // Named: g++ 12 mishandles temporaries passed by value to a coroutine.
+            auto stream = h2_stream_;
+            const H2Client::Read read = [stream](asio::mutable_buffer b) -> awaitable<std::size_t> {
+                co_return co_await stream->read(b);
+            };
+            const H2Client::Write write = [stream](std::string d) -> awaitable<bool> {
+                co_return co_await stream->write(asio::buffer(d));
+            };
+            co_await h2.run(read, write, on_event);
+            ok = true;
+        });
+        return ok;
+    }
+    // Sends `bytes`, reads the first response bytes, then reads no more: whether the waypoint
+    // reset the stream within `within`, and how long after the first bytes it did.
+    std::pair<bool, std::chrono::steady_clock::duration> stall(const std::string& bytes,
+                                                               std::chrono::seconds within) {
+        bool reset = false;
+        std::chrono::steady_clock::duration after{};
+        run(
+            [&]() -> awaitable<void> {
+                auto st = co_await answered(bytes);
+                if (!st)
+                    co_return;
+                const auto first = std::chrono::steady_clock::now();
+                asio::steady_timer tick(io_);
+                while (!st->is_closed() && std::chrono::steady_clock::now() - first < within) {
+                    tick.expires_after(50ms);
+                    error_code ec;
+                    co_await tick.async_wait(noThrow(ec));
+                }
+                reset = st->was_reset();
+                after = std::chrono::steady_clock::now() - first;
+            },
+            within + 5s);
+        return {reset, after};
     }
     Reply chat(const std::string& body) {
         auto raw = exchange(rawRequest(body));
@@ -199,8 +261,20 @@ class HboneClient {
     int status() const { return status_; }
 
   private:
+    // A new stream that got `bytes` and whose first response bytes arrived (null otherwise).
+    awaitable<std::shared_ptr<hbone::Stream>> answered(const std::string& bytes) {
+        const hbone::ConnectRequest request{.authority = kVip};
+        auto st = co_await conn_->open_stream(request);
+        if (!st)
+            co_return nullptr;
+        co_await (*st)->write(asio::buffer(bytes));
+        std::array<char, 4096> buf;
+        if (co_await (*st)->read(asio::buffer(buf)) == 0)
+            co_return nullptr;
+        co_return *st;
+    }
     template <class Fn>
-    void run(Fn fn) {
+    void run(Fn fn, std::chrono::seconds limit = 10s) {
         bool done = false;
         asio::co_spawn(
             io_,
@@ -209,10 +283,11 @@ class HboneClient {
                 done = true;
             },
             asio::detached);
-        for (int i = 0; i < 200 && !done; ++i)
+        const auto until = std::chrono::steady_clock::now() + limit;
+        while (!done && std::chrono::steady_clock::now() < until)
             io_.run_for(50ms);
         io_.restart();
-        ASSERT_TRUE(done) << "HBONE client did not finish within 10 s";
+        ASSERT_TRUE(done) << "HBONE client did not finish within " << limit.count() << " s";
     }
 
     asio::io_context io_;
@@ -220,6 +295,7 @@ class HboneClient {
     std::shared_ptr<identity::CertManager> certs_;
     std::shared_ptr<asio::ssl::context> ctx_;
     std::shared_ptr<hbone::Connection> conn_;
+    std::shared_ptr<hbone::Stream> h2_stream_;
     std::string failure_;
     int status_ = 0;
 };
@@ -250,6 +326,18 @@ class LogCapture {
     std::ostringstream out_;
     std::shared_ptr<spdlog::logger> previous_;
 };
+
+// The access log's entries (`access {...}` lines).
+std::vector<json> accessEntries(const std::string& text) {
+    std::vector<json> entries;
+    std::istringstream lines(text);
+    for (std::string line; std::getline(lines, line);) {
+        const auto at = line.find("access {");
+        if (at != std::string::npos)
+            entries.push_back(json::parse(line.substr(at + 7)));
+    }
+    return entries;
+}
 
 TEST(WaypointHbone, ChatOverHboneIsServedWithThePeerIdentity) {
     Emulator backend("a");
@@ -284,32 +372,19 @@ TEST(WaypointHbone, ChatOverHboneIsServedWithThePeerIdentity) {
     EXPECT_EQ(metricValue(metrics, "sluice_hbone_streams_total", {{"response_code", "200"}}), 2);
     EXPECT_EQ(json::parse(backend.stats())["requests"], 3);
     gw->stop();
-    std::istringstream lines(log.text());
-    int logged = 0;
-    for (std::string line; std::getline(lines, line);) {
-        const auto at = line.find("access {");
-        if (at == std::string::npos)
-            continue;
-        const auto entry = json::parse(line.substr(at + 7));
+    const auto entries = accessEntries(log.text());
+    for (const auto& entry : entries) {
         EXPECT_EQ(entry["peer"], kApp.uri());
         EXPECT_EQ(entry["authority"], kVip);
         EXPECT_EQ(entry["status"], 200);
-        ++logged;
     }
-    EXPECT_EQ(logged, 3);
+    EXPECT_EQ(entries.size(), 3u);
 }
 
 TEST(WaypointHbone, BudgetByPeerSpiffeIdentity) {
     Emulator backend("a");
     TestCa ca;
-    auto gw = startGateway(hboneConfig(backend, ca, R"(---
-kind: TokenBudget
-metadata: {name: tenants}
-spec:
-  tenantFrom: [{spiffe: {}}]
-  limits:
-    - {tenant: "*", tokensPerMinute: 400, requestsPerMinute: 100}
-)"));
+    auto gw = startGateway(hboneConfig(backend, ca, kSpiffeBudget));
     backend.configure(R"({"completion_tokens": 150})");
     const std::string body = chatBody(false, 150);
     HboneClient app(ca.ca, kApp);
@@ -444,6 +519,87 @@ TEST(WaypointHbone, PythonH2ClientIsServedAndNonConnectIsRefused) {
     EXPECT_EQ(metricValue(metrics, "istio_requests_total", {{"source_principal", kApp.uri()}}), 1);
     EXPECT_EQ(metricValue(metrics, "sluice_hbone_streams_total", {{"response_code", "400"}}), 1);
     EXPECT_EQ(json::parse(backend.stats())["requests"], 1);
+}
+
+// HTTP/2 with prior knowledge inside a CONNECT stream (a gRPC-style or h2 OpenAI client behind
+// ztunnel): served as HTTP/2, with the peer's SPIFFE id for the budget, metrics and access log,
+// and the CONNECT authority in the log.
+TEST(WaypointHbone, H2InsideConnectIsServedWithThePeerIdentity) {
+    Emulator backend("a");
+    TestCa ca;
+    LogCapture log;
+    auto gw = startGateway(hboneConfig(backend, ca, kSpiffeBudget), true);
+    backend.configure(R"({"completion_tokens": 150})");
+    HboneClient app(ca.ca, kApp);
+    ASSERT_TRUE(app.connect(gw->hbonePort())) << app.failure();
+    H2Client h2;
+    std::vector<int32_t> ids;
+    for (int i = 0; i < 3; ++i) {  // one after the other on the same HTTP/2 connection
+        ids.push_back(h2.submit("POST", "/v1/chat/completions", chatBody(false, 150)));
+        ASSERT_TRUE(app.h2(h2)) << app.failure();
+    }
+    const auto& first = h2.streams[ids[0]];
+    ASSERT_EQ(first.status, 200u) << first.body;
+    EXPECT_EQ(json::parse(first.body)["usage"]["completion_tokens"], 150);
+    EXPECT_EQ(first.headers.at("x-ratelimit-limit-tokens"), "400");
+    EXPECT_EQ(h2.streams[ids[1]].status, 200u);
+    const auto& over = h2.streams[ids[2]];
+    ASSERT_EQ(over.status, 429u) << over.body;
+    EXPECT_EQ(json::parse(over.body)["error"]["code"], "rate_limit_exceeded");
+    EXPECT_EQ(over.headers.at("x-ratelimit-limit-tokens"), "400");
+    EXPECT_FALSE(over.headers.at("retry-after").empty());
+    EXPECT_EQ(over.headers.count("connection"), 0u);
+
+    const auto metrics =
+        metricsWhen(*gw, "istio_requests_total",
+                    {{"source_principal", kApp.uri()}, {"response_code", "429"}}, 1);
+    EXPECT_EQ(metricValue(metrics, "istio_requests_total",
+                          {{"source_principal", kApp.uri()}, {"response_code", "200"}}),
+              2);
+    EXPECT_EQ(metricValue(metrics, "sluice_requests_rejected_total",
+                          {{"reason", "tokens per min (TPM)"}, {"tenant", kApp.uri()}}),
+              1);
+    EXPECT_EQ(metricValue(metrics, "sluice_hbone_streams_total", {{"response_code", "200"}}), 1);
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 2);
+    gw->stop();
+    std::vector<int> statuses;
+    for (const auto& entry : accessEntries(log.text())) {
+        EXPECT_EQ(entry["peer"], kApp.uri());
+        EXPECT_EQ(entry["authority"], kVip);
+        statuses.push_back(entry["status"].get<int>());
+    }
+    EXPECT_EQ(statuses, (std::vector<int>{200, 200, 429}));
+}
+
+TEST(WaypointHbone, StopSendsGoawayToH2InsideConnectAndTheStreamInFlightFinishes) {
+    Emulator backend("slow");
+    backend.configure(R"({"token_delay_ms": 200, "completion_tokens": 5})");
+    TestCa ca;
+    auto gw = startGateway(hboneConfig(backend, ca, "", "drainTimeout: 5s"));
+    HboneClient app(ca.ca, kApp);
+    ASSERT_TRUE(app.connect(gw->hbonePort())) << app.failure();
+    H2Client h2;
+    const int32_t id = h2.submit("POST", "/v1/chat/completions", chatBody(true, 5));
+    StopWhenAnswered stop(id, [&] { gw->stop(); });
+    ASSERT_TRUE(app.h2(h2, std::ref(stop))) << app.failure();
+    expectDrained(h2, id, stop.took());
+}
+
+// A client that stops reading its response: the waypoint's writes wait on the stream's flow
+// control, and after the idle timeout the stream is reset and the upstream request abandoned.
+TEST(WaypointHbone, AStalledClientStreamIsResetAfterTheIdleTimeout) {
+    Emulator backend("a");
+    backend.configure(R"({"completion_tokens": 200000})");  // ~25 MB of events, no delay
+    TestCa ca;
+    auto gw = startGateway(hboneConfig(backend, ca, "", "idleTimeout: 1s"));
+    HboneClient app(ca.ca, kApp);
+    ASSERT_TRUE(app.connect(gw->hbonePort())) << app.failure();
+    // Filling ztunnel's 4 MiB stream window takes the emulator a few seconds on a busy machine;
+    // then the writes wait, and 1 s later the stream is reset (without the bound: never).
+    const auto [reset, after] = app.stall(rawRequest(chatBody(true, 200000)), 20s);
+    EXPECT_TRUE(reset) << "the stream was not reset within 20 s";
+    EXPECT_GE(after, 1s);
+    EXPECT_EQ(backend.streamsAborted(), 1);
 }
 
 }  // namespace

@@ -10,10 +10,17 @@
 namespace sluice::waypoint {
 namespace {
 
-// An HBONE CONNECT stream as the client side of an HTTP/1.1 connection.
+// An HBONE CONNECT stream as the client side of an HTTP/1.1 (or h2c) connection.
 class HbonePipe final : public ByteStream {
   public:
-    explicit HbonePipe(std::shared_ptr<hbone::Stream> stream) : stream_(std::move(stream)) {}
+    // A write that waits longer than `write_timeout` for the peer's flow control resets the
+    // stream (a client that stopped reading must not hold the request forever).
+    HbonePipe(std::shared_ptr<hbone::Stream> stream, asio::any_io_executor ex,
+              std::chrono::milliseconds write_timeout)
+        : stream_(std::move(stream)), write_timeout_(write_timeout), watchdog_(std::move(ex)) {}
+    ~HbonePipe() override { *alive_ = false; }
+    HbonePipe(const HbonePipe&) = delete;
+    HbonePipe& operator=(const HbonePipe&) = delete;
 
     awaitable<IoResult> read(asio::mutable_buffer buf) override {
         if (closed_)
@@ -37,8 +44,16 @@ class HbonePipe final : public ByteStream {
     awaitable<IoResult> write(std::string data) override {
         const std::size_t n = data.size();
         bool written = false;
-        if (!closed_)
+        if (!closed_) {
+            // The watchdog checks the write that is pending when it fires: a write costs a clock
+            // read here, not a timer of its own.
+            write_since_ = std::chrono::steady_clock::now();
+            writing_ = true;
+            if (!watching_)
+                watch(write_since_ + write_timeout_);
             written = co_await stream_->write(asio::buffer(data));
+            writing_ = false;
+        }
         co_return written ? IoResult{error_code{}, n} : IoResult{asio::error::broken_pipe, 0};
     }
     void cancel() override {
@@ -60,7 +75,30 @@ class HbonePipe final : public ByteStream {
     bool is_open() const override { return !closed_ && !stream_->is_closed(); }
 
   private:
+    void watch(std::chrono::steady_clock::time_point at) {
+        watching_ = true;
+        watchdog_.expires_at(at);
+        watchdog_.async_wait([this, alive = alive_](error_code ec) {
+            if (ec || !*alive)
+                return;
+            watching_ = false;
+            if (!writing_)
+                return;  // the next write starts watching again
+            if (std::chrono::steady_clock::now() < write_since_ + write_timeout_)
+                return watch(write_since_ + write_timeout_);
+            spdlog::info("hbone: stream {}: the peer took no response bytes for {} ms; reset",
+                         stream_->id(), write_timeout_.count());
+            stream_->reset();  // the pending write ends when the stream closes
+        });
+    }
+
     std::shared_ptr<hbone::Stream> stream_;
+    std::chrono::milliseconds write_timeout_;
+    asio::steady_timer watchdog_;
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+    std::chrono::steady_clock::time_point write_since_;
+    bool writing_ = false;
+    bool watching_ = false;
     bool reading_ = false;
     bool cancelled_ = false;
     bool closed_ = false;
@@ -69,12 +107,14 @@ class HbonePipe final : public ByteStream {
 }  // namespace
 
 HboneServer::HboneServer(hbone::TlsContexts& tls, identity::Identity local,
-                         const ServerLimits& limits, const Handler& handler, Hooks hooks)
+                         const ServerLimits& limits, const Handler& handler, Hooks hooks,
+                         H2Connections* h2)
     : tls_(tls),
       local_(std::move(local)),
       limits_(limits),
       handler_(handler),
-      hooks_(std::move(hooks)) {}
+      hooks_(std::move(hooks)),
+      h2_(h2) {}
 
 awaitable<void> HboneServer::acceptLoop(tcp::acceptor& acceptor) {
     co_await acceptEach(acceptor,
@@ -130,10 +170,17 @@ awaitable<void> HboneServer::serveStream(std::shared_ptr<hbone::Stream> stream) 
     conn.respond(*stream, hbone::kStatusOk);
     if (hooks_.stream)
         hooks_.stream(hbone::kStatusOk);
-    HbonePipe pipe(stream);
+    HbonePipe pipe(stream, conn.executor(), limits_.idle_timeout);
     ClientStream client(pipe, conn.executor());
-    const Downstream downstream{conn.peer().uri(), request.authority};
+    const Downstream downstream{conn.peer().uri(), request.authority, h2_};
     co_await serveHttp1(client, limits_, handler_, downstream);
+}
+
+void HboneServer::drainAll() {
+    for (auto& weak : connections_) {
+        if (auto c = weak.lock())
+            c->drain();
+    }
 }
 
 void HboneServer::closeAll() {

@@ -3,12 +3,17 @@
 #include <nghttp2/nghttp2.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
 #include <cctype>
+#include <charconv>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
+#include <vector>
 
 #include <boost/asio/write.hpp>
 
@@ -28,6 +33,7 @@ constexpr std::size_t kWriteBatch = 64 * 1024;
 // The HTTP/1.1 response header the pipeline writes (status line and fields).
 constexpr std::uint32_t kResponseHeaderLimit = 64 * 1024;
 constexpr std::string_view kPrefaceHead = "PRI * HTTP/2.0\r\n\r\n";
+constexpr std::size_t kMaxWindow = (1u << 31) - 1;
 
 // Connection-specific fields (RFC 9113 §8.2.2) never cross the translation in either direction.
 // `name` is lower case (HTTP/2 requires it; response names are lowered first).
@@ -47,10 +53,12 @@ class H2Session;
 
 // One HTTP/2 stream as an HTTP/1.1 connection carrying one request: reads yield the request as
 // HTTP/1.1 bytes, writes are parsed as an HTTP/1.1 response and leave as HEADERS and DATA.
-class H2Stream final : public ByteStream, private http::basic_parser<false> {
+class H2Stream final : public ByteStream,
+                       public std::enable_shared_from_this<H2Stream>,
+                       private http::basic_parser<false> {
   public:
     H2Stream(H2Session& session, int32_t id, asio::any_io_executor ex)
-        : session_(session), id_(id), readable_(ex), writable_(ex) {
+        : session_(session), id_(id), executor_(ex), readable_(ex), writable_(ex) {
         header_limit(kResponseHeaderLimit);
         // Not boost::none: Beast 1.74 compares a content length against the optional itself.
         body_limit(std::numeric_limits<std::uint64_t>::max());
@@ -71,6 +79,9 @@ class H2Stream final : public ByteStream, private http::basic_parser<false> {
     friend class H2Session;
     // The request, from HEADERS and DATA.
     void addHeader(std::string_view name, std::string_view value);
+    // The request line, as soon as the request's HEADERS are there: the HTTP/1.1 parser has
+    // begun a request, so a body that never ends is a 408 (request timeout), not an idle close.
+    void requestStarted();
     void requestComplete(std::size_t max_body_bytes);
     // Response parser callbacks.
     void on_request_impl(http::verb, beast::string_view, beast::string_view, int,
@@ -107,12 +118,21 @@ class H2Stream final : public ByteStream, private http::basic_parser<false> {
 
     H2Session& session_;
     int32_t id_;
+    asio::any_io_executor executor_;
     // Request side.
     std::string method_, path_, authority_, fields_;
     std::size_t field_bytes_ = 0;
-    std::string body_;
+    std::string body_;  // collected; read after the head once the request is whole
+    std::size_t body_offset_ = 0;
     bool body_too_large_ = false;
-    std::string request_;  // HTTP/1.1 bytes, complete once request_ready_
+    // Body admission (docs/waypoint.md, "Request bodies held per connection"): the budget this
+    // stream reserved while admitted, the declared content-length, bytes not yet given back
+    // to its window while it waits.
+    std::optional<std::size_t> declared_length_;
+    std::size_t reserved_ = 0;
+    std::size_t unconsumed_ = 0;
+    bool admitted_ = false;
+    std::string request_;  // HTTP/1.1 head: the request line, whole once request_ready_
     std::size_t request_offset_ = 0;
     bool request_ready_ = false;
     bool cancelled_ = false;
@@ -122,7 +142,8 @@ class H2Stream final : public ByteStream, private http::basic_parser<false> {
     std::vector<std::pair<std::string, std::string>> response_fields_;
     SendQueue send_;
     bool submitted_ = false;
-    bool finished_ = false;  // the whole response went through the parser (or send shut down)
+    bool finished_ = false;   // the whole response went through the parser (or send shut down)
+    bool send_shut_ = false;  // shutdown_send was called
     // Lifetime.
     bool closed_ = false;  // close() was called by the pipeline
     bool ended_ = false;   // nghttp2 closed the stream
@@ -130,38 +151,36 @@ class H2Stream final : public ByteStream, private http::basic_parser<false> {
     Event readable_, writable_;
 };
 
-// One h2c connection: the nghttp2 server session, its socket loops and its streams.
-class H2Session : public std::enable_shared_from_this<H2Session> {
+// One h2c connection: the nghttp2 server session, its transport's loops and its streams.
+class H2Session : public std::enable_shared_from_this<H2Session>, private H2Connections::Member {
   public:
-    H2Session(tcp::socket socket, const ServerLimits& limits, const Handler& handler)
-        : socket_(std::move(socket)),
-          executor_(socket_.get_executor()),
+    H2Session(ClientStream& transport, const ServerLimits& limits, const Handler& handler,
+              const Downstream& downstream)
+        : transport_(transport),
+          executor_(transport.get_executor()),
           limits_(limits),
           handler_(handler),
-          write_ready_(executor_) {
-        nghttp2_session_server_new(&session_, callbacks(), this);
+          // The streams are HTTP/1.1 exchanges of this peer; they detect no HTTP/2 themselves.
+          downstream_{downstream.peer_identity, downstream.authority, nullptr},
+          registry_(downstream.h2),
+          write_ready_(executor_),
+          write_ended_(executor_) {
+        nghttp2_option* opt = nullptr;
+        nghttp2_option_new(&opt);
+        // A stream's window is given back only while its body is admitted (docs/waypoint.md,
+        // "Request bodies held per connection"); the connection's as bytes arrive.
+        nghttp2_option_set_no_auto_window_update(opt, 1);
+        nghttp2_session_server_new2(&session_, callbacks(), this, opt);
+        nghttp2_option_del(opt);
     }
     ~H2Session() { nghttp2_session_del(session_); }
     H2Session(const H2Session&) = delete;
     H2Session& operator=(const H2Session&) = delete;
 
-    void start(std::string_view received) {
-        const nghttp2_settings_entry settings[] = {
-            {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, kH2MaxConcurrentStreams},
-            {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE,
-             static_cast<uint32_t>(limits_.max_header_bytes)},
-        };
-        nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, std::size(settings));
-        auto self = shared_from_this();
-        if (!feed(received))
-            return close();
-        asio::co_spawn(
-            executor_, [self] { return self->readLoop(); }, asio::detached);
-        asio::co_spawn(
-            executor_, [self] { return self->writeLoop(); }, asio::detached);
-    }
+    awaitable<void> run(std::string_view received);
 
     nghttp2_session* session() { return session_; }
+    std::chrono::milliseconds idleTimeout() const { return limits_.idle_timeout; }
     void kick() { write_ready_.notify(); }
     void resume(H2Stream& s) {
         if (s.send_.deferred && !s.ended_) {
@@ -170,6 +189,9 @@ class H2Session : public std::enable_shared_from_this<H2Session> {
         }
         kick();
     }
+    // The body of `s` was handed to the pipeline (or dropped): its budget goes to the next
+    // waiting stream.
+    void release(H2Stream& s);
 
   private:
     static const nghttp2_session_callbacks* callbacks();
@@ -180,6 +202,16 @@ class H2Session : public std::enable_shared_from_this<H2Session> {
     static int onDataChunk(nghttp2_session*, uint8_t, int32_t, const uint8_t*, std::size_t, void*);
     static int onStreamClose(nghttp2_session*, int32_t, uint32_t, void*);
 
+    // GOAWAY with the last stream we took: those finish, later ones are not processed (the
+    // client may retry them elsewhere). The connection ends with its last stream.
+    void goaway() override {
+        if (!open_ || std::exchange(goaway_sent_, true))
+            return;
+        nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(session_), NGHTTP2_NO_ERROR,
+                              nullptr, 0);
+        kick();
+    }
     H2Stream* find(int32_t id) {
         return static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session_, id));
     }
@@ -196,16 +228,31 @@ class H2Session : public std::enable_shared_from_this<H2Session> {
     awaitable<void> readLoop();
     awaitable<void> writeLoop();
     awaitable<void> serveStream(std::shared_ptr<H2Stream> stream);
-    void close();
+    // A stream whose HEADERS did not end it: admitted if the budget has room for its body.
+    void admit(H2Stream& s);
+    void grant(H2Stream& s);
+    void admitWaiting();
+    std::size_t need(const H2Stream& s) const {
+        return s.declared_length_.value_or(limits_.max_body_bytes);
+    }
+    // `graceful`: the session is done (GOAWAY exchanged, or the client closed); else an error.
+    void close(bool graceful);
 
-    tcp::socket socket_;
+    ClientStream& transport_;  // only until run() returns: the loops end before
     asio::any_io_executor executor_;
     const ServerLimits& limits_;
     const Handler& handler_;
+    const Downstream downstream_;
+    H2Connections* registry_;
     nghttp2_session* session_ = nullptr;
     std::map<int32_t, std::shared_ptr<H2Stream>> streams_;
+    // Request-body budget: what admitted streams reserved, and the streams waiting, in order.
+    std::size_t reserved_ = 0;
+    std::deque<int32_t> waiting_;
     bool open_ = true;
-    Event write_ready_;
+    bool goaway_sent_ = false;
+    bool write_loop_running_ = false;
+    Event write_ready_, write_ended_;
 };
 
 // ---- H2Stream ------------------------------------------------------------------------------
@@ -218,11 +265,20 @@ void H2Stream::addHeader(std::string_view name, std::string_view value) {
         path_ = value;
     else if (name == ":authority")
         authority_ = value;
-    else if (name.starts_with(':') || hopByHop(name) || name == "content-length" ||
-             (name == "host" && !authority_.empty()))
+    else if (name == "content-length") {
+        std::size_t n = 0;
+        const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+        if (ec == std::errc() && end == value.data() + value.size())
+            declared_length_ = n;
+    } else if (name.starts_with(':') || hopByHop(name) || (name == "host" && !authority_.empty()))
         return;
     else
         fields_.append(name).append(": ").append(value).append("\r\n");
+}
+
+void H2Stream::requestStarted() {
+    request_.append(method_).append(" ").append(path_).append(" HTTP/1.1\r\n");
+    readable_.notify();
 }
 
 void H2Stream::requestComplete(std::size_t max_body_bytes) {
@@ -232,14 +288,12 @@ void H2Stream::requestComplete(std::size_t max_body_bytes) {
     // arrived whole (END_STREAM), so its length is known; one over the limit is announced as
     // such and the HTTP/1.1 parser answers 413 exactly as on the plain listener.
     const std::size_t length = body_too_large_ ? max_body_bytes + 1 : body_.size();
-    request_.reserve(field_bytes_ + body_.size() + 64);
-    request_.append(method_).append(" ").append(path_).append(" HTTP/1.1\r\n");
+    request_.reserve(request_.size() + field_bytes_ + 64);
     if (!authority_.empty())
         request_.append("host: ").append(authority_).append("\r\n");
     request_.append(fields_).append("connection: close\r\ncontent-length: ");
-    request_.append(std::to_string(length)).append("\r\n\r\n").append(body_);
+    request_.append(std::to_string(length)).append("\r\n\r\n");
     std::string().swap(fields_);
-    std::string().swap(body_);
     request_ready_ = true;
     readable_.notify();
 }
@@ -247,16 +301,33 @@ void H2Stream::requestComplete(std::size_t max_body_bytes) {
 awaitable<ByteStream::IoResult> H2Stream::read(asio::mutable_buffer buf) {
     if (closed_)
         co_return IoResult{asio::error::bad_descriptor, 0};
+    // An error reply went out before the request was whole (408, 413): nothing more to read
+    // (HTTP/1.1's lingering close protects a reply from a TCP reset; a stream needs none).
+    if (send_shut_ && !request_ready_)
+        co_return IoResult{asio::error::eof, 0};
     // After the request, a read waits for the stream's end: the client's END_STREAM is not a
     // disconnect (HTTP/1.1's EOF is); only RST_STREAM or a lost connection is.
-    while (!cancelled_ && !ended_ && (!request_ready_ || request_offset_ == request_.size()))
+    // The head, then (once whole) the body, each read from where it was collected.
+    auto unread = [this] {
+        return request_offset_ < request_.size() || (request_ready_ && body_offset_ < body_.size());
+    };
+    while (!cancelled_ && !ended_ && !unread())
         co_await readable_.wait();
     if (std::exchange(cancelled_, false))
         co_return IoResult{asio::error::operation_aborted, 0};
-    const std::size_t n = std::min(buf.size(), request_.size() - request_offset_);
-    if (n > 0) {
-        std::memcpy(buf.data(), request_.data() + request_offset_, n);
-        request_offset_ += n;
+    if (unread()) {
+        const bool head = request_offset_ < request_.size();
+        const std::string& from = head ? request_ : body_;
+        std::size_t& offset = head ? request_offset_ : body_offset_;
+        const std::size_t n = std::min(buf.size(), from.size() - offset);
+        std::memcpy(buf.data(), from.data() + offset, n);
+        offset += n;
+        if (request_ready_ && !unread()) {
+            std::string().swap(request_);  // the parser has its own copy now
+            std::string().swap(body_);
+            request_offset_ = body_offset_ = 0;
+            session_.release(*this);  // handed to the pipeline
+        }
         co_return IoResult{error_code{}, n};
     }
     co_return IoResult{
@@ -264,8 +335,21 @@ awaitable<ByteStream::IoResult> H2Stream::read(asio::mutable_buffer buf) {
 }
 
 awaitable<ByteStream::IoResult> H2Stream::write(std::string data) {
-    while (send_.queued() >= kSendHighWater && !ended_ && !closed_)
-        co_await writable_.wait();
+    if (send_.queued() >= kSendHighWater && !ended_ && !closed_) {
+        // The peer's window holds the response back: a client that stopped reading this stream
+        // gets it reset after the idle timeout (a timer only on this slow path).
+        ztunnel::hbone::Deadline bound(executor_, session_.idleTimeout(),
+                                       [self = shared_from_this()] { self->writable_.notify(); });
+        while (send_.queued() >= kSendHighWater && !ended_ && !closed_ && !bound.expired())
+            co_await writable_.wait();
+        if (bound.expired() && !ended_ && !closed_) {
+            spdlog::info("h2c: stream {}: the peer took no response bytes for {} ms; reset", id_,
+                         session_.idleTimeout().count());
+            nghttp2_submit_rst_stream(session_.session(), NGHTTP2_FLAG_NONE, id_, NGHTTP2_CANCEL);
+            session_.kick();
+            co_return IoResult{asio::error::broken_pipe, 0};
+        }
+    }
     if (ended_ || closed_)
         co_return IoResult{asio::error::broken_pipe, 0};
     const std::size_t n = data.size();
@@ -308,6 +392,7 @@ void H2Stream::on_header_impl(error_code&) {
 }
 
 void H2Stream::shutdown_send() {
+    send_shut_ = true;
     if (!is_done()) {
         error_code ec;
         put_eof(ec);  // a body delimited by the end of the connection ends here
@@ -320,9 +405,10 @@ void H2Stream::shutdown_send() {
 void H2Stream::close() {
     if (std::exchange(closed_, true))
         return;
+    session_.release(*this);
     // An incomplete response (client gone, upstream reset mid-response) resets the stream; a
     // complete one still goes out with END_STREAM.
-    if (!ended_ && !finished_) {
+    if (!ended_ && (!submitted_ || !finished_)) {
         nghttp2_submit_rst_stream(session_.session(), NGHTTP2_FLAG_NONE, id_,
                                   submitted_ ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_REFUSED_STREAM);
         session_.kick();
@@ -386,6 +472,9 @@ int H2Session::onFrameRecv(nghttp2_session*, const nghttp2_frame* frame, void* u
     if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
         auto it = self->streams_.find(frame->hd.stream_id);
         if (it != self->streams_.end()) {
+            s->requestStarted();
+            if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+                self->admit(*s);
             asio::co_spawn(self->executor_, self->serveStream(it->second), asio::detached);
         }
     }
@@ -394,18 +483,29 @@ int H2Session::onFrameRecv(nghttp2_session*, const nghttp2_frame* frame, void* u
     return 0;
 }
 
-int H2Session::onDataChunk(nghttp2_session*, uint8_t, int32_t stream_id, const uint8_t* data,
-                           std::size_t len, void* ud) {
+int H2Session::onDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
+                           const uint8_t* data, std::size_t len, void* ud) {
     auto* self = static_cast<H2Session*>(ud);
+    // The connection's window follows what arrives; a stream's only while it is admitted (or
+    // its bytes are dropped: a body over the limit, data after the request or for a finished
+    // stream). A waiting stream stops at its initial window.
+    nghttp2_session_consume_connection(session, len);
     H2Stream* s = self->find(stream_id);
-    if (s == nullptr || s->request_ready_)
-        return 0;
-    if (s->body_.size() + len > self->limits_.max_body_bytes) {
-        s->body_too_large_ = true;  // the rest is dropped; the window is still given back
+    if (s != nullptr && !s->request_ready_ && !s->closed_ && !s->body_too_large_ &&
+        s->body_.size() + len > self->limits_.max_body_bytes) {
+        s->body_too_large_ = true;
         std::string().swap(s->body_);
+        self->release(*s);
     }
-    if (!s->body_too_large_)
-        s->body_.append(reinterpret_cast<const char*>(data), len);
+    if (s == nullptr || s->request_ready_ || s->closed_ || s->body_too_large_) {
+        nghttp2_session_consume_stream(session, stream_id, len);
+        return 0;
+    }
+    s->body_.append(reinterpret_cast<const char*>(data), len);
+    if (s->admitted_)
+        nghttp2_session_consume_stream(session, stream_id, len);
+    else
+        s->unconsumed_ += len;
     return 0;
 }
 
@@ -416,56 +516,138 @@ int H2Session::onStreamClose(nghttp2_session*, int32_t stream_id, uint32_t error
         return 0;
     auto keep = std::move(it->second);  // its waiters hold their own references
     self->streams_.erase(it);
+    self->release(*keep);
     keep->ended(error_code != NGHTTP2_NO_ERROR);
     return 0;
+}
+
+void H2Session::admit(H2Stream& s) {
+    // The body's size when declared (one over the limit is refused whole: nothing to hold),
+    // else the largest allowed.
+    if (s.declared_length_ && *s.declared_length_ > limits_.max_body_bytes) {
+        s.body_too_large_ = true;
+        s.admitted_ = true;
+        return;
+    }
+    if (waiting_.empty() && reserved_ + need(s) <= h2BodyBudget(limits_))
+        grant(s);
+    else
+        waiting_.push_back(s.id_);
+}
+
+void H2Session::grant(H2Stream& s) {
+    s.admitted_ = true;
+    s.reserved_ = need(s);
+    reserved_ += s.reserved_;
+    if (s.unconsumed_ > 0)
+        nghttp2_session_consume_stream(session_, s.id_, std::exchange(s.unconsumed_, 0));
+    kick();
+}
+
+void H2Session::admitWaiting() {
+    while (!waiting_.empty()) {
+        H2Stream* next = find(waiting_.front());
+        if (next == nullptr || next->request_ready_ || next->closed_) {
+            waiting_.pop_front();  // ended, or its whole body fit in the initial window
+            continue;
+        }
+        if (reserved_ + need(*next) > h2BodyBudget(limits_))
+            return;
+        waiting_.pop_front();
+        grant(*next);
+    }
+}
+
+void H2Session::release(H2Stream& s) {
+    s.admitted_ = true;  // from now on its bytes are dropped or there are none
+    if (s.reserved_ > 0) {
+        reserved_ -= std::exchange(s.reserved_, 0);
+        if (open_)
+            admitWaiting();
+    }
 }
 
 awaitable<void> H2Session::serveStream(std::shared_ptr<H2Stream> stream) {
     auto self = shared_from_this();
     ClientStream client(*stream, executor_);
-    static const Downstream plain;
-    co_await serveHttp1(client, limits_, handler_, plain);
+    co_await serveHttp1(client, limits_, handler_, downstream_);
+}
+
+awaitable<void> H2Session::run(std::string_view received) {
+    auto self = shared_from_this();
+    const nghttp2_settings_entry settings[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, kH2MaxConcurrentStreams},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, static_cast<uint32_t>(limits_.max_header_bytes)},
+    };
+    nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, std::size(settings));
+    nghttp2_session_set_local_window_size(
+        session_, NGHTTP2_FLAG_NONE, 0,
+        static_cast<int32_t>(std::min<std::size_t>(h2BodyBudget(limits_), kMaxWindow)));
+    if (registry_ != nullptr)
+        registry_->add(*this);
+    if (!feed(received)) {
+        close(false);
+        co_return;
+    }
+    write_loop_running_ = true;
+    asio::co_spawn(
+        executor_, [self] { return self->writeLoop(); },
+        [self](std::exception_ptr) {
+            self->write_loop_running_ = false;
+            self->write_ended_.notify();
+        });
+    co_await readLoop();
+    // The transport is the caller's: neither loop may touch it once this returns.
+    while (write_loop_running_)
+        co_await write_ended_.wait();
 }
 
 awaitable<void> H2Session::readLoop() {
-    auto self = shared_from_this();
     std::array<char, kReadChunk> buf;
+    bool eof = false;
     while (open_) {
         error_code ec;
-        const std::size_t n = co_await socket_.async_read_some(asio::buffer(buf), noThrow(ec));
+        const std::size_t n = co_await transport_.async_read_some(asio::buffer(buf), noThrow(ec));
+        eof = ec == asio::error::eof;
         if (ec || !feed({buf.data(), n}))
             break;
     }
-    close();
+    close(eof);
 }
 
 awaitable<void> H2Session::writeLoop() {
-    auto self = shared_from_this();
     std::string out;
+    bool done = false;
     while (open_) {
         out.clear();
         if (!ztunnel::hbone::gatherFrames(session_, out, kWriteBatch))
             break;
         if (!out.empty()) {
             error_code ec;
-            co_await asio::async_write(socket_, asio::buffer(out), noThrow(ec));
+            co_await asio::async_write(transport_, asio::buffer(out), noThrow(ec));
             if (ec)
                 break;
             continue;
         }
-        if (nghttp2_session_want_read(session_) == 0 && nghttp2_session_want_write(session_) == 0)
+        if (nghttp2_session_want_read(session_) == 0 && nghttp2_session_want_write(session_) == 0) {
+            done = true;  // GOAWAY sent and its streams ended, or the client's GOAWAY
             break;
+        }
         co_await write_ready_.wait();
     }
-    close();
+    close(done);
 }
 
-void H2Session::close() {
+void H2Session::close(bool graceful) {
     if (!std::exchange(open_, false))
         return;
+    if (registry_ != nullptr)
+        registry_->remove(*this);
     error_code ec;
-    socket_.cancel(ec);
-    socket_.close(ec);
+    if (graceful)
+        transport_.shutdown_send(ec);  // an HBONE stream ends with END_STREAM, not a reset
+    transport_.cancel(ec);
+    transport_.close(ec);
     auto streams = std::move(streams_);
     streams_.clear();
     for (auto& [id, s] : streams)
@@ -475,17 +657,46 @@ void H2Session::close() {
 
 }  // namespace
 
+std::size_t h2BodyBudget(const ServerLimits& limits) {
+    return std::max(limits.max_connection_body_bytes, limits.max_body_bytes);
+}
+
+void H2Connections::add(Member& m) {
+    members_.insert(&m);
+    if (draining_)
+        m.goaway();
+}
+
+void H2Connections::remove(Member& m) {
+    members_.erase(&m);
+    if (draining_ && members_.empty())
+        idle_.cancel();
+}
+
+awaitable<void> H2Connections::drain(std::chrono::milliseconds grace) {
+    draining_ = true;
+    const std::vector<Member*> now(members_.begin(), members_.end());
+    for (Member* m : now)
+        m->goaway();
+    if (members_.empty())
+        co_return;
+    idle_.expires_after(grace);
+    error_code ec;
+    co_await idle_.async_wait(noThrow(ec));
+}
+
 bool isH2Preface(const beast::flat_buffer& buffer) {
     const auto data = buffer.data();
     return std::string_view(static_cast<const char*>(data.data()), data.size())
         .starts_with(kPrefaceHead);
 }
 
-void serveH2c(tcp::socket socket, const beast::flat_buffer& received, const ServerLimits& limits,
-              const Handler& handler) {
-    auto session = std::make_shared<H2Session>(std::move(socket), limits, handler);
+awaitable<void> serveH2c(ClientStream& transport, const beast::flat_buffer& received,
+                         const ServerLimits& limits, const Handler& handler,
+                         const Downstream& downstream) {
+    auto session = std::make_shared<H2Session>(transport, limits, handler, downstream);
     const auto data = received.data();
-    session->start({static_cast<const char*>(data.data()), data.size()});
+    co_await session->run({static_cast<const char*>(data.data()), data.size()});
 }
 
 }  // namespace sluice::waypoint

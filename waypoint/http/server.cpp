@@ -20,11 +20,11 @@ LocalReply badRequest(std::string message) {
 }  // namespace
 
 awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
-                                const Handler& handler) {
+                                const Handler& handler, H2Connections* h2) {
     error_code ec;
     socket.set_option(tcp::no_delay(true), ec);
     ClientStream stream(socket);
-    static const Downstream plain;
+    const Downstream plain{.h2 = h2};
     co_await serveHttp1(stream, limits, handler, plain);
 }
 
@@ -47,10 +47,11 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
             ec == asio::error::connection_reset) {
             break;
         }
-        if (ec == http::error::bad_version && served == 0 && socket.socket() != nullptr &&
+        if (ec == http::error::bad_version && served == 0 && downstream.h2 != nullptr &&
             isH2Preface(buffer)) {
-            // h2c with prior knowledge: the connection changes hands (docs/waypoint.md).
-            serveH2c(std::move(*socket.socket()), buffer, limits, handler);
+            // h2c with prior knowledge (a TCP connection or an HBONE stream): the connection
+            // changes hands (docs/waypoint.md).
+            co_await serveH2c(socket, buffer, limits, handler, downstream);
             co_return;
         }
         if (ec) {
@@ -107,9 +108,9 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
 }
 
 awaitable<void> acceptLoop(tcp::acceptor& acceptor, const ServerLimits& limits,
-                           const Handler& handler) {
-    co_await acceptEach(acceptor, [&limits, &handler](tcp::socket socket) {
-        return serveConnection(std::move(socket), limits, handler);
+                           const Handler& handler, H2Connections* h2) {
+    co_await acceptEach(acceptor, [&limits, &handler, h2](tcp::socket socket) {
+        return serveConnection(std::move(socket), limits, handler, h2);
     });
 }
 

@@ -8,12 +8,19 @@
 
 namespace sluice::waypoint {
 
+class H2Connections;
+
 struct ServerLimits {
     std::size_t max_header_bytes = 16 * 1024;
     std::size_t max_body_bytes = 8 * 1024 * 1024;
     std::chrono::milliseconds request_timeout{30'000};  // to read one whole request
     std::chrono::milliseconds idle_timeout{60'000};     // keep-alive wait for the next request
     std::size_t max_requests_per_connection = 10'000;
+    // HTTP/2: request-body bytes the streams of one connection may reserve together before
+    // their bodies are handed to the pipeline (at least max_body_bytes; docs/waypoint.md).
+    std::size_t max_connection_body_bytes = 16 * 1024 * 1024;
+    // Gateway::stop: how long streams in flight may take to finish after the GOAWAY.
+    std::chrono::milliseconds drain_timeout{10'000};
 };
 
 // One request read from a client, to be answered by the handler (which writes the response
@@ -31,14 +38,18 @@ struct Exchange {
 struct Downstream {
     std::string peer_identity;
     std::string authority;
+    // Where an h2c connection (prior knowledge) on it registers; null: HTTP/1.1 only (admin
+    // listeners, and the HTTP/2 streams themselves).
+    H2Connections* h2 = nullptr;
 };
 using Handler = std::function<awaitable<void>(Exchange&)>;
 
 // Serves HTTP/1.1 on one accepted connection: keep-alive, chunked request bodies (the Beast
 // parser), header/body limits and read timeouts. A request that does not parse gets a 400 with
 // an OpenAI-shaped error body and the connection is closed.
+// With `h2`, a client that starts with the HTTP/2 preface is served as h2c.
 awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
-                                const Handler& handler);
+                                const Handler& handler, H2Connections* h2 = nullptr);
 // The same on any client stream (an HBONE CONNECT stream); ends with a send shutdown and close.
 awaitable<void> serveHttp1(ClientStream& stream, const ServerLimits& limits, const Handler& handler,
                            const Downstream& downstream);
@@ -59,7 +70,7 @@ awaitable<void> acceptEach(tcp::acceptor& acceptor, Serve serve) {
 
 // Accepts on `acceptor` until it is closed, spawning serveConnection for each client.
 awaitable<void> acceptLoop(tcp::acceptor& acceptor, const ServerLimits& limits,
-                           const Handler& handler);
+                           const Handler& handler, H2Connections* h2 = nullptr);
 
 // A listening socket with SO_REUSEPORT, so every worker thread can own one for the same port
 // and the kernel spreads connections across them.

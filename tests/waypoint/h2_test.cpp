@@ -1,0 +1,150 @@
+// h2c connection limits and graceful stop on the plain listener, with an nghttp2 client
+// (tests/waypoint/h2_client.h): the request bodies one connection may hold (streams admitted
+// within the connection's body budget, the others wait at their initial window), the 408 that
+// frees the budget held by bodies that never end, and the GOAWAY of Gateway::stop while a
+// stream is in flight.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <thread>
+
+#include "tests/waypoint/h2_client.h"
+#include "tests/waypoint/harness.h"
+
+namespace sluice::waypoint::test {
+namespace {
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+constexpr std::size_t kMaxBody = 1 << 20;
+constexpr std::size_t kConnectionBodies = 2 << 20;
+
+std::string config(const Emulator& backend, const std::string& limits) {
+    return "kind: Waypoint\nspec:\n  limits: {" + limits +
+           "}\n  pools: [{name: main, endpoints: [\"" + backend.address() +
+           "\"]}]\n---\nkind: ModelRoute\nmetadata: {name: chat}\nspec:\n  models: [\"*\"]\n"
+           "  timeout: 10s\n  backends: [{pool: main}]\n";
+}
+
+// A streamed chat whose prompt makes the body about `size` bytes.
+std::string chatOfSize(std::size_t size, bool stream = true) {
+    json body{{"model", "gpt-4o"}, {"max_tokens", 3}, {"stream", stream}};
+    std::string prompt;
+    while (prompt.size() + 200 < size)
+        prompt += "hello mesh ";
+    body["messages"] = {{{"role", "user"}, {"content", prompt}}};
+    return body.dump();
+}
+
+TEST(WaypointH2Limits, BodiesAreAdmittedWithinTheConnectionsBudget) {
+    Emulator backend("a");
+    auto gw = startGateway(
+        config(backend, "maxBodyBytes: " + std::to_string(kMaxBody) +
+                            ", maxConnectionBodyBytes: " + std::to_string(kConnectionBodies)));
+    H2OverTcp conn(gw->gatewayPort());
+    H2Client client;
+    // Ten bodies of ~1 MB at once, no content-length: nghttp2 sends them round-robin.
+    const std::string big = chatOfSize(kMaxBody - 1000);
+    constexpr int kStreams = 10;
+    for (int i = 0; i < kStreams; ++i)
+        client.submit("POST", "/v1/chat/completions", big);
+    ASSERT_TRUE(conn.run(client, {}, 60s));
+    for (const auto& [id, s] : client.streams) {
+        EXPECT_EQ(s.status, 200u) << "stream " << id << ": " << s.body;
+        EXPECT_NE(s.body.find("data: [DONE]"), std::string::npos) << "stream " << id;
+    }
+    // Unbounded, every stream's body would be in flight at once (~10 MB). Bounded, two bodies
+    // (the 2 MiB budget) are admitted at a time and each waiting stream stops at its initial
+    // window (64 KiB).
+    EXPECT_LE(client.max_partial, kConnectionBodies + kStreams * 65535);
+    EXPECT_GE(client.max_partial, kConnectionBodies / 2) << "the budget was used";
+    EXPECT_EQ(json::parse(backend.stats())["requests"], kStreams);
+
+    // A small request on the same connection afterwards.
+    const int32_t small = client.submit("POST", "/v1/chat/completions", chatOfSize(300, false));
+    ASSERT_TRUE(conn.run(client));
+    EXPECT_EQ(client.streams[small].status, 200u) << client.streams[small].body;
+    EXPECT_TRUE(json::parse(client.streams[small].body)["usage"].is_object());
+}
+
+TEST(WaypointH2Limits, BodiesThatNeverEndGet408AndGiveTheirBudgetBack) {
+    Emulator backend("a");
+    auto gw = startGateway(
+        config(backend, "maxBodyBytes: " + std::to_string(kMaxBody) + ", maxConnectionBodyBytes: " +
+                            std::to_string(kConnectionBodies) + ", requestTimeout: 1s"));
+    H2OverTcp conn(gw->gatewayPort());
+    H2Client client;
+    // Three bodies of 900 KB that never end: two are admitted (the budget), one waits.
+    const std::string part(900 * 1000, 'x');
+    std::vector<int32_t> stuck;
+    for (int i = 0; i < 3; ++i)
+        stuck.push_back(client.submit("POST", "/v1/chat/completions", part, false));
+    // A small body fits its stream's initial window: it needs no budget and does not wait.
+    const int32_t small = client.submit("POST", "/v1/chat/completions", chatOfSize(300, false));
+    // Once the 408s came, a whole body of ~1 MB on the same connection gets the budget back.
+    int32_t big = 0;
+    ASSERT_TRUE(conn.run(client, [&](H2Client& c) {
+        if (big == 0 && c.streams[stuck[0]].status != 0) {
+            big = c.submit("POST", "/v1/chat/completions", chatOfSize(kMaxBody - 1000, false));
+        }
+    }));
+    ASSERT_NE(big, 0);
+    for (int32_t id : stuck) {
+        EXPECT_EQ(client.streams[id].status, 408u) << client.streams[id].body;
+        EXPECT_EQ(json::parse(client.streams[id].body)["error"]["message"],
+                  "request not received in time");
+    }
+    EXPECT_EQ(client.streams[small].status, 200u) << client.streams[small].body;
+    EXPECT_EQ(client.streams[big].status, 200u) << client.streams[big].body;
+    // The small request did not wait for the stuck ones.
+    ASSERT_EQ(client.ended_order.size(), 5u);
+    EXPECT_EQ(client.ended_order.front(), small);
+    EXPECT_EQ(client.ended_order.back(), big);
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 2);
+}
+
+// A client that stops reading one stream's response: the waypoint's writes wait on that
+// stream's window, and after the idle timeout the stream is reset and the upstream abandoned.
+TEST(WaypointH2Limits, AStalledStreamIsResetAfterTheIdleTimeout) {
+    Emulator backend("a");
+    backend.configure(R"({"completion_tokens": 200000})");  // ~25 MB of events, no delay
+    auto gw = startGateway(config(backend, "idleTimeout: 1s"));
+    H2OverTcp conn(gw->gatewayPort());
+    H2Client client(true);
+    json body{{"model", "gpt-4o"},
+              {"max_tokens", 200000},
+              {"stream", true},
+              {"messages", {{{"role", "user"}, {"content", "hello"}}}}};
+    const int32_t id = client.submit("POST", "/v1/chat/completions", body.dump());
+    std::optional<std::chrono::steady_clock::time_point> answered;
+    ASSERT_TRUE(conn.run(client, [&](H2Client& c) {
+        if (!answered && c.streams[id].status != 0)
+            answered = std::chrono::steady_clock::now();
+    }));
+    ASSERT_TRUE(answered);
+    const auto after = std::chrono::steady_clock::now() - *answered;
+    EXPECT_EQ(client.streams[id].status, 200u);
+    EXPECT_EQ(client.streams[id].reset_code, uint32_t(NGHTTP2_CANCEL));
+    EXPECT_GE(after, 1s);
+    EXPECT_LT(after, 6s);
+    EXPECT_EQ(backend.streamsAborted(), 1);
+}
+
+TEST(WaypointH2Drain, StopSendsGoawayAndTheStreamInFlightFinishes) {
+    Emulator backend("slow");
+    backend.configure(R"({"token_delay_ms": 200, "completion_tokens": 5})");
+    auto gw = startGateway(config(backend, "drainTimeout: 5s"));
+    H2OverTcp conn(gw->gatewayPort());
+    H2Client client;
+    const int32_t id = client.submit("POST", "/v1/chat/completions", chatOfSize(300));
+    StopWhenAnswered stop(id, [&] { gw->stop(); });
+    ASSERT_TRUE(conn.run(client, std::ref(stop)));
+    expectDrained(client, id, stop.took());
+    EXPECT_EQ(backend.streamsAborted(0ms), 0);
+}
+
+}  // namespace
+}  // namespace sluice::waypoint::test
