@@ -23,6 +23,11 @@ class Event {
     boost::asio::awaitable<void> wait() {
         return timer_.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ignored_));
     }
+    // The same for a completion handler: h() runs on the next notify().
+    template <typename H>
+    void async_wait(H h) {
+        timer_.async_wait([h = std::move(h)](const boost::system::error_code&) mutable { h(); });
+    }
     void notify() { timer_.cancel(); }
 
   private:

@@ -8,6 +8,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 
+#include <utility>
+
 #include "ztunnel/hbone/handshake.h"
 
 namespace sluice::ztunnel::proxy {
@@ -30,17 +32,18 @@ asio::awaitable<void> hbone_stream(Proxy& p, std::shared_ptr<EnrolledWorkload> d
     Proxy::ActiveGuard active(p);
     hbone::Connection& conn = st->connection();
     const tcp::endpoint peer = conn.remote_endpoint();
-    auto target = parse_authority(st->request().authority);
+    const hbone::ConnectRequest request = st->take_request();
+    auto target = parse_authority(request.authority);
     const bool ours =
         target && std::find(dst->ips.begin(), dst->ips.end(), target->address()) != dst->ips.end();
     InboundCall call =
         authorize_inbound(p, dst, conn.peer().uri(), peer, target.value_or(tcp::endpoint()));
     call.record.direction = "inbound";
     call.labels->connection_security_policy = "mutual_tls";
-    if (st->request().method != "CONNECT" || !ours) {
+    if (request.method != "CONNECT" || !ours) {
         conn.respond(*st, hbone::kStatusBadRequest);
         finish_inbound(p, call, false,
-                       "bad request: " + st->request().method + " " + st->request().authority +
+                       "bad request: " + request.method + " " + request.authority +
                            " is not a CONNECT to this pod");
         co_return;
     }
@@ -57,7 +60,7 @@ asio::awaitable<void> hbone_stream(Proxy& p, std::shared_ptr<EnrolledWorkload> d
         co_return;
     }
     conn.respond(*st, hbone::kStatusOk);
-    co_await relay_inbound(p, call, StreamPipe(*st), *app);
+    relay_inbound(p, std::move(call), StreamPipe(std::move(st)), std::move(*app));
 }
 
 asio::awaitable<void> hbone_connection(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w,
@@ -176,6 +179,30 @@ OpenInboundGuard::OpenInboundGuard(Proxy& p, InboundCall& call, asio::any_io_exe
 
 OpenInboundGuard::~OpenInboundGuard() {
     p_.inbound_connections().remove(id_);
+}
+
+void InboundRelayEnd::open(std::weak_ptr<RelayControl> relay, asio::any_io_executor ex) {
+    guard.emplace(p, call, std::move(ex), [relay = std::move(relay)] {
+        if (auto r = relay.lock())
+            r->abort();
+    });
+    // The registration keeps its own copies of what a refresh decides on, and the decision's
+    // rule and reason are only written when a refresh closes the connection (exchange, not
+    // assignment: a string assigned from an empty one keeps its heap buffer).
+    call.destination.reset();
+    (void)std::exchange(call.peer_identity, std::string());
+    (void)std::exchange(call.decision, state::AuthzDecision{});
+}
+
+void InboundRelayEnd::operator()(const RelayResult& r) {
+    guard.reset();
+    call.labels = std::make_unique<ConnectionLabels>(*labels);
+    call.record.bytes_received = r.a_to_b;
+    call.record.bytes_sent = r.b_to_a;
+    if (call.closed_by_policy)
+        finish_closed_by_policy(p, call);
+    else
+        finish_inbound(p, call, true, r.failed ? "connection reset" : "");
 }
 
 void finish_closed_by_policy(Proxy& p, InboundCall& call) {
