@@ -8,8 +8,6 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 
-#include <utility>
-
 #include "ztunnel/hbone/handshake.h"
 
 namespace sluice::ztunnel::proxy {
@@ -157,8 +155,8 @@ void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction) {
     finish_inbound(p, call, false, call.decision.reason + " (" + call.decision.rule + ")");
 }
 
-OpenInboundGuard::OpenInboundGuard(Proxy& p, InboundCall& call, asio::any_io_executor ex,
-                                   std::function<void()> abort)
+OpenInboundGuard::OpenInboundGuard(Proxy& p, const InboundCall& call, asio::any_io_executor ex,
+                                   std::function<void(const state::AuthzDecision&)> close)
     : p_(p) {
     id_ = p.inbound_connections().add(
         {
@@ -167,12 +165,7 @@ OpenInboundGuard::OpenInboundGuard(Proxy& p, InboundCall& call, asio::any_io_exe
             .source = call.source,
             .target = call.target,
             .executor = std::move(ex),
-            .close =
-                [&call, abort = std::move(abort)](const state::AuthzDecision& d) {
-                    call.decision = d;
-                    call.closed_by_policy = true;
-                    abort();
-                },
+            .close = std::move(close),
         },
         call.policy_epoch, [&p](const InboundConnections::Entry& e) { return decide_again(p, e); });
 }
@@ -181,28 +174,30 @@ OpenInboundGuard::~OpenInboundGuard() {
     p_.inbound_connections().remove(id_);
 }
 
-void InboundRelayEnd::open(std::weak_ptr<RelayControl> relay, asio::any_io_executor ex) {
-    guard.emplace(p, call, std::move(ex), [relay = std::move(relay)] {
-        if (auto r = relay.lock())
-            r->abort();
-    });
-    // The registration keeps its own copies of what a refresh decides on, and the decision's
-    // rule and reason are only written when a refresh closes the connection (exchange, not
-    // assignment: a string assigned from an empty one keeps its heap buffer).
-    call.destination.reset();
-    (void)std::exchange(call.peer_identity, std::string());
-    (void)std::exchange(call.decision, state::AuthzDecision{});
+void InboundRelayEnd::open(const InboundCall& call, std::weak_ptr<RelayControl> relay,
+                           asio::any_io_executor ex) {
+    // Runs on the relay's worker while the registration exists, so `this` is alive.
+    guard.emplace(p, call, std::move(ex),
+                  [this, relay = std::move(relay)](const state::AuthzDecision& d) {
+                      closed_by = std::make_unique<state::AuthzDecision>(d);
+                      if (auto r = relay.lock())
+                          r->abort();
+                  });
 }
 
 void InboundRelayEnd::operator()(const RelayResult& r) {
     guard.reset();
-    call.labels = std::make_unique<ConnectionLabels>(*labels);
+    InboundCall call;
+    call.record = std::move(record);
+    *call.labels = *labels;
     call.record.bytes_received = r.a_to_b;
     call.record.bytes_sent = r.b_to_a;
-    if (call.closed_by_policy)
+    if (closed_by) {
+        call.decision = std::move(*closed_by);
         finish_closed_by_policy(p, call);
-    else
+    } else {
         finish_inbound(p, call, true, r.failed ? "connection reset" : "");
+    }
 }
 
 void finish_closed_by_policy(Proxy& p, InboundCall& call) {
