@@ -8,8 +8,42 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <utility>
 
 namespace sluice::ztunnel::hbone {
+
+// Plain operator new/delete of the exact size, for Asio's operation of a handler that
+// asks for it (see Exact).
+template <typename T>
+struct ExactAllocator {
+    using value_type = T;
+    ExactAllocator() = default;
+    template <typename U>
+    ExactAllocator(const ExactAllocator<U>&) {}
+    T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T))); }
+    void deallocate(T* p, std::size_t) { ::operator delete(p); }
+    template <typename U>
+    bool operator==(const ExactAllocator<U>&) const {
+        return true;
+    }
+};
+
+// A completion handler whose pending operation is allocated at its exact size. Asio otherwise
+// recycles the thread's last freed operation block when it is large enough: a wait that stays
+// pending for a connection's lifetime (10k idle connections) then keeps a whole accept or
+// connect operation's block (~2x the size) instead of its own.
+template <typename F>
+struct Exact {
+    F f;
+    using allocator_type = ExactAllocator<void>;
+    allocator_type get_allocator() const noexcept { return {}; }
+    template <typename... Args>
+    void operator()(Args&&... args) {
+        f(std::forward<Args>(args)...);
+    }
+};
+template <typename F>
+Exact(F) -> Exact<F>;
 
 // A wake-up for coroutines of one io_context (Boost 1.74 has no channels): waiters check their
 // condition, then wait(); whoever changes the condition calls notify(), which wakes every
@@ -26,7 +60,8 @@ class Event {
     // The same for a completion handler: h() runs on the next notify().
     template <typename H>
     void async_wait(H h) {
-        timer_.async_wait([h = std::move(h)](const boost::system::error_code&) mutable { h(); });
+        timer_.async_wait(
+            Exact{[h = std::move(h)](const boost::system::error_code&) mutable { h(); }});
     }
     void notify() { timer_.cancel(); }
 

@@ -52,8 +52,9 @@ class TcpPipe {
     // Calls h() once bytes, EOF or an error are there (read then tells which).
     template <typename H>
     void wait_readable(H h) {
-        s_.async_wait(tcp::socket::wait_read,
-                      [h = std::move(h)](const boost::system::error_code&) mutable { h(); });
+        s_.async_wait(
+            tcp::socket::wait_read,
+            hbone::Exact{[h = std::move(h)](const boost::system::error_code&) mutable { h(); }});
     }
     // Reads what is there without waiting.
     ReadResult read(asio::mutable_buffer b) {
