@@ -43,8 +43,7 @@ const char* to_string(Error e) {
 
 // ---- Stream --------------------------------------------------------------------------------
 
-Stream::Stream(std::shared_ptr<Connection> conn, asio::any_io_executor ex)
-    : conn_(std::move(conn)), readable_(ex), writable_(ex) {}
+Stream::Stream(std::shared_ptr<Connection> conn) : conn_(std::move(conn)) {}
 
 asio::awaitable<size_t> Stream::read(asio::mutable_buffer buf) {
     while (!readable() && !read_cancelled_)
@@ -164,7 +163,7 @@ asio::awaitable<std::expected<std::shared_ptr<Stream>, Failure>> Connection::ope
     ConnectRequest request) {
     if (!open_)
         co_return std::unexpected(Failure{Error::ConnectionLost, "connection closed"});
-    auto stream = std::make_shared<Stream>(shared_from_this(), executor_);
+    auto stream = std::make_shared<Stream>(shared_from_this());
     // nghttp2 copies the headers: the stream keeps no copy of the request.
     const ConnectRequest& r = request;
     std::vector<nghttp2_nv> nva = {header(":method", "CONNECT"), header(":authority", r.authority)};
@@ -331,7 +330,7 @@ int Connection::on_begin_headers(nghttp2_session* session, const nghttp2_frame* 
         frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
         return 0;
     }
-    auto stream = std::make_shared<Stream>(self->shared_from_this(), self->executor_);
+    auto stream = std::make_shared<Stream>(self->shared_from_this());
     stream->id_ = frame->hd.stream_id;
     nghttp2_session_set_stream_user_data(session, stream->id_, stream.get());
     self->streams_[stream->id_] = std::move(stream);

@@ -45,7 +45,7 @@ class Connection;
 // reader slows the sender down instead of growing a buffer.
 class Stream {
   public:
-    Stream(std::shared_ptr<Connection> conn, asio::any_io_executor ex);
+    explicit Stream(std::shared_ptr<Connection> conn);
 
     // Up to buf.size() bytes; 0 at end of stream (the peer's END_STREAM, a reset or a lost
     // connection: see reset()).
@@ -62,13 +62,9 @@ class Stream {
     bool write_now(asio::const_buffer buf);
     bool write_blocked() const;
     template <typename H>
-    void when_readable(H h) {
-        readable_.async_wait(std::move(h));
-    }
+    void when_readable(H h);
     template <typename H>
-    void when_writable(H h) {
-        writable_.async_wait(std::move(h));
-    }
+    void when_writable(H h);
     // Sends END_STREAM after what is queued (TCP half-close).
     void close_write();
     // RST_STREAM(CANCEL).
@@ -117,7 +113,8 @@ class Stream {
     bool responded_ = false;
     bool read_cancelled_ = false;
     // readable_ also wakes open_stream() when the response headers arrived.
-    Event readable_, writable_;
+    // Signals, not Events: no timer per stream (10k open streams).
+    Signal readable_, writable_;
 };
 
 // One TLS + HTTP/2 connection carrying HBONE streams, client or server side. Lives on one
@@ -190,5 +187,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
     tcp::endpoint remote_;
     std::chrono::steady_clock::time_point idle_since_;
 };
+
+template <typename H>
+void Stream::when_readable(H h) {
+    readable_.async_wait(conn_->executor(), std::move(h));
+}
+
+template <typename H>
+void Stream::when_writable(H h) {
+    writable_.async_wait(conn_->executor(), std::move(h));
+}
 
 }  // namespace sluice::ztunnel::hbone

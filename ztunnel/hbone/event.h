@@ -1,6 +1,9 @@
 #pragma once
 
+#include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -57,17 +60,80 @@ class Event {
     boost::asio::awaitable<void> wait() {
         return timer_.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ignored_));
     }
-    // The same for a completion handler: h() runs on the next notify().
-    template <typename H>
-    void async_wait(H h) {
-        timer_.async_wait(
-            Exact{[h = std::move(h)](const boost::system::error_code&) mutable { h(); }});
-    }
     void notify() { timer_.cancel(); }
 
   private:
     boost::asio::steady_timer timer_;
     boost::system::error_code ignored_;  // a cancel is the wake-up; waiters share this
+};
+
+// Event's wake-up without a timer, for the two per HBONE stream (10k open streams): the waiters
+// are a list of handlers (one small allocation each while waiting, none otherwise), and
+// notify() posts each to its own executor. Unlike a timer wait, a waiting handler does not count
+// as work of the io_context (its connection's pending socket read does). Waiters still pending
+// when it is destroyed are destroyed without running, as Asio does with pending operations at
+// shutdown.
+class Signal {
+  public:
+    Signal() = default;
+    ~Signal() { destroy(std::exchange(head_, nullptr)); }
+    Signal(const Signal&) = delete;
+    Signal& operator=(const Signal&) = delete;
+
+    // For a coroutine: resumes it on its executor after the next notify().
+    boost::asio::awaitable<void> wait() {
+        return boost::asio::async_initiate<const boost::asio::use_awaitable_t<>&, void()>(
+            [this](auto handler) { add(std::move(handler)); }, boost::asio::use_awaitable);
+    }
+    // For a completion handler: h() runs on `ex` after the next notify().
+    template <typename H>
+    void async_wait(const boost::asio::any_io_executor& ex, H h) {
+        add(boost::asio::bind_executor(ex, std::move(h)));
+    }
+    void notify() {
+        Waiter* w = std::exchange(head_, nullptr);
+        tail_ = nullptr;
+        while (w != nullptr) {
+            Waiter* next = w->next;
+            w->post();
+            delete w;
+            w = next;
+        }
+    }
+
+  private:
+    struct Waiter {
+        virtual ~Waiter() = default;
+        virtual void post() = 0;
+        Waiter* next = nullptr;
+    };
+    template <typename H>
+    struct Pending final : Waiter {
+        explicit Pending(H&& handler) : h(std::move(handler)) {}
+        void post() override {
+            auto ex = boost::asio::get_associated_executor(h);
+            boost::asio::post(ex, std::move(h));
+        }
+        H h;
+    };
+    template <typename H>
+    void add(H h) {
+        Waiter* w = new Pending<H>(std::move(h));
+        if (tail_ != nullptr)
+            tail_->next = w;
+        else
+            head_ = w;
+        tail_ = w;
+    }
+    static void destroy(Waiter* w) {
+        while (w != nullptr) {
+            Waiter* next = w->next;
+            delete w;
+            w = next;
+        }
+    }
+    Waiter* head_ = nullptr;  // in the order they came
+    Waiter* tail_ = nullptr;
 };
 
 // Calls `on_expiry` (typically: close a socket) unless destroyed first; bounds one operation in
