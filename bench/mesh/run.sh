@@ -17,6 +17,11 @@
 # Usage (root): bench/mesh/run.sh [build dir]
 #   SLUICE_BENCH_SECONDS per run (5), SLUICE_BENCH_ROUNDS (3), SLUICE_BENCH_CONNS held (10000),
 #   SLUICE_BENCH_KEEP=1 keeps the clusters and files (debugging; `sluice-testbed down` them after)
+#   SLUICE_BENCH_ONLY=rss: only the sidecarless cluster and the ztunnel RSS part (idle, then
+#     SLUICE_BENCH_CONNS held), for iterating on memory. Prints one JSON line to stdout (and to
+#     SLUICE_BENCH_RSS_OUT if set); bench/results/ is left alone. SLUICE_BENCH_AT_HOLD="command"
+#     runs with the node ztunnel pids as arguments while the connections are held (after the
+#     sample), e.g. to read their heap.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${1:-build}
@@ -25,7 +30,10 @@ SECS=${SLUICE_BENCH_SECONDS:-5}
 ROUNDS=${SLUICE_BENCH_ROUNDS:-3}
 CONNS=${SLUICE_BENCH_CONNS:-10000}
 HOLD_DEADLINE=240  # seconds: at most half of it to open the connections, the rest to hold them
+ONLY=${SLUICE_BENCH_ONLY:-}
 MODES=(none sidecar sidecarless haproxy)
+[[ $ONLY == rss ]] && MODES=(sidecarless)
+[[ -z $ONLY || $ONLY == rss ]] || { echo "SLUICE_BENCH_ONLY: only 'rss' is known" >&2; exit 1; }
 declare -A NAME=([none]=bmn$$ [sidecar]=bms$$ [sidecarless]=bmz$$ [haproxy]=bmh$$)
 declare -A MESH=([none]=none [sidecar]=sidecar [sidecarless]=sidecarless [haproxy]=none)
 declare -A SIP
@@ -91,10 +99,13 @@ done
 sleep 2
 declare -A IDLE_RSS
 for m in sidecar sidecarless; do
+    [[ -n ${NAME[$m]:-} && " ${MODES[*]} " == *" $m "* ]] || continue
     # shellcheck disable=SC2046
     IDLE_RSS[$m]=$(rss_all $(ztunnel_pids "$m"))
 done
 
+# The full run's apps and workloads (not indented: the heredocs end in column 0).
+if [[ $ONLY != rss ]]; then
 # The apps, the same in every mode.
 for m in "${MODES[@]}"; do
     d="$tmp/$m"
@@ -194,6 +205,7 @@ for r in $(seq "$ROUNDS"); do
             iperf3 -c "${SIP[$m]}" -p 5201 -t "$SECS" -J >"$out/$m-iperf-$r.json"
     done
 done
+fi
 
 # Sidecarless: ztunnel RSS after the load (connections closed) and with CONNS held open.
 # shellcheck disable=SC2046
@@ -205,6 +217,21 @@ for _ in $(seq 50); do
         'import socket; socket.create_connection(("127.0.0.1", 9000), 1)' 2>/dev/null && break
     sleep 0.1
 done
+if [[ $ONLY == rss ]]; then
+    # Without the workloads before, nothing has proven the mesh path yet: one echoed
+    # connection through it (the stop file exists, so the holder closes it at once).
+    touch "$z/probe-stop"
+    ok=0
+    for _ in $(seq 80); do
+        if ex sidecarless bench/client -- python3 "$PWD/bench/mesh/conns.py" hold \
+            "${SIP[sidecarless]}" 9000 1 4 "$z/probe-stop" 2>/dev/null | grep -q '^open 1 '; then
+            ok=1
+            break
+        fi
+        sleep 0.25
+    done
+    [[ $ok == 1 ]] || { echo "sidecarless: client cannot reach the echo server" >&2; exit 1; }
+fi
 ex sidecarless --detach --log "$z/hold.log" bench/client -- python3 "$PWD/bench/mesh/conns.py" hold \
     "${SIP[sidecarless]}" 9000 "$CONNS" "$HOLD_DEADLINE" "$z/stop" >/dev/null
 for _ in $(seq $((HOLD_DEADLINE * 10))); do
@@ -217,12 +244,26 @@ HELD=$(grep -m1 '^open' "$z/hold.log" || echo "open 0 (the holder did not report
 HELD_RSS=$(rss_all $(ztunnel_pids sidecarless))
 HELD_FDS=""
 for p in $(ztunnel_pids sidecarless); do HELD_FDS+="$(find /proc/"$p"/fd -mindepth 1 | wc -l) "; done
+if [[ -n ${SLUICE_BENCH_AT_HOLD:-} ]]; then
+    # shellcheck disable=SC2046
+    $SLUICE_BENCH_AT_HOLD $(ztunnel_pids sidecarless) >&2 || echo "SLUICE_BENCH_AT_HOLD failed" >&2
+fi
 touch "$z/stop"
 for _ in $(seq 300); do
     grep -q '^closed' "$z/hold.log" && break
     sleep 0.1
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+if [[ $ONLY == rss ]]; then
+    line="{\"conns_target\": $CONNS, \"idle_rss_kib\": [${IDLE_RSS[sidecarless]// /, }],"
+    line+=" \"held\": \"$HELD\", \"held_rss_kib\": [${HELD_RSS// /, }],"
+    line+=" \"held_fds\": [$(echo "$HELD_FDS" | xargs | sed 's/ /, /g')],"
+    line+=" \"load_before\": \"$load_before\", \"load_after\": \"$load_after\"}"
+    echo "$line"
+    [[ -z ${SLUICE_BENCH_RSS_OUT:-} ]] || echo "$line" >"$SLUICE_BENCH_RSS_OUT"
+    exit 0
+fi
 
 machine="$(uname -srm), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
 python3 bench/mesh/report.py "$out" <<JSON

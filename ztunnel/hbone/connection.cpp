@@ -43,18 +43,16 @@ const char* to_string(Error e) {
 
 // ---- Stream --------------------------------------------------------------------------------
 
-Stream::Stream(std::shared_ptr<Connection> conn, asio::any_io_executor ex)
-    : conn_(std::move(conn)), readable_(ex), writable_(ex) {}
-
-asio::awaitable<void> Stream::wait_readable() {
-    while (!readable())
-        co_await readable_.wait();
-}
+Stream::Stream(std::shared_ptr<Connection> conn) : conn_(std::move(conn)) {}
 
 asio::awaitable<size_t> Stream::read(asio::mutable_buffer buf) {
     while (!readable() && !read_cancelled_)
         co_await readable_.wait();
     read_cancelled_ = false;
+    co_return read_now(buf);
+}
+
+size_t Stream::read_now(asio::mutable_buffer buf) {
     const size_t copied = std::min(buf.size(), received_.size() - received_offset_);
     if (copied > 0)
         std::memcpy(buf.data(), received_.data() + received_offset_, copied);
@@ -63,17 +61,25 @@ asio::awaitable<size_t> Stream::read(asio::mutable_buffer buf) {
         release(received_, received_offset_);
     if (copied > 0 && !closed_)
         conn_->consumed(*this, copied);
-    co_return copied;
+    return copied;
 }
 
 asio::awaitable<bool> Stream::write(asio::const_buffer buf) {
-    while (send_.queued() >= kSendHighWater && !closed_)
+    while (write_blocked())
         co_await writable_.wait();
+    co_return write_now(buf);
+}
+
+bool Stream::write_blocked() const {
+    return send_.queued() >= kSendHighWater && !closed_;
+}
+
+bool Stream::write_now(asio::const_buffer buf) {
     if (closed_ || local_closed_)
-        co_return false;
+        return false;
     send_.append({static_cast<const char*>(buf.data()), buf.size()});
     conn_->resume(*this);
-    co_return true;
+    return true;
 }
 
 void Stream::close_write() {
@@ -157,9 +163,9 @@ asio::awaitable<std::expected<std::shared_ptr<Stream>, Failure>> Connection::ope
     ConnectRequest request) {
     if (!open_)
         co_return std::unexpected(Failure{Error::ConnectionLost, "connection closed"});
-    auto stream = std::make_shared<Stream>(shared_from_this(), executor_);
-    stream->request_ = std::move(request);
-    const ConnectRequest& r = stream->request_;
+    auto stream = std::make_shared<Stream>(shared_from_this());
+    // nghttp2 copies the headers: the stream keeps no copy of the request.
+    const ConnectRequest& r = request;
     std::vector<nghttp2_nv> nva = {header(":method", "CONNECT"), header(":authority", r.authority)};
     if (!r.forwarded.empty())
         nva.push_back(header("forwarded", r.forwarded));
@@ -176,8 +182,6 @@ asio::awaitable<std::expected<std::shared_ptr<Stream>, Failure>> Connection::ope
         co_return std::unexpected(Failure{Error::ProtocolError, nghttp2_strerror(id)});
     }
     stream->id_ = id;
-    // nghttp2 copied the headers; only the server side keeps what the peer asked for.
-    stream->request_ = ConnectRequest{};
     streams_[id] = stream;
     kick();
     while (stream->status_ == 0 && !stream->closed_)
@@ -326,7 +330,7 @@ int Connection::on_begin_headers(nghttp2_session* session, const nghttp2_frame* 
         frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
         return 0;
     }
-    auto stream = std::make_shared<Stream>(self->shared_from_this(), self->executor_);
+    auto stream = std::make_shared<Stream>(self->shared_from_this());
     stream->id_ = frame->hd.stream_id;
     nghttp2_session_set_stream_user_data(session, stream->id_, stream.get());
     self->streams_[stream->id_] = std::move(stream);
@@ -343,18 +347,23 @@ int Connection::on_header(nghttp2_session* session, const nghttp2_frame* frame, 
         return 0;
     const std::string_view n(reinterpret_cast<const char*>(name), namelen);
     const std::string v(reinterpret_cast<const char*>(value), valuelen);
+    auto request = [s]() -> ConnectRequest& {
+        if (!s->request_)
+            s->request_ = std::make_unique<ConnectRequest>();
+        return *s->request_;
+    };
     if (n == ":status")
         s->status_ = std::atoi(v.c_str());
     else if (n == ":method")
-        s->request_.method = v;
+        request().method = v;
     else if (n == ":authority")
-        s->request_.authority = v;
+        request().authority = v;
     else if (n == "forwarded")
-        s->request_.forwarded = v;
+        request().forwarded = v;
     else if (n == "baggage")
-        s->request_.baggage = v;
+        request().baggage = v;
     else if (n == "traceparent")
-        s->request_.traceparent = v;
+        request().traceparent = v;
     return 0;
 }
 

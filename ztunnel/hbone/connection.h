@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "ztunnel/hbone/error.h"
 #include "ztunnel/hbone/event.h"
@@ -44,15 +45,26 @@ class Connection;
 // reader slows the sender down instead of growing a buffer.
 class Stream {
   public:
-    Stream(std::shared_ptr<Connection> conn, asio::any_io_executor ex);
+    explicit Stream(std::shared_ptr<Connection> conn);
 
     // Up to buf.size() bytes; 0 at end of stream (the peer's END_STREAM, a reset or a lost
     // connection: see reset()).
     asio::awaitable<size_t> read(asio::mutable_buffer buf);
-    // Returns once bytes or the end of the stream are there; consumes nothing.
-    asio::awaitable<void> wait_readable();
     // Queues the bytes; waits while too much is queued. False when the stream is gone.
     asio::awaitable<bool> write(asio::const_buffer buf);
+
+    // The same without waiting, for the callback-driven relay (no coroutine frame while a
+    // connection idles). read_now: what is there (0 when nothing or at the end). write_now:
+    // queues the bytes whatever is queued already (false when the stream is gone); callers
+    // check write_blocked() first. when_readable/when_writable call h() after the next change
+    // (bytes, end of stream, send queue below the mark) or spuriously: h checks again.
+    size_t read_now(asio::mutable_buffer buf);
+    bool write_now(asio::const_buffer buf);
+    bool write_blocked() const;
+    template <typename H>
+    void when_readable(H h);
+    template <typename H>
+    void when_writable(H h);
     // Sends END_STREAM after what is queued (TCP half-close).
     void close_write();
     // RST_STREAM(CANCEL).
@@ -70,14 +82,24 @@ class Stream {
     bool was_reset() const { return reset_; }
     int32_t id() const { return id_; }
     int status() const { return status_; }
-    const ConnectRequest& request() const { return request_; }
+    // Server side: what the peer asked for (empty once taken, and on the client side).
+    const ConnectRequest& request() const {
+        static const ConnectRequest kNone;
+        return request_ ? *request_ : kNone;
+    }
+    // Hands the request over and frees the stream's copy: a relaying stream needs none.
+    ConnectRequest take_request() {
+        ConnectRequest r = request_ ? std::move(*request_) : ConnectRequest{};
+        request_.reset();
+        return r;
+    }
     Connection& connection() { return *conn_; }
 
   private:
     friend class Connection;
     std::shared_ptr<Connection> conn_;
     int32_t id_ = -1;
-    ConnectRequest request_;
+    std::unique_ptr<ConnectRequest> request_;  // on the heap: 10k relaying streams hold none
     int status_ = 0;
     // Bytes that arrived and the reader has not taken yet, from received_offset_ on. Both
     // buffers give their memory back once drained: 10k idle streams hold none.
@@ -91,7 +113,8 @@ class Stream {
     bool responded_ = false;
     bool read_cancelled_ = false;
     // readable_ also wakes open_stream() when the response headers arrived.
-    Event readable_, writable_;
+    // Signals, not Events: no timer per stream (10k open streams).
+    Signal readable_, writable_;
 };
 
 // One TLS + HTTP/2 connection carrying HBONE streams, client or server side. Lives on one
@@ -164,5 +187,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
     tcp::endpoint remote_;
     std::chrono::steady_clock::time_point idle_since_;
 };
+
+template <typename H>
+void Stream::when_readable(H h) {
+    readable_.async_wait(conn_->executor(), std::move(h));
+}
+
+template <typename H>
+void Stream::when_writable(H h) {
+    writable_.async_wait(conn_->executor(), std::move(h));
+}
 
 }  // namespace sluice::ztunnel::hbone

@@ -72,7 +72,8 @@ struct SendQueue {
     }
     // The data provider's read callback: up to `length` bytes; END_STREAM once empty and
     // `finished`; deferred while empty and not finished.
-    ssize_t take(uint8_t* buf, size_t length, uint32_t* flags, bool finished, Event& writable,
+    template <typename Wakeup>  // Event or Signal
+    ssize_t take(uint8_t* buf, size_t length, uint32_t* flags, bool finished, Wakeup& writable,
                  size_t high_water) {
         const size_t available = queued();
         const size_t n = std::min(length, available);

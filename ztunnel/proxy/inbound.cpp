@@ -30,17 +30,18 @@ asio::awaitable<void> hbone_stream(Proxy& p, std::shared_ptr<EnrolledWorkload> d
     Proxy::ActiveGuard active(p);
     hbone::Connection& conn = st->connection();
     const tcp::endpoint peer = conn.remote_endpoint();
-    auto target = parse_authority(st->request().authority);
+    const hbone::ConnectRequest request = st->take_request();
+    auto target = parse_authority(request.authority);
     const bool ours =
         target && std::find(dst->ips.begin(), dst->ips.end(), target->address()) != dst->ips.end();
     InboundCall call =
         authorize_inbound(p, dst, conn.peer().uri(), peer, target.value_or(tcp::endpoint()));
     call.record.direction = "inbound";
     call.labels->connection_security_policy = "mutual_tls";
-    if (st->request().method != "CONNECT" || !ours) {
+    if (request.method != "CONNECT" || !ours) {
         conn.respond(*st, hbone::kStatusBadRequest);
         finish_inbound(p, call, false,
-                       "bad request: " + st->request().method + " " + st->request().authority +
+                       "bad request: " + request.method + " " + request.authority +
                            " is not a CONNECT to this pod");
         co_return;
     }
@@ -57,7 +58,7 @@ asio::awaitable<void> hbone_stream(Proxy& p, std::shared_ptr<EnrolledWorkload> d
         co_return;
     }
     conn.respond(*st, hbone::kStatusOk);
-    co_await relay_inbound(p, call, StreamPipe(*st), *app);
+    relay_inbound(p, std::move(call), StreamPipe(std::move(st)), std::move(*app));
 }
 
 asio::awaitable<void> hbone_connection(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w,
@@ -154,8 +155,8 @@ void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction) {
     finish_inbound(p, call, false, call.decision.reason + " (" + call.decision.rule + ")");
 }
 
-OpenInboundGuard::OpenInboundGuard(Proxy& p, InboundCall& call, asio::any_io_executor ex,
-                                   std::function<void()> abort)
+OpenInboundGuard::OpenInboundGuard(Proxy& p, const InboundCall& call, asio::any_io_executor ex,
+                                   std::function<void(const state::AuthzDecision&)> close)
     : p_(p) {
     id_ = p.inbound_connections().add(
         {
@@ -164,18 +165,39 @@ OpenInboundGuard::OpenInboundGuard(Proxy& p, InboundCall& call, asio::any_io_exe
             .source = call.source,
             .target = call.target,
             .executor = std::move(ex),
-            .close =
-                [&call, abort = std::move(abort)](const state::AuthzDecision& d) {
-                    call.decision = d;
-                    call.closed_by_policy = true;
-                    abort();
-                },
+            .close = std::move(close),
         },
         call.policy_epoch, [&p](const InboundConnections::Entry& e) { return decide_again(p, e); });
 }
 
 OpenInboundGuard::~OpenInboundGuard() {
     p_.inbound_connections().remove(id_);
+}
+
+void InboundRelayEnd::open(const InboundCall& call, std::weak_ptr<RelayControl> relay,
+                           asio::any_io_executor ex) {
+    // Runs on the relay's worker while the registration exists, so `this` is alive.
+    guard.emplace(p, call, std::move(ex),
+                  [this, relay = std::move(relay)](const state::AuthzDecision& d) {
+                      closed_by = std::make_unique<state::AuthzDecision>(d);
+                      if (auto r = relay.lock())
+                          r->abort();
+                  });
+}
+
+void InboundRelayEnd::operator()(const RelayResult& r) {
+    guard.reset();
+    InboundCall call;
+    call.record = std::move(record);
+    *call.labels = *labels;
+    call.record.bytes_received = r.a_to_b;
+    call.record.bytes_sent = r.b_to_a;
+    if (closed_by) {
+        call.decision = std::move(*closed_by);
+        finish_closed_by_policy(p, call);
+    } else {
+        finish_inbound(p, call, true, r.failed ? "connection reset" : "");
+    }
 }
 
 void finish_closed_by_policy(Proxy& p, InboundCall& call) {

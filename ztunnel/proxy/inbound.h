@@ -2,6 +2,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "ztunnel/proxy/proxy.h"
@@ -21,8 +22,7 @@ struct InboundCall {
     std::shared_ptr<EnrolledWorkload> destination;
     std::string peer_identity;
     tcp::endpoint source, target;
-    uint64_t policy_epoch = 0;      // InboundConnections::epoch() when it was decided
-    bool closed_by_policy = false;  // a policy refresh denied it while it was open
+    uint64_t policy_epoch = 0;  // InboundConnections::epoch() when it was decided
 };
 
 // Fills in source and destination from the registry and asks the authorizer. `peer_identity`
@@ -38,13 +38,13 @@ void finish_inbound(Proxy& p, InboundCall& call, bool opened, const std::string&
 void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction);
 
 // Registers the relaying connection with Proxy::inbound_connections() (a policy refresh that
-// denies it calls `abort`), and unregisters it when destroyed, on the same worker. A refresh
-// that came while the app connection was being opened is caught up with here: the connection is
-// decided again and, if denied, aborted before it relays a byte.
+// denies it calls `close` with the new decision), and unregisters it when destroyed, on the same
+// worker. A refresh that came while the app connection was being opened is caught up with here:
+// the connection is decided again and, if denied, closed before it relays a byte.
 class OpenInboundGuard {
   public:
-    OpenInboundGuard(Proxy& p, InboundCall& call, asio::any_io_executor ex,
-                     std::function<void()> abort);
+    OpenInboundGuard(Proxy& p, const InboundCall& call, asio::any_io_executor ex,
+                     std::function<void(const state::AuthzDecision&)> close);
     ~OpenInboundGuard();
     OpenInboundGuard(const OpenInboundGuard&) = delete;
     OpenInboundGuard& operator=(const OpenInboundGuard&) = delete;
@@ -66,34 +66,41 @@ asio::awaitable<std::expected<tcp::socket, std::string>> connect_app(Proxy& p,
                                                                      const tcp::endpoint& target,
                                                                      const tcp::endpoint& client);
 
-// Relays between the downstream and the app, then records bytes and finishes the call.
+// What the end of a relaying inbound connection needs, held by its relay: the access-log
+// record, one copy of the labels shared with every connection that has the same (10k open
+// connections between two workloads: one copy, not 10k), the drain count and the registration
+// with Proxy::inbound_connections() (which keeps what a refresh decides on).
+struct InboundRelayEnd {
+    InboundRelayEnd(Proxy& proxy, ConnectionRecord r, std::shared_ptr<const ConnectionLabels> l)
+        : p(proxy), record(std::move(r)), labels(std::move(l)), active(proxy) {}
+    // Registers `call` with Proxy::inbound_connections(): a policy refresh that denies the
+    // connection aborts `relay`.
+    void open(const InboundCall& call, std::weak_ptr<RelayControl> relay, asio::any_io_executor ex);
+    // The relay ended: unregisters, records the bytes and finishes the call.
+    void operator()(const RelayResult& r);
+
+    Proxy& p;
+    ConnectionRecord record;
+    std::shared_ptr<const ConnectionLabels> labels;
+    std::unique_ptr<state::AuthzDecision> closed_by;  // the refresh's decision that closed it
+    Proxy::ActiveGuard active;
+    std::optional<OpenInboundGuard> guard;
+};
+
+// Relays between the downstream and the app in the background (the calling coroutine may end),
+// then records bytes and finishes the call.
 template <typename Downstream>
-asio::awaitable<void> relay_inbound(Proxy& p, InboundCall& call, Downstream down,
-                                    tcp::socket& app) {
+void relay_inbound(Proxy& p, InboundCall call, Downstream down, tcp::socket app) {
     p.metrics().connection_opened(*call.labels);
-    // While it relays, the connection holds one copy of its labels shared with every connection
-    // that has the same (10k open connections between two workloads: one copy, not 10k).
-    const std::shared_ptr<const ConnectionLabels> labels =
-        p.metrics().shared_labels().get(std::move(*call.labels));
-    call.labels.reset();
-    // Named before use: g++ 12 may destroy temporaries inside co_await expressions twice.
-    auto ex = co_await asio::this_coro::executor;
-    std::function<void()> abort = [down, &app]() mutable {
-        down.abort();
-        TcpPipe(app).abort();
-    };
-    RelayResult r;
-    {
-        OpenInboundGuard open(p, call, ex, std::move(abort));
-        r = co_await relay(down, TcpPipe(app));
-    }
-    call.labels = std::make_unique<ConnectionLabels>(*labels);
-    call.record.bytes_received = r.a_to_b;
-    call.record.bytes_sent = r.b_to_a;
-    if (call.closed_by_policy)
-        finish_closed_by_policy(p, call);
-    else
-        finish_inbound(p, call, true, r.failed ? "connection reset" : "");
+    auto end = std::make_unique<InboundRelayEnd>(
+        p, std::move(call.record), p.metrics().shared_labels().get(std::move(*call.labels)));
+    InboundRelayEnd& e = *end;
+    auto ex = app.get_executor();
+    // The relay's first step is posted: a close during open() (a policy refresh that came while
+    // the app connection was being opened) aborts it before it relays a byte.
+    auto relay = start_relay(std::move(down), TcpPipe(std::move(app)),
+                             [end = std::move(end)](const RelayResult& r) { (*end)(r); });
+    e.open(call, relay, std::move(ex));
 }
 
 }  // namespace sluice::ztunnel::proxy

@@ -24,23 +24,23 @@ asio::awaitable<void> inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorklo
     call.record.direction = "inbound_plaintext";
     call.labels->connection_security_policy = "none";
     if (target.port() == p.config().inbound_plaintext_port) {
-        TcpPipe(client).abort();
+        reset_socket(client);
         finish_inbound(p, call, false, "no original destination: direct connection to :15006");
         co_return;
     }
     if (!call.decision.allowed) {
-        TcpPipe(client).abort();
+        reset_socket(client);
         deny_inbound(p, call, "inbound_plaintext");
         co_return;
     }
     auto app = co_await connect_app(p, *dst, w, target, peer);
     if (!app) {
-        TcpPipe(client).abort();
+        reset_socket(client);
         call.labels->response_flags = "UF";
         finish_inbound(p, call, false, app.error());
         co_return;
     }
-    co_await relay_inbound(p, call, TcpPipe(client), *app);
+    relay_inbound(p, std::move(call), TcpPipe(std::move(client)), std::move(*app));
 }
 
 }  // namespace

@@ -69,7 +69,7 @@ void refuse(Proxy& p, ConnectionRecord& rec, ConnectionLabels& labels, tcp::sock
     p.metrics().outbound_refused(reason);
     spdlog::warn("outbound {} -> {} refused ({}): {}", rec.src_addr, rec.dst_addr, reason, detail);
     finish(p, rec, labels, false, detail);
-    TcpPipe(client).abort();
+    reset_socket(client);
 }
 
 // Everything the tunnel needs once the destination is known.
@@ -87,6 +87,36 @@ void release_endpoint(Proxy& p, const std::optional<asio::ip::address>& lb_endpo
         p.load_balancer().closed(*lb_endpoint);
 }
 
+// For a relaying connection only what its end needs stays (the relay holds this): the record,
+// one copy of the labels shared with every connection that has the same, the load-balancer pick
+// and the drain count.
+struct OutboundEnd {
+    Proxy* p;
+    ConnectionRecord rec;
+    std::shared_ptr<const ConnectionLabels> labels;
+    std::optional<asio::ip::address> lb_endpoint;
+    std::shared_ptr<Proxy::ActiveGuard> active;
+    bool tunnelled;  // a reset is logged as an error (HBONE); passthrough logs it as ok
+
+    void operator()(const RelayResult& r) {
+        rec.bytes_received = r.a_to_b;
+        rec.bytes_sent = r.b_to_a;
+        finish(*p, rec, *labels, true, tunnelled && r.failed ? "connection reset" : "");
+        release_endpoint(*p, lb_endpoint);
+    }
+};
+
+// Counts the connection open and hands it to a relay; the calling coroutine may end.
+template <typename Upstream>
+void start_outbound_relay(Proxy& p, tcp::socket client, Upstream upstream, Tunnel& t,
+                          bool tunnelled) {
+    auto labels = p.metrics().shared_labels().get(std::move(t.labels));
+    p.metrics().connection_opened(*labels);
+    start_relay(TcpPipe(std::move(client)), std::move(upstream),
+                OutboundEnd{&p, std::move(t.rec), std::move(labels), t.lb_endpoint,
+                            std::move(t.active), tunnelled});
+}
+
 // Runs on the worker that owns the pool for t.key, so all streams to one destination share one
 // HBONE connection (DESIGN.md §4) although connections are accepted on any worker.
 asio::awaitable<void> tunnel(Proxy& p, Worker& w, tcp::socket client, std::unique_ptr<Tunnel> t) {
@@ -97,25 +127,11 @@ asio::awaitable<void> tunnel(Proxy& p, Worker& w, tcp::socket client, std::uniqu
             t->rec.result = "denied";
         t->labels.response_flags = f.status == hbone::kStatusUnauthorized ? "UAEX" : "UF";
         finish(p, t->rec, t->labels, false, f.message());
-        TcpPipe(client).abort();
+        reset_socket(client);
         release_endpoint(p, t->lb_endpoint);
         co_return;
     }
-    // For the connection's lifetime only what its end needs stays: the record, one copy of the
-    // labels shared with every connection that has the same, the load-balancer pick and the
-    // drain count.
-    ConnectionRecord rec = std::move(t->rec);
-    const std::shared_ptr<const ConnectionLabels> labels =
-        p.metrics().shared_labels().get(std::move(t->labels));
-    const std::optional<asio::ip::address> lb_endpoint = t->lb_endpoint;
-    const std::shared_ptr<Proxy::ActiveGuard> active = std::move(t->active);
-    t.reset();
-    p.metrics().connection_opened(*labels);
-    auto r = co_await relay(TcpPipe(client), StreamPipe(**stream));
-    rec.bytes_received = r.a_to_b;
-    rec.bytes_sent = r.b_to_a;
-    finish(p, rec, *labels, true, r.failed ? "connection reset" : "");
-    release_endpoint(p, lb_endpoint);
+    start_outbound_relay(p, std::move(client), StreamPipe(std::move(*stream)), *t, true);
 }
 
 asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, Worker& w,
@@ -224,16 +240,11 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
         if (!upstream) {
             labels.response_flags = "UF";
             finish(p, rec, labels, false, upstream.error());
-            TcpPipe(client).abort();
+            reset_socket(client);
             release_endpoint(p, t.lb_endpoint);
             co_return;
         }
-        p.metrics().connection_opened(labels);
-        auto r = co_await relay(TcpPipe(client), TcpPipe(*upstream));
-        rec.bytes_received = r.a_to_b;
-        rec.bytes_sent = r.b_to_a;
-        finish(p, rec, labels, true);
-        release_endpoint(p, t.lb_endpoint);
+        start_outbound_relay(p, std::move(client), TcpPipe(std::move(*upstream)), t, false);
         co_return;
     }
 

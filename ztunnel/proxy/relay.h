@@ -1,90 +1,146 @@
 #pragma once
 
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
 
+#include <atomic>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "ztunnel/hbone/connection.h"
-#include "ztunnel/hbone/event.h"
 
 namespace sluice::ztunnel::proxy {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
-// The same four operations over a TCP socket and an HBONE stream, so one relay serves
-// plaintext↔plaintext and plaintext↔HBONE.
+// What a pipe's read found.
+enum class ReadStatus {
+    Data,    // n bytes
+    Wait,    // nothing yet: wait until readable
+    End,     // the peer closed its side cleanly
+    Failed,  // reset or error
+};
+struct ReadResult {
+    size_t n = 0;
+    ReadStatus status = ReadStatus::Wait;
+};
+enum class WriteStatus {
+    Done,     // all bytes taken at once
+    Failed,   // the pipe is gone
+    Pending,  // the handler runs once they are (handler(true)) or the pipe failed (false)
+};
+
+// Closes with RST instead of FIN: the peer learns the connection failed.
+inline void reset_socket(tcp::socket& s) {
+    boost::system::error_code ec;
+    s.set_option(asio::socket_base::linger(true, 0), ec);
+    s.close(ec);
+}
+
+// The same operations over a TCP socket and an HBONE stream, so one relay serves
+// plaintext↔plaintext and plaintext↔HBONE. A pipe owns its end. Handlers run on the pipe's
+// executor; nothing completes inline (a wait or a pending write always runs its handler later).
 class TcpPipe {
   public:
-    explicit TcpPipe(tcp::socket& s) : s_(s) {}
-    // Returns once bytes, EOF or an error are there (read then tells which).
-    // Not a coroutine: no frame of its own while a connection idles.
-    asio::awaitable<void> wait_readable() {
-        return s_.async_wait(tcp::socket::wait_read,
-                             asio::redirect_error(asio::use_awaitable, wait_ec_));
+    explicit TcpPipe(tcp::socket s) : s_(std::move(s)) {}
+    tcp::socket& socket() { return s_; }
+    asio::any_io_executor executor() { return s_.get_executor(); }
+
+    // Calls h() once bytes, EOF or an error are there (read then tells which).
+    template <typename H>
+    void wait_readable(H h) {
+        s_.async_wait(
+            tcp::socket::wait_read,
+            hbone::Exact{[h = std::move(h)](const boost::system::error_code&) mutable { h(); }});
     }
-    // Bytes (or EOF) can be read without waiting.
-    bool ready() {
+    // Reads what is there without waiting.
+    ReadResult read(asio::mutable_buffer b) {
         boost::system::error_code ec;
-        return s_.available(ec) > 0 && !ec;
+        set_non_blocking();
+        const size_t n = s_.read_some(b, ec);
+        if (!ec)
+            return {n, ReadStatus::Data};
+        if (ec == asio::error::would_block || ec == asio::error::try_again)
+            return {0, ReadStatus::Wait};
+        return {0, ec == asio::error::eof ? ReadStatus::End : ReadStatus::Failed};
     }
-    // Reads what is there without giving up the thread in between, so a buffer taken for it is
-    // not held across a wait (10k connections closing at once would otherwise each hold one).
-    asio::awaitable<size_t> read(asio::mutable_buffer b, bool& failed) {
+    // Writes all of b: at once when the socket takes it, else the rest in the background.
+    template <typename H>
+    WriteStatus write(asio::const_buffer b, H h) {
         boost::system::error_code ec;
-        if (!s_.non_blocking())
-            s_.non_blocking(true, ec);
-        size_t n = s_.read_some(b, ec);
-        while (ec == asio::error::would_block || ec == asio::error::try_again) {
-            co_await s_.async_wait(tcp::socket::wait_read,
-                                   asio::redirect_error(asio::use_awaitable, ec));
-            if (!ec)
-                n = s_.read_some(b, ec);
-        }
-        failed = ec && ec != asio::error::eof;
-        co_return ec ? 0 : n;
-    }
-    asio::awaitable<bool> write(asio::const_buffer b) {
-        boost::system::error_code ec;
-        co_await asio::async_write(s_, b, asio::redirect_error(asio::use_awaitable, ec));
-        co_return !ec;
+        set_non_blocking();
+        size_t n = s_.write_some(b, ec);
+        if (!ec && n == b.size())
+            return WriteStatus::Done;
+        if (ec && ec != asio::error::would_block && ec != asio::error::try_again)
+            return WriteStatus::Failed;
+        if (ec)
+            n = 0;
+        asio::async_write(
+            s_, b + n,
+            [h = std::move(h)](const boost::system::error_code& wec, size_t) mutable { h(!wec); });
+        return WriteStatus::Pending;
     }
     void close_write() {
         boost::system::error_code ec;
         s_.shutdown(tcp::socket::shutdown_send, ec);
     }
-    void abort() {
-        boost::system::error_code ec;
-        // RST instead of FIN: the peer learns the connection failed.
-        s_.set_option(asio::socket_base::linger(true, 0), ec);
-        s_.close(ec);
-    }
+    void abort() { reset_socket(s_); }
 
   private:
-    tcp::socket& s_;
-    boost::system::error_code wait_ec_;  // read tells what happened
+    void set_non_blocking() {
+        if (!s_.non_blocking()) {
+            boost::system::error_code ec;
+            s_.non_blocking(true, ec);
+        }
+    }
+    tcp::socket s_;
 };
 
 class StreamPipe {
   public:
-    explicit StreamPipe(hbone::Stream& s) : s_(s) {}
-    // An empty read waits for data or the end of the stream and consumes nothing.
-    asio::awaitable<void> wait_readable() { return s_.wait_readable(); }
-    bool ready() const { return s_.readable(); }
-    asio::awaitable<size_t> read(asio::mutable_buffer b, bool& failed) {
-        size_t n = co_await s_.read(b);
-        failed = n == 0 && s_.was_reset();
-        co_return n;
+    explicit StreamPipe(std::shared_ptr<hbone::Stream> s) : s_(std::move(s)) {}
+    hbone::Stream& stream() { return *s_; }
+    asio::any_io_executor executor() { return s_->connection().executor(); }
+
+    template <typename H>
+    void wait_readable(H h) {
+        s_->when_readable(std::move(h));
     }
-    asio::awaitable<bool> write(asio::const_buffer b) { return s_.write(b); }
-    void close_write() { s_.close_write(); }
-    void abort() { s_.reset(); }
+    ReadResult read(asio::mutable_buffer b) {
+        if (!s_->readable())
+            return {0, ReadStatus::Wait};
+        const size_t n = s_->read_now(b);
+        if (n > 0)
+            return {n, ReadStatus::Data};
+        return {0, s_->was_reset() ? ReadStatus::Failed : ReadStatus::End};
+    }
+    // Queues the bytes, or waits while the stream's send queue is full (the peer's flow-control
+    // window slows this side down instead of growing the queue).
+    template <typename H>
+    WriteStatus write(asio::const_buffer b, H h) {
+        if (!s_->write_blocked())
+            return s_->write_now(b) ? WriteStatus::Done : WriteStatus::Failed;
+        write_later(b, std::move(h));
+        return WriteStatus::Pending;
+    }
+    void close_write() { s_->close_write(); }
+    void abort() { s_->reset(); }
 
   private:
-    hbone::Stream& s_;
+    template <typename H>
+    void write_later(asio::const_buffer b, H h) {
+        s_->when_writable([this, b, h = std::move(h)]() mutable {
+            if (s_->write_blocked())
+                write_later(b, std::move(h));
+            else
+                h(s_->write_now(b));
+        });
+    }
+    std::shared_ptr<hbone::Stream> s_;
 };
 
 struct RelayResult {
@@ -93,73 +149,193 @@ struct RelayResult {
     bool failed = false;  // a side reset or errored instead of closing cleanly
 };
 
+// A running relay, as the code that may have to stop it (a policy refresh) sees it.
+class RelayControl {
+  public:
+    virtual ~RelayControl() = default;
+    // Resets both sides; the relay then ends (failed) and reports as usual.
+    virtual void abort() = 0;
+};
+
 namespace detail {
 
 constexpr size_t kRelayChunk = 64 * 1024;
+constexpr size_t kCachedChunks = 4;
 
-struct RelayState {
-    explicit RelayState(asio::any_io_executor ex) : done(std::move(ex)) {}
-    int running = 2;
-    bool failed = false;
-    hbone::Event done;
-};
-
-template <typename From, typename To>
-asio::awaitable<void> copy(From& from, To& to, uint64_t& counter, std::shared_ptr<RelayState> st,
-                           std::function<void()> abort_both) {
-    for (bool ended = false; !ended;) {
-        // An idle connection holds no buffer: it is taken once bytes are there and given back
-        // when no more are waiting (10k open connections would otherwise pin 2 × 64 KiB each).
-        // While bytes keep coming, one buffer serves them without a wait per chunk.
-        co_await from.wait_readable();
-        auto buf = std::make_unique_for_overwrite<char[]>(kRelayChunk);
-        do {
-            bool failed = false;
-            const size_t n = co_await from.read(asio::buffer(buf.get(), kRelayChunk), failed);
-            if (n == 0) {
-                if (failed || st->failed) {
-                    st->failed = true;
-                    abort_both();
-                } else {
-                    to.close_write();  // half-close travels on
-                }
-                ended = true;
-                break;
-            }
-            if (!co_await to.write(asio::buffer(buf.get(), n))) {
-                st->failed = true;
-                abort_both();
-                ended = true;
-                break;
-            }
-            counter += n;
-        } while (from.ready());
+// The 64 KiB buffers of the relays of one thread. A relay holds one only while bytes are
+// waiting and gives it back before it waits; the few a thread uses over and over stay here
+// instead of going back to malloc between bursts (a large block freed amid the small long-lived
+// objects of new connections is what fragments the heap).
+class ChunkCache {
+  public:
+    static std::unique_ptr<char[]> take() {
+        in_use_.fetch_add(1, std::memory_order_relaxed);
+        auto& free = list();
+        if (free.empty())
+            return std::make_unique_for_overwrite<char[]>(kRelayChunk);
+        auto chunk = std::move(free.back());
+        free.pop_back();
+        return chunk;
     }
-    if (--st->running == 0)
-        st->done.notify();
-}
+    static void give(std::unique_ptr<char[]>& chunk) {
+        if (!chunk)
+            return;
+        in_use_.fetch_sub(1, std::memory_order_relaxed);
+        auto& free = list();
+        if (free.size() < kCachedChunks)
+            free.push_back(std::move(chunk));
+        chunk.reset();
+    }
+    // Chunks held by relays now, all threads (tests: an idle relay holds none).
+    static size_t in_use() { return in_use_.load(std::memory_order_relaxed); }
+
+  private:
+    static std::vector<std::unique_ptr<char[]>>& list() {
+        static thread_local std::vector<std::unique_ptr<char[]>> free;
+        return free;
+    }
+    static inline std::atomic<size_t> in_use_{0};
+};
 
 }  // namespace detail
 
 // Copies both ways until both directions ended: EOF travels as a half-close, an error on either
-// side resets both. Both pipes must live on the calling coroutine's executor.
-template <typename A, typename B>
-asio::awaitable<RelayResult> relay(A a, B b) {
-    auto ex = co_await asio::this_coro::executor;
-    auto st = std::make_shared<detail::RelayState>(ex);
-    RelayResult result;
-    // Named, not a temporary of the co_await expression (the g++ 12 caveat of docs/ztunnel.md).
-    std::function<void()> abort_both = [&a, &b] {
-        a.abort();
-        b.abort();
+// side resets both, and then `done(RelayResult)` runs once. One object per connection, driven
+// by completion handlers: while a connection idles it is this object, one pending wait per
+// direction and no buffer (no coroutine frame, nothing else). Both pipes must be on the same
+// single-threaded executor.
+template <typename A, typename B, typename Done>
+class Relay : public RelayControl, public std::enable_shared_from_this<Relay<A, B, Done>> {
+  public:
+    Relay(A a, B b, Done done) : a_(std::move(a)), b_(std::move(b)), done_(std::move(done)) {}
+
+    // Reads first (bytes may be waiting already), but later: `done` never runs inside start().
+    void start() {
+        asio::post(a_.executor(), [self = this->shared_from_this()] {
+            self->template pump<true>();
+            self->template pump<false>();
+        });
+    }
+    void abort() override {
+        a_.abort();
+        b_.abort();
+    }
+
+  private:
+    struct Direction {
+        uint64_t bytes = 0;
+        std::unique_ptr<char[]> buf;
+        bool ended = false;
     };
-    // One direction runs in this coroutine, the other in its own: one spawn less per connection.
-    asio::co_spawn(ex, detail::copy(b, a, result.b_to_a, st, abort_both), asio::detached);
-    co_await detail::copy(a, b, result.a_to_b, st, abort_both);
-    while (st->running > 0)
-        co_await st->done.wait();
-    result.failed = st->failed;
-    co_return result;
+
+    template <bool AtoB>
+    auto& from() {
+        if constexpr (AtoB)
+            return a_;
+        else
+            return b_;
+    }
+    template <bool AtoB>
+    auto& to() {
+        if constexpr (AtoB)
+            return b_;
+        else
+            return a_;
+    }
+    template <bool AtoB>
+    Direction& dir() {
+        return AtoB ? a_to_b_ : b_to_a_;
+    }
+
+    template <bool AtoB>
+    void wait() {
+        from<AtoB>().wait_readable(
+            [self = this->shared_from_this()] { self->template pump<AtoB>(); });
+    }
+
+    // Moves what is waiting, one chunk after the other, until the source has nothing more (then
+    // waits again without a buffer), a write has to wait, or the direction ended.
+    template <bool AtoB>
+    void pump() {
+        Direction& d = dir<AtoB>();
+        for (;;) {
+            if (!d.buf)
+                d.buf = detail::ChunkCache::take();
+            const ReadResult r = from<AtoB>().read(asio::buffer(d.buf.get(), detail::kRelayChunk));
+            switch (r.status) {
+                case ReadStatus::Wait:
+                    detail::ChunkCache::give(d.buf);
+                    wait<AtoB>();
+                    return;
+                case ReadStatus::End:
+                    if (failed_)
+                        fail();
+                    else
+                        to<AtoB>().close_write();  // half-close travels on
+                    end<AtoB>();
+                    return;
+                case ReadStatus::Failed:
+                    fail();
+                    end<AtoB>();
+                    return;
+                case ReadStatus::Data:
+                    break;
+            }
+            const size_t n = r.n;
+            const WriteStatus w = to<AtoB>().write(asio::buffer(d.buf.get(), n),
+                                                   [self = this->shared_from_this(), n](bool ok) {
+                                                       self->template written<AtoB>(n, ok);
+                                                   });
+            if (w == WriteStatus::Pending)
+                return;
+            if (w == WriteStatus::Failed) {
+                fail();
+                end<AtoB>();
+                return;
+            }
+            d.bytes += n;
+        }
+    }
+
+    template <bool AtoB>
+    void written(size_t n, bool ok) {
+        if (!ok) {
+            fail();
+            end<AtoB>();
+            return;
+        }
+        dir<AtoB>().bytes += n;
+        pump<AtoB>();
+    }
+
+    void fail() {
+        failed_ = true;
+        abort();
+    }
+
+    template <bool AtoB>
+    void end() {
+        Direction& d = dir<AtoB>();
+        detail::ChunkCache::give(d.buf);
+        d.ended = true;
+        if (a_to_b_.ended && b_to_a_.ended)
+            done_(RelayResult{a_to_b_.bytes, b_to_a_.bytes, failed_});
+    }
+
+    A a_;
+    B b_;
+    Done done_;
+    Direction a_to_b_, b_to_a_;
+    bool failed_ = false;
+};
+
+// Starts relaying between `a` and `b`; `done(RelayResult)` runs when both directions ended. The
+// returned handle may abort it; the relay keeps itself alive while it runs.
+template <typename A, typename B, typename Done>
+std::shared_ptr<RelayControl> start_relay(A a, B b, Done done) {
+    auto r = std::make_shared<Relay<A, B, Done>>(std::move(a), std::move(b), std::move(done));
+    r->start();
+    return r;
 }
 
 }  // namespace sluice::ztunnel::proxy

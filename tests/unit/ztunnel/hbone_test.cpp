@@ -4,6 +4,9 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include <memory>
+#include <vector>
+
 #include "ztunnel/hbone/handshake.h"
 #include "ztunnel/hbone/pool.h"
 #include "ztunnel/hbone/tls.h"
@@ -317,6 +320,57 @@ TEST_F(HboneTest, ServerRefusesAClientFromAnotherCa) {
     EXPECT_EQ(server_failures_[0].error, Error::PeerRejected);
     EXPECT_NE(server_failures_[0].detail.find("unknown_ca"), std::string::npos)
         << server_failures_[0].detail;
+}
+
+// hbone::Signal, the streams' wake-up: notify() posts every current waiter (callbacks on their
+// executor, coroutines) in the order they came; a wait that starts after it needs the next one.
+TEST(SignalTest, NotifyWakesEveryCurrentWaiterOnceInOrder) {
+    asio::io_context io;
+    Signal s;
+    std::vector<int> woke;
+    bool coroutine_woke = false;
+    s.async_wait(io.get_executor(), [&] { woke.push_back(1); });
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            co_await s.wait();
+            coroutine_woke = true;
+        },
+        asio::detached);
+    io.poll();  // the coroutine reaches its wait
+    s.async_wait(io.get_executor(), [&] { woke.push_back(2); });
+    EXPECT_TRUE(woke.empty());
+    EXPECT_FALSE(coroutine_woke);
+    s.notify();
+    EXPECT_TRUE(woke.empty()) << "notify() runs no waiter itself";
+    io.restart();
+    io.poll();
+    EXPECT_EQ(woke, (std::vector<int>{1, 2}));
+    EXPECT_TRUE(coroutine_woke);
+    s.async_wait(io.get_executor(), [&] { woke.push_back(3); });
+    io.restart();
+    io.poll();
+    EXPECT_EQ(woke.size(), 2u) << "a wait after notify() waits for the next one";
+    s.notify();
+    io.restart();
+    io.poll();
+    EXPECT_EQ(woke, (std::vector<int>{1, 2, 3}));
+}
+
+// Waiters still pending when the signal goes are destroyed without running (what they hold is
+// released: a relay waiting on a stream of a closed connection does not leak).
+TEST(SignalTest, PendingWaitersAreDestroyedWithIt) {
+    asio::io_context io;
+    auto held = std::make_shared<int>(0);
+    bool ran = false;
+    {
+        Signal s;
+        s.async_wait(io.get_executor(), [&ran, held] { ran = true; });
+        EXPECT_EQ(held.use_count(), 2);
+    }
+    EXPECT_EQ(held.use_count(), 1);
+    io.poll();
+    EXPECT_FALSE(ran);
 }
 
 }  // namespace
