@@ -134,17 +134,21 @@ double processCpuSeconds() {
 
 TEST(WaypointGateway, BusyPollingWorkerServesAndSleepsOnceIdle) {
     Emulator backend("a");
-    auto gw =
-        startGateway(baseConfig("\"" + backend.address() + "\"", "", "  busyPollMicros: 5000\n"));
-    // Right after each answer the worker spins for 5 ms: the test's own waiting shows it.
-    const double before_traffic = processCpuSeconds();
-    for (int i = 0; i < 20; ++i) {
-        auto via = request(gw->gatewayPort(), "POST", "/v1/chat/completions", chatBody(false));
-        ASSERT_EQ(via.status, 200u) << i;
-        std::this_thread::sleep_for(2ms);  // inside the spin window: the worker is still polling
-    }
-    EXPECT_GT(processCpuSeconds() - before_traffic, 0.02)
-        << "20 requests 2 ms apart with a 5 ms spin window kept a CPU busy for most of 40 ms";
+    // CPU this process spends on 20 requests 2 ms apart: inside a 5 ms spin window the worker
+    // keeps polling between them, without one it sleeps.
+    auto cpuFor = [&](const std::string& spec_extra) {
+        auto gw = startGateway(baseConfig("\"" + backend.address() + "\"", "", spec_extra));
+        const double before = processCpuSeconds();
+        for (int i = 0; i < 20; ++i) {
+            auto via = request(gw->gatewayPort(), "POST", "/v1/chat/completions", chatBody(false));
+            EXPECT_EQ(via.status, 200u) << i;
+            std::this_thread::sleep_for(2ms);
+        }
+        return std::pair{processCpuSeconds() - before, std::move(gw)};
+    };
+    const auto [sleeping, plain] = cpuFor("");
+    auto [spinning, gw] = cpuFor("  busyPollMicros: 5000\n");
+    EXPECT_GT(spinning - sleeping, 0.02) << "a 5 ms window after each of 20 answers 2 ms apart";
     // Idle, it sleeps: half a second costs far less than half a CPU-second.
     std::this_thread::sleep_for(50ms);
     const double idle_from = processCpuSeconds();
@@ -392,6 +396,39 @@ TEST(WaypointGateway, APipeliningClientThatHangsUpCancelsTheStream) {
         std::this_thread::sleep_for(50ms);  // the watch has read them aside
     }
     EXPECT_EQ(slow.backend.streamsAborted(), 1);
+}
+
+// Answers without a body keep a kept-alive connection in step: a HEAD's Content-Length is the
+// GET's (no body follows), a 204/304 gets no chunked framing of ours.
+TEST(WaypointGateway, BodilessAnswersKeepTheConnectionInStep) {
+    Emulator backend("a");
+    auto gw = startGateway("kind: Waypoint\nspec:\n  pools:\n    - {name: main, endpoints: [\"" +
+                           backend.address() +
+                           "\"]}\n---\nkind: ModelRoute\nmetadata: {name: all}\nspec:\n"
+                           "  models: [\"*\"]\n  backends: [{pool: main}]\n");
+    const std::string got = rawExchange(gw->gatewayPort(),
+                                        "HEAD /v1/files HTTP/1.1\r\nHost: x\r\n\r\n"
+                                        "GET /emulator/status/204 HTTP/1.1\r\nHost: x\r\n\r\n"
+                                        "GET /emulator/status/304 HTTP/1.1\r\nHost: x\r\n\r\n" +
+                                            postRequest(chatBody(false), "Connection: close\r\n"));
+    const auto head = got.find("HTTP/1.1 200");
+    const auto no_content = got.find("HTTP/1.1 204");
+    const auto not_modified = got.find("HTTP/1.1 304");
+    const auto chat = got.find("HTTP/1.1 200", head + 1);
+    ASSERT_NE(head, std::string::npos) << got;
+    ASSERT_NE(no_content, std::string::npos) << got;
+    ASSERT_NE(not_modified, std::string::npos) << got;
+    ASSERT_NE(chat, std::string::npos) << got;
+    EXPECT_TRUE(head < no_content && no_content < not_modified && not_modified < chat) << got;
+    const std::string head_reply = got.substr(head, no_content - head);
+    EXPECT_NE(head_reply.find("Content-Length: 42\r\n"), std::string::npos) << head_reply;
+    EXPECT_TRUE(head_reply.ends_with("\r\n\r\n")) << "no body after the HEAD answer";
+    for (const auto& reply : {got.substr(no_content, not_modified - no_content),
+                              got.substr(not_modified, chat - not_modified)}) {
+        EXPECT_EQ(reply.find("Transfer-Encoding"), std::string::npos) << reply;
+        EXPECT_TRUE(reply.ends_with("\r\n\r\n")) << reply;
+    }
+    EXPECT_NE(got.find("\"object\":\"chat.completion\"", chat), std::string::npos) << got;
 }
 
 TEST(WaypointGateway, CanarySplitFollowsWeights) {

@@ -75,8 +75,21 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+        elif self.path in ("/emulator/status/204", "/emulator/status/304"):
+            # Bodiless answers without a Content-Length, as servers send them.
+            self.send_response(int(self.path.rsplit("/", 1)[1]))
+            self.send_header("x-backend", NAME)
+            self.end_headers()
         else:
             self.send_json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
+
+    def do_HEAD(self):
+        # The length the GET would have, no body.
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "42")
+        self.send_header("x-backend", NAME)
+        self.end_headers()
 
     def do_POST(self):
         length = int(self.headers.get("content-length", "0"))

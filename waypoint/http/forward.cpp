@@ -174,6 +174,8 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
         beast::flat_buffer up_buffer;
         http::response_parser<http::buffer_body> parser;
         parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+        const bool head_request = ctx.request.method() == http::verb::head;
+        parser.skip(head_request);  // the answer to HEAD has a length but no body
         if (!ec)
             co_await http::async_read_header(up, up_buffer, parser, noThrow(ec));
         deadline.disarm();
@@ -193,9 +195,13 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
         }
 
         // Response header to the client. Streams and bodies of unknown length are chunked; a
-        // body we relay unchanged keeps its length.
+        // body we relay unchanged keeps its length. Answers that never have a body (to HEAD,
+        // 1xx, 204, 304) get no framing of ours: chunked framing there would be read as the
+        // start of the next response.
         const bool sse = head[http::field::content_type].starts_with("text/event-stream");
-        const bool chunked = sse || !head.has_content_length();
+        const unsigned status = head.result_int();
+        const bool bodyless = head_request || status / 100 == 1 || status == 204 || status == 304;
+        const bool chunked = !bodyless && (sse || !head.has_content_length());
         http::response<http::empty_body> res{head.result(), client.version};
         res.reason(head.reason());
         for (const auto& field : head) {
@@ -207,6 +213,9 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
             res.set(name, value);
         if (chunked) {
             res.chunked(true);
+        } else if (bodyless) {
+            if (head.has_content_length())  // what the body would be (HEAD, 304)
+                res.set(http::field::content_length, head[http::field::content_length]);
         } else {
             res.content_length(parser.content_length());
         }
@@ -271,7 +280,9 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
             } else {
                 inspect = false;
             }
-            if (!data.empty() || last) {
+            // An incomplete event (or a chunk-size line) with the header still unsent: the
+            // header goes now, the client must not wait for the rest of the event to see it.
+            if (!data.empty() || last || !pending_head.empty()) {
                 if (co_await writeBody(client.socket, pending_head, chunked, data, last)) {
                     result.outcome = ForwardOutcome::ClientGone;
                     co_return result;

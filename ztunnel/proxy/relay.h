@@ -161,6 +161,9 @@ namespace detail {
 
 constexpr size_t kRelayChunk = 64 * 1024;
 constexpr size_t kCachedChunks = 4;
+// Chunks one direction moves before it lets the worker's other handlers run: a TCP→TCP transfer
+// whose writes never have to wait would otherwise keep the thread for as long as it lasts.
+constexpr size_t kChunksPerTurn = 16;
 
 // The 64 KiB buffers of the relays of one thread. A relay holds one only while bytes are
 // waiting and gives it back before it waits; the few a thread uses over and over stay here
@@ -208,6 +211,10 @@ template <typename A, typename B, typename Done>
 class Relay : public RelayControl, public std::enable_shared_from_this<Relay<A, B, Done>> {
   public:
     Relay(A a, B b, Done done) : a_(std::move(a)), b_(std::move(b)), done_(std::move(done)) {}
+    ~Relay() {
+        detail::ChunkCache::give(a_to_b_.buf);  // torn down with a write pending
+        detail::ChunkCache::give(b_to_a_.buf);
+    }
 
     // Reads first (bytes may be waiting already), but later: `done` never runs inside start().
     void start() {
@@ -254,11 +261,17 @@ class Relay : public RelayControl, public std::enable_shared_from_this<Relay<A, 
     }
 
     // Moves what is waiting, one chunk after the other, until the source has nothing more (then
-    // waits again without a buffer), a write has to wait, or the direction ended.
+    // waits again without a buffer), a write has to wait, or the direction ended; after
+    // kChunksPerTurn chunks it yields the thread and goes on in a posted handler.
     template <bool AtoB>
     void pump() {
         Direction& d = dir<AtoB>();
-        for (;;) {
+        for (size_t chunks = 0;; ++chunks) {
+            if (chunks == detail::kChunksPerTurn) {
+                asio::post(a_.executor(),
+                           [self = this->shared_from_this()] { self->template pump<AtoB>(); });
+                return;
+            }
             if (!d.buf)
                 d.buf = detail::ChunkCache::take();
             const ReadResult r = from<AtoB>().read(asio::buffer(d.buf.get(), detail::kRelayChunk));

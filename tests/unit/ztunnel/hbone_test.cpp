@@ -357,8 +357,8 @@ TEST(SignalTest, NotifyWakesEveryCurrentWaiterOnceInOrder) {
     EXPECT_EQ(woke, (std::vector<int>{1, 2, 3}));
 }
 
-// Waiters still pending when the signal goes are destroyed without running (what they hold is
-// released: a relay waiting on a stream of a closed connection does not leak).
+// Waiters still pending when the signal goes are destroyed without running, and what they hold
+// is released with them (a stream destroyed with waiters does not keep their relays alive).
 TEST(SignalTest, PendingWaitersAreDestroyedWithIt) {
     asio::io_context io;
     auto held = std::make_shared<int>(0);
