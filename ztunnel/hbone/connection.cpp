@@ -112,7 +112,7 @@ const nghttp2_session_callbacks* Connection::callbacks() {
     return cbs;
 }
 
-Connection::Connection(TlsStream tls, Role role, identity::Identity peer, RequestHandler on_request)
+Connection::Connection(TlsSocket tls, Role role, identity::Identity peer, RequestHandler on_request)
     : executor_(tls.get_executor()),
       tls_(std::move(tls)),
       role_(role),
@@ -121,7 +121,7 @@ Connection::Connection(TlsStream tls, Role role, identity::Identity peer, Reques
       write_ready_(executor_),
       idle_since_(std::chrono::steady_clock::now()) {
     boost::system::error_code ec;
-    remote_ = tls_.lowest_layer().remote_endpoint(ec);
+    remote_ = tls_.socket().remote_endpoint(ec);
     nghttp2_option* opt = nullptr;
     nghttp2_option_new(&opt);
     // Window updates follow what the application consumed (Stream::read), not what arrived.
@@ -237,8 +237,8 @@ void Connection::close() {
         return;
     open_ = false;
     boost::system::error_code ec;
-    tls_.lowest_layer().cancel(ec);
-    tls_.lowest_layer().close(ec);
+    tls_.socket().cancel(ec);
+    tls_.socket().close(ec);
     // Wake every stream: they see closed_ and end.
     auto streams = std::move(streams_);
     streams_.clear();
@@ -269,8 +269,7 @@ asio::awaitable<void> Connection::read_loop() {
     std::array<uint8_t, kReadChunk> buf;
     while (open_) {
         boost::system::error_code ec;
-        const size_t n = co_await tls_.async_read_some(
-            asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+        const size_t n = co_await tls_.read_some(asio::buffer(buf), ec);
         if (ec) {
             if (ec != asio::error::eof && ec != asio::error::operation_aborted &&
                 ec != asio::ssl::error::stream_truncated) {
@@ -301,8 +300,7 @@ asio::awaitable<void> Connection::write_loop() {
         }
         if (!out.empty()) {
             boost::system::error_code ec;
-            co_await asio::async_write(tls_, asio::buffer(out),
-                                       asio::redirect_error(asio::use_awaitable, ec));
+            co_await tls_.write(asio::buffer(out), ec);
             if (ec)
                 break;
             continue;

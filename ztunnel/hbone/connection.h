@@ -3,7 +3,6 @@
 #include <nghttp2/nghttp2.h>
 
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/ssl/stream.hpp>
 
 #include <chrono>
 #include <expected>
@@ -16,13 +15,13 @@
 #include "ztunnel/hbone/error.h"
 #include "ztunnel/hbone/event.h"
 #include "ztunnel/hbone/nghttp2_io.h"
+#include "ztunnel/hbone/tls_socket.h"
 #include "ztunnel/identity/spiffe.h"
 
 namespace sluice::ztunnel::hbone {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
-using TlsStream = asio::ssl::stream<tcp::socket>;
 
 // Flow control of DESIGN.md §4.
 inline constexpr int32_t kStreamWindow = 4 << 20;
@@ -126,7 +125,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     // Server: called for every CONNECT request; must eventually call respond().
     using RequestHandler = std::function<void(std::shared_ptr<Stream>)>;
 
-    Connection(TlsStream tls, Role role, identity::Identity peer, RequestHandler on_request = {});
+    Connection(TlsSocket tls, Role role, identity::Identity peer, RequestHandler on_request = {});
     ~Connection();
     Connection(const Connection&) = delete;
     Connection& operator=(const Connection&) = delete;
@@ -175,7 +174,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     void stream_ended(Stream& s);
 
     asio::any_io_executor executor_;
-    TlsStream tls_;
+    TlsSocket tls_;
     Role role_;
     identity::Identity peer_;
     RequestHandler on_request_;

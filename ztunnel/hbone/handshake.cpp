@@ -11,18 +11,17 @@ asio::awaitable<std::expected<std::shared_ptr<Connection>, Failure>> handshake(
     tcp::socket socket, asio::ssl::context& ctx, Connection::Role role,
     std::optional<identity::Identity> expected, Connection::RequestHandler on_request,
     std::chrono::steady_clock::duration timeout) {
-    TlsStream tls(std::move(socket), ctx);
+    TlsSocket tls(std::move(socket), ctx);
     PeerVerification verification{.expected = std::move(expected)};
     attach_verification(tls.native_handle(), &verification);
     boost::system::error_code ec;
     {
         Deadline deadline(tls.get_executor(), timeout, [&tls] {
             boost::system::error_code ignored;
-            tls.lowest_layer().close(ignored);
+            tls.socket().close(ignored);
         });
-        co_await tls.async_handshake(
-            role == Connection::Role::Client ? TlsStream::client : TlsStream::server,
-            asio::redirect_error(asio::use_awaitable, ec));
+        ec = co_await tls.handshake(role == Connection::Role::Client ? TlsSocket::Role::Client
+                                                                     : TlsSocket::Role::Server);
         if (deadline.expired())
             co_return std::unexpected(Failure{Error::Timeout, "TLS handshake timed out"});
     }

@@ -1,0 +1,62 @@
+#pragma once
+
+#include <openssl/ssl.h>
+
+#include <utility>  // Boost 1.74's awaitable.hpp uses std::exchange without including it
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
+
+#include <memory>
+
+namespace sluice::ztunnel::hbone {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+// TLS straight on a non-blocking TCP socket: OpenSSL reads and writes the socket itself (a socket
+// BIO) and the reactor only tells when it may try again. Compared with asio::ssl::stream, the
+// bytes are not copied through a BIO pair and the stream's own buffers (four 17 KiB buffers per
+// connection, for the connection's lifetime), and with SSL_MODE_RELEASE_BUFFERS an idle
+// connection holds no record buffer at all (docs/ztunnel.md, "Memory").
+//
+// One reader and one writer may be pending at a time, on the socket's executor (OpenSSL allows
+// SSL_read and SSL_write to interleave on one thread).
+class TlsSocket {
+  public:
+    enum class Role { Client, Server };
+    using executor_type = tcp::socket::executor_type;
+
+    TlsSocket(tcp::socket socket, asio::ssl::context& ctx);
+    ~TlsSocket();
+    TlsSocket(TlsSocket&& other) noexcept;
+    TlsSocket& operator=(TlsSocket&&) = delete;
+    TlsSocket(const TlsSocket&) = delete;
+    TlsSocket& operator=(const TlsSocket&) = delete;
+
+    SSL* native_handle() { return ssl_; }
+    tcp::socket& socket() { return socket_; }
+    executor_type get_executor() { return socket_.get_executor(); }
+
+    // The TLS handshake; an error code from asio::error or the ssl category.
+    asio::awaitable<boost::system::error_code> handshake(Role role);
+    // Up to buf.size() decrypted bytes; eof after the peer's close_notify or a clean TCP close
+    // (ssl stream_truncated when the TCP connection ended without close_notify).
+    asio::awaitable<size_t> read_some(asio::mutable_buffer buf, boost::system::error_code& ec);
+    // All of `buf`, or an error.
+    asio::awaitable<void> write(asio::const_buffer buf, boost::system::error_code& ec);
+
+  private:
+    // What an SSL_* call that did not succeed asks for: wait (and for which direction), or fail.
+    enum class Next { WaitRead, WaitWrite, Fail };
+    Next classify(int ret, boost::system::error_code& ec);
+    // Waits until the socket is ready as `next` asks; false (and `ec`) when it failed or the
+    // socket was closed meanwhile: OpenSSL must not touch a closed (maybe reused) fd number.
+    asio::awaitable<bool> wait(Next next, boost::system::error_code& ec);
+
+    tcp::socket socket_;
+    SSL* ssl_ = nullptr;
+};
+
+}  // namespace sluice::ztunnel::hbone
