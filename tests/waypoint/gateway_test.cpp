@@ -431,6 +431,19 @@ TEST(WaypointGateway, BodilessAnswersKeepTheConnectionInStep) {
     EXPECT_NE(got.find("\"object\":\"chat.completion\"", chat), std::string::npos) << got;
 }
 
+// A client's Expect: 100-continue is not passed on: the body is already read, and the
+// backend's interim 100 would otherwise be relayed as the answer.
+TEST(WaypointGateway, ExpectContinueIsNotPassedToTheBackend) {
+    Emulator backend("a");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    const std::string got =
+        rawExchange(gw->gatewayPort(),
+                    postRequest(chatBody(false), "Expect: 100-continue\r\nConnection: close\r\n"));
+    EXPECT_EQ(got.find("HTTP/1.1 100"), std::string::npos) << got;
+    EXPECT_TRUE(got.starts_with("HTTP/1.1 200")) << got;
+    EXPECT_NE(got.find("\"usage\""), std::string::npos) << got;
+}
+
 TEST(WaypointGateway, CanarySplitFollowsWeights) {
     Emulator stable("stable");
     Emulator canary("canary");

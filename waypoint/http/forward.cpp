@@ -25,6 +25,9 @@ bool isHopByHop(http::field f) {
         case http::field::transfer_encoding:
         case http::field::upgrade:
         case http::field::content_length:
+        // The whole body is already here: a backend asked to expect it would answer
+        // "100 Continue" first, which the parser would take for the response.
+        case http::field::expect:
             return true;
         default:
             return false;

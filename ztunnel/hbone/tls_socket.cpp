@@ -107,7 +107,7 @@ TlsSocket::TlsSocket(tcp::socket socket, asio::ssl::context& ctx) : socket_(std:
         return;
     }
     state(bio)->fd = socket_.native_handle();
-    SSL_set_bio(ssl_, bio, bio);  // one reference for each direction
+    SSL_set_bio(ssl_, bio, bio);  // the same BIO both ways: SSL takes our one reference
     SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 }
 
