@@ -7,23 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${1:-build}
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "port $1 did not open" >&2
-    return 1
-}
+# shellcheck source=bench/waypoint/lib.sh
+source bench/waypoint/lib.sh
 
 python3 -c 'import json; print(json.dumps({"model": "x", "pad": "x" * (4 << 20)}))' >"$tmp/body.json"
 /usr/bin/python3 tests/waypoint/openai_emulator.py --port 0 --max-seconds 300 >"$tmp/emu.log" 2>&1 &
