@@ -17,9 +17,7 @@ ClientWatch::ClientWatch(ClientStream& client, beast::flat_buffer& buffer, std::
     : client_(client),
       buffer_(buffer),
       max_buffered_(max_buffered),
-      state_(std::make_shared<State>()) {
-    state_->exited = std::make_unique<asio::steady_timer>(client.get_executor());
-}
+      state_(std::make_shared<State>()) {}
 
 ClientWatch::~ClientWatch() {
     state_->on_gone = nullptr;
@@ -38,6 +36,9 @@ void ClientWatch::start(std::function<void()> on_gone) {
 
 void ClientWatch::startReading() {
     state_->reading = true;
+    // Only a reading watch needs it (stop() waits on it): a TCP client that merely waits
+    // costs no timer.
+    state_->exited = std::make_unique<asio::steady_timer>(client_.get_executor());
     state_->exited->expires_at(asio::steady_timer::time_point::max());
     asio::co_spawn(client_.get_executor(), watch(state_, client_, buffer_, max_buffered_),
                    asio::detached);
