@@ -4,6 +4,8 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
 #include <array>
@@ -16,6 +18,8 @@ namespace {
 constexpr size_t kSendHighWater = 256 * 1024;
 // One TLS record at most comes out of one read.
 constexpr size_t kReadChunk = 16 * 1024;
+// Records read in a row before the read loop lets other work on the worker run.
+constexpr unsigned kRecordsPerTurn = 16;
 // Frames are gathered into one TLS write up to about this size.
 constexpr size_t kWriteBatch = 64 * 1024;
 
@@ -53,15 +57,19 @@ asio::awaitable<size_t> Stream::read(asio::mutable_buffer buf) {
 }
 
 size_t Stream::read_now(asio::mutable_buffer buf) {
-    const size_t copied = std::min(buf.size(), received_.size() - received_offset_);
+    const size_t copied = std::min(buf.size(), received().size());
     if (copied > 0)
-        std::memcpy(buf.data(), received_.data() + received_offset_, copied);
-    received_offset_ += copied;
+        std::memcpy(buf.data(), received().data(), copied);
+    consume(copied);
+    return copied;
+}
+
+void Stream::consume(size_t n) {
+    received_offset_ += n;
     if (received_offset_ == received_.size())
         release(received_, received_offset_);
-    if (copied > 0 && !closed_)
-        conn_->consumed(*this, copied);
-    return copied;
+    if (n > 0 && !closed_)
+        conn_->consumed(*this, n);
 }
 
 asio::awaitable<bool> Stream::write(asio::const_buffer buf) {
@@ -104,11 +112,16 @@ void Stream::reset() {
 // ---- Connection ----------------------------------------------------------------------------
 
 const nghttp2_session_callbacks* Connection::callbacks() {
-    static nghttp2_session_callbacks* cbs = newCallbacks({.begin_headers = on_begin_headers,
-                                                          .header = on_header,
-                                                          .frame_recv = on_frame_recv,
-                                                          .data_chunk = on_data_chunk,
-                                                          .stream_close = on_stream_close});
+    static nghttp2_session_callbacks* cbs = [] {
+        nghttp2_session_callbacks* c = newCallbacks({.begin_headers = on_begin_headers,
+                                                     .header = on_header,
+                                                     .frame_recv = on_frame_recv,
+                                                     .data_chunk = on_data_chunk,
+                                                     .stream_close = on_stream_close});
+        // DATA frames are NO_COPY: their bytes go from the stream's queue to the batch at once.
+        nghttp2_session_callbacks_set_send_data_callback(c, send_data);
+        return c;
+    }();
     return cbs;
 }
 
@@ -266,10 +279,20 @@ void Connection::resume(Stream& s) {
 
 asio::awaitable<void> Connection::read_loop() {
     auto self = shared_from_this();
-    std::array<uint8_t, kReadChunk> buf;
+    // Decrypted bytes go straight into nghttp2, which is done with them before anything else
+    // runs on this thread: one buffer per worker thread serves all its connections, and a
+    // waiting connection holds none.
+    static thread_local std::array<uint8_t, kReadChunk> buf;
+    unsigned records = 0;
     while (open_) {
         boost::system::error_code ec;
-        const size_t n = co_await tls_.read_some(asio::buffer(buf), ec);
+        TlsSocket::Next next = TlsSocket::Next::Fail;
+        const size_t n = tls_.read_now(asio::buffer(buf), next, ec);
+        if (n == 0 && next != TlsSocket::Next::Fail) {
+            records = 0;
+            if (co_await tls_.wait(next, ec))
+                continue;
+        }
         if (ec) {
             if (ec != asio::error::eof && ec != asio::error::operation_aborted &&
                 ec != asio::ssl::error::stream_truncated) {
@@ -284,6 +307,10 @@ asio::awaitable<void> Connection::read_loop() {
             break;
         }
         kick();
+        if (++records == kRecordsPerTurn) {  // a busy connection lets the others on the worker in
+            records = 0;
+            co_await asio::post(executor_, asio::use_awaitable);
+        }
     }
     close();
 }
@@ -293,7 +320,10 @@ asio::awaitable<void> Connection::write_loop() {
     std::string out;
     while (open_) {
         out.clear();
-        if (!gatherFrames(session_, out, kWriteBatch)) {
+        batch_ = &out;
+        const bool gathered = gatherFrames(session_, out, kWriteBatch);
+        batch_ = nullptr;
+        if (!gathered) {
             spdlog::warn("hbone: HTTP/2 send error");
             close();
             co_return;
@@ -308,6 +338,7 @@ asio::awaitable<void> Connection::write_loop() {
         if (nghttp2_session_want_read(session_) == 0 && nghttp2_session_want_write(session_) == 0)
             break;                // GOAWAY exchanged and no stream left
         std::string().swap(out);  // an idle connection holds no batch buffer
+        tls_.release_buffers();
         co_await write_ready_.wait();
     }
     close();
@@ -420,10 +451,25 @@ int Connection::on_stream_close(nghttp2_session* session, int32_t stream_id, uin
     return 0;
 }
 
-ssize_t Connection::read_data(nghttp2_session*, int32_t, uint8_t* buf, size_t length,
-                              uint32_t* flags, nghttp2_data_source* source, void*) {
+ssize_t Connection::read_data(nghttp2_session*, int32_t, uint8_t*, size_t length, uint32_t* flags,
+                              nghttp2_data_source* source, void*) {
     auto* s = static_cast<Stream*>(source->ptr);
-    return s->send_.take(buf, length, flags, s->local_closed_, s->writable_, kSendHighWater);
+    const ssize_t n = s->send_.next_frame(length, flags, s->local_closed_);
+    if (n >= 0)
+        *flags |= NGHTTP2_DATA_FLAG_NO_COPY;  // send_data() appends the bytes to the batch
+    return n;
+}
+
+int Connection::send_data(nghttp2_session*, nghttp2_frame* frame, const uint8_t* framehd,
+                          size_t length, nghttp2_data_source* source, void* ud) {
+    auto* self = static_cast<Connection*>(ud);
+    if (self->batch_ == nullptr || frame->data.padlen > 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;  // only write_loop sends, and never with padding
+    if (self->batch_->size() >= kWriteBatch)
+        return NGHTTP2_ERR_WOULDBLOCK;  // nghttp2 asks again for the next batch
+    auto* s = static_cast<Stream*>(source->ptr);
+    s->send_.emit(framehd, length, *self->batch_, s->writable_, kSendHighWater);
+    return 0;
 }
 
 }  // namespace sluice::ztunnel::hbone

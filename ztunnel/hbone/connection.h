@@ -58,6 +58,12 @@ class Stream {
     // check write_blocked() first. when_readable/when_writable call h() after the next change
     // (bytes, end of stream, send queue below the mark) or spuriously: h checks again.
     size_t read_now(asio::mutable_buffer buf);
+    // What arrived and was not taken yet, in place: valid until the connection runs again.
+    asio::const_buffer received() const {
+        return {received_.data() + received_offset_, received_.size() - received_offset_};
+    }
+    // Takes the front `n` bytes of received() (and opens the flow-control window by as much).
+    void consume(size_t n);
     bool write_now(asio::const_buffer buf);
     bool write_blocked() const;
     template <typename H>
@@ -165,6 +171,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     static int on_stream_close(nghttp2_session*, int32_t, uint32_t, void*);
     static ssize_t read_data(nghttp2_session*, int32_t, uint8_t*, size_t, uint32_t*,
                              nghttp2_data_source*, void*);
+    static int send_data(nghttp2_session*, nghttp2_frame*, const uint8_t*, size_t,
+                         nghttp2_data_source*, void*);
 
     asio::awaitable<void> read_loop();
     asio::awaitable<void> write_loop();
@@ -183,6 +191,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     bool open_ = true;
     bool draining_ = false;
     Event write_ready_;
+    std::string* batch_ = nullptr;  // write_loop's batch while it gathers frames (send_data)
     tcp::endpoint remote_;
     std::chrono::steady_clock::time_point idle_since_;
 };

@@ -70,20 +70,12 @@ struct SendQueue {
         compact(bytes, offset);
         bytes.append(data);
     }
-    // The data provider's read callback: up to `length` bytes; END_STREAM once empty and
-    // `finished`; deferred while empty and not finished.
-    template <typename Wakeup>  // Event or Signal
-    ssize_t take(uint8_t* buf, size_t length, uint32_t* flags, bool finished, Wakeup& writable,
-                 size_t high_water) {
-        const size_t available = queued();
-        const size_t n = std::min(length, available);
-        std::memcpy(buf, bytes.data() + offset, n);
-        offset += n;
-        if (offset == bytes.size())
-            release(bytes, offset);
-        if (available - n < high_water)
-            writable.notify();
-        if (bytes.empty()) {
+    // How many bytes the next DATA frame carries, up to `length`: END_STREAM once that empties
+    // the queue and `finished`; NGHTTP2_ERR_DEFERRED (and `deferred`) while empty and not
+    // finished.
+    ssize_t next_frame(size_t length, uint32_t* flags, bool finished) {
+        const size_t n = std::min(length, queued());
+        if (n == queued()) {
             if (finished) {
                 *flags |= NGHTTP2_DATA_FLAG_EOF;
             } else if (n == 0) {
@@ -93,6 +85,36 @@ struct SendQueue {
         }
         return static_cast<ssize_t>(n);
     }
+    // Drops the front `n` bytes, which were sent, and wakes the writer below the high water.
+    template <typename Wakeup>  // Event or Signal
+    void consume(size_t n, Wakeup& writable, size_t high_water) {
+        offset += n;
+        if (offset == bytes.size())
+            release(bytes, offset);
+        if (queued() < high_water)
+            writable.notify();
+    }
+    // The data provider's read callback, copying the frame's bytes into nghttp2's buffer.
+    template <typename Wakeup>
+    ssize_t take(uint8_t* buf, size_t length, uint32_t* flags, bool finished, Wakeup& writable,
+                 size_t high_water) {
+        const ssize_t n = next_frame(length, flags, finished);
+        if (n > 0) {
+            std::memcpy(buf, bytes.data() + offset, static_cast<size_t>(n));
+            consume(static_cast<size_t>(n), writable, high_water);
+        }
+        return n;
+    }
+    // The send_data callback of a NO_COPY frame (next_frame() sized it): its header and its
+    // bytes go straight from the queue to `out`, the outgoing batch.
+    template <typename Wakeup>
+    void emit(const uint8_t* framehd, size_t length, std::string& out, Wakeup& writable,
+              size_t high_water) {
+        out.append(reinterpret_cast<const char*>(framehd), kFrameHeaderBytes);
+        out.append(bytes, offset, length);
+        consume(length, writable, high_water);
+    }
+    static constexpr size_t kFrameHeaderBytes = 9;
 };
 
 // Appends the frames `session` has ready to `out`, up to about `batch` bytes; false on a

@@ -8,17 +8,31 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <cerrno>
+#include <string>
 #include <utility>
 
 namespace sluice::ztunnel::hbone {
 namespace {
 
+// How much one recv may bring in for OpenSSL to decrypt from (read-ahead): about four full
+// records, so a bulk transfer takes one recv per four records instead of two per record (the
+// header, then the rest). With SSL_MODE_RELEASE_BUFFERS an idle connection holds none of it.
+constexpr int kReadAheadBytes = 64 * 1024 + 512;
+
 // A socket BIO of our own: OpenSSL's writes with write(2), which raises SIGPIPE on a connection
 // the peer reset; this one sends with MSG_NOSIGNAL, and it tells OpenSSL when the peer closed
 // (BIO_CTRL_EOF), so an EOF without close_notify is reported as such.
+//
+// While TlsSocket::write runs (`coalesce`), and while what it gathered is not all sent, records
+// are appended to `queued` instead of sent one by one: one send for a batch of records instead
+// of one per 16 KiB record. A record OpenSSL writes meanwhile for itself (a KeyUpdate answer,
+// an alert) queues behind them, so records always leave in order.
 struct SocketBio {
     int fd = -1;
     bool eof = false;
+    bool coalesce = false;
+    std::string queued;
+    size_t sent = 0;  // the front of `queued` that is already on the socket
 };
 
 SocketBio* state(BIO* b) {
@@ -27,6 +41,12 @@ SocketBio* state(BIO* b) {
 
 int bio_write(BIO* b, const char* data, size_t len, size_t* written) {
     BIO_clear_retry_flags(b);
+    SocketBio* s = state(b);
+    if (s->coalesce || !s->queued.empty()) {
+        s->queued.append(data, len);
+        *written = len;
+        return 1;
+    }
     const ssize_t n = ::send(state(b)->fd, data, len, MSG_NOSIGNAL);
     if (n >= 0) {
         *written = size_t(n);
@@ -109,6 +129,8 @@ TlsSocket::TlsSocket(tcp::socket socket, asio::ssl::context& ctx) : socket_(std:
     state(bio)->fd = socket_.native_handle();
     SSL_set_bio(ssl_, bio, bio);  // the same BIO both ways: SSL takes our one reference
     SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_set_read_ahead(ssl_, 1);
+    SSL_set_default_read_buffer_len(ssl_, kReadAheadBytes);
 }
 
 TlsSocket::~TlsSocket() {
@@ -176,23 +198,29 @@ asio::awaitable<boost::system::error_code> TlsSocket::handshake(Role role) {
     }
 }
 
+size_t TlsSocket::read_now(asio::mutable_buffer buf, Next& next, boost::system::error_code& ec) {
+    ec = {};
+    next = Next::Fail;
+    if (!socket_.is_open()) {
+        ec = asio::error::operation_aborted;
+        return 0;
+    }
+    ERR_clear_error();
+    errno = 0;
+    size_t n = 0;
+    if (SSL_read_ex(ssl_, buf.data(), buf.size(), &n) == 1)
+        return n;
+    next = classify(0, ec);
+    return 0;
+}
+
 asio::awaitable<size_t> TlsSocket::read_some(asio::mutable_buffer buf,
                                              boost::system::error_code& ec) {
-    ec = {};
     for (;;) {
-        if (!socket_.is_open()) {
-            ec = asio::error::operation_aborted;
-            co_return 0;
-        }
-        ERR_clear_error();
-        errno = 0;
-        size_t n = 0;
-        const int ret = SSL_read_ex(ssl_, buf.data(), buf.size(), &n);
-        if (ret == 1)
+        Next next = Next::Fail;
+        const size_t n = read_now(buf, next, ec);
+        if (n > 0 || next == Next::Fail)
             co_return n;
-        const Next next = classify(ret, ec);
-        if (next == Next::Fail)
-            co_return 0;
         if (!co_await wait(next, ec))
             co_return 0;
     }
@@ -200,28 +228,66 @@ asio::awaitable<size_t> TlsSocket::read_some(asio::mutable_buffer buf,
 
 asio::awaitable<void> TlsSocket::write(asio::const_buffer buf, boost::system::error_code& ec) {
     ec = {};
+    SocketBio& bio = *state(SSL_get_wbio(ssl_));
     const char* data = static_cast<const char*>(buf.data());
     size_t left = buf.size();
     while (left > 0) {
         if (!socket_.is_open()) {
             ec = asio::error::operation_aborted;
-            co_return;
+            break;
         }
         ERR_clear_error();
         errno = 0;
         size_t n = 0;
+        bio.coalesce = true;
         const int ret = SSL_write_ex(ssl_, data, left, &n);
+        bio.coalesce = false;
         if (ret == 1) {
             data += n;
             left -= n;
             continue;
         }
         const Next next = classify(ret, ec);
-        if (next == Next::Fail)
-            co_return;
-        if (!co_await wait(next, ec))
-            co_return;
+        if (next == Next::Fail || !co_await wait(next, ec))
+            break;
     }
+    if (!ec)
+        co_await flush(ec);
+    if (ec) {  // the connection is done for: nothing queued may hold back a later record
+        bio.queued.clear();
+        bio.sent = 0;
+    }
+}
+
+asio::awaitable<void> TlsSocket::flush(boost::system::error_code& ec) {
+    SocketBio& bio = *state(SSL_get_wbio(ssl_));
+    while (bio.sent < bio.queued.size()) {
+        if (!socket_.is_open()) {
+            ec = asio::error::operation_aborted;
+            co_return;
+        }
+        const ssize_t n = ::send(socket_.native_handle(), bio.queued.data() + bio.sent,
+                                 bio.queued.size() - bio.sent, MSG_NOSIGNAL);
+        if (n >= 0) {
+            bio.sent += size_t(n);
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+            if (!co_await wait(Next::WaitWrite, ec))
+                co_return;
+        } else {
+            ec = boost::system::error_code(errno, boost::system::system_category());
+            co_return;
+        }
+    }
+    bio.queued.clear();
+    bio.sent = 0;
+}
+
+void TlsSocket::release_buffers() {
+    if (ssl_ == nullptr)
+        return;
+    SocketBio& bio = *state(SSL_get_wbio(ssl_));
+    if (bio.queued.empty())
+        std::string().swap(bio.queued);
 }
 
 }  // namespace sluice::ztunnel::hbone

@@ -41,19 +41,27 @@ class TlsSocket {
 
     // The TLS handshake; an error code from asio::error or the ssl category.
     asio::awaitable<boost::system::error_code> handshake(Role role);
-    // Up to buf.size() decrypted bytes; eof after the peer's close_notify or a clean TCP close
-    // (ssl stream_truncated when the TCP connection ended without close_notify).
-    asio::awaitable<size_t> read_some(asio::mutable_buffer buf, boost::system::error_code& ec);
-    // All of `buf`, or an error.
-    asio::awaitable<void> write(asio::const_buffer buf, boost::system::error_code& ec);
-
-  private:
     // What an SSL_* call that did not succeed asks for: wait (and for which direction), or fail.
     enum class Next { WaitRead, WaitWrite, Fail };
-    Next classify(int ret, boost::system::error_code& ec);
+
+    // Decrypted bytes that are there now (up to buf.size()), without waiting; 0 when there are
+    // none: then `next` tells what to wait for, or is Fail with `ec` (as for read_some).
+    size_t read_now(asio::mutable_buffer buf, Next& next, boost::system::error_code& ec);
     // Waits until the socket is ready as `next` asks; false (and `ec`) when it failed or the
     // socket was closed meanwhile: OpenSSL must not touch a closed (maybe reused) fd number.
     asio::awaitable<bool> wait(Next next, boost::system::error_code& ec);
+    // Up to buf.size() decrypted bytes; eof after the peer's close_notify or a clean TCP close
+    // (ssl stream_truncated when the TCP connection ended without close_notify).
+    asio::awaitable<size_t> read_some(asio::mutable_buffer buf, boost::system::error_code& ec);
+    // All of `buf`, or an error. Its records leave in as few sends as the socket takes.
+    asio::awaitable<void> write(asio::const_buffer buf, boost::system::error_code& ec);
+    // Gives back the memory of the write queue while nothing is queued (an idle connection).
+    void release_buffers();
+
+  private:
+    Next classify(int ret, boost::system::error_code& ec);
+    // Sends the records write() queued.
+    asio::awaitable<void> flush(boost::system::error_code& ec);
 
     tcp::socket socket_;
     SSL* ssl_ = nullptr;

@@ -27,6 +27,11 @@ struct ReadResult {
     size_t n = 0;
     ReadStatus status = ReadStatus::Wait;
 };
+// What a write that does not wait did.
+struct WriteNowResult {
+    size_t n = 0;         // bytes the pipe took (maybe fewer than offered: wait, then try again)
+    bool failed = false;  // the pipe is gone
+};
 enum class WriteStatus {
     Done,     // all bytes taken at once
     Failed,   // the pipe is gone
@@ -84,6 +89,22 @@ class TcpPipe {
             [h = std::move(h)](const boost::system::error_code& wec, size_t) mutable { h(!wec); });
         return WriteStatus::Pending;
     }
+    // Writes what the socket takes now, without waiting.
+    WriteNowResult write_now(asio::const_buffer b) {
+        boost::system::error_code ec;
+        set_non_blocking();
+        const size_t n = s_.write_some(b, ec);
+        if (!ec)
+            return {n};
+        return {0, ec != asio::error::would_block && ec != asio::error::try_again};
+    }
+    // Calls h() once the socket takes bytes again (or failed: write_now then tells).
+    template <typename H>
+    void wait_writable(H h) {
+        s_.async_wait(
+            tcp::socket::wait_write,
+            hbone::Exact{[h = std::move(h)](const boost::system::error_code&) mutable { h(); }});
+    }
     void close_write() {
         boost::system::error_code ec;
         s_.shutdown(tcp::socket::shutdown_send, ec);
@@ -118,6 +139,17 @@ class StreamPipe {
             return {n, ReadStatus::Data};
         return {0, s_->was_reset() ? ReadStatus::Failed : ReadStatus::End};
     }
+    // The bytes that arrived, in place (Data and a non-empty `view`, valid until the stream's
+    // connection runs again), or what read() would tell; consume() takes them.
+    ReadStatus peek(asio::const_buffer& view) {
+        if (!s_->readable())
+            return ReadStatus::Wait;
+        view = s_->received();
+        if (view.size() > 0)
+            return ReadStatus::Data;
+        return s_->was_reset() ? ReadStatus::Failed : ReadStatus::End;
+    }
+    void consume(size_t n) { s_->consume(n); }
     // Queues the bytes, or waits while the stream's send queue is full (the peer's flow-control
     // window slows this side down instead of growing the queue).
     template <typename H>
@@ -260,16 +292,73 @@ class Relay : public RelayControl, public std::enable_shared_from_this<Relay<A, 
             [self = this->shared_from_this()] { self->template pump<AtoB>(); });
     }
 
+    template <bool AtoB>
+    void pump() {
+        if constexpr (requires(asio::const_buffer v) {
+                          from<AtoB>().peek(v);
+                          to<AtoB>().write_now(v);
+                      }) {
+            pump_in_place<AtoB>();
+        } else {
+            pump_chunks<AtoB>();
+        }
+    }
+
+    template <bool AtoB>
+    void yield() {
+        asio::post(a_.executor(), [self = this->shared_from_this()] { self->template pump<AtoB>(); });
+    }
+
+    // A source that holds what arrived (an HBONE stream) into a socket: straight from the
+    // source's buffer, taking what the socket took; no chunk and no copy in between.
+    template <bool AtoB>
+    void pump_in_place() {
+        Direction& d = dir<AtoB>();
+        for (size_t chunks = 0;; ++chunks) {
+            if (chunks == detail::kChunksPerTurn) {
+                yield<AtoB>();
+                return;
+            }
+            asio::const_buffer view;
+            switch (from<AtoB>().peek(view)) {
+                case ReadStatus::Wait:
+                    wait<AtoB>();
+                    return;
+                case ReadStatus::End:
+                    ended<AtoB>();
+                    return;
+                case ReadStatus::Failed:
+                    fail();
+                    end<AtoB>();
+                    return;
+                case ReadStatus::Data:
+                    break;
+            }
+            const WriteNowResult w = to<AtoB>().write_now(view);
+            if (w.failed) {
+                fail();
+                end<AtoB>();
+                return;
+            }
+            from<AtoB>().consume(w.n);
+            d.bytes += w.n;
+            if (w.n < view.size()) {
+                to<AtoB>().wait_writable(
+                    [self = this->shared_from_this()] { self->template pump<AtoB>(); });
+                return;
+            }
+        }
+    }
+
     // Moves what is waiting, one chunk after the other, until the source has nothing more (then
     // waits again without a buffer), a write has to wait, or the direction ended; after
     // kChunksPerTurn chunks it yields the thread and goes on in a posted handler.
     template <bool AtoB>
-    void pump() {
+    void pump_chunks() {
         Direction& d = dir<AtoB>();
         for (size_t chunks = 0;; ++chunks) {
             if (chunks == detail::kChunksPerTurn) {
-                asio::post(a_.executor(),
-                           [self = this->shared_from_this()] { self->template pump<AtoB>(); });
+                yield<AtoB>();
                 return;
             }
             if (!d.buf)
@@ -281,11 +370,7 @@ class Relay : public RelayControl, public std::enable_shared_from_this<Relay<A, 
                     wait<AtoB>();
                     return;
                 case ReadStatus::End:
-                    if (failed_)
-                        fail();
-                    else
-                        to<AtoB>().close_write();  // half-close travels on
-                    end<AtoB>();
+                    ended<AtoB>();
                     return;
                 case ReadStatus::Failed:
                     fail();
@@ -324,6 +409,16 @@ class Relay : public RelayControl, public std::enable_shared_from_this<Relay<A, 
     void fail() {
         failed_ = true;
         abort();
+    }
+
+    // The source closed its side cleanly: the half-close travels on.
+    template <bool AtoB>
+    void ended() {
+        if (failed_)
+            fail();
+        else
+            to<AtoB>().close_write();
+        end<AtoB>();
     }
 
     template <bool AtoB>
