@@ -306,7 +306,8 @@ class Relay : public RelayControl, public std::enable_shared_from_this<Relay<A, 
 
     template <bool AtoB>
     void yield() {
-        asio::post(a_.executor(), [self = this->shared_from_this()] { self->template pump<AtoB>(); });
+        asio::post(a_.executor(),
+                   [self = this->shared_from_this()] { self->template pump<AtoB>(); });
     }
 
     // A source that holds what arrived (an HBONE stream) into a socket: straight from the
