@@ -106,7 +106,7 @@ with open("bench/results/mesh.md", "w") as md:
     md.write(f"Machine: {run['machine']}  \nCommand: `{command}` ({run['rounds']} rounds of "
              f"{run['seconds']} s per workload and mode, interleaved; medians over the rounds)  \n")
     md.write(f"Load average before/after: {run['load_before']} / {run['load_after']} "
-             "(other builds and tests shared the machine)  \n")
+             "(the 1-minute figure before the run is what else kept the 2 cores busy)  \n")
     md.write("Path: client pod on node0 → server pod IP on node1 (wrk, iperf3 → nginx, iperf3 -s), "
              "every mode on its own testbed cluster, all up at once.\n\n")
     md.write("Modes: **none** `--mesh none`; **sidecar** `--mesh sidecar` (sluice-ztunnel per pod, "
