@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <poll.h>
 #include <sys/resource.h>
 #include <atomic>
 #include <cstdio>
@@ -396,6 +397,59 @@ TEST(WaypointGateway, APipeliningClientThatHangsUpCancelsTheStream) {
         std::this_thread::sleep_for(50ms);  // the watch has read them aside
     }
     EXPECT_EQ(slow.backend.streamsAborted(), 1);
+}
+
+// read_some that gives up (timed_out) when nothing came within `limit`: a test that fails must
+// not hang.
+std::size_t readWithin(tcp::socket& s, asio::mutable_buffer buf, std::chrono::milliseconds limit,
+                       error_code& ec) {
+    pollfd p{.fd = s.native_handle(), .events = POLLIN, .revents = 0};
+    if (::poll(&p, 1, static_cast<int>(limit.count())) != 1) {
+        ec = asio::error::timed_out;
+        return 0;
+    }
+    return s.read_some(buf, ec);
+}
+
+// A graceful stop: an HTTP/1.1 stream in flight finishes whole, a kept-alive connection that
+// waits for its next request is closed at once, and stop() returns once the stream is done.
+TEST(WaypointGateway, StopFinishesTheHttp1StreamInFlightAndClosesIdleConnections) {
+    Emulator backend("slow");
+    backend.configure(R"({"token_delay_ms": 200, "completion_tokens": 5})");
+    auto gw = startGateway(
+        "kind: Waypoint\nspec:\n  limits: {drainTimeout: 5s}\n  pools: [{name: "
+        "main, endpoints: [\"" +
+        backend.address() +
+        "\"]}]\n---\nkind: ModelRoute\nmetadata: {name: chat}\nspec:\n  "
+        "models: [\"*\"]\n  timeout: 10s\n  backends: [{pool: main}]\n");
+    asio::io_context io;
+    tcp::socket idle(io);
+    idle.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
+    asio::write(idle, asio::buffer(std::string("GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")));
+    beast::flat_buffer idle_buffer;
+    http::response<http::string_body> models;
+    http::read(idle, idle_buffer, models);
+    ASSERT_EQ(models.result_int(), 200u);
+    ASSERT_TRUE(models.keep_alive());
+
+    std::string got;
+    auto s = startStream(io, gw->gatewayPort(), 5, &got);
+    const auto started = std::chrono::steady_clock::now();
+    std::thread stopper([&] { gw->stop(); });
+    error_code ec;
+    char buf[4096];
+    readWithin(idle, asio::buffer(buf), 500ms, ec);
+    EXPECT_EQ(ec, asio::error::eof) << "the idle connection is closed at once, not left open";
+    for (ec = {}; !ec;)
+        got.append(buf, readWithin(s, asio::buffer(buf), 3000ms, ec));
+    stopper.join();
+    const auto took = std::chrono::steady_clock::now() - started;
+    EXPECT_EQ(ec, asio::error::eof) << "the connection closes once the stream is done";
+    EXPECT_NE(got.find("data: [DONE]"), std::string::npos) << got;
+    EXPECT_TRUE(got.ends_with("\r\n0\r\n\r\n")) << "the chunked body ends whole: " << got;
+    EXPECT_GT(took, 300ms) << "stop() waited for the stream";
+    EXPECT_LT(took, 4000ms);
+    EXPECT_EQ(backend.streamsAborted(0ms), 0);
 }
 
 // Answers without a body keep a kept-alive connection in step: a HEAD's Content-Length is the

@@ -15,8 +15,9 @@ inline constexpr std::uint32_t kH2MaxConcurrentStreams = 100;
 // (ServerLimits::max_connection_body_bytes, never below one whole body).
 std::size_t h2BodyBudget(const ServerLimits& limits);
 
-// The live h2c connections of one worker (plain and inside HBONE streams), so that a stop can
-// send each a GOAWAY and wait for the streams in flight. Used on the worker's thread only.
+// The live client connections of one worker, h2c and HTTP/1.1 (plain and inside HBONE streams),
+// so that a stop can send each a GOAWAY (HTTP/1.1: close once the exchange in flight is done, at
+// once when between requests) and wait for what is in flight. Used on the worker's thread only.
 class H2Connections {
   public:
     class Member {

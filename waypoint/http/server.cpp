@@ -17,6 +17,42 @@ LocalReply badRequest(std::string message) {
             .message = std::move(message)};
 }
 
+// An HTTP/1.1 connection as a graceful stop sees it (it joins the worker's H2Connections, whose
+// drain waits for every member): waiting for its next request, the GOAWAY ends it at once;
+// with an exchange in flight, the exchange finishes and the connection then closes instead of
+// being kept alive.
+class Http1Member final : public H2Connections::Member {
+  public:
+    Http1Member(H2Connections* registry, ClientStream& stream)
+        : registry_(registry), stream_(stream) {
+        if (registry_ != nullptr)
+            registry_->add(*this);
+    }
+    ~Http1Member() {
+        if (registry_ != nullptr)
+            registry_->remove(*this);
+    }
+    Http1Member(const Http1Member&) = delete;
+    Http1Member& operator=(const Http1Member&) = delete;
+
+    void goaway() override {
+        stopping_ = true;
+        if (reading_) {
+            error_code ec;
+            stream_.cancel(ec);
+        }
+    }
+    bool stopping() const { return stopping_; }
+    // Between requests: a GOAWAY cancels the read.
+    void reading(bool r) { reading_ = r; }
+
+  private:
+    H2Connections* registry_;
+    ClientStream& stream_;
+    bool stopping_ = false;
+    bool reading_ = false;
+};
+
 }  // namespace
 
 awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
@@ -33,7 +69,10 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
     error_code ec;
     beast::flat_buffer buffer;
     Deadline deadline(socket.get_executor());
+    Http1Member member(downstream.h2, socket);
     for (std::size_t served = 0; served < limits.max_requests_per_connection; ++served) {
+        if (member.stopping())
+            break;
         http::request_parser<http::string_body> parser;
         parser.header_limit(std::uint32_t(limits.max_header_bytes));
         parser.body_limit(limits.max_body_bytes);
@@ -41,10 +80,12 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
         // rest of it; with one timer the looser of the two bounds the whole read.
         deadline.arm(socket, served == 0 ? limits.request_timeout
                                          : std::max(limits.idle_timeout, limits.request_timeout));
+        member.reading(true);
         co_await http::async_read(socket, buffer, parser, noThrow(ec));
+        member.reading(false);
         deadline.disarm();
         if (ec == http::error::end_of_stream || ec == asio::error::eof ||
-            ec == asio::error::connection_reset) {
+            ec == asio::error::connection_reset || (ec && member.stopping())) {
             break;
         }
         if (ec == http::error::bad_version && served == 0 && downstream.h2 != nullptr &&
@@ -100,7 +141,7 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
                           downstream.peer_identity,
                           downstream.authority};
         co_await handler(exchange);
-        if (!exchange.keep_alive || !socket.is_open())
+        if (!exchange.keep_alive || !socket.is_open() || member.stopping())
             break;
     }
     socket.shutdown_send(ec);

@@ -38,7 +38,8 @@ struct Exchange {
 struct Downstream {
     std::string peer_identity;
     std::string authority;
-    // Where an h2c connection (prior knowledge) on it registers; null: HTTP/1.1 only (admin
+    // Where the connection registers for a graceful stop (Gateway::stop), and where an h2c
+    // connection (prior knowledge) on it registers; null: HTTP/1.1 only and not drained (admin
     // listeners, and the HTTP/2 streams themselves).
     H2Connections* h2 = nullptr;
 };
