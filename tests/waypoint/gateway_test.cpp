@@ -485,17 +485,48 @@ TEST(WaypointGateway, BodilessAnswersKeepTheConnectionInStep) {
     EXPECT_NE(got.find("\"object\":\"chat.completion\"", chat), std::string::npos) << got;
 }
 
-// A client's Expect: 100-continue is not passed on: the body is already read, and the
-// backend's interim 100 would otherwise be relayed as the answer.
-TEST(WaypointGateway, ExpectContinueIsNotPassedToTheBackend) {
+// A client that sends `Expect: 100-continue` gets the waypoint's own interim 100 at once and
+// sends its body then (curl waits 1 s for it otherwise). The Expect is not passed on: the
+// backend's interim 100 would be relayed as the answer, and the one the client sees is ours.
+TEST(WaypointGateway, ExpectContinueIsAnsweredHereAndNotPassedToTheBackend) {
     Emulator backend("a");
     auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
-    const std::string got =
-        rawExchange(gw->gatewayPort(),
-                    postRequest(chatBody(false), "Expect: 100-continue\r\nConnection: close\r\n"));
-    EXPECT_EQ(got.find("HTTP/1.1 100"), std::string::npos) << got;
+    asio::io_context io;
+    tcp::socket s(io);
+    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
+    const std::string request =
+        postRequest(chatBody(false), "Expect: 100-continue\r\nConnection: close\r\n");
+    const size_t head_end = request.find("\r\n\r\n") + 4;
+    asio::write(s, asio::buffer(request.substr(0, head_end)));
+    char buf[4096];
+    error_code ec;
+    const std::string interim(buf, readWithin(s, asio::buffer(buf), 500ms, ec));
+    EXPECT_EQ(interim, "HTTP/1.1 100 Continue\r\n\r\n") << ec.message();
+    asio::write(s, asio::buffer(request.substr(head_end)));
+    std::string got;
+    for (ec = {}; !ec;)
+        got.append(buf, readWithin(s, asio::buffer(buf), 3000ms, ec));
+    EXPECT_EQ(ec, asio::error::eof);
     EXPECT_TRUE(got.starts_with("HTTP/1.1 200")) << got;
+    EXPECT_EQ(got.find("HTTP/1.1 100"), std::string::npos) << "one interim 100 only: " << got;
     EXPECT_NE(got.find("\"usage\""), std::string::npos) << got;
+}
+
+// A backend's interim answers (103 Early Hints) are read past, not taken for the answer: the
+// client gets the final 200, and the pooled backend connection stays in step for the next one.
+TEST(WaypointGateway, InterimAnswersFromTheBackendAreSkipped) {
+    Emulator backend("a");
+    backend.configure(R"({"early_hints": 2})");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    const std::string got =
+        rawExchange(gw->gatewayPort(), postRequest(chatBody(false)) +
+                                           postRequest(chatBody(false), "Connection: close\r\n"));
+    EXPECT_EQ(got.find("HTTP/1.1 103"), std::string::npos) << got;
+    EXPECT_TRUE(got.starts_with("HTTP/1.1 200")) << got;
+    const size_t second = got.find("HTTP/1.1 200", 1);
+    ASSERT_NE(second, std::string::npos) << got;
+    EXPECT_NE(got.find("\"usage\"", second), std::string::npos) << got;
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 2);
 }
 
 TEST(WaypointGateway, CanarySplitFollowsWeights) {

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 state = {"fail_status": 0, "token_delay_ms": 0, "first_token_delay_ms": 0, "completion_tokens": 5,
          "requests": 0, "streams_aborted": 0, "include_usage_seen": 0, "waiting": 0,
-         "kv_cache_usage": 0.1}
+         "kv_cache_usage": 0.1, "early_hints": 0}
 lock = threading.Lock()
 NAME = "emulator"
 
@@ -102,6 +102,12 @@ class Handler(BaseHTTPRequestHandler):
         with lock:
             state["requests"] += 1
             fail = state["fail_status"]
+            early_hints = state["early_hints"]
+        for _ in range(early_hints):
+            # Interim answers before the real one, as a server with 103 Early Hints sends them.
+            self.send_response_only(103)
+            self.send_header("link", "</v1/models>; rel=preload")
+            self.end_headers()
         if fail:
             self.send_json(fail, {"error": {"message": "emulated failure", "type": "server_error",
                                             "param": None, "code": None}})

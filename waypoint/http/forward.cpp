@@ -3,6 +3,7 @@
 #include <array>
 #include <charconv>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include <boost/beast/core/buffers_to_string.hpp>
@@ -11,6 +12,9 @@
 
 namespace sluice::waypoint {
 namespace {
+
+// Interim answers read before a final one at most; more and the backend is failed.
+constexpr unsigned kMaxInterimAnswers = 8;
 
 // RFC 9110 §7.6.1 connection-specific fields, never forwarded.
 bool isHopByHop(http::field f) {
@@ -175,12 +179,24 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
         deadline.arm(up, options.timeout);
         co_await http::async_write(up, request, noThrow(ec));
         beast::flat_buffer up_buffer;
-        http::response_parser<http::buffer_body> parser;
-        parser.body_limit(std::numeric_limits<std::uint64_t>::max());
         const bool head_request = ctx.request.method() == http::verb::head;
-        parser.skip(head_request);  // the answer to HEAD has a length but no body
-        if (!ec)
-            co_await http::async_read_header(up, up_buffer, parser, noThrow(ec));
+        std::optional<http::response_parser<http::buffer_body>> reading;
+        // Interim answers (100 Continue, 102, 103 Early Hints) have no body and the final one
+        // follows on the same connection: each is read with a parser of its own and dropped
+        // (as Envoy does by default; docs/waypoint.md). 101 is final: the waypoint asks for no
+        // upgrade and relays no other protocol.
+        for (unsigned interim = 0; !ec; ++interim) {
+            reading.emplace();
+            reading->body_limit(std::numeric_limits<std::uint64_t>::max());
+            reading->skip(head_request);  // the answer to HEAD has a length but no body
+            co_await http::async_read_header(up, up_buffer, *reading, noThrow(ec));
+            const unsigned status = reading->get().result_int();
+            if (ec || status / 100 != 1 || status == 101)
+                break;
+            if (interim == kMaxInterimAnswers)
+                ec = http::error::bad_status;  // a backend that never answers for real
+        }
+        http::response_parser<http::buffer_body>& parser = *reading;
         deadline.disarm();
         if (ec) {
             if (lease.reused && !deadline.fired() && up_buffer.size() == 0)

@@ -17,6 +17,17 @@ LocalReply badRequest(std::string message) {
             .message = std::move(message)};
 }
 
+constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+
+// An HTTP/1.1 client that sent `Expect: 100-continue` (RFC 9110 §10.1.1) waits for an interim
+// 100 before it sends the body.
+bool expectsContinue(const http::request_parser<http::string_body>::value_type& head) {
+    if (head.version() < 11)
+        return false;
+    const auto it = head.find(http::field::expect);
+    return it != head.end() && beast::iequals(it->value(), "100-continue");
+}
+
 // An HTTP/1.1 connection as a graceful stop sees it (it joins the worker's H2Connections, whose
 // drain waits for every member): waiting for its next request, the GOAWAY ends it at once;
 // with an exchange in flight, the exchange finishes and the connection then closes instead of
@@ -81,11 +92,21 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
         deadline.arm(socket, served == 0 ? limits.request_timeout
                                          : std::max(limits.idle_timeout, limits.request_timeout));
         member.reading(true);
-        co_await http::async_read(socket, buffer, parser, noThrow(ec));
+        co_await http::async_read_header(socket, buffer, parser, noThrow(ec));
         member.reading(false);
+        if (!ec && !parser.is_done()) {
+            if (expectsContinue(parser.get())) {
+                // The client waits for this before it sends the body (curl: 1 s, then it sends
+                // anyway). The Expect itself is not passed on (forward.cpp).
+                co_await asio::async_write(socket, asio::buffer(kContinue), noThrow(ec));
+            }
+            if (!ec)
+                co_await http::async_read(socket, buffer, parser, noThrow(ec));
+        }
         deadline.disarm();
         if (ec == http::error::end_of_stream || ec == asio::error::eof ||
-            ec == asio::error::connection_reset || (ec && member.stopping())) {
+            ec == asio::error::connection_reset ||
+            (ec == asio::error::operation_aborted && member.stopping())) {
             break;
         }
         if (ec == http::error::bad_version && served == 0 && downstream.h2 != nullptr &&
