@@ -7,8 +7,17 @@
 
 #include "ztunnel/identity/ca.h"
 #include "ztunnel/proxy/metrics.h"
+#include "ztunnel/proxy/sockets.h"
 
 namespace sluice::ztunnel::proxy {
+
+namespace {
+
+std::string address(const boost::asio::ip::tcp::endpoint& ep) {
+    return ep == boost::asio::ip::tcp::endpoint{} ? std::string() : to_string(ep);
+}
+
+}  // namespace
 
 nlohmann::json ConnectionRecord::to_json(const ConnectionLabels& l) const {
     const auto elapsed = std::chrono::steady_clock::now() - start;
@@ -16,12 +25,12 @@ nlohmann::json ConnectionRecord::to_json(const ConnectionLabels& l) const {
         {"time", identity::format_time(std::chrono::system_clock::now())},
         {"kind", "access"},
         {"direction", direction},
-        {"src.addr", src_addr},
+        {"src.addr", address(src_addr)},
         {"src.workload", l.source_workload},
         {"src.namespace", l.source_workload_namespace},
         {"src.identity", l.source_principal},
-        {"dst.addr", dst_addr},
-        {"dst.hbone_addr", hbone_addr},
+        {"dst.addr", address(dst_addr)},
+        {"dst.hbone_addr", address(hbone_addr)},
         {"dst.workload", l.destination_workload},
         {"dst.namespace", l.destination_workload_namespace},
         {"dst.identity", l.destination_principal},

@@ -4,6 +4,9 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
+
+#include <boost/asio/ip/tcp.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -13,15 +16,19 @@ struct ConnectionLabels;  // metrics.h
 
 // What one proxied connection did, written as one JSON line when it ends (DESIGN.md §7).
 struct ConnectionRecord {
-    std::string direction;  // "outbound", "inbound" (HBONE), "inbound_plaintext", "passthrough"
-    std::string src_addr, dst_addr, hbone_addr;
+    // String literals only: a record lives as long as its connection (10k open connections
+    // hold 10k records), so it holds no string of its own that is not needed.
+    std::string_view
+        direction;  // "outbound", "inbound" (HBONE), "inbound_plaintext", "passthrough"
+    // Unset (all zero) until known; written as "" then.
+    boost::asio::ip::tcp::endpoint src_addr, dst_addr, hbone_addr;
     // Workloads, namespaces, identities and the service are the connection's metric labels
     // (ConnectionLabels), not copied here: one copy per open connection.
     uint64_t bytes_sent = 0;      // towards the downstream (client)
     uint64_t bytes_received = 0;  // from the downstream
     std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
-    std::string result = "ok";  // "ok", "denied", "error", "closed_by_policy"
-    std::string error;          // why, when not ok
+    std::string_view result = "ok";  // "ok", "denied", "error", "closed_by_policy"
+    std::string error;               // why, when not ok
 
     nlohmann::json to_json(const ConnectionLabels& labels) const;
 };

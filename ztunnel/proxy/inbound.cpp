@@ -104,8 +104,8 @@ InboundCall authorize_inbound(Proxy& p, std::shared_ptr<EnrolledWorkload> dst_pt
     call.target = destination;
     auto snap = p.registry().current();
     call.labels->reporter = "destination";
-    call.record.src_addr = to_string(source);
-    call.record.dst_addr = to_string(destination);
+    call.record.src_addr = source;
+    call.record.dst_addr = destination;
     call.labels->source_principal = peer_identity;
     if (const state::Workload* src = snap->workload_by_ip(source.address())) {
         call.labels->source_workload = src->name;
@@ -201,7 +201,7 @@ void InboundRelayEnd::operator()(const RelayResult& r) {
 }
 
 void finish_closed_by_policy(Proxy& p, InboundCall& call) {
-    p.metrics().authz_denied(call.record.direction, "closed_by_policy");
+    p.metrics().authz_denied(std::string(call.record.direction), "closed_by_policy");
     p.metrics().connection_closed(*call.labels, call.record.bytes_sent, call.record.bytes_received);
     call.record.result = "closed_by_policy";
     call.record.error = "policy changed: " + call.decision.reason + " (" + call.decision.rule + ")";

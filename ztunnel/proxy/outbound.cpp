@@ -67,7 +67,8 @@ void refuse(Proxy& p, ConnectionRecord& rec, ConnectionLabels& labels, tcp::sock
             const char* reason, const std::string& detail) {
     labels.response_flags = "UH";  // Envoy: no healthy upstream
     p.metrics().outbound_refused(reason);
-    spdlog::warn("outbound {} -> {} refused ({}): {}", rec.src_addr, rec.dst_addr, reason, detail);
+    spdlog::warn("outbound {} -> {} refused ({}): {}", to_string(rec.src_addr),
+                 to_string(rec.dst_addr), reason, detail);
     finish(p, rec, labels, false, detail);
     reset_socket(client);
 }
@@ -154,7 +155,7 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
     const tcp::endpoint peer = client.remote_endpoint(ec);
     auto orig = original_destination(client.native_handle());
     if (!orig) {
-        rec.src_addr = to_string(peer);
+        rec.src_addr = peer;
         finish(p, rec, labels, false,
                std::string("no original destination (SO_ORIGINAL_DST): ") + strerror(orig.error()));
         co_return;
@@ -166,16 +167,16 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
     if (orig->port() == p.config().outbound_port &&
         (orig->address().is_loopback() ||
          std::find(src->ips.begin(), src->ips.end(), orig->address()) != src->ips.end())) {
-        rec.src_addr = to_string(peer);
-        rec.dst_addr = to_string(*orig);
+        rec.src_addr = peer;
+        rec.dst_addr = *orig;
         finish(p, rec, labels, false, "direct connection to the outbound listener refused");
         co_return;
     }
     // The app connected from its pod address (iptables) or from loopback (eBPF redirect): the
     // tunnel reports the pod address.
     const tcp::endpoint src_ep(src_ip.value_or(peer.address()), peer.port());
-    rec.src_addr = to_string(src_ep);
-    rec.dst_addr = to_string(*orig);
+    rec.src_addr = src_ep;
+    rec.dst_addr = *orig;
 
     tcp::endpoint target = *orig;               // the :authority of the CONNECT
     std::optional<asio::ip::address> hbone_ip;  // set when the HBONE peer is not target's pod
@@ -262,8 +263,8 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
     labels.destination_principal = dst_id.uri();
     labels.connection_security_policy = "mutual_tls";
     const tcp::endpoint hbone_ep(hbone_ip.value_or(target.address()), p.config().hbone_port);
-    rec.hbone_addr = to_string(hbone_ep);
-    t.key = hbone::PoolKey{src->id, dst_id, rec.hbone_addr, src->info.uid};
+    rec.hbone_addr = hbone_ep;
+    t.key = hbone::PoolKey{src->id, dst_id, to_string(hbone_ep), src->info.uid};
     t.request.authority = to_string(target);
     t.request.forwarded = "for=\"" + to_string(src_ep) + "\"";
     t.request.baggage = baggage(*src, labels.source_app);

@@ -248,6 +248,23 @@ TEST(WaypointHopTest, AccessLogAndMetricLabelsNameTheWaypointOnlyWhenThereIsOne)
     EXPECT_EQ(labels.to_map().at("destination_waypoint"), "ai/waypoint");
 }
 
+// The record keeps addresses as endpoints (no strings per open connection) and writes them as
+// text: IPv6 in brackets, one never set as "".
+TEST(AccessLogTest, RecordWritesItsAddressesAndLeavesUnsetOnesEmpty) {
+    proxy::ConnectionRecord rec;
+    rec.direction = "outbound";
+    rec.src_addr = {ip("198.18.0.2"), 40000};
+    rec.dst_addr = {ip("2001:db8:1::2"), 8080};
+    rec.result = "denied";
+    const auto j = rec.to_json(proxy::ConnectionLabels{});
+    EXPECT_EQ(j["direction"], "outbound");
+    EXPECT_EQ(j["src.addr"], "198.18.0.2:40000");
+    EXPECT_EQ(j["dst.addr"], "[2001:db8:1::2]:8080");
+    EXPECT_EQ(j["dst.hbone_addr"], "");
+    EXPECT_EQ(j["result"], "denied");
+    EXPECT_FALSE(j.contains("error"));
+}
+
 TEST(DefaultAuthorizerTest, StrictRefusesOnlyPlaintext) {
     state::Workload dst;
     auto strict = state::default_authorizer(state::MtlsMode::Strict);
