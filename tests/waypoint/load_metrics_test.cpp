@@ -84,17 +84,20 @@ TEST(WaypointLoadMetrics, TrafficAvoidsTheBackendThatReportsAQueueOrAFullKvCache
     Emulator a("a"), b("b");
     auto gw = startGateway(twoBackends(a, b));
     // Sequential requests leave both in-flight counts at 0: without the reports every pick is a
-    // coin toss, so 30 out of 30 on one side would not happen by chance (2^-29).
+    // coin toss, so 28 or more of 30 on one side would not happen by chance (< 1e-6). Not all
+    // 30: a scrape that a starved machine delays past the reports' 2 s age makes a pick ignore
+    // them (as designed: a stale report must not steer), which is one coin toss.
     a.configure(R"({"waiting": 25})");
     ASSERT_TRUE(waitForGauge(*gw, "sluice_backend_requests_waiting", a, 25));
-    EXPECT_EQ(servedBy(*gw, 30), (std::map<std::string, int>{{"b", 30}}))
-        << request(gw->metricsPort(), "GET", "/metrics").body;
+    auto avoided_queue = servedBy(*gw, 30);
+    EXPECT_GE(avoided_queue["b"], 28) << request(gw->metricsPort(), "GET", "/metrics").body;
 
     a.configure(R"({"waiting": 0})");
     b.configure(R"({"kv_cache_usage": 0.97})");
     ASSERT_TRUE(waitForGauge(*gw, "sluice_backend_kv_cache_usage", b, 0.97));
     ASSERT_TRUE(waitForGauge(*gw, "sluice_backend_requests_waiting", a, 0));
-    EXPECT_EQ(servedBy(*gw, 30), (std::map<std::string, int>{{"a", 30}}));
+    auto avoided_cache = servedBy(*gw, 30);
+    EXPECT_GE(avoided_cache["a"], 28) << request(gw->metricsPort(), "GET", "/metrics").body;
 
     // Both healthy again: the coin tosses return (each side gets some of 40).
     b.configure(R"({"kv_cache_usage": 0.1})");
