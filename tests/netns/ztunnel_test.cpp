@@ -379,6 +379,26 @@ TEST_F(ZtunnelSidecarTest, ServiceVipResolvesToAnEndpointOverHbone) {
               1);
 }
 
+// A service VIP on a port the service does not have is refused with a reset (fail closed, and
+// not a clean close an app could take for an empty answer), counted and logged with the reason.
+TEST_F(ZtunnelSidecarTest, ServiceVipOnAPortItDoesNotHaveIsResetWithAReason) {
+    const PodState& client = pod("client");
+    const std::string vip = state_.services.at(0).vip;
+    int err = 0;
+    Fd c = test::tcp_connect(client.netns, vip, 81, &err);
+    ASSERT_TRUE(c) << "the capture hands it to ztunnel: " << strerror(err);
+    EXPECT_EQ(test::recv_error_within(c.get(), 3000), ECONNRESET);
+    EXPECT_EQ(
+        metric(metrics(client), "sluice_outbound_refused_total", {"reason=\"no_service_port\""}),
+        1);
+    auto out = access_log(client, 1);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0]["dst.addr"], vip + ":81");
+    EXPECT_EQ(out[0]["result"], "error");
+    EXPECT_NE(out[0]["error"].get<std::string>().find("has no port 81"), std::string::npos)
+        << out[0];
+}
+
 TEST_F(ZtunnelSidecarTest, HundredMebibytesEachWayAndAHalfCloseThroughTheServiceVip) {
     constexpr uint64_t kBytes = 100ull << 20;
     const PodState& client = pod("client");

@@ -158,6 +158,7 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
         rec.src_addr = peer;
         finish(p, rec, labels, false,
                std::string("no original destination (SO_ORIGINAL_DST): ") + strerror(orig.error()));
+        reset_socket(client);
         co_return;
     }
     const bool v6 = orig->address().is_v6();
@@ -170,6 +171,7 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
         rec.src_addr = peer;
         rec.dst_addr = *orig;
         finish(p, rec, labels, false, "direct connection to the outbound listener refused");
+        reset_socket(client);
         co_return;
     }
     // The app connected from its pod address (iptables) or from loopback (eBPF redirect): the
@@ -189,7 +191,7 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
         labels.destination_service_namespace = svc->namespace_name;
         const state::ServicePort* sp = svc->port(orig->port());
         if (sp == nullptr) {
-            finish(p, rec, labels, false,
+            refuse(p, rec, labels, client, "no_service_port",
                    "service " + svc->key() + " has no port " + std::to_string(orig->port()));
             co_return;
         }
@@ -203,7 +205,8 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
         // destination as the authority, and the waypoint picks the service's endpoint.
         auto ep = p.load_balancer().pick(waypoint ? *waypoint : *svc, src_ep.address(), v6);
         if (!ep && waypoint == nullptr) {
-            finish(p, rec, labels, false, "service " + svc->key() + " has no ready endpoint");
+            refuse(p, rec, labels, client, "no_endpoint",
+                   "service " + svc->key() + " has no ready endpoint");
             co_return;
         }
         dst = ep ? snap->workload_by_ip(ep->ip) : nullptr;
