@@ -88,7 +88,10 @@ asio::awaitable<void> hbone_connection(Proxy& p, std::shared_ptr<EnrolledWorkloa
 }
 
 state::AuthzDecision decide_again(Proxy& p, const InboundConnections::Entry& e) {
-    return authorize_inbound(p, e.destination, e.peer_identity, e.source, e.target).decision;
+    static const std::string kPlaintext;
+    return authorize_inbound(p, e.destination, e.peer_identity ? *e.peer_identity : kPlaintext,
+                             e.source, e.target)
+        .decision;
 }
 
 }  // namespace
@@ -155,13 +158,15 @@ void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction) {
     finish_inbound(p, call, false, call.decision.reason + " (" + call.decision.rule + ")");
 }
 
-OpenInboundGuard::OpenInboundGuard(Proxy& p, const InboundCall& call, asio::any_io_executor ex,
+OpenInboundGuard::OpenInboundGuard(Proxy& p, const InboundCall& call,
+                                   std::shared_ptr<const std::string> peer_identity,
+                                   asio::any_io_executor ex,
                                    std::function<void(const state::AuthzDecision&)> close)
     : p_(p) {
     id_ = p.inbound_connections().add(
         {
             .destination = call.destination,
-            .peer_identity = call.peer_identity,
+            .peer_identity = std::move(peer_identity),
             .source = call.source,
             .target = call.target,
             .executor = std::move(ex),
@@ -174,11 +179,14 @@ OpenInboundGuard::~OpenInboundGuard() {
     p_.inbound_connections().remove(id_);
 }
 
-void InboundRelayEnd::open(const InboundCall& call, std::weak_ptr<RelayControl> relay,
+void InboundRelayEnd::open(const InboundCall& call, std::weak_ptr<RelayControl> control,
                            asio::any_io_executor ex) {
-    // Runs on the relay's worker while the registration exists, so `this` is alive.
-    guard.emplace(p, call, std::move(ex),
-                  [this, relay = std::move(relay)](const state::AuthzDecision& d) {
+    relay = std::move(control);
+    // The peer identity is the shared labels' source principal (the same string, kept alive
+    // by them). The close runs on the relay's worker while the registration exists, so `this`
+    // is alive; capturing only `this` keeps it in std::function's own storage.
+    guard.emplace(p, call, std::shared_ptr<const std::string>(labels, &labels->source_principal),
+                  std::move(ex), [this](const state::AuthzDecision& d) {
                       closed_by = std::make_unique<state::AuthzDecision>(d);
                       if (auto r = relay.lock())
                           r->abort();

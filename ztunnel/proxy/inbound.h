@@ -43,7 +43,8 @@ void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction);
 // the connection is decided again and, if denied, closed before it relays a byte.
 class OpenInboundGuard {
   public:
-    OpenInboundGuard(Proxy& p, const InboundCall& call, asio::any_io_executor ex,
+    OpenInboundGuard(Proxy& p, const InboundCall& call,
+                     std::shared_ptr<const std::string> peer_identity, asio::any_io_executor ex,
                      std::function<void(const state::AuthzDecision&)> close);
     ~OpenInboundGuard();
     OpenInboundGuard(const OpenInboundGuard&) = delete;
@@ -75,7 +76,8 @@ struct InboundRelayEnd {
         : p(proxy), record(std::move(r)), labels(std::move(l)), active(proxy) {}
     // Registers `call` with Proxy::inbound_connections(): a policy refresh that denies the
     // connection aborts `relay`.
-    void open(const InboundCall& call, std::weak_ptr<RelayControl> relay, asio::any_io_executor ex);
+    void open(const InboundCall& call, std::weak_ptr<RelayControl> control,
+              asio::any_io_executor ex);
     // The relay ended: unregisters, records the bytes and finishes the call.
     void operator()(const RelayResult& r);
 
@@ -83,6 +85,7 @@ struct InboundRelayEnd {
     ConnectionRecord record;
     std::shared_ptr<const ConnectionLabels> labels;
     std::unique_ptr<state::AuthzDecision> closed_by;  // the refresh's decision that closed it
+    std::weak_ptr<RelayControl> relay;                // what a refresh's close aborts
     Proxy::ActiveGuard active;
     std::optional<OpenInboundGuard> guard;
 };

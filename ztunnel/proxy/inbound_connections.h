@@ -30,7 +30,10 @@ class InboundConnections {
   public:
     struct Entry {
         std::shared_ptr<EnrolledWorkload> destination;
-        std::string peer_identity;  // verified SPIFFE identity; empty for plaintext
+        // The verified SPIFFE identity (null or empty for plaintext); the connection points it
+        // into the label set it shares with its peers (aliasing shared_ptr, no copy per
+        // connection).
+        std::shared_ptr<const std::string> peer_identity;
         boost::asio::ip::tcp::endpoint source, target;
         boost::asio::any_io_executor executor;  // the worker the connection lives on
         // Aborts both sides of the connection; runs on `executor` with the new decision.

@@ -15,7 +15,7 @@ namespace {
 using Entry = InboundConnections::Entry;
 
 state::AuthzDecision deny_peer(const Entry& e, const std::string& denied) {
-    if (e.peer_identity == denied)
+    if (e.peer_identity && *e.peer_identity == denied)
         return {false, "ns/deny-rag#0", "denied by policy"};
     return {true, "allow", "no policy denies it"};
 }
@@ -31,7 +31,7 @@ uint64_t add_recording(InboundConnections& open, boost::asio::io_context& worker
                        std::vector<std::string>& closed, const std::string& peer,
                        uint64_t authorized_in, const InboundConnections::Decide& decide) {
     return open.add(
-        {.peer_identity = peer,
+        {.peer_identity = std::make_shared<const std::string>(peer),
          .executor = worker.get_executor(),
          .close = [&closed,
                    peer](const state::AuthzDecision& d) { closed.push_back(peer + " " + d.rule); }},
@@ -65,7 +65,8 @@ TEST(InboundConnectionsTest, AConnectionThatFinishedBeforeTheCloseArrivesIsLeftA
     boost::asio::io_context worker;
     InboundConnections open;
     int closes = 0;
-    const uint64_t id = open.add({.peer_identity = "spiffe://cluster.local/ns/default/sa/rag",
+    const uint64_t id = open.add({.peer_identity = std::make_shared<const std::string>(
+                                      "spiffe://cluster.local/ns/default/sa/rag"),
                                   .executor = worker.get_executor(),
                                   .close = [&closes](const state::AuthzDecision&) { ++closes; }},
                                  open.epoch(), never_decided);
