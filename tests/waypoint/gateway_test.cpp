@@ -452,6 +452,34 @@ TEST(WaypointGateway, StopFinishesTheHttp1StreamInFlightAndClosesIdleConnections
     EXPECT_EQ(backend.streamsAborted(0ms), 0);
 }
 
+// A request that has begun to arrive when a graceful stop starts is read whole and answered
+// (with Connection: close), not cut off: only a connection with nothing of its next request
+// there is closed at once.
+TEST(WaypointGateway, StopAnswersARequestThatHadBegunToArrive) {
+    Emulator backend("a");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    asio::io_context io;
+    tcp::socket s(io);
+    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
+    const std::string request = postRequest(chatBody(false));
+    const size_t half = request.find("\r\n") + 2;  // the request line only
+    asio::write(s, asio::buffer(request.substr(0, half)));
+    std::this_thread::sleep_for(50ms);  // the gateway has read it
+    std::thread stopper([&] { gw->stop(); });
+    std::this_thread::sleep_for(100ms);  // the GOAWAY has reached the connection
+    asio::write(s, asio::buffer(request.substr(half)));
+    std::string got;
+    char buf[4096];
+    error_code ec;
+    for (; !ec;)
+        got.append(buf, readWithin(s, asio::buffer(buf), 3000ms, ec));
+    stopper.join();
+    EXPECT_EQ(ec, asio::error::eof) << ec.message();
+    EXPECT_TRUE(got.starts_with("HTTP/1.1 200")) << got;
+    EXPECT_NE(got.find("Connection: close"), std::string::npos) << got;
+    EXPECT_NE(got.find("\"usage\""), std::string::npos) << got;
+}
+
 // Answers without a body keep a kept-alive connection in step: a HEAD's Content-Length is the
 // GET's (no body follows), a 204/304 gets no chunked framing of ours.
 TEST(WaypointGateway, BodilessAnswersKeepTheConnectionInStep) {
@@ -765,6 +793,16 @@ std::vector<double> dataFrameTimes(const std::string& log, int stream_id) {
         times.push_back(std::stod(line.substr(line.find('[') + 1)));
     }
     return times;
+}
+
+// An h2 client's Expect: 100-continue is dropped when the stream becomes a request (its body is
+// whole by then): the answer is the real one, not a 100 the HTTP/1.1 side would write.
+TEST(WaypointH2, ExpectOverH2GetsTheRealAnswer) {
+    Emulator backend("a");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    auto via = curlH2(gw->gatewayPort(), chatBody(false), "-H 'Expect: 100-continue'");
+    ASSERT_EQ(via.status, 200u) << via.body;
+    EXPECT_TRUE(json::parse(via.body)["usage"].is_object()) << via.body;
 }
 
 TEST(WaypointH2, NonStreamedChatOverH2cAndHttp11OnTheSamePort) {

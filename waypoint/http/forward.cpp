@@ -185,7 +185,8 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
         // follows on the same connection: each is read with a parser of its own and dropped
         // (as Envoy does by default; docs/waypoint.md). 101 is final: the waypoint asks for no
         // upgrade and relays no other protocol.
-        for (unsigned interim = 0; !ec; ++interim) {
+        unsigned interim = 0;
+        for (; !ec; ++interim) {
             reading.emplace();
             reading->body_limit(std::numeric_limits<std::uint64_t>::max());
             reading->skip(head_request);  // the answer to HEAD has a length but no body
@@ -199,7 +200,10 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
         http::response_parser<http::buffer_body>& parser = *reading;
         deadline.disarm();
         if (ec) {
-            if (lease.reused && !deadline.fired() && up_buffer.size() == 0)
+            // A reused connection that failed before any answer (the backend had closed it):
+            // the request was never taken, so it goes again on a fresh one. Not after an
+            // interim answer: the backend had the request then.
+            if (lease.reused && !deadline.fired() && up_buffer.size() == 0 && interim == 0)
                 continue;
             result.outcome =
                 deadline.fired() ? ForwardOutcome::Timeout : ForwardOutcome::UpstreamFailed;

@@ -270,10 +270,14 @@ void H2Stream::addHeader(std::string_view name, std::string_view value) {
         const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
         if (ec == std::errc() && end == value.data() + value.size())
             declared_length_ = n;
-    } else if (name.starts_with(':') || hopByHop(name) || (name == "host" && !authority_.empty()))
+    } else if (name.starts_with(':') || hopByHop(name) || name == "expect" ||
+               (name == "host" && !authority_.empty())) {
+        // Expect: the body is whole before the request is handed on, and the HTTP/1.1 side
+        // would answer the expectation with a 100 into the stream as if it were the response.
         return;
-    else
+    } else {
         fields_.append(name).append(": ").append(value).append("\r\n");
+    }
 }
 
 void H2Stream::requestStarted() {

@@ -21,7 +21,9 @@ constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
 // An HTTP/1.1 client that sent `Expect: 100-continue` (RFC 9110 §10.1.1) waits for an interim
 // 100 before it sends the body.
-bool expectsContinue(const http::request_parser<http::string_body>::value_type& head) {
+using RequestParser = http::request_parser<http::string_body>;
+
+bool expectsContinue(const RequestParser::value_type& head) {
     if (head.version() < 11)
         return false;
     const auto it = head.find(http::field::expect);
@@ -29,13 +31,14 @@ bool expectsContinue(const http::request_parser<http::string_body>::value_type& 
 }
 
 // An HTTP/1.1 connection as a graceful stop sees it (it joins the worker's H2Connections, whose
-// drain waits for every member): waiting for its next request, the GOAWAY ends it at once;
-// with an exchange in flight, the exchange finishes and the connection then closes instead of
-// being kept alive.
+// drain waits for every member): waiting for its next request with none of it there yet, the
+// GOAWAY ends it at once; a request that has begun to arrive, or an exchange in flight,
+// finishes (answered with Connection: close if it had not started yet) and the connection then
+// closes instead of being kept alive.
 class Http1Member final : public H2Connections::Member {
   public:
-    Http1Member(H2Connections* registry, ClientStream& stream)
-        : registry_(registry), stream_(stream) {
+    Http1Member(H2Connections* registry, ClientStream& stream, const beast::flat_buffer& received)
+        : registry_(registry), stream_(stream), received_(received) {
         if (registry_ != nullptr)
             registry_->add(*this);
     }
@@ -48,20 +51,23 @@ class Http1Member final : public H2Connections::Member {
 
     void goaway() override {
         stopping_ = true;
-        if (reading_) {
+        // Nothing of the next request yet: Beast's parser takes the start line as soon as it
+        // is whole, and the rest of an incomplete header stays in the buffer.
+        if (reading_ != nullptr && !reading_->got_some() && received_.size() == 0) {
             error_code ec;
             stream_.cancel(ec);
         }
     }
     bool stopping() const { return stopping_; }
-    // Between requests: a GOAWAY cancels the read.
-    void reading(bool r) { reading_ = r; }
+    // While the next request's header is read with `parser` (null: not reading).
+    void reading(const RequestParser* parser) { reading_ = parser; }
 
   private:
     H2Connections* registry_;
     ClientStream& stream_;
+    const beast::flat_buffer& received_;
     bool stopping_ = false;
-    bool reading_ = false;
+    const RequestParser* reading_ = nullptr;
 };
 
 }  // namespace
@@ -80,20 +86,20 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
     error_code ec;
     beast::flat_buffer buffer;
     Deadline deadline(socket.get_executor());
-    Http1Member member(downstream.h2, socket);
+    Http1Member member(downstream.h2, socket, buffer);
     for (std::size_t served = 0; served < limits.max_requests_per_connection; ++served) {
         if (member.stopping())
             break;
-        http::request_parser<http::string_body> parser;
+        RequestParser parser;
         parser.header_limit(std::uint32_t(limits.max_header_bytes));
         parser.body_limit(limits.max_body_bytes);
         // The idle timeout covers the wait for a request's first byte, the request timeout the
         // rest of it; with one timer the looser of the two bounds the whole read.
         deadline.arm(socket, served == 0 ? limits.request_timeout
                                          : std::max(limits.idle_timeout, limits.request_timeout));
-        member.reading(true);
+        member.reading(&parser);
         co_await http::async_read_header(socket, buffer, parser, noThrow(ec));
-        member.reading(false);
+        member.reading(nullptr);
         if (!ec && !parser.is_done()) {
             if (expectsContinue(parser.get())) {
                 // The client waits for this before it sends the body (curl: 1 s, then it sends
@@ -158,7 +164,7 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
         Exchange exchange{socket,
                           buffer,
                           request,
-                          request.keep_alive(),
+                          request.keep_alive() && !member.stopping(),
                           downstream.peer_identity,
                           downstream.authority};
         co_await handler(exchange);

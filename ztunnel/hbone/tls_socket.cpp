@@ -16,7 +16,8 @@ namespace {
 
 // How much one recv may bring in for OpenSSL to decrypt from (read-ahead): about four full
 // records, so a bulk transfer takes one recv per four records instead of two per record (the
-// header, then the rest). With SSL_MODE_RELEASE_BUFFERS an idle connection holds none of it.
+// header, then the rest). With SSL_MODE_RELEASE_BUFFERS a connection holds none of it once all
+// it read is decrypted (an idle one); one that waits for the rest of a record holds all of it.
 constexpr int kReadAheadBytes = 64 * 1024 + 512;
 
 // A socket BIO of our own: OpenSSL's writes with write(2), which raises SIGPIPE on a connection
@@ -75,7 +76,7 @@ int bio_read(BIO* b, char* data, size_t len, size_t* read) {
 long bio_ctrl(BIO* b, int cmd, long, void*) {
     switch (cmd) {
         case BIO_CTRL_FLUSH:
-            return 1;  // nothing is buffered here
+            return 1;  // only TlsSocket::write queues, and it sends what it queued itself
         case BIO_CTRL_EOF:
             return state(b)->eof ? 1 : 0;
         default:
@@ -157,10 +158,13 @@ TlsSocket::Next TlsSocket::classify(int ret, boost::system::error_code& ec) {
             break;
         default: {
             const unsigned long e = ERR_peek_last_error();
-            ec = ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING
-                     ? boost::system::error_code(asio::ssl::error::stream_truncated)
-                     : boost::system::error_code(static_cast<int>(e),
-                                                 asio::error::get_ssl_category());
+            if (e == 0)  // a failure OpenSSL queued no reason for must still read as one
+                ec = boost::system::errc::make_error_code(boost::system::errc::protocol_error);
+            else if (ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+                ec = asio::ssl::error::stream_truncated;
+            else
+                ec =
+                    boost::system::error_code(static_cast<int>(e), asio::error::get_ssl_category());
             break;
         }
     }
