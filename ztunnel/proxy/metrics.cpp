@@ -72,7 +72,9 @@ Metrics::Metrics()
       workloads_(gauge(*registry_, "sluice_workloads", "Workloads this ztunnel serves").Add({})) {}
 
 void Metrics::expose(const std::string& address) {
-    exposer_ = std::make_unique<prometheus::Exposer>(address);
+    // One civetweb worker: a scrape every few seconds needs no more, and each thread costs an
+    // idle ztunnel its stack and thread-local pages.
+    exposer_ = std::make_unique<prometheus::Exposer>(address, 1);
     exposer_->RegisterCollectable(registry_);
 }
 
