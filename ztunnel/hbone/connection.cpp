@@ -9,8 +9,8 @@
 #include <boost/asio/write.hpp>
 
 #include <array>
-#include <memory>
 #include <cstring>
+#include <memory>
 
 namespace sluice::ztunnel::hbone {
 namespace {
