@@ -19,10 +19,10 @@ LocalReply badRequest(std::string message) {
 
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
-// An HTTP/1.1 client that sent `Expect: 100-continue` (RFC 9110 §10.1.1) waits for an interim
-// 100 before it sends the body.
 using RequestParser = http::request_parser<http::string_body>;
 
+// An HTTP/1.1 client that sent `Expect: 100-continue` (RFC 9110 §10.1.1) waits for an interim
+// 100 before it sends the body.
 bool expectsContinue(const RequestParser::value_type& head) {
     if (head.version() < 11)
         return false;
