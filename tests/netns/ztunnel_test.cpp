@@ -386,8 +386,10 @@ TEST_F(ZtunnelSidecarTest, ServiceVipOnAPortItDoesNotHaveIsResetWithAReason) {
     const std::string vip = state_.services.at(0).vip;
     int err = 0;
     Fd c = test::tcp_connect(client.netns, vip, 81, &err);
-    ASSERT_TRUE(c) << "the capture hands it to ztunnel: " << strerror(err);
-    EXPECT_EQ(test::recv_error_within(c.get(), 3000), ECONNRESET);
+    // The capture completes the handshake, then ztunnel resets: the reset can come before the
+    // connect returns (its check then sees it) or after (the first read does).
+    const int ended = c ? test::recv_error_within(c.get(), 3000) : err;
+    EXPECT_EQ(ended, ECONNRESET) << (ended > 0 ? strerror(ended) : "closed cleanly or still open");
     EXPECT_EQ(
         metric(metrics(client), "sluice_outbound_refused_total", {"reason=\"no_service_port\""}),
         1);
