@@ -104,6 +104,13 @@ std::string metricsOf(Gateway& gw, int requests) {
     return text;
 }
 
+// A blocking client connection to the gateway on loopback.
+tcp::socket connectTo(asio::io_context& io, unsigned short port) {
+    tcp::socket s(io);
+    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+    return s;
+}
+
 TEST(WaypointGateway, NonStreamedResponseIsRelayedAndUsageCounted) {
     Emulator backend("a");
     auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
@@ -197,8 +204,7 @@ TEST(WaypointGateway, TimeToFirstTokenIsPreserved) {
         std::to_string(body.size()) + "\r\n\r\n" + body;
     // Read until the first event arrives; it must not wait for the ~0.9 s rest of the stream.
     asio::io_context io;
-    tcp::socket s(io);
-    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
+    tcp::socket s = connectTo(io, gw->gatewayPort());
     const auto start = std::chrono::steady_clock::now();
     asio::write(s, asio::buffer(raw));
     std::string got;
@@ -332,8 +338,7 @@ std::string postRequest(const std::string& body, const std::string& extra_header
 // so far in `got`.
 tcp::socket startStream(asio::io_context& io, unsigned short port, int tokens,
                         std::string* got = nullptr) {
-    tcp::socket s(io);
-    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+    tcp::socket s = connectTo(io, port);
     asio::write(s, asio::buffer(postRequest(chatBody(true, false, tokens))));
     std::string first(1024, '\0');
     first.resize(s.read_some(asio::buffer(first)));
@@ -423,8 +428,7 @@ TEST(WaypointGateway, StopFinishesTheHttp1StreamInFlightAndClosesIdleConnections
         "\"]}]\n---\nkind: ModelRoute\nmetadata: {name: chat}\nspec:\n  "
         "models: [\"*\"]\n  timeout: 10s\n  backends: [{pool: main}]\n");
     asio::io_context io;
-    tcp::socket idle(io);
-    idle.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
+    tcp::socket idle = connectTo(io, gw->gatewayPort());
     asio::write(idle, asio::buffer(std::string("GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")));
     beast::flat_buffer idle_buffer;
     http::response<http::string_body> models;
@@ -459,8 +463,7 @@ TEST(WaypointGateway, StopAnswersARequestThatHadBegunToArrive) {
     Emulator backend("a");
     auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
     asio::io_context io;
-    tcp::socket s(io);
-    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
+    tcp::socket s = connectTo(io, gw->gatewayPort());
     const std::string request = postRequest(chatBody(false));
     const size_t half = request.find("\r\n") + 2;  // the request line only
     asio::write(s, asio::buffer(request.substr(0, half)));
@@ -520,8 +523,7 @@ TEST(WaypointGateway, ExpectContinueIsAnsweredHereAndNotPassedToTheBackend) {
     Emulator backend("a");
     auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
     asio::io_context io;
-    tcp::socket s(io);
-    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
+    tcp::socket s = connectTo(io, gw->gatewayPort());
     const std::string request =
         postRequest(chatBody(false), "Expect: 100-continue\r\nConnection: close\r\n");
     const size_t head_end = request.find("\r\n\r\n") + 4;

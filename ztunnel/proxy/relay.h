@@ -321,20 +321,13 @@ class Relay : public RelayControl, public std::enable_shared_from_this<Relay<A, 
                 return;
             }
             asio::const_buffer view;
-            switch (from<AtoB>().peek(view)) {
-                case ReadStatus::Wait:
-                    wait<AtoB>();
-                    return;
-                case ReadStatus::End:
-                    ended<AtoB>();
-                    return;
-                case ReadStatus::Failed:
-                    fail();
-                    end<AtoB>();
-                    return;
-                case ReadStatus::Data:
-                    break;
+            const ReadStatus status = from<AtoB>().peek(view);
+            if (status == ReadStatus::Wait) {
+                wait<AtoB>();
+                return;
             }
+            if (source_ended<AtoB>(status))
+                return;
             const WriteNowResult w = to<AtoB>().write_now(view);
             if (w.failed) {
                 fail();
@@ -365,21 +358,13 @@ class Relay : public RelayControl, public std::enable_shared_from_this<Relay<A, 
             if (!d.buf)
                 d.buf = detail::ChunkCache::take();
             const ReadResult r = from<AtoB>().read(asio::buffer(d.buf.get(), detail::kRelayChunk));
-            switch (r.status) {
-                case ReadStatus::Wait:
-                    detail::ChunkCache::give(d.buf);
-                    wait<AtoB>();
-                    return;
-                case ReadStatus::End:
-                    ended<AtoB>();
-                    return;
-                case ReadStatus::Failed:
-                    fail();
-                    end<AtoB>();
-                    return;
-                case ReadStatus::Data:
-                    break;
+            if (r.status == ReadStatus::Wait) {
+                detail::ChunkCache::give(d.buf);
+                wait<AtoB>();
+                return;
             }
+            if (source_ended<AtoB>(r.status))
+                return;
             const size_t n = r.n;
             const WriteStatus w = to<AtoB>().write(asio::buffer(d.buf.get(), n),
                                                    [self = this->shared_from_this(), n](bool ok) {
@@ -412,14 +397,19 @@ class Relay : public RelayControl, public std::enable_shared_from_this<Relay<A, 
         abort();
     }
 
-    // The source closed its side cleanly: the half-close travels on.
+    // What a read that found no data means for the direction: a clean close travels on as a
+    // half-close, a failure resets both sides; either way the direction ends (true). Wait and
+    // Data leave it running (false).
     template <bool AtoB>
-    void ended() {
-        if (failed_)
+    bool source_ended(ReadStatus status) {
+        if (status == ReadStatus::End && !failed_)
+            to<AtoB>().close_write();
+        else if (status == ReadStatus::End || status == ReadStatus::Failed)
             fail();
         else
-            to<AtoB>().close_write();
+            return false;
         end<AtoB>();
+        return true;
     }
 
     template <bool AtoB>
