@@ -85,6 +85,8 @@ class Stream {
     bool is_closed() const { return closed_; }
     bool write_closed() const { return local_closed_; }
     bool was_reset() const { return reset_; }
+    // nghttp2 holds a DATA item for the stream: it has bytes or its END_STREAM to send.
+    bool sending() const { return data_attached_; }
     int32_t id() const { return id_; }
     int status() const { return status_; }
     // Server side: what the peer asked for (empty once taken, and on the client side).
@@ -115,6 +117,7 @@ class Stream {
     bool reset_ = false;          // closed with an error code
     SendQueue send_;
     bool local_closed_ = false;
+    bool data_attached_ = false;  // nghttp2 holds a DATA item for the stream (Connection::resume)
     bool responded_ = false;
     bool read_cancelled_ = false;
     // readable_ also wakes open_stream() when the response headers arrived.
@@ -179,6 +182,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     void kick() { write_ready_.notify(); }
     void consumed(Stream& s, size_t n);
     void resume(Stream& s);
+    void submit_data(Stream& s);
     void stream_ended(Stream& s);
 
     asio::any_io_executor executor_;

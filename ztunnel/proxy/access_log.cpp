@@ -19,7 +19,7 @@ std::string address(const boost::asio::ip::tcp::endpoint& ep) {
 
 }  // namespace
 
-nlohmann::json ConnectionRecord::to_json(const ConnectionLabels& l) const {
+nlohmann::json ConnectionRecord::to_json(const ConnectionLabels& l, std::string_view error) const {
     const auto elapsed = std::chrono::steady_clock::now() - start;
     nlohmann::json j{
         {"time", identity::format_time(std::chrono::system_clock::now())},
@@ -61,8 +61,9 @@ AccessLog::~AccessLog() {
         ::close(fd_);
 }
 
-void AccessLog::write(const ConnectionRecord& r, const ConnectionLabels& labels) {
-    const std::string line = r.to_json(labels).dump() + "\n";
+void AccessLog::write(const ConnectionRecord& r, const ConnectionLabels& labels,
+                      std::string_view error) {
+    const std::string line = r.to_json(labels, error).dump() + "\n";
     std::lock_guard lock(mutex_);
     // Best effort: a full disk must not stall the data path.
     [[maybe_unused]] auto n = ::write(fd_, line.data(), line.size());

@@ -28,9 +28,9 @@ struct ConnectionRecord {
     uint64_t bytes_received = 0;  // from the downstream
     std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
     std::string_view result = "ok";  // "ok", "denied", "error", "closed_by_policy"
-    std::string error;               // why, when not ok
+    // Why it was not ok is known only when the line is written: not kept here (AccessLog::write).
 
-    nlohmann::json to_json(const ConnectionLabels& labels) const;
+    nlohmann::json to_json(const ConnectionLabels& labels, std::string_view error = {}) const;
 };
 
 // Writes access-log lines to stdout ("-") or a file, one write per line so lines of
@@ -39,7 +39,9 @@ class AccessLog {
   public:
     explicit AccessLog(const std::string& target);
     ~AccessLog();
-    void write(const ConnectionRecord& r, const ConnectionLabels& labels);
+    // `error`: why the connection was not ok (empty: no "error" field).
+    void write(const ConnectionRecord& r, const ConnectionLabels& labels,
+               std::string_view error = {});
 
   private:
     std::mutex mutex_;

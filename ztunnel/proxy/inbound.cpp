@@ -144,12 +144,9 @@ void finish_inbound(Proxy& p, InboundCall& call, bool opened, const std::string&
     if (opened)
         p.metrics().connection_closed(*call.labels, call.record.bytes_sent,
                                       call.record.bytes_received);
-    if (!error.empty()) {
-        if (call.record.result == "ok")
-            call.record.result = "error";
-        call.record.error = error;
-    }
-    p.access_log().write(call.record, *call.labels);
+    if (!error.empty() && call.record.result == "ok")
+        call.record.result = "error";
+    p.access_log().write(call.record, *call.labels, error);
 }
 
 void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction) {
@@ -212,8 +209,9 @@ void finish_closed_by_policy(Proxy& p, InboundCall& call) {
     p.metrics().authz_denied(std::string(call.record.direction), "closed_by_policy");
     p.metrics().connection_closed(*call.labels, call.record.bytes_sent, call.record.bytes_received);
     call.record.result = "closed_by_policy";
-    call.record.error = "policy changed: " + call.decision.reason + " (" + call.decision.rule + ")";
-    p.access_log().write(call.record, *call.labels);
+    p.access_log().write(
+        call.record, *call.labels,
+        "policy changed: " + call.decision.reason + " (" + call.decision.rule + ")");
 }
 
 size_t close_denied_inbound(Proxy& p) {

@@ -55,11 +55,9 @@ void finish(Proxy& p, ConnectionRecord& rec, const ConnectionLabels& labels, boo
             const std::string& level_error = {}) {
     if (opened)
         p.metrics().connection_closed(labels, rec.bytes_sent, rec.bytes_received);
-    if (!level_error.empty()) {
-        rec.result = rec.result == "ok" ? "error" : rec.result;
-        rec.error = level_error;
-    }
-    p.access_log().write(rec, labels);
+    if (!level_error.empty() && rec.result == "ok")
+        rec.result = "error";
+    p.access_log().write(rec, labels, level_error);
 }
 
 // Fail closed: the client is reset, the refusal counted, logged and written to the access log.
@@ -75,7 +73,7 @@ void refuse(Proxy& p, ConnectionRecord& rec, ConnectionLabels& labels, tcp::sock
 
 // Everything the tunnel needs once the destination is known.
 struct Tunnel {
-    std::shared_ptr<Proxy::ActiveGuard> active;
+    std::optional<Proxy::ActiveGuard> active;
     ConnectionRecord rec;
     ConnectionLabels labels;
     hbone::PoolKey key;
@@ -96,7 +94,7 @@ struct OutboundEnd {
     ConnectionRecord rec;
     std::shared_ptr<const ConnectionLabels> labels;
     std::optional<asio::ip::address> lb_endpoint;
-    std::shared_ptr<Proxy::ActiveGuard> active;
+    Proxy::ActiveGuard active;
     bool tunnelled;  // a reset is logged as an error (HBONE); passthrough logs it as ok
 
     void operator()(const RelayResult& r) {
@@ -115,7 +113,7 @@ void start_outbound_relay(Proxy& p, tcp::socket client, Upstream upstream, Tunne
     p.metrics().connection_opened(*labels);
     start_relay(TcpPipe(std::move(client)), std::move(upstream),
                 OutboundEnd{&p, std::move(t.rec), std::move(labels), t.lb_endpoint,
-                            std::move(t.active), tunnelled});
+                            std::move(*t.active), tunnelled});
 }
 
 // Runs on the worker that owns the pool for t.key, so all streams to one destination share one
@@ -139,7 +137,7 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
                                tcp::socket client) {
     auto owned = std::make_unique<Tunnel>();
     Tunnel& t = *owned;
-    t.active = std::make_shared<Proxy::ActiveGuard>(p);
+    t.active.emplace(p);
     ConnectionRecord& rec = t.rec;
     ConnectionLabels& labels = t.labels;
     rec.direction = "outbound";

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/zds.h"
@@ -89,10 +90,19 @@ class Proxy {
     InboundConnections& inbound_connections() { return inbound_connections_; }
     LoadBalancer& load_balancer() { return load_balancer_; }
     // Counts a connection for drain(); the guard's destructor uncounts it.
-    struct ActiveGuard {
-        explicit ActiveGuard(Proxy& p) : p_(p) { ++p_.active_connections_; }
-        ~ActiveGuard() { --p_.active_connections_; }
-        Proxy& p_;
+    // Counts one open connection while it lives; moves with the connection's state.
+    class ActiveGuard {
+      public:
+        explicit ActiveGuard(Proxy& p) : p_(&p) { ++p.active_connections_; }
+        ActiveGuard(ActiveGuard&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+        ActiveGuard& operator=(ActiveGuard&&) = delete;
+        ~ActiveGuard() {
+            if (p_ != nullptr)
+                --p_->active_connections_;
+        }
+
+      private:
+        Proxy* p_;
     };
     void track_server_connection(Worker& w, std::shared_ptr<hbone::Connection> c);
     // The worker whose pool holds connections for `key`: one per key, so streams to one

@@ -291,6 +291,108 @@ TEST_F(HboneTest, RelayBetweenAStreamAndASlowSocketCarriesBulkBothWays) {
     EXPECT_EQ(proxy::detail::ChunkCache::in_use(), 0u);
 }
 
+// A stream holds a DATA item in nghttp2 only while it has bytes to send: the item ends with the
+// frame that empties the queue and the next write submits a new one. Small request/response
+// exchanges (an item per message each way) share the connection with a bulk transfer, whose
+// full batches make an ended item wait in nghttp2's send path while the next bytes come; then
+// both sides half-close after idling, which takes an item of its own (END_STREAM alone).
+TEST_F(HboneTest, StreamsSendAgainAfterIdlingAndHoldNoDataItemWhileIdle) {
+    serve(kServer);
+    Pool pool(io_.get_executor(), dialer(kClient));
+    constexpr int kTalkers = 4, kMessages = 200;
+    const std::string bulk((8 << 20) + 123, 'b');
+    std::string bulk_echo;
+    std::vector<int> answered(kTalkers, 0);
+    std::vector<bool> idle_without_item(kTalkers, false), ended(kTalkers, false);
+    int finished = 0;
+    auto talker = [&](int i) -> asio::awaitable<void> {
+        auto st = co_await pool.open(key_, request_);
+        EXPECT_TRUE(st);
+        if (st) {
+            std::array<char, 256> buf;
+            for (int m = 0; m < kMessages; ++m) {
+                const std::string msg = "talker " + std::to_string(i) + " message " +
+                                        std::to_string(m) + std::string(m % 97, '.');
+                EXPECT_TRUE(co_await (*st)->write(asio::buffer(msg)));
+                std::string got;
+                while (got.size() < msg.size()) {
+                    const size_t n = co_await (*st)->read(asio::buffer(buf));
+                    if (n == 0)
+                        break;
+                    got.append(buf.data(), n);
+                }
+                if (got != msg)
+                    break;
+                ++answered[i];
+            }
+            asio::steady_timer settle(io_, 20ms);  // the echo's frames have all left by now
+            co_await settle.async_wait(asio::use_awaitable);
+            idle_without_item[i] = !(*st)->sending();
+            (*st)->close_write();
+            ended[i] = co_await (*st)->read(asio::buffer(buf)) == 0 && !(*st)->was_reset();
+        }
+        ++finished;
+    };
+    // Writes small pieces without waiting for the echo, yielding between them: its queue
+    // empties with almost every frame, and the next piece often comes while a full batch is
+    // being written (the ended item still in nghttp2's send path).
+    std::string streamed, streamed_echo;
+    bool streamer_done = false;
+    auto streamer = [&]() -> asio::awaitable<void> {
+        auto st = co_await pool.open(key_, request_);
+        EXPECT_TRUE(st);
+        if (st) {
+            asio::co_spawn(
+                io_,
+                [&, s = *st]() -> asio::awaitable<void> {
+                    std::array<char, 4096> buf;
+                    for (;;) {
+                        const size_t n = co_await s->read(asio::buffer(buf));
+                        if (n == 0)
+                            break;
+                        streamed_echo.append(buf.data(), n);
+                    }
+                    streamer_done = true;
+                },
+                asio::detached);
+            for (int piece = 0; piece < 2000; ++piece) {
+                const std::string bytes =
+                    std::to_string(piece) + std::string(700 + piece % 300, 's');
+                streamed += bytes;
+                EXPECT_TRUE(co_await (*st)->write(asio::buffer(bytes)));
+                co_await asio::post(io_, asio::use_awaitable);
+            }
+            (*st)->close_write();
+        } else {
+            streamer_done = true;
+        }
+    };
+    run([&]() -> asio::awaitable<void> {
+        auto st = co_await pool.open(key_, request_);
+        EXPECT_TRUE(st);
+        for (int i = 0; i < kTalkers; ++i)
+            asio::co_spawn(io_, talker(i), asio::detached);
+        asio::co_spawn(io_, streamer(), asio::detached);
+        if (st)
+            bulk_echo = co_await round_trip(**st, bulk);
+        asio::steady_timer wait(io_);
+        while (finished < kTalkers || !streamer_done) {
+            wait.expires_after(1ms);
+            co_await wait.async_wait(asio::use_awaitable);
+        }
+        EXPECT_EQ(pool.connections(), 1u) << "all streams share one connection";
+    });
+    EXPECT_EQ(bulk_echo.size(), bulk.size());
+    EXPECT_TRUE(bulk_echo == bulk);
+    EXPECT_EQ(streamed_echo.size(), streamed.size());
+    EXPECT_TRUE(streamed_echo == streamed);
+    for (int i = 0; i < kTalkers; ++i) {
+        EXPECT_EQ(answered[i], kMessages) << "talker " << i;
+        EXPECT_TRUE(idle_without_item[i]) << "talker " << i << " kept its DATA item while idle";
+        EXPECT_TRUE(ended[i]) << "talker " << i << ": the half-close after idling was not echoed";
+    }
+}
+
 TEST_F(HboneTest, ServerStatusReachesTheClient) {
     serve(kServer);
     status_ = kStatusUnauthorized;

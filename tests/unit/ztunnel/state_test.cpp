@@ -263,6 +263,9 @@ TEST(AccessLogTest, RecordWritesItsAddressesAndLeavesUnsetOnesEmpty) {
     EXPECT_EQ(j["dst.hbone_addr"], "");
     EXPECT_EQ(j["result"], "denied");
     EXPECT_FALSE(j.contains("error"));
+    // Why it was not ok comes with the write, not from the record an open connection holds.
+    EXPECT_EQ(rec.to_json(proxy::ConnectionLabels{}, "no healthy upstream")["error"],
+              "no healthy upstream");
 }
 
 TEST(DefaultAuthorizerTest, StrictRefusesOnlyPlaintext) {
