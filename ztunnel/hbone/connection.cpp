@@ -140,6 +140,10 @@ Connection::Connection(TlsSocket tls, Role role, identity::Identity peer, Reques
     nghttp2_option_new(&opt);
     // Window updates follow what the application consumed (Stream::read), not what arrived.
     nghttp2_option_set_no_auto_window_update(opt, 1);
+    // No HPACK dynamic table either way (SETTINGS_HEADER_TABLE_SIZE 0 in start()): a CONNECT's
+    // headers are unique per connection (forwarded, traceparent), so the tables hold entries
+    // that are seldom used again, 4 KiB each way per HBONE connection.
+    nghttp2_option_set_max_deflate_dynamic_table_size(opt, 0);
     if (role_ == Role::Client)
         nghttp2_session_client_new2(&session_, callbacks(), this, opt);
     else
@@ -155,6 +159,7 @@ void Connection::start() {
     const nghttp2_settings_entry settings[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, kMaxStreamsPerConnection},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(kStreamWindow)},
+        {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, 0},
     };
     nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, std::size(settings));
     nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow);

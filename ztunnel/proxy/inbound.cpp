@@ -234,8 +234,13 @@ asio::awaitable<std::expected<tcp::socket, std::string>> connect_app(Proxy& p,
     co_return app;
 }
 
-void serve_hbone(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w, tcp::socket s) {
-    asio::co_spawn(w.io, hbone_connection(p, std::move(dst), w, std::move(s)), asio::detached);
+void serve_hbone(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w, AcceptedFd c) {
+    auto s = std::move(c).socket(w.io);
+    if (!s) {
+        spdlog::warn("hbone: cannot serve a connection: {}", s.error().message());
+        return;
+    }
+    asio::co_spawn(w.io, hbone_connection(p, std::move(dst), w, std::move(*s)), asio::detached);
 }
 
 }  // namespace sluice::ztunnel::proxy

@@ -46,8 +46,13 @@ asio::awaitable<void> inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorklo
 }  // namespace
 
 void serve_inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w,
-                             tcp::socket s) {
-    asio::co_spawn(w.io, inbound_plaintext(p, std::move(dst), w, std::move(s)), asio::detached);
+                             AcceptedFd c) {
+    auto s = std::move(c).socket(w.io);
+    if (!s) {
+        spdlog::warn("inbound plaintext: cannot serve a connection: {}", s.error().message());
+        return;
+    }
+    asio::co_spawn(w.io, inbound_plaintext(p, std::move(dst), w, std::move(*s)), asio::detached);
 }
 
 }  // namespace sluice::ztunnel::proxy

@@ -61,14 +61,14 @@ void finish(Proxy& p, ConnectionRecord& rec, const ConnectionLabels& labels, boo
 }
 
 // Fail closed: the client is reset, the refusal counted, logged and written to the access log.
-void refuse(Proxy& p, ConnectionRecord& rec, ConnectionLabels& labels, tcp::socket& client,
+void refuse(Proxy& p, ConnectionRecord& rec, ConnectionLabels& labels, AcceptedFd& client,
             const char* reason, const std::string& detail) {
     labels.response_flags = "UH";  // Envoy: no healthy upstream
     p.metrics().outbound_refused(reason);
     spdlog::warn("outbound {} -> {} refused ({}): {}", to_string(rec.src_addr),
                  to_string(rec.dst_addr), reason, detail);
     finish(p, rec, labels, false, detail);
-    reset_socket(client);
+    client.reset();
 }
 
 // Everything the tunnel needs once the destination is known.
@@ -105,20 +105,29 @@ struct OutboundEnd {
     }
 };
 
-// Counts the connection open and hands it to a relay; the calling coroutine may end.
+// Makes the client's socket on this worker, counts the connection open and hands it to a relay;
+// the calling coroutine may end.
 template <typename Upstream>
-void start_outbound_relay(Proxy& p, tcp::socket client, Upstream upstream, Tunnel& t,
+void start_outbound_relay(Proxy& p, Worker& w, AcceptedFd client, Upstream upstream, Tunnel& t,
                           bool tunnelled) {
+    auto socket = std::move(client).socket(w.io);
+    if (!socket) {
+        upstream.abort();
+        finish(p, t.rec, t.labels, false,
+               "cannot relay the connection: " + socket.error().message());
+        release_endpoint(p, t.lb_endpoint);
+        return;
+    }
     auto labels = p.metrics().shared_labels().get(std::move(t.labels));
     p.metrics().connection_opened(*labels);
-    start_relay(TcpPipe(std::move(client)), std::move(upstream),
+    start_relay(TcpPipe(std::move(*socket)), std::move(upstream),
                 OutboundEnd{&p, std::move(t.rec), std::move(labels), t.lb_endpoint,
                             std::move(*t.active), tunnelled});
 }
 
 // Runs on the worker that owns the pool for t.key, so all streams to one destination share one
 // HBONE connection (DESIGN.md §4) although connections are accepted on any worker.
-asio::awaitable<void> tunnel(Proxy& p, Worker& w, tcp::socket client, std::unique_ptr<Tunnel> t) {
+asio::awaitable<void> tunnel(Proxy& p, Worker& w, AcceptedFd client, std::unique_ptr<Tunnel> t) {
     auto stream = co_await w.pool->open(t->key, std::move(t->request));
     if (!stream) {
         const hbone::Failure& f = stream.error();
@@ -126,15 +135,17 @@ asio::awaitable<void> tunnel(Proxy& p, Worker& w, tcp::socket client, std::uniqu
             t->rec.result = "denied";
         t->labels.response_flags = f.status == hbone::kStatusUnauthorized ? "UAEX" : "UF";
         finish(p, t->rec, t->labels, false, f.message());
-        reset_socket(client);
+        client.reset();
         release_endpoint(p, t->lb_endpoint);
         co_return;
     }
-    start_outbound_relay(p, std::move(client), StreamPipe(std::move(*stream)), *t, true);
+    start_outbound_relay(p, w, std::move(client), StreamPipe(std::move(*stream)), *t, true);
 }
 
+// Decides where the connection goes while it is still a bare descriptor; the socket is made on
+// the worker that relays it.
 asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, Worker& w,
-                               tcp::socket client) {
+                               AcceptedFd client) {
     auto owned = std::make_unique<Tunnel>();
     Tunnel& t = *owned;
     t.active.emplace(p);
@@ -149,14 +160,13 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
     const state::Workload* src_reg = snap->workload(src->info.namespace_name, src->info.name);
     labels.source_app = app_label(src_reg ? src_reg->labels : state::Labels{}, src->info.name);
 
-    boost::system::error_code ec;
-    const tcp::endpoint peer = client.remote_endpoint(ec);
-    auto orig = original_destination(client.native_handle());
+    const tcp::endpoint peer = client.remote_endpoint();
+    auto orig = original_destination(client.fd());
     if (!orig) {
         rec.src_addr = peer;
         finish(p, rec, labels, false,
                std::string("no original destination (SO_ORIGINAL_DST): ") + strerror(orig.error()));
-        reset_socket(client);
+        client.reset();
         co_return;
     }
     const bool v6 = orig->address().is_v6();
@@ -169,7 +179,7 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
         rec.src_addr = peer;
         rec.dst_addr = *orig;
         finish(p, rec, labels, false, "direct connection to the outbound listener refused");
-        reset_socket(client);
+        client.reset();
         co_return;
     }
     // The app connected from its pod address (iptables) or from loopback (eBPF redirect): the
@@ -242,11 +252,11 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
         if (!upstream) {
             labels.response_flags = "UF";
             finish(p, rec, labels, false, upstream.error());
-            reset_socket(client);
+            client.reset();
             release_endpoint(p, t.lb_endpoint);
             co_return;
         }
-        start_outbound_relay(p, std::move(client), TcpPipe(std::move(*upstream)), t, false);
+        start_outbound_relay(p, w, std::move(client), TcpPipe(std::move(*upstream)), t, false);
         co_return;
     }
 
@@ -278,26 +288,16 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
         asio::co_spawn(w.io, tunnel(p, w, std::move(client), std::move(owned)), asio::detached);
         co_return;
     }
-    // Hand the client socket to the owning worker's io_context.
-    const auto protocol = client.local_endpoint(ec).protocol();
-    const int fd = client.release(ec);
-    if (ec) {
-        finish(p, rec, labels, false, "cannot move connection to its worker: " + ec.message());
-        release_endpoint(p, t.lb_endpoint);
-        co_return;
-    }
-    asio::post(owner.io, [&p, &owner, fd, protocol, t = std::move(owned)]() mutable {
-        tcp::socket moved(owner.io);
-        boost::system::error_code assign_ec;
-        moved.assign(protocol, fd, assign_ec);
-        asio::co_spawn(owner.io, tunnel(p, owner, std::move(moved), std::move(t)), asio::detached);
+    // The owning worker takes the connection over; its socket is made there.
+    asio::post(owner.io, [&p, &owner, c = std::move(client), t = std::move(owned)]() mutable {
+        asio::co_spawn(owner.io, tunnel(p, owner, std::move(c), std::move(t)), asio::detached);
     });
 }
 
 }  // namespace
 
-void serve_outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, Worker& w, tcp::socket s) {
-    asio::co_spawn(w.io, outbound(p, std::move(src), w, std::move(s)), asio::detached);
+void serve_outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, Worker& w, AcceptedFd c) {
+    asio::co_spawn(w.io, outbound(p, std::move(src), w, std::move(c)), asio::detached);
 }
 
 }  // namespace sluice::ztunnel::proxy

@@ -20,31 +20,45 @@ constexpr auto kConnectTimeout = std::chrono::seconds(5);
 constexpr auto kGaugePeriod = std::chrono::seconds(1);
 constexpr size_t kTrimAfterClosed = 1000;
 
+// Connections accepted in a row before the loop lets the listener's worker run other work.
+constexpr int kAcceptsPerTurn = 64;
+
+// Accepts with accept4() itself, not Asio's accept: a connection is handed on as a bare
+// descriptor (AcceptedFd) and registered only with the worker that serves it.
 asio::awaitable<void> accept_loop(Proxy& p, std::shared_ptr<EnrolledWorkload> wl,
                                   std::shared_ptr<tcp::acceptor> acceptor,
                                   std::vector<std::unique_ptr<Worker>>& workers, size_t first,
                                   void (*serve)(Proxy&, std::shared_ptr<EnrolledWorkload>, Worker&,
-                                                tcp::socket)) {
+                                                AcceptedFd)) {
     size_t next = first;
+    boost::system::error_code protocol_ec;
+    const tcp protocol = acceptor->local_endpoint(protocol_ec).protocol();
     for (;;) {
-        Worker& w = *workers[next++ % workers.size()];
         boost::system::error_code ec;
-        // The accepted socket belongs to the next worker's io_context: connections spread
-        // over workers even when one pod has all the traffic.
-        tcp::socket s =
-            co_await acceptor->async_accept(w.io, asio::redirect_error(asio::use_awaitable, ec));
+        co_await acceptor->async_wait(tcp::acceptor::wait_read,
+                                      asio::redirect_error(asio::use_awaitable, ec));
         if (ec == asio::error::operation_aborted || !acceptor->is_open())
             co_return;
-        if (ec) {
-            spdlog::warn("accept on {} for {}: {}", to_string(acceptor->local_endpoint(ec)),
-                         wl->info.name, ec.message());
-            asio::steady_timer t(acceptor->get_executor(), std::chrono::milliseconds(100));
-            co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-            continue;
+        for (int i = 0; i < kAcceptsPerTurn && acceptor->is_open(); ++i) {
+            const int fd = ::accept4(acceptor->native_handle(), nullptr, nullptr,
+                                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0 && (errno == EINTR || errno == ECONNABORTED))
+                continue;
+            if (fd < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                break;
+            if (fd < 0) {  // out of descriptors or memory: try again a little later
+                spdlog::warn("accept on {} for {}: {}", to_string(acceptor->local_endpoint(ec)),
+                             wl->info.name, strerror(errno));
+                asio::steady_timer t(acceptor->get_executor(), std::chrono::milliseconds(100));
+                co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+                break;
+            }
+            // Connections spread over the workers even when one pod has all the traffic.
+            Worker& w = *workers[next++ % workers.size()];
+            asio::post(w.io, [&p, wl, &w, serve, c = AcceptedFd(fd, protocol)]() mutable {
+                serve(p, wl, w, std::move(c));
+            });
         }
-        asio::post(w.io, [&p, wl, &w, serve, s = std::move(s)]() mutable {
-            serve(p, wl, w, std::move(s));
-        });
     }
 }
 
@@ -115,7 +129,7 @@ void Proxy::stop() {
 
 void Proxy::start_listener(std::shared_ptr<EnrolledWorkload> wl, int fd, size_t worker,
                            void (*serve)(Proxy&, std::shared_ptr<EnrolledWorkload>, Worker&,
-                                         tcp::socket)) {
+                                         AcceptedFd)) {
     Worker& w = *workers_[worker % workers_.size()];
     boost::system::error_code ec;
     sockaddr_storage ss{};
@@ -151,7 +165,7 @@ std::expected<int, std::string> Proxy::add_workload(const zds::WorkloadInfo& inf
         return std::unexpected("certificate for " + wl->id.uri() + ": " + cert.error());
     struct Spec {
         tcp::endpoint at;
-        void (*serve)(Proxy&, std::shared_ptr<EnrolledWorkload>, Worker&, tcp::socket);
+        void (*serve)(Proxy&, std::shared_ptr<EnrolledWorkload>, Worker&, AcceptedFd);
     };
     const bool v6 = std::any_of(wl->ips.begin(), wl->ips.end(), [](auto& a) { return a.is_v6(); });
     // A waypoint pod terminates HBONE on :15008 itself; its outbound and other inbound are ours.

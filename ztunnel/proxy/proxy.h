@@ -114,7 +114,7 @@ class Proxy {
         Worker& w, const hbone::PoolKey& key);
     void start_listener(std::shared_ptr<EnrolledWorkload> wl, int fd, size_t worker,
                         void (*serve)(Proxy&, std::shared_ptr<EnrolledWorkload>, Worker&,
-                                      tcp::socket));
+                                      AcceptedFd));
 
     Config config_;
     state::RegistryView registry_;
@@ -138,10 +138,11 @@ class Proxy {
 };
 
 // Connection handlers, one file each.
-void serve_outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, Worker& w, tcp::socket s);
-void serve_hbone(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w, tcp::socket s);
+// Each runs on `w` with a connection accepted for it (see AcceptedFd).
+void serve_outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, Worker& w, AcceptedFd c);
+void serve_hbone(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w, AcceptedFd c);
 void serve_inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w,
-                             tcp::socket s);
+                             AcceptedFd c);
 // After a policy refresh: authorizes every open inbound connection again and closes the ones now
 // denied (inbound.cpp). Returns how many it closes.
 size_t close_denied_inbound(Proxy& p);

@@ -33,6 +33,40 @@ int fail(int fd) {
 
 }  // namespace
 
+AcceptedFd::~AcceptedFd() {
+    if (fd_ >= 0)
+        ::close(fd_);
+}
+
+tcp::endpoint AcceptedFd::remote_endpoint() const {
+    tcp::endpoint ep;
+    socklen_t len = static_cast<socklen_t>(ep.capacity());
+    if (::getpeername(fd_, ep.data(), &len) != 0)
+        return {};
+    ep.resize(len);
+    return ep;
+}
+
+std::expected<tcp::socket, boost::system::error_code> AcceptedFd::socket(asio::io_context& io) && {
+    tcp::socket s(io);
+    boost::system::error_code ec;
+    s.assign(protocol_, fd_, ec);
+    if (ec) {
+        reset();
+        return std::unexpected(ec);
+    }
+    fd_ = -1;
+    return s;
+}
+
+void AcceptedFd::reset() {
+    if (fd_ < 0)
+        return;
+    const linger rst{.l_onoff = 1, .l_linger = 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &rst, sizeof(rst));
+    ::close(std::exchange(fd_, -1));
+}
+
 NetnsSockets::NetnsSockets() {
     own_netns_ = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     if (own_netns_ < 0)
