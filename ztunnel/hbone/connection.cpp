@@ -8,7 +8,11 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
@@ -25,6 +29,82 @@ constexpr unsigned kRecordsPerTurn = 16;
 constexpr size_t kWriteBatch = 64 * 1024;
 
 }  // namespace
+
+// ---- SessionMemory -------------------------------------------------------------------------
+
+void* SessionMemory::allocate(size_t size, void* ud) {
+    auto* self = static_cast<SessionMemory*>(ud);
+    if (size >= kMapFrom) {
+        for (Block& b : self->mapped_) {
+            if (b.ptr != nullptr)
+                continue;
+            void* p =
+                ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == MAP_FAILED)
+                break;
+            b = {p, size};
+            return p;
+        }
+    }
+    return std::malloc(size);
+}
+
+void SessionMemory::release(void* ptr, void* ud) {
+    if (ptr == nullptr)
+        return;
+    auto* self = static_cast<SessionMemory*>(ud);
+    for (Block& b : self->mapped_) {
+        if (b.ptr == ptr) {
+            ::munmap(b.ptr, b.size);
+            b = {};
+            return;
+        }
+    }
+    std::free(ptr);
+}
+
+void* SessionMemory::zeroed(size_t n, size_t size, void* ud) {
+    const size_t total = n * size;
+    if (size != 0 && total / size != n)
+        return nullptr;
+    void* p = allocate(total, ud);
+    // Fresh mappings are zero already; only malloc's blocks need clearing.
+    if (p != nullptr && !static_cast<SessionMemory*>(ud)->is_mapped(p))
+        std::memset(p, 0, total);
+    return p;
+}
+
+void* SessionMemory::resize(void* ptr, size_t size, void* ud) {
+    auto* self = static_cast<SessionMemory*>(ud);
+    for (Block& b : self->mapped_) {
+        if (b.ptr != ptr || ptr == nullptr)
+            continue;
+        void* p = allocate(size, ud);
+        if (p != nullptr) {
+            std::memcpy(p, ptr, std::min(size, b.size));
+            release(ptr, ud);
+        }
+        return p;
+    }
+    if (size >= kMapFrom && ptr != nullptr) {
+        // Growing a malloc block past the mark: it stays with malloc (nghttp2 does not know the
+        // old size, so it cannot be copied into a mapping).
+        return std::realloc(ptr, size);
+    }
+    return ptr == nullptr ? allocate(size, ud) : std::realloc(ptr, size);
+}
+
+bool SessionMemory::is_mapped(const void* p) const {
+    for (const Block& b : mapped_) {
+        if (b.ptr == p)
+            return true;
+    }
+    return false;
+}
+
+nghttp2_mem SessionMemory::table() {
+    return nghttp2_mem{this, allocate, release, zeroed, resize};
+}
 
 const char* to_string(Error e) {
     switch (e) {
@@ -144,10 +224,11 @@ Connection::Connection(TlsSocket tls, Role role, identity::Identity peer, Reques
     // headers are unique per connection (forwarded, traceparent), so the tables hold entries
     // that are seldom used again, 4 KiB each way per HBONE connection.
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, 0);
+    nghttp2_mem mem = memory_.table();
     if (role_ == Role::Client)
-        nghttp2_session_client_new2(&session_, callbacks(), this, opt);
+        nghttp2_session_client_new3(&session_, callbacks(), this, opt, &mem);
     else
-        nghttp2_session_server_new2(&session_, callbacks(), this, opt);
+        nghttp2_session_server_new3(&session_, callbacks(), this, opt, &mem);
     nghttp2_option_del(opt);
 }
 

@@ -4,6 +4,7 @@
 
 #include <boost/asio/ip/tcp.hpp>
 
+#include <array>
 #include <chrono>
 #include <expected>
 #include <functional>
@@ -38,6 +39,30 @@ struct ConnectRequest {
 };
 
 class Connection;
+
+// nghttp2's allocator for one HBONE session. Its large blocks (at least kMapFrom bytes: the
+// 16 KiB buffer outgoing frames are built in) are mapped on their own instead of coming from
+// malloc: DATA frames bypass that buffer (NO_COPY), so only its first page is ever written and
+// the untouched rest takes no memory (~12 KiB per HBONE connection: 100 connections carry 10k
+// streams). Everything else is malloc's.
+class SessionMemory {
+  public:
+    nghttp2_mem table();
+
+  private:
+    static constexpr size_t kMapFrom = 8192;
+    static void* allocate(size_t size, void* ud);
+    static void release(void* ptr, void* ud);
+    static void* zeroed(size_t n, size_t size, void* ud);
+    static void* resize(void* ptr, size_t size, void* ud);
+    bool is_mapped(const void* p) const;
+
+    struct Block {
+        void* ptr = nullptr;
+        size_t size = 0;
+    };
+    std::array<Block, 2> mapped_{};  // more large blocks than this come from malloc
+};
 
 // One HTTP/2 CONNECT stream: a byte pipe in both directions. All calls on the connection's
 // executor. Reads consume flow-control window only when the caller takes the bytes, so a slow
@@ -190,6 +215,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     Role role_;
     identity::Identity peer_;
     RequestHandler on_request_;
+    SessionMemory memory_;  // outlives session_ (nghttp2_session_del in ~Connection)
     nghttp2_session* session_ = nullptr;
     std::map<int32_t, std::shared_ptr<Stream>> streams_;
     bool open_ = true;

@@ -1,10 +1,14 @@
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -485,6 +489,50 @@ TEST_F(HboneTest, ServerRefusesAClientFromAnotherCa) {
 
 // hbone::Signal, the streams' wake-up: notify() posts every current waiter (callbacks on their
 // executor, coroutines) in the order they came; a wait that starts after it needs the next one.
+// nghttp2's allocator of an HBONE session: a block as large as the outgoing frame buffer is a
+// mapping of its own whose pages take memory only once written; small blocks, zeroed blocks and
+// resizing keep their contents and meaning.
+TEST(SessionMemoryTest, LargeBlocksTakeOnlyThePagesThatWereWritten) {
+    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    auto resident = [page](void* p, size_t size) {
+        std::vector<unsigned char> pages((size + page - 1) / page);
+        EXPECT_EQ(::mincore(p, size, pages.data()), 0);
+        size_t n = 0;
+        for (unsigned char v : pages)
+            n += v & 1;
+        return n;
+    };
+    SessionMemory memory;
+    nghttp2_mem mem = memory.table();
+    const size_t frame_buffer = 16394;  // nghttp2's NGHTTP2_FRAMEBUF_CHUNKLEN
+    auto* big = static_cast<char*>(mem.malloc(frame_buffer, mem.mem_user_data));
+    ASSERT_NE(big, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(big) % page, 0u) << "a mapping of its own";
+    EXPECT_EQ(resident(big, frame_buffer), 0u);
+    std::memset(big, 'h', 300);  // a HEADERS frame
+    EXPECT_EQ(resident(big, frame_buffer), 1u);
+
+    auto* zeroed = static_cast<unsigned char*>(mem.calloc(4, 4096, mem.mem_user_data));
+    ASSERT_NE(zeroed, nullptr);
+    EXPECT_EQ(std::count(zeroed, zeroed + 4 * 4096, 0), 4 * 4096);
+    auto* small = static_cast<char*>(mem.calloc(3, 100, mem.mem_user_data));
+    ASSERT_NE(small, nullptr);
+    EXPECT_EQ(std::count(small, small + 300, 0), 300);
+    std::memset(small, 's', 300);
+
+    // Resizing a mapped block keeps what it held.
+    big = static_cast<char*>(mem.realloc(big, 2 * frame_buffer, mem.mem_user_data));
+    ASSERT_NE(big, nullptr);
+    EXPECT_EQ(std::count(big, big + 300, 'h'), 300);
+    small = static_cast<char*>(mem.realloc(small, 600, mem.mem_user_data));
+    ASSERT_NE(small, nullptr);
+    EXPECT_EQ(std::count(small, small + 300, 's'), 300);
+    mem.free(big, mem.mem_user_data);
+    mem.free(zeroed, mem.mem_user_data);
+    mem.free(small, mem.mem_user_data);
+    mem.free(nullptr, mem.mem_user_data);
+}
+
 TEST(SignalTest, NotifyWakesEveryCurrentWaiterOnceInOrder) {
     asio::io_context io;
     Signal s;
