@@ -157,7 +157,7 @@ void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction) {
 
 OpenInboundGuard::OpenInboundGuard(Proxy& p, const InboundCall& call,
                                    std::shared_ptr<const std::string> peer_identity,
-                                   asio::any_io_executor ex,
+                                   asio::io_context::executor_type ex,
                                    std::function<void(const state::AuthzDecision&)> close)
     : p_(p) {
     id_ = p.inbound_connections().add(
@@ -177,7 +177,7 @@ OpenInboundGuard::~OpenInboundGuard() {
 }
 
 void InboundRelayEnd::open(const InboundCall& call, std::weak_ptr<RelayControl> control,
-                           asio::any_io_executor ex) {
+                           asio::io_context::executor_type ex) {
     relay = std::move(control);
     // The peer identity is the shared labels' source principal (the same string, kept alive
     // by them). The close runs on the relay's worker while the registration exists, so `this`
@@ -222,11 +222,11 @@ size_t close_denied_inbound(Proxy& p) {
     return n;
 }
 
-asio::awaitable<std::expected<tcp::socket, std::string>> connect_app(Proxy& p,
-                                                                     const EnrolledWorkload& dst,
-                                                                     Worker& w,
-                                                                     const tcp::endpoint& target,
-                                                                     const tcp::endpoint& client) {
+asio::awaitable<std::expected<WorkerSocket, std::string>> connect_app(Proxy& p,
+                                                                      const EnrolledWorkload& dst,
+                                                                      Worker& w,
+                                                                      const tcp::endpoint& target,
+                                                                      const tcp::endpoint& client) {
     std::optional<asio::ip::address> source;
     if (p.config().transparent_inbound)
         source = client.address();

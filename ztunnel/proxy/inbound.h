@@ -44,7 +44,8 @@ void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction);
 class OpenInboundGuard {
   public:
     OpenInboundGuard(Proxy& p, const InboundCall& call,
-                     std::shared_ptr<const std::string> peer_identity, asio::any_io_executor ex,
+                     std::shared_ptr<const std::string> peer_identity,
+                     asio::io_context::executor_type ex,
                      std::function<void(const state::AuthzDecision&)> close);
     ~OpenInboundGuard();
     OpenInboundGuard(const OpenInboundGuard&) = delete;
@@ -61,11 +62,11 @@ void finish_closed_by_policy(Proxy& p, InboundCall& call);
 
 // Connects to the app at `target` from inside the pod, from the client's own address when
 // --transparent-inbound is on.
-asio::awaitable<std::expected<tcp::socket, std::string>> connect_app(Proxy& p,
-                                                                     const EnrolledWorkload& dst,
-                                                                     Worker& w,
-                                                                     const tcp::endpoint& target,
-                                                                     const tcp::endpoint& client);
+asio::awaitable<std::expected<WorkerSocket, std::string>> connect_app(Proxy& p,
+                                                                      const EnrolledWorkload& dst,
+                                                                      Worker& w,
+                                                                      const tcp::endpoint& target,
+                                                                      const tcp::endpoint& client);
 
 // What the end of a relaying inbound connection needs, held by its relay: the access-log
 // record, one copy of the labels shared with every connection that has the same (10k open
@@ -77,7 +78,7 @@ struct InboundRelayEnd {
     // Registers `call` with Proxy::inbound_connections(): a policy refresh that denies the
     // connection aborts `relay`.
     void open(const InboundCall& call, std::weak_ptr<RelayControl> control,
-              asio::any_io_executor ex);
+              asio::io_context::executor_type ex);
     // The relay ended: unregisters, records the bytes and finishes the call.
     void operator()(const RelayResult& r);
 
@@ -93,7 +94,7 @@ struct InboundRelayEnd {
 // Relays between the downstream and the app in the background (the calling coroutine may end),
 // then records bytes and finishes the call.
 template <typename Downstream>
-void relay_inbound(Proxy& p, InboundCall call, Downstream down, tcp::socket app) {
+void relay_inbound(Proxy& p, InboundCall call, Downstream down, WorkerSocket app) {
     p.metrics().connection_opened(*call.labels);
     auto end = std::make_unique<InboundRelayEnd>(
         p, std::move(call.record), p.metrics().shared_labels().get(std::move(*call.labels)));

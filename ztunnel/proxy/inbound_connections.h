@@ -1,6 +1,6 @@
 #pragma once
 
-#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
 #include <atomic>
@@ -35,7 +35,7 @@ class InboundConnections {
         // connection).
         std::shared_ptr<const std::string> peer_identity;
         boost::asio::ip::tcp::endpoint source, target;
-        boost::asio::any_io_executor executor;  // the worker the connection lives on
+        boost::asio::io_context::executor_type executor;  // the worker the connection lives on
         // Aborts both sides of the connection; runs on `executor` with the new decision.
         std::function<void(const state::AuthzDecision&)> close;
     };

@@ -12,7 +12,7 @@ namespace sluice::ztunnel::proxy {
 namespace {
 
 asio::awaitable<void> inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w,
-                                        tcp::socket client) {
+                                        WorkerSocket client) {
     Proxy::ActiveGuard active(p);
     boost::system::error_code ec;
     const tcp::endpoint peer = client.remote_endpoint(ec);

@@ -473,7 +473,7 @@ asio::awaitable<std::expected<std::shared_ptr<hbone::Connection>, hbone::Failure
     co_return conn;
 }
 
-asio::awaitable<std::expected<tcp::socket, std::string>> connect_from(
+asio::awaitable<std::expected<WorkerSocket, std::string>> connect_from(
     Proxy& p, const EnrolledWorkload& wl, Worker& w, const tcp::endpoint& to,
     std::optional<asio::ip::address> source, bool transparent) {
     const bool v6 = to.address().is_v6();
@@ -483,7 +483,7 @@ asio::awaitable<std::expected<tcp::socket, std::string>> connect_from(
     const int fd = co_await p.netns().run(wl.netns_fd, make);
     if (fd < 0)
         co_return std::unexpected(std::string("socket: ") + strerror(-fd));
-    tcp::socket s(w.io);
+    WorkerSocket s(w.io);
     boost::system::error_code ec;
     s.assign(v6 ? tcp::v6() : tcp::v4(), fd, ec);
     if (ec) {

@@ -149,7 +149,7 @@ size_t close_denied_inbound(Proxy& p);
 
 // Opens a marked socket in `wl`'s netns and connects it to `to` within a timeout; with `source`
 // the connection keeps that client address (IP_TRANSPARENT).
-asio::awaitable<std::expected<tcp::socket, std::string>> connect_from(
+asio::awaitable<std::expected<WorkerSocket, std::string>> connect_from(
     Proxy& p, const EnrolledWorkload& wl, Worker& w, const tcp::endpoint& to,
     std::optional<asio::ip::address> source, bool transparent);
 

@@ -39,7 +39,8 @@ enum class WriteStatus {
 };
 
 // Closes with RST instead of FIN: the peer learns the connection failed.
-inline void reset_socket(tcp::socket& s) {
+template <typename Socket>
+void reset_socket(Socket& s) {
     boost::system::error_code ec;
     s.set_option(asio::socket_base::linger(true, 0), ec);
     s.close(ec);
@@ -48,17 +49,19 @@ inline void reset_socket(tcp::socket& s) {
 // The same operations over a TCP socket and an HBONE stream, so one relay serves
 // plaintext↔plaintext and plaintext↔HBONE. A pipe owns its end. Handlers run on the pipe's
 // executor; nothing completes inline (a wait or a pending write always runs its handler later).
+// `Socket`: tcp::socket or WorkerSocket (sockets.h; smaller, for connections ztunnel accepted).
+template <typename Socket>
 class TcpPipe {
   public:
-    explicit TcpPipe(tcp::socket s) : s_(std::move(s)) {}
-    tcp::socket& socket() { return s_; }
+    explicit TcpPipe(Socket s) : s_(std::move(s)) {}
+    Socket& socket() { return s_; }
     asio::any_io_executor executor() { return s_.get_executor(); }
 
     // Calls h() once bytes, EOF or an error are there (read then tells which).
     template <typename H>
     void wait_readable(H h) {
         s_.async_wait(
-            tcp::socket::wait_read,
+            Socket::wait_read,
             hbone::Exact{[h = std::move(h)](const boost::system::error_code&) mutable { h(); }});
     }
     // Reads what is there without waiting.
@@ -102,12 +105,12 @@ class TcpPipe {
     template <typename H>
     void wait_writable(H h) {
         s_.async_wait(
-            tcp::socket::wait_write,
+            Socket::wait_write,
             hbone::Exact{[h = std::move(h)](const boost::system::error_code&) mutable { h(); }});
     }
     void close_write() {
         boost::system::error_code ec;
-        s_.shutdown(tcp::socket::shutdown_send, ec);
+        s_.shutdown(Socket::shutdown_send, ec);
     }
     void abort() { reset_socket(s_); }
 
@@ -118,7 +121,7 @@ class TcpPipe {
             s_.non_blocking(true, ec);
         }
     }
-    tcp::socket s_;
+    Socket s_;
 };
 
 class StreamPipe {

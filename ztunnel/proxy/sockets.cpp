@@ -47,8 +47,8 @@ tcp::endpoint AcceptedFd::remote_endpoint() const {
     return ep;
 }
 
-std::expected<tcp::socket, boost::system::error_code> AcceptedFd::socket(asio::io_context& io) && {
-    tcp::socket s(io);
+std::expected<WorkerSocket, boost::system::error_code> AcceptedFd::socket(asio::io_context& io) && {
+    WorkerSocket s(io);
     boost::system::error_code ec;
     s.assign(protocol_, fd_, ec);
     if (ec) {
