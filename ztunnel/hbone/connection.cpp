@@ -146,11 +146,19 @@ size_t Stream::read_now(asio::mutable_buffer buf) {
 }
 
 void Stream::consume(size_t n) {
-    received_offset_ += n;
-    if (received_offset_ == received_.size())
-        release(received_, received_offset_);
-    if (n > 0 && !closed_)
+    if (n == 0)
+        return;
+    io_->received_offset += n;
+    if (io_->received_offset == io_->received.size())
+        release(io_->received, io_->received_offset);
+    drop_drained_io();
+    if (!closed_)
         conn_->consumed(*this, n);
+}
+
+void Stream::drop_drained_io() {
+    if (io_ && io_->received.empty() && io_->send.queued() == 0)
+        io_.reset();
 }
 
 asio::awaitable<bool> Stream::write(asio::const_buffer buf) {
@@ -160,13 +168,14 @@ asio::awaitable<bool> Stream::write(asio::const_buffer buf) {
 }
 
 bool Stream::write_blocked() const {
-    return send_.queued() >= kSendHighWater && !closed_;
+    return queued() >= kSendHighWater && !closed_;
 }
 
 bool Stream::write_now(asio::const_buffer buf) {
     if (closed_ || local_closed_)
         return false;
-    send_.append({static_cast<const char*>(buf.data()), buf.size()});
+    if (buf.size() > 0)
+        io().send.append({static_cast<const char*>(buf.data()), buf.size()});
     conn_->resume(*this);
     return true;
 }
@@ -356,12 +365,12 @@ void Connection::consumed(Stream& s, size_t n) {
 // item ends with the frame that empties the queue (read_data), and the next bytes submit a new
 // one. 10k idle streams keep no item (~0.15 KiB each).
 void Connection::resume(Stream& s) {
-    if (s.send_.deferred) {
-        s.send_.deferred = false;
+    if (s.send_deferred_) {
+        s.send_deferred_ = false;
         nghttp2_session_resume_data(session_, s.id_);
     }
     const bool answered = role_ == Role::Client || s.responded_;
-    if (!s.data_attached_ && answered && (s.send_.queued() > 0 || s.local_closed_))
+    if (!s.data_attached_ && answered && (s.queued() > 0 || s.local_closed_))
         submit_data(s);
     kick();
 }
@@ -534,8 +543,9 @@ int Connection::on_data_chunk(nghttp2_session* session, uint8_t, int32_t stream_
     auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
     if (s == nullptr)
         return 0;
-    compact(s->received_, s->received_offset_);
-    s->received_.append(reinterpret_cast<const char*>(data), len);
+    Stream::Io& io = s->io();
+    compact(io.received, io.received_offset);
+    io.received.append(reinterpret_cast<const char*>(data), len);
     s->readable_.notify();
     return 0;
 }
@@ -558,7 +568,7 @@ ssize_t Connection::read_data(nghttp2_session*, int32_t, uint8_t*, size_t length
                               nghttp2_data_source* source, void* ud) {
     auto* self = static_cast<Connection*>(ud);
     auto* s = static_cast<Stream*>(source->ptr);
-    const size_t queued = s->send_.queued();
+    const size_t queued = s->queued();
     const size_t n = std::min(length, queued);
     // nghttp2 hands this frame to send_data() at once, which sends it now unless the batch is
     // full (then later, with no further read_data call).
@@ -573,7 +583,7 @@ ssize_t Connection::read_data(nghttp2_session*, int32_t, uint8_t*, size_t length
         s->data_attached_ = false;
     } else if (n == 0) {
         // Nothing to send and the batch full: wait for the next write (resume()).
-        s->send_.deferred = true;
+        s->send_deferred_ = true;
         return NGHTTP2_ERR_DEFERRED;
     }
     *flags |= NGHTTP2_DATA_FLAG_NO_COPY;  // send_data() appends the bytes to the batch
@@ -588,7 +598,12 @@ int Connection::send_data(nghttp2_session*, nghttp2_frame* frame, const uint8_t*
     if (self->batch_->size() >= kWriteBatch)
         return NGHTTP2_ERR_WOULDBLOCK;  // nghttp2 asks again for the next batch
     auto* s = static_cast<Stream*>(source->ptr);
-    s->send_.emit(framehd, length, *self->batch_, s->writable_, kSendHighWater);
+    if (length > 0) {
+        s->io_->send.emit(framehd, length, *self->batch_, s->writable_, kSendHighWater);
+        s->drop_drained_io();
+    } else {  // END_STREAM alone, or the empty frame that ends an item (read_data)
+        self->batch_->append(reinterpret_cast<const char*>(framehd), SendQueue::kFrameHeaderBytes);
+    }
     return 0;
 }
 

@@ -85,7 +85,10 @@ class Stream {
     size_t read_now(asio::mutable_buffer buf);
     // What arrived and was not taken yet, in place: valid until the connection runs again.
     asio::const_buffer received() const {
-        return {received_.data() + received_offset_, received_.size() - received_offset_};
+        if (!io_)
+            return {};
+        return {io_->received.data() + io_->received_offset,
+                io_->received.size() - io_->received_offset};
     }
     // Takes the front `n` bytes of received() (and opens the flow-control window by as much).
     void consume(size_t n);
@@ -103,9 +106,7 @@ class Stream {
     void cancel_read();
 
     // Bytes or the end of the stream are there: read() returns without waiting.
-    bool readable() const {
-        return received_.size() > received_offset_ || remote_closed_ || closed_;
-    }
+    bool readable() const { return received().size() > 0 || remote_closed_ || closed_; }
     // nghttp2 closed the stream (both sides ended, reset or connection lost).
     bool is_closed() const { return closed_; }
     bool write_closed() const { return local_closed_; }
@@ -133,14 +134,27 @@ class Stream {
     int32_t id_ = -1;
     std::unique_ptr<ConnectRequest> request_;  // on the heap: 10k relaying streams hold none
     int status_ = 0;
-    // Bytes that arrived and the reader has not taken yet, from received_offset_ on. Both
-    // buffers give their memory back once drained: 10k idle streams hold none.
-    std::string received_;
-    size_t received_offset_ = 0;
+    // The bytes a stream is moving: what arrived and the reader has not taken yet (from
+    // received_offset on), and what waits for the peer. Made with the first byte and dropped
+    // once both are drained: 10k idle streams hold a null pointer each, not two buffers.
+    struct Io {
+        std::string received;
+        size_t received_offset = 0;
+        SendQueue send;  // its `deferred` is unused: send_deferred_
+    };
+    Io& io() {
+        if (!io_)
+            io_ = std::make_unique<Io>();
+        return *io_;
+    }
+    size_t queued() const { return io_ ? io_->send.queued() : 0; }
+    void drop_drained_io();
+
+    std::unique_ptr<Io> io_;
     bool remote_closed_ = false;  // END_STREAM seen
     bool closed_ = false;         // nghttp2 closed the stream
     bool reset_ = false;          // closed with an error code
-    SendQueue send_;
+    bool send_deferred_ = false;  // read_data deferred the DATA item: resume_data wakes it
     bool local_closed_ = false;
     bool data_attached_ = false;  // nghttp2 holds a DATA item for the stream (Connection::resume)
     bool responded_ = false;
