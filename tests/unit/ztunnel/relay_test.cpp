@@ -38,9 +38,12 @@ class RelayTest : public ::testing::Test {
         auto [s, sb] = loopback_pair(test_io_, relay_io_);
         client_ = std::move(c);
         server_ = std::move(s);
-        // Bounded in time: a reset would otherwise leave a blocking read hanging.
-        for (tcp::socket* sock : {&client_, &server_})
+        // Bounded in time: a reset would otherwise leave a blocking read hanging, and a relay
+        // that stopped moving bytes a blocking write.
+        for (tcp::socket* sock : {&client_, &server_}) {
             setsockopt(sock->native_handle(), SOL_SOCKET, SO_RCVTIMEO, &kTimeout, sizeof kTimeout);
+            setsockopt(sock->native_handle(), SOL_SOCKET, SO_SNDTIMEO, &kTimeout, sizeof kTimeout);
+        }
         relay_ = start_relay(TcpPipe(std::move(ca)), TcpPipe(std::move(sb)),
                              [this](const RelayResult& r) { result_.set_value(r); });
         work_ = std::thread([this] { relay_io_.run_for(20s); });
@@ -126,14 +129,20 @@ TEST_F(RelayTest, BulkBothWaysArrivesIntact) {
         up[i] = static_cast<char>(i * 7 + (i >> 12));
         down[i] = static_cast<char>(i * 13 + (i >> 10));
     }
+    // Each end writes and reads at the same time: 8 MiB does not fit in the socket buffers
+    // between them, so a writer that waited for its own write before reading would stall.
+    auto sent_up = std::async(std::launch::async, [&] {
+        asio::write(client_, asio::buffer(up));
+        client_.shutdown(tcp::socket::shutdown_send);
+    });
     auto sent_down = std::async(std::launch::async, [&] {
         asio::write(server_, asio::buffer(down));
         server_.shutdown(tcp::socket::shutdown_send);
     });
-    asio::write(client_, asio::buffer(up));
-    client_.shutdown(tcp::socket::shutdown_send);
+    auto read_at_client = std::async(std::launch::async, [&] { return read_all(client_); });
     auto [at_server, ec1] = read_all(server_);
-    auto [at_client, ec2] = read_all(client_);
+    auto [at_client, ec2] = read_at_client.get();
+    sent_up.get();
     sent_down.get();
     EXPECT_EQ(ec1, asio::error::eof);
     EXPECT_EQ(ec2, asio::error::eof);
