@@ -173,7 +173,8 @@ OpenInboundGuard::OpenInboundGuard(Proxy& p, const InboundCall& call,
 }
 
 OpenInboundGuard::~OpenInboundGuard() {
-    p_.inbound_connections().remove(id_);
+    if (id_ != 0)  // 0: moved from (registrations count from 1)
+        p_.inbound_connections().remove(id_);
 }
 
 void InboundRelayEnd::open(const InboundCall& call, std::weak_ptr<RelayControl> control,

@@ -4,6 +4,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "ztunnel/proxy/proxy.h"
 #include "ztunnel/proxy/relay.h"
@@ -48,8 +49,8 @@ class OpenInboundGuard {
                      asio::io_context::executor_type ex,
                      std::function<void(const state::AuthzDecision&)> close);
     ~OpenInboundGuard();
-    OpenInboundGuard(const OpenInboundGuard&) = delete;
-    OpenInboundGuard& operator=(const OpenInboundGuard&) = delete;
+    OpenInboundGuard(OpenInboundGuard&& o) noexcept : p_(o.p_), id_(std::exchange(o.id_, 0)) {}
+    OpenInboundGuard& operator=(OpenInboundGuard&&) = delete;
 
   private:
     Proxy& p_;
@@ -96,15 +97,15 @@ struct InboundRelayEnd {
 template <typename Downstream>
 void relay_inbound(Proxy& p, InboundCall call, Downstream down, WorkerSocket app) {
     p.metrics().connection_opened(*call.labels);
-    auto end = std::make_unique<InboundRelayEnd>(
-        p, std::move(call.record), p.metrics().shared_labels().get(std::move(*call.labels)));
-    InboundRelayEnd& e = *end;
     auto ex = app.get_executor();
     // The relay's first step is posted: a close during open() (a policy refresh that came while
-    // the app connection was being opened) aborts it before it relays a byte.
-    auto relay = start_relay(std::move(down), TcpPipe(std::move(app)),
-                             [end = std::move(end)](const RelayResult& r) { (*end)(r); });
-    e.open(call, relay, std::move(ex));
+    // the app connection was being opened) aborts it before it relays a byte. The end lives in
+    // the relay, so open() registers it where it stays.
+    auto relay =
+        start_relay(std::move(down), TcpPipe(std::move(app)),
+                    InboundRelayEnd(p, std::move(call.record),
+                                    p.metrics().shared_labels().get(std::move(*call.labels))));
+    relay->done().open(call, relay, std::move(ex));
 }
 
 }  // namespace sluice::ztunnel::proxy

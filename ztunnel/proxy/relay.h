@@ -262,6 +262,8 @@ class Relay : public RelayControl, public std::enable_shared_from_this<Relay<A, 
         a_.abort();
         b_.abort();
     }
+    // What runs at the end, kept inside the relay (one allocation per connection, not two).
+    Done& done() { return done_; }
 
   private:
     struct Direction {
@@ -432,9 +434,9 @@ class Relay : public RelayControl, public std::enable_shared_from_this<Relay<A, 
 };
 
 // Starts relaying between `a` and `b`; `done(RelayResult)` runs when both directions ended. The
-// returned handle may abort it; the relay keeps itself alive while it runs.
+// returned handle may abort it (RelayControl); the relay keeps itself alive while it runs.
 template <typename A, typename B, typename Done>
-std::shared_ptr<RelayControl> start_relay(A a, B b, Done done) {
+std::shared_ptr<Relay<A, B, Done>> start_relay(A a, B b, Done done) {
     auto r = std::make_shared<Relay<A, B, Done>>(std::move(a), std::move(b), std::move(done));
     r->start();
     return r;
