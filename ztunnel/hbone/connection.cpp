@@ -230,7 +230,7 @@ Connection::Connection(TlsSocket tls, Role role, identity::Identity peer, Reques
     // Window updates follow what the application consumed (Stream::read), not what arrived.
     nghttp2_option_set_no_auto_window_update(opt, 1);
     // No HPACK dynamic table either way (SETTINGS_HEADER_TABLE_SIZE 0 in start()): a CONNECT's
-    // headers are unique per connection (forwarded, traceparent), so the tables hold entries
+    // headers are unique per stream (forwarded, traceparent), so the tables hold entries
     // that are seldom used again, 4 KiB each way per HBONE connection.
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, 0);
     nghttp2_mem mem = memory_.table();
