@@ -560,21 +560,22 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
                            .type = "server_error",
                            .message = "upstream pool " + target.pool->name() + " is overloaded"};
         } else {
-            std::string body;
+            std::string rewritten;
+            const std::string* body = &ex.request.body();  // as the client sent it
             const bool rewrite = !target.model.empty() && target.model != ctx.model;
             if (ctx.body && rewrite) {
                 auto copy = *ctx.body;  // the next target may rewrite to another model
                 copy["model"] = target.model;
-                body = copy.dump();
+                rewritten = copy.dump();
+                body = &rewritten;
             } else if (ctx.body && ctx.body_modified) {
-                body = ctx.body->dump();
-            } else {
-                body = ex.request.body();
+                rewritten = ctx.body->dump();
+                body = &rewritten;
             }
             ForwardOptions options{.timeout = target.timeout, .hold_retryable_status = !last};
             result =
                 co_await forward(ClientSide{ex.stream, ex.request.version(), ex.keep_alive}, ctx,
-                                 body, ep->address, options, filters_, upstream, &upstream_socket);
+                                 *body, ep->address, options, filters_, upstream, &upstream_socket);
             const bool ok = result.outcome == ForwardOutcome::Completed && result.status < 500;
             if (result.outcome != ForwardOutcome::ClientGone) {
                 target.pool->finish(

@@ -6,8 +6,7 @@
 #include <optional>
 #include <vector>
 
-#include <boost/beast/core/buffers_to_string.hpp>
-
+#include "waypoint/http/direct_io.h"
 #include "waypoint/http/sse.h"
 
 namespace sluice::waypoint {
@@ -15,6 +14,10 @@ namespace {
 
 // Interim answers read before a final one at most; more and the backend is failed.
 constexpr unsigned kMaxInterimAnswers = 8;
+
+void appendField(std::string& out, std::string_view name, std::string_view value) {
+    out.append(name).append(": ").append(value).append("\r\n");
+}
 
 // RFC 9110 §7.6.1 connection-specific fields, never forwarded.
 bool isHopByHop(http::field f) {
@@ -38,35 +41,90 @@ bool isHopByHop(http::field f) {
     }
 }
 
-http::request<http::string_body> upstreamRequest(const RequestContext& ctx,
-                                                 const std::string& body) {
-    http::request<http::string_body> req{ctx.request.method(), ctx.request.target(), 11};
+// The request line and header sent upstream, written straight into one string (what Beast would
+// write for a copy of the client's message with these changes, without building that copy): the
+// client's fields in their order minus the hop-by-hop ones, our traceparent in place of theirs,
+// then the body's length (Beast's prepare_payload rule: a length when there is a body, or for
+// POST, PUT and OPTIONS).
+std::string upstreamHead(const RequestContext& ctx, std::size_t body_size) {
+    const auto method = ctx.request.method();
+    std::string out;
+    out.reserve(512);
+    out.append(sv(ctx.request.method_string()))
+        .append(" ")
+        .append(sv(ctx.request.target()))
+        .append(" HTTP/1.1\r\n");
     for (const auto& field : ctx.request) {
         if (field.name() != http::field::unknown && isHopByHop(field.name()))
             continue;
-        req.insert(field.name_string(), field.value());
+        if (!ctx.traceparent.empty() && beast::iequals(field.name_string(), "traceparent"))
+            continue;
+        appendField(out, sv(field.name_string()), sv(field.value()));
     }
     if (!ctx.traceparent.empty())
-        req.set("traceparent", ctx.traceparent);
-    req.keep_alive(true);
-    req.body() = body;
-    req.prepare_payload();
-    return req;
+        appendField(out, "traceparent", ctx.traceparent);
+    if (body_size > 0 || method == http::verb::post || method == http::verb::put ||
+        method == http::verb::options) {
+        char digits[24];
+        const char* end = std::to_chars(digits, digits + sizeof digits, body_size).ptr;
+        appendField(out, "Content-Length", std::string_view(digits, std::size_t(end - digits)));
+    }
+    out.append("\r\n");
+    return out;
 }
 
-// The response header block exactly as Beast writes it, as bytes, so that it can leave in the
-// same write as the first body bytes: one segment and one wake-up of the client instead of two.
-std::string serializeHead(http::response<http::empty_body>& res) {
-    http::response_serializer<http::empty_body> serializer{res};
-    serializer.split(true);
+// The response header block for the client, as Beast would write a message built from the
+// backend's header: the status line in the client's version with the backend's reason, the
+// backend's fields minus the hop-by-hop ones, the filters' headers in place of fields of the same
+// name, then the framing fields (`framing`: Transfer-Encoding or Content-Length, may be empty)
+// and Connection when the client's keep-alive differs from its version's default.
+std::string responseHead(const http::response_parser<http::buffer_body>::value_type& head,
+                         const RequestContext& ctx, const ClientSide& client,
+                         std::string_view framing_name, std::string_view framing_value) {
+    const auto& added = ctx.response_headers;
+    // A filter header replaces fields of its name, and a later one of the same name an earlier.
+    auto replaced = [&](beast::string_view name, std::size_t from) {
+        for (std::size_t i = from; i < added.size(); ++i) {
+            if (beast::iequals(name, added[i].first))
+                return true;
+        }
+        return false;
+    };
+    const unsigned code = head.result_int();
     std::string out;
-    error_code ec;
-    while (!ec && !serializer.is_header_done()) {
-        serializer.next(ec, [&](error_code&, const auto& buffers) {
-            out += beast::buffers_to_string(buffers);
-            serializer.consume(beast::buffer_bytes(buffers));
-        });
+    out.reserve(512);
+    const char status_line[] = {'H',
+                                'T',
+                                'T',
+                                'P',
+                                '/',
+                                char('0' + client.version / 10),
+                                '.',
+                                char('0' + client.version % 10),
+                                ' ',
+                                char('0' + code / 100),
+                                char('0' + code / 10 % 10),
+                                char('0' + code % 10),
+                                ' '};
+    out.append(status_line, sizeof status_line).append(sv(head.reason())).append("\r\n");
+    for (const auto& field : head) {
+        if (field.name() != http::field::unknown && isHopByHop(field.name()))
+            continue;
+        if (replaced(field.name_string(), 0))
+            continue;
+        appendField(out, sv(field.name_string()), sv(field.value()));
     }
+    for (std::size_t i = 0; i < added.size(); ++i) {
+        if (!replaced(added[i].first, i + 1))
+            appendField(out, added[i].first, added[i].second);
+    }
+    if (!framing_name.empty())
+        appendField(out, framing_name, framing_value);
+    if (client.version >= 11 && !client.keep_alive)
+        appendField(out, "Connection", "close");
+    else if (client.version < 11 && client.keep_alive)
+        appendField(out, "Connection", "keep-alive");
+    out.append("\r\n");
     return out;
 }
 
@@ -95,7 +153,7 @@ awaitable<error_code> writeBody(ClientStream& client, std::string& head, bool ch
         parts[n++] = asio::buffer("0\r\n\r\n", 5);
     error_code ec;
     if (n > 0) {
-        co_await asio::async_write(client, std::span(parts.data(), n), noThrow(ec));
+        ec = co_await writeAll(client, std::span(parts.data(), n));
         head.clear();
     }
     co_return ec;
@@ -156,7 +214,8 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
                                  tcp::socket** upstream_socket) {
     ForwardResult result;
     const auto sent_at = std::chrono::steady_clock::now();
-    auto request = upstreamRequest(ctx, body);
+    const std::string request_head = upstreamHead(ctx, body.size());
+    const std::array<asio::const_buffer, 2> request{asio::buffer(request_head), asio::buffer(body)};
 
     // A pooled connection may have been closed by the backend while idle; that shows as an
     // error before any response byte, and then one fresh connection is tried.
@@ -177,7 +236,7 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
 
         error_code ec;
         deadline.arm(up, options.timeout);
-        co_await http::async_write(up, request, noThrow(ec));
+        ec = co_await writeAll(up, request);
         beast::flat_buffer up_buffer;
         const bool head_request = ctx.request.method() == http::verb::head;
         std::optional<http::response_parser<http::buffer_body>> reading;
@@ -225,27 +284,23 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
         const unsigned status = head.result_int();
         const bool bodyless = head_request || status / 100 == 1 || status == 204 || status == 304;
         const bool chunked = !bodyless && (sse || !head.has_content_length());
-        http::response<http::empty_body> res{head.result(), client.version};
-        res.reason(head.reason());
-        for (const auto& field : head) {
-            if (field.name() != http::field::unknown && isHopByHop(field.name()))
-                continue;
-            res.insert(field.name_string(), field.value());
-        }
-        for (const auto& [name, value] : ctx.response_headers)
-            res.set(name, value);
+        std::string_view framing;  // the framing field of ours, and its value
+        std::string framing_value;
         if (chunked) {
-            res.chunked(true);
+            framing = "Transfer-Encoding";
+            framing_value = "chunked";
         } else if (bodyless) {
-            if (head.has_content_length())  // what the body would be (HEAD, 304)
-                res.set(http::field::content_length, head[http::field::content_length]);
-        } else {
-            res.content_length(parser.content_length());
+            if (head.has_content_length()) {  // what the body would be (HEAD, 304)
+                framing = "Content-Length";
+                framing_value = std::string(sv(head[http::field::content_length]));
+            }
+        } else if (const auto length = parser.content_length()) {
+            framing = "Content-Length";
+            framing_value = std::to_string(*length);
         }
-        res.keep_alive(client.keep_alive);
         // The header leaves with the first body bytes when they came with it (a small reply
         // goes out in one write); a stream's header goes out at once.
-        std::string pending_head = serializeHead(res);
+        std::string pending_head = responseHead(head, ctx, client, framing, framing_value);
         result.committed = true;
         ctx.status = result.status;
         if (up_buffer.size() == 0 && !parser.is_done()) {
@@ -265,9 +320,13 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
             if (!parser.is_done()) {
                 parser.get().body().data = chunk.data();
                 parser.get().body().size = RelayBuffer::kSize;
-                deadline.arm(up, options.timeout);
-                co_await http::async_read_some(up, up_buffer, parser, noThrow(ec));
-                deadline.disarm();
+                if (auto step = parseBuffered(parser, up_buffer)) {
+                    ec = *step;
+                } else {
+                    deadline.arm(up, options.timeout);
+                    co_await http::async_read_some(up, up_buffer, parser, noThrow(ec));
+                    deadline.disarm();
+                }
                 if (ec == http::error::need_buffer)
                     ec = {};
                 if (ec) {

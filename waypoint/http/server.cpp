@@ -5,6 +5,7 @@
 #include <array>
 
 #include "waypoint/http/deadline.h"
+#include "waypoint/http/direct_io.h"
 #include "waypoint/http/h2_server.h"
 #include "waypoint/http/openai_error.h"
 
@@ -106,8 +107,14 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
                 // anyway). The Expect itself is not passed on (forward.cpp).
                 co_await asio::async_write(socket, asio::buffer(kContinue), noThrow(ec));
             }
-            if (!ec)
-                co_await http::async_read(socket, buffer, parser, noThrow(ec));
+            // The body mostly came with the header: parsed here, not through a read that would
+            // only post its completion (direct_io.h).
+            while (!ec && !parser.is_done()) {
+                if (auto step = parseBuffered(parser, buffer))
+                    ec = *step;
+                else
+                    co_await http::async_read_some(socket, buffer, parser, noThrow(ec));
+            }
         }
         deadline.disarm();
         if (ec == http::error::end_of_stream || ec == asio::error::eof ||
