@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <fstream>
 #include <future>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -557,6 +558,125 @@ TEST(WaypointGateway, InterimAnswersFromTheBackendAreSkipped) {
     ASSERT_NE(second, std::string::npos) << got;
     EXPECT_NE(got.find("\"usage\"", second), std::string::npos) << got;
     EXPECT_EQ(json::parse(backend.stats())["requests"], 2);
+}
+
+// A backend on loopback that answers every request with the same bytes and keeps the bytes of
+// each request it read, over as many keep-alive connections as it is given (one at a time).
+// Bounded: it gives up 5 s after it started.
+class RawBackend {
+  public:
+    RawBackend(std::string reply, std::size_t requests)
+        : acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)),
+          reply_(std::move(reply)),
+          expected_(requests),
+          thread_([this] { serve(); }) {}
+    ~RawBackend() { thread_.join(); }
+    unsigned short port() const { return acceptor_.local_endpoint().port(); }
+    std::string address() const { return "127.0.0.1:" + std::to_string(port()); }
+    // The requests read and the connections they came on, once it has served them all.
+    std::vector<std::string> requests() {
+        thread_.join();
+        thread_ = std::thread([] {});
+        return requests_;
+    }
+    std::size_t connections() const { return connections_; }
+
+  private:
+    void serve() {
+        const auto until = std::chrono::steady_clock::now() + 5s;
+        auto left = [&] {
+            return int(
+                std::max<std::int64_t>(0, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                              until - std::chrono::steady_clock::now())
+                                              .count()));
+        };
+        while (requests_.size() < expected_ && left() > 0) {
+            pollfd a{.fd = acceptor_.native_handle(), .events = POLLIN, .revents = 0};
+            if (::poll(&a, 1, left()) != 1)
+                return;
+            tcp::socket s = acceptor_.accept();
+            ++connections_;
+            std::string in;
+            char buf[4096];
+            while (requests_.size() < expected_) {
+                const auto end = in.find("\r\n\r\n");
+                if (end != std::string::npos) {
+                    std::size_t length = 0;
+                    if (auto at = in.find("Content-Length: "); at != std::string::npos && at < end)
+                        length = std::stoul(in.substr(at + 16));
+                    if (in.size() >= end + 4 + length) {
+                        requests_.push_back(in.substr(0, end + 4 + length));
+                        in.erase(0, end + 4 + length);
+                        asio::write(s, asio::buffer(reply_));
+                        continue;
+                    }
+                }
+                pollfd p{.fd = s.native_handle(), .events = POLLIN, .revents = 0};
+                error_code ec;
+                if (::poll(&p, 1, left()) != 1)
+                    return;
+                in.append(buf, s.read_some(asio::buffer(buf), ec));
+                if (ec)
+                    break;  // the next connection
+            }
+        }
+    }
+
+    asio::io_context io_;
+    tcp::acceptor acceptor_;
+    std::string reply_;
+    std::size_t expected_;
+    std::vector<std::string> requests_;
+    std::size_t connections_ = 0;
+    std::thread thread_;
+};
+
+// The bytes both ways are the client's and the backend's, framed by the waypoint: the backend
+// gets the client's fields in their order without the hop-by-hop ones, the client's trace id in a
+// traceparent of ours and the body's length; the client gets the backend's status line in its
+// own HTTP version, the backend's fields with the route's header in place of the backend's
+// field of that name, the length, and Connection as its version needs it (HTTP/1.0 keep-alive,
+// HTTP/1.1 close). Both requests go over one backend connection.
+TEST(WaypointGateway, HeadersAreRelayedInOrderWithOurFraming) {
+    RawBackend backend(
+        "HTTP/1.1 201 Made\r\nX-B: 1\r\nX-Sluice-Route: fake\r\nConnection: keep-alive\r\n"
+        "Keep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
+        2);
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    const std::string body = chatBody(false);
+    const std::string trace_id = "0af7651916cd43dd8448eb211c80319c";
+    const std::string first =
+        "POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
+        "X-Custom: a\r\nTraceparent: 00-" +
+        trace_id + "-b7ad6b7169203331-01\r\nContent-Type: application/json\r\nContent-Length: " +
+        std::to_string(body.size()) + "\r\n\r\n" + body;
+    const std::string got =
+        rawExchange(gw->gatewayPort(), first + postRequest(body, "Connection: close\r\n"));
+    EXPECT_EQ(got,
+              "HTTP/1.0 201 Made\r\nX-B: 1\r\nx-sluice-route: chat;weighted:main\r\n"
+              "Content-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
+              "HTTP/1.1 201 Made\r\nX-B: 1\r\nx-sluice-route: chat;weighted:main\r\n"
+              "Content-Length: 2\r\nConnection: close\r\n\r\nok");
+    const auto requests = backend.requests();
+    ASSERT_EQ(requests.size(), 2u);
+    const std::string length = "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+    const std::regex upstream_first(
+        "POST /v1/chat/completions HTTP/1\\.1\r\nHost: x\r\nX-Custom: a\r\n"
+        "Content-Type: application/json\r\ntraceparent: 00-" +
+        trace_id + "-[0-9a-f]{16}-01\r\n" + length);
+    const std::regex upstream_second(
+        "POST /v1/chat/completions HTTP/1\\.1\r\nHost: x\r\n"
+        "traceparent: 00-[0-9a-f]{32}-[0-9a-f]{16}-01\r\n" +
+        length);
+    EXPECT_TRUE(
+        std::regex_match(requests[0].substr(0, requests[0].size() - body.size()), upstream_first))
+        << requests[0];
+    EXPECT_TRUE(requests[0].ends_with(body));
+    EXPECT_TRUE(
+        std::regex_match(requests[1].substr(0, requests[1].size() - body.size()), upstream_second))
+        << requests[1];
+    EXPECT_EQ(requests[0].find("b7ad6b7169203331"), std::string::npos) << "a span id of ours";
+    EXPECT_EQ(backend.connections(), 1u);
 }
 
 TEST(WaypointGateway, CanarySplitFollowsWeights) {
