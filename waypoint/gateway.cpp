@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <charconv>
 #include <future>
 #include <random>
 
@@ -33,15 +34,16 @@ std::string apiOf(std::string_view target) {
     return "";
 }
 
-std::string hex(std::mt19937_64& rng, int bytes) {
-    static const char* digits = "0123456789abcdef";
-    std::string out;
-    for (int i = 0; i < bytes; ++i) {
-        const auto b = unsigned(rng() & 0xFF);
-        out += digits[b >> 4];
-        out += digits[b & 15];
+// `bytes` random bytes as lower-case hex at `out`.
+void hex(std::mt19937_64& rng, int bytes, char* out) {
+    static constexpr char digits[] = "0123456789abcdef";
+    for (int i = 0; i < bytes; i += 8) {
+        std::uint64_t r = rng();
+        for (int j = 0; j < 8 && i + j < bytes; ++j, r >>= 8) {
+            *out++ = digits[(r >> 4) & 15];
+            *out++ = digits[r & 15];
+        }
     }
-    return out;
 }
 
 const std::vector<double>& latencyBucketsMs() {
@@ -118,13 +120,18 @@ std::string nextTraceparent(std::string_view incoming) {
     auto is_hex = [](std::string_view s) {
         return s.find_first_not_of("0123456789abcdef") == std::string_view::npos;
     };
+    std::string out = "00-00000000000000000000000000000000-0000000000000000-01";
     if (incoming.size() == 55 && incoming.substr(0, 3) == "00-" && incoming[35] == '-' &&
         incoming[52] == '-' && is_hex(incoming.substr(3, 32)) &&
-        incoming.substr(3, 32) != std::string(32, '0') && is_hex(incoming.substr(53, 2))) {
-        return "00-" + std::string(incoming.substr(3, 32)) + "-" + hex(rng, 8) + "-" +
-               std::string(incoming.substr(53, 2));
+        incoming.substr(3, 32) != std::string_view(out).substr(3, 32) &&
+        is_hex(incoming.substr(53, 2))) {
+        out.replace(3, 32, incoming.substr(3, 32));
+        out.replace(53, 2, incoming.substr(53, 2));
+    } else {
+        hex(rng, 16, out.data() + 3);
     }
-    return "00-" + hex(rng, 16) + "-" + hex(rng, 8) + "-01";
+    hex(rng, 8, out.data() + 36);
+    return out;
 }
 
 Gateway::Gateway(Config config) : config_(std::move(config)) {
@@ -654,57 +661,93 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
     co_await watch.stop();
 }
 
+Gateway::RequestMetrics Gateway::requestMetrics(const RequestContext& ctx, std::string_view code,
+                                                std::string_view principal,
+                                                std::string_view operation, MetricsWanted wanted) {
+    thread_local std::string key;
+    key.clear();
+    for (std::string_view part :
+         {code, std::string_view(ctx.route), principal, std::string_view(ctx.model), operation,
+          std::string_view(ctx.tenant)}) {
+        key.append(part).push_back('\0');
+    }
+    std::lock_guard lock(request_metrics_mutex_);
+    auto it = request_metrics_.find(key);
+    if (it == request_metrics_.end()) {
+        if (request_metrics_.size() >= kMaxRequestMetrics)
+            request_metrics_.clear();
+        it = request_metrics_.emplace(key, RequestMetrics{}).first;
+    }
+    RequestMetrics& m = it->second;
+    if (m.duration == nullptr) {
+        m.duration = &metrics_.duration_ms.at({{"reporter", "waypoint"}, {"response_code", code}},
+                                              latencyBucketsMs());
+        m.requests = &metrics_.requests.at({{"reporter", "waypoint"},
+                                            {"response_code", code},
+                                            {"destination_service", ctx.route},
+                                            {"source_principal", principal},
+                                            {"request_protocol", "http"}});
+    }
+    for (std::size_t type = 0; type < (wanted.output ? 2u : 1u) && wanted.tokens; ++type) {
+        if (m.tokens[type] != nullptr)
+            continue;
+        const std::initializer_list<Labeled<prometheus::Counter>::Label> labels{
+            {"gen_ai_token_type", type == 0 ? "input" : "output"},
+            {"gen_ai_request_model", ctx.model},
+            {"gen_ai_operation_name", operation},
+            {"tenant", ctx.tenant}};
+        m.token_usage[type] = &metrics_.token_usage.at(labels, tokenBuckets());
+        m.tokens[type] = &metrics_.tokens.at(labels);
+    }
+    const std::initializer_list<Labeled<prometheus::Histogram>::Label> model_labels{
+        {"gen_ai_request_model", ctx.model}, {"gen_ai_operation_name", operation}};
+    if (wanted.tokens && m.operation == nullptr)
+        m.operation = &metrics_.operation_s.at(model_labels, secondsBuckets());
+    if (wanted.ttft && m.ttft == nullptr)
+        m.ttft = &metrics_.ttft_s.at(model_labels, secondsBuckets());
+    if (wanted.tpot && m.tpot == nullptr)
+        m.tpot = &metrics_.tpot_s.at(model_labels, secondsBuckets());
+    return m;
+}
+
 void Gateway::record(const RequestContext& ctx) {
     const auto end = Clock::now();
     const double ms = std::chrono::duration<double, std::milli>(end - ctx.start).count();
-    const std::string code = std::to_string(ctx.status);
-    const std::string principal = ctx.peer_identity.empty() ? "unknown" : ctx.peer_identity;
-    metrics_.duration_ms.at({{"reporter", "waypoint"}, {"response_code", code}}, latencyBucketsMs())
-        .Observe(ms);
+    char code_digits[16];
+    const std::string_view code(
+        code_digits,
+        std::size_t(std::to_chars(code_digits, code_digits + sizeof code_digits, ctx.status).ptr -
+                    code_digits));
+    const std::string_view principal =
+        ctx.peer_identity.empty() ? std::string_view("unknown") : ctx.peer_identity;
     const bool genai = !ctx.api.empty() && ctx.api != "models" && !ctx.model.empty();
-    if (genai && ctx.status > 0 && ctx.status < 400) {
-        const std::string operation = ctx.api == "embeddings"
-                                          ? "embeddings"
-                                          : (ctx.api == "chat" ? "chat" : "text_completion");
-        auto count = [&](const char* type, std::uint64_t n) {
-            metrics_.token_usage
-                .at({{"gen_ai_token_type", type},
-                     {"gen_ai_request_model", ctx.model},
-                     {"gen_ai_operation_name", operation},
-                     {"tenant", ctx.tenant}},
-                    tokenBuckets())
-                .Observe(double(n));
-            metrics_.tokens
-                .at({{"gen_ai_token_type", type},
-                     {"gen_ai_request_model", ctx.model},
-                     {"gen_ai_operation_name", operation},
-                     {"tenant", ctx.tenant}})
-                .Increment(double(n));
-        };
-        count("input", ctx.usage.prompt_tokens);
-        if (ctx.api != "embeddings")
-            count("output", ctx.usage.completion_tokens);
-        const std::initializer_list<Labeled<prometheus::Histogram>::Label> model_labels{
-            {"gen_ai_request_model", ctx.model}, {"gen_ai_operation_name", operation}};
-        metrics_.operation_s.at(model_labels, secondsBuckets()).Observe(ms / 1000);
-        if (ctx.first_token) {
+    const std::string_view operation =
+        ctx.api == "embeddings" ? "embeddings" : (ctx.api == "chat" ? "chat" : "text_completion");
+    MetricsWanted wanted{.tokens = genai && ctx.status > 0 && ctx.status < 400,
+                         .output = ctx.api != "embeddings"};
+    wanted.ttft = wanted.tokens && ctx.first_token.has_value();
+    wanted.tpot = wanted.ttft && ctx.usage.completion_tokens > 1;
+    const RequestMetrics m = requestMetrics(ctx, code, principal, operation, wanted);
+    m.duration->Observe(ms);
+    if (wanted.tokens) {
+        m.token_usage[0]->Observe(double(ctx.usage.prompt_tokens));
+        m.tokens[0]->Increment(double(ctx.usage.prompt_tokens));
+        if (wanted.output) {
+            m.token_usage[1]->Observe(double(ctx.usage.completion_tokens));
+            m.tokens[1]->Increment(double(ctx.usage.completion_tokens));
+        }
+        m.operation->Observe(ms / 1000);
+        if (wanted.ttft) {
             const double ttft = std::chrono::duration<double>(*ctx.first_token - ctx.start).count();
-            metrics_.ttft_s.at(model_labels, secondsBuckets()).Observe(ttft);
-            if (ctx.usage.completion_tokens > 1) {
+            m.ttft->Observe(ttft);
+            if (wanted.tpot) {
                 const double rest = std::chrono::duration<double>(end - *ctx.first_token).count();
-                metrics_.tpot_s.at(model_labels, secondsBuckets())
-                    .Observe(rest / double(ctx.usage.completion_tokens - 1));
+                m.tpot->Observe(rest / double(ctx.usage.completion_tokens - 1));
             }
         }
     }
     // Last, so a reader that sees this request counted also sees its other metrics.
-    metrics_.requests
-        .at({{"reporter", "waypoint"},
-             {"response_code", code},
-             {"destination_service", ctx.route},
-             {"source_principal", principal},
-             {"request_protocol", "http"}})
-        .Increment();
+    m.requests->Increment();
     if (config_.access_log) {
         nlohmann::json line{{"path", std::string(sv(ctx.request.target()))},
                             {"method", std::string(sv(ctx.request.method_string()))},

@@ -1,10 +1,13 @@
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string_view>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "waypoint/admission/queue.h"
@@ -70,6 +73,26 @@ class Gateway {
     awaitable<void> route(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream);
     awaitable<void> reply(Exchange& ex, RequestContext& ctx, const LocalReply& reply);
     void record(const RequestContext& ctx);
+    // The metrics record() updates for one kind of request, resolved once per kind (below).
+    struct RequestMetrics {
+        prometheus::Histogram* duration = nullptr;
+        prometheus::Counter* requests = nullptr;
+        std::array<prometheus::Histogram*, 2> token_usage{};  // input, output
+        std::array<prometheus::Counter*, 2> tokens{};
+        prometheus::Histogram* operation = nullptr;
+        prometheus::Histogram* ttft = nullptr;
+        prometheus::Histogram* tpot = nullptr;
+    };
+    // What record() needs of a request's metrics, each resolved on first use.
+    struct MetricsWanted {
+        bool tokens = false;  // a GenAI request that succeeded
+        bool output = false;  // with output tokens (not embeddings)
+        bool ttft = false;
+        bool tpot = false;
+    };
+    RequestMetrics requestMetrics(const RequestContext& ctx, std::string_view code,
+                                  std::string_view principal, std::string_view operation,
+                                  MetricsWanted wanted);
     admission::Priority priorityOf(const RequestContext& ctx) const;
     // Waits for an admission slot; on a shed, answers 503 and completes the request (`ran`
     // filters get onComplete) and returns an empty slot.
@@ -84,6 +107,14 @@ class Gateway {
 
     Config config_;
     Metrics metrics_;
+    // record()'s metric pointers per (status, route, peer, model, operation, tenant): one lookup
+    // per request instead of one label-set lookup (key, lock, hash) per metric. A pointer is
+    // filled the first time a request needs it, so a series appears in /metrics when it did
+    // before (a TTFT histogram only once a stream had a first token). Cleared when it holds
+    // kMaxRequestMetrics kinds (the metrics stay; only the shortcut is forgotten).
+    static constexpr std::size_t kMaxRequestMetrics = 4096;
+    std::mutex request_metrics_mutex_;
+    std::unordered_map<std::string, RequestMetrics> request_metrics_;
     std::mutex pools_mutex_;  // pools_ is replaced by applyPolicies (watcher thread)
     std::map<std::string, std::shared_ptr<BackendPool>> pools_;
     bool scraping_ = false;  // under pools_mutex_: start() has started the scrapers

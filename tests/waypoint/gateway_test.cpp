@@ -133,6 +133,90 @@ TEST(WaypointGateway, NonStreamedResponseIsRelayedAndUsageCounted) {
     EXPECT_EQ(metricValue(metrics, "istio_requests_total", {{"response_code", "200"}}), 1);
 }
 
+// Each request's metrics land in the series of its own tenant, model and status, request after
+// request (record() looks their pointers up once per kind of request), and a stream's TTFT
+// histogram appears only once a stream had a first token.
+TEST(WaypointGateway, MetricsAreCountedPerTenantModelAndStatusRequestAfterRequest) {
+    Emulator backend("a");
+    auto gw = startGateway(budgetConfig(backend, 1'000'000));
+    std::string mini = chatBody(false);
+    mini.replace(mini.find("gpt-4o"), 6, "gpt-4o-mini");
+    auto chat = [&](const std::string& tenant, const std::string& body) {
+        return request(gw->gatewayPort(), "POST", "/v1/chat/completions", body,
+                       {{"x-tenant", tenant}})
+            .status;
+    };
+    EXPECT_EQ(chat("a", chatBody(false)), 200u);
+    EXPECT_EQ(chat("a", chatBody(false)), 200u);
+    EXPECT_EQ(chat("b", chatBody(false)), 200u);
+    EXPECT_EQ(chat("a", mini), 200u);
+    EXPECT_EQ(request(gw->gatewayPort(), "POST", "/v1/chat/completions", "{}").status, 400u);
+    std::string metrics = metricsOf(*gw, 5);
+    // The emulator counts 3 + 3 per message + 1 per word (11) and sends 5 tokens.
+    auto tokens = [&](const std::string& type, const std::string& tenant,
+                      const std::string& model) {
+        return metricValue(
+            metrics, "sluice_gen_ai_tokens_total",
+            {{"gen_ai_token_type", type}, {"tenant", tenant}, {"gen_ai_request_model", model}});
+    };
+    EXPECT_EQ(tokens("input", "a", "gpt-4o"), 22) << metrics;
+    EXPECT_EQ(tokens("output", "a", "gpt-4o"), 10);
+    EXPECT_EQ(tokens("input", "b", "gpt-4o"), 11);
+    EXPECT_EQ(tokens("output", "a", "gpt-4o-mini"), 5);
+    EXPECT_EQ(tokens("input", "b", "gpt-4o-mini"), -1) << "no such series";
+    EXPECT_EQ(
+        metricValue(
+            metrics, "gen_ai_client_token_usage_count",
+            {{"gen_ai_token_type", "input"}, {"tenant", "a"}, {"gen_ai_request_model", "gpt-4o"}}),
+        2);
+    EXPECT_EQ(metricValue(metrics, "istio_requests_total", {{"response_code", "200"}}), 4);
+    EXPECT_EQ(metricValue(metrics, "istio_requests_total", {{"response_code", "400"}}), 1);
+    EXPECT_EQ(metricValue(metrics, "istio_request_duration_milliseconds_count",
+                          {{"response_code", "200"}}),
+              4);
+    EXPECT_EQ(metricValue(metrics, "gen_ai_client_operation_duration_seconds_count",
+                          {{"gen_ai_request_model", "gpt-4o"}}),
+              3);
+    EXPECT_EQ(metrics.find("gen_ai_server_time_to_first_token_seconds_count"), std::string::npos)
+        << "no stream yet";
+
+    auto streamed = request(gw->gatewayPort(), "POST", "/v1/chat/completions", chatBody(true),
+                            {{"x-tenant", "a"}});
+    EXPECT_EQ(streamed.status, 200u);
+    metrics = metricsOf(*gw, 6);
+    EXPECT_EQ(tokens("output", "a", "gpt-4o"), 15) << metrics;
+    EXPECT_EQ(metricValue(metrics, "gen_ai_server_time_to_first_token_seconds_count",
+                          {{"gen_ai_request_model", "gpt-4o"}}),
+              1);
+    EXPECT_EQ(metricValue(metrics, "gen_ai_server_time_per_output_token_seconds_count",
+                          {{"gen_ai_request_model", "gpt-4o"}}),
+              1);
+}
+
+// A valid incoming trace id and its flags are kept with a new span id; anything else starts a
+// new trace (sampled).
+TEST(WaypointGateway, TraceparentKeepsAValidTraceAndStartsANewOneOtherwise) {
+    const std::regex shape("00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}");
+    const std::string in = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    const std::string kept = nextTraceparent(in);
+    EXPECT_TRUE(std::regex_match(kept, shape)) << kept;
+    EXPECT_EQ(kept.substr(0, 36), in.substr(0, 36));
+    EXPECT_EQ(kept.substr(52), "-00");
+    EXPECT_NE(kept.substr(36, 16), in.substr(36, 16));
+    EXPECT_NE(nextTraceparent(in).substr(36, 16), kept.substr(36, 16)) << "a span id per call";
+    const std::vector<std::string> bad_ones{
+        "", "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", in + "0"};
+    for (const std::string& bad : bad_ones) {
+        const std::string fresh = nextTraceparent(bad);
+        EXPECT_TRUE(std::regex_match(fresh, shape)) << fresh;
+        EXPECT_TRUE(fresh.ends_with("-01")) << fresh;
+        EXPECT_NE(fresh.substr(3, 32), "0af7651916cd43dd8448eb211c80319c") << bad;
+        EXPECT_NE(fresh.substr(3, 32), std::string(32, '0'));
+    }
+}
+
 // CPU seconds this process (the in-process gateway and the test) used so far.
 double processCpuSeconds() {
     rusage u{};
