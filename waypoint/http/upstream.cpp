@@ -2,28 +2,21 @@
 
 namespace sluice::waypoint {
 
-namespace {
-std::string keyOf(const tcp::endpoint& ep) {
-    return ep.address().to_string() + ":" + std::to_string(ep.port());
-}
-}  // namespace
-
 awaitable<std::pair<error_code, UpstreamPool::Lease>> UpstreamPool::acquire(
     const tcp::endpoint& address) {
-    const std::string key = keyOf(address);
     const auto now = std::chrono::steady_clock::now();
-    if (auto it = idle_.find(key); it != idle_.end()) {
+    if (auto it = idle_.find(address); it != idle_.end()) {
         auto& list = it->second;
         while (!list.empty()) {
             Idle idle = std::move(list.back());
             list.pop_back();
             if (now - idle.since < limits_.idle_timeout && idle.socket.is_open()) {
-                co_return std::pair{error_code{}, Lease{std::move(idle.socket), key, true,
+                co_return std::pair{error_code{}, Lease{std::move(idle.socket), address, true,
                                                         std::move(idle.deadline)}};
             }
         }
     }
-    Lease lease{tcp::socket(ex_), key, false, Deadline(ex_)};
+    Lease lease{tcp::socket(ex_), address, false, Deadline(ex_)};
     lease.deadline.arm(lease.socket, limits_.connect_timeout);
     error_code ec;
     co_await lease.socket.async_connect(address, noThrow(ec));
@@ -36,7 +29,7 @@ awaitable<std::pair<error_code, UpstreamPool::Lease>> UpstreamPool::acquire(
 }
 
 void UpstreamPool::release(Lease lease) {
-    auto& list = idle_[lease.key];
+    auto& list = idle_[lease.endpoint];
     if (list.size() >= limits_.max_idle_per_endpoint)
         return;  // the socket closes here
     list.push_back(

@@ -25,7 +25,7 @@ class UpstreamPool {
 
     struct Lease {
         tcp::socket socket;
-        std::string key;  // "ip:port"
+        tcp::endpoint endpoint;  // where it is connected to
         bool reused = false;
         // Bounds each phase on this connection; it stays with the connection, so a request on a
         // reused one schedules no new timer.
@@ -46,7 +46,7 @@ class UpstreamPool {
     };
     asio::any_io_executor ex_;
     Limits limits_;
-    std::map<std::string, std::vector<Idle>> idle_;
+    std::map<tcp::endpoint, std::vector<Idle>> idle_;
 };
 
 }  // namespace sluice::waypoint
