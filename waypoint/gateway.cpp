@@ -477,9 +477,12 @@ awaitable<void> Gateway::handle(Exchange& ex, UpstreamPool& upstream) {
             co_return;
         }
     }
-    auto slot = co_await admit(ex, ctx, ran);
-    if (!slot)
-        co_return;
+    std::optional<admission::AdmissionQueue::Slot> slot;
+    if (admission_) {
+        slot = co_await admit(ex, ctx, ran);
+        if (!slot)
+            co_return;
+    }
     co_await route(ex, ctx, upstream);
 }
 
@@ -509,7 +512,8 @@ awaitable<std::optional<admission::AdmissionQueue::Slot>> Gateway::admit(Exchang
                       config_.limits.max_header_bytes + config_.limits.max_body_bytes);
     watch.start([&withdrawal] { withdrawal.withdraw(); });
     auto [outcome, slot] = co_await admission_->acquire(priority, ctx.tenant, &withdrawal);
-    co_await watch.stop();
+    if (!watch.stop())
+        co_await watch.stopped();
     if (outcome == admission::Outcome::Admitted && !watch.gone())
         co_return std::move(slot);
     auto complete = [&] {
@@ -658,7 +662,8 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
     for (std::size_t i = filters_.size(); i-- > 0;)
         filters_[i]->onComplete(ctx);
     record(ctx);
-    co_await watch.stop();
+    if (!watch.stop())
+        co_await watch.stopped();
 }
 
 Gateway::RequestMetrics Gateway::requestMetrics(const RequestContext& ctx, std::string_view code,

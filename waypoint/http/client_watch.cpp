@@ -85,15 +85,19 @@ void ClientWatch::waitForHangUp() {
     });
 }
 
-awaitable<void> ClientWatch::stop() {
+bool ClientWatch::stop() {
     if (!state_->running)
-        co_return;
+        return true;
     state_->stopping = true;
     error_code ec;
     client_.cancel(ec);
-    if (!state_->reading)
-        co_return;  // the wait's handler only notes that it ended; nothing waits for it
+    // A wait's handler only notes that it ended; nothing waits for it.
+    return !state_->reading;
+}
+
+awaitable<void> ClientWatch::stopped() {
     // `exited` never expires by itself; the watcher cancels it on its way out.
+    error_code ec;
     while (state_->running)
         co_await state_->exited->async_wait(noThrow(ec));
 }

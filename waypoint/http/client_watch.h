@@ -23,8 +23,11 @@ class ClientWatch {
 
     // `on_gone` runs once, on the worker thread, when the client closes or resets.
     void start(std::function<void()> on_gone);
-    // Cancels the pending read and waits until it has finished, so the socket may be read again.
-    awaitable<void> stop();
+    // Cancels the pending wait or read. True when that is all; false when a read's coroutine
+    // is still on its way out, and stopped() then waits until it has finished, so the socket
+    // may be read again. (Two steps: the common case allocates no coroutine frame.)
+    bool stop();
+    awaitable<void> stopped();
     bool gone() const { return state_->gone; }
 
   private:

@@ -152,10 +152,17 @@ awaitable<error_code> writeBody(ClientStream& client, std::string& head, bool ch
     if (last && chunked)
         parts[n++] = asio::buffer("0\r\n\r\n", 5);
     error_code ec;
-    if (n > 0) {
-        ec = co_await writeAll(client, std::span(parts.data(), n));
-        head.clear();
+    if (n == 0)
+        co_return ec;
+    const std::span<const asio::const_buffer> buffers(parts.data(), n);
+    if (tcp::socket* socket = client.socket()) {
+        const std::size_t sent = sendNow(*socket, buffers, ec);
+        if (!ec && sent < asio::buffer_size(buffers))
+            ec = co_await writeRest(*socket, buffers, sent);
+    } else {
+        co_await asio::async_write(client, buffers, noThrow(ec));
     }
+    head.clear();
     co_return ec;
 }
 
@@ -220,7 +227,14 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
     // A pooled connection may have been closed by the backend while idle; that shows as an
     // error before any response byte, and then one fresh connection is tried.
     for (int attempt = 0; attempt < 2; ++attempt) {
-        auto [connect_ec, lease] = co_await pool.acquire(address);
+        error_code connect_ec;
+        std::optional<UpstreamPool::Lease> held = pool.reuse(address);
+        if (!held) {
+            auto [ec, fresh] = co_await pool.connect(address);
+            connect_ec = ec;
+            held.emplace(std::move(fresh));
+        }
+        UpstreamPool::Lease& lease = *held;
         if (connect_ec) {
             result.outcome = connect_ec == asio::error::timed_out ? ForwardOutcome::Timeout
                                                                   : ForwardOutcome::ConnectFailed;
@@ -236,7 +250,10 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
 
         error_code ec;
         deadline.arm(up, options.timeout);
-        ec = co_await writeAll(up, request);
+        if (const std::size_t sent = sendNow(up, request, ec);
+            !ec && sent < request_head.size() + body.size()) {
+            ec = co_await writeRest(up, request, sent);
+        }
         beast::flat_buffer up_buffer;
         const bool head_request = ctx.request.method() == http::verb::head;
         std::optional<http::response_parser<http::buffer_body>> reading;

@@ -2,20 +2,22 @@
 
 namespace sluice::waypoint {
 
-awaitable<std::pair<error_code, UpstreamPool::Lease>> UpstreamPool::acquire(
-    const tcp::endpoint& address) {
+std::optional<UpstreamPool::Lease> UpstreamPool::reuse(const tcp::endpoint& address) {
     const auto now = std::chrono::steady_clock::now();
     if (auto it = idle_.find(address); it != idle_.end()) {
         auto& list = it->second;
         while (!list.empty()) {
             Idle idle = std::move(list.back());
             list.pop_back();
-            if (now - idle.since < limits_.idle_timeout && idle.socket.is_open()) {
-                co_return std::pair{error_code{}, Lease{std::move(idle.socket), address, true,
-                                                        std::move(idle.deadline)}};
-            }
+            if (now - idle.since < limits_.idle_timeout && idle.socket.is_open())
+                return Lease{std::move(idle.socket), address, true, std::move(idle.deadline)};
         }
     }
+    return std::nullopt;
+}
+
+awaitable<std::pair<error_code, UpstreamPool::Lease>> UpstreamPool::connect(
+    const tcp::endpoint& address) {
     Lease lease{tcp::socket(ex_), address, false, Deadline(ex_)};
     lease.deadline.arm(lease.socket, limits_.connect_timeout);
     error_code ec;

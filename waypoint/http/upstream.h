@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,8 +32,11 @@ class UpstreamPool {
         // reused one schedules no new timer.
         Deadline deadline;
     };
-    // A connected socket to `address`, reused when one is idle.
-    awaitable<std::pair<error_code, Lease>> acquire(const tcp::endpoint& address);
+    // An idle connection to `address`, if there is one (not a coroutine: the common case
+    // allocates no frame).
+    std::optional<Lease> reuse(const tcp::endpoint& address);
+    // A new connection to `address`.
+    awaitable<std::pair<error_code, Lease>> connect(const tcp::endpoint& address);
     // Returns a connection whose last response was read completely and that may be reused.
     void release(Lease lease);
 
