@@ -310,6 +310,13 @@ TEST(SseSplitter, EventsCompleteAcrossReadsAndBothLineEndings) {
     s.feed("NE]\n\n", sink);
     EXPECT_EQ(data.back(), "[DONE]");
     EXPECT_TRUE(s.pending().empty());
+    // Several data lines join with '\n'; other fields and comments are not data.
+    s.feed(": keep-alive\nevent: x\ndata: a\ndata:b\r\ndata:  c\n\ndata: d\n\n", sink);
+    ASSERT_EQ(data.size(), 5u);
+    EXPECT_EQ(data[3], "a\nb\n c");
+    EXPECT_EQ(data[4], "d");
+    s.feed(": only a comment\n\n", sink);
+    EXPECT_EQ(data.back(), "");
 }
 
 // A usage filter with both encodings from the test tokenizer data.

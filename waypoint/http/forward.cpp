@@ -332,6 +332,7 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
         bool inspect = !sse;
         RelayBuffer chunk;
         std::string out;
+        std::string raw;  // one SSE event as relayed (filters may edit it)
         while (true) {
             std::string_view got;
             if (!parser.is_done()) {
@@ -361,7 +362,7 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
                 // chunk the client did not ask for).
                 out.clear();
                 splitter.feed(got, [&](std::string_view raw_view, std::string_view event) {
-                    std::string raw(raw_view);
+                    raw.assign(raw_view);
                     bool keep = true;
                     for (HttpFilter* f : filters)
                         keep = f->onStreamEvent(ctx, event, raw) && keep;

@@ -32,9 +32,11 @@ class SseSplitter {
 
   private:
     std::size_t findEventEnd(std::size_t from);
-    std::string dataOf(std::string_view raw) const;
+    // The `data:` lines of an event joined; valid until the next call.
+    std::string_view dataOf(std::string_view raw);
 
     std::string buffer_;
+    std::string data_;         // dataOf()'s result when it joins several lines
     std::size_t scanned_ = 0;  // bytes before this offset hold no terminator
 };
 
