@@ -1,6 +1,8 @@
 // Unit tests of the waypoint filters and building blocks, without sockets.
 #include <gtest/gtest.h>
 
+#include <charconv>
+#include <cmath>
 #include <map>
 
 #include "waypoint/config.h"
@@ -76,6 +78,26 @@ TEST(BudgetFilter, TokensPerMinuteRejectsThenRecoversAfterTheWindow) {
     clock.now += 15s;
     Call later("a", 50, 200);
     EXPECT_FALSE(filter.onRequest(later.ctx));
+}
+
+// The reset headers' format, for every millisecond of the first minute and some odd values:
+// the millisecond-rounded value in its shortest fixed notation (what std::to_chars gives).
+TEST(BudgetFilter, ResetStringIsTheShortestMillisecondValue) {
+    auto reference = [](double seconds) {
+        char buf[64];
+        const double rounded = std::ceil(seconds * 1000) / 1000;
+        auto end = std::to_chars(buf, buf + sizeof buf, rounded, std::chars_format::fixed).ptr;
+        return std::string(buf, end) + "s";
+    };
+    for (int ms = 0; ms < 60'000; ++ms) {
+        const double seconds = ms / 1000.0;
+        ASSERT_EQ(budget::resetString(seconds), reference(seconds)) << ms;
+        ASSERT_EQ(budget::resetString(seconds - 0.0004), reference(seconds - 0.0004)) << ms;
+    }
+    EXPECT_EQ(budget::resetString(15.0591), "15.06s");
+    EXPECT_EQ(budget::resetString(0.0000001), "0.001s");
+    EXPECT_EQ(budget::resetString(59.9999), "1m0s");
+    EXPECT_EQ(budget::resetString(360), "6m0s");
 }
 
 TEST(BudgetFilter, ReservationIsSettledWithRealUsageIncludingOvershoot) {

@@ -5,19 +5,30 @@
 #include <cstdio>
 
 namespace sluice::waypoint::budget {
-namespace {
-
-// OpenAI's reset format: "1s", "6m0s", "0.5s".
 std::string resetString(double seconds) {
     char buf[32];
     seconds = std::ceil(seconds * 1000) / 1000;
-    if (seconds < 60) {
-        // Shortest fixed notation of the millisecond-rounded value: "%g" without printf's cost
-        // (it runs for every request, for the x-ratelimit-reset-* headers).
+    if (std::signbit(seconds)) {  // a bucket over capacity after a refund: "-0.5s", as before
         auto [end, ec] =
             std::to_chars(buf, buf + sizeof buf - 2, seconds, std::chars_format::fixed);
         if (ec != std::errc())
             return "0s";
+        *end++ = 's';
+        *end = '\0';
+    } else if (seconds < 60) {
+        // The millisecond-rounded value in its shortest fixed notation ("%g" without printf's
+        // cost; it runs for every request, for the x-ratelimit-reset-* headers): whole seconds,
+        // then the milliseconds without trailing zeros.
+        const auto ms = static_cast<std::uint64_t>(std::llround(seconds * 1000));
+        char* end = std::to_chars(buf, buf + 8, ms / 1000).ptr;
+        if (unsigned frac = unsigned(ms % 1000); frac != 0) {
+            *end++ = '.';
+            const char digits[3] = {char('0' + frac / 100), char('0' + frac / 10 % 10),
+                                    char('0' + frac % 10)};
+            const int keep = digits[2] != '0' ? 3 : digits[1] != '0' ? 2 : 1;
+            for (int i = 0; i < keep; ++i)
+                *end++ = digits[i];
+        }
         *end++ = 's';
         *end = '\0';
     } else {
@@ -25,6 +36,8 @@ std::string resetString(double seconds) {
     }
     return buf;
 }
+
+namespace {
 
 std::string bearerToken(std::string_view value) {
     if (value.starts_with("Bearer ") || value.starts_with("bearer "))
@@ -158,6 +171,7 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
 
     // Headers on every answer, as OpenAI sends them.
     auto add_headers = [&](std::vector<std::pair<std::string, std::string>>& out) {
+        out.reserve(out.size() + 8);  // these six, the route's, one more
         if (state.requests) {
             out.emplace_back("x-ratelimit-limit-requests",
                              std::to_string(limit->requests_per_minute));

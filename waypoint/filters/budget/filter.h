@@ -13,6 +13,10 @@
 
 namespace sluice::waypoint::budget {
 
+// How long until `seconds` from now, in OpenAI's x-ratelimit-reset-* format: "1s", "0.5s",
+// "15.06s" (rounded up to the millisecond, shortest fixed notation), "6m0s" from a minute on.
+std::string resetString(double seconds);
+
 // TokenBudget admission: identifies the tenant, reserves the estimated prompt tokens plus the
 // request's max output tokens against the matching limit's buckets, and settles the reservation
 // with the real usage on completion. Over budget → 429 in OpenAI's shape with x-ratelimit-*
