@@ -93,20 +93,13 @@ std::string responseHead(const http::response_parser<http::buffer_body>::value_t
     const unsigned code = head.result_int();
     std::string out;
     out.reserve(512);
-    const char status_line[] = {'H',
-                                'T',
-                                'T',
-                                'P',
-                                '/',
-                                char('0' + client.version / 10),
-                                '.',
-                                char('0' + client.version % 10),
-                                ' ',
-                                char('0' + code / 100),
-                                char('0' + code / 10 % 10),
-                                char('0' + code % 10),
-                                ' '};
-    out.append(status_line, sizeof status_line).append(sv(head.reason())).append("\r\n");
+    char status_line[] = "HTTP/1.1 200 ";  // version and code filled in below
+    status_line[5] = char('0' + client.version / 10);
+    status_line[7] = char('0' + client.version % 10);
+    status_line[9] = char('0' + code / 100);
+    status_line[10] = char('0' + code / 10 % 10);
+    status_line[11] = char('0' + code % 10);
+    out.append(status_line, sizeof status_line - 1).append(sv(head.reason())).append("\r\n");
     for (const auto& field : head) {
         if (field.name() != http::field::unknown && isHopByHop(field.name()))
             continue;
