@@ -763,6 +763,38 @@ TEST(WaypointGateway, HeadersAreRelayedInOrderWithOurFraming) {
     EXPECT_EQ(backend.connections(), 1u);
 }
 
+// A response larger than the socket buffers reaches a client that reads late whole and in
+// order: what a send does not take at once is written when the client has room again.
+TEST(WaypointGateway, ALargeResponseReachesASlowReaderWhole) {
+    std::string payload(24u << 20, '\0');
+    for (std::size_t i = 0; i < payload.size(); ++i)
+        payload[i] = char('a' + (i * 7 + i / 4096) % 26);
+    RawBackend backend(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        "Content-Length: " +
+            std::to_string(payload.size()) + "\r\n\r\n" + payload,
+        1);
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    asio::io_context io;
+    tcp::socket s(io);
+    s.open(tcp::v4());
+    s.set_option(asio::socket_base::receive_buffer_size(4096));  // fills at once
+    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
+    asio::write(s, asio::buffer(postRequest(chatBody(false), "Connection: close\r\n")));
+    std::this_thread::sleep_for(300ms);  // the socket buffers on the way fill up meanwhile
+    std::string got;
+    char buf[65536];
+    error_code ec;
+    for (std::size_t n; !ec && (n = readWithin(s, asio::buffer(buf), 5000ms, ec)) > 0;)
+        got.append(buf, n);
+    EXPECT_EQ(ec, asio::error::eof) << ec.message();
+    const auto body = got.find("\r\n\r\n");
+    ASSERT_NE(body, std::string::npos);
+    EXPECT_TRUE(got.starts_with("HTTP/1.1 200")) << got.substr(0, 200);
+    EXPECT_EQ(got.size() - body - 4, payload.size());
+    EXPECT_TRUE(got.compare(body + 4, std::string::npos, payload) == 0) << "bytes differ";
+}
+
 TEST(WaypointGateway, CanarySplitFollowsWeights) {
     Emulator stable("stable");
     Emulator canary("canary");

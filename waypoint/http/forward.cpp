@@ -159,34 +159,48 @@ awaitable<error_code> writeBody(ClientStream& client, std::string& head, bool ch
     co_return ec;
 }
 
-// 16 KiB relay buffers, reused by the requests of one worker thread: a buffer in the coroutine
-// frame would make every request allocate (and the allocator consolidate) a 17 KiB frame.
-class RelayBuffer {
+// Buffers reused by the requests of one worker thread, from a free list of at most `kKeep`: a
+// buffer in the coroutine frame would make every request allocate (and the allocator
+// consolidate) a frame that large, and a fresh one per request would allocate it anyway.
+template <class T>
+class Recycled {
   public:
-    static constexpr std::size_t kSize = 16384;
-    RelayBuffer() {
+    static constexpr std::size_t kKeep = 16;  // idle buffers of each kind a worker keeps
+    explicit Recycled(T (*make)()) {
         if (free_.empty()) {
-            buf_ = std::make_unique_for_overwrite<char[]>(kSize);
+            value_ = make();
         } else {
-            buf_ = std::move(free_.back());
+            value_ = std::move(free_.back());
             free_.pop_back();
         }
     }
-    ~RelayBuffer() {
+    ~Recycled() {
         if (free_.size() < kKeep)
-            free_.push_back(std::move(buf_));
+            free_.push_back(std::move(value_));
     }
-    RelayBuffer(const RelayBuffer&) = delete;
-    RelayBuffer& operator=(const RelayBuffer&) = delete;
-    char* data() { return buf_.get(); }
+    Recycled(const Recycled&) = delete;
+    Recycled& operator=(const Recycled&) = delete;
+    T& get() { return value_; }
 
   private:
-    static constexpr std::size_t kKeep = 16;  // idle buffers a worker keeps (256 KiB)
-    static thread_local std::vector<std::unique_ptr<char[]>> free_;
-    std::unique_ptr<char[]> buf_;
+    static thread_local std::vector<T> free_;
+    T value_;
 };
+template <class T>
+thread_local std::vector<T> Recycled<T>::free_;
 
-thread_local std::vector<std::unique_ptr<char[]>> RelayBuffer::free_;
+// The relay's 16 KiB body chunks, and the buffer the backend's bytes are read into: its
+// capacity is what Beast asks the socket for per read (an empty flat_buffer reads 512 bytes at
+// a time, a recv and a send per 512 bytes of a large response).
+constexpr std::size_t kRelayChunk = 16384;
+std::unique_ptr<char[]> makeChunk() {
+    return std::make_unique_for_overwrite<char[]>(kRelayChunk);
+}
+beast::flat_buffer makeReadBuffer() {
+    beast::flat_buffer b;
+    b.reserve(kRelayChunk);
+    return b;
+}
 
 }  // namespace
 
@@ -247,7 +261,9 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
             !ec && sent < request_head.size() + body.size()) {
             ec = co_await writeRest(up, request, sent);
         }
-        beast::flat_buffer up_buffer;
+        Recycled<beast::flat_buffer> read_buffer(makeReadBuffer);
+        beast::flat_buffer& up_buffer = read_buffer.get();
+        up_buffer.clear();  // what a connection that failed left in it
         const bool head_request = ctx.request.method() == http::verb::head;
         std::optional<http::response_parser<http::buffer_body>> reading;
         // Interim answers (100 Continue, 102, 103 Early Hints) have no body and the final one
@@ -323,14 +339,14 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
         SseSplitter splitter;
         std::string inspected;
         bool inspect = !sse;
-        RelayBuffer chunk;
+        Recycled<std::unique_ptr<char[]>> chunk(makeChunk);
         std::string out;
         std::string raw;  // one SSE event as relayed (filters may edit it)
         while (true) {
             std::string_view got;
             if (!parser.is_done()) {
-                parser.get().body().data = chunk.data();
-                parser.get().body().size = RelayBuffer::kSize;
+                parser.get().body().data = chunk.get().get();
+                parser.get().body().size = kRelayChunk;
                 if (auto step = parseBuffered(parser, up_buffer)) {
                     ec = *step;
                 } else {
@@ -346,7 +362,7 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
                         deadline.fired() ? ForwardOutcome::Timeout : ForwardOutcome::UpstreamFailed;
                     co_return result;
                 }
-                got = std::string_view(chunk.data(), RelayBuffer::kSize - parser.get().body().size);
+                got = std::string_view(chunk.get().get(), kRelayChunk - parser.get().body().size);
             }
             const bool last = parser.is_done();
             std::string_view data = got;
