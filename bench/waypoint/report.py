@@ -18,8 +18,9 @@ with open("bench/results/waypoint.json", "w") as f:
 d = result["modes"]["direct"]
 with open("bench/results/waypoint.md", "w") as md:
     md.write("# Waypoint proxy overhead (loopback, HTTP/1.1 keep-alive)\n\n")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     md.write(f"Machine: {machine}  \nCommand: `bench/waypoint/run.sh` (wrk and nginx on CPU 0, "
-             "the proxy on CPU 1; other builds shared the machine)  \n")
+             f"the proxy on CPU 1)  \nLoad average at the end: {load}  \n")
     md.write(f"Waypoint RSS after the runs: {rss_kb / 1024:.1f} MiB\n\n")
     md.write("| mode | p50 ms (1 conn) | p99 ms (1 conn) | added p50 | added p99 | req/s (32 conns) "
              "| non-2xx |\n|---|---|---|---|---|---|---|\n")
