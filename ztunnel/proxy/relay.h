@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -53,6 +54,11 @@ void reset_socket(Socket& s) {
 template <typename Socket>
 class TcpPipe {
   public:
+    // A read shorter than asked for drained the socket, as far as it knows: waiting right away
+    // loses nothing, because Asio's wait re-arms the descriptor (EPOLL_CTL_MOD), which reports
+    // bytes that came in between. Saves the read that would find nothing (one recv per message).
+    static constexpr bool kShortReadDrains = true;
+
     explicit TcpPipe(Socket s) : s_(std::move(s)) {}
     Socket& socket() { return s_; }
     asio::any_io_executor executor() { return s_.get_executor(); }
@@ -126,6 +132,10 @@ class TcpPipe {
 
 class StreamPipe {
   public:
+    // A short read takes all that arrived, but the end of the stream may have come with it
+    // (a Signal wait reports only what comes later): read again.
+    static constexpr bool kShortReadDrains = false;
+
     explicit StreamPipe(std::shared_ptr<hbone::Stream> s) : s_(std::move(s)) {}
     hbone::Stream& stream() { return *s_; }
     asio::any_io_executor executor() { return s_->connection().executor(); }
@@ -383,6 +393,13 @@ class Relay : public RelayControl, public std::enable_shared_from_this<Relay<A, 
                 return;
             }
             d.bytes += n;
+            if constexpr (std::remove_reference_t<decltype(from<AtoB>())>::kShortReadDrains) {
+                if (n < detail::kRelayChunk) {
+                    detail::ChunkCache::give(d.buf);
+                    wait<AtoB>();
+                    return;
+                }
+            }
         }
     }
 
