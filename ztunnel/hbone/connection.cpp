@@ -86,11 +86,8 @@ void* SessionMemory::resize(void* ptr, size_t size, void* ud) {
         }
         return p;
     }
-    if (size >= kMapFrom && ptr != nullptr) {
-        // Growing a malloc block past the mark: it stays with malloc (nghttp2 does not know the
-        // old size, so it cannot be copied into a mapping).
-        return std::realloc(ptr, size);
-    }
+    // A malloc block stays with malloc, however large it grows (its old size is not known here,
+    // so it could not be copied into a mapping).
     return ptr == nullptr ? allocate(size, ud) : std::realloc(ptr, size);
 }
 

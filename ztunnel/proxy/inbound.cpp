@@ -235,13 +235,18 @@ asio::awaitable<std::expected<WorkerSocket, std::string>> connect_app(Proxy& p,
     co_return app;
 }
 
-void serve_hbone(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w, AcceptedFd c) {
+std::optional<WorkerSocket> accepted_socket(Worker& w, AcceptedFd c, const char* listener) {
     auto s = std::move(c).socket(w.io);
     if (!s) {
-        spdlog::warn("hbone: cannot serve a connection: {}", s.error().message());
-        return;
+        spdlog::warn("{}: cannot serve a connection: {}", listener, s.error().message());
+        return std::nullopt;
     }
-    asio::co_spawn(w.io, hbone_connection(p, std::move(dst), w, std::move(*s)), asio::detached);
+    return std::move(*s);
+}
+
+void serve_hbone(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w, AcceptedFd c) {
+    if (auto s = accepted_socket(w, std::move(c), "hbone"))
+        asio::co_spawn(w.io, hbone_connection(p, std::move(dst), w, std::move(*s)), asio::detached);
 }
 
 }  // namespace sluice::ztunnel::proxy

@@ -61,6 +61,10 @@ class OpenInboundGuard {
 // (reason "closed_by_policy"), logged with result "closed_by_policy" and the deciding rule.
 void finish_closed_by_policy(Proxy& p, InboundCall& call);
 
+// The socket of a connection an inbound listener accepted, made on `w`; nullopt (logged as
+// `listener`'s, the connection reset) when it cannot be made.
+std::optional<WorkerSocket> accepted_socket(Worker& w, AcceptedFd c, const char* listener);
+
 // Connects to the app at `target` from inside the pod, from the client's own address when
 // --transparent-inbound is on.
 asio::awaitable<std::expected<WorkerSocket, std::string>> connect_app(Proxy& p,

@@ -47,12 +47,9 @@ asio::awaitable<void> inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorklo
 
 void serve_inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorkload> dst, Worker& w,
                              AcceptedFd c) {
-    auto s = std::move(c).socket(w.io);
-    if (!s) {
-        spdlog::warn("inbound plaintext: cannot serve a connection: {}", s.error().message());
-        return;
-    }
-    asio::co_spawn(w.io, inbound_plaintext(p, std::move(dst), w, std::move(*s)), asio::detached);
+    if (auto s = accepted_socket(w, std::move(c), "inbound plaintext"))
+        asio::co_spawn(w.io, inbound_plaintext(p, std::move(dst), w, std::move(*s)),
+                       asio::detached);
 }
 
 }  // namespace sluice::ztunnel::proxy
