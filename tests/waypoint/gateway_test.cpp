@@ -501,6 +501,16 @@ std::size_t readWithin(tcp::socket& s, asio::mutable_buffer buf, std::chrono::mi
     return s.read_some(buf, ec);
 }
 
+// Everything that arrives until the connection ends (`ec`: eof, a reset, or timed_out after 5 s
+// of silence).
+std::string readUntilEnd(tcp::socket& s, error_code& ec) {
+    std::string got;
+    char buf[65536];
+    for (std::size_t n; !ec && (n = readWithin(s, asio::buffer(buf), 5000ms, ec)) > 0;)
+        got.append(buf, n);
+    return got;
+}
+
 // A graceful stop: an HTTP/1.1 stream in flight finishes whole, a kept-alive connection that
 // waits for its next request is closed at once, and stop() returns once the stream is done.
 TEST(WaypointGateway, StopFinishesTheHttp1StreamInFlightAndClosesIdleConnections) {
@@ -776,23 +786,42 @@ TEST(WaypointGateway, ALargeResponseReachesASlowReaderWhole) {
         1);
     auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
     asio::io_context io;
-    tcp::socket s(io);
-    s.open(tcp::v4());
-    s.set_option(asio::socket_base::receive_buffer_size(4096));  // fills at once
-    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
+    tcp::socket s = connectWithSmallWindow(io, gw->gatewayPort());
     asio::write(s, asio::buffer(postRequest(chatBody(false), "Connection: close\r\n")));
     std::this_thread::sleep_for(300ms);  // the socket buffers on the way fill up meanwhile
-    std::string got;
-    char buf[65536];
     error_code ec;
-    for (std::size_t n; !ec && (n = readWithin(s, asio::buffer(buf), 5000ms, ec)) > 0;)
-        got.append(buf, n);
+    const std::string got = readUntilEnd(s, ec);
     EXPECT_EQ(ec, asio::error::eof) << ec.message();
     const auto body = got.find("\r\n\r\n");
     ASSERT_NE(body, std::string::npos);
     EXPECT_TRUE(got.starts_with("HTTP/1.1 200")) << got.substr(0, 200);
     EXPECT_EQ(got.size() - body - 4, payload.size());
     EXPECT_TRUE(got.compare(body + 4, std::string::npos, payload) == 0) << "bytes differ";
+}
+
+// A client that stops reading is cut off once its zero window has held the waypoint's writes for
+// the idle timeout, and its upstream stream is abandoned (without the bound: never).
+TEST(WaypointGateway, AClientThatStopsReadingIsCutOffAfterTheIdleTimeout) {
+    Emulator backend("a");
+    backend.configure(R"({"completion_tokens": 200000})");  // ~25 MB of events, no delay
+    auto gw = startGateway(limitsConfig(backend, "idleTimeout: 1s"));
+    asio::io_context io;
+    tcp::socket s = connectWithSmallWindow(io, gw->gatewayPort());
+    const auto sent = std::chrono::steady_clock::now();
+    asio::write(s, asio::buffer(postRequest(chatBody(true, false, 200000))));
+    while (backend.streamsAborted() == 0 && std::chrono::steady_clock::now() - sent < 20s)
+        std::this_thread::sleep_for(50ms);
+    const auto after = std::chrono::steady_clock::now() - sent;
+    ASSERT_EQ(backend.streamsAborted(), 1) << "the stream was not abandoned within 20 s";
+    EXPECT_GE(after, 1s);
+    // What the socket buffers held still arrives, then the connection is gone: the waypoint's
+    // end no longer exists (a reset), and the stream never ended.
+    error_code ec;
+    const std::string got = readUntilEnd(s, ec);
+    EXPECT_EQ(ec, asio::error::connection_reset) << ec.message();
+    EXPECT_TRUE(got.starts_with("HTTP/1.1 200")) << got.substr(0, 200);
+    EXPECT_EQ(got.find("[DONE]"), std::string::npos);
+    EXPECT_LT(got.size(), 8u << 20);
 }
 
 TEST(WaypointGateway, CanarySplitFollowsWeights) {

@@ -4,6 +4,7 @@
 // frees the budget held by bodies that never end, and the GOAWAY of Gateway::stop while a
 // stream is in flight.
 #include <gtest/gtest.h>
+#include <poll.h>
 
 #include <nlohmann/json.hpp>
 
@@ -22,13 +23,6 @@ using namespace std::chrono_literals;
 constexpr std::size_t kMaxBody = 1 << 20;
 constexpr std::size_t kConnectionBodies = 2 << 20;
 
-std::string config(const Emulator& backend, const std::string& limits) {
-    return "kind: Waypoint\nspec:\n  limits: {" + limits +
-           "}\n  pools: [{name: main, endpoints: [\"" + backend.address() +
-           "\"]}]\n---\nkind: ModelRoute\nmetadata: {name: chat}\nspec:\n  models: [\"*\"]\n"
-           "  timeout: 10s\n  backends: [{pool: main}]\n";
-}
-
 // A streamed chat whose prompt makes the body about `size` bytes.
 std::string chatOfSize(std::size_t size, bool stream = true) {
     json body{{"model", "gpt-4o"}, {"max_tokens", 3}, {"stream", stream}};
@@ -41,9 +35,9 @@ std::string chatOfSize(std::size_t size, bool stream = true) {
 
 TEST(WaypointH2Limits, BodiesAreAdmittedWithinTheConnectionsBudget) {
     Emulator backend("a");
-    auto gw = startGateway(
-        config(backend, "maxBodyBytes: " + std::to_string(kMaxBody) +
-                            ", maxConnectionBodyBytes: " + std::to_string(kConnectionBodies)));
+    auto gw = startGateway(limitsConfig(
+        backend, "maxBodyBytes: " + std::to_string(kMaxBody) +
+                     ", maxConnectionBodyBytes: " + std::to_string(kConnectionBodies)));
     H2OverTcp conn(gw->gatewayPort());
     H2Client client;
     // Ten bodies of ~1 MB at once, no content-length: nghttp2 sends them round-robin.
@@ -72,9 +66,9 @@ TEST(WaypointH2Limits, BodiesAreAdmittedWithinTheConnectionsBudget) {
 
 TEST(WaypointH2Limits, BodiesThatNeverEndGet408AndGiveTheirBudgetBack) {
     Emulator backend("a");
-    auto gw = startGateway(
-        config(backend, "maxBodyBytes: " + std::to_string(kMaxBody) + ", maxConnectionBodyBytes: " +
-                            std::to_string(kConnectionBodies) + ", requestTimeout: 1s"));
+    auto gw = startGateway(limitsConfig(
+        backend, "maxBodyBytes: " + std::to_string(kMaxBody) + ", maxConnectionBodyBytes: " +
+                     std::to_string(kConnectionBodies) + ", requestTimeout: 1s"));
     H2OverTcp conn(gw->gatewayPort());
     H2Client client;
     // Three bodies of 900 KB that never end: two are admitted (the budget), one waits.
@@ -111,7 +105,7 @@ TEST(WaypointH2Limits, BodiesThatNeverEndGet408AndGiveTheirBudgetBack) {
 TEST(WaypointH2Limits, AStalledStreamIsResetAfterTheIdleTimeout) {
     Emulator backend("a");
     backend.configure(R"({"completion_tokens": 200000})");  // ~25 MB of events, no delay
-    auto gw = startGateway(config(backend, "idleTimeout: 1s"));
+    auto gw = startGateway(limitsConfig(backend, "idleTimeout: 1s"));
     H2OverTcp conn(gw->gatewayPort());
     H2Client client(true);
     json body{{"model", "gpt-4o"},
@@ -133,10 +127,57 @@ TEST(WaypointH2Limits, AStalledStreamIsResetAfterTheIdleTimeout) {
     EXPECT_EQ(backend.streamsAborted(), 1);
 }
 
+// A client that stops reading the whole connection (its TCP window fills, not a stream's) is cut
+// off after the idle timeout. The stream's own write bound abandons the upstream stream either
+// way; without the connection's bound the connection itself stayed open for ever.
+TEST(WaypointH2Limits, AConnectionThatStopsReadingIsCutOffAfterTheIdleTimeout) {
+    Emulator backend("a");
+    backend.configure(R"({"completion_tokens": 200000})");  // ~25 MB of events, no delay
+    auto gw = startGateway(limitsConfig(backend, "idleTimeout: 1s"));
+    // The preface, SETTINGS with the largest windows and the request, as bytes for a socket that
+    // is then never read: the waypoint may send all it has, and only TCP holds it back.
+    H2Client client;
+    const nghttp2_settings_entry window{NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE,
+                                        NGHTTP2_MAX_WINDOW_SIZE};
+    nghttp2_submit_settings(client.session(), NGHTTP2_FLAG_NONE, &window, 1);
+    nghttp2_session_set_local_window_size(client.session(), NGHTTP2_FLAG_NONE, 0,
+                                          NGHTTP2_MAX_WINDOW_SIZE);
+    json body{{"model", "gpt-4o"},
+              {"max_tokens", 200000},
+              {"stream", true},
+              {"messages", {{{"role", "user"}, {"content", "hello"}}}}};
+    client.submit("POST", "/v1/chat/completions", body.dump());
+    std::string bytes;
+    const uint8_t* data = nullptr;
+    for (ssize_t n; (n = nghttp2_session_mem_send(client.session(), &data)) > 0;)
+        bytes.append(reinterpret_cast<const char*>(data), std::size_t(n));
+    asio::io_context io;
+    tcp::socket s = connectWithSmallWindow(io, gw->gatewayPort());
+    const auto sent = std::chrono::steady_clock::now();
+    asio::write(s, asio::buffer(bytes));
+    while (backend.streamsAborted() == 0 && std::chrono::steady_clock::now() - sent < 20s)
+        std::this_thread::sleep_for(50ms);
+    ASSERT_EQ(backend.streamsAborted(), 1) << "the stream was not abandoned within 20 s";
+    EXPECT_GE(std::chrono::steady_clock::now() - sent, 1s);
+    // The waypoint's end of the connection is gone: reading on ends in a reset, not an END_STREAM.
+    char buf[65536];
+    error_code ec;
+    std::size_t got = 0;
+    while (!ec && got < (64u << 20)) {
+        pollfd p{.fd = s.native_handle(), .events = POLLIN, .revents = 0};
+        if (::poll(&p, 1, 5000) != 1) {
+            ec = asio::error::timed_out;
+            break;
+        }
+        got += s.read_some(asio::buffer(buf), ec);
+    }
+    EXPECT_EQ(ec, asio::error::connection_reset) << ec.message();
+}
+
 TEST(WaypointH2Drain, StopSendsGoawayAndTheStreamInFlightFinishes) {
     Emulator backend("slow");
     backend.configure(R"({"token_delay_ms": 200, "completion_tokens": 5})");
-    auto gw = startGateway(config(backend, "drainTimeout: 5s"));
+    auto gw = startGateway(limitsConfig(backend, "drainTimeout: 5s"));
     H2OverTcp conn(gw->gatewayPort());
     H2Client client;
     const int32_t id = client.submit("POST", "/v1/chat/completions", chatOfSize(300));

@@ -148,6 +148,21 @@ std::string rawExchange(unsigned short port, const std::string& bytes,
     return out;
 }
 
+tcp::socket connectWithSmallWindow(asio::io_context& io, unsigned short port) {
+    tcp::socket s(io);
+    s.open(tcp::v4());
+    s.set_option(asio::socket_base::receive_buffer_size(4096));
+    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+    return s;
+}
+
+std::string limitsConfig(const Emulator& backend, const std::string& limits) {
+    return "kind: Waypoint\nspec:\n  limits: {" + limits +
+           "}\n  pools: [{name: main, endpoints: [\"" + backend.address() +
+           "\"]}]\n---\nkind: ModelRoute\nmetadata: {name: chat}\nspec:\n  models: [\"*\"]\n"
+           "  timeout: 10s\n  backends: [{pool: main}]\n";
+}
+
 std::unique_ptr<Gateway> startGateway(const std::string& yaml, bool access_log) {
     Config config = parseConfig(yaml);
     config.listen = "127.0.0.1:0";

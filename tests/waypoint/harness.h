@@ -66,6 +66,14 @@ std::pair<int, std::string> runCommand(const std::string& command);
 // the access log (spdlog's default logger) only when asked for.
 std::unique_ptr<Gateway> startGateway(const std::string& yaml, bool access_log = false);
 
+// A loopback connection to `port` whose receive buffer is as small as the kernel allows, so a
+// response fills it (and the window it advertises) at once.
+tcp::socket connectWithSmallWindow(asio::io_context& io, unsigned short port);
+
+// A Waypoint with `limits` (the flow map's inside) and one pool, `backend`, that one ModelRoute
+// sends every model to.
+std::string limitsConfig(const Emulator& backend, const std::string& limits);
+
 // Value of a Prometheus sample whose line starts with `prefix` (name plus labels), or -1.
 double metricValue(const std::string& metrics_text, const std::string& name,
                    const std::map<std::string, std::string>& labels);

@@ -1,8 +1,15 @@
 #include "waypoint/http/server.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
+#include <cerrno>
+#include <climits>
+#include <cstring>
 
 #include "waypoint/http/deadline.h"
 #include "waypoint/http/direct_io.h"
@@ -77,6 +84,14 @@ awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
                                 const Handler& handler, H2Connections* h2) {
     error_code ec;
     socket.set_option(tcp::no_delay(true), ec);
+    // A client that stops reading must not hold its upstream request and our buffers for ever:
+    // the kernel aborts the connection once sent bytes have waited longer than the idle timeout
+    // for an acknowledgement or for the client's zero window to open, and the write waiting on
+    // it fails. One bound for every write to this client: HTTP/1.1 and a whole h2c connection.
+    const int user_timeout = int(std::min<std::int64_t>(limits.idle_timeout.count(), INT_MAX));
+    if (::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout,
+                     sizeof user_timeout) != 0)
+        spdlog::warn("TCP_USER_TIMEOUT: {}", std::strerror(errno));
     ClientStream stream(socket);
     const Downstream plain{.h2 = h2};
     co_await serveHttp1(stream, limits, handler, plain);
