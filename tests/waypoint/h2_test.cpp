@@ -4,10 +4,13 @@
 // frees the budget held by bodies that never end, and the GOAWAY of Gateway::stop while a
 // stream is in flight.
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 
 #include <nlohmann/json.hpp>
 
+#include <cstring>
 #include <optional>
 #include <thread>
 
@@ -172,6 +175,70 @@ TEST(WaypointH2Limits, AConnectionThatStopsReadingIsCutOffAfterTheIdleTimeout) {
         got += s.read_some(asio::buffer(buf), ec);
     }
     EXPECT_EQ(ec, asio::error::connection_reset) << ec.message();
+}
+
+// Lingering close: after its graceful end (here the client's GOAWAY, with no stream open) the
+// waypoint shuts its side down and keeps reading what the client still sends, until the client's
+// end. Closing at once would answer those bytes with a RST, which can throw away what the client
+// had not read yet.
+TEST(WaypointH2Drain, AGracefulEndReadsWhatTheClientStillSends) {
+    Emulator backend("a");
+    auto gw = startGateway(limitsConfig(backend, "idleTimeout: 5s"));
+    auto frame = [](std::uint8_t type, std::string_view payload) {
+        std::string f{char(0),
+                      char(payload.size() >> 8),
+                      char(payload.size() & 0xff),
+                      char(type),
+                      char(0),
+                      char(0),
+                      char(0),
+                      char(0),
+                      char(0)};
+        return f.append(payload);
+    };
+    asio::io_context io;
+    tcp::socket s(io);
+    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
+    // Preface, empty SETTINGS, GOAWAY (last stream 0, NO_ERROR): the session is done at once.
+    asio::write(s, asio::buffer("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(0x4, "") +
+                                frame(0x7, std::string(8, '\0'))));
+    std::string got;
+    char buf[65536];
+    error_code ec;
+    while (!ec) {
+        pollfd p{.fd = s.native_handle(), .events = POLLIN, .revents = 0};
+        if (::poll(&p, 1, 5000) != 1) {
+            ec = asio::error::timed_out;
+            break;
+        }
+        got.append(buf, s.read_some(asio::buffer(buf), ec));
+    }
+    ASSERT_EQ(ec, asio::error::eof) << ec.message();
+    ASSERT_GE(got.size(), 9u);
+    EXPECT_EQ(got[3], char(0x4)) << "the waypoint's SETTINGS come first";
+    // Our side after the waypoint's FIN: 64 KiB of connection WINDOW_UPDATEs (+1 each, no answer
+    // needed), then our own FIN. The waypoint reads them and closes when it sees our end.
+    std::string late;
+    while (late.size() < (64u << 10))
+        late += frame(0x8, std::string("\0\0\0\1", 4));
+    asio::write(s, asio::buffer(late), ec);
+    ASSERT_FALSE(ec) << ec.message();
+    s.shutdown(tcp::socket::shutdown_send, ec);
+    // Wait for the connection to be closed on both sides (a RST closes it too), then ask how.
+    tcp_info info{};
+    for (int i = 0; i < 500; ++i) {
+        socklen_t len = sizeof info;
+        ASSERT_EQ(::getsockopt(s.native_handle(), IPPROTO_TCP, TCP_INFO, &info, &len), 0);
+        if (info.tcpi_state == TCP_CLOSE || info.tcpi_state == TCP_TIME_WAIT)
+            break;
+        std::this_thread::sleep_for(10ms);
+    }
+    EXPECT_TRUE(info.tcpi_state == TCP_CLOSE || info.tcpi_state == TCP_TIME_WAIT)
+        << "state " << int(info.tcpi_state);
+    int error = 0;
+    socklen_t len = sizeof error;
+    ASSERT_EQ(::getsockopt(s.native_handle(), SOL_SOCKET, SO_ERROR, &error, &len), 0);
+    EXPECT_EQ(error, 0) << std::strerror(error) << " (ECONNRESET: the late bytes met a RST)";
 }
 
 TEST(WaypointH2Drain, StopSendsGoawayAndTheStreamInFlightFinishes) {

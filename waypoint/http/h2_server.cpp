@@ -250,6 +250,7 @@ class H2Session : public std::enable_shared_from_this<H2Session>, private H2Conn
     std::size_t reserved_ = 0;
     std::deque<int32_t> waiting_;
     bool open_ = true;
+    bool linger_ = false;  // a graceful end on TCP: the read loop drains before closing
     bool goaway_sent_ = false;
     bool write_loop_running_ = false;
     Event write_ready_, write_ended_;
@@ -591,6 +592,8 @@ awaitable<void> H2Session::run(std::string_view received) {
         registry_->add(*this);
     if (!feed(received)) {
         close(false);
+        error_code ec;
+        transport_.close(ec);
         co_return;
     }
     write_loop_running_ = true;
@@ -617,6 +620,10 @@ awaitable<void> H2Session::readLoop() {
             break;
     }
     close(eof);
+    if (linger_ && !eof)
+        co_await lingerBeforeClose(transport_);  // the GOAWAY must not be lost to a RST
+    error_code ec;
+    transport_.close(ec);
 }
 
 awaitable<void> H2Session::writeLoop() {
@@ -650,8 +657,10 @@ void H2Session::close(bool graceful) {
     error_code ec;
     if (graceful)
         transport_.shutdown_send(ec);  // an HBONE stream ends with END_STREAM, not a reset
+    // The read loop closes the transport once it ended; on TCP after a graceful end it first
+    // drains what the client still sends (an HBONE stream has no reset to fear).
+    linger_ = graceful && transport_.socket() != nullptr;
     transport_.cancel(ec);
-    transport_.close(ec);
     auto streams = std::move(streams_);
     streams_.clear();
     for (auto& [id, s] : streams)

@@ -80,6 +80,17 @@ class Http1Member final : public H2Connections::Member {
 
 }  // namespace
 
+awaitable<void> lingerBeforeClose(ClientStream& client) {
+    error_code ec;
+    client.shutdown_send(ec);
+    Deadline deadline(client.get_executor());
+    deadline.arm(client, std::chrono::milliseconds(1000));
+    std::array<char, 16384> sink;
+    for (std::size_t drained = 0; !ec && drained < (4u << 20);)
+        drained += co_await client.async_read_some(asio::buffer(sink), noThrow(ec));
+    deadline.disarm();
+}
+
 awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
                                 const Handler& handler, H2Connections* h2) {
     error_code ec;
@@ -170,16 +181,7 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
             deadline.arm(socket, limits.request_timeout);
             co_await http::async_write(socket, res, noThrow(write_ec));
             deadline.disarm();
-            // Lingering close (as nginx): closing with unread request bytes would send a RST
-            // that can destroy the error reply before the client reads it, so drain for a
-            // bounded time and amount first.
-            socket.shutdown_send(write_ec);
-            deadline.arm(socket, std::chrono::milliseconds(1000));
-            std::array<char, 16384> sink;
-            for (std::size_t drained = 0; !write_ec && drained < (4u << 20);) {
-                drained += co_await socket.async_read_some(asio::buffer(sink), noThrow(write_ec));
-            }
-            deadline.disarm();
+            co_await lingerBeforeClose(socket);
             break;
         }
         Request request = parser.release();

@@ -55,6 +55,12 @@ awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
 awaitable<void> serveHttp1(ClientStream& stream, const ServerLimits& limits, const Handler& handler,
                            const Downstream& downstream);
 
+// Lingering close (as nginx): closing a TCP connection with unread bytes from the client sends
+// a RST, which can destroy what we sent last (an error reply, a GOAWAY) before the client reads
+// it. Shuts our side down, then reads and drops the client's bytes until its end, 4 MiB or 1 s.
+// The caller closes the stream afterwards.
+awaitable<void> lingerBeforeClose(ClientStream& client);
+
 // Accepts on `acceptor` until it is closed, spawning `serve(socket)` for each client.
 template <class Serve>
 awaitable<void> acceptEach(tcp::acceptor& acceptor, Serve serve) {
