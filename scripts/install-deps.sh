@@ -14,6 +14,8 @@ PACKAGES=(
     libboost-dev libboost-system-dev libssl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev
     libgtest-dev libgmock-dev libyaml-cpp-dev libnghttp2-dev nlohmann-json3-dev libcli11-dev
     libcivetweb-dev
+    # waypoint: JSON on the per-request path (SAX usage reader, request bodies); header-only
+    rapidjson-dev
     # testbed, demo and tests
     iproute2 iptables containernetworking-plugins procps util-linux iputils-ping curl python3
     # waypoint: node (with npm; the nodesource build here bundles it) generates the Unicode
@@ -21,6 +23,8 @@ PACKAGES=(
     nodejs
     # benchmark peers and tools
     nginx-light wrk iperf3 nghttp2-client haproxy tshark
+    # instructions per operation (bench/waypoint/json_instructions.sh)
+    valgrind
     # independent HBONE peer in the interop test
     python3-h2
 )

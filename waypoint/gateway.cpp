@@ -12,6 +12,7 @@
 #include "waypoint/filters/usage/filter.h"
 #include "waypoint/http/client_watch.h"
 #include "waypoint/http/forward.h"
+#include "waypoint/json/parse.h"
 #include "waypoint/lb/load_metrics.h"
 #include "waypoint/policy_view.h"
 #include "waypoint/tokenizer/encoding.h"
@@ -448,14 +449,14 @@ awaitable<void> Gateway::handle(Exchange& ex, UpstreamPool& upstream) {
             bad.status = http::status::method_not_allowed;
             bad.message = "Only POST is supported on " + std::string(sv(ex.request.target()));
         } else {
-            auto body = nlohmann::json::parse(ex.request.body(), nullptr, false);
-            if (body.is_discarded() || !body.is_object()) {
+            auto body = json::parse(ex.request.body());
+            if (!body || !body->is_object()) {
                 bad.message = "We could not parse the JSON body of your request.";
-            } else if (!body.contains("model") || !body["model"].is_string()) {
+            } else if (!body->contains("model") || !(*body)["model"].is_string()) {
                 bad.message = "you must provide a model parameter";
             } else {
-                ctx.model = body["model"].get<std::string>();
-                ctx.stream = body.value("stream", false);
+                ctx.model = (*body)["model"].get<std::string>();
+                ctx.stream = body->value("stream", false);
                 ctx.body = std::move(body);
             }
         }

@@ -352,6 +352,13 @@ std::unique_ptr<usage::UsageFilter> usageFilter() {
     return std::make_unique<usage::UsageFilter>(usage::UsageConfig{}, *cl, *o2);
 }
 
+// What the filter reads from a non-streamed response body.
+Usage usageOf(usage::UsageFilter& filter, std::string_view body) {
+    Call c("a", 0, 0);
+    filter.onResponseBody(c.ctx, body);
+    return c.ctx.usage;
+}
+
 TEST(UsageFilter, InjectsIncludeUsageAndStripsTheUsageChunk) {
     auto filter = usageFilter();
     Call c("a", 0, 0);
@@ -377,11 +384,7 @@ TEST(UsageFilter, InjectsIncludeUsageAndStripsTheUsageChunk) {
 // The reconciliation reads only the top-level `usage` object, whatever else the body carries.
 TEST(UsageFilter, ReadsTheTopLevelUsageOfAResponseBody) {
     auto filter = usageFilter();
-    auto read = [&](std::string_view body) {
-        Call c("a", 0, 0);
-        filter->onResponseBody(c.ctx, body);
-        return c.ctx.usage;
-    };
+    auto read = [&](std::string_view body) { return usageOf(*filter, body); };
     Usage u = read(R"({"choices":[{"message":{"content":"{\"usage\":{\"prompt_tokens\":99}}",)"
                    R"("usage":{"prompt_tokens":98}}}],"usage":{"prompt_tokens":12,)"
                    R"("prompt_tokens_details":{"prompt_tokens":97,"cached_tokens":4},)"
@@ -403,6 +406,90 @@ TEST(UsageFilter, ReadsTheTopLevelUsageOfAResponseBody) {
     EXPECT_FALSE(read(R"([{"usage":{"prompt_tokens":1}}])").reported) << "not an object";
     EXPECT_FALSE(read(R"({"usage":{"prompt_tokens":1}} trailing)").reported) << "malformed";
     EXPECT_FALSE(read(R"({"usage":{"prompt_tokens":1})").reported) << "truncated";
+}
+
+// Counts at the edges of 64 bits and of what a count is; repeated keys keep what the reader saw
+// last for each count (a later `usage` that is not an object does not undo an earlier one).
+TEST(UsageFilter, CountsAtTheEdgesAndRepeatedKeys) {
+    auto filter = usageFilter();
+    auto read = [&](std::string_view body) { return usageOf(*filter, body); };
+    Usage u = read(R"({"usage":{"prompt_tokens":18446744073709551615,)"
+                   R"("completion_tokens":18446744073709551616}})");
+    EXPECT_TRUE(u.reported);
+    EXPECT_EQ(u.prompt_tokens, 18446744073709551615u);
+    EXPECT_EQ(u.completion_tokens, 0u) << "2^64 does not fit";
+
+    u = read(R"({"usage":{"prompt_tokens":-1,"completion_tokens":2.9}})");
+    EXPECT_EQ(u.prompt_tokens, 0u) << "negative: not a count";
+    EXPECT_EQ(u.completion_tokens, 2u);
+    u = read(R"({"usage":{"prompt_tokens":-0.0,"total_tokens":10}})");
+    EXPECT_EQ(u.prompt_tokens, 0u);
+    EXPECT_EQ(u.completion_tokens, 10u);
+    u = read(R"({"usage":{"prompt_tokens":-9223372036854775809,"completion_tokens":1e-400}})");
+    EXPECT_TRUE(u.reported);
+    EXPECT_EQ(u.prompt_tokens, 0u);
+    EXPECT_EQ(u.completion_tokens, 0u);
+
+    u = read(R"({"usage":{"prompt_tokens":1,"completion_tokens":2,"prompt_tokens":5},)"
+             R"("usage":{"completion_tokens":7}})");
+    EXPECT_EQ(u.prompt_tokens, 5u);
+    EXPECT_EQ(u.completion_tokens, 7u);
+    u = read(R"({"usage":{"prompt_tokens":4},"usage":null})");
+    EXPECT_TRUE(u.reported);
+    EXPECT_EQ(u.prompt_tokens, 4u);
+    u = read(R"({"usage":{"prompt_tokens":"4","details":{"prompt_tokens":6},"total_tokens":[9]}})");
+    EXPECT_TRUE(u.reported);
+    EXPECT_EQ(u.total(), 0u) << "a string, a nested object, an array: none is a count";
+    EXPECT_FALSE(read(R"({"data":{"usage":{"prompt_tokens":5}}})").reported);
+    EXPECT_FALSE(read(R"({"usage":[{"prompt_tokens":5}]})").reported);
+}
+
+// A body nlohmann::json::parse would reject gives no usage, whatever part of it is wrong; one
+// it accepts does, however deep or odd.
+TEST(UsageFilter, ReadsUsageOnlyFromValidJson) {
+    auto filter = usageFilter();
+    auto reported = [&](std::string_view before) {
+        const std::string body = std::string(before) + R"("usage":{"prompt_tokens":3}})";
+        EXPECT_EQ(nlohmann::json::accept(body), true) << "precondition: " << body;
+        const Usage u = usageOf(*filter, body);
+        return u.reported && u.prompt_tokens == 3;
+    };
+    auto rejected = [&](std::string_view body) {
+        EXPECT_EQ(nlohmann::json::accept(body), false) << "precondition: " << body;
+        return !usageOf(*filter, body).reported;
+    };
+    EXPECT_TRUE(reported("{"));
+    EXPECT_TRUE(reported("\xEF\xBB\xBF{")) << "byte order mark";
+    EXPECT_TRUE(reported(R"({"id":"\u00e9\uD83D\uDE00\u0000","x":1e-400,)"));
+    EXPECT_TRUE(
+        usageOf(*filter, std::string(R"({"usage":{"prompt_tokens":3}})") + '\0' + "x").reported)
+        << "a NUL ends the text, for nlohmann too";
+    EXPECT_TRUE(nlohmann::json::accept(std::string(R"({"usage":{}})") + '\0' + "x"));
+    EXPECT_TRUE(reported("{\"x\":" + std::string(100'000, '[') + std::string(100'000, ']') + ","))
+        << "nesting deeper than any stack";
+    EXPECT_TRUE(rejected(R"({"usage":{"prompt_tokens":NaN}})"));
+    EXPECT_TRUE(rejected(R"({"usage":{"prompt_tokens":Infinity}})"));
+    EXPECT_TRUE(rejected(R"({"usage":{"prompt_tokens":3,}})")) << "trailing comma";
+    EXPECT_TRUE(rejected(R"({"usage":{"prompt_tokens":3}/* c */})")) << "comment";
+    EXPECT_TRUE(rejected(R"({"usage":{"prompt_tokens":3}} // c)")) << "comment";
+    EXPECT_TRUE(rejected(R"({"x":1e999,"usage":{"prompt_tokens":3}})")) << "number overflow";
+    EXPECT_TRUE(rejected(R"({"x":01,"usage":{"prompt_tokens":3}})"));
+    EXPECT_TRUE(rejected("{\"x\":\"\xC0\x80\",\"usage\":{\"prompt_tokens\":3}}")) << "overlong";
+    EXPECT_TRUE(rejected("{\"x\":\"\xED\xA0\x80\",\"usage\":{\"prompt_tokens\":3}}"))
+        << "UTF-8 surrogate";
+    EXPECT_TRUE(rejected(R"({"x":"\uDC00","usage":{"prompt_tokens":3}})")) << "lone low surrogate";
+    EXPECT_TRUE(rejected(R"({"x":"\uD800","usage":{"prompt_tokens":3}})")) << "lone high surrogate";
+    EXPECT_TRUE(rejected("{\"x\":\"\t\",\"usage\":{\"prompt_tokens\":3}}")) << "raw tab";
+
+    // The same rules for the final chunk of a stream: an invalid one is relayed, not read.
+    Call c("a", 0, 0);
+    c.ctx.stream = true;
+    std::string bad = R"({"choices":[],"usage":{"prompt_tokens":3},})";
+    EXPECT_TRUE(filter->onStreamEvent(c.ctx, bad, bad));
+    EXPECT_FALSE(c.ctx.usage.reported);
+    std::string good = R"({"choices":[],"usage":{"prompt_tokens":3}})";
+    EXPECT_FALSE(filter->onStreamEvent(c.ctx, good, good)) << "ours: dropped";
+    EXPECT_TRUE(c.ctx.usage.reported);
 }
 
 PoolConfig poolOf(LbPolicy policy, int endpoints) {

@@ -315,6 +315,23 @@ TEST(WaypointGateway, MalformedRequestsGetOpenAiShaped400) {
     auto no_model = request(gw->gatewayPort(), "POST", "/v1/chat/completions", R"({"x":1})");
     EXPECT_EQ(no_model.status, 400u);
 
+    // Bodies at the edges waypoint/json/reader.h covers (a trailing comma, a lone low surrogate
+    // RapidJSON 1.1 alone accepts, a double that overflows, invalid UTF-8): the same 400 as with
+    // nlohmann. A byte order mark is skipped as before.
+    for (const std::string body :
+         {R"({"model":"a","messages":[],})", R"({"model":"a\uDC00","messages":[]})",
+          R"({"model":"a","n":1.8e308})", "{\"model\":\"\xC0\x80\"}"}) {
+        auto reply = request(gw->gatewayPort(), "POST", "/v1/chat/completions", body);
+        EXPECT_EQ(reply.status, 400u) << body;
+        EXPECT_EQ(json::parse(reply.body)["error"]["message"],
+                  "We could not parse the JSON body of your request.")
+            << body;
+    }
+    auto bom = request(gw->gatewayPort(), "POST", "/v1/chat/completions",
+                       "\xEF\xBB\xBF"
+                       R"({"model":"nope","messages":[]})");
+    EXPECT_EQ(bom.status, 404u) << "parsed; the model is unknown";
+
     auto unknown = request(gw->gatewayPort(), "POST", "/v1/chat/completions",
                            R"({"model":"nope","messages":[]})");
     EXPECT_EQ(unknown.status, 404u);

@@ -4,6 +4,8 @@
 
 #include <optional>
 
+#include "waypoint/json/reader.h"
+
 namespace sluice::waypoint::usage {
 
 UsageFilter::UsageFilter(UsageConfig config, std::shared_ptr<const tokenizer::Encoding> cl100k,
@@ -96,15 +98,13 @@ std::optional<LocalReply> UsageFilter::onRequest(RequestContext& ctx) {
 namespace {
 
 // What reconciliation needs from a response body or a stream chunk: the top-level `usage`
-// object's counts and whether `choices` is an empty array. Read with nlohmann's SAX interface:
-// the rest of the document (the generated text, mostly) is checked for syntax but never built.
-class UsageReader : public nlohmann::json_sax<nlohmann::json> {
+// object's counts and whether `choices` is an empty array. Read with RapidJSON's SAX reader
+// (json/reader.h): the rest of the document (the generated text, mostly) is checked for syntax
+// but never built.
+class UsageReader {
   public:
     // False on malformed JSON or a top level that is not an object.
-    bool read(std::string_view text) {
-        return nlohmann::json::sax_parse(text, this, nlohmann::json::input_format_t::json, true) &&
-               top_is_object_;
-    }
+    bool read(std::string_view text) { return json::read(text, *this) && top_is_object_; }
 
     // The counts, when the document has a `usage` object.
     bool usage(Usage& out) const {
@@ -119,24 +119,23 @@ class UsageReader : public nlohmann::json_sax<nlohmann::json> {
     }
     bool choicesEmpty() const { return choices_array_ && choices_items_ == 0; }
 
-    bool null() override { return value(std::nullopt); }
-    bool boolean(bool) override { return value(std::nullopt); }
-    bool number_integer(number_integer_t n) override {
+    bool Null() { return value(std::nullopt); }
+    bool Bool(bool) { return value(std::nullopt); }
+    bool Int64(std::int64_t n) {
         return value(n < 0 ? std::nullopt : std::optional<std::uint64_t>(std::uint64_t(n)));
     }
-    bool number_unsigned(number_unsigned_t n) override { return value(n); }
-    bool number_float(number_float_t f, const string_t&) override {
-        // A count sent as 14.0 counts; a negative, NaN or out-of-range one does not.
+    bool Uint64(std::uint64_t n) { return value(n); }
+    bool Double(double f) {
+        // A count sent as 14.0 counts; a negative or out-of-range one does not.
         const bool fits = f >= 0 && f < 18446744073709551616.0;
         return value(fits ? std::optional<std::uint64_t>(std::uint64_t(f)) : std::nullopt);
     }
-    bool string(string_t&) override { return value(std::nullopt); }
-    bool binary(binary_t&) override { return value(std::nullopt); }
-    bool start_object(std::size_t) override { return open(true); }
-    bool start_array(std::size_t) override { return open(false); }
-    bool end_object() override { return close(); }
-    bool end_array() override { return close(); }
-    bool key(string_t& k) override {
+    bool String(std::string_view) { return value(std::nullopt); }
+    bool StartObject() { return open(true); }
+    bool StartArray() { return open(false); }
+    bool EndObject() { return close(); }
+    bool EndArray() { return close(); }
+    bool Key(std::string_view k) {
         if (depth_ == 1)
             top_key_ = k == "usage" ? Top::Usage : k == "choices" ? Top::Choices : Top::Other;
         else if (depth_ == 2 && top_key_ == Top::Usage && in_usage_)
@@ -145,9 +144,6 @@ class UsageReader : public nlohmann::json_sax<nlohmann::json> {
                          : k == "total_tokens"      ? &total_
                                                     : nullptr;
         return true;
-    }
-    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
-        return false;
     }
 
   private:
