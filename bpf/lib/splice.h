@@ -83,6 +83,10 @@ static __always_inline bool splice_wanted(bool active, struct bpf_sock* sk, __u6
         __builtin_memcpy(tk.addr, key->remote_addr, 16);
         return bpf_map_lookup_elem(&orig_dst_tuple, &tk) != NULL;
     }
+    /* ztunnel's HBONE connection to a pod in its own netns ends at ztunnel's :15008, which is
+     * never added: without a peer it would only cost a lookup per send. */
+    if (active && key->remote_port == cfg_hbone_port)
+        return false;
     struct sluice_addr_key pod = {};
     __builtin_memcpy(pod.addr, active ? key->remote_addr : key->local_addr, 16);
     __u64* owner = bpf_map_lookup_elem(&endpoint_addrs, &pod);

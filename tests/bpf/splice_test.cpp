@@ -414,5 +414,21 @@ TEST_F(SpliceTest, RestartKeepsSplicedHops) {
     EXPECT_LT(tcp_info_of(before.client.get()).tcpi_bytes_acked, 64u);
 }
 
+// A splice that cannot run (here: its pinned SOCKHASH has another size than this start asks for)
+// is a warning, never a failed start: capture works, nothing is spliced, the old links are gone.
+TEST_F(SpliceTest, AnUnusableSpliceNeverFailsStart) {
+    SLUICE_REQUIRE_PRIVILEGES();
+    open_datapath();
+    dp_.reset();
+    config_.map_sizes.splice_sockets = 1024;
+    auto& dp = open_datapath();
+    EXPECT_FALSE(dp.splicing());
+    EXPECT_FALSE(std::filesystem::exists(config_.bpffs_root + "/links/splice/sluice_splice_msg"));
+    Hop hop = captured_hop();
+    ASSERT_TRUE(hop.server);
+    EXPECT_TRUE(ping_pong(hop.client.get(), hop.server.get(), 256 * 1024, 64 * 1024));
+    EXPECT_EQ(tcp_info_of(hop.client.get()).tcpi_bytes_acked, 256 * 1024 + 1);
+}
+
 }  // namespace
 }  // namespace sluice::test
