@@ -55,6 +55,8 @@ static __always_inline void count_splice(__u32 event) {
         *slot += 1;
 }
 
+#define SPLICE_SEND_SHUTDOWN 2 /* include/net/sock.h */
+
 /* Low bits of sk_user_data are flags (SK_USER_DATA_NOCOPY, _BPF, _PSOCK). */
 #define SPLICE_USER_DATA_PTRMASK (~7UL)
 
@@ -152,6 +154,10 @@ static __always_inline int splice_may_redirect(struct bpf_sock* self,
         return -ENOENT;
     struct tcp_sock* me = bpf_skc_to_tcp_sock(self);
     if (!me)
+        return -ENOENT;
+    /* After shutdown(SHUT_WR) tcp_bpf's sendmsg does not refuse on its own: a redirect would
+     * deliver bytes behind the FIN. Through TCP the send fails with EPIPE, as it should. */
+    if (me->inet_conn.icsk_inet.sk.sk_shutdown & SPLICE_SEND_SHUTDOWN)
         return -ENOENT;
     if (me->snd_una != me->write_seq)
         return -EBUSY;
