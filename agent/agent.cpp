@@ -49,6 +49,12 @@ std::expected<void, std::string> Agent::init() {
     spdlog::info("datapath {} at {} (cgroup {})",
                  datapath_->reused_pinned_state() ? "taken over" : "loaded",
                  config_.datapath.bpffs_root, config_.datapath.cgroup_path);
+    if (config_.datapath.same_node_splice) {
+        spdlog::info("same-node splice {}", datapath_->splicing()
+                                                ? "on"
+                                                : "requested but unavailable (see the warning "
+                                                  "above); running without it");
+    }
     for (const auto& c : config_.excluded_cidrs) {
         if (auto r = datapath_->add_excluded_cidr(*datapath::parse_cidr(c)); !r) {
             return std::unexpected("exclude " + c + ": " + describe(r.error()));

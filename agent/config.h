@@ -16,6 +16,7 @@ inline constexpr const char* kEnvBpffsRoot = "SLUICE_BPFFS_ROOT";
 inline constexpr const char* kEnvCgroupPath = "SLUICE_CGROUP_PATH";
 inline constexpr const char* kEnvRegistryDir = "SLUICE_REGISTRY_DIR";
 inline constexpr const char* kEnvPoliciesDir = "SLUICE_POLICIES_DIR";
+inline constexpr const char* kEnvSameNodeSplice = "SLUICE_SAME_NODE_SPLICE";
 
 inline constexpr const char* kDefaultRunDir = "/var/run/sluice";
 inline constexpr const char* kDefaultRegistryDir = "/etc/sluice/registry";
@@ -38,7 +39,8 @@ struct AgentConfig {
     // Enroll pods already running on this node (from the registry) at startup.
     bool enroll_existing = true;
     std::vector<std::string> excluded_cidrs;  // destinations never captured
-    datapath::DatapathConfig datapath;        // bpffs root, cgroup path, map sizes, ports
+    // bpffs root, cgroup path, map sizes, ports, same_node_splice (--same-node-splice)
+    datapath::DatapathConfig datapath;
 
     std::string cni_socket() const { return run_dir + "/cni.sock"; }
     std::string ztunnel_socket() const { return run_dir + "/ztunnel.sock"; }

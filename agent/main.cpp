@@ -45,6 +45,10 @@ int main(int argc, char** argv) {
     app.add_option("--exclude-cidr", config.excluded_cidrs, "Destination CIDR never captured");
     app.add_flag("!--no-enroll-existing", config.enroll_existing,
                  "Do not enroll running pods at startup");
+    app.add_flag("--same-node-splice", config.datapath.same_node_splice,
+                 "Splice the app<->ztunnel loopback hops with sockops + sk_msg (probed; off when "
+                 "the kernel cannot)")
+        ->envname(sluice::agent::kEnvSameNodeSplice);
     app.add_flag("--uninstall", uninstall, "Detach every program, remove the pins and exit");
     CLI11_PARSE(app, argc, argv);
     config.ztunnel_timeout = std::chrono::milliseconds(ztunnel_timeout_ms);

@@ -143,6 +143,21 @@ std::string AgentMetrics::render() const {
     }
     families.push_back(std::move(events));
 
+    // Same-node splicing: only while it runs (the flag, and a kernel that can).
+    if (dp_.splicing()) {
+        MetricFamily splice{"sluice_datapath_splice_total",
+                            "Same-node splicing: sockets added, sendmsg calls redirected or sent "
+                            "through TCP (peer_busy, no_peer)",
+                            MetricType::Counter,
+                            {}};
+        for (int e = 0; e < SLUICE_SPLICE_MAX; ++e) {
+            auto ev = static_cast<sluice_splice_event>(e);
+            splice.metric.push_back(counter({{"event", datapath::splice_event_name(ev)}},
+                                            dp_.splice_count(ev).value_or(0)));
+        }
+        families.push_back(std::move(splice));
+    }
+
     std::ostringstream out;
     prometheus::TextSerializer().Serialize(out, families);
     return out.str();

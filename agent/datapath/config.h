@@ -20,6 +20,7 @@ struct MapSizes {
     uint32_t excluded_cidrs = 64;            // never-redirected destination prefixes
     uint32_t ztunnel_flows = 65536;          // ztunnel connections opened inside pod netns
     uint32_t listeners = 4096;               // inbound listeners (one per enrolled netns)
+    uint32_t splice_sockets = 65536;         // spliced socket ends (two per same-node hop)
     uint32_t deny_event_bytes = 256 * 1024;  // ring buffer size; power of two, ≥ page size
 };
 
@@ -36,6 +37,10 @@ struct DatapathConfig {
     uint16_t hbone_port = SLUICE_PORT_HBONE;
     // Destination ports never redirected (at most SLUICE_MAX_EXCLUDED_PORTS, none 0).
     std::vector<uint16_t> excluded_ports;
+    // Splice the app <-> ztunnel loopback hops with sockops + SOCKHASH + sk_msg (docs/datapath.md,
+    // "Same-node splicing"). Probed at open(): a kernel that cannot load or attach it runs
+    // without, with one warning. Off: splice links pinned by an earlier run are detached.
+    bool same_node_splice = false;
 
     static constexpr const char* kDefaultBpffsRoot = "/sys/fs/bpf/sluice";
 

@@ -22,6 +22,7 @@
 #include "common/netns.h"
 #include "inbound.skel.h"
 #include "redirect.skel.h"
+#include "splice.skel.h"
 
 namespace sluice::datapath {
 namespace {
@@ -34,6 +35,12 @@ constexpr const char* kCgroupPrograms[] = {
     "sluice_sockops", "sluice_getsockopt", "sluice_getpeername4", "sluice_getpeername6",
     "sluice_bind4",   "sluice_bind6",      "sluice_connect4",     "sluice_connect6",
 };
+
+// The optional splicing programs (docs/datapath.md, "Same-node splicing"): the sockops link sits
+// at the node cgroup next to the others, the sk_msg link on the splice_socks SOCKHASH. Attach
+// order: sk_msg first (a socket takes the map's programs when it is added), sockops last.
+constexpr const char* kSpliceSockops = "sluice_splice_sockops";
+constexpr const char* kSpliceMsg = "sluice_splice_msg";
 
 std::string errno_text(int err) {
     return std::strerror(err < 0 ? -err : err);
@@ -132,6 +139,8 @@ uint32_t map_size_for(const MapSizes& s, std::string_view name) {
         return s.listeners;
     if (name == "ztunnel_flows")
         return s.ztunnel_flows;
+    if (name == "splice_socks" || name == "splice_peers")
+        return s.splice_sockets;
     if (name == "deny_events")
         return s.deny_event_bytes;
     return 0;  // fixed size from the object (layout_meta, per-reason arrays)
@@ -287,6 +296,9 @@ fs::path cgroup_links_dir(const DatapathConfig& c) {
 fs::path netns_links_dir(const DatapathConfig& c) {
     return links_dir(c) / "netns";
 }
+fs::path splice_links_dir(const DatapathConfig& c) {
+    return links_dir(c) / "splice";
+}
 fs::path maps_dir(const DatapathConfig& c) {
     return fs::path(c.bpffs_root) / "maps";
 }
@@ -297,6 +309,50 @@ void destroy_link(bpf_link* link) {
     // The pin holds the attachment; closing our fd must not detach.
     bpf_link__disconnect(link);
     bpf_link__destroy(link);
+}
+
+// Restart: swaps `prog` into the link pinned at `pin`, so the attachment never goes away. First
+// start: `attach()` and pin the new link (unless attach() pinned it itself).
+Result<bpf_link*> update_or_attach(bpf_program* prog, const std::string& pin,
+                                   const std::function<bpf_link*()>& attach,
+                                   const std::string& what) {
+    if (path_exists(pin)) {
+        bpf_link* link = bpf_link__open(pin.c_str());
+        if (link == nullptr)
+            return fail_errno(Errc::AttachFailed, "open pinned link " + pin, errno);
+        if (int err = bpf_link__update_program(link, prog); err != 0) {
+            destroy_link(link);
+            return fail_errno(Errc::AttachFailed, "bpf_link_update " + pin, err);
+        }
+        return link;
+    }
+    bpf_link* link = attach();
+    if (link == nullptr)
+        return fail_errno(Errc::AttachFailed, "attach " + what, errno);
+    if (bpf_link__pin_path(link) == nullptr) {
+        if (int err = bpf_link__pin(link, pin.c_str()); err != 0) {
+            bpf_link__destroy(link);
+            return fail_errno(Errc::AttachFailed, "pin link " + pin, err);
+        }
+    }
+    return link;
+}
+
+// Unpins and detaches a pinned link, if there is one; returns what went wrong, empty if nothing.
+std::string detach_pinned_link(const std::string& pin) {
+    if (!path_exists(pin))
+        return {};
+    bpf_link* link = bpf_link__open(pin.c_str());
+    if (link == nullptr)
+        return "open pinned link " + pin + ": " + errno_text(errno);
+    std::string problem;
+    if (int err = bpf_link__unpin(link); err != 0)
+        problem = "unpin " + pin + ": " + errno_text(err);
+    if (int err = bpf_link__detach(link); err != 0 && err != -ENOLINK)
+        problem +=
+            (problem.empty() ? "" : "; ") + std::string("detach ") + pin + ": " + errno_text(err);
+    bpf_link__destroy(link);
+    return problem;
 }
 
 }  // namespace
@@ -328,8 +384,9 @@ std::vector<std::string> DatapathConfig::validate() const {
         problems.push_back("deny_event_bytes must be a power of two ≥ 4096, got " +
                            std::to_string(b));
     }
-    for (uint32_t v : {s.enrolled_netns, s.endpoint_addrs, s.ipcache, s.policy, s.rule_counters,
-                       s.orig_dst, s.excluded_cidrs, s.listeners, s.ztunnel_flows}) {
+    for (uint32_t v :
+         {s.enrolled_netns, s.endpoint_addrs, s.ipcache, s.policy, s.rule_counters, s.orig_dst,
+          s.excluded_cidrs, s.listeners, s.ztunnel_flows, s.splice_sockets}) {
         if (v == 0) {
             problems.push_back("map sizes must be non-zero");
             break;
@@ -351,6 +408,10 @@ Datapath::~Datapath() {
         redirect_bpf__destroy(redirect_);
     if (inbound_ != nullptr)
         inbound_bpf__destroy(inbound_);
+    for (auto& [name, link] : splice_links_)
+        destroy_link(link);
+    if (splice_ != nullptr)
+        splice_bpf__destroy(splice_);
     if (close_link_ != nullptr)
         bpf_link__destroy(close_link_);  // not pinned: each agent attaches its own iterator
     if (close_ != nullptr)
@@ -377,6 +438,11 @@ Result<std::unique_ptr<Datapath>> Datapath::open(const DatapathConfig& config) {
         return std::unexpected(r.error());
     if (auto r = dp->update_netns_links(); !r)
         return std::unexpected(r.error());
+    if (config.same_node_splice) {
+        dp->load_splice();
+    } else if (std::string problem = dp->detach_pinned_splice_links(); !problem.empty()) {
+        spdlog::warn("datapath: turning same-node splice off: {}", problem);
+    }
     return dp;
 }
 
@@ -468,7 +534,9 @@ Result<void> Datapath::check_pinned_cgroup_links(int cgroup_fd) const {
     if (::fstat(cgroup_fd, &st) != 0)
         return fail_errno(Errc::SystemError, "stat " + config_.cgroup_path, errno);
     const uint64_t want = st.st_ino;  // a cgroup-v2 directory's inode number is its cgroup id
-    for (const char* name : kCgroupPrograms) {
+    std::vector<const char*> names(std::begin(kCgroupPrograms), std::end(kCgroupPrograms));
+    names.push_back(kSpliceSockops);
+    for (const char* name : names) {
         const std::string pin = (cgroup_links_dir(config_) / name).string();
         if (!path_exists(pin))
             continue;
@@ -504,30 +572,102 @@ Result<void> Datapath::attach_cgroup_programs() {
         if (prog == nullptr)
             return fail(Errc::LoadFailed, std::string("no program ") + name);
         const std::string pin = (cgroup_links_dir(config_) / name).string();
-        if (path_exists(pin)) {
-            // Restart: swap the program inside the existing attachment, no gap.
-            bpf_link* link = bpf_link__open(pin.c_str());
-            if (link == nullptr)
-                return fail_errno(Errc::AttachFailed, "open pinned link " + pin, errno);
-            if (int err = bpf_link__update_program(link, prog); err != 0) {
-                destroy_link(link);
-                return fail_errno(Errc::AttachFailed, "bpf_link_update " + pin, err);
-            }
-            cgroup_links_[name] = link;
-            continue;
-        }
-        bpf_link* link = bpf_program__attach_cgroup(prog, cgroup.fd);
-        if (link == nullptr) {
-            return fail_errno(Errc::AttachFailed,
-                              std::string("attach ") + name + " to cgroup " + config_.cgroup_path,
-                              errno);
-        }
-        cgroup_links_[name] = link;
-        if (int err = bpf_link__pin(link, pin.c_str()); err != 0) {
-            return fail_errno(Errc::AttachFailed, "pin link " + pin, err);
-        }
+        auto link = update_or_attach(
+            prog, pin, [&] { return bpf_program__attach_cgroup(prog, cgroup.fd); },
+            std::string(name) + " to cgroup " + config_.cgroup_path);
+        if (!link)
+            return std::unexpected(link.error());
+        cgroup_links_[name] = *link;
     }
     return {};
+}
+
+// Splicing is optional (the flag, and a kernel that can): any failure is one warning and the
+// datapath runs without it. Pinned maps are reused like the other objects'.
+void Datapath::load_splice() {
+    LibbpfLogCapture capture;
+    splice_ = splice_bpf__open();
+    if (splice_ == nullptr) {
+        spdlog::warn("datapath: same-node splice off: cannot open its programs: {}",
+                     errno_text(errno));
+        return;
+    }
+    set_tunables(splice_, config_);
+    auto prepared = prepare_maps(splice_->obj, config_, maps_dir(config_));
+    int err = prepared ? splice_bpf__load(splice_) : -EINVAL;
+    std::string problem;
+    if (!prepared)
+        problem = prepared.error().message;
+    else if (err != 0)
+        problem = "load: " + errno_text(err) + " " + capture.text();
+    else if (auto r = attach_splice(); !r)
+        problem = r.error().message;
+    if (problem.empty())
+        return;
+    spdlog::warn(
+        "datapath: same-node splice off: this kernel cannot run it (sockops + SOCKHASH + sk_msg "
+        "links, 6.10+): {}",
+        problem);
+    if (std::string more = detach_pinned_splice_links(); !more.empty())
+        spdlog::warn("datapath: {}", more);
+    splice_bpf__destroy(splice_);
+    splice_ = nullptr;
+}
+
+Result<void> Datapath::attach_splice() {
+    if (auto r = make_dirs(splice_links_dir(config_)); !r)
+        return r;
+    bpf_program* msg = splice_->progs.sluice_splice_msg;
+    const int map = bpf_map__fd(splice_->maps.splice_socks);
+    const std::string msg_pin = (splice_links_dir(config_) / kSpliceMsg).string();
+    // libbpf 1.1 has no sockmap attach; the kernel has sk_msg links since 6.10.
+    auto msg_link = update_or_attach(
+        msg, msg_pin,
+        [&]() -> bpf_link* {
+            int fd = bpf_link_create(bpf_program__fd(msg), map, BPF_SK_MSG_VERDICT, nullptr);
+            if (fd < 0)
+                return nullptr;
+            Fd owned(fd);
+            if (bpf_obj_pin(fd, msg_pin.c_str()) != 0)
+                return nullptr;
+            return bpf_link__open(msg_pin.c_str());
+        },
+        std::string(kSpliceMsg) + " to the splice_socks SOCKHASH");
+    if (!msg_link)
+        return std::unexpected(msg_link.error());
+    splice_links_[kSpliceMsg] = *msg_link;
+
+    int cgroup_fd = ::open(config_.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (cgroup_fd < 0)
+        return fail_errno(Errc::CgroupMissing, "open attach cgroup " + config_.cgroup_path, errno);
+    Fd cgroup(cgroup_fd);
+    bpf_program* sockops = splice_->progs.sluice_splice_sockops;
+    auto sockops_link = update_or_attach(
+        sockops, (cgroup_links_dir(config_) / kSpliceSockops).string(),
+        [&] { return bpf_program__attach_cgroup(sockops, cgroup.fd); },
+        std::string(kSpliceSockops) + " to cgroup " + config_.cgroup_path);
+    if (!sockops_link)
+        return std::unexpected(sockops_link.error());
+    splice_links_[kSpliceSockops] = *sockops_link;
+    return {};
+}
+
+// Turning splicing off: nothing new is spliced; spliced sockets keep the program they were
+// added with and their SOCKHASH (the maps stay pinned: freeing the map would drop the bytes
+// queued in their spliced receive queues).
+std::string Datapath::detach_pinned_splice_links() {
+    for (auto& [name, link] : splice_links_)
+        destroy_link(link);
+    splice_links_.clear();
+    // By pin (sockops first, then sk_msg), so links pinned by an earlier agent go too.
+    std::string problems;
+    for (const fs::path& pin :
+         {cgroup_links_dir(config_) / kSpliceSockops, splice_links_dir(config_) / kSpliceMsg}) {
+        if (std::string problem = detach_pinned_link(pin.string()); !problem.empty())
+            problems += (problems.empty() ? "" : "; ") + problem;
+    }
+    ::rmdir(splice_links_dir(config_).c_str());
+    return problems;
 }
 
 Result<void> Datapath::update_netns_links() {
@@ -716,6 +856,28 @@ Result<std::optional<OrigDst>> Datapath::orig_dst_of_socket(int socket_fd) const
     return od;
 }
 
+Result<uint64_t> Datapath::splice_count(sluice_splice_event event) const {
+    if (splice_ == nullptr)
+        return fail(Errc::Unsupported, "same-node splicing is off");
+    return percpu_sum(bpf_map__fd(splice_->maps.splice_counters), event, false);
+}
+
+Result<size_t> Datapath::spliced_sockets() const {
+    if (splice_ == nullptr)
+        return fail(Errc::Unsupported, "same-node splicing is off");
+    const int fd = bpf_map__fd(splice_->maps.splice_socks);
+    size_t count = 0;
+    sluice_splice_key key{}, next{};
+    const sluice_splice_key* cursor = nullptr;
+    while (count < config_.map_sizes.splice_sockets &&
+           bpf_map_get_next_key(fd, cursor, &next) == 0) {
+        ++count;
+        key = next;
+        cursor = &key;
+    }
+    return count;
+}
+
 Result<std::vector<sluice_deny_event>> Datapath::close_denied_connections() const {
     if (close_link_ == nullptr)
         return fail(Errc::Unsupported, "this kernel cannot close connections from eBPF");
@@ -782,6 +944,9 @@ Result<void> Datapath::detach_and_unpin() {
     auto note = [&](const std::string& what, int err) {
         problems += (problems.empty() ? "" : "; ") + what + ": " + errno_text(err);
     };
+    // Splicing first: nothing new is spliced while the rest goes.
+    if (std::string problem = detach_pinned_splice_links(); !problem.empty())
+        problems += (problems.empty() ? "" : "; ") + problem;
     // connect first, so nothing is redirected once the helpers that serve it are gone.
     for (auto it = std::rbegin(kCgroupPrograms); it != std::rend(kCgroupPrograms); ++it) {
         auto found = cgroup_links_.find(*it);
@@ -809,8 +974,8 @@ Result<void> Datapath::detach_and_unpin() {
         }
     }
     for (const fs::path& dir :
-         {cgroup_links_dir(config_), netns_links_dir(config_), links_dir(config_),
-          maps_dir(config_), fs::path(config_.bpffs_root)}) {
+         {cgroup_links_dir(config_), netns_links_dir(config_), splice_links_dir(config_),
+          links_dir(config_), maps_dir(config_), fs::path(config_.bpffs_root)}) {
         if (::rmdir(dir.c_str()) != 0 && errno != ENOENT)
             note("rmdir " + dir.string(), errno);
     }

@@ -18,6 +18,7 @@
 struct redirect_bpf;
 struct inbound_bpf;
 struct close_bpf;
+struct splice_bpf;
 struct bpf_link;
 struct ring_buffer;
 
@@ -92,6 +93,14 @@ class Datapath {
     Result<std::vector<sluice_deny_event>> close_denied_connections() const;
     bool can_close_connections() const { return close_link_ != nullptr; }
 
+    // True when same-node splicing is attached (asked for in the config, and the kernel can).
+    bool splicing() const { return splice_ != nullptr; }
+    // Splice counters summed over all CPUs; Errc::Unsupported while not splicing.
+    Result<uint64_t> splice_count(sluice_splice_event event) const;
+    // Sockets in the splice SOCKHASH now (both ends of every spliced hop); Unsupported while
+    // not splicing.
+    Result<size_t> spliced_sockets() const;
+
     // Waits up to `timeout` for deny events and hands each to `on_event`; returns how many.
     Result<int> poll_deny_events(const std::function<void(const sluice_deny_event&)>& on_event,
                                  std::chrono::milliseconds timeout);
@@ -103,6 +112,10 @@ class Datapath {
     explicit Datapath(DatapathConfig config);
     Result<void> load();
     void load_closer();
+    void load_splice();
+    Result<void> attach_splice();
+    // Detaches the splice links (ours and pinned ones); returns what failed, empty if nothing.
+    std::string detach_pinned_splice_links();
     Result<void> attach_cgroup_programs();
     Result<void> check_pinned_cgroup_links(int cgroup_fd) const;
     Result<void> update_netns_links();
@@ -114,6 +127,8 @@ class Datapath {
     inbound_bpf* inbound_ = nullptr;
     close_bpf* close_ = nullptr;  // optional: null when the kernel cannot destroy sockets
     bpf_link* close_link_ = nullptr;
+    splice_bpf* splice_ = nullptr;  // null unless config_.same_node_splice and the kernel can
+    std::map<std::string, bpf_link*> splice_links_;  // sockops + sk_msg, by program name
     std::map<std::string, bpf_link*> cgroup_links_;  // by program name
     std::map<uint64_t, bpf_link*> netns_links_;      // by netns cookie
     ring_buffer* deny_ring_ = nullptr;
@@ -124,5 +139,6 @@ class Datapath {
 // Names for logs, metrics labels and sluicectl.
 const char* reason_name(sluice_reason reason);
 const char* event_name(sluice_event event);
+const char* splice_event_name(sluice_splice_event event);
 
 }  // namespace sluice::datapath

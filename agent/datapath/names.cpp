@@ -71,4 +71,22 @@ const char* event_name(sluice_event event) {
     return "unknown";
 }
 
+const char* splice_event_name(sluice_splice_event event) {
+    switch (event) {
+        case SLUICE_SPLICE_ADDED:
+            return "added";
+        case SLUICE_SPLICE_ADD_FAILED:
+            return "add_failed";
+        case SLUICE_SPLICE_REDIRECTED:
+            return "redirected";
+        case SLUICE_SPLICE_PEER_BUSY:
+            return "peer_busy";
+        case SLUICE_SPLICE_NO_PEER:
+            return "no_peer";
+        case SLUICE_SPLICE_MAX:
+            break;
+    }
+    return "unknown";
+}
+
 }  // namespace sluice::datapath

@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from wrk_output import parse  # noqa: E402
 
-MODES = ("none", "sidecar", "sidecarless", "haproxy")
+MODES = ("none", "sidecar", "sidecarless", "sidecarless-splice", "haproxy")
 out_dir = sys.argv[1]
 run = json.load(sys.stdin)
 rounds = range(1, run["rounds"] + 1)
@@ -102,7 +102,8 @@ with open("bench/results/mesh.json", "w") as f:
     f.write("\n")
 
 with open("bench/results/mesh.md", "w") as md:
-    md.write("# Mesh data-path overhead: no mesh, sluice sidecar, sluice sidecarless, HAProxy mTLS\n\n")
+    md.write("# Mesh data-path overhead: no mesh, sluice sidecar, sluice sidecarless (± same-node "
+             "splice), HAProxy mTLS\n\n")
     md.write(f"Machine: {run['machine']}  \nCommand: `{command}` ({run['rounds']} rounds of "
              f"{run['seconds']} s per workload and mode, interleaved; medians over the rounds)  \n")
     md.write(f"Load average before/after: {run['load_before']} / {run['load_after']} "
@@ -111,7 +112,9 @@ with open("bench/results/mesh.md", "w") as md:
              "every mode on its own testbed cluster, all up at once.\n\n")
     md.write("Modes: **none** `--mesh none`; **sidecar** `--mesh sidecar` (sluice-ztunnel per pod, "
              "iptables REDIRECT, HBONE); **sidecarless** `--mesh sidecarless` (eBPF capture, one "
-             "sluice-ztunnel per node, HBONE); **haproxy** `--mesh none` plus HAProxy 2.6 sidecars "
+             "sluice-ztunnel per node, HBONE); **sidecarless-splice** the same with the agents' "
+             "`--same-node-splice` (the app↔ztunnel hop on each node skips loopback TCP, "
+             "docs/datapath.md); **haproxy** `--mesh none` plus HAProxy 2.6 sidecars "
              "in TCP mode with `nbthread 2` (as ztunnel's 2 workers): the client pod's app ports are "
              "captured with iptables `nat OUTPUT` REDIRECT (haproxy's uid excluded), the client "
              "haproxy originates TLS 1.3 with a client certificate minted from the testbed CA to the "

@@ -4,6 +4,8 @@
 #   none         no mesh
 #   sidecar      sluice-ztunnel --mode sidecar in both pods behind iptables REDIRECT (testbed)
 #   sidecarless  sluice-agent (eBPF capture) + one sluice-ztunnel per node (testbed)
+#   sidecarless-splice  the same with the agents' --same-node-splice (SLUICE_SAME_NODE_SPLICE=1,
+#                passed through by the testbed): the app<->ztunnel hops on each node skip TCP
 #   haproxy      HAProxy mTLS sidecars, the outside reference: a client-side haproxy in the client
 #                pod (iptables REDIRECT of the app ports, haproxy's own uid excluded) originating
 #                TLS 1.3 with a client certificate to a server-side haproxy in the server pod
@@ -31,11 +33,14 @@ ROUNDS=${SLUICE_BENCH_ROUNDS:-3}
 CONNS=${SLUICE_BENCH_CONNS:-10000}
 HOLD_DEADLINE=240  # seconds: at most half of it to open the connections, the rest to hold them
 ONLY=${SLUICE_BENCH_ONLY:-}
-MODES=(none sidecar sidecarless haproxy)
+MODES=(none sidecar sidecarless sidecarless-splice haproxy)
 [[ $ONLY == rss ]] && MODES=(sidecarless)
 [[ -z $ONLY || $ONLY == rss ]] || { echo "SLUICE_BENCH_ONLY: only 'rss' is known" >&2; exit 1; }
-declare -A NAME=([none]=bmn$$ [sidecar]=bms$$ [sidecarless]=bmz$$ [haproxy]=bmh$$)
-declare -A MESH=([none]=none [sidecar]=sidecar [sidecarless]=sidecarless [haproxy]=none)
+declare -A NAME=([none]=bmn$$ [sidecar]=bms$$ [sidecarless]=bmz$$ [sidecarless-splice]=bmp$$
+    [haproxy]=bmh$$)
+declare -A MESH=([none]=none [sidecar]=sidecar [sidecarless]=sidecarless
+    [sidecarless-splice]=sidecarless [haproxy]=none)
+declare -A SPLICE=([sidecarless-splice]=1)  # SLUICE_SAME_NODE_SPLICE for the mode's agents
 declare -A SIP
 HAPROXY_UID=65534  # haproxy drops to nobody: its own connections are excluded from the capture
 APP_PORTS=(8080 5201)  # nginx, iperf3
@@ -91,7 +96,14 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for m in "${MODES[@]}"; do
     mkdir -p "$tmp/$m"
     echo "== up ${NAME[$m]} ($m)"
-    "$TB" up --name "${NAME[$m]}" --spec "$tmp/cluster.yaml" --mesh "${MESH[$m]}" >"$tmp/$m/up.log"
+    if [[ -n ${SPLICE[$m]:-} ]]; then
+        SLUICE_SAME_NODE_SPLICE=1 "$TB" up --name "${NAME[$m]}" --spec "$tmp/cluster.yaml" \
+            --mesh "${MESH[$m]}" >"$tmp/$m/up.log"
+        grep -q "same-node splice on" "$(status_py "$m" 's["nodes"][0]["runDir"]')/agent.log" ||
+            { echo "$m: the agent did not turn same-node splice on" >&2; exit 1; }
+    else
+        "$TB" up --name "${NAME[$m]}" --spec "$tmp/cluster.yaml" --mesh "${MESH[$m]}" >"$tmp/$m/up.log"
+    fi
     SIP[$m]=$(status_py "$m" 'next(p["ip"] for p in s["pods"] if p["name"] == "server")')
 done
 

@@ -172,6 +172,35 @@ struct sluice_flow_key {
     sluice_u32 pad;
 };
 
+/* Same-node splicing (docs/datapath.md, "Same-node splicing"), loaded only with the agent's
+ * --same-node-splice. These maps were added without a version bump: no existing map changed, and
+ * an agent that does not splice leaves them alone.
+ *
+ * Map "splice_socks": SOCKHASH, key sluice_splice_key → the socket. Both local ends of a spliced
+ * connection, each keyed as it sees itself; the sk_msg program finds the peer under the swapped
+ * key. The kernel removes an entry when its socket closes.
+ * Map "splice_peers": LRU_HASH, same key → u64 kernel address of that socket, only ever read
+ * with bpf_probe_read_kernel (queue depth of the peer for backpressure; never dereferenced).
+ * Map "splice_counters": PERCPU_ARRAY, index enum sluice_splice_event, value u64. */
+struct sluice_splice_key {
+    sluice_u64 netns_cookie;   /* both ends live in this netns */
+    sluice_u8 local_addr[16];  /* v4-mapped for IPv4 */
+    sluice_u8 remote_addr[16]; /* v4-mapped for IPv4 */
+    sluice_u16 local_port;     /* host order */
+    sluice_u16 remote_port;    /* host order */
+    sluice_u32 pad;
+};
+
+enum sluice_splice_event {
+    SLUICE_SPLICE_ADDED = 0,      /* a socket went into splice_socks */
+    SLUICE_SPLICE_ADD_FAILED = 1, /* bpf_sock_hash_update refused it (map full) */
+    SLUICE_SPLICE_REDIRECTED = 2, /* a sendmsg went straight to the peer's receive queue */
+    SLUICE_SPLICE_PEER_BUSY = 3,  /* sent through TCP: the peer's queue is full, or TCP bytes are
+                                     still in flight (order) */
+    SLUICE_SPLICE_NO_PEER = 4,    /* sent through TCP: the peer end is not (or no longer) known */
+    SLUICE_SPLICE_MAX = 5,
+};
+
 /* Map "deny_events": RINGBUF of sluice_deny_event. */
 struct sluice_deny_event {
     sluice_u64 time_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
@@ -211,6 +240,10 @@ static_assert(offsetof(sluice_tuple_key, port) == 24);
 static_assert(sizeof(sluice_addr_key) == 16);
 static_assert(sizeof(sluice_flow_key) == 40);
 static_assert(offsetof(sluice_flow_key, remote_port) == 32);
+static_assert(sizeof(sluice_splice_key) == 48);
+static_assert(offsetof(sluice_splice_key, local_addr) == 8);
+static_assert(offsetof(sluice_splice_key, remote_addr) == 24);
+static_assert(offsetof(sluice_splice_key, local_port) == 40);
 static_assert(sizeof(sluice_deny_event) == 72);
 static_assert(offsetof(sluice_deny_event, src_addr) == 16);
 static_assert(offsetof(sluice_deny_event, dst_addr) == 32);

@@ -42,6 +42,9 @@
 #ifndef EINVAL
 #define EINVAL 22
 #endif
+#ifndef EBUSY
+#define EBUSY 16
+#endif
 
 /* Loads a u32 context field with the offset encoded in the instruction. Plain C lets clang
  * compute `ctx + offsetof(ip6)` once and load the words through that pointer, which the verifier

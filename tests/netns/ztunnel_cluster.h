@@ -19,11 +19,12 @@ namespace sluice::testbed {
 class ZtunnelClusterTest : public ::testing::Test {
   protected:
     // Call from SetUp after SLUICE_REQUIRE_PRIVILEGES().
-    void start_cluster(const std::string& tag, const char* spec_yaml) {
+    void start_cluster(const std::string& tag, const char* spec_yaml, TestbedOptions options = {}) {
         name_ = tag + std::to_string(::getpid() % 100000);
         ClusterSpec spec = parse_spec(spec_yaml);
         spec.name = name_;
-        state_ = up(spec);
+        options_ = std::move(options);
+        state_ = up(spec, options_);
     }
     // Files worth reading when a test failed.
     virtual std::vector<std::string> log_files() const = 0;
@@ -39,8 +40,8 @@ class ZtunnelClusterTest : public ::testing::Test {
                 std::cerr << "==== " << path << "\n" << text << "\n";
             }
         }
-        down(name_);
-        EXPECT_EQ(leftovers(name_), std::vector<std::string>{});
+        down(name_, options_);
+        EXPECT_EQ(leftovers(name_, options_), std::vector<std::string>{});
     }
 
     const PodState& pod(const std::string& n) const {
@@ -51,6 +52,7 @@ class ZtunnelClusterTest : public ::testing::Test {
     }
 
     std::string name_;
+    TestbedOptions options_;
     ClusterState state_;
 };
 

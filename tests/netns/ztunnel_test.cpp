@@ -13,6 +13,7 @@
 
 #include "common/fd_io.h"
 #include "common/process.h"
+#include "tests/netns/stream_pattern.h"
 #include "tests/netns/ztunnel_cluster.h"
 #include "tests/support/privileged.h"
 #include "tests/support/sockets.h"
@@ -94,71 +95,6 @@ std::string http_get(const std::string& netns, const std::string& ip, uint16_t p
     std::string resp = read_all(s);
     const auto body = resp.find("\r\n\r\n");
     return body == std::string::npos ? std::string() : resp.substr(body + 4);
-}
-
-// Sum of the samples of `family` whose label set contains every `labels` entry (k="v").
-double metric(const std::string& text, const std::string& family,
-              const std::vector<std::string>& labels) {
-    double sum = 0;
-    std::istringstream in(text);
-    for (std::string line; std::getline(in, line);) {
-        if (!line.starts_with(family + "{") && !line.starts_with(family + " "))
-            continue;
-        bool all = true;
-        for (const auto& l : labels)
-            all &= line.find(l) != std::string::npos;
-        if (all)
-            sum += std::stod(line.substr(line.rfind(' ') + 1));
-    }
-    return sum;
-}
-
-// A deterministic byte stream, so a receiver can check every byte without keeping a copy.
-char pattern_byte(uint64_t i, uint8_t seed) {
-    return static_cast<char>(((i * 2654435761u) >> 11) ^ (i >> 20) ^ seed);
-}
-
-// Sends `n` pattern bytes; false when the peer stalls for `timeout_ms` or goes away.
-bool send_pattern(int fd, uint64_t n, uint8_t seed, int timeout_ms) {
-    char buf[65536];
-    for (uint64_t off = 0; off < n;) {
-        const size_t len = static_cast<size_t>(std::min<uint64_t>(sizeof buf, n - off));
-        for (size_t i = 0; i < len; ++i)
-            buf[i] = pattern_byte(off + i, seed);
-        if (!sluice::send_all(fd, std::string_view(buf, len), timeout_ms))
-            return false;
-        off += len;
-    }
-    return true;
-}
-
-// Reads until EOF: how many leading bytes followed the pattern, and what came after the first
-// `n` bytes (or after the first wrong byte).
-struct PatternRead {
-    uint64_t matched = 0;
-    std::string rest;
-    bool eof = false;
-};
-PatternRead receive_pattern(int fd, uint64_t n, uint8_t seed, int timeout_ms) {
-    PatternRead r;
-    bool broken = false;
-    char buf[65536];
-    while (sluice::wait_fd(fd, POLLIN, timeout_ms)) {
-        const ssize_t got = ::recv(fd, buf, sizeof buf, 0);
-        if (got < 0 && (errno == EAGAIN || errno == EINTR))
-            continue;
-        if (got <= 0) {
-            r.eof = got == 0;
-            break;
-        }
-        for (ssize_t i = 0; i < got; ++i) {
-            if (!broken && r.matched < n && buf[i] == pattern_byte(r.matched, seed))
-                ++r.matched;
-            else if (r.rest.size() < 4096)
-                broken = true, r.rest.push_back(buf[i]);
-        }
-    }
-    return r;
 }
 
 class ZtunnelSidecarTest : public ZtunnelClusterTest {
@@ -412,32 +348,12 @@ TEST_F(ZtunnelSidecarTest, HundredMebibytesEachWayAndAHalfCloseThroughTheService
         Fd s = test::tcp_accept(listener, 10000);
         if (!s)
             return std::string("no connection");
-        auto sender = std::async(std::launch::async,
-                                 [&] { return send_pattern(s.get(), kBytes, 0x5a, 30000); });
-        PatternRead in = receive_pattern(s.get(), kBytes, 0xa5, 30000);
-        const bool sent = sender.get();
-        const std::string report = std::to_string(in.matched) + (in.eof ? " eof" : " no-eof") +
-                                   (in.rest.empty() ? "" : " +" + std::to_string(in.rest.size()));
-        if (!sent || !sluice::send_all(s.get(), "\n" + report, 5000))
-            return "send failed after " + report;
-        return report;
+        return serve_both_ways(s.get(), kBytes);
     });
     int err = 0;
     Fd c = test::tcp_connect(client.netns, state_.services.at(0).vip, 80, &err);
     ASSERT_TRUE(c) << strerror(err);
-    auto sender = std::async(std::launch::async, [&] {
-        const bool ok = send_pattern(c.get(), kBytes, 0xa5, 30000);
-        ::shutdown(c.get(), SHUT_WR);
-        return ok;
-    });
-    PatternRead in = receive_pattern(c.get(), kBytes, 0x5a, 30000);
-    EXPECT_TRUE(sender.get());
-    const std::string expected = std::to_string(kBytes) + " eof";
-    EXPECT_EQ(app.get(), expected);
-    EXPECT_EQ(in.matched, kBytes) << "server-to-client bytes were lost or changed";
-    EXPECT_EQ(in.rest, "\n" + expected)
-        << "the app's report after the client's half-close did not arrive";
-    EXPECT_TRUE(in.eof);
+    const std::string expected = expect_both_ways(exchange_both_ways(c.get(), kBytes), app, kBytes);
     c = Fd();
     auto out = access_log(client, 1);
     ASSERT_EQ(out.size(), 1u);
