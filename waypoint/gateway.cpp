@@ -99,6 +99,27 @@ void runWorker(asio::io_context& io, std::chrono::microseconds spin) {
     }
 }
 
+// The OpenAI request flags the waypoint acts on; null or absent means false.
+bool flagSet(const nlohmann::json& object, const char* name) {
+    const auto it = object.find(name);
+    return it != object.end() && it->is_boolean() && it->get<bool>();
+}
+
+// The first of those flags that is neither a boolean nor null, quoted as OpenAI names it in its
+// 400; "" when all are fine.
+std::string nonBooleanFlag(const nlohmann::json& body) {
+    auto wrong = [](const nlohmann::json& object, const char* name) {
+        const auto it = object.find(name);
+        return it != object.end() && !it->is_boolean() && !it->is_null();
+    };
+    if (wrong(body, "stream"))
+        return "'stream'";
+    const auto options = body.find("stream_options");
+    if (options != body.end() && options->is_object() && wrong(*options, "include_usage"))
+        return "'stream_options.include_usage'";
+    return "";
+}
+
 }  // namespace
 
 tcp::endpoint parseListen(const std::string& text) {
@@ -454,9 +475,11 @@ awaitable<void> Gateway::handle(Exchange& ex, UpstreamPool& upstream) {
                 bad.message = "We could not parse the JSON body of your request.";
             } else if (!body->contains("model") || !(*body)["model"].is_string()) {
                 bad.message = "you must provide a model parameter";
+            } else if (auto wrong = nonBooleanFlag(*body); !wrong.empty()) {
+                bad.message = wrong + " must be a boolean";
             } else {
                 ctx.model = (*body)["model"].get<std::string>();
-                ctx.stream = body->value("stream", false);
+                ctx.stream = flagSet(*body, "stream");
                 ctx.body = std::move(body);
             }
         }
@@ -777,7 +800,10 @@ void Gateway::record(const RequestContext& ctx) {
             line["ttft_ms"] =
                 std::chrono::duration<double, std::milli>(*ctx.first_token - ctx.start).count();
         }
-        spdlog::info("access {}", line.dump());
+        // Header values and the target may carry bytes that are not UTF-8: written as U+FFFD
+        // (a strict dump would throw and lose the line).
+        spdlog::info("access {}",
+                     line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     }
 }
 

@@ -327,6 +327,24 @@ TEST(WaypointGateway, MalformedRequestsGetOpenAiShaped400) {
                   "We could not parse the JSON body of your request.")
             << body;
     }
+    // Fields of the wrong type get a 400 naming the field (OpenAI's answer), not an exception.
+    for (const auto& [body, field] :
+         {std::pair{R"({"model":"gpt-4o","messages":[],"stream":"yes"})", "'stream'"},
+          std::pair{R"({"model":"gpt-4o","messages":[],"stream":true,)"
+                    R"("stream_options":{"include_usage":1}})",
+                    "'stream_options.include_usage'"}}) {
+        auto reply = request(gw->gatewayPort(), "POST", "/v1/chat/completions", body);
+        EXPECT_EQ(reply.status, 400u) << body;
+        EXPECT_EQ(json::parse(reply.body)["error"]["message"],
+                  std::string(field) + " must be a boolean")
+            << body;
+    }
+    // null is the default, as OpenAI takes it.
+    EXPECT_EQ(request(gw->gatewayPort(), "POST", "/v1/chat/completions",
+                      R"({"model":"gpt-4o","messages":[],"stream":null,)"
+                      R"("stream_options":{"include_usage":null}})")
+                  .status,
+              200u);
     auto bom = request(gw->gatewayPort(), "POST", "/v1/chat/completions",
                        "\xEF\xBB\xBF"
                        R"({"model":"nope","messages":[]})");
@@ -839,6 +857,25 @@ TEST(WaypointGateway, AClientThatStopsReadingIsCutOffAfterTheIdleTimeout) {
     EXPECT_TRUE(got.starts_with("HTTP/1.1 200")) << got.substr(0, 200);
     EXPECT_EQ(got.find("[DONE]"), std::string::npos);
     EXPECT_LT(got.size(), 8u << 20);
+}
+
+// Bytes that are not UTF-8 in a tenant header reach the access log as U+FFFD; the line is
+// written and the request served (JSON text must be UTF-8, and a strict dump throws on them).
+TEST(WaypointGateway, AccessLogTakesHeaderBytesThatAreNotUtf8) {
+    Emulator backend("a");
+    LogCapture log;
+    {
+        auto gw = startGateway(budgetConfig(backend, 100000), true);
+        const std::string got = rawExchange(
+            gw->gatewayPort(),
+            postRequest(chatBody(false), "Connection: close\r\nx-tenant: t\xfe\xff\r\n"));
+        EXPECT_TRUE(got.starts_with("HTTP/1.1 200")) << got.substr(0, 200);
+        gw->stop();
+    }
+    const auto entries = accessEntries(log.text());
+    ASSERT_EQ(entries.size(), 1u) << log.text();
+    EXPECT_EQ(entries[0]["tenant"], "t\xEF\xBF\xBD\xEF\xBF\xBD");
+    EXPECT_EQ(entries[0]["status"], 200);
 }
 
 TEST(WaypointGateway, CanarySplitFollowsWeights) {

@@ -2,6 +2,8 @@
 
 #include <signal.h>
 
+#include <spdlog/sinks/ostream_sink.h>
+
 #include <nlohmann/json.hpp>
 
 #include <boost/asio/connect.hpp>
@@ -146,6 +148,26 @@ std::string rawExchange(unsigned short port, const std::string& bytes,
             break;
     }
     return out;
+}
+
+LogCapture::LogCapture() : previous_(spdlog::default_logger()) {
+    spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+        "capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(out_)));
+}
+
+LogCapture::~LogCapture() {
+    spdlog::set_default_logger(previous_);
+}
+
+std::vector<nlohmann::json> accessEntries(const std::string& text) {
+    std::vector<nlohmann::json> entries;
+    std::istringstream lines(text);
+    for (std::string line; std::getline(lines, line);) {
+        const auto at = line.find("access {");
+        if (at != std::string::npos)
+            entries.push_back(nlohmann::json::parse(line.substr(at + 7)));
+    }
+    return entries;
 }
 
 tcp::socket connectWithSmallWindow(asio::io_context& io, unsigned short port) {

@@ -4,10 +4,15 @@
 // an in-process Gateway on loopback port 0, and small synchronous HTTP clients.
 #include <sys/types.h>
 
+#include <spdlog/spdlog.h>
+
+#include <nlohmann/json.hpp>
+
 #include <chrono>
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -69,6 +74,23 @@ std::unique_ptr<Gateway> startGateway(const std::string& yaml, bool access_log =
 // A loopback connection to `port` whose receive buffer is as small as the kernel allows, so a
 // response fills it (and the window it advertises) at once.
 tcp::socket connectWithSmallWindow(asio::io_context& io, unsigned short port);
+
+// Captures spdlog's default logger (the access log) while alive.
+class LogCapture {
+  public:
+    LogCapture();
+    ~LogCapture();
+    LogCapture(const LogCapture&) = delete;
+    LogCapture& operator=(const LogCapture&) = delete;
+    std::string text() { return out_.str(); }  // only once the writers are stopped
+
+  private:
+    std::ostringstream out_;
+    std::shared_ptr<spdlog::logger> previous_;
+};
+
+// The access log's entries (`access {...}` lines).
+std::vector<nlohmann::json> accessEntries(const std::string& text);
 
 // A Waypoint with `limits` (the flow map's inside) and one pool, `backend`, that one ModelRoute
 // sends every model to.

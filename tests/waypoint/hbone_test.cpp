@@ -5,7 +5,6 @@
 // handshake refusals and their reason metric.
 #include <gtest/gtest.h>
 
-#include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
@@ -310,33 +309,6 @@ std::string metricsWhen(Gateway& gw, const std::string& name,
         std::this_thread::sleep_for(10ms);
     }
     return text;
-}
-
-// Captures spdlog's default logger (the access log) while alive.
-class LogCapture {
-  public:
-    LogCapture() : previous_(spdlog::default_logger()) {
-        spdlog::set_default_logger(std::make_shared<spdlog::logger>(
-            "capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(out_)));
-    }
-    ~LogCapture() { spdlog::set_default_logger(previous_); }
-    std::string text() { return out_.str(); }  // only once the writers are stopped
-
-  private:
-    std::ostringstream out_;
-    std::shared_ptr<spdlog::logger> previous_;
-};
-
-// The access log's entries (`access {...}` lines).
-std::vector<json> accessEntries(const std::string& text) {
-    std::vector<json> entries;
-    std::istringstream lines(text);
-    for (std::string line; std::getline(lines, line);) {
-        const auto at = line.find("access {");
-        if (at != std::string::npos)
-            entries.push_back(json::parse(line.substr(at + 7)));
-    }
-    return entries;
 }
 
 TEST(WaypointHbone, ChatOverHboneIsServedWithThePeerIdentity) {

@@ -84,7 +84,10 @@ std::optional<LocalReply> UsageFilter::onRequest(RequestContext& ctx) {
     ctx.usage = {.prompt_tokens = ctx.estimated_prompt_tokens, .completion_tokens = 0};
     if (ctx.stream && (ctx.api == "chat" || ctx.api == "completions")) {
         auto& options = body["stream_options"];
-        ctx.client_wants_usage = options.is_object() && options.value("include_usage", false);
+        // The gateway refused a non-boolean include_usage; null counts as absent.
+        const auto asked = options.is_object() ? options.find("include_usage") : options.end();
+        ctx.client_wants_usage = options.is_object() && asked != options.end() &&
+                                 asked->is_boolean() && asked->get<bool>();
         if (!ctx.client_wants_usage) {
             if (!options.is_object())
                 options = nlohmann::json::object();
