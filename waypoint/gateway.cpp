@@ -6,6 +6,7 @@
 #include <future>
 #include <random>
 
+#include "common/event_loop.h"
 #include "policies/watcher.h"
 #include "waypoint/filters/budget/filter.h"
 #include "waypoint/filters/cache/filter.h"
@@ -75,27 +76,6 @@ std::optional<http::status> failureStatus(const ForwardResult& result) {
             return http::status(result.status);
         default:
             return std::nullopt;
-    }
-}
-
-// Runs a worker's io_context. With `spin` > 0, a worker that ran out of ready handlers keeps
-// polling (epoll with a zero timeout) for that long before it blocks, so an answer that comes
-// back within the window is handled without waking a sleeping CPU; idle, it sleeps as usual.
-void runWorker(asio::io_context& io, std::chrono::microseconds spin) {
-    if (spin.count() == 0) {
-        io.run();
-        return;
-    }
-    using Clock = std::chrono::steady_clock;
-    auto last_work = Clock::now();
-    while (!io.stopped()) {
-        if (io.poll() > 0) {
-            last_work = Clock::now();
-        } else if (Clock::now() - last_work >= spin) {
-            if (io.run_one() == 0)
-                return;
-            last_work = Clock::now();
-        }
     }
 }
 
@@ -321,7 +301,8 @@ void Gateway::start() {
                        asio::detached);
         if (w->hbone)
             asio::co_spawn(w->io, w->hbone->acceptLoop(*w->hbone_acceptor), asio::detached);
-        w->thread = std::thread([io = &w->io, spin = config_.busy_poll] { runWorker(*io, spin); });
+        w->thread =
+            std::thread([io = &w->io, spin = config_.busy_poll] { run_event_loop(*io, spin); });
     }
     if (!config_.policies_dir.empty()) {
         // The first load is synchronous, so the policies are in force before we report ready.

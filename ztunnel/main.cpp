@@ -41,6 +41,8 @@ void add_run_options(CLI::App& app, proxy::Config& c, std::string& mode) {
     opt("mode", mode, "node (one per node, pods via ZDS) or sidecar (inside one pod's netns)")
         ->check(CLI::IsMember({"node", "sidecar"}));
     opt("workers", c.workers, "data-path threads, each with its own io_context");
+    opt("busy-poll-us", c.busy_poll,
+        "after work, keep polling this long before sleeping, microseconds (0 = off, max 10000)");
     opt("node-name", c.node_name, "Kubernetes node name");
     opt("zds-socket", c.zds_socket, "node mode: the agent's enrollment socket");
     opt("workload-name", c.workload_name, "sidecar mode: the pod's name");

@@ -21,6 +21,8 @@ std::vector<std::string> Config::validate() const {
     std::vector<std::string> problems;
     if (workers < 1 || workers > 64)
         problems.push_back("--workers must be 1..64");
+    if (busy_poll.count() < 0 || busy_poll > kMaxBusyPoll)
+        problems.push_back("--busy-poll-us must be 0..10000");
     if (mode == Mode::Node && zds_socket.empty())
         problems.push_back("node mode needs --zds-socket (the agent's <run>/ztunnel.sock)");
     if (mode == Mode::Sidecar) {

@@ -20,6 +20,7 @@ inline constexpr uint16_t kDefaultOutboundPort = 15001;
 inline constexpr uint16_t kDefaultInboundPlaintextPort = 15006;
 inline constexpr uint16_t kDefaultHbonePort = 15008;
 inline constexpr std::chrono::seconds kDefaultDrainTimeout{30};
+inline constexpr std::chrono::microseconds kMaxBusyPoll{10'000};
 // The environment variable behind each flag: SLUICE_ + upper-case flag name, '-' → '_'.
 inline constexpr const char* kEnvPrefix = "SLUICE_";
 
@@ -27,8 +28,11 @@ inline constexpr const char* kEnvPrefix = "SLUICE_";
 struct Config {
     Mode mode = Mode::Node;
     int workers = kDefaultWorkers;  // data-path threads, each with its own io_context
-    std::string node_name;          // Kubernetes node name (for logs and config_dump)
-    std::string zds_socket;         // node mode: the agent's SEQPACKET socket
+    // A worker that ran out of events keeps polling this long before it sleeps (0 = off); see
+    // docs/ztunnel.md "Busy polling".
+    std::chrono::microseconds busy_poll{0};
+    std::string node_name;   // Kubernetes node name (for logs and config_dump)
+    std::string zds_socket;  // node mode: the agent's SEQPACKET socket
 
     // Sidecar mode: the one workload this ztunnel serves (it runs in that pod's netns).
     std::string workload_name, workload_namespace, workload_uid;

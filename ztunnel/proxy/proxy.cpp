@@ -10,6 +10,7 @@
 
 #include <future>
 
+#include "common/event_loop.h"
 #include "ztunnel/hbone/event.h"
 #include "ztunnel/hbone/handshake.h"
 
@@ -112,9 +113,9 @@ void Proxy::start() {
         w->pool->start_idle_sweep();
         asio::co_spawn(w->io, gauge_loop(*w), asio::detached);
         Worker* raw = w.get();
-        w->thread = std::thread([raw] {
+        w->thread = std::thread([raw, spin = config_.busy_poll] {
             auto guard = asio::make_work_guard(raw->io);
-            raw->io.run();
+            run_event_loop(raw->io, spin);
         });
     }
 }
