@@ -6,12 +6,14 @@
 #   sidecarless  sluice-agent (eBPF capture) + one sluice-ztunnel per node (testbed)
 #   sidecarless-splice  the same with the agents' --same-node-splice (SLUICE_SAME_NODE_SPLICE=1,
 #                passed through by the testbed): the app<->ztunnel hops on each node skip TCP
+#   sidecarless-busy-poll  the same with the node ztunnels' --busy-poll-us 50 (SLUICE_BUSY_POLL_US,
+#                passed through by the testbed)
 #   haproxy      HAProxy mTLS sidecars, the outside reference: a client-side haproxy in the client
 #                pod (iptables REDIRECT of the app ports, haproxy's own uid excluded) originating
 #                TLS 1.3 with a client certificate to a server-side haproxy in the server pod
 #                (iptables PREROUTING REDIRECT of the app ports) that verifies it and forwards to
 #                the app on 127.0.0.1. Certificates are minted from the sidecar cluster's CA.
-# The four clusters are up at the same time and the workloads run interleaved (each workload for
+# The clusters are up at the same time and the workloads run interleaved (each workload for
 # every mode, round after round), so load from elsewhere on the machine hits all modes alike.
 # Workloads (client pod → server pod IP): wrk -c1 latency and wrk -c32 requests/s against nginx,
 # iperf3 bulk; RSS of the node ztunnels idle and while N connections are held open through them.
@@ -33,14 +35,15 @@ ROUNDS=${SLUICE_BENCH_ROUNDS:-3}
 CONNS=${SLUICE_BENCH_CONNS:-10000}
 HOLD_DEADLINE=240  # seconds: at most half of it to open the connections, the rest to hold them
 ONLY=${SLUICE_BENCH_ONLY:-}
-MODES=(none sidecar sidecarless sidecarless-splice haproxy)
+MODES=(none sidecar sidecarless sidecarless-splice sidecarless-busy-poll haproxy)
 [[ $ONLY == rss ]] && MODES=(sidecarless)
 [[ -z $ONLY || $ONLY == rss ]] || { echo "SLUICE_BENCH_ONLY: only 'rss' is known" >&2; exit 1; }
 declare -A NAME=([none]=bmn$$ [sidecar]=bms$$ [sidecarless]=bmz$$ [sidecarless-splice]=bmp$$
-    [haproxy]=bmh$$)
+    [sidecarless-busy-poll]=bmb$$ [haproxy]=bmh$$)
 declare -A MESH=([none]=none [sidecar]=sidecar [sidecarless]=sidecarless
-    [sidecarless-splice]=sidecarless [haproxy]=none)
+    [sidecarless-splice]=sidecarless [sidecarless-busy-poll]=sidecarless [haproxy]=none)
 declare -A SPLICE=([sidecarless-splice]=1)  # SLUICE_SAME_NODE_SPLICE for the mode's agents
+declare -A BUSY_POLL_US=([sidecarless-busy-poll]=50)  # SLUICE_BUSY_POLL_US for its ztunnels
 declare -A SIP
 HAPROXY_UID=65534  # haproxy drops to nobody: its own connections are excluded from the capture
 APP_PORTS=(8080 5201)  # nginx, iperf3
@@ -101,6 +104,13 @@ for m in "${MODES[@]}"; do
             --mesh "${MESH[$m]}" >"$tmp/$m/up.log"
         grep -q "same-node splice on" "$(status_py "$m" 's["nodes"][0]["runDir"]')/agent.log" ||
             { echo "$m: the agent did not turn same-node splice on" >&2; exit 1; }
+    elif [[ -n ${BUSY_POLL_US[$m]:-} ]]; then
+        SLUICE_BUSY_POLL_US=${BUSY_POLL_US[$m]} "$TB" up --name "${NAME[$m]}" \
+            --spec "$tmp/cluster.yaml" --mesh "${MESH[$m]}" >"$tmp/$m/up.log"
+        for p in $(ztunnel_pids "$m"); do
+            tr '\0' '\n' <"/proc/$p/environ" | grep -qx "SLUICE_BUSY_POLL_US=${BUSY_POLL_US[$m]}" ||
+                { echo "$m: ztunnel $p runs without busy polling" >&2; exit 1; }
+        done
     else
         "$TB" up --name "${NAME[$m]}" --spec "$tmp/cluster.yaml" --mesh "${MESH[$m]}" >"$tmp/$m/up.log"
     fi

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <filesystem>
 #include <fstream>
 
@@ -286,8 +288,12 @@ TEST(ConfigTest, ValidateReportsEveryProblemAtOnce) {
     c.workers = 0;
     c.mtls_mode = "MAYBE";
     c.admin_address = "nowhere";
+    c.busy_poll = std::chrono::microseconds(10'001);
     auto problems = c.validate();
-    EXPECT_EQ(problems.size(), 5u) << "workers, zds socket, CA, mtls mode, admin address";
+    EXPECT_EQ(problems.size(), 6u)
+        << "workers, busy poll, zds socket, CA, mtls mode, admin address";
+    EXPECT_NE(std::find(problems.begin(), problems.end(), "--busy-poll-us must be 0..10000"),
+              problems.end());
     c = proxy::Config{};
     c.mode = proxy::Mode::Sidecar;
     c.workload_name = "p";
@@ -295,6 +301,7 @@ TEST(ConfigTest, ValidateReportsEveryProblemAtOnce) {
     c.workload_ips = {"198.18.0.2"};
     c.ca_cert = "ca.crt";
     c.ca_key = "ca.key";
+    c.busy_poll = proxy::kMaxBusyPoll;
     EXPECT_TRUE(c.validate().empty());
     std::string host;
     uint16_t port = 0;
