@@ -878,6 +878,38 @@ TEST(WaypointGateway, AccessLogTakesHeaderBytesThatAreNotUtf8) {
     EXPECT_EQ(entries[0]["status"], 200);
 }
 
+// A handler that throws (a bug) costs its connection, not the worker: the error is logged with
+// the request line, the connection ends with a FIN, and the next connection is served.
+TEST(WaypointServer, AHandlerThatThrowsEndsItsConnectionAndIsLogged) {
+    asio::io_context io;
+    tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    const ServerLimits limits;
+    std::atomic<int> calls{0};
+    const Handler handler = [&calls](Exchange& ex) -> awaitable<void> {
+        if (++calls == 1)
+            throw std::runtime_error("boom");
+        http::response<http::string_body> res{http::status::ok, 11};
+        res.body() = "ok";
+        res.prepare_payload();
+        error_code ec;
+        co_await http::async_write(ex.stream, res, noThrow(ec));
+    };
+    LogCapture log;
+    asio::co_spawn(io, acceptLoop(acceptor, limits, handler, nullptr), asio::detached);
+    std::thread loop([&io] { io.run(); });
+    const auto port = acceptor.local_endpoint().port();
+    const std::string first = rawExchange(port, "GET /first HTTP/1.1\r\nHost: x\r\n\r\n");
+    const std::string second =
+        rawExchange(port, "GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    asio::post(io, [&] { acceptor.close(); });
+    loop.join();
+    EXPECT_EQ(first, "") << "closed without an answer";
+    EXPECT_TRUE(second.starts_with("HTTP/1.1 200")) << second;
+    EXPECT_EQ(calls, 2);
+    EXPECT_NE(log.text().find("request handler failed on GET /first: boom"), std::string::npos)
+        << log.text();
+}
+
 TEST(WaypointGateway, CanarySplitFollowsWeights) {
     Emulator stable("stable");
     Emulator canary("canary");

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <exception>
 
 #include "waypoint/http/deadline.h"
 #include "waypoint/http/direct_io.h"
@@ -191,7 +192,27 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
                           request.keep_alive() && !member.stopping(),
                           downstream.peer_identity,
                           downstream.authority};
-        co_await handler(exchange);
+        // A handler that throws has a bug; it costs this connection (closed with a FIN; what
+        // the response had written is unknown, so no answer is added), never the worker, and
+        // it is logged: a detached coroutine's exception would vanish without a trace.
+        std::exception_ptr failed;
+        try {
+            co_await handler(exchange);
+        } catch (...) {
+            failed = std::current_exception();
+        }
+        if (failed) {
+            try {
+                std::rethrow_exception(failed);
+            } catch (const std::exception& e) {
+                spdlog::error("request handler failed on {} {}: {}", sv(request.method_string()),
+                              sv(request.target()), e.what());
+            } catch (...) {
+                spdlog::error("request handler failed on {} {}", sv(request.method_string()),
+                              sv(request.target()));
+            }
+            break;
+        }
         if (!exchange.keep_alive || !socket.is_open() || member.stopping())
             break;
     }
