@@ -381,6 +381,18 @@ class WaypointHboneTest : public WaypointTest {
         }
         return out;
     }
+    // access_lines once some line matches, waiting up to 5 s: ztunnel writes a connection's line
+    // when it has seen the connection end, which can come after the client process exited.
+    static std::vector<json> awaited_access_lines(const std::string& path,
+                                                  const std::function<bool(const json&)>& match) {
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+        auto lines = access_lines(path, match);
+        while (lines.empty() && std::chrono::steady_clock::now() < until) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            lines = access_lines(path, match);
+        }
+        return lines;
+    }
     std::vector<json> ztunnel_lines(const std::function<bool(const json&)>& match) {
         std::vector<json> out;
         for (const auto& n : state_.nodes) {
@@ -415,7 +427,7 @@ TEST_F(WaypointHboneTest, ServiceVipGoesThroughTheWaypointOverHbone) {
 
     // The client's node ztunnel: HBONE to the waypoint pod, the VIP as destination.
     const std::string waypoint_ip = state_.find_pod("ai/waypoint")->ip;
-    auto hops = access_lines(
+    auto hops = awaited_access_lines(
         state_.nodes.at(client_->node).run_dir + "/ztunnel-access.log", [&](const json& e) {
             return e.value("direction", "") == "outbound" && e.value("dst.addr", "") == llm_vip_;
         });
@@ -432,12 +444,18 @@ TEST_F(WaypointHboneTest, ServiceVipGoesThroughTheWaypointOverHbone) {
     // The waypoint terminated the HBONE: its access log has the client's principal and the VIP
     // as authority.
     {
-        std::ifstream log(state_.waypoint->log);
-        std::string line, seen;
-        while (std::getline(log, line)) {
-            if (line.find(client_id) != std::string::npos &&
-                line.find(llm_vip_) != std::string::npos)
-                seen = line;
+        // Written once the response was sent: it may come a moment after curl exited.
+        std::string seen;
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+        while (seen.empty() && std::chrono::steady_clock::now() < until) {
+            std::ifstream log(state_.waypoint->log);
+            for (std::string line; std::getline(log, line);) {
+                if (line.find(client_id) != std::string::npos &&
+                    line.find(llm_vip_) != std::string::npos)
+                    seen = line;
+            }
+            if (seen.empty())
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }
         EXPECT_FALSE(seen.empty())
             << "no waypoint access-log line with " << client_id << " and " << llm_vip_;
@@ -537,7 +555,7 @@ TEST_F(WaypointHboneTest, WaypointDownRefusesInsteadOfBypassing) {
     EXPECT_EQ(r.status, 0u) << r.body;
     EXPECT_NE(r.exit_code, 0) << "curl must see a reset or closed connection";
     EXPECT_EQ(emulator_requests(), served_before) << "the request reached a backend directly";
-    auto failed = access_lines(
+    auto failed = awaited_access_lines(
         state_.nodes.at(client_->node).run_dir + "/ztunnel-access.log", [&](const json& e) {
             return e.value("dst.addr", "") == llm_vip_ && e.value("result", "") != "ok";
         });
