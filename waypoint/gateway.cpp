@@ -79,12 +79,6 @@ std::optional<http::status> failureStatus(const ForwardResult& result) {
     }
 }
 
-// The OpenAI request flags the waypoint acts on; null or absent means false.
-bool flagSet(const nlohmann::json& object, const char* name) {
-    const auto it = object.find(name);
-    return it != object.end() && it->is_boolean() && it->get<bool>();
-}
-
 // The first of those flags that is neither a boolean nor null, quoted as OpenAI names it in its
 // 400; "" when all are fine.
 std::string nonBooleanFlag(const nlohmann::json& body) {

@@ -34,6 +34,13 @@ struct RouteTarget {
     std::chrono::milliseconds timeout{30'000};
 };
 
+// An OpenAI request flag (`stream`, `include_usage`) of a JSON object: true only when present
+// and true; absent or null means false.
+inline bool flagSet(const nlohmann::json& object, const char* name) {
+    const auto it = object.find(name);
+    return it != object.end() && it->is_boolean() && it->get<bool>();
+}
+
 // Everything filters know about one request, from admission to settlement.
 struct RequestContext {
     explicit RequestContext(Request& r) : request(r) {}

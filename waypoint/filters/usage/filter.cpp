@@ -85,9 +85,7 @@ std::optional<LocalReply> UsageFilter::onRequest(RequestContext& ctx) {
     if (ctx.stream && (ctx.api == "chat" || ctx.api == "completions")) {
         auto& options = body["stream_options"];
         // The gateway refused a non-boolean include_usage; null counts as absent.
-        const auto asked = options.is_object() ? options.find("include_usage") : options.end();
-        ctx.client_wants_usage = options.is_object() && asked != options.end() &&
-                                 asked->is_boolean() && asked->get<bool>();
+        ctx.client_wants_usage = options.is_object() && flagSet(options, "include_usage");
         if (!ctx.client_wants_usage) {
             if (!options.is_object())
                 options = nlohmann::json::object();
