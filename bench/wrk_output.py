@@ -7,9 +7,10 @@ def ms(value, unit):
 
 
 def parse(path):
-    """requests_per_s, p50/p90/p99_ms, non_2xx and socket_errors of one wrk run."""
+    """requests_per_s, requests, p50/p90/p99_ms, non_2xx and socket_errors of one wrk run."""
     text = open(path).read()
-    out = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))}
+    out = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+           "requests": int(re.search(r"(\d+) requests in", text).group(1))}
     for pct in ("50", "90", "99"):
         m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)\b", text)
         out[f"p{pct}_ms"] = round(ms(*m.groups()), 3)

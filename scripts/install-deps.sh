@@ -23,6 +23,8 @@ PACKAGES=(
     nodejs
     # benchmark peers and tools
     nginx-light wrk iperf3 nghttp2-client haproxy tshark
+    # PNG plots of the benchmark results (bench/plot.py, run with /usr/bin/python3)
+    python3-matplotlib
     # instructions per operation (bench/waypoint/json_instructions.sh)
     valgrind
     # independent HBONE peer in the interop test

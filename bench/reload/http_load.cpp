@@ -1,13 +1,16 @@
-// A bounded, open-loop HTTP/1.1 load generator for bench/reload: request i is due at
-// t0 + i / rate; a pool of threads sends each on a new TCP connection (so every request goes
-// through the datapath's connect() hook) and records when it started, how long it took and how
-// it ended. Runs inside a testbed pod (`sluice-testbed exec`).
+// A bounded, open-loop HTTP/1.1 load generator for bench/reload and bench/mesh: request i is due
+// at t0 + i / rate; a pool of threads sends each on a new TCP connection (so every request goes
+// through the datapath's connect() hook), or with --keep-alive on the thread's own persistent
+// connection, and records when it started, how long it took and how it ended. Runs inside a
+// testbed pod (`sluice-testbed exec`).
 //   sluice-bench-http-load --target 198.18.1.2:8080 --rate 1000 --seconds 10 --out FILE
 //                          [--stop-file F]   (stop early, once F exists; --seconds stays the bound)
+//                          [--keep-alive]    (responses must carry Content-Length)
 // FILE: one line per request, "start_unix_us latency_us late_us result" (result "ok" or what
 // failed: "connect:EPERM", "recv:ETIMEDOUT", "status:503", …). A JSON summary goes to stdout.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -21,6 +24,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -40,54 +44,129 @@ std::string errno_result(const char* step, int err) {
     return std::string(step) + ":" + (name ? name : std::to_string(err));
 }
 
-// One request on a fresh connection; "ok" for an HTTP 200 read to the end.
-std::string request(const sockaddr_in& dst, int timeout_ms) {
+// "ok" for an HTTP 200, else the status or what went wrong.
+std::string status_result(std::string_view reply) {
+    if (reply.starts_with("HTTP/1.1 200"))
+        return "ok";
+    if (reply.size() >= 12)
+        return "status:" + std::string(reply.substr(9, 3));
+    return "short-reply";
+}
+
+// A connected socket whose sends, receives and connect() give up after timeout_ms, or -errno.
+int open_connection(const sockaddr_in& dst, int timeout_ms, std::string& result) {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return errno_result("socket", errno);
+    if (fd < 0) {
+        result = errno_result("socket", errno);
+        return -1;
+    }
     timeval tv{.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  // also bounds connect()
-    std::string result;
     if (::connect(fd, reinterpret_cast<const sockaddr*>(&dst), sizeof dst) != 0) {
         result = errno_result("connect", errno);
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+bool send_all(int fd, std::string_view bytes) {
+    return ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(bytes.size());
+}
+
+// One request on a fresh connection; "ok" for an HTTP 200 read to the end.
+std::string request(const sockaddr_in& dst, int timeout_ms) {
+    std::string result;
+    const int fd = open_connection(dst, timeout_ms, result);
+    if (fd < 0)
+        return result;
+    if (!send_all(fd, "GET / HTTP/1.1\r\nHost: server\r\nConnection: close\r\n\r\n")) {
+        result = errno_result("send", errno);
     } else {
-        static constexpr std::string_view kRequest =
-            "GET / HTTP/1.1\r\nHost: server\r\nConnection: close\r\n\r\n";
-        if (::send(fd, kRequest.data(), kRequest.size(), MSG_NOSIGNAL) !=
-            static_cast<ssize_t>(kRequest.size())) {
-            result = errno_result("send", errno);
-        } else {
-            std::string reply;
-            char buf[4096];
-            for (;;) {
-                const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-                if (n > 0) {
-                    reply.append(buf, static_cast<size_t>(n));
-                    continue;
-                }
-                if (n < 0)
-                    result = errno_result("recv", errno);
-                break;
+        std::string reply;
+        char buf[4096];
+        for (;;) {
+            const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+            if (n > 0) {
+                reply.append(buf, static_cast<size_t>(n));
+                continue;
             }
-            if (result.empty()) {
-                if (reply.rfind("HTTP/1.1 200", 0) == 0)
-                    result = "ok";
-                else if (reply.size() >= 12)
-                    result = "status:" + reply.substr(9, 3);
-                else
-                    result = "short-reply";
-            }
+            if (n < 0)
+                result = errno_result("recv", errno);
+            break;
         }
+        if (result.empty())
+            result = status_result(reply);
     }
     ::close(fd);
     return result;
 }
 
+// Requests on one persistent connection, each response framed by its Content-Length (spelled so,
+// as nginx does: this is a bench client, not a general HTTP parser). A failed
+// request closes the connection; the next one opens a new connection.
+class KeepAlive {
+  public:
+    KeepAlive(const sockaddr_in& dst, int timeout_ms) : dst_(dst), timeout_ms_(timeout_ms) {}
+    KeepAlive(const KeepAlive&) = delete;
+    KeepAlive& operator=(const KeepAlive&) = delete;
+    ~KeepAlive() { reset(); }
+
+    std::string request() {
+        std::string result;
+        if (fd_ < 0 && (fd_ = open_connection(dst_, timeout_ms_, result)) < 0)
+            return result;
+        if (!send_all(fd_, "GET / HTTP/1.1\r\nHost: server\r\n\r\n")) {
+            result = errno_result("send", errno);
+            reset();
+            return result;
+        }
+        size_t head_end = std::string::npos;
+        size_t total = std::string::npos;
+        while (total == std::string::npos || reply_.size() < total) {
+            char buf[4096];
+            const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+            if (n <= 0) {
+                result = n < 0 ? errno_result("recv", errno) : "closed";
+                reset();
+                return result;
+            }
+            reply_.append(buf, static_cast<size_t>(n));
+            if (head_end == std::string::npos &&
+                (head_end = reply_.find("\r\n\r\n")) != std::string::npos) {
+                const size_t at = reply_.find("Content-Length: ");
+                if (at == std::string::npos || at > head_end) {
+                    reset();
+                    return "no-content-length";
+                }
+                total = head_end + 4 + std::stoul(reply_.substr(at + 16));
+            }
+        }
+        result = status_result(reply_);
+        reply_.erase(0, total);
+        return result;
+    }
+
+  private:
+    void reset() {
+        if (fd_ >= 0)
+            ::close(fd_);
+        fd_ = -1;
+        reply_.clear();
+    }
+
+    sockaddr_in dst_;
+    int timeout_ms_;
+    int fd_ = -1;
+    std::string reply_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    CLI::App app{"open-loop HTTP load, one connection per request"};
+    CLI::App app{"open-loop HTTP load, one connection per request or per thread"};
     std::string target, out_path;
     int rate = 1000, seconds = 10, threads = 32, timeout_ms = 2000;
     app.add_option("--target", target, "IPv4 address:port")->required();
@@ -99,6 +178,8 @@ int main(int argc, char** argv) {
     app.add_option("--out", out_path, "per-request samples")->required();
     std::string stop_file;
     app.add_option("--stop-file", stop_file, "stop sending once this file exists");
+    bool keep_alive = false;
+    app.add_flag("--keep-alive", keep_alive, "one persistent connection per thread");
     CLI11_PARSE(app, argc, argv);
 
     const auto colon = target.rfind(':');
@@ -117,6 +198,10 @@ int main(int argc, char** argv) {
     const auto t0 = Clock::now() + std::chrono::milliseconds(50);
     const auto wall0 = std::chrono::system_clock::now() + std::chrono::milliseconds(50);
     auto worker = [&] {
+        // Start each request at its due time, not up to the default 50 µs timer slack after it
+        // (late_us; bench/mesh counts latency from the due time).
+        ::prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+        KeepAlive connection(dst, timeout_ms);
         for (;;) {
             const int64_t i = next.fetch_add(1);
             if (i >= total)
@@ -125,7 +210,7 @@ int main(int argc, char** argv) {
             std::this_thread::sleep_until(due);
             const auto start = Clock::now();
             Sample& s = samples[static_cast<size_t>(i)];
-            s.result = request(dst, timeout_ms);
+            s.result = keep_alive ? connection.request() : request(dst, timeout_ms);
             const auto end = Clock::now();
             s.latency_us =
                 std::chrono::duration_cast<std::chrono::microseconds>(end - start).count();
