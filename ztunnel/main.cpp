@@ -69,6 +69,9 @@ void add_run_options(CLI::App& app, proxy::Config& c, std::string& mode) {
     app.add_flag("--transparent-inbound", c.transparent_inbound,
                  "connect to the app from the client's address (IP_TRANSPARENT)")
         ->envname(env_name("transparent-inbound"));
+    app.add_flag("--same-node-fast-path,!--no-same-node-fast-path", c.same_node_fast_path,
+                 "node mode: pods on this node reach each other without HBONE (default on)")
+        ->envname(env_name("same-node-fast-path"));
     opt("access-log", c.access_log, "access log target: - (stdout) or a file");
     opt("log-level", c.log_level, "trace, debug, info, warn, error");
 }

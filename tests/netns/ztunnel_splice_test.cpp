@@ -13,12 +13,10 @@
 #include <future>
 #include <thread>
 
+#include "tests/netns/sidecarless_mesh.h"
 #include "tests/netns/sidecarless_spec.h"
 #include "tests/netns/stream_pattern.h"
-#include "tests/netns/ztunnel_cluster.h"
-#include "tests/support/cgroup_guard.h"
 #include "tests/support/privileged.h"
-#include "tests/support/sockets.h"
 
 namespace sluice::testbed {
 namespace {
@@ -35,7 +33,7 @@ tcp_info tcp_info_of(int fd) {
     return info;
 }
 
-class ZtunnelSpliceTest : public ZtunnelClusterTest {
+class ZtunnelSpliceTest : public SidecarlessMeshTest {
   protected:
     void SetUp() override {
         SLUICE_REQUIRE_PRIVILEGES();
@@ -50,63 +48,20 @@ class ZtunnelSpliceTest : public ZtunnelClusterTest {
         ::unsetenv("SLUICE_SAME_NODE_SPLICE");
         ZtunnelClusterTest::TearDown();
     }
-    std::vector<std::string> log_files() const override {
-        std::vector<std::string> files;
-        for (const auto& n : state_.nodes) {
-            for (const char* f : {"/agent.log", "/ztunnel.log", "/ztunnel-access.log"})
-                files.push_back(n.run_dir + f);
-        }
-        return files;
-    }
     double splice_metric(size_t node, const std::string& event) const {
-        return metric(test::http_get(state_.nodes.at(node).netns, "127.0.0.1", 15030, "/metrics"),
-                      "sluice_datapath_splice_total", {"event=\"" + event + "\""});
+        return metric(node_metrics(node, 15030), "sluice_datapath_splice_total",
+                      {"event=\"" + event + "\""});
     }
-    // Both ztunnels must know the server pod (node0's would pass the connection through,
-    // node1's would refuse it) before the first connect.
-    void wait_server_known(const PodState& server) {
-        for (const auto& node : state_.nodes) {
-            bool known = false;
-            for (int i = 0; i < 100 && !known; ++i) {
-                known = test::http_get(node.netns, "127.0.0.1", 15000, "/config_dump")
-                            .find("\"" + server.ip + "\"") != std::string::npos;
-                if (!known)
-                    std::this_thread::sleep_for(200ms);
-            }
-            ASSERT_TRUE(known) << node.name << "'s ztunnel never listed " << server.ip;
-        }
-    }
-    // A connection from the client pod's app to the server pod's app, both ends created in
-    // their pod's cgroup (the cgroup programs act for the cgroup of the socket's creator).
-    // node1's ztunnel refuses connections until its compiled policy lists the server pod (a
-    // moment after its workload view does): retry until the server app accepts one.
     std::pair<Fd, Fd> connect_apps(const PodState& client, const Fd& listener) {
-        for (int attempt = 0; attempt < 40; ++attempt) {
-            int err = 0;
-            Fd c;
-            {
-                test::CgroupGuard in_pod(client.cgroup);
-                c = test::tcp_connect(client.netns, pod("mesh/server").ip, kAppPort, &err);
-            }
-            Fd s = c ? test::tcp_accept(listener, 1000) : Fd();
-            if (c && s)
-                return {std::move(c), std::move(s)};
-            std::this_thread::sleep_for(250ms);
-        }
-        ADD_FAILURE() << "the server app got no connection";
-        return {};
+        return SidecarlessMeshTest::connect_apps(client, pod("mesh/server").ip, kAppPort, listener);
     }
 };
 
 TEST_F(ZtunnelSpliceTest, BothLocalHopsAreSplicedAndBytesArriveIntact) {
     const PodState& client = pod("mesh/client");
     const PodState& server = pod("mesh/server");
-    ASSERT_NO_FATAL_FAILURE(wait_server_known(server));
-    Fd listener;
-    {
-        test::CgroupGuard in_pod(server.cgroup);  // its accepted sockets are the pod's
-        listener = test::tcp_listen(server.netns, "0.0.0.0", kAppPort);
-    }
+    ASSERT_NO_FATAL_FAILURE(wait_known(server.ip));
+    Fd listener = listen_in(server, kAppPort);
 
     // Request/response turns: every byte of both apps skips their loopback TCP.
     auto [c, s] = connect_apps(client, listener);

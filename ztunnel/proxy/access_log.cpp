@@ -44,6 +44,8 @@ nlohmann::json ConnectionRecord::to_json(const ConnectionLabels& l, std::string_
         j["error"] = error;
     if (!l.destination_waypoint.empty())
         j["waypoint"] = l.destination_waypoint;
+    if (same_node)
+        j["same_node"] = true;
     return j;
 }
 

@@ -28,6 +28,7 @@ struct ConnectionRecord {
     uint64_t bytes_received = 0;  // from the downstream
     std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
     std::string_view result = "ok";  // "ok", "denied", "error", "closed_by_policy"
+    bool same_node = false;          // carried by ztunnel's same-node fast path, not over HBONE
     // Why it was not ok is known only when the line is written: not kept here (AccessLog::write).
 
     nlohmann::json to_json(const ConnectionLabels& labels, std::string_view error = {}) const;

@@ -60,6 +60,10 @@ struct Config {
     // Inbound connections to the app keep the client's address (IP_TRANSPARENT); needs the
     // pod's routing rules (the testbed's sidecar mode installs them).
     bool transparent_inbound = false;
+    // Node mode: a connection between two pods enrolled on this node skips HBONE (TLS, HTTP/2 and
+    // a TCP hop through the pod netns): ztunnel hands it from its outbound side to its inbound
+    // side in memory, with the same authorization, metrics and access log (docs/ztunnel.md).
+    bool same_node_fast_path = true;
     std::string access_log = "-";  // "-" = stdout, else a file
     std::string log_level = "info";
 

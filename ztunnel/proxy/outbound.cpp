@@ -1,7 +1,8 @@
 // Outbound (:15001 in the source pod's netns): find where the app meant to connect, resolve it in
 // the registry, and carry it over HBONE to the destination pod's ztunnel (or to a pod of the
 // waypoint the destination service uses), or pass it through when the destination is outside
-// the mesh.
+// the mesh. A destination pod enrolled on this node is served by this process's inbound side
+// directly (the same-node fast path).
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/co_spawn.hpp>
@@ -9,6 +10,7 @@
 
 #include <random>
 
+#include "ztunnel/proxy/inbound.h"
 #include "ztunnel/proxy/proxy.h"
 #include "ztunnel/proxy/relay.h"
 
@@ -123,6 +125,71 @@ void start_outbound_relay(Proxy& p, Worker& w, AcceptedFd client, Upstream upstr
     start_relay(TcpPipe(std::move(*socket)), std::move(upstream),
                 OutboundEnd{&p, std::move(t.rec), std::move(labels), t.lb_endpoint,
                             std::move(*t.active), tunnelled});
+}
+
+// The same-node fast path's end: both halves of the connection end with the one relay between
+// the client and the app, as the source's outbound connection and the destination's inbound one.
+struct SameNodeEnd {
+    OutboundEnd outbound;
+    InboundRelayEnd inbound;
+
+    void operator()(const RelayResult& r) {
+        inbound(r);
+        outbound(r);
+    }
+};
+
+// Node mode, destination pod enrolled here: what the destination's HBONE listener would do with
+// the stream (authorize the source identity, connect to the app), without TLS, HTTP/2 and the
+// TCP hop to :15008. The source identity is the one this ztunnel would present in its
+// certificate: enrollment vouches for both ends, and no byte leaves the process in between.
+asio::awaitable<void> same_node(Proxy& p, Worker& w, AcceptedFd client, std::unique_ptr<Tunnel> t,
+                                std::shared_ptr<EnrolledWorkload> dst, tcp::endpoint target) {
+    t->rec.same_node = true;
+    InboundCall call =
+        authorize_inbound(p, std::move(dst), t->labels.source_principal, t->rec.src_addr, target);
+    call.record.direction = "inbound";
+    call.record.same_node = true;
+    call.labels->connection_security_policy = "mutual_tls";
+    auto fail = [&](const char* flags, std::string_view result, const std::string& error) {
+        t->labels.response_flags = flags;
+        t->rec.result = result;
+        finish(p, t->rec, t->labels, false, error);
+        client.reset();
+        release_endpoint(p, t->lb_endpoint);
+    };
+    if (!call.decision.allowed) {
+        deny_inbound(p, call, "inbound");
+        fail("UAEX", "denied",
+             "denied by the destination's policy: " + call.decision.reason + " (" +
+                 call.decision.rule + ")");
+        co_return;
+    }
+    auto app = co_await connect_app(p, *call.destination, w, target, t->rec.src_addr);
+    if (!app) {
+        call.labels->response_flags = "UF";
+        finish_inbound(p, call, false, app.error());
+        fail("UF", "error", app.error());
+        co_return;
+    }
+    auto socket = std::move(client).socket(w.io);
+    if (!socket) {
+        const std::string error = "cannot relay the connection: " + socket.error().message();
+        finish_inbound(p, call, false, error);
+        fail("UF", "error", error);
+        co_return;
+    }
+    auto out_labels = p.metrics().shared_labels().get(std::move(t->labels));
+    p.metrics().connection_opened(*out_labels);
+    p.metrics().connection_opened(*call.labels);
+    auto ex = app->get_executor();
+    auto relay = start_relay(
+        TcpPipe(std::move(*socket)), TcpPipe(std::move(*app)),
+        SameNodeEnd{OutboundEnd{&p, std::move(t->rec), std::move(out_labels), t->lb_endpoint,
+                                std::move(*t->active), true},
+                    InboundRelayEnd(p, std::move(call.record),
+                                    p.metrics().shared_labels().get(std::move(*call.labels)))});
+    relay->done().inbound.open(call, relay, std::move(ex));
 }
 
 // Runs on the worker that owns the pool for t.key, so all streams to one destination share one
@@ -273,6 +340,18 @@ asio::awaitable<void> outbound(Proxy& p, std::shared_ptr<EnrolledWorkload> src, 
     }
     labels.destination_principal = dst_id.uri();
     labels.connection_security_policy = "mutual_tls";
+    if (p.config().mode == Mode::Node && p.config().same_node_fast_path && waypoint == nullptr) {
+        // Enrolled on this node: the pod's netns is one of ours.
+        if (auto local = p.find_workload(dst->uid);
+            local && local->netns_fd >= 0 &&
+            std::find(local->ips.begin(), local->ips.end(), target.address()) != local->ips.end()) {
+            asio::co_spawn(
+                w.io,
+                same_node(p, w, std::move(client), std::move(owned), std::move(local), target),
+                asio::detached);
+            co_return;
+        }
+    }
     const tcp::endpoint hbone_ep(hbone_ip.value_or(target.address()), p.config().hbone_port);
     rec.hbone_addr = hbone_ep;
     t.key = hbone::PoolKey{src->id, dst_id, to_string(hbone_ep), src->info.uid};
