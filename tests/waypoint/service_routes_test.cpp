@@ -349,6 +349,22 @@ TEST_F(ServiceRouteGateway, RequestsFollowTheEndpointSliceAcrossAReloadAndInFlig
     EXPECT_EQ(reloads("failure"), -1) << "no failed reload";
 }
 
+TEST_F(ServiceRouteGateway, AnEjectedEndpointStaysEjectedWhenTheServiceGrows) {
+    Emulator a("a", {"--fail-status", "503"}), b("b"), c("c");
+    start(llmService({{&a, "true"}, {&b, "true"}}));
+    // Every pick of a fails and is retried on b; five failures in a row eject a for 30 s.
+    for (int i = 0; i < 200 && requestsOf(a) < 5; ++i)
+        EXPECT_EQ(request(gw_->gatewayPort(), "POST", "/v1/chat/completions", chat(false)).status,
+                  200u);
+    ASSERT_EQ(requestsOf(a), 5);
+
+    const double before = reloads("success");
+    writeFile(registry_.path, "llm.yaml", llmService({{&a, "true"}, {&b, "true"}, {&c, "true"}}));
+    ASSERT_TRUE(waitForReloads("success", before + 1));
+    EXPECT_EQ(backendsOf(20), (std::set<std::string>{"b", "c"}));
+    EXPECT_EQ(requestsOf(a), 5) << "a stayed ejected: the new pool took over its state";
+}
+
 TEST_F(ServiceRouteGateway, AnUnknownHostKeepsTheLastGoodRoutesAndNoReadyEndpointIs503) {
     Emulator a("a");
     start(llmService({{&a, "true"}}));
