@@ -609,6 +609,31 @@ class Compiler {
         }
     }
 
+    // The backends of a ModelRoute whose host names a Service of the registry, resolved to its
+    // ready endpoints: {"<host>:<port>": {"service", "pool", "endpoints"} or {"service",
+    // "error"}}. Part of the waypoint output, so an EndpointSlice change is a new generation.
+    // Hosts that name no Service are left to the waypoint (its own pools, IP addresses).
+    nlohmann::json service_backends(const ModelRoute& m) const {
+        nlohmann::json out = nlohmann::json::object();
+        for (const auto& b : m.spec.value("backends", nlohmann::json::array())) {
+            if (!b.contains("host") || !b.contains("port") || !b["host"].is_string() ||
+                !b["port"].is_number_unsigned())
+                continue;
+            const std::string host = b["host"];
+            const uint16_t port = b["port"];
+            const auto r =
+                resolve_service_backend(r_, host, port, m.meta.namespace_name, opt_.cluster_domain);
+            if (r.backend) {
+                out[host + ":" + std::to_string(port)] = {{"service", r.backend->service},
+                                                          {"pool", r.backend->pool},
+                                                          {"endpoints", r.backend->endpoints}};
+            } else if (!r.error.empty()) {
+                out[host + ":" + std::to_string(port)] = {{"error", r.error}};
+            }
+        }
+        return out;
+    }
+
     void build_waypoint() {
         nlohmann::json authz = nlohmann::json::array();
         for (const auto& pol : p_.authorization) {
@@ -643,9 +668,13 @@ class Compiler {
                 it->second = a;
             }
         }
-        for (const auto& m : p_.model_routes)
-            routes.push_back(
-                {{"name", m.meta.name}, {"namespace", m.meta.namespace_name}, {"spec", m.spec}});
+        for (const auto& m : p_.model_routes) {
+            nlohmann::json route = {
+                {"name", m.meta.name}, {"namespace", m.meta.namespace_name}, {"spec", m.spec}};
+            if (auto services = service_backends(m); !services.empty())
+                route["services"] = std::move(services);
+            routes.push_back(std::move(route));
+        }
         auto by_ref = [](const nlohmann::json& a, const nlohmann::json& b) {
             return std::tie(a["namespace"].get_ref<const std::string&>(),
                             a["name"].get_ref<const std::string&>()) <

@@ -12,6 +12,7 @@
 #include "policies/diagnostic.h"
 #include "policies/registry.h"
 #include "policies/schema.h"
+#include "policies/service_backend.h"
 #include "sluice_abi.h"
 
 namespace sluice::policies {
@@ -20,6 +21,8 @@ struct CompileOptions {
     // Policies in this namespace apply mesh-wide (Istio's root namespace).
     std::string root_namespace = "istio-system";
     std::string trust_domain = "cluster.local";
+    // The suffix of `name.ns.svc.<domain>` in ModelRoute backend hosts (service_backend.h).
+    std::string cluster_domain = kDefaultClusterDomain;
     // Ids of the previous generation (CompiledPolicy::id_state()); keeps ids stable even when a
     // hash collision is resolved differently for a changed key set.
     const struct IdState* previous = nullptr;

@@ -37,6 +37,31 @@ std::vector<IpAddress> read_addresses(YamlReader& r, const YAML::Node& list,
     return out;
 }
 
+// A Service's or an EndpointSlice's `ports`: name, port and protocol of each entry, then
+// `extra(entry, ctx, port)` for the fields only one kind has.
+template <typename Port, typename Extra>
+std::vector<Port> read_ports(YamlReader& r, const YAML::Node& list, const std::string& ctx,
+                             Extra extra) {
+    std::vector<Port> out;
+    if (!list || !r.expect_sequence(list, ctx))
+        return out;
+    for (std::size_t i = 0; i < list.size(); ++i) {
+        const YAML::Node pn = list[i];
+        const std::string item = ctx + "[" + std::to_string(i) + "]";
+        if (!r.expect_map(pn, item))
+            continue;
+        Port p;
+        if (pn["name"])
+            p.name = r.string(pn["name"], item + ".name").value_or("");
+        p.port = r.port(pn["port"], item + ".port").value_or(0);
+        if (pn["protocol"])
+            p.protocol = r.string(pn["protocol"], item + ".protocol").value_or("TCP");
+        extra(pn, item, p);
+        out.push_back(std::move(p));
+    }
+    return out;
+}
+
 void read_pod(YamlReader& r, const YAML::Node& n, const std::string& ns, const std::string& name,
               Registry& out) {
     Pod p;
@@ -81,27 +106,17 @@ void read_service(YamlReader& r, const YAML::Node& n, const std::string& ns,
             one.push_back(spec["clusterIP"]);
             s.cluster_ips = read_addresses(r, one, "spec.clusterIP");
         }
-        if (const YAML::Node ports = spec["ports"]; ports && r.expect_sequence(ports, "ports")) {
-            for (std::size_t i = 0; i < ports.size(); ++i) {
-                const YAML::Node pn = ports[i];
-                const std::string ctx = "spec.ports[" + std::to_string(i) + "]";
-                if (!r.expect_map(pn, ctx))
-                    continue;
-                ServicePort sp;
-                if (pn["name"])
-                    sp.name = r.string(pn["name"], ctx + ".name").value_or("");
-                sp.port = r.port(pn["port"], ctx + ".port").value_or(0);
-                // A named targetPort would need the pod's container ports; treat it as `port`.
+        s.ports = read_ports<ServicePort>(
+            r, spec["ports"], "spec.ports",
+            [&](const YAML::Node& pn, const std::string& ctx, ServicePort& sp) {
+                // A named targetPort needs the pod's container ports: EndpointSlices carry the
+                // number (service_backend.cpp); here it is treated as `port`.
                 if (pn["targetPort"] && pn["targetPort"].IsScalar() &&
                     pn["targetPort"].Scalar().find_first_not_of("0123456789") == std::string::npos)
                     sp.target_port = r.port(pn["targetPort"], ctx + ".targetPort").value_or(0);
-                if (pn["protocol"])
-                    sp.protocol = r.string(pn["protocol"], ctx + ".protocol").value_or("TCP");
                 if (sp.target_port == 0)
                     sp.target_port = sp.port;
-                s.ports.push_back(sp);
-            }
-        }
+            });
     }
     out.services.push_back(std::move(s));
 }
@@ -119,15 +134,22 @@ void read_endpoint_slice(YamlReader& r, const YAML::Node& n, const std::string& 
             const YAML::Node ep = eps[i];
             if (!r.expect_map(ep, "endpoints[" + std::to_string(i) + "]"))
                 continue;
-            auto addrs = read_addresses(r, ep["addresses"], "endpoints.addresses");
-            e.addresses.insert(e.addresses.end(), addrs.begin(), addrs.end());
+            SliceEndpoint se;
+            se.addresses = read_addresses(r, ep["addresses"], "endpoints.addresses");
+            e.addresses.insert(e.addresses.end(), se.addresses.begin(), se.addresses.end());
             if (const YAML::Node ref = ep["targetRef"]; ref && ref.IsMap() && ref["name"]) {
                 const std::string rns =
                     ref["namespace"] ? ref["namespace"].as<std::string>(ns) : ns;
-                e.pods.push_back(rns + "/" + ref["name"].as<std::string>(""));
+                se.pod = rns + "/" + ref["name"].as<std::string>("");
+                e.pods.push_back(se.pod);
             }
+            if (const YAML::Node cond = ep["conditions"]; cond && cond.IsMap() && cond["ready"])
+                se.ready = r.boolean(cond["ready"], "endpoints.conditions.ready").value_or(true);
+            e.endpoints.push_back(std::move(se));
         }
     }
+    e.ports = read_ports<EndpointSlicePort>(
+        r, n["ports"], "ports", [](const YAML::Node&, const std::string&, EndpointSlicePort&) {});
     out.endpoint_slices.push_back(std::move(e));
 }
 
@@ -137,6 +159,15 @@ const Pod* Registry::find_pod(const std::string& namespace_name, const std::stri
     for (const auto& p : pods) {
         if (p.namespace_name == namespace_name && p.name == name)
             return &p;
+    }
+    return nullptr;
+}
+
+const Service* Registry::find_service(const std::string& namespace_name,
+                                      const std::string& name) const {
+    for (const auto& s : services) {
+        if (s.namespace_name == namespace_name && s.name == name)
+            return &s;
     }
     return nullptr;
 }

@@ -49,12 +49,29 @@ struct Service {
     std::string key() const { return namespace_name + "/" + name; }
 };
 
+// A port of an EndpointSlice: the number behind the Service port of the same name (a named
+// targetPort already resolved to the pod's container port by the EndpointSlice controller).
+struct EndpointSlicePort {
+    std::string name;  // the Service port's name; "" for a Service's single unnamed port
+    uint16_t port = 0;
+    std::string protocol = "TCP";
+};
+
+// One entry of `endpoints`: a pod's addresses and whether it takes traffic.
+struct SliceEndpoint {
+    std::vector<IpAddress> addresses;
+    bool ready = true;  // conditions.ready; absent means ready (as Kubernetes documents)
+    std::string pod;    // targetRef "ns/name", when given
+};
+
 struct EndpointSlice {
     std::string namespace_name;
     std::string name;
-    std::string service_name;  // label kubernetes.io/service-name
-    std::vector<IpAddress> addresses;
-    std::vector<std::string> pods;  // targetRef "ns/name" of each endpoint, when given
+    std::string service_name;          // label kubernetes.io/service-name
+    std::vector<IpAddress> addresses;  // of every endpoint, ready or not
+    std::vector<std::string> pods;     // targetRef "ns/name" of each endpoint, when given
+    std::vector<SliceEndpoint> endpoints;
+    std::vector<EndpointSlicePort> ports;
 };
 
 struct Registry {
@@ -64,6 +81,7 @@ struct Registry {
     std::vector<EndpointSlice> endpoint_slices;
 
     const Pod* find_pod(const std::string& namespace_name, const std::string& name) const;
+    const Service* find_service(const std::string& namespace_name, const std::string& name) const;
     // Labels of the namespace (empty when the registry has no Namespace document for it).
     const Labels& namespace_labels(const std::string& name) const;
     // Every namespace named by a Namespace, Pod or Service document, sorted.

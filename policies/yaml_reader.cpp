@@ -69,6 +69,13 @@ std::optional<std::string> YamlReader::string(const YAML::Node& node, const std:
     return std::nullopt;
 }
 
+std::optional<bool> YamlReader::boolean(const YAML::Node& node, const std::string& ctx) {
+    if (node && node.IsScalar() && (node.Scalar() == "true" || node.Scalar() == "false"))
+        return node.Scalar() == "true";
+    error(node, ctx + ": expected true or false, found " + type_name(node));
+    return std::nullopt;
+}
+
 std::optional<std::string> YamlReader::required_string(const YAML::Node& parent, const char* key,
                                                        const std::string& ctx) {
     const YAML::Node n = parent[key];

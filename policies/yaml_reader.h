@@ -28,6 +28,7 @@ class YamlReader {
     bool expect_map(const YAML::Node& node, const std::string& ctx);
     bool expect_sequence(const YAML::Node& node, const std::string& ctx);
     std::optional<std::string> string(const YAML::Node& node, const std::string& ctx);
+    std::optional<bool> boolean(const YAML::Node& node, const std::string& ctx);  // true/false
     std::optional<std::string> required_string(const YAML::Node& parent, const char* key,
                                                const std::string& ctx);
     std::optional<std::vector<std::string>> string_list(const YAML::Node& node,

@@ -207,14 +207,17 @@ bool Gateway::applyPolicies(const nlohmann::json& view) {
     try {
         PolicyView merged = makePolicyView(config_, view);
         std::lock_guard lock(pools_mutex_);
-        // Pools keep their endpoint state (in-flight counts, ejections) across reloads when
-        // their endpoints did not change.
+        // Pools keep their endpoint state (in-flight counts, ejections) across reloads: the
+        // same pool when nothing changed, else (a Service's endpoints changed) a new pool that
+        // shares the state of the endpoints that stay. Requests in flight keep the old pool.
         std::map<std::string, std::shared_ptr<BackendPool>> pools;
         for (const auto& p : merged.pools) {
             auto it = pools_.find(p.name);
             const bool same = it != pools_.end() && it->second->config().endpoints == p.endpoints &&
                               it->second->config().policy == p.policy;
-            pools[p.name] = same ? it->second : std::make_shared<BackendPool>(p);
+            pools[p.name] = same                 ? it->second
+                            : it != pools_.end() ? std::make_shared<BackendPool>(p, *it->second)
+                                                 : std::make_shared<BackendPool>(p);
             if (!same && scraping_)
                 scrapeLoad(pools[p.name]);
         }
@@ -565,10 +568,11 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
         ForwardResult result;
         if (!ep) {
             result.outcome = ForwardOutcome::RetryableStatus;  // circuit open: overflow
-            failure =
-                LocalReply{.status = http::status::service_unavailable,
-                           .type = "server_error",
-                           .message = "upstream pool " + target.pool->name() + " is overloaded"};
+            failure = LocalReply{
+                .status = http::status::service_unavailable,
+                .type = "server_error",
+                .message = "upstream pool " + target.pool->name() +
+                           (target.pool->size() ? " is overloaded" : " has no ready endpoints")};
         } else {
             std::string rewritten;
             const std::string* body = &ex.request.body();  // as the client sent it

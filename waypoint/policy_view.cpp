@@ -25,6 +25,13 @@ std::string endpointOf(const std::string& host, int port) {
     return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
+// "ns/name" of a folder document ("name" when it has no namespace), for messages.
+std::string refOf(const json& doc) {
+    const std::string name = doc.at("name");
+    const std::string ns = doc.value("namespace", "");
+    return ns.empty() ? name : ns + "/" + name;
+}
+
 // The tenant a folder TokenBudget's `spec.tenant` names, in the budget filter's terms.
 std::string tenantOf(const json& tenant) {
     if (tenant.contains("namespace"))
@@ -77,24 +84,39 @@ PolicyView makePolicyView(const Config& base, const json& view) {
     const json routes = view.value("modelRoutes", json::array());
     // Backends of each folder route's model, for other routes' fallbacks.
     std::map<std::string, std::vector<route::TargetConfig>> targets_by_model;
+    // A pool the folder brings (an address's, a service port's), with the defaults of PoolConfig.
+    auto addPool = [&](const std::string& pool, std::vector<std::string> endpoints) {
+        if (pool_names.insert(pool).second)
+            out.pools.push_back(PoolConfig{.name = pool, .endpoints = std::move(endpoints)});
+    };
     for (const auto& doc : routes) {
-        const std::string name = doc.at("name");
+        const std::string name = refOf(doc);
         const json& spec = doc.at("spec");
+        const json services = doc.value("services", json::object());
         std::vector<route::TargetConfig> targets;
         std::uint32_t total_weight = 0;
         for (const auto& b : spec.at("backends")) {
             const std::string host = b.at("host");
             const int port = b.at("port");
+            const std::string host_port = host + ":" + std::to_string(port);
             route::TargetConfig t{.weight = b.value("weight", 1u)};
-            if (pool_names.count(host)) {
+            if (pool_names.count(host)) {  // the Waypoint config's pools win over a Service
                 t.pool = host;
             } else if (isIpAddress(host)) {
                 t.pool = endpointOf(host, port);
-                if (pool_names.insert(t.pool).second)
-                    out.pools.push_back(PoolConfig{.name = t.pool, .endpoints = {t.pool}});
+                addPool(t.pool, {t.pool});
+            } else if (auto it = services.find(host_port);
+                       it != services.end() && it->contains("pool")) {
+                t.pool = it->at("pool").get<std::string>();
+                addPool(t.pool, it->value("endpoints", std::vector<std::string>{}));
+            } else if (it != services.end()) {
+                problems.push_back("ModelRoute " + name + ": backend host " + host + ": " +
+                                   it->value("error", std::string("unusable")));
+                continue;
             } else {
                 problems.push_back("ModelRoute " + name + ": backend host " + host +
-                                   " is neither a pool of the Waypoint config nor an IP address");
+                                   " is neither a pool of the Waypoint config, an IP address nor "
+                                   "a Service of the registry");
                 continue;
             }
             total_weight += t.weight;

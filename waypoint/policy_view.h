@@ -19,7 +19,7 @@ inline constexpr const char* kDefaultTenantHeader = "x-tenant";
 struct PolicyView {
     budget::TokenBudgetConfig budget;             // the config's TokenBudget + the folder's limits
     std::vector<route::ModelRouteConfig> routes;  // the folder's routes first, then the config's
-    std::vector<PoolConfig> pools;                // the config's pools + one per backend address
+    std::vector<PoolConfig> pools;  // the config's pools + one per backend address/service port
 };
 
 // The config's TokenBudget, or (none) one that reads tenants from kDefaultTenantHeader, then the
@@ -32,10 +32,11 @@ budget::TokenBudgetConfig baseBudget(const Config& base);
 //  * TokenBudget `spec.tenant` {namespace | header | principal} names the tenant (a principal
 //    becomes its SPIFFE id), `spec.model` the model, `spec.limits` the per-minute/day limits. A
 //    folder limit replaces a config limit of the same (tenant, model).
-//  * ModelRoute `spec.model` → one route; each backend `host` is either a pool of the config's
-//    Waypoint document or an IP address (its own pool `host:port`); `spec.fallbacks` are model
-//    names whose folder routes' backends are tried next, with the model rewritten;
-//    `spec.timeoutSeconds` is the per-attempt timeout.
+//  * ModelRoute `spec.model` → one route; each backend `host` is a pool of the config's
+//    Waypoint document, an IP address (its own pool `host:port`), or a Service the compiler
+//    resolved (the route's `services`: one pool per Service port, of its ready endpoints,
+//    possibly none); `spec.fallbacks` are model names whose folder routes' backends are tried
+//    next, with the model rewritten; `spec.timeoutSeconds` is the per-attempt timeout.
 // Pure; throws std::invalid_argument naming every problem (the caller keeps the last good view).
 PolicyView makePolicyView(const Config& base, const nlohmann::json& view);
 

@@ -185,13 +185,16 @@ std::string limitsConfig(const Emulator& backend, const std::string& limits) {
            "  timeout: 10s\n  backends: [{pool: main}]\n";
 }
 
-std::unique_ptr<Gateway> startGateway(const std::string& yaml, bool access_log) {
+std::unique_ptr<Gateway> startGateway(const std::string& yaml, bool access_log,
+                                      const std::function<void(Config&)>& adjust) {
     Config config = parseConfig(yaml);
     config.listen = "127.0.0.1:0";
     config.metrics_listen = "127.0.0.1:0";
     config.ready_listen = "127.0.0.1:0";
     config.tokenizer_dir = SLUICE_TEST_TOKENIZER_DIR;
     config.access_log = access_log;
+    if (adjust)
+        adjust(config);
     if (auto problems = config.validate(); !problems.empty()) {
         throw std::runtime_error("config: " + problems.front());
     }

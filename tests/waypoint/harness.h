@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -68,8 +69,10 @@ std::string rawExchange(unsigned short port, const std::string& bytes,
 std::pair<int, std::string> runCommand(const std::string& command);
 
 // A gateway built from YAML text (tokenizer from the build), listening on loopback port 0;
-// the access log (spdlog's default logger) only when asked for.
-std::unique_ptr<Gateway> startGateway(const std::string& yaml, bool access_log = false);
+// the access log (spdlog's default logger) only when asked for. `adjust` edits the config
+// before it is validated (flags such as --policies-dir).
+std::unique_ptr<Gateway> startGateway(const std::string& yaml, bool access_log = false,
+                                      const std::function<void(Config&)>& adjust = {});
 
 // A loopback connection to `port` whose receive buffer is as small as the kernel allows, so a
 // response fills it (and the window it advertises) at once.

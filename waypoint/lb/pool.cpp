@@ -63,12 +63,23 @@ std::string promptPrefix(const RequestContext& ctx, std::size_t bytes) {
     return prefix;
 }
 
+BackendPool::BackendPool(PoolConfig config, const BackendPool& previous)
+    : BackendPool(std::move(config)) {
+    in_flight_ = previous.in_flight_;
+    for (auto& ep : endpoints_) {
+        auto same = std::find_if(previous.endpoints_.begin(), previous.endpoints_.end(),
+                                 [&](const auto& old) { return old->name == ep->name; });
+        if (same != previous.endpoints_.end())
+            ep = *same;
+    }
+}
+
 BackendPool::BackendPool(PoolConfig config) : config_(std::move(config)) {
     for (const auto& name : config_.endpoints) {
         const auto colon = name.rfind(':');
         if (colon == std::string::npos)
             throw std::invalid_argument("endpoint without port: " + name);
-        auto ep = std::make_unique<Endpoint>();
+        auto ep = std::make_shared<Endpoint>();
         ep->name = name;
         std::string host = name.substr(0, colon);
         if (host.size() > 2 && host.front() == '[')
@@ -125,8 +136,8 @@ Endpoint* BackendPool::prefixAffinity(const RequestContext& ctx,
 }
 
 Endpoint* BackendPool::pick(const RequestContext& ctx, const Endpoint* avoid) {
-    if (in_flight_.load() >= config_.max_requests)
-        return nullptr;  // circuit open
+    if (endpoints_.empty() || in_flight_->load() >= config_.max_requests)
+        return nullptr;  // nothing to send to, or the circuit is open
     const auto now = Clock::now();
     std::vector<Endpoint*> healthy;
     for (auto& ep : endpoints_) {
@@ -164,14 +175,14 @@ Endpoint* BackendPool::pick(const RequestContext& ctx, const Endpoint* avoid) {
         }
     }
     chosen->in_flight.fetch_add(1);
-    in_flight_.fetch_add(1);
+    in_flight_->fetch_add(1);
     return chosen;
 }
 
 void BackendPool::finish(Endpoint& ep, bool ok,
                          std::optional<std::chrono::steady_clock::duration> latency) {
     ep.in_flight.fetch_sub(1);
-    in_flight_.fetch_sub(1);
+    in_flight_->fetch_sub(1);
     const auto now = Clock::now();
     std::lock_guard lock(ep.mutex);
     if (latency) {

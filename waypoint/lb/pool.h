@@ -37,17 +37,23 @@ struct Endpoint {
 class BackendPool {
   public:
     explicit BackendPool(PoolConfig config);
+    // The pool that replaces `previous` on a reload (a Service's endpoints changed): endpoints
+    // of both share their state (in-flight counts, peak-EWMA, failures and ejection, load
+    // reports) and the two count one circuit breaker, so requests still in flight on the old
+    // pool are seen by the new one and finish on the same counters.
+    BackendPool(PoolConfig config, const BackendPool& previous);
     const std::string& name() const { return config_.name; }
     const PoolConfig& config() const { return config_; }
 
-    // The endpoint for this request, or nullptr when the circuit is open. Increments the
+    // The endpoint for this request, or nullptr when the circuit is open or the pool has no
+    // endpoints (a Service without ready endpoints). Increments the
     // endpoint's in-flight count; pair with finish().
     Endpoint* pick(const RequestContext& ctx, const Endpoint* avoid = nullptr);
     // Records one attempt's result: `ok` false for connect failures, timeouts and 5xx.
     void finish(Endpoint& ep, bool ok, std::optional<std::chrono::steady_clock::duration> latency);
 
     std::size_t size() const { return endpoints_.size(); }
-    std::uint32_t inFlight() const { return in_flight_.load(); }
+    std::uint32_t inFlight() const { return in_flight_->load(); }
     bool ejected(const Endpoint& ep) const;
     Endpoint& endpoint(std::size_t i) { return *endpoints_[i]; }
 
@@ -63,8 +69,10 @@ class BackendPool {
     Endpoint* prefixAffinity(const RequestContext& ctx, const std::vector<Endpoint*>& healthy);
 
     PoolConfig config_;
-    std::vector<std::unique_ptr<Endpoint>> endpoints_;
-    std::atomic<std::uint32_t> in_flight_{0};
+    // Shared with the pool this one replaced or is replaced by (the constructor above).
+    std::vector<std::shared_ptr<Endpoint>> endpoints_;
+    std::shared_ptr<std::atomic<std::uint32_t>> in_flight_ =
+        std::make_shared<std::atomic<std::uint32_t>>(0);
 };
 
 // The prompt prefix PrefixAffinity hashes: the leading messages / prompt text of the body.
