@@ -264,6 +264,31 @@ TEST(WaypointH2cUpgrade, CurlHttp2UpgradesAndReusesTheConnection) {
                                                "/v1/chat/completions"}));
 }
 
+// HEAD as the upgrading request (nghttp2 is told) and with prior knowledge: answered as over
+// HTTP/1.1 and without DATA, though the answer here (502: the backend is gone) is a local reply
+// whose body the HTTP/1.1 side writes even for HEAD; a client takes DATA on a HEAD for a
+// protocol error.
+TEST(WaypointH2cUpgrade, HeadIsAnsweredWithoutABody) {
+    std::optional<Emulator> backend;
+    backend.emplace("gone");
+    const std::string config = limitsConfig(*backend, "");
+    backend.reset();  // its port is closed now: connections to it are refused
+    auto gw = startGateway(config);
+    const std::string head =
+        "curl -sS -m 10 -I -o /dev/null -w '%{http_version} %{response_code}' "
+        "http://127.0.0.1:" +
+        std::to_string(gw->gatewayPort()) + "/v1/models ";
+    const auto [rc1, http1] = runCommand(head + "--http1.1");
+    ASSERT_EQ(rc1, 0) << http1;
+    ASSERT_EQ(http1, "1.1 502");
+    const auto [rc_upgrade, upgraded] = runCommand(head + "--http2");
+    EXPECT_EQ(rc_upgrade, 0) << upgraded;
+    EXPECT_EQ(upgraded, "2 " + http1.substr(4));
+    const auto [rc_prior, prior] = runCommand(head + "--http2-prior-knowledge");
+    EXPECT_EQ(rc_prior, 0) << prior;
+    EXPECT_EQ(prior, "2 " + http1.substr(4));
+}
+
 // The connection stays HTTP/1.1 when the offer is not taken: a body (served as HTTP/1.1, and the
 // backend sees neither Upgrade nor HTTP2-Settings), no HTTP2-Settings or several (RFC 7540
 // §3.2.1: MUST NOT upgrade). A malformed payload is the connection error RFC 7540 makes an

@@ -284,6 +284,11 @@ void H2Stream::addHeader(std::string_view name, std::string_view value) {
 }
 
 void H2Stream::requestStarted() {
+    // A response to HEAD has no body whatever its framing fields say (nghttp2 knows the method
+    // too and a client takes DATA on it for a protocol error); a body the pipeline writes
+    // anyway is dropped.
+    if (method_ == "HEAD")
+        skip(true);
     request_.append(method_).append(" ").append(path_).append(" HTTP/1.1\r\n");
     readable_.notify();
 }
@@ -374,7 +379,11 @@ awaitable<ByteStream::IoResult> H2Stream::write(std::string data) {
         if (ec)
             break;
     }
-    unparsed_.erase(0, used);
+    // Past the end of the response (one per stream) nothing is sent.
+    if (is_done())
+        unparsed_.clear();
+    else
+        unparsed_.erase(0, used);
     if (ec) {
         spdlog::warn("h2c: stream {}: response does not parse: {}", id_, ec.message());
         co_return IoResult{asio::error::broken_pipe, 0};
