@@ -57,6 +57,13 @@ int32_t H2Client::submit(const std::string& method, const std::string& path,
     return id;
 }
 
+void H2Client::upgraded(std::string_view settings) {
+    const int rv = nghttp2_session_upgrade2(
+        session_, reinterpret_cast<const uint8_t*>(settings.data()), settings.size(), 0, nullptr);
+    ASSERT_EQ(rv, 0) << nghttp2_strerror(rv);
+    streams[1];
+}
+
 bool H2Client::allEnded() const {
     for (const auto& [id, s] : streams) {
         if (!s.ended)

@@ -12,6 +12,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -47,6 +48,9 @@ class H2Client {
                    bool end_request = true,
                    const std::map<std::string, std::string>& headers = {
                        {"content-type", "application/json"}});
+    // The connection was switched from HTTP/1.1 by `Upgrade: h2c` with `settings` (the decoded
+    // HTTP2-Settings): the upgrading request is stream 1, whose response is awaited.
+    void upgraded(std::string_view settings);
     // Runs the connection until every stream ended, the transport ended or `stop` says so.
     // `on_event` runs after every read (it may submit more requests).
     awaitable<void> run(Read read, Write write, std::function<void(H2Client&)> on_event = {});

@@ -1,5 +1,6 @@
 #include "tests/waypoint/harness.h"
 
+#include <poll.h>
 #include <signal.h>
 
 #include <spdlog/sinks/ostream_sink.h>
@@ -176,6 +177,45 @@ tcp::socket connectWithSmallWindow(asio::io_context& io, unsigned short port) {
     s.set_option(asio::socket_base::receive_buffer_size(4096));
     s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
     return s;
+}
+
+void RawBackend::serve() {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    auto left = [&] {
+        return int(std::max<std::int64_t>(0, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                 until - std::chrono::steady_clock::now())
+                                                 .count()));
+    };
+    while (requests_.size() < expected_ && left() > 0) {
+        pollfd a{.fd = acceptor_.native_handle(), .events = POLLIN, .revents = 0};
+        if (::poll(&a, 1, left()) != 1)
+            return;
+        tcp::socket s = acceptor_.accept();
+        ++connections_;
+        std::string in;
+        char buf[4096];
+        while (requests_.size() < expected_) {
+            const auto end = in.find("\r\n\r\n");
+            if (end != std::string::npos) {
+                std::size_t length = 0;
+                if (auto at = in.find("Content-Length: "); at != std::string::npos && at < end)
+                    length = std::stoul(in.substr(at + 16));
+                if (in.size() >= end + 4 + length) {
+                    requests_.push_back(in.substr(0, end + 4 + length));
+                    in.erase(0, end + 4 + length);
+                    asio::write(s, asio::buffer(reply_));
+                    continue;
+                }
+            }
+            pollfd p{.fd = s.native_handle(), .events = POLLIN, .revents = 0};
+            error_code ec;
+            if (::poll(&p, 1, left()) != 1)
+                return;
+            in.append(buf, s.read_some(asio::buffer(buf), ec));
+            if (ec)
+                break;  // the next connection
+        }
+    }
 }
 
 std::string limitsConfig(const Emulator& backend, const std::string& limits) {

@@ -15,6 +15,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -73,6 +74,39 @@ std::pair<int, std::string> runCommand(const std::string& command);
 // before it is validated (flags such as --policies-dir).
 std::unique_ptr<Gateway> startGateway(const std::string& yaml, bool access_log = false,
                                       const std::function<void(Config&)>& adjust = {});
+
+// A backend on loopback that answers every request with the same bytes and keeps the bytes of
+// each request it read, over as many keep-alive connections as it is given (one at a time).
+// Bounded: it gives up 5 s after it started.
+class RawBackend {
+  public:
+    RawBackend(std::string reply, std::size_t requests)
+        : acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)),
+          reply_(std::move(reply)),
+          expected_(requests),
+          thread_([this] { serve(); }) {}
+    ~RawBackend() { thread_.join(); }
+    unsigned short port() const { return acceptor_.local_endpoint().port(); }
+    std::string address() const { return "127.0.0.1:" + std::to_string(port()); }
+    // The requests read and the connections they came on, once it has served them all.
+    std::vector<std::string> requests() {
+        thread_.join();
+        thread_ = std::thread([] {});
+        return requests_;
+    }
+    std::size_t connections() const { return connections_; }
+
+  private:
+    void serve();
+
+    asio::io_context io_;
+    tcp::acceptor acceptor_;
+    std::string reply_;
+    std::size_t expected_;
+    std::vector<std::string> requests_;
+    std::size_t connections_ = 0;
+    std::thread thread_;
+};
 
 // A loopback connection to `port` whose receive buffer is as small as the kernel allows, so a
 // response fills it (and the window it advertises) at once.

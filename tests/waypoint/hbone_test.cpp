@@ -15,6 +15,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/base64.h"
 #include "tests/waypoint/h2_client.h"
 #include "tests/waypoint/harness.h"
 #include "ztunnel/hbone/handshake.h"
@@ -227,6 +228,49 @@ class HboneClient {
             ok = true;
         });
         return ok;
+    }
+    // HTTP/1.1 `upgrade` (a request offering h2c) on a new CONNECT stream: its answer up to the
+    // end of the head, and once that is a 101, `h2` (told of the upgrade) runs on the stream
+    // until its streams ended.
+    std::string h2Upgrade(const std::string& upgrade, H2Client& h2) {
+        std::string head;
+        run([&]() -> awaitable<void> {
+            const hbone::ConnectRequest request{.authority = kVip};
+            auto st = co_await conn_->open_stream(request);
+            if (!st) {
+                failure_ = st.error().message();
+                co_return;
+            }
+            auto stream = *st;
+            co_await stream->write(asio::buffer(upgrade));
+            std::string in;
+            std::array<char, 16384> buf;
+            while (in.find("\r\n\r\n") == std::string::npos) {
+                const std::size_t n = co_await stream->read(asio::buffer(buf));
+                if (n == 0)
+                    co_return;
+                in.append(buf.data(), n);
+            }
+            const auto end = in.find("\r\n\r\n") + 4;
+            head = in.substr(0, end);
+            if (!head.starts_with("HTTP/1.1 101 "))
+                co_return;
+            // The frames that came with the 101 first.
+            auto early = std::make_shared<std::string>(in.substr(end));
+            const H2Client::Read read = [stream,
+                                         early](asio::mutable_buffer b) -> awaitable<std::size_t> {
+                if (early->empty())
+                    co_return co_await stream->read(b);
+                const std::size_t n = asio::buffer_copy(b, asio::buffer(*early));
+                early->erase(0, n);
+                co_return n;
+            };
+            const H2Client::Write write = [stream](std::string d) -> awaitable<bool> {
+                co_return co_await stream->write(asio::buffer(d));
+            };
+            co_await h2.run(read, write);
+        });
+        return head;
     }
     // Sends `bytes`, reads the first response bytes, then reads no more: whether the waypoint
     // reset the stream within `within`, and how long after the first bytes it did.
@@ -541,6 +585,43 @@ TEST(WaypointHbone, H2InsideConnectIsServedWithThePeerIdentity) {
         statuses.push_back(entry["status"].get<int>());
     }
     EXPECT_EQ(statuses, (std::vector<int>{200, 200, 429}));
+}
+
+// `Upgrade: h2c` inside a CONNECT stream: the upgrading request is stream 1 and the next one
+// stream 3, both with the peer's identity (budget, access log) as with prior knowledge.
+TEST(WaypointHbone, H2cUpgradeInsideConnectKeepsThePeerIdentity) {
+    Emulator backend("a");
+    TestCa ca;
+    LogCapture log;
+    auto gw = startGateway(hboneConfig(backend, ca, kSpiffeBudget), true);
+    HboneClient app(ca.ca, kApp);
+    ASSERT_TRUE(app.connect(gw->hbonePort())) << app.failure();
+    // curl's HTTP2-Settings (MAX_CONCURRENT_STREAMS 100, INITIAL_WINDOW_SIZE 32 MiB, no push).
+    const std::string settings = "AAMAAABkAAQCAAAAAAIAAAAA";
+    H2Client h2;
+    h2.upgraded(decodeBase64(settings, Base64Alphabet::Url).value());
+    const int32_t chat = h2.submit("POST", "/v1/chat/completions", chatBody(false, 150));
+    const std::string head = app.h2Upgrade(
+        "GET /v1/models HTTP/1.1\r\nHost: waypoint\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        "Upgrade: h2c\r\nHTTP2-Settings: " +
+            settings + "\r\n\r\n",
+        h2);
+    ASSERT_EQ(head,
+              "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        << app.failure();
+    ASSERT_EQ(h2.streams[1].status, 200u) << h2.streams[1].body;
+    EXPECT_EQ(json::parse(h2.streams[1].body)["object"], "list");
+    ASSERT_EQ(chat, 3);
+    ASSERT_EQ(h2.streams[chat].status, 200u) << h2.streams[chat].body;
+    EXPECT_EQ(h2.streams[chat].headers.at("x-ratelimit-limit-tokens"), "400");
+    gw->stop();
+    std::vector<std::string> paths;
+    for (const auto& entry : accessEntries(log.text())) {
+        EXPECT_EQ(entry["peer"], kApp.uri());
+        EXPECT_EQ(entry["authority"], kVip);
+        paths.push_back(entry["path"]);
+    }
+    EXPECT_EQ(paths, (std::vector<std::string>{"/v1/models", "/v1/chat/completions"}));
 }
 
 TEST(WaypointHbone, StopSendsGoawayToH2InsideConnectAndTheStreamInFlightFinishes) {

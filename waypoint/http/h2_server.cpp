@@ -177,7 +177,7 @@ class H2Session : public std::enable_shared_from_this<H2Session>, private H2Conn
     H2Session(const H2Session&) = delete;
     H2Session& operator=(const H2Session&) = delete;
 
-    awaitable<void> run(std::string_view received);
+    awaitable<void> run(std::string_view received, const H2cUpgraded* upgraded);
 
     nghttp2_session* session() { return session_; }
     std::chrono::milliseconds idleTimeout() const { return limits_.idle_timeout; }
@@ -228,6 +228,8 @@ class H2Session : public std::enable_shared_from_this<H2Session>, private H2Conn
     awaitable<void> readLoop();
     awaitable<void> writeLoop();
     awaitable<void> serveStream(std::shared_ptr<H2Stream> stream);
+    // Stream 1 from the request that asked for the upgrade; false if nghttp2 refused it.
+    bool upgrade(const H2cUpgraded& upgraded);
     // A stream whose HEADERS did not end it: admitted if the budget has room for its body.
     void admit(H2Stream& s);
     void grant(H2Stream& s);
@@ -282,6 +284,11 @@ void H2Stream::addHeader(std::string_view name, std::string_view value) {
 }
 
 void H2Stream::requestStarted() {
+    // A response to HEAD has no body whatever its framing fields say (nghttp2 knows the method
+    // too and a client takes DATA on it for a protocol error); a body the pipeline writes
+    // anyway is dropped.
+    if (method_ == "HEAD")
+        skip(true);
     request_.append(method_).append(" ").append(path_).append(" HTTP/1.1\r\n");
     readable_.notify();
 }
@@ -372,7 +379,11 @@ awaitable<ByteStream::IoResult> H2Stream::write(std::string data) {
         if (ec)
             break;
     }
-    unparsed_.erase(0, used);
+    // Past the end of the response (one per stream) nothing is sent.
+    if (is_done())
+        unparsed_.clear();
+    else
+        unparsed_.erase(0, used);
     if (ec) {
         spdlog::warn("h2c: stream {}: response does not parse: {}", id_, ec.message());
         co_return IoResult{asio::error::broken_pipe, 0};
@@ -578,7 +589,37 @@ awaitable<void> H2Session::serveStream(std::shared_ptr<H2Stream> stream) {
     co_await serveHttp1(client, limits_, handler_, downstream_);
 }
 
-awaitable<void> H2Session::run(std::string_view received) {
+bool H2Session::upgrade(const H2cUpgraded& upgraded) {
+    const Request& request = upgraded.request;
+    // The payload was checked as a SETTINGS frame already: a refusal here is not the client's.
+    const int rv = nghttp2_session_upgrade2(
+        session_, reinterpret_cast<const uint8_t*>(upgraded.settings.data()),
+        upgraded.settings.size(), request.method() == http::verb::head, nullptr);
+    if (rv != 0) {
+        spdlog::warn("h2c: upgrade refused by nghttp2: {}", nghttp2_strerror(rv));
+        return false;
+    }
+    // The request as if it had come as HEADERS with END_STREAM (the same fields the HTTP/1.1
+    // side would see; addHeader drops the connection-specific ones).
+    auto stream = std::make_shared<H2Stream>(*this, 1, executor_);
+    nghttp2_session_set_stream_user_data(session_, 1, stream.get());
+    stream->addHeader(":method", sv(request.method_string()));
+    stream->addHeader(":path", sv(request.target()));
+    if (auto host = request.find(http::field::host); host != request.end())
+        stream->addHeader(":authority", sv(host->value()));
+    for (const auto& field : request) {
+        const std::string name = lower(sv(field.name_string()));
+        if (name != "host" && name != "http2-settings")
+            stream->addHeader(name, sv(field.value()));
+    }
+    stream->requestStarted();
+    stream->requestComplete(limits_.max_body_bytes);
+    streams_[1] = stream;
+    asio::co_spawn(executor_, serveStream(std::move(stream)), asio::detached);
+    return true;
+}
+
+awaitable<void> H2Session::run(std::string_view received, const H2cUpgraded* upgraded) {
     auto self = shared_from_this();
     const nghttp2_settings_entry settings[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, kH2MaxConcurrentStreams},
@@ -590,7 +631,7 @@ awaitable<void> H2Session::run(std::string_view received) {
         static_cast<int32_t>(std::min<std::size_t>(h2BodyBudget(limits_), kMaxWindow)));
     if (registry_ != nullptr)
         registry_->add(*this);
-    if (!feed(received)) {
+    if ((upgraded != nullptr && !upgrade(*upgraded)) || !feed(received)) {
         close(false);
         error_code ec;
         transport_.close(ec);
@@ -706,10 +747,10 @@ bool isH2Preface(const beast::flat_buffer& buffer) {
 
 awaitable<void> serveH2c(ClientStream& transport, const beast::flat_buffer& received,
                          const ServerLimits& limits, const Handler& handler,
-                         const Downstream& downstream) {
+                         const Downstream& downstream, const H2cUpgraded* upgraded) {
     auto session = std::make_shared<H2Session>(transport, limits, handler, downstream);
     const auto data = received.data();
-    co_await session->run({static_cast<const char*>(data.data()), data.size()});
+    co_await session->run({static_cast<const char*>(data.data()), data.size()}, upgraded);
 }
 
 }  // namespace sluice::waypoint

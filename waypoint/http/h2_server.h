@@ -47,13 +47,22 @@ class H2Connections {
 // error path tells h2c with prior knowledge apart, so HTTP/1.1 requests pay nothing for it.
 bool isH2Preface(const beast::flat_buffer& buffer);
 
+// The HTTP/1.1 request that switched its connection with `Upgrade: h2c` (the 101 is sent).
+struct H2cUpgraded {
+    const Request& request;     // bodiless (h2cUpgradeOffer)
+    std::string_view settings;  // its HTTP2-Settings, decoded and valid (h2cUpgradeOffer)
+};
+
 // Serves h2c on `transport` (a TCP connection or an HBONE stream); `received` holds the bytes
 // read so far (the preface's start and maybe the client's first frames). Every HTTP/2 stream is
 // served as one HTTP/1.1 request through serveHttp1 and `handler`, translated at the stream
 // boundary, with `downstream`'s peer identity and authority. Registers with `downstream.h2`.
-// Returns when the connection ended (streams still running hold no reference to `transport`).
+// With `upgraded`, the client's settings are in effect from the start and its request is stream
+// 1 (half-closed remote), answered like any other; the client's preface follows in `received`
+// or on the transport. Returns when the connection ended (streams still running hold no
+// reference to `transport` or `upgraded`).
 awaitable<void> serveH2c(ClientStream& transport, const beast::flat_buffer& received,
                          const ServerLimits& limits, const Handler& handler,
-                         const Downstream& downstream);
+                         const Downstream& downstream, const H2cUpgraded* upgraded = nullptr);
 
 }  // namespace sluice::waypoint

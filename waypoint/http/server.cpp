@@ -15,6 +15,7 @@
 #include "waypoint/http/deadline.h"
 #include "waypoint/http/direct_io.h"
 #include "waypoint/http/h2_server.h"
+#include "waypoint/http/h2c_upgrade.h"
 #include "waypoint/http/openai_error.h"
 
 namespace sluice::waypoint {
@@ -78,6 +79,18 @@ class Http1Member final : public H2Connections::Member {
     bool stopping_ = false;
     const RequestParser* reading_ = nullptr;
 };
+
+// An error reply that ends the connection: written within the request timeout, then a
+// lingering close.
+awaitable<void> replyAndClose(ClientStream& socket, Deadline& deadline, const LocalReply& reply,
+                              std::chrono::milliseconds timeout) {
+    auto res = toResponse(reply, 11, false);
+    error_code ec;
+    deadline.arm(socket, timeout);
+    co_await http::async_write(socket, res, noThrow(ec));
+    deadline.disarm();
+    co_await lingerBeforeClose(socket);
+}
 
 }  // namespace
 
@@ -177,15 +190,32 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
             } else {
                 reply = badRequest("malformed HTTP request: " + ec.message());
             }
-            auto res = toResponse(reply, 11, false);
-            error_code write_ec;
-            deadline.arm(socket, limits.request_timeout);
-            co_await http::async_write(socket, res, noThrow(write_ec));
-            deadline.disarm();
-            co_await lingerBeforeClose(socket);
+            co_await replyAndClose(socket, deadline, reply, limits.request_timeout);
             break;
         }
         Request request = parser.release();
+        if (downstream.h2 != nullptr && !member.stopping()) {
+            // Upgrade: h2c (RFC 7540 §3.2) where h2c with prior knowledge is served too; not
+            // while stopping (the request is answered over HTTP/1.1 with Connection: close).
+            auto offer = h2cUpgradeOffer(request);
+            if (offer.verdict == H2cUpgradeOffer::Verdict::Malformed) {
+                co_await replyAndClose(socket, deadline, badRequest(std::move(offer.problem)),
+                                       limits.request_timeout);
+                break;
+            }
+            if (offer.verdict == H2cUpgradeOffer::Verdict::Upgrade) {
+                deadline.arm(socket, limits.request_timeout);
+                co_await asio::async_write(socket, asio::buffer(kSwitchingToH2c), noThrow(ec));
+                deadline.disarm();
+                if (ec)
+                    break;
+                // The connection changes hands as with prior knowledge; this request is its
+                // stream 1, and what the buffer holds past it (the client's preface) is HTTP/2.
+                const H2cUpgraded upgraded{request, offer.settings};
+                co_await serveH2c(socket, buffer, limits, handler, downstream, &upgraded);
+                co_return;
+            }
+        }
         Exchange exchange{socket,
                           buffer,
                           request,

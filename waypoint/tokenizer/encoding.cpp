@@ -6,39 +6,12 @@
 #include <fstream>
 #include <limits>
 
+#include "common/base64.h"
+
 namespace sluice::waypoint::tokenizer {
 namespace {
 
 constexpr Rank kNoRank = std::numeric_limits<Rank>::max();
-
-std::expected<std::string, Error> decodeBase64(std::string_view in) {
-    static constexpr auto table = [] {
-        std::array<int8_t, 256> t{};
-        t.fill(-1);
-        const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        for (int i = 0; i < 64; ++i)
-            t[static_cast<unsigned char>(alphabet[i])] = int8_t(i);
-        return t;
-    }();
-    while (!in.empty() && in.back() == '=')
-        in.remove_suffix(1);
-    std::string out;
-    out.reserve(in.size() * 3 / 4);
-    std::uint32_t acc = 0;
-    int bits = 0;
-    for (unsigned char c : in) {
-        const int v = table[c];
-        if (v < 0)
-            return std::unexpected(Error::RankFileMalformed);
-        acc = (acc << 6) | std::uint32_t(v);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out.push_back(char((acc >> bits) & 0xFF));
-        }
-    }
-    return out;
-}
 
 // BPE over one piece exactly as tiktoken merges: repeatedly merge the adjacent pair whose
 // concatenation has the lowest rank, the leftmost one on ties, until no pair is a token.
@@ -247,7 +220,7 @@ std::expected<std::shared_ptr<const Encoding>, Error> Encoding::load(
             return std::unexpected(Error::RankFileMalformed);
         auto bytes = decodeBase64(std::string_view(line).substr(0, space));
         if (!bytes)
-            return std::unexpected(bytes.error());
+            return std::unexpected(Error::RankFileMalformed);
         char* end = nullptr;
         const unsigned long rank = std::strtoul(line.c_str() + space + 1, &end, 10);
         if (*end != '\0' || rank >= kNoRank || !ranks.insert(*bytes, Rank(rank))) {
