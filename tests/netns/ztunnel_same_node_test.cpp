@@ -4,7 +4,14 @@
 // no HBONE connection, the destination's authorization, both access-log lines and Istio's
 // metrics. With the fast path off (SLUICE_SAME_NODE_FAST_PATH=0) it goes over HBONE again.
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <filesystem>
 
 #include <fstream>
 #include <future>
@@ -82,6 +89,48 @@ class ZtunnelSameNodeTest : public SidecarlessMeshTest {
         a.listener = listen_in(pod("mesh/server"), kAppPort);
         std::tie(a.client, a.server) = connect_apps(pod("mesh/client"), ip, port, a.listener);
         return a;
+    }
+    // TCP_NODELAY of every connected TCP socket of node0's ztunnel whose local port is `port`,
+    // read from ztunnel's own descriptors (pidfd_getfd duplicates them into this process).
+    std::vector<int> nodelay_of_connections_on(uint16_t port) const {
+        pid_t ztunnel = 0;
+        for (const auto& d : state_.daemons) {
+            if (d.name == "sluice-ztunnel" && d.node == 0)
+                ztunnel = d.pid;
+        }
+        std::vector<int> out;
+        const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, ztunnel, 0));
+        if (pidfd < 0) {
+            ADD_FAILURE() << "pidfd_open " << ztunnel << ": " << strerror(errno);
+            return out;
+        }
+        for (const auto& e :
+             std::filesystem::directory_iterator("/proc/" + std::to_string(ztunnel) + "/fd")) {
+            const int target = std::stoi(e.path().filename());
+            const int fd = static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, target, 0));
+            if (fd < 0)
+                continue;
+            sockaddr_storage local{}, peer{};
+            socklen_t len = sizeof local, plen = sizeof peer;
+            int type = 0;
+            socklen_t tlen = sizeof type;
+            if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0 && type == SOCK_STREAM &&
+                ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 &&
+                ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &plen) == 0) {
+                const uint16_t local_port =
+                    local.ss_family == AF_INET
+                        ? ntohs(reinterpret_cast<sockaddr_in*>(&local)->sin_port)
+                        : ntohs(reinterpret_cast<sockaddr_in6*>(&local)->sin6_port);
+                int on = 0;
+                socklen_t olen = sizeof on;
+                if (local_port == port &&
+                    ::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &olen) == 0)
+                    out.push_back(on);
+            }
+            ::close(fd);
+        }
+        ::close(pidfd);
+        return out;
     }
     std::string service_vip() const {
         for (const auto& s : state_.services) {
@@ -237,6 +286,11 @@ TEST_F(ZtunnelSameNodeOverHbone, WithTheFastPathOffTheSamePodsUseHbone) {
     ASSERT_TRUE(c && s);
     EXPECT_TRUE(test::bytes_flow(c.get(), s.get(), "over hbone"));
     EXPECT_EQ(hbone_sockets(server), 1);
+    // The connections ztunnel accepted (the app's on :15001, the HBONE peer's on :15008) send
+    // without Nagle's wait for the previous segment's ACK: with it, a small write behind
+    // another stream's unacknowledged frame on a shared HBONE connection waited about 1 ms.
+    EXPECT_EQ(nodelay_of_connections_on(15001), std::vector<int>{1});
+    EXPECT_EQ(nodelay_of_connections_on(15008), std::vector<int>{1});
     c = Fd();
     s = Fd();
     auto out = access_lines(0, "outbound", 1);

@@ -4,6 +4,7 @@
 #include <linux/netfilter_ipv4.h>
 #include <linux/netfilter_ipv6/ip6_tables.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -112,9 +113,13 @@ int open_listener(const tcp::endpoint& at, int backlog) {
         return -errno;
     const int one = 1;
     const uint32_t mark = kZtunnelMark;
+    // TCP_NODELAY here is inherited by every accepted connection (Linux clones the listener's
+    // socket): a small write (a response, an HBONE frame of another stream) leaves at once
+    // instead of waiting for the ACK of the previous one.
     if (::setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0 ||
         ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-        ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+        ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
         return fail(fd);
     }
     if (family == AF_INET6)
