@@ -417,6 +417,10 @@ awaitable<void> Gateway::reply(Exchange& ex, RequestContext& ctx, const LocalRep
             res.set(name, value);
     }
     ctx.status = unsigned(local.status);
+    // The answer to HEAD has the length of the body GET would get and no body (RFC 9110 §9.3.2):
+    // bytes after the head would be read as the start of the next response.
+    if (ex.request.method() == http::verb::head)
+        res.body().clear();
     error_code ec;
     co_await http::async_write(ex.stream, res, noThrow(ec));
     if (ec)

@@ -615,12 +615,18 @@ TEST(WaypointGateway, StopAnswersARequestThatHadBegunToArrive) {
 
 // Answers without a body keep a kept-alive connection in step: a HEAD's Content-Length is the
 // GET's (no body follows), a 204/304 gets no chunked framing of ours.
+// A waypoint with one pool (the backend) and one route for `models` (a YAML list).
+std::unique_ptr<Gateway> onePoolGateway(const Emulator& backend, const std::string& models) {
+    return startGateway("kind: Waypoint\nspec:\n  pools:\n    - {name: main, endpoints: [\"" +
+                        backend.address() +
+                        "\"]}\n---\nkind: ModelRoute\nmetadata: {name: route}\nspec:\n"
+                        "  models: " +
+                        models + "\n  backends: [{pool: main}]\n");
+}
+
 TEST(WaypointGateway, BodilessAnswersKeepTheConnectionInStep) {
     Emulator backend("a");
-    auto gw = startGateway("kind: Waypoint\nspec:\n  pools:\n    - {name: main, endpoints: [\"" +
-                           backend.address() +
-                           "\"]}\n---\nkind: ModelRoute\nmetadata: {name: all}\nspec:\n"
-                           "  models: [\"*\"]\n  backends: [{pool: main}]\n");
+    auto gw = onePoolGateway(backend, "[\"*\"]");
     const std::string got = rawExchange(gw->gatewayPort(),
                                         "HEAD /v1/files HTTP/1.1\r\nHost: x\r\n\r\n"
                                         "GET /emulator/status/204 HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -644,6 +650,25 @@ TEST(WaypointGateway, BodilessAnswersKeepTheConnectionInStep) {
         EXPECT_TRUE(reply.ends_with("\r\n\r\n")) << reply;
     }
     EXPECT_NE(got.find("\"object\":\"chat.completion\"", chat), std::string::npos) << got;
+}
+
+// The waypoint's own answers to HEAD (here: no route for the path) carry the length and no body:
+// a body after the head would be read as the start of the next response on the connection.
+TEST(WaypointGateway, AnOwnAnswerToHeadHasNoBody) {
+    Emulator backend("a");
+    auto gw = onePoolGateway(backend, "[gpt-4o]");
+    const std::string got =
+        rawExchange(gw->gatewayPort(),
+                    "HEAD /v1/files HTTP/1.1\r\nHost: x\r\n\r\n"
+                    "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    ASSERT_TRUE(got.starts_with("HTTP/1.1 4")) << got;
+    const auto models = got.find("HTTP/1.1 200");
+    ASSERT_NE(models, std::string::npos) << got;
+    const std::string head_reply = got.substr(0, models);
+    EXPECT_TRUE(head_reply.ends_with("\r\n\r\n")) << "a body after the HEAD answer: " << got;
+    EXPECT_NE(head_reply.find("Content-Length: "), std::string::npos) << head_reply;
+    EXPECT_EQ(head_reply.find("Content-Length: 0\r\n"), std::string::npos) << head_reply;
+    EXPECT_NE(got.find("\"object\":\"list\"", models), std::string::npos) << got;
 }
 
 // A client that sends `Expect: 100-continue` gets the waypoint's own interim 100 at once and
