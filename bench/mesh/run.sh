@@ -494,10 +494,10 @@ listen in_8080
                     for pod in $pod_names; do
                         hpids+=("$(ex_scale --detach --log "$scale/haproxy.log" "$pod" -- haproxy -db -f "$scale_cfg")")
                     done
-                    for p in "${hpids[@]}"; do  # listening (the in_8080 socket exists) or gone
+                    for p in "${hpids[@]}"; do  # listening on :15006 (0x3A9E, its in_8080) or gone
                         for _ in $(seq 50); do
                             [[ -d /proc/$p ]] || { echo "memory: haproxy $p exited" >&2; cat "$scale/haproxy.log" >&2; exit 1; }
-                            grep -q ':3AA6 ' "/proc/$p/net/tcp" && break
+                            grep -q ':3A9E ' "/proc/$p/net/tcp" && break
                             sleep 0.1
                         done
                     done
