@@ -139,7 +139,7 @@ for _ in $(seq 40); do
     chat tenant-a -o /dev/null -D - 2>/dev/null | grep -qi '^x-ratelimit-limit-tokens: 200' && break
     sleep 0.25
 done
-echo "tenant-a/frontend sends chat completions (through ztunnel, HBONE) until its budget of 200 tokens/min is spent:"
+echo "tenant-a/frontend sends chat completions (through ztunnel) until its budget of 200 tokens/min is spent:"
 for i in $(seq 30); do
     code=$(chat tenant-a -o "$RUN/reply.json" -w '%{http_code}' || true)
     if [[ $code == 200 ]]; then
@@ -149,9 +149,10 @@ for i in $(seq 30); do
         break
     fi
 done
-echo "the client -> waypoint hop in ztunnel's access log (HBONE, both SPIFFE identities):"
+echo "the client -> waypoint hop in ztunnel's access log (both SPIFFE identities; both pods are on"
+echo "node0, so ztunnel hands it from its outbound to its inbound side without an HBONE hop):"
 grep -h "\"dst.addr\":\"$GATEWAY\"" "$RUN"/node*/ztunnel-access.log | grep '"direction":"outbound"' | tail -n 1 |
-    python3 -c 'import json,sys; e=json.loads(sys.stdin.read()); print("  %s -> %s via %s: %s" % (e["src.identity"], e["dst.identity"], e["dst.hbone_addr"], e["result"]))' ||
+    python3 -c 'import json,sys; e=json.loads(sys.stdin.read()); print("  %s -> %s %s: %s" % (e["src.identity"], e["dst.identity"], "same node, in-process" if e.get("same_node") else "via HBONE " + e["dst.hbone_addr"], e["result"]))' ||
     echo "  (no line yet)"
 echo "the refusal, as an OpenAI client sees it:"
 chat tenant-a -i || true
