@@ -6,13 +6,13 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "tests/netns/access_log_lines.h"
 #include "tests/netns/ztunnel_cluster.h"
 #include "tests/support/cgroup_guard.h"
 #include "tests/support/sockets.h"
@@ -76,26 +76,15 @@ class SidecarlessMeshTest : public ZtunnelClusterTest {
         return {};
     }
     // The access-log lines of `node`'s ztunnel with direction `direction` (all when empty),
-    // waiting up to 5 s for at least `want` of them (a line is written when its connection
-    // ended, which can come after the test's own end of it).
+    // waiting up to 5 s for at least `want` of them.
     std::vector<nlohmann::json> access_lines(size_t node, const std::string& direction,
                                              size_t want) const {
-        using namespace std::chrono_literals;
-        std::vector<nlohmann::json> out;
-        for (int i = 0; i < 50; ++i) {
-            out.clear();
-            std::ifstream f(state_.nodes.at(node).run_dir + "/ztunnel-access.log");
-            for (std::string line; std::getline(f, line);) {
-                auto j = nlohmann::json::parse(line, nullptr, false);
-                if (!j.is_discarded() &&
-                    (direction.empty() || j.value("direction", "") == direction))
-                    out.push_back(std::move(j));
-            }
-            if (out.size() >= want)
-                break;
-            std::this_thread::sleep_for(100ms);
-        }
-        return out;
+        return awaited_access_log_lines(
+            state_.nodes.at(node).run_dir + "/ztunnel-access.log",
+            [&](const nlohmann::json& e) {
+                return direction.empty() || e.value("direction", "") == direction;
+            },
+            want);
     }
 };
 

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "common/process.h"
+#include "tests/netns/access_log_lines.h"
 #include "tests/support/privileged.h"
 #include "tests/support/sockets.h"
 #include "tests/testbed/mesh.h"
@@ -369,34 +370,10 @@ class WaypointHboneTest : public WaypointTest {
         return reply;
     }
 
-    // The JSON lines of a ztunnel access log that satisfy `match`.
-    static std::vector<json> access_lines(const std::string& path,
-                                          const std::function<bool(const json&)>& match) {
-        std::vector<json> out;
-        std::ifstream log(path);
-        for (std::string line; std::getline(log, line);) {
-            auto e = json::parse(line, nullptr, false);
-            if (!e.is_discarded() && match(e))
-                out.push_back(e);
-        }
-        return out;
-    }
-    // access_lines once some line matches, waiting up to 5 s: ztunnel writes a connection's line
-    // when it has seen the connection end, which can come after the client process exited.
-    static std::vector<json> awaited_access_lines(const std::string& path,
-                                                  const std::function<bool(const json&)>& match) {
-        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-        auto lines = access_lines(path, match);
-        while (lines.empty() && std::chrono::steady_clock::now() < until) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(50));
-            lines = access_lines(path, match);
-        }
-        return lines;
-    }
     std::vector<json> ztunnel_lines(const std::function<bool(const json&)>& match) {
         std::vector<json> out;
         for (const auto& n : state_.nodes) {
-            for (auto& e : access_lines(n.run_dir + "/ztunnel-access.log", match))
+            for (auto& e : access_log_lines(n.run_dir + "/ztunnel-access.log", match))
                 out.push_back(std::move(e));
         }
         return out;
@@ -427,7 +404,7 @@ TEST_F(WaypointHboneTest, ServiceVipGoesThroughTheWaypointOverHbone) {
 
     // The client's node ztunnel: HBONE to the waypoint pod, the VIP as destination.
     const std::string waypoint_ip = state_.find_pod("ai/waypoint")->ip;
-    auto hops = awaited_access_lines(
+    auto hops = awaited_access_log_lines(
         state_.nodes.at(client_->node).run_dir + "/ztunnel-access.log", [&](const json& e) {
             return e.value("direction", "") == "outbound" && e.value("dst.addr", "") == llm_vip_;
         });
@@ -555,7 +532,7 @@ TEST_F(WaypointHboneTest, WaypointDownRefusesInsteadOfBypassing) {
     EXPECT_EQ(r.status, 0u) << r.body;
     EXPECT_NE(r.exit_code, 0) << "curl must see a reset or closed connection";
     EXPECT_EQ(emulator_requests(), served_before) << "the request reached a backend directly";
-    auto failed = awaited_access_lines(
+    auto failed = awaited_access_log_lines(
         state_.nodes.at(client_->node).run_dir + "/ztunnel-access.log", [&](const json& e) {
             return e.value("dst.addr", "") == llm_vip_ && e.value("result", "") != "ok";
         });
