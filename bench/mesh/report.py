@@ -65,11 +65,25 @@ def parse_rate(path):
             "failed": failed}
 
 
+def wrk_figures(prefix):
+    """Medians of the 1- and 32-connection wrk runs <prefix>-c{1,32}-<round>.txt and the CPU read
+    around the 32-connection ones, with the per-round values behind them."""
+    c1 = [parse_wrk(f"{out_dir}/{prefix}-c1-{r}.txt") for r in rounds]
+    c32 = [parse_wrk(f"{out_dir}/{prefix}-c32-{r}.txt") for r in rounds]
+    cpu = [parse_cpu(f"{out_dir}/{prefix}-c32-{r}.cpu", c32[r - 1]["requests"]) for r in rounds]
+    return {**{f"{q}_ms_c1": round(median(c1, f"{q}_ms"), 4) for q in ("p50", "p90", "p99")},
+            "requests_per_s_c1": round(median(c1, "requests_per_s")),
+            "requests_per_s_c32": round(median(c32, "requests_per_s")),
+            "p50_ms_c32": round(median(c32, "p50_ms"), 4),
+            "proxy_cpu_s_per_10k_c32": round(median(cpu, "proxy_cpu_s_per_10k"), 3),
+            "machine_cpu_s_per_10k_c32": round(median(cpu, "machine_cpu_s_per_10k"), 3),
+            "wrk_errors": sum(s["errors"] for s in c1 + c32),
+            "rounds": {"p50_ms_c1": [s["p50_ms"] for s in c1],
+                       "requests_per_s_c32": [s["requests_per_s"] for s in c32]}}
+
+
 modes = {}
 for mode in MODES:
-    c1 = [parse_wrk(f"{out_dir}/{mode}-c1-{r}.txt") for r in rounds]
-    c32 = [parse_wrk(f"{out_dir}/{mode}-c32-{r}.txt") for r in rounds]
-    cpu = [parse_cpu(f"{out_dir}/{mode}-c32-{r}.cpu", c32[r - 1]["requests"]) for r in rounds]
     bulk = [parse_iperf(f"{out_dir}/{mode}-iperf-{r}.json") for r in rounds]
     bulk_local = [parse_iperf(f"{out_dir}/{mode}-iperf-local-{r}.json") for r in rounds]
     at_rate = {}
@@ -77,23 +91,13 @@ for mode in MODES:
         samples = [parse_rate(f"{out_dir}/{mode}-rate{rate}-{r}.samples") for r in rounds]
         at_rate[str(rate)] = {**{q: round(median(samples, q), 4) for q in ("p50_ms", "p90_ms", "p99_ms")},
                               "failed": sum(s["failed"] for s in samples)}
-    modes[mode] = {
-        "p50_ms_c1": round(median(c1, "p50_ms"), 4),
-        "p90_ms_c1": round(median(c1, "p90_ms"), 4),
-        "p99_ms_c1": round(median(c1, "p99_ms"), 4),
-        "requests_per_s_c1": round(median(c1, "requests_per_s")),
-        "requests_per_s_c32": round(median(c32, "requests_per_s")),
-        "p50_ms_c32": round(median(c32, "p50_ms"), 4),
+    modes[mode] = wrk_figures(mode)
+    modes[mode].update({
         "iperf3_gbit_per_s": round(median(bulk, "gbit_per_s"), 3),
         "iperf3_same_node_gbit_per_s": round(median(bulk_local, "gbit_per_s"), 3),
-        "proxy_cpu_s_per_10k_c32": round(median(cpu, "proxy_cpu_s_per_10k"), 3),
-        "machine_cpu_s_per_10k_c32": round(median(cpu, "machine_cpu_s_per_10k"), 3),
         "fixed_rate": at_rate,
-        "wrk_errors": sum(s["errors"] for s in c1 + c32),
-        "rounds": {"p50_ms_c1": [s["p50_ms"] for s in c1],
-                   "requests_per_s_c32": [s["requests_per_s"] for s in c32],
-                   "iperf3_gbit_per_s": [round(s["gbit_per_s"], 3) for s in bulk]},
-    }
+    })
+    modes[mode]["rounds"]["iperf3_gbit_per_s"] = [round(s["gbit_per_s"], 3) for s in bulk]
 base = modes["none"]
 for m in modes.values():
     m["added_p50_ms_c1"] = round(m["p50_ms_c1"] - base["p50_ms_c1"], 4)
@@ -103,18 +107,7 @@ for m in modes.values():
             r[f"added_{q}"] = round(r[q] - base["fixed_rate"][rate][q], 4)
 
 # Sidecarless + waypoint: the same chat request to nginx straight (direct) and through the waypoint.
-waypoint = {}
-for path in ("direct", "waypoint"):
-    c1 = [parse_wrk(f"{out_dir}/waypoint-{path}-c1-{r}.txt") for r in rounds]
-    c32 = [parse_wrk(f"{out_dir}/waypoint-{path}-c32-{r}.txt") for r in rounds]
-    cpu = [parse_cpu(f"{out_dir}/waypoint-{path}-c32-{r}.cpu", c32[r - 1]["requests"]) for r in rounds]
-    waypoint[path] = {**{f"{q}_ms_c1": round(median(c1, f"{q}_ms"), 4) for q in ("p50", "p90", "p99")},
-                      "requests_per_s_c32": round(median(c32, "requests_per_s")),
-                      "proxy_cpu_s_per_10k_c32": round(median(cpu, "proxy_cpu_s_per_10k"), 3),
-                      "machine_cpu_s_per_10k_c32": round(median(cpu, "machine_cpu_s_per_10k"), 3),
-                      "wrk_errors": sum(s["errors"] for s in c1 + c32),
-                      "rounds": {"p50_ms_c1": [s["p50_ms"] for s in c1],
-                                 "requests_per_s_c32": [s["requests_per_s"] for s in c32]}}
+waypoint = {path: wrk_figures(f"waypoint-{path}") for path in ("direct", "waypoint")}
 for q in ("p50", "p90", "p99"):
     waypoint["waypoint"][f"added_{q}_ms_c1"] = round(
         waypoint["waypoint"][f"{q}_ms_c1"] - waypoint["direct"][f"{q}_ms_c1"], 4)
