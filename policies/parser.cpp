@@ -1,7 +1,9 @@
 #include "policies/parser.h"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
+#include <initializer_list>
 #include <set>
 #include <string_view>
 
@@ -406,9 +408,103 @@ void parse_boundary(YamlReader& r, const ObjectMeta& meta, const YAML::Node& spe
     out.boundaries.push_back(std::move(b));
 }
 
-// TokenBudget: spec.tenant (one of namespace, principal, header), spec.model (optional, "*"
-// default), spec.limits with at least one of tokensPerMinute, requestsPerMinute, tokensPerDay,
-// maxConcurrent.
+// What a field reader made of one field of a map.
+enum class Field { Valid, Invalid, Unknown };
+
+// Reads the map `node` (at `ctx`) into `out` (made an object), one `field(key, value, where)`
+// per entry; unknown fields warn. Says whether `node` is a map and every field it knows was valid.
+template <typename FieldReader>
+bool read_fields(YamlReader& r, const YAML::Node& node, const std::string& ctx, nlohmann::json& out,
+                 FieldReader field) {
+    if (!r.expect_map(node, ctx))
+        return false;
+    out = nlohmann::json::object();
+    bool ok = true;
+    for (const auto& kv : node) {
+        const std::string key = kv.first.as<std::string>("");
+        const Field f = field(key, kv.second, ctx + "." + key);
+        if (f == Field::Unknown)
+            r.unknown_field(kv.first, ctx, key);
+        ok &= f != Field::Invalid;
+    }
+    return ok;
+}
+
+Field valid_if(bool ok) {
+    return ok ? Field::Valid : Field::Invalid;
+}
+
+// An integer field of a waypoint kind's map: its name and accepted range.
+struct IntField {
+    const char* name;
+    long long min;
+    long long max;
+};
+
+// Reads a map whose fields are all integers of `fields` into `out`; `any` counts the known
+// fields present.
+bool read_int_fields(YamlReader& r, const YAML::Node& node, const std::string& ctx,
+                     std::initializer_list<IntField> fields, nlohmann::json& out,
+                     std::size_t* any = nullptr) {
+    return read_fields(r, node, ctx, out,
+                       [&](const std::string& key, const YAML::Node& v, const std::string& where) {
+                           auto f = std::find_if(fields.begin(), fields.end(),
+                                                 [&](const IntField& x) { return key == x.name; });
+                           if (f == fields.end())
+                               return Field::Unknown;
+                           if (any != nullptr)
+                               ++*any;
+                           return valid_if(take(r.integer(v, where, f->min, f->max), out[key]));
+                       });
+}
+
+bool is_sha256_hex(const std::string& s) {
+    return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
+               return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+           });
+}
+
+// spec.tenant.apiKey: {name, sha256: [hex digests of the keys], header (default
+// authorization)}. Keys themselves never sit in a ConfigMap, only their SHA-256.
+bool read_api_key_tenant(YamlReader& r, const YAML::Node& node, nlohmann::json& out) {
+    const std::string ctx = "spec.tenant.apiKey";
+    bool ok =
+        read_fields(r, node, ctx, out,
+                    [&](const std::string& key, const YAML::Node& v, const std::string& where) {
+                        if (key == "name" || key == "header")
+                            return valid_if(take(r.string(v, where), out[key]));
+                        if (key != "sha256")
+                            return Field::Unknown;
+                        std::vector<std::string> digests;
+                        if (!take(r.string_list(v, where), digests))
+                            return Field::Invalid;
+                        bool all_valid = true;
+                        for (std::size_t i = 0; i < digests.size(); ++i) {
+                            std::string& d = digests[i];
+                            std::transform(d.begin(), d.end(), d.begin(),
+                                           [](unsigned char c) { return char(std::tolower(c)); });
+                            if (!is_sha256_hex(d)) {
+                                r.error(v[i], where + "[" + std::to_string(i) +
+                                                  "]: not a SHA-256 digest (64 hex digits)");
+                                all_valid = false;
+                            }
+                        }
+                        out["sha256"] = digests;
+                        return valid_if(all_valid);
+                    });
+    if (ok &&
+        (out.value("name", "").empty() || out.value("sha256", nlohmann::json::array()).empty())) {
+        r.error(node, ctx + ": name and at least one sha256 digest are required");
+        ok = false;
+    }
+    if (!out.contains("header"))
+        out["header"] = "authorization";
+    return ok;
+}
+
+// TokenBudget: spec.tenant (one of namespace, principal, header, apiKey), spec.model (optional,
+// "*" default), spec.limits with at least one of tokensPerMinute, requestsPerMinute,
+// tokensPerDay, maxConcurrent.
 void parse_token_budget(YamlReader& r, const ObjectMeta& meta, const YAML::Node& spec,
                         PolicySet& out) {
     if (!r.expect_map(spec, "spec"))
@@ -426,40 +522,31 @@ void parse_token_budget(YamlReader& r, const ObjectMeta& meta, const YAML::Node&
             nlohmann::json t = nlohmann::json::object();
             for (const auto& tkv : v) {
                 const std::string tkey = tkv.first.as<std::string>("");
-                if (tkey != "namespace" && tkey != "principal" && tkey != "header") {
+                if (tkey == "apiKey") {
+                    ok &= read_api_key_tenant(r, tkv.second, t[tkey]);
+                } else if (tkey == "namespace" || tkey == "principal" || tkey == "header") {
+                    ok &= take(r.string(tkv.second, "spec.tenant." + tkey), t[tkey]);
+                } else {
                     r.unknown_field(tkv.first, "spec.tenant", tkey);
-                    continue;
                 }
-                ok &= take(r.string(tkv.second, "spec.tenant." + tkey), t[tkey]);
             }
             if (t.size() != 1) {
-                r.error(v, "spec.tenant: give exactly one of namespace, principal, header");
+                r.error(v, "spec.tenant: give exactly one of namespace, principal, header, apiKey");
                 ok = false;
             }
             j["tenant"] = t;
         } else if (key == "model") {
             ok &= take(r.string(v, "spec.model"), j["model"]);
         } else if (key == "limits") {
-            if (!r.expect_map(v, "spec.limits")) {
-                ok = false;
-                continue;
-            }
+            std::size_t any_limit = 0;
             nlohmann::json l = nlohmann::json::object();
-            bool any_limit = false;
-            for (const auto& lkv : v) {
-                const std::string lkey = lkv.first.as<std::string>("");
-                const bool concurrency = lkey == "maxConcurrent";
-                if (!concurrency && lkey != "tokensPerMinute" && lkey != "requestsPerMinute" &&
-                    lkey != "tokensPerDay") {
-                    r.unknown_field(lkv.first, "spec.limits", lkey);
-                    continue;
-                }
-                any_limit = true;
-                ok &= take(r.integer(lkv.second, "spec.limits." + lkey, 1,
-                                     concurrency ? 1'000'000LL : 1'000'000'000'000LL),
-                           l[lkey]);
-            }
-            if (!any_limit) {
+            ok &= read_int_fields(r, v, "spec.limits",
+                                  {{"tokensPerMinute", 1, 1'000'000'000'000LL},
+                                   {"requestsPerMinute", 1, 1'000'000'000'000LL},
+                                   {"tokensPerDay", 1, 1'000'000'000'000LL},
+                                   {"maxConcurrent", 1, 1'000'000LL}},
+                                  l, &any_limit);
+            if (v.IsMap() && any_limit == 0) {
                 r.error(v,
                         "spec.limits: set at least one of tokensPerMinute, requestsPerMinute, "
                         "tokensPerDay, maxConcurrent");
@@ -485,8 +572,82 @@ void parse_token_budget(YamlReader& r, const ObjectMeta& meta, const YAML::Node&
     out.token_budgets.push_back({meta, j});
 }
 
-// ModelRoute: spec.model, spec.backends[] {host, port, weight (default 1)}, optional
-// spec.timeoutSeconds (30..300, default 60) and spec.fallbacks (model names).
+// ModelRoute spec.costTier: {maxPromptTokens, maxOutputTokens (optional), model}: requests that
+// small go to that model's ModelRoute, with the model rewritten.
+bool read_cost_tier(YamlReader& r, const YAML::Node& node, nlohmann::json& out) {
+    const std::string ctx = "spec.costTier";
+    bool ok =
+        read_fields(r, node, ctx, out,
+                    [&](const std::string& key, const YAML::Node& v, const std::string& where) {
+                        if (key == "model")
+                            return valid_if(take(r.string(v, where), out[key]));
+                        if (key == "maxPromptTokens" || key == "maxOutputTokens")
+                            return valid_if(take(r.integer(v, where, 1, 10'000'000), out[key]));
+                        return Field::Unknown;
+                    });
+    if (ok && (!out.contains("model") || !out.contains("maxPromptTokens"))) {
+        r.error(node, ctx + ": model and maxPromptTokens are required");
+        ok = false;
+    }
+    return ok;
+}
+
+// ModelRoute spec.loadBalancer: the settings of the pools this route's address and Service
+// backends make (docs/policies.md).
+bool read_load_balancer(YamlReader& r, const YAML::Node& node, nlohmann::json& out) {
+    return read_fields(
+        r, node, "spec.loadBalancer", out,
+        [&](const std::string& key, const YAML::Node& v, const std::string& where) {
+            if (key == "policy") {
+                std::string policy;
+                if (!take(r.string(v, where), policy))
+                    return Field::Invalid;
+                out[key] = policy;
+                if (policy == "least-request" || policy == "peak-ewma" ||
+                    policy == "prefix-affinity")
+                    return Field::Valid;
+                r.error(v, where + ": '" + policy +
+                               "' is not one of least-request, peak-ewma, prefix-affinity");
+                return Field::Invalid;
+            }
+            if (key == "prefixBytes")
+                return valid_if(take(r.integer(v, where, 1, 1 << 20), out[key]));
+            if (key == "maxRequests")
+                return valid_if(take(r.integer(v, where, 1, 1'000'000), out[key]));
+            if (key == "outlierDetection")
+                return valid_if(read_int_fields(
+                    r, v, where, {{"consecutiveFailures", 1, 1000}, {"ejectionSeconds", 1, 3600}},
+                    out[key]));
+            if (key != "loadMetrics")
+                return Field::Unknown;
+            nlohmann::json& m = out[key];
+            const bool metrics_ok = read_fields(
+                r, v, where, m,
+                [&](const std::string& mkey, const YAML::Node& mv, const std::string& mwhere) {
+                    if (mkey == "intervalMilliseconds")
+                        return valid_if(take(r.integer(mv, mwhere, 10, 3'600'000), m[mkey]));
+                    if (mkey != "path")
+                        return Field::Unknown;
+                    std::string path;
+                    if (!take(r.string(mv, mwhere), path))
+                        return Field::Invalid;
+                    m[mkey] = path;
+                    if (path.starts_with("/"))
+                        return Field::Valid;
+                    r.error(mv, mwhere + ": must start with '/'");
+                    return Field::Invalid;
+                });
+            if (!m.contains("path"))
+                m["path"] = "/metrics";
+            if (!m.contains("intervalMilliseconds"))
+                m["intervalMilliseconds"] = 1000;
+            return valid_if(metrics_ok);
+        });
+}
+
+// ModelRoute: spec.model, spec.backends[] {host, port, weight (default 1), model}, optional
+// spec.timeoutSeconds (30..300, default 60), spec.fallbacks (model names), spec.costTier,
+// spec.retries, spec.loadBalancer.
 void parse_model_route(YamlReader& r, const ObjectMeta& meta, const YAML::Node& spec,
                        PolicySet& out) {
     if (!r.expect_map(spec, "spec"))
@@ -502,6 +663,17 @@ void parse_model_route(YamlReader& r, const ObjectMeta& meta, const YAML::Node& 
             ok &= take(r.integer(v, "spec.timeoutSeconds", 30, 300), j["timeoutSeconds"]);
         } else if (key == "fallbacks") {
             ok &= take(r.string_list(v, "spec.fallbacks"), j["fallbacks"]);
+        } else if (key == "costTier") {
+            ok &= read_cost_tier(r, v, j["costTier"]);
+        } else if (key == "loadBalancer") {
+            ok &= read_load_balancer(r, v, j["loadBalancer"]);
+        } else if (key == "retries") {
+            ok &= read_int_fields(r, v, "spec.retries",
+                                  {{"attempts", 0, 10},
+                                   {"budgetPercent", 0, 100},
+                                   {"minRetries", 0, 1000},
+                                   {"backoffMilliseconds", 1, 10'000}},
+                                  j["retries"]);
         } else if (key == "backends") {
             if (!r.expect_sequence(v, "spec.backends") || v.size() == 0) {
                 if (v.IsSequence())
@@ -520,8 +692,8 @@ void parse_model_route(YamlReader& r, const ObjectMeta& meta, const YAML::Node& 
                 nlohmann::json be = {{"weight", 1}};
                 for (const auto& bkv : b) {
                     const std::string bkey = bkv.first.as<std::string>("");
-                    if (bkey == "host") {
-                        ok &= take(r.string(bkv.second, ctx + ".host"), be["host"]);
+                    if (bkey == "host" || bkey == "model") {
+                        ok &= take(r.string(bkv.second, ctx + "." + bkey), be[bkey]);
                     } else if (bkey == "port") {
                         ok &= take(r.port(bkv.second, ctx + ".port"), be["port"]);
                     } else if (bkey == "weight") {

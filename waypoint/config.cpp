@@ -119,8 +119,10 @@ std::vector<std::string> Config::validate() const {
             check_target(r.name, t);
         for (const auto& t : r.fallbacks)
             check_target(r.name, t);
-        if (r.cost_tier)
-            check_target(r.name, r.cost_tier->target);
+        if (r.cost_tier) {
+            for (const auto& t : r.cost_tier->targets)
+                check_target(r.name, t);
+        }
     }
     if (admission.enabled() && admission.max_queued == 0)
         problems.push_back("admission: maxQueued must be at least 1 (0 would shed every wait)");

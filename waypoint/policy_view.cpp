@@ -38,8 +38,50 @@ std::string tenantOf(const json& tenant) {
         return tenant["namespace"].get<std::string>();
     if (tenant.contains("header"))
         return tenant["header"].get<std::string>();
+    if (tenant.contains("apiKey"))
+        return tenant["apiKey"].at("name").get<std::string>();
     std::string principal = tenant.value("principal", "");
     return principal.starts_with("spiffe://") ? principal : "spiffe://" + principal;
+}
+
+// A folder TokenBudget's `tenant.apiKey`: its digests name the tenant, and the request header it
+// reads becomes the first tenant source (a key proves more than a self-declared x-tenant).
+void addApiKeyTenant(budget::TokenBudgetConfig& budget, const json& api_key, const std::string& ref,
+                     std::vector<std::string>& problems) {
+    const std::string tenant = api_key.at("name");
+    for (const auto& item : api_key.at("sha256")) {
+        const std::string digest = item;
+        auto [it, fresh] = budget.api_key_sha256.emplace(digest, tenant);
+        if (!fresh && it->second != tenant)
+            problems.push_back("TokenBudget " + ref + ": API key sha256 " + digest.substr(0, 12) +
+                               "… already names tenant " + it->second);
+    }
+    const std::string header = api_key.value("header", "authorization");
+    const bool listed = std::any_of(
+        budget.tenant_from.begin(), budget.tenant_from.end(), [&](const budget::TenantSource& s) {
+            return s.kind == budget::TenantSource::Kind::ApiKey && s.header == header;
+        });
+    if (!listed)
+        budget.tenant_from.insert(budget.tenant_from.begin(),
+                                  {budget::TenantSource::Kind::ApiKey, header});
+}
+
+// A ModelRoute's `loadBalancer` on one of the pools its address or Service backends make.
+void applyLoadBalancer(PoolConfig& pool, const json& lb) {
+    if (auto policy = lbPolicyNamed(lb.value("policy", "least-request")))
+        pool.policy = *policy;
+    pool.prefix_bytes = lb.value("prefixBytes", pool.prefix_bytes);
+    pool.max_requests = lb.value("maxRequests", pool.max_requests);
+    const json outlier = lb.value("outlierDetection", json::object());
+    pool.consecutive_failures = outlier.value("consecutiveFailures", pool.consecutive_failures);
+    if (outlier.contains("ejectionSeconds"))
+        pool.ejection_time = std::chrono::seconds(outlier["ejectionSeconds"].get<int>());
+    if (lb.contains("loadMetrics")) {
+        const json& m = lb["loadMetrics"];
+        pool.load_metrics = true;
+        pool.metrics_path = m.value("path", pool.metrics_path);
+        pool.metrics_interval = std::chrono::milliseconds(m.value("intervalMilliseconds", 1000));
+    }
 }
 
 }  // namespace
@@ -62,6 +104,8 @@ PolicyView makePolicyView(const Config& base, const json& view) {
     for (const auto& doc : view.value("tokenBudgets", json::array())) {
         const json& spec = doc.at("spec");
         const json& limits = spec.at("limits");
+        if (spec.at("tenant").contains("apiKey"))
+            addApiKeyTenant(out.budget, spec["tenant"]["apiKey"], refOf(doc), problems);
         budget::BudgetLimit limit{
             .tenant = tenantOf(spec.at("tenant")),
             .model = spec.value("model", "*"),
@@ -84,31 +128,43 @@ PolicyView makePolicyView(const Config& base, const json& view) {
     const json routes = view.value("modelRoutes", json::array());
     // Backends of each folder route's model, for other routes' fallbacks.
     std::map<std::string, std::vector<route::TargetConfig>> targets_by_model;
-    // A pool the folder brings (an address's, a service port's), with the defaults of PoolConfig.
-    auto addPool = [&](const std::string& pool, std::vector<std::string> endpoints) {
+    // A pool the folder brings (an address's, a service port's), with the defaults of PoolConfig
+    // or the `loadBalancer` of a route that uses it; two routes may not set it differently.
+    std::map<std::string, std::pair<std::string, json>> lb_of_pool;  // pool → (route, settings)
+    auto addPool = [&](const std::string& pool, std::vector<std::string> endpoints,
+                       const std::string& route, const json* lb) {
         if (pool_names.insert(pool).second)
             out.pools.push_back(PoolConfig{.name = pool, .endpoints = std::move(endpoints)});
+        if (lb == nullptr || std::any_of(base.pools.begin(), base.pools.end(),
+                                         [&](const PoolConfig& p) { return p.name == pool; }))
+            return;  // the Waypoint config's own pools keep their settings
+        auto [it, fresh] = lb_of_pool.emplace(pool, std::make_pair(route, *lb));
+        if (!fresh && it->second.second != *lb)
+            problems.push_back("ModelRoute " + route + ": loadBalancer for " + pool +
+                               " differs from the one ModelRoute " + it->second.first +
+                               " gives it");
     };
     for (const auto& doc : routes) {
         const std::string name = refOf(doc);
         const json& spec = doc.at("spec");
         const json services = doc.value("services", json::object());
+        const json* lb = spec.contains("loadBalancer") ? &spec["loadBalancer"] : nullptr;
         std::vector<route::TargetConfig> targets;
         std::uint32_t total_weight = 0;
         for (const auto& b : spec.at("backends")) {
             const std::string host = b.at("host");
             const int port = b.at("port");
             const std::string host_port = host + ":" + std::to_string(port);
-            route::TargetConfig t{.weight = b.value("weight", 1u)};
+            route::TargetConfig t{.model = b.value("model", ""), .weight = b.value("weight", 1u)};
             if (pool_names.count(host)) {  // the Waypoint config's pools win over a Service
                 t.pool = host;
             } else if (isIpAddress(host)) {
                 t.pool = endpointOf(host, port);
-                addPool(t.pool, {t.pool});
+                addPool(t.pool, {t.pool}, name, lb);
             } else if (auto it = services.find(host_port);
                        it != services.end() && it->contains("pool")) {
                 t.pool = it->at("pool").get<std::string>();
-                addPool(t.pool, it->value("endpoints", std::vector<std::string>{}));
+                addPool(t.pool, it->value("endpoints", std::vector<std::string>{}), name, lb);
             } else if (it != services.end()) {
                 problems.push_back("ModelRoute " + name + ": backend host " + host + ": " +
                                    it->value("error", std::string("unusable")));
@@ -133,20 +189,45 @@ PolicyView makePolicyView(const Config& base, const json& view) {
         r.models = {spec.at("model").get<std::string>()};
         r.backends = targets_by_model[r.models.front()];
         r.timeout = std::chrono::seconds(spec.value("timeoutSeconds", 60));
-        for (const auto& item : spec.value("fallbacks", json::array())) {
-            const std::string fallback = item.get<std::string>();
-            auto it = targets_by_model.find(fallback);
+        // Another model's backends, sent that model's name unless a backend rewrites it itself.
+        auto targetsOf = [&](const std::string& model, const char* what) {
+            std::vector<route::TargetConfig> targets;
+            auto it = targets_by_model.find(model);
             if (it == targets_by_model.end()) {
-                problems.push_back("ModelRoute " + r.name + ": fallback model " + fallback +
+                problems.push_back("ModelRoute " + refOf(doc) + ": " + what + " model " + model +
                                    " has no ModelRoute");
-                continue;
+                return targets;
             }
             for (auto t : it->second) {
-                t.model = fallback;
-                r.fallbacks.push_back(t);
+                if (t.model.empty())
+                    t.model = model;
+                targets.push_back(t);
             }
+            return targets;
+        };
+        for (const auto& item : spec.value("fallbacks", json::array())) {
+            auto targets = targetsOf(item.get<std::string>(), "fallback");
+            r.fallbacks.insert(r.fallbacks.end(), targets.begin(), targets.end());
+        }
+        if (spec.contains("costTier")) {
+            const json& tier = spec["costTier"];
+            r.cost_tier = route::CostTierConfig{
+                .max_prompt_tokens = tier.at("maxPromptTokens").get<std::uint64_t>(),
+                .max_output_tokens = tier.value("maxOutputTokens", UINT64_MAX),
+                .targets = targetsOf(tier.at("model").get<std::string>(), "costTier")};
+        }
+        if (spec.contains("retries")) {
+            const json& retries = spec["retries"];
+            r.retries.attempts = retries.value("attempts", r.retries.attempts);
+            r.retries.budget_percent = retries.value("budgetPercent", r.retries.budget_percent);
+            r.retries.min_retries = retries.value("minRetries", r.retries.min_retries);
+            r.retries.backoff = std::chrono::milliseconds(retries.value("backoffMilliseconds", 25));
         }
         out.routes.push_back(std::move(r));
+    }
+    for (auto& pool : out.pools) {
+        if (auto it = lb_of_pool.find(pool.name); it != lb_of_pool.end())
+            applyLoadBalancer(pool, it->second.second);
     }
     out.routes.insert(out.routes.end(), base.routes.begin(), base.routes.end());
     if (out.routes.empty())

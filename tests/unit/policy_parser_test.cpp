@@ -188,6 +188,98 @@ spec:
     EXPECT_EQ(set.model_routes[0].spec["timeoutSeconds"], 60);
 }
 
+TEST(PolicyParser, WaypointKindsTakeApiKeysCostTiersRetriesAndLoadBalancing) {
+    std::vector<Diagnostic> d;
+    const std::string digest(64, 'a');
+    auto set =
+        parse_text(R"(apiVersion: sluice.dev/v1alpha1
+kind: TokenBudget
+metadata: {name: team-a, namespace: ai}
+spec:
+  tenant: {apiKey: {name: team-a, sha256: [")" +
+                       digest +
+                       R"(", "B94D27B9934D3E08A52E52D7DA7DABFAC484EFE37A5380EE9088F7ACE2EFCDE9"]}}
+  limits: {requestsPerMinute: 2}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: big, namespace: ai}
+spec:
+  model: big
+  backends: [{host: llm, port: 8000, model: big-v2}]
+  costTier: {maxPromptTokens: 200, maxOutputTokens: 64, model: small}
+  retries: {attempts: 1, backoffMilliseconds: 10}
+  loadBalancer:
+    policy: prefix-affinity
+    prefixBytes: 256
+    outlierDetection: {consecutiveFailures: 2, ejectionSeconds: 5}
+    loadMetrics: {path: /metrics}
+)",
+                   d);
+    ASSERT_FALSE(has_errors(d)) << all(d);
+    EXPECT_TRUE(d.empty()) << all(d);
+    ASSERT_EQ(set.token_budgets.size(), 1u);
+    const auto& key = set.token_budgets[0].spec["tenant"]["apiKey"];
+    EXPECT_EQ(key["name"], "team-a");
+    EXPECT_EQ(key["header"], "authorization");
+    ASSERT_EQ(key["sha256"].size(), 2u);
+    EXPECT_EQ(key["sha256"][1], "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9")
+        << "digests are compared in lower case";
+    ASSERT_EQ(set.model_routes.size(), 1u);
+    const auto& spec = set.model_routes[0].spec;
+    EXPECT_EQ(spec["backends"][0]["model"], "big-v2");
+    EXPECT_EQ(spec["costTier"]["model"], "small");
+    EXPECT_EQ(spec["costTier"]["maxOutputTokens"], 64);
+    EXPECT_EQ(spec["retries"]["attempts"], 1);
+    EXPECT_EQ(spec["loadBalancer"]["policy"], "prefix-affinity");
+    EXPECT_EQ(spec["loadBalancer"]["outlierDetection"]["ejectionSeconds"], 5);
+    EXPECT_EQ(spec["loadBalancer"]["loadMetrics"]["intervalMilliseconds"], 1000);
+
+    d.clear();
+    set = parse_text(R"(apiVersion: sluice.dev/v1alpha1
+kind: TokenBudget
+metadata: {name: short-digest, namespace: ai}
+spec:
+  tenant: {apiKey: {name: t, sha256: [abc]}}
+  limits: {requestsPerMinute: 2}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: TokenBudget
+metadata: {name: no-name, namespace: ai}
+spec:
+  tenant: {apiKey: {sha256: [")" +
+                         digest + R"("]}}
+  limits: {requestsPerMinute: 2}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: r, namespace: ai}
+spec:
+  model: m
+  backends: [{host: h, port: 80}]
+  costTier: {maxPromptTokens: 10}
+  retries: {attempts: 11}
+  loadBalancer: {policy: round-robin}
+)",
+                     d);
+    EXPECT_EQ(error_count(d), 5u) << all(d);
+    EXPECT_NE(all(d).find("test.yaml:5:39: error: spec.tenant.apiKey.sha256[0]: not a SHA-256 "
+                          "digest (64 hex digits)"),
+              std::string::npos)
+        << all(d);
+    EXPECT_NE(all(d).find("spec.tenant.apiKey: name and at least one sha256 digest are required"),
+              std::string::npos);
+    EXPECT_NE(all(d).find("spec.costTier: model and maxPromptTokens are required"),
+              std::string::npos);
+    EXPECT_NE(all(d).find("spec.retries.attempts: 11 is outside 0..10"), std::string::npos);
+    EXPECT_NE(all(d).find("test.yaml:23:26: error: spec.loadBalancer.policy: 'round-robin' is not "
+                          "one of least-request, peak-ewma, prefix-affinity"),
+              std::string::npos)
+        << all(d);
+    EXPECT_TRUE(set.token_budgets.empty());
+    EXPECT_TRUE(set.model_routes.empty());
+}
+
 TEST(PolicyParser, TokenBudgetConcurrencyLimit) {
     std::vector<Diagnostic> d;
     auto set = parse_text(R"(apiVersion: sluice.dev/v1alpha1

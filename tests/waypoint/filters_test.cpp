@@ -1,6 +1,7 @@
 // Unit tests of the waypoint filters and building blocks, without sockets.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <map>
@@ -180,6 +181,23 @@ TEST(BudgetFilter, TenantFromApiKeyAndSpiffeNamespace) {
     EXPECT_EQ(filter.tenantOf(spiffe.ctx), "rag");
     Call none("", 1, 1);
     EXPECT_EQ(filter.tenantOf(none.ctx), "anonymous");
+
+    // Keys the policies folder names by their SHA-256 only (sha256("sk-b"), from sha256sum).
+    c.api_key_sha256 = {
+        {"3ffc1ec5e9ba8e8a8e2be56e3bf2a67dfd3f2f3f8ea9cb1b1d3ac1f8dbd5ef13", "wrong"},
+        {"c4b3ba1b7b1a6ad19ad0ed8e6f1e4cb7ea0e4c7b5b1f8df8c04b1fa09d0e51c6", "wrong-too"}};
+    c.api_key_sha256["18519d64d0d18b0e84e43301547425933dc0394576666e8da1ef1790fb64ca9f"] = "team-b";
+    budget::BudgetFilter hashed(c, nullptr);
+    Call b("", 1, 1);
+    b.request.set("authorization", "Bearer sk-b");
+    EXPECT_EQ(hashed.tenantOf(b.ctx), "team-b");
+    Call a("", 1, 1);
+    a.request.set("authorization", "Bearer sk-a");
+    EXPECT_EQ(hashed.tenantOf(a.ctx), "team-a") << "a key in api_keys is not hashed";
+    Call unknown("", 1, 1);
+    unknown.request.set("authorization", "Bearer sk-c");
+    unknown.ctx.peer_identity = "spiffe://cluster.local/ns/rag/sa/default";
+    EXPECT_EQ(hashed.tenantOf(unknown.ctx), "rag") << "an unknown key falls through";
 }
 
 TEST(BudgetFilter, ReconfiguredLimitKeepsWhatWasUsedInTheWindow) {
@@ -239,8 +257,8 @@ TEST(BudgetFilter, ARequestSettlesWithTheStateItReservedFromAcrossAReconfigure) 
     EXPECT_FALSE(filter.onRequest(third.ctx));
 }
 
-TEST(PolicyView, FolderBudgetsAndRoutesAreMergedIntoTheConfig) {
-    const auto base = parseConfig(R"(
+// A gateway config with one pool and a catch-all route, for the policies folder to add to.
+const std::string kOnePoolConfig = R"(
 kind: Waypoint
 spec:
   pools: [{name: llm, endpoints: ["127.0.0.1:1"]}]
@@ -249,6 +267,10 @@ kind: ModelRoute
 metadata: {name: default}
 spec: {models: ["*"], backends: [{pool: llm}]}
 ---
+)";
+
+TEST(PolicyView, FolderBudgetsAndRoutesAreMergedIntoTheConfig) {
+    const auto base = parseConfig(kOnePoolConfig + R"(
 kind: TokenBudget
 metadata: {name: base}
 spec:
@@ -318,6 +340,98 @@ spec:
     } catch (const std::invalid_argument& e) {
         EXPECT_NE(std::string(e.what()).find("llm.svc"), std::string::npos) << e.what();
         EXPECT_NE(std::string(e.what()).find("nope"), std::string::npos) << e.what();
+    }
+}
+
+TEST(PolicyView, FolderRoutesCarryRewritesCostTiersRetriesPoolSettingsAndApiKeys) {
+    const auto base = parseConfig(kOnePoolConfig);
+    const std::string key_a(64, 'a'), key_b(64, 'b');
+    const auto view = nlohmann::json::parse(R"({
+      "tokenBudgets": [
+        {"name": "a", "namespace": "ai", "spec": {"model": "*", "limits": {"tokensPerMinute": 9},
+         "tenant": {"apiKey": {"name": "team-a", "header": "authorization",
+                               "sha256": [")" +
+                                            key_a + R"(", ")" + key_b + R"("]}}}}],
+      "modelRoutes": [
+        {"name": "big", "namespace": "ai", "spec": {"model": "big", "timeoutSeconds": 60,
+         "backends": [{"host": "198.18.0.1", "port": 80, "weight": 1, "model": "big-v2"},
+                      {"host": "llm", "port": 1, "weight": 1}],
+         "fallbacks": ["small"],
+         "costTier": {"maxPromptTokens": 200, "model": "small"},
+         "retries": {"attempts": 0, "backoffMilliseconds": 7},
+         "loadBalancer": {"policy": "prefix-affinity", "prefixBytes": 64, "maxRequests": 3,
+                          "outlierDetection": {"consecutiveFailures": 2, "ejectionSeconds": 4},
+                          "loadMetrics": {"path": "/load", "intervalMilliseconds": 250}}}},
+        {"name": "small", "namespace": "ai", "spec": {"model": "small", "timeoutSeconds": 60,
+         "backends": [{"host": "198.18.0.2", "port": 80, "weight": 3},
+                      {"host": "198.18.0.3", "port": 80, "weight": 1, "model": "small-q4"}]}}]})");
+    const PolicyView v = makePolicyView(base, view);
+
+    ASSERT_EQ(v.budget.tenant_from.size(), 3u) << "the API key comes first";
+    EXPECT_EQ(v.budget.tenant_from[0].kind, budget::TenantSource::Kind::ApiKey);
+    EXPECT_EQ(v.budget.tenant_from[0].header, "authorization");
+    EXPECT_EQ(v.budget.api_key_sha256.at(key_b), "team-a");
+    ASSERT_EQ(v.budget.limits.size(), 1u);
+    EXPECT_EQ(v.budget.limits[0].tenant, "team-a");
+
+    ASSERT_EQ(v.routes.size(), 3u);
+    const route::ModelRouteConfig& big = v.routes[0];
+    EXPECT_EQ(big.backends[0].model, "big-v2");
+    EXPECT_EQ(big.backends[1].model, "") << "no rewrite";
+    ASSERT_TRUE(big.cost_tier);
+    EXPECT_EQ(big.cost_tier->max_prompt_tokens, 200u);
+    EXPECT_EQ(big.cost_tier->max_output_tokens, UINT64_MAX);
+    ASSERT_EQ(big.cost_tier->targets.size(), 2u) << "all of small's backends, weights kept";
+    EXPECT_EQ(big.cost_tier->targets[0].pool, "198.18.0.2:80");
+    EXPECT_EQ(big.cost_tier->targets[0].weight, 3u);
+    EXPECT_EQ(big.cost_tier->targets[0].model, "small");
+    EXPECT_EQ(big.cost_tier->targets[1].model, "small-q4") << "the backend's own rewrite stays";
+    EXPECT_EQ(big.fallbacks[1].model, "small-q4");
+    EXPECT_EQ(big.retries.attempts, 0u);
+    EXPECT_EQ(big.retries.backoff, std::chrono::milliseconds(7));
+    EXPECT_EQ(big.retries.budget_percent, 20u) << "unset fields keep their defaults";
+    EXPECT_FALSE(v.routes[1].cost_tier);
+
+    auto pool = [&](const std::string& name) {
+        auto it = std::find_if(v.pools.begin(), v.pools.end(),
+                               [&](const PoolConfig& p) { return p.name == name; });
+        EXPECT_NE(it, v.pools.end()) << name;
+        return it == v.pools.end() ? PoolConfig{} : *it;
+    };
+    const PoolConfig tuned = pool("198.18.0.1:80");
+    EXPECT_EQ(tuned.policy, LbPolicy::PrefixAffinity);
+    EXPECT_EQ(tuned.prefix_bytes, 64u);
+    EXPECT_EQ(tuned.max_requests, 3u);
+    EXPECT_EQ(tuned.consecutive_failures, 2u);
+    EXPECT_EQ(tuned.ejection_time, std::chrono::seconds(4));
+    EXPECT_TRUE(tuned.load_metrics);
+    EXPECT_EQ(tuned.metrics_path, "/load");
+    EXPECT_EQ(tuned.metrics_interval, std::chrono::milliseconds(250));
+    EXPECT_EQ(pool("llm").policy, LbPolicy::LeastRequest) << "the config's pool keeps its own";
+    EXPECT_EQ(pool("198.18.0.2:80").policy, LbPolicy::LeastRequest) << "small sets none";
+
+    // Two routes that tune one pool differently, a digest naming two tenants, a cost tier to a
+    // model without a route: each named.
+    auto bad = view;
+    bad["modelRoutes"][1]["spec"]["backends"][0] = {{"host", "198.18.0.1"}, {"port", 80}};
+    bad["modelRoutes"][1]["spec"]["loadBalancer"] = {{"policy", "peak-ewma"}};
+    bad["modelRoutes"][0]["spec"]["costTier"]["model"] = "tiny";
+    auto other = bad["tokenBudgets"][0];
+    other["spec"]["tenant"]["apiKey"]["name"] = "team-b";
+    bad["tokenBudgets"].push_back(other);
+    try {
+        makePolicyView(base, bad);
+        ADD_FAILURE() << "accepted";
+    } catch (const std::invalid_argument& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("ModelRoute ai/small: loadBalancer for 198.18.0.1:80 differs from the "
+                            "one ModelRoute ai/big gives it"),
+                  std::string::npos)
+            << what;
+        EXPECT_NE(what.find("costTier model tiny has no ModelRoute"), std::string::npos) << what;
+        EXPECT_NE(what.find("API key sha256 aaaaaaaaaaaa… already names tenant team-a"),
+                  std::string::npos)
+            << what;
     }
 }
 

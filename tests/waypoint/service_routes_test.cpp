@@ -285,9 +285,10 @@ int requestsOf(Emulator& e) {
 
 class ServiceRouteGateway : public ::testing::Test {
   protected:
-    void start(const std::string& registry) {
+    void start(const std::string& registry,
+               const std::string& policies = modelRoute("[{host: llm, port: 8000}]")) {
         writeFile(registry_.path, "llm.yaml", registry);
-        writeFile(policies_.path, "routes.yaml", modelRoute("[{host: llm, port: 8000}]"));
+        writeFile(policies_.path, "routes.yaml", policies);
         gw_ = startGateway("kind: Waypoint\nspec: {}\n", false, [&](Config& c) {
             c.policies_dir = policies_.path.string();
             c.registry_dir = registry_.path.string();
@@ -401,6 +402,68 @@ TEST_F(ServiceRouteGateway, AnUnknownHostKeepsTheLastGoodRoutesAndNoReadyEndpoin
               "upstream pool llm.ai.svc.cluster.local:8000 has no ready endpoints");
     EXPECT_EQ(reloads("failure"), failures) << "an empty service is a valid configuration";
     EXPECT_EQ(requestsOf(a), 4 + served) << "the 503 never went upstream";
+}
+
+// The policies folder alone (no TokenBudget or ModelRoute in --config) sets what the gateway
+// config can: a Service pool's balancer, a backend's model rewrite, a cost tier, and a tenant
+// known by the SHA-256 of its API key.
+TEST_F(ServiceRouteGateway, FolderRoutesAndBudgetsTuneBalancingCostTiersAndApiKeyTenants) {
+    Emulator a("a"), b("b"), small("small");
+    const auto [rc, sum] = runCommand("printf %s sk-team-a | sha256sum");
+    ASSERT_EQ(rc, 0);
+    const std::string digest = sum.substr(0, 64);
+    start(llmService({{&a, "true"}, {&b, "true"}}),
+          "apiVersion: sluice.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: big, namespace: "
+          "ai}\nspec:\n  model: llama\n  backends: [{host: llm, port: 8000, model: llama-70b}]\n"
+          "  costTier: {maxPromptTokens: 30, maxOutputTokens: 8, model: small}\n"
+          "  loadBalancer: {policy: prefix-affinity, prefixBytes: 64}\n---\n"
+          "apiVersion: sluice.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: small, "
+          "namespace: ai}\nspec:\n  model: small\n  backends: [{host: 127.0.0.1, port: " +
+              std::to_string(small.port()) +
+              "}]\n---\napiVersion: sluice.dev/v1alpha1\nkind: TokenBudget\nmetadata: {name: "
+              "team-a, namespace: ai}\nspec:\n  tenant: {apiKey: {name: team-a, sha256: [" +
+              digest + "]}}\n  limits: {requestsPerMinute: 3}\n");
+    auto ask = [&](const std::string& prompt, int max_tokens,
+                   const std::map<std::string, std::string>& headers = {}) {
+        const json body{{"model", "llama"},
+                        {"max_tokens", max_tokens},
+                        {"messages", {{{"role", "user"}, {"content", prompt}}}}};
+        return request(gw_->gatewayPort(), "POST", "/v1/chat/completions", body.dump(), headers);
+    };
+    const std::string tail = " and the rest of a long question that the cost tier must not take";
+
+    // Prefix affinity on the Service's pool: one prompt prefix, one backend, every time.
+    std::set<std::string> one_prefix, prefixes;
+    for (int i = 0; i < 8; ++i) {
+        Reply r = ask("shared system prompt" + tail + " #" + std::to_string(i), 100);
+        ASSERT_EQ(r.status, 200u) << r.body;
+        one_prefix.insert(r.headers["x-backend"]);
+        EXPECT_EQ(json::parse(r.body)["model"], "llama-70b") << "the backend's model rewrite";
+        EXPECT_EQ(r.headers["x-sluice-route"], "big;weighted:llm.ai.svc.cluster.local:8000");
+    }
+    EXPECT_EQ(one_prefix.size(), 1u) << "least-request would have spread 8 requests";
+    for (int i = 0; i < 16; ++i)
+        prefixes.insert(ask("prefix " + std::to_string(i) + tail, 100).headers["x-backend"]);
+    EXPECT_EQ(prefixes, (std::set<std::string>{"a", "b"})) << "other prefixes hash elsewhere";
+
+    // A short request with a small max_tokens: the cost tier, small's backend, model rewritten.
+    Reply cheap = ask("hi", 5);
+    ASSERT_EQ(cheap.status, 200u) << cheap.body;
+    EXPECT_EQ(cheap.headers["x-backend"], "small");
+    EXPECT_EQ(json::parse(cheap.body)["model"], "small");
+    EXPECT_EQ(cheap.headers["x-sluice-route"], "big;cost-tier:prompt<=30");
+
+    // team-a is known only by its key's digest: its fourth request in the minute is refused,
+    // while an unknown key is not team-a and goes on.
+    const std::map<std::string, std::string> key{{"authorization", "Bearer sk-team-a"}};
+    for (int i = 0; i < 3; ++i)
+        EXPECT_EQ(ask("hi", 5, key).status, 200u);
+    Reply refused = ask("hi", 5, key);
+    EXPECT_EQ(refused.status, 429u) << refused.body;
+    EXPECT_EQ(refused.headers["x-ratelimit-limit-requests"], "3");
+    EXPECT_EQ(json::parse(refused.body)["error"]["type"], "requests");
+    EXPECT_EQ(ask("hi", 5, {{"authorization", "Bearer sk-other"}}).status, 200u);
+    EXPECT_EQ(reloads("failure"), -1) << "no failed reload";
 }
 
 }  // namespace

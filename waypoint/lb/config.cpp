@@ -23,21 +23,26 @@ std::chrono::milliseconds parseDuration(const YAML::Node& node,
     throw std::invalid_argument("bad duration '" + text + "' (use ms, s or m)");
 }
 
+std::optional<LbPolicy> lbPolicyNamed(std::string_view name) {
+    if (name == "least-request")
+        return LbPolicy::LeastRequest;
+    if (name == "peak-ewma")
+        return LbPolicy::PeakEwma;
+    if (name == "prefix-affinity")
+        return LbPolicy::PrefixAffinity;
+    return std::nullopt;
+}
+
 PoolConfig parsePoolConfig(const YAML::Node& node) {
     PoolConfig pool;
     pool.name = node["name"].as<std::string>("");
     if (pool.name.empty())
         throw std::invalid_argument("pool without a name");
     const auto policy = node["loadBalancer"].as<std::string>("least-request");
-    if (policy == "least-request") {
-        pool.policy = LbPolicy::LeastRequest;
-    } else if (policy == "peak-ewma") {
-        pool.policy = LbPolicy::PeakEwma;
-    } else if (policy == "prefix-affinity") {
-        pool.policy = LbPolicy::PrefixAffinity;
-    } else {
+    const auto named = lbPolicyNamed(policy);
+    if (!named)
         throw std::invalid_argument("pool " + pool.name + ": unknown loadBalancer " + policy);
-    }
+    pool.policy = *named;
     for (const auto& ep : node["endpoints"])
         pool.endpoints.push_back(ep.as<std::string>());
     if (pool.endpoints.empty())

@@ -2,7 +2,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace YAML {
@@ -37,6 +39,8 @@ struct PoolConfig {
 
 // Throws std::invalid_argument on a bad entry.
 PoolConfig parsePoolConfig(const YAML::Node& node);
+// "least-request", "peak-ewma", "prefix-affinity"; nullopt for anything else.
+std::optional<LbPolicy> lbPolicyNamed(std::string_view name);
 std::chrono::milliseconds parseDuration(const YAML::Node& node, std::chrono::milliseconds fallback);
 
 }  // namespace sluice::waypoint

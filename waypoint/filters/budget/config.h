@@ -40,8 +40,11 @@ struct TokenBudgetConfig {
     std::string name;
     std::vector<TenantSource> tenant_from;
     std::map<std::string, std::string> api_keys;  // API key → tenant
-    std::string default_tenant = "anonymous";     // when no source yields a tenant
-    std::uint64_t default_max_tokens = 1024;      // reservation when a request sets no max_tokens
+    // SHA-256 of an API key (64 lowercase hex digits) → tenant: the policies folder's form, so
+    // that keys never sit in a ConfigMap. Looked up when api_keys has no entry for the key.
+    std::map<std::string, std::string> api_key_sha256;
+    std::string default_tenant = "anonymous";  // when no source yields a tenant
+    std::uint64_t default_max_tokens = 1024;   // reservation when a request sets no max_tokens
     std::vector<BudgetLimit> limits;
 };
 

@@ -1,5 +1,7 @@
 #include "waypoint/filters/budget/filter.h"
 
+#include <openssl/evp.h>
+
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -43,6 +45,21 @@ std::string bearerToken(std::string_view value) {
     if (value.starts_with("Bearer ") || value.starts_with("bearer "))
         value.remove_prefix(7);
     return std::string(value);
+}
+
+// The SHA-256 of `text` as 64 lowercase hex digits ("" if OpenSSL fails, which matches no key).
+std::string sha256Hex(std::string_view text) {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int size = 0;
+    if (EVP_Digest(text.data(), text.size(), digest, &size, EVP_sha256(), nullptr) != 1)
+        return {};
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string out(2 * size, '0');
+    for (unsigned int i = 0; i < size; ++i) {
+        out[2 * i] = kHex[digest[i] >> 4];
+        out[2 * i + 1] = kHex[digest[i] & 0xf];
+    }
+    return out;
 }
 
 // "spiffe://<td>/ns/<ns>/sa/<sa>" → "<ns>".
@@ -108,6 +125,10 @@ std::string BudgetFilter::tenantOf(const TokenBudgetConfig& config, const Reques
                 const auto key = bearerToken(sv(ctx.request[source.header]));
                 if (auto it = config.api_keys.find(key); it != config.api_keys.end()) {
                     tenant = it->second;
+                } else if (!key.empty() && !config.api_key_sha256.empty()) {
+                    auto hashed = config.api_key_sha256.find(sha256Hex(key));
+                    if (hashed != config.api_key_sha256.end())
+                        tenant = hashed->second;
                 }
                 break;
             }

@@ -36,7 +36,7 @@ ModelRouteConfig parseModelRoute(const std::string& name, const YAML::Node& spec
         route.cost_tier = CostTierConfig{
             .max_prompt_tokens = tier["maxPromptTokens"].as<std::uint64_t>(0),
             .max_output_tokens = tier["maxOutputTokens"].as<std::uint64_t>(UINT64_MAX),
-            .target = parseTarget(tier)};
+            .targets = {parseTarget(tier)}};
     }
     route.timeout = parseDuration(spec["timeout"], route.timeout);
     if (route.timeout > std::chrono::minutes(5))

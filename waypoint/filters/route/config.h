@@ -30,7 +30,7 @@ struct RetryConfig {
 struct CostTierConfig {
     std::uint64_t max_prompt_tokens = 0;
     std::uint64_t max_output_tokens = UINT64_MAX;
-    TargetConfig target;
+    std::vector<TargetConfig> targets;  // weighted split, like a route's backends
 };
 
 // The waypoint's view of one `sluice.dev/v1alpha1 ModelRoute` document (kept flat so the

@@ -6,7 +6,19 @@
 namespace sluice::waypoint::route {
 namespace {
 thread_local std::minstd_rand rng{std::random_device{}()};
+
+// The index of a weighted pick among `configs` (total weight `total`, > 0).
+std::size_t pickWeighted(const std::vector<TargetConfig>& configs, std::uint32_t total) {
+    std::uniform_int_distribution<std::uint32_t> dist(0, total - 1);
+    std::uint32_t roll = dist(rng);
+    for (std::size_t i = 0; i < configs.size(); ++i) {
+        if (roll < configs[i].weight)
+            return i;
+        roll -= configs[i].weight;
+    }
+    return configs.size() - 1;  // unreachable while total is the sum of the weights
 }
+}  // namespace
 
 RouteFilter::RouteFilter(std::vector<ModelRouteConfig> routes, const Pools& pools)
     : table_(build(std::move(routes), pools)) {}
@@ -61,8 +73,12 @@ std::shared_ptr<const RouteFilter::Table> RouteFilter::build(std::vector<ModelRo
         }
         for (const auto& f : config.fallbacks)
             route->fallbacks.push_back(target(f));
-        if (config.cost_tier)
-            route->cost_tier = target(config.cost_tier->target);
+        if (config.cost_tier) {
+            for (const auto& t : config.cost_tier->targets) {
+                route->cost_tier.push_back(target(t));
+                route->cost_tier_weight += t.weight;
+            }
+        }
         route->config = std::move(config);
         table->routes.push_back(std::move(route));
     }
@@ -105,22 +121,15 @@ std::optional<LocalReply> RouteFilter::onRequest(RequestContext& ctx) {
     ctx.route = config->name;
     ++route.active;
     const auto& tier = config->cost_tier;
-    if (tier && route.cost_tier && ctx.estimated_prompt_tokens <= tier->max_prompt_tokens &&
+    if (tier && route.cost_tier_weight > 0 &&
+        ctx.estimated_prompt_tokens <= tier->max_prompt_tokens &&
         ctx.max_output_tokens <= tier->max_output_tokens) {
-        ctx.targets.push_back(*route.cost_tier);
+        ctx.targets.push_back(route.cost_tier[pickWeighted(tier->targets, route.cost_tier_weight)]);
         ctx.route_decision = "cost-tier:prompt<=" + std::to_string(tier->max_prompt_tokens);
-    } else {
-        std::uniform_int_distribution<std::uint32_t> dist(0, route.total_weight - 1);
-        std::uint32_t roll = dist(rng);
-        for (std::size_t i = 0; i < route.backends.size(); ++i) {
-            const std::uint32_t w = config->backends[i].weight;
-            if (roll < w) {
-                ctx.targets.push_back(route.backends[i]);
-                ctx.route_decision = "weighted:" + config->backends[i].pool;
-                break;
-            }
-            roll -= w;
-        }
+    } else if (route.total_weight > 0) {
+        const std::size_t i = pickWeighted(config->backends, route.total_weight);
+        ctx.targets.push_back(route.backends[i]);
+        ctx.route_decision = "weighted:" + config->backends[i].pool;
     }
     for (const auto& f : route.fallbacks)
         ctx.targets.push_back(f);

@@ -43,8 +43,9 @@ class RouteFilter : public HttpFilter {
         ModelRouteConfig config;
         std::vector<RouteTarget> backends;
         std::vector<RouteTarget> fallbacks;
-        std::optional<RouteTarget> cost_tier;
+        std::vector<RouteTarget> cost_tier;  // empty: no cost tier
         std::uint32_t total_weight = 0;
+        std::uint32_t cost_tier_weight = 0;
         std::atomic<std::uint32_t> active{0};
         std::atomic<std::uint32_t> retries{0};
     };
