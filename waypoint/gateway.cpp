@@ -208,13 +208,13 @@ bool Gateway::applyPolicies(const nlohmann::json& view) {
         PolicyView merged = makePolicyView(config_, view);
         std::lock_guard lock(pools_mutex_);
         // Pools keep their endpoint state (in-flight counts, ejections) across reloads: the
-        // same pool when nothing changed, else (a Service's endpoints changed) a new pool that
-        // shares the state of the endpoints that stay. Requests in flight keep the old pool.
+        // same pool when nothing changed, else (a Service's endpoints or a route's loadBalancer
+        // changed) a new pool that shares the state of the endpoints that stay. Requests in
+        // flight keep the old pool.
         std::map<std::string, std::shared_ptr<BackendPool>> pools;
         for (const auto& p : merged.pools) {
             auto it = pools_.find(p.name);
-            const bool same = it != pools_.end() && it->second->config().endpoints == p.endpoints &&
-                              it->second->config().policy == p.policy;
+            const bool same = it != pools_.end() && it->second->config() == p;
             pools[p.name] = same                 ? it->second
                             : it != pools_.end() ? std::make_shared<BackendPool>(p, *it->second)
                                                  : std::make_shared<BackendPool>(p);

@@ -412,17 +412,21 @@ TEST_F(ServiceRouteGateway, FolderRoutesAndBudgetsTuneBalancingCostTiersAndApiKe
     const auto [rc, sum] = runCommand("printf %s sk-team-a | sha256sum");
     ASSERT_EQ(rc, 0);
     const std::string digest = sum.substr(0, 64);
-    start(llmService({{&a, "true"}, {&b, "true"}}),
-          "apiVersion: sluice.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: big, namespace: "
-          "ai}\nspec:\n  model: llama\n  backends: [{host: llm, port: 8000, model: llama-70b}]\n"
-          "  costTier: {maxPromptTokens: 30, maxOutputTokens: 8, model: small}\n"
-          "  loadBalancer: {policy: prefix-affinity, prefixBytes: 64}\n---\n"
-          "apiVersion: sluice.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: small, "
-          "namespace: ai}\nspec:\n  model: small\n  backends: [{host: 127.0.0.1, port: " +
-              std::to_string(small.port()) +
-              "}]\n---\napiVersion: sluice.dev/v1alpha1\nkind: TokenBudget\nmetadata: {name: "
-              "team-a, namespace: ai}\nspec:\n  tenant: {apiKey: {name: team-a, sha256: [" +
-              digest + "]}}\n  limits: {requestsPerMinute: 3}\n");
+    auto folder = [&](int prefix_bytes) {
+        return "apiVersion: sluice.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: big, "
+               "namespace: ai}\nspec:\n  model: llama\n  backends: [{host: llm, port: 8000, "
+               "model: llama-70b}]\n  costTier: {maxPromptTokens: 30, maxOutputTokens: 8, model: "
+               "small}\n  loadBalancer: {policy: prefix-affinity, prefixBytes: " +
+               std::to_string(prefix_bytes) +
+               "}\n---\napiVersion: sluice.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: "
+               "small, namespace: ai}\nspec:\n  model: small\n  backends: [{host: 127.0.0.1, "
+               "port: " +
+               std::to_string(small.port()) +
+               "}]\n---\napiVersion: sluice.dev/v1alpha1\nkind: TokenBudget\nmetadata: {name: "
+               "team-a, namespace: ai}\nspec:\n  tenant: {apiKey: {name: team-a, sha256: [" +
+               digest + "]}}\n  limits: {requestsPerMinute: 3}\n";
+    };
+    start(llmService({{&a, "true"}, {&b, "true"}}), folder(64));
     auto ask = [&](const std::string& prompt, int max_tokens,
                    const std::map<std::string, std::string>& headers = {}) {
         const json body{{"model", "llama"},
@@ -463,6 +467,15 @@ TEST_F(ServiceRouteGateway, FolderRoutesAndBudgetsTuneBalancingCostTiersAndApiKe
     EXPECT_EQ(refused.headers["x-ratelimit-limit-requests"], "3");
     EXPECT_EQ(json::parse(refused.body)["error"]["type"], "requests");
     EXPECT_EQ(ask("hi", 5, {{"authorization", "Bearer sk-other"}}).status, 200u);
+
+    // A reload that only shortens the hashed prefix to "prefix" puts those 16 prompts together.
+    const double before = reloads("success");
+    writeFile(policies_.path, "routes.yaml", folder(6));
+    ASSERT_TRUE(waitForReloads("success", before + 1));
+    prefixes.clear();
+    for (int i = 0; i < 16; ++i)
+        prefixes.insert(ask("prefix " + std::to_string(i) + tail, 100).headers["x-backend"]);
+    EXPECT_EQ(prefixes.size(), 1u) << "the new prefixBytes applies after the reload";
     EXPECT_EQ(reloads("failure"), -1) << "no failed reload";
 }
 

@@ -35,6 +35,8 @@ struct PoolConfig {
     bool load_metrics = false;
     std::string metrics_path = "/metrics";
     std::chrono::milliseconds metrics_interval{1'000};
+
+    bool operator==(const PoolConfig&) const = default;
 };
 
 // Throws std::invalid_argument on a bad entry.
