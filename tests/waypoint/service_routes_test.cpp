@@ -170,6 +170,28 @@ std::string modelRoute(const std::string& backends) {
            backends + "\n";
 }
 
+// The example a reader starts from must be one the waypoint takes, not only one that compiles.
+TEST(ServiceBackend, TheRagExampleIsAConfigurationTheWaypointTakes) {
+    const std::string dir = std::string(SLUICE_POLICY_EXAMPLES) + "/rag-two-tenants";
+    const auto loaded = policies::load_and_compile(dir + "/policies", dir + "/registry");
+    ASSERT_TRUE(loaded.compiled);
+    const PolicyView v =
+        makePolicyView(parseConfig("kind: Waypoint\nspec: {}\n"), loaded.compiled->waypoint);
+    ASSERT_EQ(v.routes.size(), 2u);
+    const route::ModelRouteConfig& chat = v.routes[0];
+    const std::string pool = "llm.shared-llm.svc.cluster.local:80";
+    ASSERT_EQ(chat.backends.size(), 2u);
+    EXPECT_EQ(chat.backends[1].model, "llama-3-8b-canary");
+    ASSERT_TRUE(chat.cost_tier);
+    ASSERT_EQ(chat.cost_tier->targets.size(), 1u);
+    EXPECT_EQ(chat.cost_tier->targets[0].pool, pool);
+    EXPECT_EQ(chat.cost_tier->targets[0].model, "llama-3-8b-small");
+    ASSERT_EQ(v.pools.size(), 1u);
+    EXPECT_EQ(v.pools[0].name, pool);
+    EXPECT_EQ(v.pools[0].policy, LbPolicy::PrefixAffinity);
+    EXPECT_EQ(v.budget.api_key_sha256.size(), 1u);
+}
+
 TEST(ServiceBackend, AServiceBackendBecomesAPoolOfItsReadyEndpoints) {
     const std::string registry =
         serviceDoc("ai", "llm", "[{name: http, port: 8000, targetPort: http}]") +
