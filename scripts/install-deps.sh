@@ -18,6 +18,8 @@ PACKAGES=(
     rapidjson-dev
     # testbed, demo and tests
     iproute2 iptables containernetworking-plugins procps util-linux iputils-ping curl python3
+    # certificates for the waypoint TLS listener tests (the openssl CLI)
+    openssl
     # waypoint: node (with npm; the nodesource build here bundles it) generates the Unicode
     # table and runs the npm tiktoken package (rank files, exactness reference)
     nodejs

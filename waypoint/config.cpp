@@ -24,6 +24,12 @@ void parseWaypoint(const YAML::Node& spec, Config& c) {
     c.identity = spec["identity"].as<std::string>(c.identity);
     c.ca_cert = spec["caCert"].as<std::string>(c.ca_cert);
     c.ca_key = spec["caKey"].as<std::string>(c.ca_key);
+    if (const auto& t = spec["tls"]) {
+        c.tls.listen = t["listen"].as<std::string>(c.tls.listen);
+        c.tls.certificate_file = t["certificateFile"].as<std::string>(c.tls.certificate_file);
+        c.tls.private_key_file = t["privateKeyFile"].as<std::string>(c.tls.private_key_file);
+        c.tls.reload_interval = parseDuration(t["reloadInterval"], c.tls.reload_interval);
+    }
     c.tokenizer_dir = spec["tokenizerDir"].as<std::string>(c.tokenizer_dir);
     c.log_level = spec["logLevel"].as<std::string>(c.log_level);
     c.policies_dir = spec["policiesDir"].as<std::string>(c.policies_dir);
@@ -102,6 +108,12 @@ std::vector<std::string> Config::validate() const {
     } else if (!hbone_listen.empty()) {
         problems.push_back("hboneListen needs an identity (the waypoint's SPIFFE id)");
     }
+    if (!tls.listen.empty() && (tls.certificate_file.empty() || tls.private_key_file.empty()))
+        problems.push_back("tls.listen needs tls.certificateFile and tls.privateKeyFile");
+    if (tls.listen.empty() && (!tls.certificate_file.empty() || !tls.private_key_file.empty()))
+        problems.push_back("tls.certificateFile/privateKeyFile need tls.listen");
+    if (tls.reload_interval < std::chrono::milliseconds(100))
+        problems.push_back("tls.reloadInterval must be at least 100ms");
     if (budgets.size() > 1)
         problems.push_back("only one TokenBudget document is supported");
     std::set<std::string> pool_names;

@@ -10,6 +10,7 @@
 #include "waypoint/filters/route/config.h"
 #include "waypoint/filters/usage/config.h"
 #include "waypoint/http/server.h"
+#include "waypoint/http/tls_server.h"
 #include "waypoint/http/upstream.h"
 #include "waypoint/lb/config.h"
 
@@ -37,6 +38,7 @@ struct Config {
     std::string hbone_listen;
     std::string identity;         // spiffe://<td>/ns/<ns>/sa/<sa>: the waypoint's own identity
     std::string ca_cert, ca_key;  // signing CA (PEM files): mints our certificate, trust bundle
+    GatewayTlsConfig tls;         // the TLS gateway listener (off without tls.listen)
     unsigned workers = 1;         // threads, each with its own listener (SO_REUSEPORT)
     // A worker that ran out of events keeps polling this long before it sleeps: trades CPU
     // for latency where waking a sleeping CPU is slow (VMs). 0 = off (docs/waypoint.md,

@@ -148,6 +148,8 @@ Gateway::Gateway(Config config) : config_(std::move(config)) {
             throw std::runtime_error("certificate for " + id->uri() + ": " + ctx.error());
         identity_ = *id;
     }
+    if (!config_.tls.listen.empty())
+        gateway_tls_ = std::make_unique<GatewayTlsContext>(config_.tls);  // bad files fail here
     for (const auto& pool : config_.pools) {
         pools_[pool.name] = std::make_shared<BackendPool>(pool);
     }
@@ -249,6 +251,8 @@ void Gateway::start() {
         workers_.push_back(std::move(w));
     }
     gateway_port_ = port;
+    if (gateway_tls_)
+        startTls();
     if (identity_)
         startHbone();
     metrics_acceptor_ =
@@ -296,6 +300,16 @@ void Gateway::start() {
     for (auto& w : workers_) {
         asio::co_spawn(w->io, acceptLoop(*w->acceptor, config_.limits, w->handler, &w->h2),
                        asio::detached);
+        if (w->tls_acceptor) {
+            asio::co_spawn(w->io,
+                           acceptEach(*w->tls_acceptor,
+                                      [this, w = w.get()](tcp::socket socket) {
+                                          return serveTlsConnection(
+                                              std::move(socket), gateway_tls_->current(),
+                                              config_.limits, w->handler, &w->h2, tls_result_);
+                                      }),
+                           asio::detached);
+        }
         if (w->hbone)
             asio::co_spawn(w->io, w->hbone->acceptLoop(*w->hbone_acceptor), asio::detached);
         w->thread =
@@ -355,6 +369,8 @@ void Gateway::drainWorkers() {
                         std::shared_ptr<std::promise<void>> done) -> awaitable<void> {
             error_code ec;
             w.acceptor->close(ec);
+            if (w.tls_acceptor)
+                w.tls_acceptor->close(ec);
             if (w.hbone_acceptor)
                 w.hbone_acceptor->close(ec);
             if (w.hbone)
@@ -368,6 +384,53 @@ void Gateway::drainWorkers() {
         std::chrono::steady_clock::now() + config_.limits.drain_timeout + std::chrono::seconds(1);
     for (auto& f : drained)
         f.wait_until(until);
+}
+
+void Gateway::startTls() {
+    const auto at = parseListen(config_.tls.listen);
+    unsigned short port = at.port();
+    for (auto& w : workers_) {
+        w->tls_acceptor = std::make_unique<tcp::acceptor>(
+            listenReusePort(w->io, tcp::endpoint(at.address(), port)));
+        port = w->tls_acceptor->local_endpoint().port();
+    }
+    tls_port_ = port;
+    tls_result_ = [this](std::string_view result) {
+        metrics_.gateway_tls.at({{"result", std::string(result)}}).Increment();
+    };
+    metrics_.gateway_tls_not_after.at({}).Set(
+        double(std::chrono::system_clock::to_time_t(gateway_tls_->notAfter())));
+    asio::co_spawn(admin_io_, reloadTlsLoop(), asio::detached);
+}
+
+awaitable<void> Gateway::reloadTlsLoop() {
+    asio::steady_timer timer(admin_io_);
+    for (;;) {
+        timer.expires_after(config_.tls.reload_interval);
+        error_code ec;
+        co_await timer.async_wait(noThrow(ec));
+        if (ec)
+            co_return;
+        std::string problem;
+        switch (gateway_tls_->reloadIfChanged(problem)) {
+            case GatewayTlsContext::Reload::Unchanged:
+                break;
+            case GatewayTlsContext::Reload::Reloaded:
+                spdlog::info("TLS listener: certificate reloaded from {}",
+                             config_.tls.certificate_file);
+                metrics_.gateway_tls_reloads.at({{"result", "success"}}).Increment();
+                metrics_.gateway_tls_not_after.at({}).Set(
+                    double(std::chrono::system_clock::to_time_t(gateway_tls_->notAfter())));
+                break;
+            case GatewayTlsContext::Reload::Failed:
+                spdlog::error(
+                    "TLS listener: certificate not reloaded (the previous one stays "
+                    "in use): {}",
+                    problem);
+                metrics_.gateway_tls_reloads.at({{"result", "failure"}}).Increment();
+                break;
+        }
+    }
 }
 
 void Gateway::startHbone() {

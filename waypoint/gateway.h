@@ -17,6 +17,7 @@
 #include "waypoint/hbone/listener.h"
 #include "waypoint/http/h2_server.h"
 #include "waypoint/http/server.h"
+#include "waypoint/http/tls_server.h"
 #include "waypoint/http/upstream.h"
 #include "waypoint/lb/pool.h"
 #include "waypoint/metrics.h"
@@ -45,6 +46,7 @@ class Gateway {
     void stop();
 
     unsigned short gatewayPort() const { return gateway_port_; }
+    unsigned short tlsPort() const { return tls_port_; }      // 0: no TLS listener
     unsigned short hbonePort() const { return hbone_port_; }  // 0: no HBONE listener
     unsigned short metricsPort() const { return metrics_port_; }
     unsigned short readyPort() const { return ready_port_; }
@@ -61,7 +63,8 @@ class Gateway {
         H2Connections h2{io.get_executor()};  // plain and in-HBONE h2c connections
         std::unique_ptr<tcp::acceptor> acceptor;
         std::unique_ptr<UpstreamPool> upstream;
-        Handler handler;  // proxies with this worker's upstream pool
+        Handler handler;                              // proxies with this worker's upstream pool
+        std::unique_ptr<tcp::acceptor> tls_acceptor;  // null: no TLS listener
         std::unique_ptr<tcp::acceptor> hbone_acceptor;
         std::unique_ptr<HboneServer> hbone;
         std::thread thread;
@@ -104,6 +107,9 @@ class Gateway {
     // `loadMetrics`; the scraper ends when the pool is replaced or gone.
     void scrapeLoad(const std::shared_ptr<BackendPool>& pool);
     void startHbone();  // binds each worker's HBONE acceptor (SO_REUSEPORT, one port)
+    void startTls();    // binds each worker's TLS acceptor, starts the certificate reloads
+    // Checks the TLS listener's files every reload interval (admin thread).
+    awaitable<void> reloadTlsLoop();
 
     Config config_;
     Metrics metrics_;
@@ -128,6 +134,9 @@ class Gateway {
     // HBONE: the waypoint's own identity and its TLS contexts (certificate minted from the CA).
     std::optional<identity::Identity> identity_;
     std::unique_ptr<hbone::TlsContexts> tls_;
+    // The TLS gateway listener's certificate (null: no TLS listener).
+    std::unique_ptr<GatewayTlsContext> gateway_tls_;
+    TlsHandshakeResult tls_result_;
 
     std::vector<std::unique_ptr<Worker>> workers_;
     asio::io_context admin_io_{1};
@@ -136,7 +145,8 @@ class Gateway {
     Handler metrics_handler_, ready_handler_;
     std::thread admin_thread_;
     std::atomic<bool> ready_{false};
-    unsigned short gateway_port_ = 0, hbone_port_ = 0, metrics_port_ = 0, ready_port_ = 0;
+    unsigned short gateway_port_ = 0, tls_port_ = 0, hbone_port_ = 0, metrics_port_ = 0,
+                   ready_port_ = 0;
 };
 
 // "ip:port" or "[v6]:port" → endpoint; throws std::invalid_argument.

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
     std::string listen, metrics_listen, ready_listen, tokenizer_dir, log_level;
     std::string policies_dir, registry_dir;
     std::string hbone_listen, identity_uri, ca_cert, ca_key;
+    std::string tls_listen, tls_cert, tls_key;
     unsigned workers = 0;
     std::optional<std::int64_t> busy_poll_us;
     app.add_option("--config", config_path, "Config file (multi-document YAML)")
@@ -32,6 +33,10 @@ int main(int argc, char** argv) {
                    "The waypoint's SPIFFE id spiffe://<td>/ns/<ns>/sa/<sa> (turns HBONE on)");
     app.add_option("--ca-cert", ca_cert, "Signing CA certificate (PEM): trust bundle");
     app.add_option("--ca-key", ca_key, "Signing CA key (PEM): mints the waypoint's certificate");
+    app.add_option("--tls-listen", tls_listen,
+                   "TLS gateway listener ip:port (HTTP/2 by ALPN, else HTTP/1.1)");
+    app.add_option("--tls-cert", tls_cert, "TLS listener certificate chain (PEM, leaf first)");
+    app.add_option("--tls-key", tls_key, "TLS listener private key (PEM)");
     app.add_option("--metrics-listen", metrics_listen, "Metrics listener (default 0.0.0.0:15020)");
     app.add_option("--ready-listen", ready_listen, "Readiness listener (default 0.0.0.0:15021)");
     app.add_option("--workers", workers, "Worker threads (default from config, else 1)");
@@ -54,12 +59,15 @@ int main(int argc, char** argv) {
     }
     if (!listen.empty())
         config.listen = listen;
-    const std::array<std::pair<const std::string*, std::string*>, 4> hbone_flags{
+    const std::array<std::pair<const std::string*, std::string*>, 7> listener_flags{
         {{&hbone_listen, &config.hbone_listen},
          {&identity_uri, &config.identity},
          {&ca_cert, &config.ca_cert},
-         {&ca_key, &config.ca_key}}};
-    for (const auto& [flag, field] : hbone_flags) {
+         {&ca_key, &config.ca_key},
+         {&tls_listen, &config.tls.listen},
+         {&tls_cert, &config.tls.certificate_file},
+         {&tls_key, &config.tls.private_key_file}}};
+    for (const auto& [flag, field] : listener_flags) {
         if (!flag->empty())
             *field = *flag;
     }
@@ -96,9 +104,9 @@ int main(int argc, char** argv) {
     try {
         Gateway gateway(std::move(config));
         gateway.start();
-        spdlog::info("listening: gateway :{}, hbone :{}, metrics :{}, ready :{}",
-                     gateway.gatewayPort(), gateway.hbonePort(), gateway.metricsPort(),
-                     gateway.readyPort());
+        spdlog::info("listening: gateway :{}, tls :{}, hbone :{}, metrics :{}, ready :{}",
+                     gateway.gatewayPort(), gateway.tlsPort(), gateway.hbonePort(),
+                     gateway.metricsPort(), gateway.readyPort());
         int sig = 0;
         sigwait(&signals, &sig);
         spdlog::info("signal {}: stopping", sig);

@@ -78,7 +78,21 @@ Metrics::Metrics()
       hbone_streams(prometheus::BuildCounter()
                         .Name("sluice_hbone_streams_total")
                         .Help("HBONE CONNECT streams accepted (200) or refused, by response code")
-                        .Register(registry)) {}
+                        .Register(registry)),
+      gateway_tls(prometheus::BuildCounter()
+                      .Name("sluice_gateway_tls_handshakes_total")
+                      .Help("TLS listener handshakes by result: the protocol chosen (h2, "
+                            "http/1.1), failed or timeout")
+                      .Register(registry)),
+      gateway_tls_reloads(prometheus::BuildCounter()
+                              .Name("sluice_gateway_tls_reloads_total")
+                              .Help("TLS listener certificate reloads after a file changed, by "
+                                    "result (a failure keeps the certificate in use)")
+                              .Register(registry)),
+      gateway_tls_not_after(prometheus::BuildGauge()
+                                .Name("sluice_gateway_tls_certificate_not_after_seconds")
+                                .Help("Expiry (Unix time) of the TLS listener's certificate")
+                                .Register(registry)) {}
 
 std::string Metrics::serialize() const {
     std::ostringstream out;

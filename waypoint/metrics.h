@@ -70,24 +70,27 @@ struct Metrics {
     std::string serialize() const;
 
     prometheus::Registry registry;
-    Labeled<prometheus::Counter> requests;            // istio_requests_total
-    Labeled<prometheus::Histogram> duration_ms;       // istio_request_duration_ms
-    Labeled<prometheus::Histogram> token_usage;       // gen_ai_client_token_usage
-    Labeled<prometheus::Counter> tokens;              // sluice_gen_ai_tokens_total
-    Labeled<prometheus::Histogram> operation_s;       // gen_ai_client_operation_duration
-    Labeled<prometheus::Histogram> ttft_s;            // time to first token
-    Labeled<prometheus::Histogram> tpot_s;            // time per output token
-    Labeled<prometheus::Gauge> budget_remaining;      // sluice_budget_remaining_tokens
-    Labeled<prometheus::Counter> rejected;            // sluice_requests_rejected_total
-    Labeled<prometheus::Counter> upstream_attempts;   // sluice_upstream_attempts_total
-    Labeled<prometheus::Counter> shed;                // sluice_requests_shed_total
-    Labeled<prometheus::Gauge> admission_in_flight;   // sluice_admission_in_flight
-    Labeled<prometheus::Gauge> admission_queued;      // sluice_admission_queued
-    Labeled<prometheus::Gauge> backend_waiting;       // sluice_backend_requests_waiting
-    Labeled<prometheus::Gauge> backend_kv_cache;      // sluice_backend_kv_cache_usage
-    Labeled<prometheus::Counter> policy_reloads;      // sluice_policy_reload_total
-    Labeled<prometheus::Counter> handshake_failures;  // sluice_tls_handshake_failures_total
-    Labeled<prometheus::Counter> hbone_streams;       // sluice_hbone_streams_total
+    Labeled<prometheus::Counter> requests;             // istio_requests_total
+    Labeled<prometheus::Histogram> duration_ms;        // istio_request_duration_ms
+    Labeled<prometheus::Histogram> token_usage;        // gen_ai_client_token_usage
+    Labeled<prometheus::Counter> tokens;               // sluice_gen_ai_tokens_total
+    Labeled<prometheus::Histogram> operation_s;        // gen_ai_client_operation_duration
+    Labeled<prometheus::Histogram> ttft_s;             // time to first token
+    Labeled<prometheus::Histogram> tpot_s;             // time per output token
+    Labeled<prometheus::Gauge> budget_remaining;       // sluice_budget_remaining_tokens
+    Labeled<prometheus::Counter> rejected;             // sluice_requests_rejected_total
+    Labeled<prometheus::Counter> upstream_attempts;    // sluice_upstream_attempts_total
+    Labeled<prometheus::Counter> shed;                 // sluice_requests_shed_total
+    Labeled<prometheus::Gauge> admission_in_flight;    // sluice_admission_in_flight
+    Labeled<prometheus::Gauge> admission_queued;       // sluice_admission_queued
+    Labeled<prometheus::Gauge> backend_waiting;        // sluice_backend_requests_waiting
+    Labeled<prometheus::Gauge> backend_kv_cache;       // sluice_backend_kv_cache_usage
+    Labeled<prometheus::Counter> policy_reloads;       // sluice_policy_reload_total
+    Labeled<prometheus::Counter> handshake_failures;   // sluice_tls_handshake_failures_total
+    Labeled<prometheus::Counter> hbone_streams;        // sluice_hbone_streams_total
+    Labeled<prometheus::Counter> gateway_tls;          // sluice_gateway_tls_handshakes_total
+    Labeled<prometheus::Counter> gateway_tls_reloads;  // sluice_gateway_tls_reloads_total
+    Labeled<prometheus::Gauge> gateway_tls_not_after;  // …_certificate_not_after_seconds
 };
 
 }  // namespace sluice::waypoint

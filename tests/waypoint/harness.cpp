@@ -225,6 +225,28 @@ std::string limitsConfig(const Emulator& backend, const std::string& limits) {
            "  timeout: 10s\n  backends: [{pool: main}]\n";
 }
 
+TestPki::TestPki() {
+    const auto [status, out] = runCommand(
+        "cd '" + dir_.path.string() +
+        "' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
+        "-subj /CN=sluice-test-ca -keyout ca.key -out ca.pem 2>&1 && "
+        "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > server.ext");
+    if (status != 0)
+        throw std::runtime_error("test CA: " + out);
+}
+
+void TestPki::issue(const std::string& name, const std::string& common_name) {
+    const auto [status, out] = runCommand(
+        "cd '" + dir_.path.string() +
+        "' && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj '/CN=" +
+        common_name + "' -keyout '" + name + ".key' -out '" + name +
+        ".csr' 2>&1 && openssl x509 -req -in '" + name +
+        ".csr' -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile server.ext -out '" + name +
+        ".pem' 2>&1");
+    if (status != 0)
+        throw std::runtime_error("test certificate " + name + ": " + out);
+}
+
 std::unique_ptr<Gateway> startGateway(const std::string& yaml, bool access_log,
                                       const std::function<void(Config&)>& adjust) {
     Config config = parseConfig(yaml);

@@ -31,6 +31,20 @@ struct TempDir {
     std::filesystem::path path;
 };
 
+// A test CA and server certificates for 127.0.0.1 and localhost, made with the openssl CLI
+// (ECDSA P-256) in a temporary directory.
+class TestPki {
+  public:
+    TestPki();  // the CA: ca.pem, ca.key
+    std::filesystem::path dir() const { return dir_.path; }
+    std::string ca() const { return (dir_.path / "ca.pem").string(); }
+    // <name>.pem and <name>.key, signed by the CA, subject CN `common_name`.
+    void issue(const std::string& name, const std::string& common_name);
+
+  private:
+    TempDir dir_;
+};
+
 // One openai_emulator.py process on 127.0.0.1:<port>; killed by pid in the destructor.
 class Emulator {
   public:

@@ -78,6 +78,9 @@ async function main() {
 }
 
 main().catch((err) => {
-    console.error(`openai_sdk_client: ${err.stack ?? err}`);
+    // A connection error's reason (a refused certificate, …) is down its chain of causes.
+    let causes = "";
+    for (let c = err.cause; c; c = c.cause) causes += `\ncaused by: ${c.code ?? ""} ${c.message ?? c}`;
+    console.error(`openai_sdk_client: ${err.stack ?? err}${causes}`);
     process.exit(1);
 });

@@ -26,6 +26,9 @@ class ByteStream {
     virtual void shutdown_send() = 0;  // end of the response bytes (FIN / END_STREAM)
     virtual void close() = 0;          // abort (RST) unless the send side was shut down cleanly
     virtual bool is_open() const = 0;
+    // A TCP connection of its own (TLS): closing it with unread bytes would send a RST, so a
+    // graceful end lingers (lingerBeforeClose). An HBONE stream has no such reset to fear.
+    virtual bool overTcp() const { return false; }
 };
 
 // The client side of one HTTP/1.1 connection: a TCP socket (the plain listener's hot path, calls
@@ -89,6 +92,7 @@ class ClientStream {
             other_->close();
     }
     bool is_open() const { return socket_ ? socket_->is_open() : other_->is_open(); }
+    bool overTcp() const { return socket_ != nullptr || other_->overTcp(); }
 
   private:
     template <class MutableBuffers>

@@ -700,7 +700,7 @@ void H2Session::close(bool graceful) {
         transport_.shutdown_send(ec);  // an HBONE stream ends with END_STREAM, not a reset
     // The read loop closes the transport once it ended; on TCP after a graceful end it first
     // drains what the client still sends (an HBONE stream has no reset to fear).
-    linger_ = graceful && transport_.socket() != nullptr;
+    linger_ = graceful && transport_.overTcp();
     transport_.cancel(ec);
     auto streams = std::move(streams_);
     streams_.clear();

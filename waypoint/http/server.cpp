@@ -105,8 +105,7 @@ awaitable<void> lingerBeforeClose(ClientStream& client) {
     deadline.disarm();
 }
 
-awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
-                                const Handler& handler, H2Connections* h2) {
+void tuneClientSocket(tcp::socket& socket, const ServerLimits& limits) {
     error_code ec;
     socket.set_option(tcp::no_delay(true), ec);
     // A client that stops reading must not hold its upstream request and our buffers for ever:
@@ -117,6 +116,11 @@ awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
     if (::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout,
                      sizeof user_timeout) != 0)
         spdlog::warn("TCP_USER_TIMEOUT: {}", std::strerror(errno));
+}
+
+awaitable<void> serveConnection(tcp::socket socket, const ServerLimits& limits,
+                                const Handler& handler, H2Connections* h2) {
+    tuneClientSocket(socket, limits);
     ClientStream stream(socket);
     const Downstream plain{.h2 = h2};
     co_await serveHttp1(stream, limits, handler, plain);
@@ -163,7 +167,7 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
             break;
         }
         if (ec == http::error::bad_version && served == 0 && downstream.h2 != nullptr &&
-            isH2Preface(buffer)) {
+            downstream.h2c && isH2Preface(buffer)) {
             // h2c with prior knowledge (a TCP connection or an HBONE stream): the connection
             // changes hands (docs/waypoint.md).
             co_await serveH2c(socket, buffer, limits, handler, downstream);
@@ -194,7 +198,7 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
             break;
         }
         Request request = parser.release();
-        if (downstream.h2 != nullptr && !member.stopping()) {
+        if (downstream.h2 != nullptr && downstream.h2c && !member.stopping()) {
             // Upgrade: h2c (RFC 7540 §3.2) where h2c with prior knowledge is served too; not
             // while stopping (the request is answered over HTTP/1.1 with Connection: close).
             auto offer = h2cUpgradeOffer(request);

@@ -42,8 +42,15 @@ struct Downstream {
     // connection (prior knowledge) on it registers; null: HTTP/1.1 only and not drained (admin
     // listeners, and the HTTP/2 streams themselves).
     H2Connections* h2 = nullptr;
+    // h2c (prior knowledge, `Upgrade: h2c`) is offered where h2 is; not on a TLS connection,
+    // where HTTP/2 is chosen by ALPN only (RFC 9113 §3.2, §3.3).
+    bool h2c = true;
 };
 using Handler = std::function<awaitable<void>(Exchange&)>;
+
+// What every accepted client connection gets: TCP_NODELAY, and TCP_USER_TIMEOUT at the idle
+// timeout (a client that stops reading cannot hold our buffers and its upstream for ever).
+void tuneClientSocket(tcp::socket& socket, const ServerLimits& limits);
 
 // Serves HTTP/1.1 on one accepted connection: keep-alive, chunked request bodies (the Beast
 // parser), header/body limits and read timeouts. A request that does not parse gets a 400 with

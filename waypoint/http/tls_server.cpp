@@ -1,0 +1,214 @@
+#include "waypoint/http/tls_server.h"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <ctime>
+#include <stdexcept>
+#include <utility>
+
+#include "waypoint/http/client_stream.h"
+#include "waypoint/http/deadline.h"
+#include "waypoint/http/h2_server.h"
+#include "ztunnel/hbone/tls_socket.h"
+
+namespace sluice::waypoint {
+namespace {
+
+using ztunnel::hbone::TlsSocket;
+
+// ALPN protocols in the server's order of preference (wire format: length-prefixed).
+constexpr unsigned char kAlpn[] = {2, 'h', '2', 8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+
+int selectAlpn(SSL*, const unsigned char** out, unsigned char* out_len, const unsigned char* in,
+               unsigned int in_len, void*) {
+    unsigned char* chosen = nullptr;
+    if (SSL_select_next_proto(&chosen, out_len, kAlpn, sizeof kAlpn, in, in_len) !=
+        OPENSSL_NPN_NEGOTIATED) {
+        return SSL_TLSEXT_ERR_NOACK;  // none of ours offered: go on without ALPN (HTTP/1.1)
+    }
+    *out = chosen;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+std::string opensslReason() {
+    const unsigned long e = ERR_get_error();
+    ERR_clear_error();
+    if (e == 0)
+        return "unknown OpenSSL error";
+    char text[256];
+    ERR_error_string_n(e, text, sizeof text);
+    return text;
+}
+
+// One TLS connection as the byte stream the HTTP/1.1 and HTTP/2 servers read and write.
+class TlsByteStream final : public ByteStream {
+  public:
+    explicit TlsByteStream(TlsSocket& tls) : tls_(tls), socket_(tls.socket()) {}
+
+    awaitable<IoResult> read(asio::mutable_buffer buf) override {
+        error_code ec;
+        const std::size_t n = co_await tls_.read_some(buf, ec);
+        co_return IoResult{ec, n};
+    }
+    awaitable<IoResult> write(std::string data) override {
+        error_code ec;
+        co_await tls_.write(asio::buffer(data), ec);
+        co_return IoResult{ec, ec ? 0 : data.size()};
+    }
+    void cancel() override {
+        error_code ec;
+        socket_.cancel(ec);
+    }
+    // close_notify, then our FIN: the client can tell a complete response from a cut one.
+    void shutdown_send() override {
+        if (std::exchange(shut_down_, true) || !socket_.is_open())
+            return;
+        if (SSL_is_init_finished(tls_.native_handle())) {
+            SSL_shutdown(tls_.native_handle());  // sends now: the BIO writes to the socket
+            ERR_clear_error();
+        }
+        error_code ec;
+        socket_.shutdown(tcp::socket::shutdown_send, ec);
+    }
+    void close() override {
+        error_code ec;
+        socket_.close(ec);
+    }
+    bool is_open() const override { return socket_.is_open(); }
+    bool overTcp() const override { return true; }
+
+  private:
+    TlsSocket& tls_;
+    tcp::socket& socket_;
+    bool shut_down_ = false;
+};
+
+}  // namespace
+
+std::expected<std::shared_ptr<asio::ssl::context>, std::string> makeGatewayTlsContext(
+    const std::string& certificate_file, const std::string& private_key_file,
+    std::chrono::system_clock::time_point* not_after) {
+    auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+    SSL_CTX* native = ctx->native_handle();
+    ERR_clear_error();
+    SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
+    SSL_CTX_set_options(
+        native, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
+    // TLS 1.2: forward secrecy and AEAD only (TLS 1.3's suites are all of that kind).
+    if (SSL_CTX_set_cipher_list(native, "ECDHE+AESGCM:ECDHE+CHACHA20") != 1)
+        return std::unexpected("TLS 1.2 ciphers: " + opensslReason());
+    SSL_CTX_set_mode(native, SSL_MODE_RELEASE_BUFFERS);  // an idle connection holds no buffer
+    SSL_CTX_set_alpn_select_cb(native, selectAlpn, nullptr);
+    if (SSL_CTX_use_certificate_chain_file(native, certificate_file.c_str()) != 1)
+        return std::unexpected("certificate " + certificate_file + ": " + opensslReason());
+    if (SSL_CTX_use_PrivateKey_file(native, private_key_file.c_str(), SSL_FILETYPE_PEM) != 1)
+        return std::unexpected("private key " + private_key_file + " (for " + certificate_file +
+                               "): " + opensslReason());
+    if (SSL_CTX_check_private_key(native) != 1) {
+        return std::unexpected("private key " + private_key_file + " does not match " +
+                               certificate_file + ": " + opensslReason());
+    }
+    if (not_after != nullptr) {
+        std::tm tm{};
+        const X509* leaf = SSL_CTX_get0_certificate(native);
+        if (leaf == nullptr || ASN1_TIME_to_tm(X509_get0_notAfter(leaf), &tm) != 1)
+            return std::unexpected("certificate " + certificate_file + ": no validity period");
+        *not_after = std::chrono::system_clock::from_time_t(timegm(&tm));
+    }
+    return ctx;
+}
+
+GatewayTlsContext::GatewayTlsContext(GatewayTlsConfig config) : config_(std::move(config)) {
+    loaded_ = stamps(config_);
+    auto ctx =
+        makeGatewayTlsContext(config_.certificate_file, config_.private_key_file, &not_after_);
+    if (!ctx)
+        throw std::runtime_error("TLS listener: " + ctx.error());
+    context_ = std::move(*ctx);
+}
+
+std::shared_ptr<asio::ssl::context> GatewayTlsContext::current() const {
+    std::lock_guard lock(mutex_);
+    return context_;
+}
+
+std::chrono::system_clock::time_point GatewayTlsContext::notAfter() const {
+    std::lock_guard lock(mutex_);
+    return not_after_;
+}
+
+std::pair<GatewayTlsContext::Stamp, GatewayTlsContext::Stamp> GatewayTlsContext::stamps(
+    const GatewayTlsConfig& c) {
+    auto of = [](const std::string& path) {
+        struct stat st {};
+        if (::stat(path.c_str(), &st) != 0)
+            return Stamp{};
+        return Stamp{
+            .inode = std::uint64_t(st.st_ino),
+            .size = std::uint64_t(st.st_size),
+            .mtime_ns = std::int64_t(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
+    };
+    return {of(c.certificate_file), of(c.private_key_file)};
+}
+
+GatewayTlsContext::Reload GatewayTlsContext::reloadIfChanged(std::string& problem) {
+    const auto now = stamps(config_);
+    {
+        std::lock_guard lock(mutex_);
+        if (now == loaded_)
+            return Reload::Unchanged;
+        loaded_ = now;
+    }
+    std::chrono::system_clock::time_point not_after;
+    auto ctx =
+        makeGatewayTlsContext(config_.certificate_file, config_.private_key_file, &not_after);
+    if (!ctx) {
+        problem = ctx.error();
+        return Reload::Failed;
+    }
+    std::lock_guard lock(mutex_);
+    context_ = std::move(*ctx);
+    not_after_ = not_after;
+    return Reload::Reloaded;
+}
+
+awaitable<void> serveTlsConnection(tcp::socket socket, std::shared_ptr<asio::ssl::context> context,
+                                   const ServerLimits& limits, const Handler& handler,
+                                   H2Connections* h2, const TlsHandshakeResult& result) {
+    tuneClientSocket(socket, limits);
+    TlsSocket tls(std::move(socket), *context);
+    // A client that opens the connection and says nothing must not hold it for ever.
+    Deadline deadline(tls.get_executor());
+    deadline.arm(tls.socket(), limits.request_timeout);
+    const error_code ec = co_await tls.handshake(TlsSocket::Role::Server);
+    deadline.disarm();
+    if (ec) {
+        spdlog::debug("TLS handshake with a client failed: {}", ec.message());
+        result(deadline.fired() ? "timeout" : "failed");
+        error_code ignored;
+        tls.socket().close(ignored);
+        co_return;
+    }
+    const unsigned char* alpn = nullptr;
+    unsigned int alpn_len = 0;
+    SSL_get0_alpn_selected(tls.native_handle(), &alpn, &alpn_len);
+    const bool h2_chosen = std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) == "h2";
+    result(h2_chosen ? "h2" : "http/1.1");
+    TlsByteStream bytes(tls);
+    ClientStream stream(bytes, tls.get_executor());
+    const Downstream downstream{.h2 = h2, .h2c = false};
+    if (h2_chosen) {
+        const beast::flat_buffer none;
+        co_await serveH2c(stream, none, limits, handler, downstream);
+    } else {
+        co_await serveHttp1(stream, limits, handler, downstream);
+    }
+    error_code ignored;
+    stream.close(ignored);
+}
+
+}  // namespace sluice::waypoint
