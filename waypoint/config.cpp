@@ -29,6 +29,9 @@ void parseWaypoint(const YAML::Node& spec, Config& c) {
         c.tls.certificate_file = t["certificateFile"].as<std::string>(c.tls.certificate_file);
         c.tls.private_key_file = t["privateKeyFile"].as<std::string>(c.tls.private_key_file);
         c.tls.reload_interval = parseDuration(t["reloadInterval"], c.tls.reload_interval);
+        c.tls.client_ca_file = t["clientCaFile"].as<std::string>(c.tls.client_ca_file);
+        c.tls.require_client_certificate =
+            t["requireClientCertificate"].as<bool>(c.tls.require_client_certificate);
     }
     c.tokenizer_dir = spec["tokenizerDir"].as<std::string>(c.tokenizer_dir);
     c.log_level = spec["logLevel"].as<std::string>(c.log_level);
@@ -110,8 +113,9 @@ std::vector<std::string> Config::validate() const {
     }
     if (!tls.listen.empty() && (tls.certificate_file.empty() || tls.private_key_file.empty()))
         problems.push_back("tls.listen needs tls.certificateFile and tls.privateKeyFile");
-    if (tls.listen.empty() && (!tls.certificate_file.empty() || !tls.private_key_file.empty()))
-        problems.push_back("tls.certificateFile/privateKeyFile need tls.listen");
+    if (tls.listen.empty() && (!tls.certificate_file.empty() || !tls.private_key_file.empty() ||
+                               !tls.client_ca_file.empty()))
+        problems.push_back("tls.certificateFile/privateKeyFile/clientCaFile need tls.listen");
     if (tls.reload_interval < std::chrono::milliseconds(100))
         problems.push_back("tls.reloadInterval must be at least 100ms");
     if (budgets.size() > 1)

@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
     std::string listen, metrics_listen, ready_listen, tokenizer_dir, log_level;
     std::string policies_dir, registry_dir;
     std::string hbone_listen, identity_uri, ca_cert, ca_key;
-    std::string tls_listen, tls_cert, tls_key;
+    std::string tls_listen, tls_cert, tls_key, tls_client_ca;
     unsigned workers = 0;
     std::optional<std::int64_t> busy_poll_us;
     app.add_option("--config", config_path, "Config file (multi-document YAML)")
@@ -37,6 +37,8 @@ int main(int argc, char** argv) {
                    "TLS gateway listener ip:port (HTTP/2 by ALPN, else HTTP/1.1)");
     app.add_option("--tls-cert", tls_cert, "TLS listener certificate chain (PEM, leaf first)");
     app.add_option("--tls-key", tls_key, "TLS listener private key (PEM)");
+    app.add_option("--tls-client-ca", tls_client_ca,
+                   "TLS listener: require client certificates from these CAs (PEM; mTLS)");
     app.add_option("--metrics-listen", metrics_listen, "Metrics listener (default 0.0.0.0:15020)");
     app.add_option("--ready-listen", ready_listen, "Readiness listener (default 0.0.0.0:15021)");
     app.add_option("--workers", workers, "Worker threads (default from config, else 1)");
@@ -59,14 +61,15 @@ int main(int argc, char** argv) {
     }
     if (!listen.empty())
         config.listen = listen;
-    const std::array<std::pair<const std::string*, std::string*>, 7> listener_flags{
+    const std::array<std::pair<const std::string*, std::string*>, 8> listener_flags{
         {{&hbone_listen, &config.hbone_listen},
          {&identity_uri, &config.identity},
          {&ca_cert, &config.ca_cert},
          {&ca_key, &config.ca_key},
          {&tls_listen, &config.tls.listen},
          {&tls_cert, &config.tls.certificate_file},
-         {&tls_key, &config.tls.private_key_file}}};
+         {&tls_key, &config.tls.private_key_file},
+         {&tls_client_ca, &config.tls.client_ca_file}}};
     for (const auto& [flag, field] : listener_flags) {
         if (!flag->empty())
             *field = *flag;

@@ -235,14 +235,20 @@ TestPki::TestPki() {
         throw std::runtime_error("test CA: " + out);
 }
 
-void TestPki::issue(const std::string& name, const std::string& common_name) {
+void TestPki::issue(const std::string& name, const std::string& common_name,
+                    const std::string& extensions) {
+    std::string ext = "server.ext";
+    if (!extensions.empty()) {
+        ext = name + ".ext";
+        std::ofstream(dir_.path / ext) << extensions << "\n";
+    }
     const auto [status, out] = runCommand(
         "cd '" + dir_.path.string() +
         "' && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj '/CN=" +
         common_name + "' -keyout '" + name + ".key' -out '" + name +
         ".csr' 2>&1 && openssl x509 -req -in '" + name +
-        ".csr' -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile server.ext -out '" + name +
-        ".pem' 2>&1");
+        ".csr' -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile '" + ext + "' -out '" +
+        name + ".pem' 2>&1");
     if (status != 0)
         throw std::runtime_error("test certificate " + name + ": " + out);
 }

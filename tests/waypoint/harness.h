@@ -38,8 +38,10 @@ class TestPki {
     TestPki();  // the CA: ca.pem, ca.key
     std::filesystem::path dir() const { return dir_.path; }
     std::string ca() const { return (dir_.path / "ca.pem").string(); }
-    // <name>.pem and <name>.key, signed by the CA, subject CN `common_name`.
-    void issue(const std::string& name, const std::string& common_name);
+    // <name>.pem and <name>.key, signed by the CA, subject CN `common_name`, with
+    // `extensions` (openssl x509 -extfile lines; default: a server's names).
+    void issue(const std::string& name, const std::string& common_name,
+               const std::string& extensions = "");
 
   private:
     TempDir dir_;

@@ -325,6 +325,83 @@ TEST(WaypointTls, RenewedCertificateReachesNewConnectionsOldOnesKeepTheirsBroken
         1);
 }
 
+constexpr const char* kTeamA = "spiffe://example.org/ns/team-a/sa/app";
+
+std::string clientExtensions(const std::string& spiffe) {
+    return "subjectAltName=URI:" + spiffe + "\nextendedKeyUsage=clientAuth";
+}
+
+// curl to the TLS listener with `extra` (client certificate flags); "<status> <body>", or
+// "error <curl's exit status>: <message>" when no response came.
+std::string curlTls(unsigned short port, const TestPki& pki, const std::string& extra = "") {
+    const auto [status, out] =
+        runCommand("curl -sS -m 10 --cacert " + pki.ca() + " " + extra +
+                   " -H 'content-type: application/json' -d '" + chat(false) +
+                   "' -w '\n%{http_code}' https://127.0.0.1:" + std::to_string(port) +
+                   "/v1/chat/completions 2>&1");
+    if (status != 0)
+        return "error " + std::to_string(status) + ": " + out;
+    const auto nl = out.rfind('\n');
+    return out.substr(nl + 1) + " " + out.substr(0, nl);
+}
+
+TEST(WaypointTls, ClientCertificatesNameTheTenantOthersAreRefused) {
+    TestPki pki;
+    pki.issue("server", "sluice-gateway");
+    pki.issue("team-a", "team-a", clientExtensions(kTeamA));
+    TestPki other;  // a CA the gateway does not trust
+    other.issue("stranger", "stranger", clientExtensions(kTeamA));
+    Emulator backend("a");
+    const auto dir = pki.dir().string();
+    // Team-a's namespace, from its certificate's SPIFFE id, may send one request a minute.
+    const std::string config = tlsConfig(backend, dir + "/server.pem", dir + "/server.key") + R"(
+---
+apiVersion: sluice.dev/v1alpha1
+kind: TokenBudget
+metadata: {name: by-namespace}
+spec:
+  tenantFrom: [{namespace: {}}]
+  limits: [{tenant: team-a, requestsPerMinute: 1}]
+)";
+    auto gw = startGateway(config, false, [&pki](Config& c) { c.tls.client_ca_file = pki.ca(); });
+    const unsigned short port = gw->tlsPort();
+    const std::string team_a = "--cert " + dir + "/team-a.pem --key " + dir + "/team-a.key";
+
+    const std::string first = curlTls(port, pki, team_a);
+    EXPECT_TRUE(first.starts_with("200 ")) << first;
+    const std::string second = curlTls(port, pki, team_a + " -i");
+    EXPECT_TRUE(second.starts_with("429 ")) << second;
+    EXPECT_NE(second.find("x-ratelimit-limit-requests: 1"), std::string::npos) << second;
+
+    const std::string none = curlTls(port, pki);
+    EXPECT_TRUE(none.starts_with("error ")) << none;
+    const std::string stranger = curlTls(port, pki,
+                                         "--cert " + other.dir().string() + "/stranger.pem --key " +
+                                             other.dir().string() + "/stranger.key");
+    EXPECT_TRUE(stranger.starts_with("error ")) << stranger;
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 1) << "only team-a's first request";
+
+    const std::string metrics = metricsOf(*gw);
+    EXPECT_EQ(metricValue(metrics, "sluice_gateway_tls_handshakes_total",
+                          {{"result", "no_client_certificate"}}),
+              1);
+    EXPECT_EQ(metricValue(metrics, "sluice_gateway_tls_handshakes_total",
+                          {{"result", "client_certificate_refused"}}),
+              1);
+    gw->stop();
+
+    // Optional client certificates: without one the client is served as nobody in particular
+    // (no tenant limit applies), with one it is still team-a.
+    auto optional = startGateway(config, false, [&pki](Config& c) {
+        c.tls.client_ca_file = pki.ca();
+        c.tls.require_client_certificate = false;
+    });
+    EXPECT_TRUE(curlTls(optional->tlsPort(), pki).starts_with("200 "));
+    EXPECT_TRUE(curlTls(optional->tlsPort(), pki).starts_with("200 "));
+    EXPECT_TRUE(curlTls(optional->tlsPort(), pki, team_a).starts_with("200 "));
+    EXPECT_TRUE(curlTls(optional->tlsPort(), pki, team_a).starts_with("429 "));
+}
+
 TEST(WaypointTls, FilesThatCannotServeFailTheStartNamingTheFile) {
     TestPki pki;
     pki.issue("a", "a");

@@ -14,6 +14,7 @@
 #include "waypoint/http/deadline.h"
 #include "waypoint/http/h2_server.h"
 #include "ztunnel/hbone/tls_socket.h"
+#include "ztunnel/identity/verify.h"
 
 namespace sluice::waypoint {
 namespace {
@@ -87,11 +88,23 @@ class TlsByteStream final : public ByteStream {
     bool shut_down_ = false;
 };
 
+// Why a handshake failed, for the metric: the client's certificate when that was it.
+std::string_view handshakeFailure(SSL* ssl, const error_code& ec) {
+    if (SSL_get_verify_result(ssl) != X509_V_OK)
+        return "client_certificate_refused";
+    if (ec.category() == asio::error::get_ssl_category() &&
+        ERR_GET_REASON(static_cast<unsigned long>(ec.value())) ==
+            SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
+        return "no_client_certificate";
+    return "failed";
+}
+
 }  // namespace
 
 std::expected<std::shared_ptr<asio::ssl::context>, std::string> makeGatewayTlsContext(
-    const std::string& certificate_file, const std::string& private_key_file,
-    std::chrono::system_clock::time_point* not_after) {
+    const GatewayTlsConfig& config, std::chrono::system_clock::time_point* not_after) {
+    const std::string& certificate_file = config.certificate_file;
+    const std::string& private_key_file = config.private_key_file;
     auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
     SSL_CTX* native = ctx->native_handle();
     ERR_clear_error();
@@ -112,6 +125,22 @@ std::expected<std::shared_ptr<asio::ssl::context>, std::string> makeGatewayTlsCo
         return std::unexpected("private key " + private_key_file + " does not match " +
                                certificate_file + ": " + opensslReason());
     }
+    if (!config.client_ca_file.empty()) {
+        const std::string& ca = config.client_ca_file;
+        STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(ca.c_str());
+        if (names == nullptr || SSL_CTX_load_verify_locations(native, ca.c_str(), nullptr) != 1) {
+            if (names != nullptr)
+                sk_X509_NAME_pop_free(names, X509_NAME_free);
+            return std::unexpected("client CA " + ca + ": " + opensslReason());
+        }
+        SSL_CTX_set_client_CA_list(native, names);  // the CAs the client may choose from
+        SSL_CTX_set_verify(
+            native,
+            SSL_VERIFY_PEER |
+                (config.require_client_certificate ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
+            nullptr);
+        SSL_CTX_set_purpose(native, X509_PURPOSE_SSL_CLIENT);  // a server's certificate is not
+    }
     if (not_after != nullptr) {
         std::tm tm{};
         const X509* leaf = SSL_CTX_get0_certificate(native);
@@ -124,8 +153,7 @@ std::expected<std::shared_ptr<asio::ssl::context>, std::string> makeGatewayTlsCo
 
 GatewayTlsContext::GatewayTlsContext(GatewayTlsConfig config) : config_(std::move(config)) {
     loaded_ = stamps(config_);
-    auto ctx =
-        makeGatewayTlsContext(config_.certificate_file, config_.private_key_file, &not_after_);
+    auto ctx = makeGatewayTlsContext(config_, &not_after_);
     if (!ctx)
         throw std::runtime_error("TLS listener: " + ctx.error());
     context_ = std::move(*ctx);
@@ -141,18 +169,17 @@ std::chrono::system_clock::time_point GatewayTlsContext::notAfter() const {
     return not_after_;
 }
 
-std::pair<GatewayTlsContext::Stamp, GatewayTlsContext::Stamp> GatewayTlsContext::stamps(
-    const GatewayTlsConfig& c) {
+GatewayTlsContext::Stamps GatewayTlsContext::stamps(const GatewayTlsConfig& c) {
     auto of = [](const std::string& path) {
         struct stat st {};
-        if (::stat(path.c_str(), &st) != 0)
-            return Stamp{};
-        return Stamp{
+        if (path.empty() || ::stat(path.c_str(), &st) != 0)
+            return FileStamp{};
+        return FileStamp{
             .inode = std::uint64_t(st.st_ino),
             .size = std::uint64_t(st.st_size),
             .mtime_ns = std::int64_t(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
     };
-    return {of(c.certificate_file), of(c.private_key_file)};
+    return {of(c.certificate_file), of(c.private_key_file), of(c.client_ca_file)};
 }
 
 GatewayTlsContext::Reload GatewayTlsContext::reloadIfChanged(std::string& problem) {
@@ -164,8 +191,7 @@ GatewayTlsContext::Reload GatewayTlsContext::reloadIfChanged(std::string& proble
         loaded_ = now;
     }
     std::chrono::system_clock::time_point not_after;
-    auto ctx =
-        makeGatewayTlsContext(config_.certificate_file, config_.private_key_file, &not_after);
+    auto ctx = makeGatewayTlsContext(config_, &not_after);
     if (!ctx) {
         problem = ctx.error();
         return Reload::Failed;
@@ -188,7 +214,7 @@ awaitable<void> serveTlsConnection(tcp::socket socket, std::shared_ptr<asio::ssl
     deadline.disarm();
     if (ec) {
         spdlog::debug("TLS handshake with a client failed: {}", ec.message());
-        result(deadline.fired() ? "timeout" : "failed");
+        result(deadline.fired() ? "timeout" : handshakeFailure(tls.native_handle(), ec));
         error_code ignored;
         tls.socket().close(ignored);
         co_return;
@@ -198,9 +224,16 @@ awaitable<void> serveTlsConnection(tcp::socket socket, std::shared_ptr<asio::ssl
     SSL_get0_alpn_selected(tls.native_handle(), &alpn, &alpn_len);
     const bool h2_chosen = std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) == "h2";
     result(h2_chosen ? "h2" : "http/1.1");
+    // A verified client certificate's SPIFFE id is the peer identity of every request, for
+    // tenants and metrics, as an HBONE peer's is.
+    std::string peer;
+    if (X509* cert = SSL_get0_peer_certificate(tls.native_handle())) {
+        if (auto id = ztunnel::identity::spiffe_identity(cert))
+            peer = id->uri();
+    }
     TlsByteStream bytes(tls);
     ClientStream stream(bytes, tls.get_executor());
-    const Downstream downstream{.h2 = h2, .h2c = false};
+    const Downstream downstream{.peer_identity = std::move(peer), .h2 = h2, .h2c = false};
     if (h2_chosen) {
         const beast::flat_buffer none;
         co_await serveH2c(stream, none, limits, handler, downstream);

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <expected>
@@ -24,17 +25,22 @@ struct GatewayTlsConfig {
     std::string listen;            // ip:port; "" = no TLS listener
     std::string certificate_file;  // PEM: the server certificate, then its intermediates
     std::string private_key_file;  // PEM
+    // Mutual TLS: clients present a certificate that chains to a root in this PEM bundle; its
+    // SPIFFE id (URI SAN), if it has one, is the connection's peer identity, as HBONE's is.
+    // "" = no client certificate asked.
+    std::string client_ca_file;
+    bool require_client_certificate = true;  // false: verified when presented, else anonymous
     // How often the two files are checked for a change (a renewed certificate is served to new
     // connections without a restart; connections already up keep theirs).
     std::chrono::milliseconds reload_interval{10'000};
 };
 
-// A server context for the files: TLS 1.2 and 1.3 (1.2 only with ECDHE and an AEAD, which
-// also makes it acceptable to HTTP/2, RFC 9113 §9.2.2), ALPN h2 preferred over http/1.1, no
-// renegotiation, no client certificate asked. `not_after` gets the certificate's expiry.
+// A server context for the config's files: TLS 1.2 and 1.3 (1.2 only with ECDHE and an AEAD,
+// which also makes it acceptable to HTTP/2, RFC 9113 §9.2.2), ALPN h2 preferred over
+// http/1.1, no renegotiation; client certificates as `client_ca_file` says. `not_after` gets
+// the certificate's expiry.
 std::expected<std::shared_ptr<asio::ssl::context>, std::string> makeGatewayTlsContext(
-    const std::string& certificate_file, const std::string& private_key_file,
-    std::chrono::system_clock::time_point* not_after = nullptr);
+    const GatewayTlsConfig& config, std::chrono::system_clock::time_point* not_after = nullptr);
 
 // What tells a changed file: inode, size and modification time (all 0: missing).
 struct FileStamp {
@@ -56,25 +62,25 @@ class GatewayTlsContext {
     const GatewayTlsConfig& config() const { return config_; }
 
     enum class Reload { Unchanged, Reloaded, Failed };
-    // Rebuilds the context when either file differs from the last load (inode, size or
+    // Rebuilds the context when any of its files differs from the last load (inode, size or
     // modification time: a Kubernetes Secret volume swaps a symlink, an editor rewrites in
     // place). A failure keeps the current context; `problem` says why. A failed version is
     // tried again only once the files change again.
     Reload reloadIfChanged(std::string& problem);
 
   private:
-    using Stamp = FileStamp;
-    static std::pair<Stamp, Stamp> stamps(const GatewayTlsConfig& c);
+    using Stamps = std::array<FileStamp, 3>;  // certificate, key, client CA
+    static Stamps stamps(const GatewayTlsConfig& c);
 
     GatewayTlsConfig config_;
     mutable std::mutex mutex_;
     std::shared_ptr<asio::ssl::context> context_;
     std::chrono::system_clock::time_point not_after_;
-    std::pair<Stamp, Stamp> loaded_;  // the files as last tried
+    Stamps loaded_;  // the files as last tried
 };
 
 // How one TLS connection's handshake ended, for metrics: "h2" or "http/1.1" (the protocol it
-// will speak), or "failed" / "timeout".
+// will speak), or "failed", "timeout", "no_client_certificate", "client_certificate_refused".
 using TlsHandshakeResult = std::function<void(std::string_view result)>;
 
 // Serves one accepted connection of the TLS listener: the handshake (within the request
