@@ -32,6 +32,8 @@ void parseWaypoint(const YAML::Node& spec, Config& c) {
         c.tls.client_ca_file = t["clientCaFile"].as<std::string>(c.tls.client_ca_file);
         c.tls.require_client_certificate =
             t["requireClientCertificate"].as<bool>(c.tls.require_client_certificate);
+        for (const auto& td : t["clientTrustDomains"])
+            c.tls.client_trust_domains.push_back(td.as<std::string>());
     }
     c.tokenizer_dir = spec["tokenizerDir"].as<std::string>(c.tokenizer_dir);
     c.log_level = spec["logLevel"].as<std::string>(c.log_level);
@@ -116,6 +118,8 @@ std::vector<std::string> Config::validate() const {
     if (tls.listen.empty() && (!tls.certificate_file.empty() || !tls.private_key_file.empty() ||
                                !tls.client_ca_file.empty()))
         problems.push_back("tls.certificateFile/privateKeyFile/clientCaFile need tls.listen");
+    if (!tls.client_trust_domains.empty() && tls.client_ca_file.empty())
+        problems.push_back("tls.clientTrustDomains needs tls.clientCaFile");
     if (tls.reload_interval < std::chrono::milliseconds(100))
         problems.push_back("tls.reloadInterval must be at least 100ms");
     if (budgets.size() > 1)

@@ -306,7 +306,8 @@ void Gateway::start() {
                                       [this, w = w.get()](tcp::socket socket) {
                                           return serveTlsConnection(
                                               std::move(socket), gateway_tls_->current(),
-                                              config_.limits, w->handler, &w->h2, tls_result_);
+                                              config_.tls, config_.limits, w->handler, &w->h2,
+                                              tls_result_);
                                       }),
                            asio::detached);
         }

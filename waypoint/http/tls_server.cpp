@@ -5,7 +5,9 @@
 #include <openssl/x509.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <ctime>
 #include <stdexcept>
 #include <utility>
@@ -20,6 +22,10 @@ namespace sluice::waypoint {
 namespace {
 
 using ztunnel::hbone::TlsSocket;
+
+// The read buffer of a client connection: one whole TLS record (16 KiB of payload and its
+// overhead), which OpenSSL needs at least.
+constexpr std::size_t kRecordBuffer = 16 * 1024 + 512;
 
 // ALPN protocols in the server's order of preference (wire format: length-prefixed).
 constexpr unsigned char kAlpn[] = {2, 'h', '2', 8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
@@ -46,14 +52,26 @@ std::string opensslReason() {
 }
 
 // One TLS connection as the byte stream the HTTP/1.1 and HTTP/2 servers read and write.
+//
+// cancel() ends the pending read only: a read waits for the socket's readability through a
+// duplicate of its descriptor (`reader_`), so cancelling that wait leaves a concurrent write
+// (HTTP/2's write loop) waiting on the socket itself untouched: a write cut in the middle of
+// a record would break the stream. A cancel that comes before the read's coroutine started
+// (ClientStream posts it) ends it as soon as it starts.
 class TlsByteStream final : public ByteStream {
   public:
-    explicit TlsByteStream(TlsSocket& tls) : tls_(tls), socket_(tls.socket()) {}
+    explicit TlsByteStream(TlsSocket& tls) : tls_(tls), socket_(tls.socket()), reader_(ex()) {
+        const int fd = ::dup(socket_.native_handle());
+        error_code ec;
+        if (fd >= 0)
+            reader_.assign(socket_.local_endpoint(ec).protocol(), fd, ec);
+        if (fd >= 0 && ec)
+            ::close(fd);
+    }
 
     awaitable<IoResult> read(asio::mutable_buffer buf) override {
-        error_code ec;
-        const std::size_t n = co_await tls_.read_some(buf, ec);
-        co_return IoResult{ec, n};
+        read_ = ReadState::Posted;
+        return readNow(buf);
     }
     awaitable<IoResult> write(std::string data) override {
         error_code ec;
@@ -61,8 +79,12 @@ class TlsByteStream final : public ByteStream {
         co_return IoResult{ec, ec ? 0 : data.size()};
     }
     void cancel() override {
-        error_code ec;
-        socket_.cancel(ec);
+        if (read_ == ReadState::Posted) {
+            read_ = ReadState::CancelledBeforeStart;
+        } else if (read_ == ReadState::Waiting) {
+            error_code ec;
+            reader_.cancel(ec);
+        }
     }
     // close_notify, then our FIN: the client can tell a complete response from a cut one.
     void shutdown_send() override {
@@ -77,20 +99,59 @@ class TlsByteStream final : public ByteStream {
     }
     void close() override {
         error_code ec;
+        reader_.close(ec);
         socket_.close(ec);
     }
     bool is_open() const override { return socket_.is_open(); }
     bool overTcp() const override { return true; }
 
   private:
+    enum class ReadState { Idle, Posted, CancelledBeforeStart, Waiting };
+
+    asio::any_io_executor ex() { return socket_.get_executor(); }
+
+    awaitable<IoResult> readNow(asio::mutable_buffer buf) {
+        if (read_ == ReadState::CancelledBeforeStart) {
+            read_ = ReadState::Idle;
+            co_return IoResult{asio::error::operation_aborted, 0};
+        }
+        for (;;) {
+            read_ = ReadState::Idle;
+            TlsSocket::Next next = TlsSocket::Next::Fail;
+            error_code ec;
+            const std::size_t n = tls_.read_now(buf, next, ec);
+            if (n > 0 || next == TlsSocket::Next::Fail)
+                co_return IoResult{ec, n};
+            read_ = ReadState::Waiting;
+            if (next == TlsSocket::Next::WaitRead && reader_.is_open())
+                co_await reader_.async_wait(tcp::socket::wait_read, noThrow(ec));
+            else  // OpenSSL must write first (a TLS 1.3 key update): rare, and short
+                co_await socket_.async_wait(tcp::socket::wait_write, noThrow(ec));
+            read_ = ReadState::Idle;
+            if (!ec && !socket_.is_open())
+                ec = asio::error::operation_aborted;  // closed while the wait was queued
+            if (ec)
+                co_return IoResult{ec, 0};
+        }
+    }
+
     TlsSocket& tls_;
     tcp::socket& socket_;
+    tcp::socket reader_;  // a duplicate of socket_'s descriptor, for read waits only
+    ReadState read_ = ReadState::Idle;
     bool shut_down_ = false;
+};
+
+// The handshake's deadline closes the socket: a cancel could land between a wait's completion
+// and the handshake's next step and be lost; TlsSocket stops at a closed socket.
+struct CloseOnTimeout {
+    tcp::socket& socket;
+    void cancel(error_code& ec) { socket.close(ec); }
 };
 
 // Why a handshake failed, for the metric: the client's certificate when that was it.
 std::string_view handshakeFailure(SSL* ssl, const error_code& ec) {
-    if (SSL_get_verify_result(ssl) != X509_V_OK)
+    if (ssl != nullptr && SSL_get_verify_result(ssl) != X509_V_OK)
         return "client_certificate_refused";
     if (ec.category() == asio::error::get_ssl_category() &&
         ERR_GET_REASON(static_cast<unsigned long>(ec.value())) ==
@@ -115,6 +176,10 @@ std::expected<std::shared_ptr<asio::ssl::context>, std::string> makeGatewayTlsCo
     if (SSL_CTX_set_cipher_list(native, "ECDHE+AESGCM:ECDHE+CHACHA20") != 1)
         return std::unexpected("TLS 1.2 ciphers: " + opensslReason());
     SSL_CTX_set_mode(native, SSL_MODE_RELEASE_BUFFERS);  // an idle connection holds no buffer
+    // Resumed sessions (clients keep them: libcurl, Node's https agent) need a session id
+    // context wherever client certificates are verified, or OpenSSL refuses the resumption.
+    static constexpr unsigned char kSessionContext[] = "sluice-waypoint-gateway";
+    SSL_CTX_set_session_id_context(native, kSessionContext, sizeof kSessionContext - 1);
     SSL_CTX_set_alpn_select_cb(native, selectAlpn, nullptr);
     if (SSL_CTX_use_certificate_chain_file(native, certificate_file.c_str()) != 1)
         return std::unexpected("certificate " + certificate_file + ": " + opensslReason());
@@ -188,28 +253,38 @@ GatewayTlsContext::Reload GatewayTlsContext::reloadIfChanged(std::string& proble
         std::lock_guard lock(mutex_);
         if (now == loaded_)
             return Reload::Unchanged;
-        loaded_ = now;
     }
     std::chrono::system_clock::time_point not_after;
     auto ctx = makeGatewayTlsContext(config_, &not_after);
+    std::lock_guard lock(mutex_);
     if (!ctx) {
+        // Tried again at every check (the cause may pass: a half-written file, no file
+        // descriptors), reported once per version of the files.
+        if (failed_ == now)
+            return Reload::Unchanged;
+        failed_ = now;
         problem = ctx.error();
         return Reload::Failed;
     }
-    std::lock_guard lock(mutex_);
+    loaded_ = now;
     context_ = std::move(*ctx);
     not_after_ = not_after;
     return Reload::Reloaded;
 }
 
 awaitable<void> serveTlsConnection(tcp::socket socket, std::shared_ptr<asio::ssl::context> context,
-                                   const ServerLimits& limits, const Handler& handler,
-                                   H2Connections* h2, const TlsHandshakeResult& result) {
+                                   const GatewayTlsConfig& config, const ServerLimits& limits,
+                                   const Handler& handler, H2Connections* h2,
+                                   const TlsHandshakeResult& result) {
     tuneClientSocket(socket, limits);
     TlsSocket tls(std::move(socket), *context);
+    // Requests are small: one record's buffer, not the bulk read-ahead ztunnel's tunnels use
+    // (each buffer is allocated while there is data and given back between requests).
+    SSL_set_default_read_buffer_len(tls.native_handle(), kRecordBuffer);
     // A client that opens the connection and says nothing must not hold it for ever.
     Deadline deadline(tls.get_executor());
-    deadline.arm(tls.socket(), limits.request_timeout);
+    CloseOnTimeout closer{tls.socket()};
+    deadline.arm(closer, limits.request_timeout);
     const error_code ec = co_await tls.handshake(TlsSocket::Role::Server);
     deadline.disarm();
     if (ec) {
@@ -219,18 +294,31 @@ awaitable<void> serveTlsConnection(tcp::socket socket, std::shared_ptr<asio::ssl
         tls.socket().close(ignored);
         co_return;
     }
+    // A verified client certificate's SPIFFE id is the peer identity of every request, for
+    // tenants and metrics, as an HBONE peer's is.
+    std::string peer;
+    bool foreign = false;
+    if (X509* cert = SSL_get0_peer_certificate(tls.native_handle())) {
+        auto id = ztunnel::identity::spiffe_identity(cert);
+        if (id)
+            peer = id->uri();
+        const auto& allowed = config.client_trust_domains;
+        foreign = !allowed.empty() && (!id || std::find(allowed.begin(), allowed.end(),
+                                                        id->trust_domain) == allowed.end());
+    }
+    if (foreign) {
+        spdlog::debug("TLS client {} refused: not in an allowed trust domain",
+                      peer.empty() ? "without a SPIFFE id" : peer);
+        result("client_certificate_refused");
+        error_code ignored;
+        tls.socket().close(ignored);
+        co_return;
+    }
     const unsigned char* alpn = nullptr;
     unsigned int alpn_len = 0;
     SSL_get0_alpn_selected(tls.native_handle(), &alpn, &alpn_len);
     const bool h2_chosen = std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) == "h2";
     result(h2_chosen ? "h2" : "http/1.1");
-    // A verified client certificate's SPIFFE id is the peer identity of every request, for
-    // tenants and metrics, as an HBONE peer's is.
-    std::string peer;
-    if (X509* cert = SSL_get0_peer_certificate(tls.native_handle())) {
-        if (auto id = ztunnel::identity::spiffe_identity(cert))
-            peer = id->uri();
-    }
     TlsByteStream bytes(tls);
     ClientStream stream(bytes, tls.get_executor());
     const Downstream downstream{.peer_identity = std::move(peer), .h2 = h2, .h2c = false};

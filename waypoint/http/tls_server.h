@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include <boost/asio/ssl/context.hpp>
 
@@ -30,6 +31,9 @@ struct GatewayTlsConfig {
     // "" = no client certificate asked.
     std::string client_ca_file;
     bool require_client_certificate = true;  // false: verified when presented, else anonymous
+    // When set, a client certificate must carry a SPIFFE id in one of these trust domains (a
+    // CA bundle alone does not say whose names it may vouch for).
+    std::vector<std::string> client_trust_domains;
     // How often the two files are checked for a change (a renewed certificate is served to new
     // connections without a restart; connections already up keep theirs).
     std::chrono::milliseconds reload_interval{10'000};
@@ -65,7 +69,7 @@ class GatewayTlsContext {
     // Rebuilds the context when any of its files differs from the last load (inode, size or
     // modification time: a Kubernetes Secret volume swaps a symlink, an editor rewrites in
     // place). A failure keeps the current context; `problem` says why. A failed version is
-    // tried again only once the files change again.
+    // tried again at every call but reported (Failed) only the first time.
     Reload reloadIfChanged(std::string& problem);
 
   private:
@@ -76,7 +80,8 @@ class GatewayTlsContext {
     mutable std::mutex mutex_;
     std::shared_ptr<asio::ssl::context> context_;
     std::chrono::system_clock::time_point not_after_;
-    Stamps loaded_;  // the files as last tried
+    Stamps loaded_;  // the files the context was made from
+    Stamps failed_;  // the files of the last failed reload
 };
 
 // How one TLS connection's handshake ended, for metrics: "h2" or "http/1.1" (the protocol it
@@ -86,9 +91,11 @@ using TlsHandshakeResult = std::function<void(std::string_view result)>;
 // Serves one accepted connection of the TLS listener: the handshake (within the request
 // timeout), then HTTP/2 when ALPN chose h2, else HTTP/1.1 (no h2c over TLS: RFC 9113 §3.2
 // and §3.3), both through `handler` as on the plain listener, registered with `h2` for a
-// graceful stop. The connection keeps `context` for its lifetime.
+// graceful stop. The connection keeps `context` for its lifetime. A client certificate
+// outside `config.client_trust_domains` (when set) is refused after the handshake.
 awaitable<void> serveTlsConnection(tcp::socket socket, std::shared_ptr<asio::ssl::context> context,
-                                   const ServerLimits& limits, const Handler& handler,
-                                   H2Connections* h2, const TlsHandshakeResult& result);
+                                   const GatewayTlsConfig& config, const ServerLimits& limits,
+                                   const Handler& handler, H2Connections* h2,
+                                   const TlsHandshakeResult& result);
 
 }  // namespace sluice::waypoint
