@@ -71,6 +71,7 @@ class TlsByteStream final : public ByteStream {
 
     awaitable<IoResult> read(asio::mutable_buffer buf) override {
         read_ = ReadState::Posted;
+        cancelled_ = false;
         return readNow(buf);
     }
     awaitable<IoResult> write(std::string data) override {
@@ -78,13 +79,14 @@ class TlsByteStream final : public ByteStream {
         co_await tls_.write(asio::buffer(data), ec);
         co_return IoResult{ec, ec ? 0 : data.size()};
     }
+    // Only while a read is pending (ClientStream's rule). The flag also catches a cancel that
+    // comes after the read's wait completed but before the read went on.
     void cancel() override {
-        if (read_ == ReadState::Posted) {
-            read_ = ReadState::CancelledBeforeStart;
-        } else if (read_ == ReadState::Waiting) {
-            error_code ec;
-            reader_.cancel(ec);
-        }
+        if (read_ == ReadState::Idle)
+            return;  // the read is done; its completion is on its way
+        cancelled_ = true;
+        error_code ec;
+        reader_.cancel(ec);
     }
     // close_notify, then our FIN: the client can tell a complete response from a cut one.
     void shutdown_send() override {
@@ -106,16 +108,16 @@ class TlsByteStream final : public ByteStream {
     bool overTcp() const override { return true; }
 
   private:
-    enum class ReadState { Idle, Posted, CancelledBeforeStart, Waiting };
+    enum class ReadState { Idle, Posted, Waiting };
 
     asio::any_io_executor ex() { return socket_.get_executor(); }
 
     awaitable<IoResult> readNow(asio::mutable_buffer buf) {
-        if (read_ == ReadState::CancelledBeforeStart) {
-            read_ = ReadState::Idle;
-            co_return IoResult{asio::error::operation_aborted, 0};
-        }
         for (;;) {
+            if (std::exchange(cancelled_, false)) {
+                read_ = ReadState::Idle;
+                co_return IoResult{asio::error::operation_aborted, 0};
+            }
             read_ = ReadState::Idle;
             TlsSocket::Next next = TlsSocket::Next::Fail;
             error_code ec;
@@ -127,11 +129,13 @@ class TlsByteStream final : public ByteStream {
                 co_await reader_.async_wait(tcp::socket::wait_read, noThrow(ec));
             else  // OpenSSL must write first (a TLS 1.3 key update): rare, and short
                 co_await socket_.async_wait(tcp::socket::wait_write, noThrow(ec));
-            read_ = ReadState::Idle;
             if (!ec && !socket_.is_open())
                 ec = asio::error::operation_aborted;  // closed while the wait was queued
-            if (ec)
+            if (ec) {
+                read_ = ReadState::Idle;
+                cancelled_ = false;
                 co_return IoResult{ec, 0};
+            }
         }
     }
 
@@ -139,6 +143,7 @@ class TlsByteStream final : public ByteStream {
     tcp::socket& socket_;
     tcp::socket reader_;  // a duplicate of socket_'s descriptor, for read waits only
     ReadState read_ = ReadState::Idle;
+    bool cancelled_ = false;  // cancel() of the pending read, seen when it (next) goes on
     bool shut_down_ = false;
 };
 
