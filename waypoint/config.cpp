@@ -32,8 +32,13 @@ void parseWaypoint(const YAML::Node& spec, Config& c) {
         c.tls.client_ca_file = t["clientCaFile"].as<std::string>(c.tls.client_ca_file);
         c.tls.require_client_certificate =
             t["requireClientCertificate"].as<bool>(c.tls.require_client_certificate);
-        for (const auto& td : t["clientTrustDomains"])
-            c.tls.client_trust_domains.push_back(td.as<std::string>());
+        if (const auto& tds = t["clientTrustDomains"]) {
+            // A scalar here would otherwise read as no list at all: every trust domain taken.
+            if (!tds.IsSequence())
+                throw std::runtime_error("tls.clientTrustDomains must be a list of trust domains");
+            for (const auto& td : tds)
+                c.tls.client_trust_domains.push_back(td.as<std::string>());
+        }
     }
     c.tokenizer_dir = spec["tokenizerDir"].as<std::string>(c.tokenizer_dir);
     c.log_level = spec["logLevel"].as<std::string>(c.log_level);

@@ -476,6 +476,15 @@ TEST(WaypointTls, FilesThatCannotServeFailTheStartNamingTheFile) {
         EXPECT_NE(what.find(dir + "/b.key (for " + dir + "/a.pem)"), std::string::npos) << what;
         EXPECT_NE(what.find("key values mismatch"), std::string::npos) << what;
     }
+    std::string scalar = tlsConfig(backend, dir + "/a.pem", dir + "/a.key");
+    scalar.replace(scalar.find("reloadInterval: 100ms"), 21,
+                   "reloadInterval: 100ms, clientCaFile: x, clientTrustDomains: example.org");
+    try {
+        parseConfig(scalar);
+        ADD_FAILURE() << "a scalar clientTrustDomains was taken";
+    } catch (const std::runtime_error& e) {
+        EXPECT_STREQ(e.what(), "tls.clientTrustDomains must be a list of trust domains");
+    }
     const Config half = parseConfig(tlsConfig(backend, dir + "/a.pem", ""));
     ASSERT_FALSE(half.validate().empty());
     EXPECT_EQ(half.validate().front(),
