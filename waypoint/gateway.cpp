@@ -399,9 +399,13 @@ void Gateway::startTls() {
     tls_result_ = [this](std::string_view result) {
         metrics_.gateway_tls.at({{"result", std::string(result)}}).Increment();
     };
+    publishTlsExpiry();
+    asio::co_spawn(admin_io_, reloadTlsLoop(), asio::detached);
+}
+
+void Gateway::publishTlsExpiry() {
     metrics_.gateway_tls_not_after.at({}).Set(
         double(std::chrono::system_clock::to_time_t(gateway_tls_->notAfter())));
-    asio::co_spawn(admin_io_, reloadTlsLoop(), asio::detached);
 }
 
 awaitable<void> Gateway::reloadTlsLoop() {
@@ -420,8 +424,7 @@ awaitable<void> Gateway::reloadTlsLoop() {
                 spdlog::info("TLS listener: certificate reloaded from {}",
                              config_.tls.certificate_file);
                 metrics_.gateway_tls_reloads.at({{"result", "success"}}).Increment();
-                metrics_.gateway_tls_not_after.at({}).Set(
-                    double(std::chrono::system_clock::to_time_t(gateway_tls_->notAfter())));
+                publishTlsExpiry();
                 break;
             case GatewayTlsContext::Reload::Failed:
                 spdlog::error(

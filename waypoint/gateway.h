@@ -110,6 +110,7 @@ class Gateway {
     void startTls();    // binds each worker's TLS acceptor, starts the certificate reloads
     // Checks the TLS listener's files every reload interval (admin thread).
     awaitable<void> reloadTlsLoop();
+    void publishTlsExpiry();  // the served certificate's expiry into the metrics
 
     Config config_;
     Metrics metrics_;

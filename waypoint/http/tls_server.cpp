@@ -70,9 +70,9 @@ class TlsByteStream final : public ByteStream {
     }
 
     awaitable<IoResult> read(asio::mutable_buffer buf) override {
-        read_ = ReadState::Posted;
+        read_pending_ = true;
         cancelled_ = false;
-        return readNow(buf);
+        return readPending(buf);
     }
     awaitable<IoResult> write(std::string data) override {
         error_code ec;
@@ -82,7 +82,7 @@ class TlsByteStream final : public ByteStream {
     // Only while a read is pending (ClientStream's rule). The flag also catches a cancel that
     // comes after the read's wait completed but before the read went on.
     void cancel() override {
-        if (read_ == ReadState::Idle)
+        if (!read_pending_)
             return;  // the read is done; its completion is on its way
         cancelled_ = true;
         error_code ec;
@@ -108,42 +108,39 @@ class TlsByteStream final : public ByteStream {
     bool overTcp() const override { return true; }
 
   private:
-    enum class ReadState { Idle, Posted, Waiting };
-
     asio::any_io_executor ex() { return socket_.get_executor(); }
 
+    awaitable<IoResult> readPending(asio::mutable_buffer buf) {
+        const IoResult r = co_await readNow(buf);
+        read_pending_ = false;
+        cancelled_ = false;
+        co_return r;
+    }
     awaitable<IoResult> readNow(asio::mutable_buffer buf) {
         for (;;) {
-            if (std::exchange(cancelled_, false)) {
-                read_ = ReadState::Idle;
+            if (cancelled_)
                 co_return IoResult{asio::error::operation_aborted, 0};
-            }
-            read_ = ReadState::Idle;
             TlsSocket::Next next = TlsSocket::Next::Fail;
             error_code ec;
             const std::size_t n = tls_.read_now(buf, next, ec);
             if (n > 0 || next == TlsSocket::Next::Fail)
                 co_return IoResult{ec, n};
-            read_ = ReadState::Waiting;
             if (next == TlsSocket::Next::WaitRead && reader_.is_open())
                 co_await reader_.async_wait(tcp::socket::wait_read, noThrow(ec));
             else  // OpenSSL must write first (a TLS 1.3 key update): rare, and short
                 co_await socket_.async_wait(tcp::socket::wait_write, noThrow(ec));
             if (!ec && !socket_.is_open())
                 ec = asio::error::operation_aborted;  // closed while the wait was queued
-            if (ec) {
-                read_ = ReadState::Idle;
-                cancelled_ = false;
+            if (ec)
                 co_return IoResult{ec, 0};
-            }
         }
     }
 
     TlsSocket& tls_;
     tcp::socket& socket_;
-    tcp::socket reader_;  // a duplicate of socket_'s descriptor, for read waits only
-    ReadState read_ = ReadState::Idle;
-    bool cancelled_ = false;  // cancel() of the pending read, seen when it (next) goes on
+    tcp::socket reader_;         // a duplicate of socket_'s descriptor, for read waits only
+    bool read_pending_ = false;  // from read() until its coroutine returns
+    bool cancelled_ = false;     // cancel() of the pending read, seen when it (next) goes on
     bool shut_down_ = false;
 };
 
