@@ -584,9 +584,8 @@ awaitable<std::optional<admission::AdmissionQueue::Slot>> Gateway::admit(Exchang
     ClientWatch watch(ex.stream, ex.buffer,
                       config_.limits.max_header_bytes + config_.limits.max_body_bytes);
     watch.start([&withdrawal] { withdrawal.withdraw(); });
-    auto [outcome, slot] = co_await admission_->acquire(priority, ctx.tenant, &withdrawal);
-    if (!watch.stop())
-        co_await watch.stopped();
+    auto [outcome, slot] =
+        co_await watch.around(admission_->acquire(priority, ctx.tenant, &withdrawal));
     if (outcome == admission::Outcome::Admitted && !watch.gone())
         co_return std::move(slot);
     auto complete = [&] {
@@ -626,7 +625,11 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
             upstream_socket->close(ec);
         }
     });
+    co_await watch.around(tryTargets(ex, ctx, upstream, watch, upstream_socket));
+}
 
+awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream,
+                                    const ClientWatch& watch, tcp::socket*& upstream_socket) {
     const auto& route_config = *router_->routeFor(ctx);
     std::size_t target_index = 0;
     const Endpoint* avoid = nullptr;
@@ -736,8 +739,6 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
     for (std::size_t i = filters_.size(); i-- > 0;)
         filters_[i]->onComplete(ctx);
     record(ctx);
-    if (!watch.stop())
-        co_await watch.stopped();
 }
 
 Gateway::RequestMetrics Gateway::requestMetrics(const RequestContext& ctx, std::string_view code,

@@ -31,6 +31,7 @@ namespace sluice::waypoint {
 namespace budget {
 class BudgetFilter;
 }
+class ClientWatch;
 
 // The running waypoint: worker threads that each accept on the gateway port and proxy with
 // their own upstream connection pool, the shared filter chain, and an admin thread for
@@ -73,7 +74,11 @@ class Gateway {
     void drainWorkers();  // stop(): listeners closed, GOAWAYs, streams in flight finish
     awaitable<void> handle(Exchange& ex, UpstreamPool& upstream);
     // Runs the attempts, replies, then completes the request (filters' onComplete, metrics, log).
+    // The client is watched throughout, so a client that goes away closes the upstream
+    // connection in use (`upstream_socket`).
     awaitable<void> route(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream);
+    awaitable<void> tryTargets(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream,
+                               const ClientWatch& watch, tcp::socket*& upstream_socket);
     awaitable<void> reply(Exchange& ex, RequestContext& ctx, const LocalReply& reply);
     void record(const RequestContext& ctx);
     // The metrics record() updates for one kind of request, resolved once per kind (below).

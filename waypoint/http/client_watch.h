@@ -1,7 +1,10 @@
 #pragma once
 
+#include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <type_traits>
 
 #include "waypoint/http/asio.h"
 #include "waypoint/http/client_stream.h"
@@ -29,6 +32,32 @@ class ClientWatch {
     bool stop();
     awaitable<void> stopped();
     bool gone() const { return state_->gone; }
+    bool running() const { return state_->running; }
+
+    // Awaits `body` and then stops the watch, waiting until its read has finished, however
+    // `body` ends. The read must not outlive the caller's frame: if `body` throws, the
+    // connection's stream and buffer that the read uses are freed soon after (the server closes
+    // a connection whose handler threw), and the read would complete into them.
+    template <typename T>
+    awaitable<T> around(awaitable<T> body) {
+        std::exception_ptr failed;
+        [[maybe_unused]] std::optional<std::conditional_t<std::is_void_v<T>, bool, T>> value;
+        try {
+            if constexpr (std::is_void_v<T>) {
+                co_await std::move(body);
+            } else {
+                value.emplace(co_await std::move(body));
+            }
+        } catch (...) {
+            failed = std::current_exception();
+        }
+        if (!stop())
+            co_await stopped();
+        if (failed)
+            std::rethrow_exception(failed);
+        if constexpr (!std::is_void_v<T>)
+            co_return std::move(*value);
+    }
 
   private:
     struct State {
