@@ -659,6 +659,14 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
             } else if (ctx.body && ctx.body_modified) {
                 rewritten = ctx.body->dump();
                 body = &rewritten;
+            } else if (!ctx.body_insert.empty()) {
+                const std::string_view text = *body;
+                const std::size_t at = ctx.body_insert_at;
+                rewritten.reserve(text.size() + ctx.body_insert.size());
+                rewritten.append(text.substr(0, at))
+                    .append(ctx.body_insert)
+                    .append(text.substr(at));
+                body = &rewritten;
             }
             ForwardOptions options{.timeout = target.timeout, .hold_retryable_status = !last};
             result =

@@ -477,10 +477,14 @@ TEST(UsageFilter, InjectsIncludeUsageAndStripsTheUsageChunk) {
     auto filter = usageFilter();
     Call c("a", 0, 0);
     c.ctx.stream = true;
-    c.ctx.body = nlohmann::json::parse(
-        R"({"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hello world"}]})");
+    c.request.body() =
+        R"({"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hello world"}]})";
+    c.ctx.body = nlohmann::json::parse(c.request.body());
     ASSERT_FALSE(filter->onRequest(c.ctx));
-    EXPECT_TRUE(c.ctx.body_modified);
+    // The member goes into the client's text; the document says the same.
+    EXPECT_FALSE(c.ctx.body_modified);
+    EXPECT_EQ(c.ctx.body_insert, R"("stream_options":{"include_usage":true},)");
+    EXPECT_EQ(c.ctx.body_insert_at, 1u);
     EXPECT_EQ((*c.ctx.body)["stream_options"]["include_usage"], true);
     // 3 (reply) + 3 (message) + "user" (1) + "hello world" (2)
     EXPECT_EQ(c.ctx.estimated_prompt_tokens, 9u);
@@ -493,6 +497,45 @@ TEST(UsageFilter, InjectsIncludeUsageAndStripsTheUsageChunk) {
     EXPECT_FALSE(filter->onStreamEvent(c.ctx, usage, usage_raw));
     EXPECT_TRUE(c.ctx.usage.reported);
     EXPECT_EQ(c.ctx.usage.total(), 10u);
+}
+
+// A stream_options of the client's is changed in the document, which is then written out.
+TEST(UsageFilter, ChangesTheClientsStreamOptionsInTheDocument) {
+    auto filter = usageFilter();
+    for (const std::string text :
+         {R"({"model":"gpt-4o","stream":true,"messages":[],"stream_options":{}})",
+          R"({"model":"gpt-4o","stream":true,"messages":[],"stream_options":null})",
+          R"({"model":"gpt-4o","stream":true,"messages":[],)"
+          R"("stream_options":{"include_usage":false,"x":1}})"}) {
+        Call c("a", 0, 0);
+        c.ctx.stream = true;
+        c.request.body() = text;
+        c.ctx.body = nlohmann::json::parse(text);
+        ASSERT_FALSE(filter->onRequest(c.ctx));
+        EXPECT_TRUE(c.ctx.body_modified) << text;
+        EXPECT_EQ(c.ctx.body_insert, "") << text;
+        EXPECT_EQ((*c.ctx.body)["stream_options"]["include_usage"], true) << text;
+        EXPECT_FALSE(c.ctx.client_wants_usage) << text;
+    }
+    Call asked("a", 0, 0);
+    asked.ctx.stream = true;
+    asked.request.body() =
+        R"({"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}})";
+    asked.ctx.body = nlohmann::json::parse(asked.request.body());
+    ASSERT_FALSE(filter->onRequest(asked.ctx));
+    EXPECT_TRUE(asked.ctx.client_wants_usage);
+    EXPECT_FALSE(asked.ctx.body_modified);
+    EXPECT_EQ(asked.ctx.body_insert, "");
+}
+
+TEST(UsageFilter, FirstMemberOffsetIsPastTheOpeningBrace) {
+    EXPECT_EQ(usage::firstMemberOffset(R"({"a":1})"), 1u);
+    EXPECT_EQ(usage::firstMemberOffset(" \r\n\t{ \"a\":1}"), 5u);
+    EXPECT_EQ(usage::firstMemberOffset("\xEF\xBB\xBF {}"), 5u);
+    EXPECT_EQ(usage::firstMemberOffset(""), std::nullopt);
+    EXPECT_EQ(usage::firstMemberOffset("  "), std::nullopt);
+    EXPECT_EQ(usage::firstMemberOffset("[1]"), std::nullopt);
+    EXPECT_EQ(usage::firstMemberOffset("\v{}"), std::nullopt);  // not JSON whitespace
 }
 
 // The reconciliation reads only the top-level `usage` object, whatever else the body carries.

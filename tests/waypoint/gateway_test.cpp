@@ -267,6 +267,31 @@ TEST(WaypointGateway, StreamWithoutIncludeUsageIsByteExactAndStillCounted) {
     EXPECT_GT(metricValue(metrics, "gen_ai_server_time_to_first_token_seconds_count", {}), 0);
 }
 
+// The backend gets the client's bytes with the member put in, not a re-serialised document
+// (whose keys nlohmann would have sorted); a stream_options of the client's is extended.
+TEST(WaypointGateway, IncludeUsageGoesIntoTheClientsTextAsSent) {
+    Emulator backend("a");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    const std::string spaced =
+        "\r\n {  \"stream\" : true, \"model\":\"gpt-4o\",\n"
+        R"("messages":[{"role":"user","content":"hi"}] })";
+    auto via = request(gw->gatewayPort(), "POST", "/v1/chat/completions", spaced);
+    ASSERT_EQ(via.status, 200u);
+    EXPECT_EQ(json::parse(backend.stats())["last_body"],
+              "\r\n {\"stream_options\":{\"include_usage\":true},  \"stream\" : true, "
+              "\"model\":\"gpt-4o\",\n"
+              R"("messages":[{"role":"user","content":"hi"}] })");
+    EXPECT_EQ(via.body.find("\"usage\""), std::string::npos);
+
+    via = request(gw->gatewayPort(), "POST", "/v1/chat/completions",
+                  R"({"model":"gpt-4o","stream":true,"stream_options":{},"messages":[]})");
+    ASSERT_EQ(via.status, 200u);
+    const auto sent = json::parse(std::string(json::parse(backend.stats())["last_body"]));
+    EXPECT_EQ(sent["stream_options"], json({{"include_usage", true}}));
+    EXPECT_EQ(sent["model"], "gpt-4o");
+    EXPECT_EQ(json::parse(backend.stats())["include_usage_seen"], 2);
+}
+
 TEST(WaypointGateway, StreamWithIncludeUsageKeepsTheUsageChunk) {
     Emulator backend("a");
     auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 state = {"fail_status": 0, "token_delay_ms": 0, "first_token_delay_ms": 0, "completion_tokens": 5,
          "requests": 0, "streams_aborted": 0, "include_usage_seen": 0, "waiting": 0,
-         "kv_cache_usage": 0.1, "early_hints": 0}
+         "kv_cache_usage": 0.1, "early_hints": 0, "last_body": ""}
 lock = threading.Lock()
 NAME = "emulator"
 
@@ -101,6 +101,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         with lock:
             state["requests"] += 1
+            state["last_body"] = raw.decode("utf-8", "replace")
             fail = state["fail_status"]
             early_hints = state["early_hints"]
         for _ in range(early_hints):

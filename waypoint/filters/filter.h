@@ -50,7 +50,11 @@ struct RequestContext {
     std::string api;
     std::optional<nlohmann::json> body;  // parsed JSON body of an OpenAI call
     bool body_modified = false;          // re-serialize `body` before sending it upstream
-    std::string model;                   // as the client asked for it
+    // Members the filters added to `body` (so it stays what is sent), spliced into the client's
+    // text at `body_insert_at` instead of re-serializing the whole document; "" = none.
+    std::string body_insert;
+    std::size_t body_insert_at = 0;
+    std::string model;  // as the client asked for it
     bool stream = false;
     bool client_wants_usage = false;  // the client itself set stream_options.include_usage
 

@@ -83,17 +83,37 @@ std::optional<LocalReply> UsageFilter::onRequest(RequestContext& ctx) {
     }
     ctx.usage = {.prompt_tokens = ctx.estimated_prompt_tokens, .completion_tokens = 0};
     if (ctx.stream && (ctx.api == "chat" || ctx.api == "completions")) {
-        auto& options = body["stream_options"];
+        const auto given = body.find("stream_options");
+        const bool absent = given == body.end();
         // The gateway refused a non-boolean include_usage; null counts as absent.
-        ctx.client_wants_usage = options.is_object() && flagSet(options, "include_usage");
+        ctx.client_wants_usage = !absent && given->is_object() && flagSet(*given, "include_usage");
         if (!ctx.client_wants_usage) {
+            auto& options = body["stream_options"];
             if (!options.is_object())
                 options = nlohmann::json::object();
             options["include_usage"] = true;
-            ctx.body_modified = true;
+            // Without a stream_options of the client's, the member goes in as text; otherwise
+            // (one to change, not add) the document is written out again.
+            const auto at = absent ? firstMemberOffset(ctx.request.body()) : std::nullopt;
+            if (at) {
+                ctx.body_insert = R"("stream_options":{"include_usage":true})";
+                if (body.size() > 1)  // the client's members follow
+                    ctx.body_insert += ',';
+                ctx.body_insert_at = *at;
+            } else {
+                ctx.body_modified = true;
+            }
         }
     }
     return std::nullopt;
+}
+
+std::optional<std::size_t> firstMemberOffset(std::string_view text) {
+    std::size_t i = text.starts_with("\xEF\xBB\xBF") ? 3 : 0;  // a byte order mark stays
+    i = text.find_first_not_of(" \t\r\n", i);
+    if (i == std::string_view::npos || text[i] != '{')
+        return std::nullopt;
+    return i + 1;
 }
 
 namespace {

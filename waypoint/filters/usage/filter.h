@@ -1,6 +1,8 @@
 #pragma once
 
 #include <memory>
+#include <optional>
+#include <string_view>
 
 #include "waypoint/filters/filter.h"
 #include "waypoint/filters/usage/config.h"
@@ -33,5 +35,9 @@ class UsageFilter : public HttpFilter {
     std::shared_ptr<const tokenizer::Encoding> cl100k_;
     std::shared_ptr<const tokenizer::Encoding> o200k_;
 };
+
+// Where a member can go into the text of a JSON object: just past its opening brace (after a
+// byte order mark and whitespace, if any); nullopt when the text does not start with one.
+std::optional<std::size_t> firstMemberOffset(std::string_view text);
 
 }  // namespace sluice::waypoint::usage
