@@ -18,3 +18,28 @@ wait_port() {
     echo "port $1 did not open" >&2
     return 1
 }
+
+# The bench's waypoint config: one pool at $1 (host:port) taking every model, and a TokenBudget
+# per x-tenant header whose limits are never reached (budgets on, as in production, without 429s).
+bench_config() {
+    cat <<CONF
+apiVersion: sluice.dev/v1alpha1
+kind: Waypoint
+metadata: {name: bench}
+spec:
+  accessLog: false
+  pools: [{name: main, endpoints: ["$1"]}]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: all}
+spec: {models: ["*"], backends: [{pool: main}]}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: TokenBudget
+metadata: {name: bench}
+spec:
+  tenantFrom: [{header: x-tenant}]
+  limits: [{tenant: "*", tokensPerMinute: 1000000000000, requestsPerMinute: 1000000000000}]
+CONF
+}

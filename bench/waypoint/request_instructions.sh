@@ -18,26 +18,7 @@ gateway=$(free_port)
 /usr/bin/python3 tests/waypoint/openai_emulator.py --port "$emulator" --name bench \
     --max-seconds 600 >/dev/null &
 pids+=($!)
-cat >"$tmp/waypoint.yaml" <<EOF
-apiVersion: sluice.dev/v1alpha1
-kind: Waypoint
-metadata: {name: bench}
-spec:
-  accessLog: false
-  pools: [{name: emulated, endpoints: ["127.0.0.1:$emulator"]}]
----
-apiVersion: sluice.dev/v1alpha1
-kind: ModelRoute
-metadata: {name: all}
-spec: {models: ["*"], backends: [{pool: emulated}]}
----
-apiVersion: sluice.dev/v1alpha1
-kind: TokenBudget
-metadata: {name: bench}
-spec:
-  tenantFrom: [{header: x-tenant}]
-  limits: [{tenant: "*", tokensPerMinute: 1000000000000, requestsPerMinute: 1000000000000}]
-EOF
+bench_config "127.0.0.1:$emulator" >"$tmp/waypoint.yaml"
 valgrind --tool=callgrind --callgrind-out-file="$tmp/callgrind.out" \
     "$build/bin/sluice-waypoint" --config "$tmp/waypoint.yaml" --listen "127.0.0.1:$gateway" \
     --metrics-listen 127.0.0.1:0 --ready-listen 127.0.0.1:0 --log-level warn --workers 1 \

@@ -42,28 +42,7 @@ CONF
 taskset -c 0 nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" &
 pids+=($!)
 
-cat >"$tmp/waypoint.yaml" <<CONF
-apiVersion: sluice.dev/v1alpha1
-kind: Waypoint
-metadata: {name: bench}
-spec:
-  accessLog: false
-  pools: [{name: main, endpoints: ["127.0.0.1:$NGINX_PORT"]}]
----
-apiVersion: sluice.dev/v1alpha1
-kind: ModelRoute
-metadata: {name: chat}
-spec:
-  models: ["*"]
-  backends: [{pool: main}]
----
-apiVersion: sluice.dev/v1alpha1
-kind: TokenBudget
-metadata: {name: bench}
-spec:
-  tenantFrom: [{header: x-tenant}]
-  limits: [{tenant: "*", tokensPerMinute: 1000000000000, requestsPerMinute: 1000000000000}]
-CONF
+bench_config "127.0.0.1:$NGINX_PORT" >"$tmp/waypoint.yaml"
 taskset -c 1 "$BUILD/bin/sluice-waypoint" --config "$tmp/waypoint.yaml" --listen "127.0.0.1:$WP_PORT" \
     --metrics-listen 127.0.0.1:0 --ready-listen 127.0.0.1:0 --log-level warn &
 WP_PID=$!
