@@ -13,7 +13,7 @@
 #include "waypoint/filters/usage/filter.h"
 #include "waypoint/http/client_watch.h"
 #include "waypoint/http/forward.h"
-#include "waypoint/json/parse.h"
+#include "waypoint/json/document.h"
 #include "waypoint/lb/load_metrics.h"
 #include "waypoint/policy_view.h"
 #include "waypoint/tokenizer/encoding.h"
@@ -81,17 +81,28 @@ std::optional<http::status> failureStatus(const ForwardResult& result) {
 
 // The first of those flags that is neither a boolean nor null, quoted as OpenAI names it in its
 // 400; "" when all are fine.
-std::string nonBooleanFlag(const nlohmann::json& body) {
-    auto wrong = [](const nlohmann::json& object, const char* name) {
-        const auto it = object.find(name);
-        return it != object.end() && !it->is_boolean() && !it->is_null();
+std::string nonBooleanFlag(const json::Value& body) {
+    auto wrong = [](const json::Value& object, std::string_view name) {
+        const json::Value* v = json::member(object, name);
+        return v != nullptr && !v->IsBool() && !v->IsNull();
     };
     if (wrong(body, "stream"))
         return "'stream'";
-    const auto options = body.find("stream_options");
-    if (options != body.end() && options->is_object() && wrong(*options, "include_usage"))
+    const json::Value* options = json::member(body, "stream_options");
+    if (options != nullptr && options->IsObject() && wrong(*options, "include_usage"))
         return "'stream_options.include_usage'";
     return "";
+}
+
+// The document as text with `model` for its model; the document itself keeps the client's
+// (the next target may rewrite to another model, or to none).
+std::string withModel(json::Document& body, const std::string& model) {
+    json::Value* value = json::member(body.root(), "model");  // a string: checked on arrival
+    json::Value clients(std::move(*value));
+    value->SetString(rapidjson::StringRef(model.data(), rapidjson::SizeType(model.size())));
+    std::string text = body.write();
+    *value = std::move(clients);
+    return text;
 }
 
 }  // namespace
@@ -519,16 +530,17 @@ awaitable<void> Gateway::handle(Exchange& ex, UpstreamPool& upstream) {
             bad.status = http::status::method_not_allowed;
             bad.message = "Only POST is supported on " + std::string(sv(ex.request.target()));
         } else {
-            auto body = json::parse(ex.request.body());
-            if (!body || !body->is_object()) {
+            auto body = json::Document::parse(ex.request.body());
+            const json::Value* model = body ? json::member(body->root(), "model") : nullptr;
+            if (!body || !body->root().IsObject()) {
                 bad.message = "We could not parse the JSON body of your request.";
-            } else if (!body->contains("model") || !(*body)["model"].is_string()) {
+            } else if (model == nullptr || !model->IsString()) {
                 bad.message = "you must provide a model parameter";
-            } else if (auto wrong = nonBooleanFlag(*body); !wrong.empty()) {
+            } else if (auto wrong = nonBooleanFlag(body->root()); !wrong.empty()) {
                 bad.message = wrong + " must be a boolean";
             } else {
-                ctx.model = (*body)["model"].get<std::string>();
-                ctx.stream = flagSet(*body, "stream");
+                ctx.model = json::text(*model);
+                ctx.stream = json::flagSet(body->root(), "stream");
                 ctx.body = std::move(body);
             }
         }
@@ -652,12 +664,10 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
             const std::string* body = &ex.request.body();  // as the client sent it
             const bool rewrite = !target.model.empty() && target.model != ctx.model;
             if (ctx.body && rewrite) {
-                auto copy = *ctx.body;  // the next target may rewrite to another model
-                copy["model"] = target.model;
-                rewritten = copy.dump();
+                rewritten = withModel(*ctx.body, target.model);
                 body = &rewritten;
             } else if (ctx.body && ctx.body_modified) {
-                rewritten = ctx.body->dump();
+                rewritten = ctx.body->write();
                 body = &rewritten;
             } else if (!ctx.body_insert.empty()) {
                 const std::string_view text = *body;

@@ -10,6 +10,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "waypoint/admission/queue.h"
 #include "waypoint/config.h"
 #include "waypoint/filters/filter.h"

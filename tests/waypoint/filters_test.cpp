@@ -479,13 +479,14 @@ TEST(UsageFilter, InjectsIncludeUsageAndStripsTheUsageChunk) {
     c.ctx.stream = true;
     c.request.body() =
         R"({"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hello world"}]})";
-    c.ctx.body = nlohmann::json::parse(c.request.body());
+    c.ctx.body = json::Document::parse(c.request.body());
     ASSERT_FALSE(filter->onRequest(c.ctx));
     // The member goes into the client's text; the document says the same.
     EXPECT_FALSE(c.ctx.body_modified);
     EXPECT_EQ(c.ctx.body_insert, R"("stream_options":{"include_usage":true},)");
     EXPECT_EQ(c.ctx.body_insert_at, 1u);
-    EXPECT_EQ((*c.ctx.body)["stream_options"]["include_usage"], true);
+    EXPECT_TRUE(
+        json::flagSet(*json::member(c.ctx.body->root(), "stream_options"), "include_usage"));
     // 3 (reply) + 3 (message) + "user" (1) + "hello world" (2)
     EXPECT_EQ(c.ctx.estimated_prompt_tokens, 9u);
     EXPECT_EQ(c.ctx.max_output_tokens, 1024u);
@@ -510,18 +511,24 @@ TEST(UsageFilter, ChangesTheClientsStreamOptionsInTheDocument) {
         Call c("a", 0, 0);
         c.ctx.stream = true;
         c.request.body() = text;
-        c.ctx.body = nlohmann::json::parse(text);
+        c.ctx.body = json::Document::parse(text);
         ASSERT_FALSE(filter->onRequest(c.ctx));
         EXPECT_TRUE(c.ctx.body_modified) << text;
         EXPECT_EQ(c.ctx.body_insert, "") << text;
-        EXPECT_EQ((*c.ctx.body)["stream_options"]["include_usage"], true) << text;
+        // What is sent: the client's document with include_usage set, its other options kept.
+        auto expected = nlohmann::json::parse(text);
+        auto& options = expected["stream_options"];
+        if (!options.is_object())
+            options = nlohmann::json::object();
+        options["include_usage"] = true;
+        EXPECT_EQ(nlohmann::json::parse(c.ctx.body->write()), expected) << text;
         EXPECT_FALSE(c.ctx.client_wants_usage) << text;
     }
     Call asked("a", 0, 0);
     asked.ctx.stream = true;
     asked.request.body() =
         R"({"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}})";
-    asked.ctx.body = nlohmann::json::parse(asked.request.body());
+    asked.ctx.body = json::Document::parse(asked.request.body());
     ASSERT_FALSE(filter->onRequest(asked.ctx));
     EXPECT_TRUE(asked.ctx.client_wants_usage);
     EXPECT_FALSE(asked.ctx.body_modified);
@@ -704,10 +711,11 @@ TEST(BackendPool, PrefixAffinityKeepsSharedPrefixesTogether) {
         Endpoint* first = nullptr;
         for (int q = 0; q < 5; ++q) {
             Call c("a", 1, 1);
-            c.ctx.body = nlohmann::json{
+            c.ctx.body = json::Document::parse(nlohmann::json{
                 {"messages",
                  {{{"role", "system"}, {"content", "Context document " + std::to_string(doc)}},
-                  {{"role", "user"}, {"content", "question " + std::to_string(q)}}}}};
+                  {{"role", "user"}, {"content", "question " + std::to_string(q)}}}}}
+                                                   .dump());
             Endpoint* ep = narrow.pick(c.ctx);
             narrow.finish(*ep, true, 1ms);
             if (!first) {

@@ -328,6 +328,25 @@ TEST(WaypointGateway, TimeToFirstTokenIsPreserved) {
     EXPECT_LT(first, 250ms);
 }
 
+// A body that must be written out again (the client's stream_options is changed) may nest as
+// deep as the body limit allows: the worker writes it without a stack frame per level, so the
+// request is forwarded and the waypoint goes on serving.
+TEST(WaypointGateway, ADeeplyNestedBodyIsForwardedNotACrash) {
+    Emulator backend("a");
+    std::string config = baseConfig("\"" + backend.address() + "\"");
+    config.replace(config.find("maxBodyBytes: 65536"), 19, "maxBodyBytes: 4194304");
+    auto gw = startGateway(config);
+    const std::size_t depth = 1'000'000;
+    const std::string deep = R"({"model":"gpt-4o","stream":true,"stream_options":null,"a":)" +
+                             std::string(depth, '[') + std::string(depth, ']') + "}";
+    const auto reply = request(gw->gatewayPort(), "POST", "/v1/chat/completions", deep);
+    // The emulator (Python's json) cannot read it; what matters is that it got it whole.
+    EXPECT_GE(json::parse(backend.stats())["requests"].get<int>(), 1);
+    EXPECT_NE(reply.status, 0u) << reply.body;
+    EXPECT_EQ(request(gw->gatewayPort(), "POST", "/v1/chat/completions", chatBody(true)).status,
+              200u);
+}
+
 TEST(WaypointGateway, MalformedRequestsGetOpenAiShaped400) {
     Emulator backend("a");
     auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));

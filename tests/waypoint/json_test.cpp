@@ -1,5 +1,5 @@
-// waypoint/json: RapidJSON reads with nlohmann's accept/reject rules and builds the same
-// nlohmann document, so swapping the parser changes no answer the waypoint gives.
+// waypoint/json: RapidJSON reads with nlohmann's accept/reject rules into a document that holds
+// what nlohmann's would, so swapping the parser changes no answer the waypoint gives.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,21 +8,27 @@
 #include <utility>
 #include <vector>
 
-#include "waypoint/json/parse.h"
+#include <nlohmann/json.hpp>
+
+#include "waypoint/json/document.h"
 
 namespace sluice::waypoint {
 namespace {
 
 using namespace std::string_literals;
 
-// Same value and the same kind at every node (nlohmann's == calls unsigned 1 and integer 1
-// equal). Without recursion: the documents nest 10k deep.
+// Same value and the same kind at every node, a float apart from an integer and a float's sign
+// (nlohmann's == calls 1.0 and 1 equal, and 0.0 and -0.0); signed and unsigned integers are one
+// kind here (see parsesLikeNlohmann). Without recursion: the documents nest 10k deep.
 bool sameDocument(const nlohmann::json& first, const nlohmann::json& second) {
+    auto kind = [](const nlohmann::json& v) {
+        return v.is_number_integer() ? nlohmann::json::value_t::number_integer : v.type();
+    };
     std::vector<std::pair<const nlohmann::json*, const nlohmann::json*>> todo{{&first, &second}};
     while (!todo.empty()) {
         const auto [a, b] = todo.back();
         todo.pop_back();
-        if (a->type() != b->type() || a->size() != b->size() || (!a->is_structured() && *a != *b))
+        if (kind(*a) != kind(*b) || a->size() != b->size() || (!a->is_structured() && *a != *b))
             return false;
         if (a->is_number_float() &&
             std::signbit(a->get<double>()) != std::signbit(b->get<double>()))
@@ -42,19 +48,25 @@ bool sameDocument(const nlohmann::json& first, const nlohmann::json& second) {
     return true;
 }
 
-// What json::parse gives for `text` is what nlohmann::json::parse gives: nothing where it
-// throws, else the same document.
+// json::Document accepts what nlohmann::json::parse accepts, and what it holds is what
+// nlohmann reads: written out and read back by nlohmann, the same document. (RapidJSON keeps one
+// kind for a non-negative integer, so -0, nlohmann's signed 0, is written as 0: integers of
+// either sign are one kind in the comparison.)
 ::testing::AssertionResult parsesLikeNlohmann(const std::string& text) {
-    const auto ours = json::parse(text);
+    const auto ours = json::Document::parse(text);
     const auto theirs = nlohmann::json::parse(text, nullptr, false);
     if (ours.has_value() == theirs.is_discarded())
         return ::testing::AssertionFailure()
                << (ours ? "accepted" : "rejected")
                << " by RapidJSON, not by nlohmann: " << ::testing::PrintToString(text);
-    if (ours && !sameDocument(*ours, theirs))
+    if (!ours)
+        return ::testing::AssertionSuccess();
+    const std::string written = ours->write();
+    const auto again = nlohmann::json::parse(written, nullptr, false);
+    if (again.is_discarded() || !sameDocument(again, theirs))
         return ::testing::AssertionFailure()
-               << "different documents for " << ::testing::PrintToString(text) << ": "
-               << ours->dump() << " vs " << theirs.dump();
+               << "json::Document wrote " << ::testing::PrintToString(written) << " for "
+               << ::testing::PrintToString(text);
     return ::testing::AssertionSuccess();
 }
 
@@ -245,6 +257,49 @@ TEST(WaypointJson, RandomEditsParseLikeNlohmann) {
         }
         ASSERT_TRUE(parsesLikeNlohmann(text)) << "round " << round;
     }
+}
+
+// The filters read the last of a repeated key, as nlohmann and Python's json keep it; the
+// document keeps every member as the client sent it, in order.
+TEST(WaypointJsonDocument, ReadsTheLastOfARepeatedKeyAndWritesThemAll) {
+    const std::string text = R"({"model":"a","stream":true,"model":"b","n":-3,"x":[1.5,null]})";
+    auto doc = json::Document::parse(text);
+    ASSERT_TRUE(doc);
+    EXPECT_EQ(json::text(*json::member(doc->root(), "model")), "b");
+    EXPECT_TRUE(json::flagSet(doc->root(), "stream"));
+    EXPECT_FALSE(json::flagSet(doc->root(), "nope"));
+    EXPECT_EQ(json::member(doc->root(), "n")->GetInt64(), -3);
+    EXPECT_EQ(json::member(doc->root()["x"], "y"), nullptr);  // not an object
+    EXPECT_EQ(doc->write(), text);
+    EXPECT_FALSE(json::Document::parse(R"({"model":"a",})"));
+    EXPECT_FALSE(json::Document::parse(""));
+}
+
+TEST(WaypointJsonDocument, CanonicalTextIgnoresKeyOrderAndRepeatsAndDropsOneMember) {
+    auto a = json::Document::parse(R"({"input":["x",{"k":1,"j":2}],"model":"e","user":"u1"})");
+    auto b = json::Document::parse(
+        R"({"model":"z","user":"u2","input":["x",{"j":2,"k":1}],"model":"e"})");
+    auto c = json::Document::parse(R"({"model":"e","input":["x",{"j":2,"k":2}]})");
+    ASSERT_TRUE(a && b && c);
+    EXPECT_EQ(a->canonical("user"), R"({"input":["x",{"j":2,"k":1}],"model":"e"})");
+    EXPECT_EQ(a->canonical("user"), b->canonical("user"));
+    EXPECT_NE(a->canonical("user"), c->canonical("user"));
+    EXPECT_NE(a->canonical(), b->canonical());  // the users differ
+    // Only the top level's `user` is dropped.
+    auto nested = json::Document::parse(R"({"input":{"user":1}})");
+    EXPECT_EQ(nested->canonical("user"), R"({"input":{"user":1}})");
+}
+
+// A body nests as deep as its size allows; writing it must not take a stack frame per level
+// (a request that makes the waypoint write its body out would crash a worker).
+TEST(WaypointJsonDocument, WritesDeepNestingWithoutRecursion) {
+    const std::size_t depth = 1'000'000;
+    const std::string text =
+        R"({"model":"m","a":)" + std::string(depth, '[') + std::string(depth, ']') + "}";
+    auto doc = json::Document::parse(text);
+    ASSERT_TRUE(doc);
+    EXPECT_EQ(doc->write(), text);
+    EXPECT_EQ(doc->canonical().size(), text.size());
 }
 
 }  // namespace

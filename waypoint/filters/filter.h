@@ -9,10 +9,9 @@
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "waypoint/http/asio.h"
 #include "waypoint/http/openai_error.h"
+#include "waypoint/json/document.h"
 
 namespace sluice::waypoint {
 
@@ -34,13 +33,6 @@ struct RouteTarget {
     std::chrono::milliseconds timeout{30'000};
 };
 
-// An OpenAI request flag (`stream`, `include_usage`) of a JSON object: true only when present
-// and true; absent or null means false.
-inline bool flagSet(const nlohmann::json& object, const char* name) {
-    const auto it = object.find(name);
-    return it != object.end() && it->is_boolean() && it->get<bool>();
-}
-
 // Everything filters know about one request, from admission to settlement.
 struct RequestContext {
     explicit RequestContext(Request& r) : request(r) {}
@@ -48,7 +40,7 @@ struct RequestContext {
     Request& request;  // as read from the client; filters may rewrite `body`
     // OpenAI API of the path: "chat", "completions", "embeddings", "models", or "" (pass-through).
     std::string api;
-    std::optional<nlohmann::json> body;  // parsed JSON body of an OpenAI call
+    std::optional<json::Document> body;  // parsed JSON body of an OpenAI call
     bool body_modified = false;          // re-serialize `body` before sending it upstream
     // Members the filters added to `body` (so it stays what is sent), spliced into the client's
     // text at `body_insert_at` instead of re-serializing the whole document; "" = none.

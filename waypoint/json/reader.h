@@ -117,9 +117,20 @@ struct Strict {
     bool Key(const Ch* s, SizeType n, bool) {
         return !hasSurrogate(s, n) && h.Key(std::string_view(s, n));
     }
-    bool EndObject(SizeType) { return h.EndObject(); }
+    // With the count for a handler that wants it (a RapidJSON document).
+    bool EndObject(SizeType members) {
+        if constexpr (requires { h.EndObject(members); })
+            return h.EndObject(members);
+        else
+            return h.EndObject();
+    }
     bool StartArray() { return h.StartArray(); }
-    bool EndArray(SizeType) { return h.EndArray(); }
+    bool EndArray(SizeType elements) {
+        if constexpr (requires { h.EndArray(elements); })
+            return h.EndArray(elements);
+        else
+            return h.EndArray();
+    }
 };
 
 }  // namespace detail
@@ -130,20 +141,28 @@ struct Strict {
 // Key(string_view), StartObject(), EndObject(), StartArray(), EndArray(); each returns false to
 // stop. The views are valid during the call only. False when the text is not JSON (by the rules
 // above) or a handler stopped.
+//
+// readInPlace() parses `text` where it is and decodes its strings there: the views the handler
+// gets point into `text` and stay valid while it lives, unchanged (a document can keep them).
 template <class Handler>
-bool read(std::string_view text, Handler& handler) {
-    if (text.starts_with("\xEF\xBB\xBF"))
-        text.remove_prefix(3);
-    std::string large;
-    std::string& copy = text.size() <= detail::kScratchBytes ? detail::scratch() : large;
-    copy.assign(text);
-    rapidjson::InsituStringStream stream(copy.data());
+bool readInPlace(std::string& text, Handler& handler) {
+    const std::size_t from = std::string_view(text).starts_with("\xEF\xBB\xBF") ? 3 : 0;
+    // text.data()[text.size()] is the NUL the reader stops at.
+    rapidjson::InsituStringStream stream(text.data() + from);
     detail::Strict<Handler> strict{handler};
     rapidjson::Reader reader;
-    if (detail::isAscii(text))
+    if (detail::isAscii(std::string_view(text).substr(from)))
         return !reader.Parse<kReadFlags>(stream, strict).IsError();
     return !reader.Parse<kReadFlags | rapidjson::kParseValidateEncodingFlag>(stream, strict)
                 .IsError();
+}
+
+template <class Handler>
+bool read(std::string_view text, Handler& handler) {
+    std::string large;
+    std::string& copy = text.size() <= detail::kScratchBytes ? detail::scratch() : large;
+    copy.assign(text);
+    return readInPlace(copy, handler);
 }
 
 }  // namespace sluice::waypoint::json

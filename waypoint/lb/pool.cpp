@@ -38,25 +38,25 @@ thread_local std::minstd_rand rng{std::random_device{}()};
 
 std::string promptPrefix(const RequestContext& ctx, std::size_t bytes) {
     std::string prefix;
-    if (!ctx.body || !ctx.body->is_object())
+    if (!ctx.body || !ctx.body->root().IsObject())
         return prefix;
-    auto append = [&](const nlohmann::json& v) {
-        if (v.is_string())
-            prefix.append(v.get_ref<const std::string&>());
+    auto append = [&](const json::Value* v) {
+        if (v != nullptr && v->IsString())
+            prefix.append(json::text(*v));
     };
-    const auto& body = *ctx.body;
-    if (auto it = body.find("messages"); it != body.end() && it->is_array()) {
-        for (const auto& m : *it) {
+    const json::Value& body = ctx.body->root();
+    if (const json::Value* messages = json::member(body, "messages");
+        messages != nullptr && messages->IsArray()) {
+        for (const auto& m : messages->GetArray()) {
             if (prefix.size() >= bytes)
                 break;
-            if (m.is_object() && m.contains("content"))
-                append(m["content"]);
+            append(json::member(m, "content"));
             prefix += '\n';
         }
-    } else if (auto p = body.find("prompt"); p != body.end()) {
-        append(*p);
-    } else if (auto in = body.find("input"); in != body.end()) {
-        append(*in);
+    } else if (const json::Value* p = json::member(body, "prompt")) {
+        append(p);
+    } else if (const json::Value* in = json::member(body, "input")) {
+        append(in);
     }
     if (prefix.size() > bytes)
         prefix.resize(bytes);

@@ -7,11 +7,9 @@ EmbeddingsCacheFilter::EmbeddingsCacheFilter(EmbeddingsCacheConfig config,
     : config_(config), now_(std::move(now)) {}
 
 std::string EmbeddingsCacheFilter::keyOf(const RequestContext& ctx) {
-    // The whole body but `user` (a per-call tag that does not change the embedding) in
-    // nlohmann's sorted-key form, so key order in the client's JSON does not matter.
-    auto body = *ctx.body;
-    body.erase("user");
-    return ctx.tenant + '\0' + body.dump();
+    // The whole body but `user` (a per-call tag that does not change the embedding) in a
+    // sorted-key form, so key order in the client's JSON does not matter.
+    return ctx.tenant + '\0' + ctx.body->canonical("user");
 }
 
 std::optional<LocalReply> EmbeddingsCacheFilter::onRequest(RequestContext& ctx) {

@@ -20,39 +20,46 @@ const tokenizer::Encoding& UsageFilter::encodingFor(const std::string& model) co
 }
 
 std::uint64_t UsageFilter::estimatePrompt(const RequestContext& ctx) const {
-    if (!ctx.body || !ctx.body->is_object())
+    if (!ctx.body || !ctx.body->root().IsObject())
         return 0;
-    const auto& body = *ctx.body;
+    const json::Value& body = ctx.body->root();
     const auto& enc = encodingFor(ctx.model);
-    auto count_text = [&](const nlohmann::json& v) -> std::uint64_t {
-        if (v.is_string())
-            return enc.count(v.get_ref<const std::string&>());
-        if (v.is_array()) {
-            std::uint64_t n = 0;
-            for (const auto& item : v) {
-                if (item.is_string()) {
-                    n += enc.count(item.get_ref<const std::string&>());
-                } else if (item.is_object() && item.contains("text") && item["text"].is_string()) {
-                    n += enc.count(item["text"].get_ref<const std::string&>());
-                } else if (item.is_array()) {
-                    n += item.size();  // already token ids
-                } else if (item.is_number_integer()) {
-                    n += 1;
-                }
+    auto count_text = [&](const json::Value* v) -> std::uint64_t {
+        if (v == nullptr)
+            return 0;
+        if (v->IsString())
+            return enc.count(json::text(*v));
+        if (!v->IsArray())
+            return 0;
+        std::uint64_t n = 0;
+        for (const auto& item : v->GetArray()) {
+            if (item.IsString()) {
+                n += enc.count(json::text(item));
+            } else if (const json::Value* part = json::member(item, "text");
+                       part != nullptr && part->IsString()) {
+                n += enc.count(json::text(*part));
+            } else if (item.IsArray()) {
+                n += item.Size();  // already token ids
+            } else if (item.IsInt64() || item.IsUint64()) {
+                n += 1;
             }
-            return n;
         }
-        return 0;
+        return n;
     };
     if (ctx.api == "chat") {
         std::uint64_t n = 3;
-        if (auto it = body.find("messages"); it != body.end() && it->is_array()) {
-            for (const auto& message : *it) {
-                if (!message.is_object())
+        if (const json::Value* messages = json::member(body, "messages");
+            messages != nullptr && messages->IsArray()) {
+            for (const auto& message : messages->GetArray()) {
+                if (!message.IsObject())
                     continue;
                 n += 3;
-                for (const auto& [key, value] : message.items()) {
-                    n += count_text(value);
+                // Each key once, with its last value, as a parsed object holds them.
+                for (const auto& m : message.GetObject()) {
+                    const std::string_view key = json::text(m.name);
+                    if (json::member(message, key) != &m.value)
+                        continue;
+                    n += count_text(&m.value);
                     if (key == "name")
                         n += 1;
                 }
@@ -61,43 +68,52 @@ std::uint64_t UsageFilter::estimatePrompt(const RequestContext& ctx) const {
         return n;
     }
     if (ctx.api == "completions")
-        return body.contains("prompt") ? count_text(body["prompt"]) : 0;
+        return count_text(json::member(body, "prompt"));
     if (ctx.api == "embeddings")
-        return body.contains("input") ? count_text(body["input"]) : 0;
+        return count_text(json::member(body, "input"));
     return 0;
 }
 
 std::optional<LocalReply> UsageFilter::onRequest(RequestContext& ctx) {
     if (!ctx.body)
         return std::nullopt;
-    auto& body = *ctx.body;
+    json::Value& body = ctx.body->root();
     ctx.estimated_prompt_tokens = estimatePrompt(ctx);
     if (ctx.api == "chat" || ctx.api == "completions") {
         ctx.max_output_tokens = config_.default_max_tokens;
         for (const char* key : {"max_completion_tokens", "max_tokens"}) {
-            if (auto it = body.find(key); it != body.end() && it->is_number_unsigned()) {
-                ctx.max_output_tokens = it->get<std::uint64_t>();
+            if (const json::Value* v = json::member(body, key); v != nullptr && v->IsUint64()) {
+                ctx.max_output_tokens = v->GetUint64();
                 break;
             }
         }
     }
     ctx.usage = {.prompt_tokens = ctx.estimated_prompt_tokens, .completion_tokens = 0};
     if (ctx.stream && (ctx.api == "chat" || ctx.api == "completions")) {
-        const auto given = body.find("stream_options");
-        const bool absent = given == body.end();
+        json::Value* given = json::member(body, "stream_options");
         // The gateway refused a non-boolean include_usage; null counts as absent.
-        ctx.client_wants_usage = !absent && given->is_object() && flagSet(*given, "include_usage");
+        ctx.client_wants_usage =
+            given != nullptr && given->IsObject() && json::flagSet(*given, "include_usage");
         if (!ctx.client_wants_usage) {
-            auto& options = body["stream_options"];
-            if (!options.is_object())
-                options = nlohmann::json::object();
-            options["include_usage"] = true;
+            // The document says what is sent (a rewrite of the model writes it out).
+            auto& pool = ctx.body->allocator();
+            const bool absent = given == nullptr;
+            if (absent) {
+                body.AddMember("stream_options", json::Value(rapidjson::kObjectType), pool);
+                given = &body.MemberEnd()[-1].value;
+            } else if (!given->IsObject()) {
+                given->SetObject();
+            }
+            if (json::Value* flag = json::member(*given, "include_usage"))
+                flag->SetBool(true);
+            else
+                given->AddMember("include_usage", true, pool);
             // Without a stream_options of the client's, the member goes in as text; otherwise
             // (one to change, not add) the document is written out again.
             const auto at = absent ? firstMemberOffset(ctx.request.body()) : std::nullopt;
             if (at) {
                 ctx.body_insert = R"("stream_options":{"include_usage":true})";
-                if (body.size() > 1)  // the client's members follow
+                if (body.MemberCount() > 1)  // the client's members follow
                     ctx.body_insert += ',';
                 ctx.body_insert_at = *at;
             } else {

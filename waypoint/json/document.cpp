@@ -1,0 +1,161 @@
+#include "waypoint/json/document.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "waypoint/json/reader.h"
+
+namespace sluice::waypoint::json {
+namespace {
+
+using rapidjson::SizeType;
+
+// read()'s events into the document's own SAX handler; strings by reference (they are in the
+// document's text, which lives as long as it does).
+struct ToDocument {
+    rapidjson::Document& doc;
+
+    bool Null() { return doc.Null(); }
+    bool Bool(bool b) { return doc.Bool(b); }
+    bool Int64(std::int64_t i) { return doc.Int64(i); }
+    bool Uint64(std::uint64_t u) { return doc.Uint64(u); }
+    bool Double(double d) { return doc.Double(d); }
+    bool String(std::string_view s) { return doc.String(s.data(), SizeType(s.size()), false); }
+    bool Key(std::string_view k) { return doc.Key(k.data(), SizeType(k.size()), false); }
+    bool StartObject() { return doc.StartObject(); }
+    bool EndObject(SizeType members) { return doc.EndObject(members); }
+    bool StartArray() { return doc.StartArray(); }
+    bool EndArray(SizeType elements) { return doc.EndArray(elements); }
+};
+
+template <class V>
+V* lastMember(V& object, std::string_view name) {
+    if (!object.IsObject())
+        return nullptr;
+    V* found = nullptr;
+    for (auto& m : object.GetObject()) {
+        if (text(m.name) == name)
+            found = &m.value;
+    }
+    return found;
+}
+
+}  // namespace
+
+std::optional<Document> Document::parse(std::string_view text) {
+    Document d;
+    d.state_ = std::make_unique<State>();
+    State& s = *d.state_;
+    s.text.assign(text);
+    bool ok = false;
+    auto events = [&](rapidjson::Document& handler) {
+        ToDocument to{handler};
+        ok = readInPlace(s.text, to);
+        return ok;
+    };
+    s.doc.Populate(events);
+    if (!ok)
+        return std::nullopt;
+    return d;
+}
+
+namespace {
+
+// Writes `root` as compact JSON with an explicit stack instead of RapidJSON's recursive
+// Accept(). `canonical`: object members sorted by key, each key once (its last value).
+std::string writeValue(const Value& root, bool canonical, std::string_view drop) {
+    rapidjson::StringBuffer out;
+    rapidjson::Writer<rapidjson::StringBuffer> writer(out);
+    struct Open {
+        const Value* container;
+        std::size_t next = 0;              // index into `order` (objects) or the elements
+        std::vector<std::uint32_t> order;  // members to write, in order (objects)
+    };
+    std::vector<Open> open;
+    auto start = [&](const Value& v) {
+        if (v.IsObject()) {
+            writer.StartObject();
+            Open o{&v};
+            const auto members = v.MemberBegin();
+            for (std::uint32_t i = 0; i < v.MemberCount(); ++i) {
+                if (!(open.empty() && !drop.empty() && text(members[i].name) == drop))
+                    o.order.push_back(i);
+            }
+            if (canonical) {
+                // By key, then the last of a repeated key first, which the unique pass keeps.
+                std::stable_sort(o.order.begin(), o.order.end(), [&](auto a, auto b) {
+                    const auto ka = text(members[a].name), kb = text(members[b].name);
+                    return ka != kb ? ka < kb : a > b;
+                });
+                o.order.erase(std::unique(o.order.begin(), o.order.end(),
+                                          [&](auto a, auto b) {
+                                              return text(members[a].name) == text(members[b].name);
+                                          }),
+                              o.order.end());
+            }
+            open.push_back(std::move(o));
+        } else if (v.IsArray()) {
+            writer.StartArray();
+            open.push_back(Open{&v});
+        } else if (v.IsString()) {
+            writer.String(v.GetString(), v.GetStringLength());
+        } else if (v.IsBool()) {
+            writer.Bool(v.GetBool());
+        } else if (v.IsUint64()) {
+            writer.Uint64(v.GetUint64());
+        } else if (v.IsInt64()) {
+            writer.Int64(v.GetInt64());
+        } else if (v.IsDouble()) {
+            writer.Double(v.GetDouble());
+        } else {
+            writer.Null();
+        }
+    };
+    start(root);
+    while (!open.empty()) {
+        Open& o = open.back();
+        const Value& c = *o.container;
+        if (c.IsObject()) {
+            if (o.next == o.order.size()) {
+                writer.EndObject();
+                open.pop_back();
+                continue;
+            }
+            const auto& m = c.MemberBegin()[o.order[o.next++]];
+            writer.Key(m.name.GetString(), m.name.GetStringLength());
+            start(m.value);  // may grow `open`: `o` is not used after this
+        } else {
+            if (o.next == c.Size()) {
+                writer.EndArray();
+                open.pop_back();
+                continue;
+            }
+            start(c[rapidjson::SizeType(o.next++)]);
+        }
+    }
+    return {out.GetString(), out.GetSize()};
+}
+
+}  // namespace
+
+std::string Document::write() const {
+    return writeValue(state_->doc, false, {});
+}
+
+std::string Document::canonical(std::string_view drop) const {
+    return writeValue(state_->doc, true, drop);
+}
+
+const Value* member(const Value& object, std::string_view name) {
+    return lastMember(object, name);
+}
+
+Value* member(Value& object, std::string_view name) {
+    return lastMember(object, name);
+}
+
+}  // namespace sluice::waypoint::json
