@@ -10,10 +10,11 @@
    default, and with busyPollMicros 100 (a worker polls 100 µs for the next event before it
    sleeps: CPU for latency where waking a sleeping vCPU is slow) vs through nginx as a plain
    reverse proxy (keep-alive upstream, no buffering; the outside reference).
-2. Time to first token: 300 streamed chat requests, one after the other on a keep-alive
-   connection, to the OpenAI emulator (tests/waypoint/openai_emulator.py, a TEST FIXTURE that
-   streams 3 tokens 2 ms apart), direct vs through the waypoint; TTFT = from the first byte sent
-   to the first SSE event that carries content.
+2. Time to first token: 300 streamed chat requests per path, one after the other on a
+   keep-alive connection per path, to the OpenAI emulator (tests/waypoint/openai_emulator.py, a
+   TEST FIXTURE that streams 3 tokens 2 ms apart), direct vs through the waypoint; TTFT = from
+   the first byte sent to the first SSE event that carries content. The paths take turns
+   request by request (the order rotating), so the machine's drift falls on all alike.
 The proxies (waypoint, nginx proxy) run pinned to CPU 1, clients and backends to CPU 0. Every
 process runs SCHED_FIFO (when allowed) so that other work on a shared machine does not land inside
 the measurement; all paths alike. The paths alternate over ROUNDS rounds; the reported figure of
@@ -126,21 +127,30 @@ def fixed_rate(port):
             "requests": len(latencies), "non_200": bad}
 
 
-def ttft(port):
-    conn, req = Conn(port), request_bytes(STREAM)
-    for _ in range(20):
-        conn.sock.sendall(req)
-        conn.first_token_then_drain()
-    samples, bad = [], 0
-    for _ in range(TTFT_REQUESTS):
-        start = time.perf_counter_ns()
-        conn.sock.sendall(req)
-        status, at = conn.first_token_then_drain()
-        bad += status != 200
-        samples.append((at - start) / 1e6)
-    samples.sort()
-    return {"p50_ms": statistics.median(samples), "p90_ms": samples[int(0.9 * len(samples))],
-            "requests": len(samples), "non_200": bad}
+def ttft(ports):
+    """Streams to every path in turn, request by request (the order rotating), so that the
+    machine's drift over the run falls on all paths alike; TTFT statistics per path."""
+    conns = {k: Conn(port) for k, port in ports.items()}
+    req = request_bytes(STREAM)
+    for conn in conns.values():
+        for _ in range(20):
+            conn.sock.sendall(req)
+            conn.first_token_then_drain()
+    samples, bad = {k: [] for k in ports}, {k: 0 for k in ports}
+    order = list(ports)
+    for i in range(TTFT_REQUESTS):
+        for k in order[i % len(order):] + order[:i % len(order)]:
+            start = time.perf_counter_ns()
+            conns[k].sock.sendall(req)
+            status, at = conns[k].first_token_then_drain()
+            bad[k] += status != 200
+            samples[k].append((at - start) / 1e6)
+    out = {}
+    for k, v in samples.items():
+        v.sort()
+        out[k] = {"p50_ms": statistics.median(v), "p90_ms": v[int(0.9 * len(v))],
+                  "requests": len(v), "non_200": bad[k]}
+    return out
 
 
 def pinned(cpu, argv):
@@ -262,8 +272,8 @@ spec:
                     run["proxy_cpu_us_per_request"] = \
                         (cpu_seconds(proxy_pid[k]) - before) * 1e6 / run["requests"]
                 rate_runs[k].append(run)
-            for k in PATHS:
-                ttft_runs[k].append(ttft(ttft_port[k]))
+            for k, run in ttft(ttft_port).items():
+                ttft_runs[k].append(run)
             print(f"round {r + 1}/{ROUNDS}: p50 " +
                   ", ".join(f"{k} {rate_runs[k][-1]['p50_ms']:.3f}" for k in PATHS) +
                   "; TTFT " + ", ".join(f"{k} {ttft_runs[k][-1]['p50_ms']:.3f}" for k in PATHS),
@@ -325,8 +335,8 @@ spec:
     lines += ["", "Per round (p50 ms): " + "; ".join(
         f"{k} " + ", ".join(f"{x['p50_ms']:.3f}" for x in rate_runs[k]) for k in PATHS)]
     lines += ["", f"Time to first token: {TTFT_REQUESTS} streamed chats to the OpenAI emulator "
-              "(test fixture; 3 tokens, 2 ms apart), one after the other on a keep-alive "
-              "connection.", "", "| path | TTFT p50 ms | TTFT p90 ms | TTFT added | non-200 |",
+              "(test fixture; 3 tokens, 2 ms apart) per path, one after the other on a keep-alive "
+              "connection per path; the paths take turns request by request.", "", "| path | TTFT p50 ms | TTFT p90 ms | TTFT added | non-200 |",
               "|---|---|---|---|---|"]
     for k, r in first.items():
         lines.append(f"| {k} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
