@@ -407,6 +407,8 @@ spec:
     const std::string foreign =
         curlTls(port, pki, "--cert " + dir + "/foreign.pem --key " + dir + "/foreign.key");
     EXPECT_TRUE(foreign.starts_with("error ")) << foreign;
+    // Refused in the handshake with an alert that says why, not with a bare EOF after it.
+    EXPECT_NE(foreign.find("alert bad certificate"), std::string::npos) << foreign;
     EXPECT_EQ(json::parse(backend.stats())["requests"], 1) << "only team-a's first request";
 
     const std::string metrics = metricsOf(*gw);

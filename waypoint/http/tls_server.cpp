@@ -151,6 +151,14 @@ struct CloseOnTimeout {
     void cancel(error_code& ec) { socket.close(ec); }
 };
 
+// Whether a client certificate's SPIFFE id is in one of `allowed` (none listed: any).
+bool inTrustDomains(X509* cert, const std::vector<std::string>& allowed) {
+    if (allowed.empty())
+        return true;
+    const auto id = ztunnel::identity::spiffe_identity(cert);
+    return id && std::find(allowed.begin(), allowed.end(), id->trust_domain) != allowed.end();
+}
+
 // Why a handshake failed, for the metric: the client's certificate when that was it.
 std::string_view handshakeFailure(SSL* ssl, const error_code& ec) {
     if (ssl != nullptr && SSL_get_verify_result(ssl) != X509_V_OK)
@@ -207,6 +215,25 @@ std::expected<std::shared_ptr<asio::ssl::context>, std::string> makeGatewayTlsCo
                 (config.require_client_certificate ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
             nullptr);
         SSL_CTX_set_purpose(native, X509_PURPOSE_SSL_CLIENT);  // a server's certificate is not
+        if (!config.client_trust_domains.empty()) {
+            // A chain the CA vouches for, of a name outside the trust domains, fails the
+            // handshake with a bad_certificate alert: the client learns why, not just an EOF.
+            error_code ec;
+            ctx->set_verify_callback(
+                [allowed = config.client_trust_domains](bool verified,
+                                                        asio::ssl::verify_context& vc) {
+                    X509_STORE_CTX* store = vc.native_handle();
+                    if (!verified || X509_STORE_CTX_get_error_depth(store) != 0)
+                        return verified;
+                    if (inTrustDomains(X509_STORE_CTX_get_current_cert(store), allowed))
+                        return true;
+                    X509_STORE_CTX_set_error(store, X509_V_ERR_CERT_REJECTED);
+                    return false;
+                },
+                ec);
+            if (ec)
+                return std::unexpected("client certificate check: " + ec.message());
+        }
     }
     if (not_after != nullptr) {
         std::tm tm{};
@@ -301,12 +328,10 @@ awaitable<void> serveTlsConnection(tcp::socket socket, std::shared_ptr<asio::ssl
     std::string peer;
     bool foreign = false;
     if (X509* cert = SSL_get0_peer_certificate(tls.native_handle())) {
-        auto id = ztunnel::identity::spiffe_identity(cert);
-        if (id)
+        if (auto id = ztunnel::identity::spiffe_identity(cert))
             peer = id->uri();
-        const auto& allowed = config.client_trust_domains;
-        foreign = !allowed.empty() && (!id || std::find(allowed.begin(), allowed.end(),
-                                                        id->trust_domain) == allowed.end());
+        // The handshake refused these already; a resumed session is not verified again.
+        foreign = !inTrustDomains(cert, config.client_trust_domains);
     }
     if (foreign) {
         spdlog::debug("TLS client {} refused: not in an allowed trust domain",
