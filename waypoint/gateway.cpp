@@ -97,12 +97,15 @@ std::string nonBooleanFlag(const json::Value& body) {
 // The document as text with `model` for its model; the document itself keeps the client's
 // (the next target may rewrite to another model, or to none).
 std::string withModel(json::Document& body, const std::string& model) {
-    json::Value* value = json::member(body.root(), "model");  // a string: checked on arrival
-    json::Value clients(std::move(*value));
+    // The last `model` (a string: checked on arrival), the only one write() writes.
+    json::Value* value = json::member(body.root(), "model");
+    struct Restore {
+        json::Value* value;
+        json::Value clients;
+        ~Restore() { *value = std::move(clients); }
+    } restore{value, std::move(*value)};
     value->SetString(rapidjson::StringRef(model.data(), rapidjson::SizeType(model.size())));
-    std::string text = body.write();
-    *value = std::move(clients);
-    return text;
+    return body.write();
 }
 
 }  // namespace

@@ -44,8 +44,8 @@ constexpr std::string_view kRequest =
 
 // What the gateway and the filters read from a request body: model, stream, the output
 // allowance, every message's fields, stream_options. Returns something that depends on all of
-// it so the compiler keeps the reads.
-// The same reads of a json::Document, as they are made now.
+// it so the compiler keeps the reads. Of a json::Document, as they are made now, and below of an
+// nlohmann::json, as they were.
 std::size_t readLikeTheFilters(const wp::json::Value& body) {
     namespace json = wp::json;
     const json::Value* model = json::member(body, "model");

@@ -27,16 +27,20 @@ class SocketByteStream final : public ByteStream {
   public:
     explicit SocketByteStream(tcp::socket& socket) : socket_(socket) {}
     awaitable<IoResult> read(asio::mutable_buffer buf) override {
-        error_code ec;
-        const std::size_t n = co_await socket_.async_read_some(buf, noThrow(ec));
-        co_return IoResult{ec, n};
+        pending_ = true;
+        cancelled_ = false;
+        return readPending(buf);
     }
     awaitable<IoResult> write(std::string data) override {
         error_code ec;
         const std::size_t n = co_await asio::async_write(socket_, asio::buffer(data), noThrow(ec));
         co_return IoResult{ec, n};
     }
+    // ByteStream's rule: a cancel before the read's coroutine started ends it as it starts.
     void cancel() override {
+        if (!pending_)
+            return;
+        cancelled_ = true;
         error_code ec;
         socket_.cancel(ec);
     }
@@ -51,7 +55,17 @@ class SocketByteStream final : public ByteStream {
     bool is_open() const override { return socket_.is_open(); }
 
   private:
+    awaitable<IoResult> readPending(asio::mutable_buffer buf) {
+        IoResult r{asio::error::operation_aborted, 0};
+        if (!cancelled_)
+            r.second = co_await socket_.async_read_some(buf, noThrow(r.first));
+        pending_ = false;
+        co_return r;
+    }
+
     tcp::socket& socket_;
+    bool pending_ = false;
+    bool cancelled_ = false;
 };
 
 // One accepted loopback connection: `server` is what the waypoint would hold, `peer` the client.

@@ -347,6 +347,24 @@ TEST(WaypointGateway, ADeeplyNestedBodyIsForwardedNotACrash) {
               200u);
 }
 
+// The prompt estimate is one pass over a message's members however many the client sends (a
+// check per member for a later one of the same key made 300k members 10^11 comparisons: one
+// request held a worker for minutes).
+TEST(WaypointGateway, AMessageWithManyMembersIsEstimatedInOnePass) {
+    Emulator backend("a");
+    std::string config = baseConfig("\"" + backend.address() + "\"");
+    config.replace(config.find("maxBodyBytes: 65536"), 19, "maxBodyBytes: 4194304");
+    auto gw = startGateway(config);
+    std::string body = R"({"model":"gpt-4o","max_tokens":2,"messages":[{"role":"user",)";
+    for (int i = 0; i < 300'000; ++i)
+        body += "\"k" + std::to_string(i) + "\":0,";
+    body += R"("content":"hi"}]})";
+    const auto started = std::chrono::steady_clock::now();
+    const auto reply = request(gw->gatewayPort(), "POST", "/v1/chat/completions", body);
+    EXPECT_EQ(reply.status, 200u) << reply.body;
+    EXPECT_LT(std::chrono::steady_clock::now() - started, 20s);
+}
+
 TEST(WaypointGateway, MalformedRequestsGetOpenAiShaped400) {
     Emulator backend("a");
     auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
@@ -482,6 +500,27 @@ TEST(WaypointGateway, FallsBackToNextPoolOnBackendFailure) {
     EXPECT_EQ(reply.headers["x-backend"], "backup");
     EXPECT_EQ(json::parse(reply.body)["model"], "gpt-4o-mini");  // rewritten for the fallback
     EXPECT_EQ(json::parse(broken.stats())["requests"], 1);
+}
+
+// A body written out for a rewrite has each key once: a backend that keeps the first of a
+// repeated `model` (serde, some Go decoders) cannot be sent the client's instead of the target.
+TEST(WaypointGateway, ARewrittenModelIsTheOnlyModelTheBackendReads) {
+    Emulator broken("broken", {"--fail-status", "503"});
+    Emulator backup("backup");
+    auto gw = startGateway(twoPoolConfig("main", broken, "backup", backup,
+                                         "  retries: {attempts: 1, backoff: 1ms}\n"
+                                         "  backends: [{pool: main}]\n"
+                                         "  fallbacks: [{pool: backup, model: gpt-4o-mini}]\n"));
+    const std::string body = R"({"model":"big-expensive","max_tokens":2,)"
+                             R"("messages":[{"role":"user","content":"hi"}],"model":"gpt-4o"})";
+    auto reply = request(gw->gatewayPort(), "POST", "/v1/chat/completions", body);
+    ASSERT_EQ(reply.status, 200u) << reply.body;
+    EXPECT_EQ(reply.headers["x-backend"], "backup");
+    // The first attempt needed no rewrite: the client's bytes.
+    EXPECT_EQ(json::parse(broken.stats())["last_body"], body);
+    EXPECT_EQ(json::parse(backup.stats())["last_body"],
+              R"({"max_tokens":2,"messages":[{"role":"user","content":"hi"}],)"
+              R"("model":"gpt-4o-mini"})");
 }
 
 TEST(WaypointGateway, LastAttemptRelaysTheBackendError) {

@@ -259,10 +259,11 @@ TEST(WaypointJson, RandomEditsParseLikeNlohmann) {
     }
 }
 
-// The filters read the last of a repeated key, as nlohmann and Python's json keep it; the
-// document keeps every member as the client sent it, in order.
-TEST(WaypointJsonDocument, ReadsTheLastOfARepeatedKeyAndWritesThemAll) {
-    const std::string text = R"({"model":"a","stream":true,"model":"b","n":-3,"x":[1.5,null]})";
+// The filters read the last of a repeated key, as nlohmann and Python's json keep it, and a
+// body written out has only that one: a backend that keeps the first reads the same.
+TEST(WaypointJsonDocument, ReadsTheLastOfARepeatedKeyAndWritesOnlyThatOne) {
+    const std::string text =
+        R"({"model":"a","stream":true,"model":"b","n":-3,"x":[1.5,null,{"k":1,"k":2}]})";
     auto doc = json::Document::parse(text);
     ASSERT_TRUE(doc);
     EXPECT_EQ(json::text(*json::member(doc->root(), "model")), "b");
@@ -270,7 +271,7 @@ TEST(WaypointJsonDocument, ReadsTheLastOfARepeatedKeyAndWritesThemAll) {
     EXPECT_FALSE(json::flagSet(doc->root(), "nope"));
     EXPECT_EQ(json::member(doc->root(), "n")->GetInt64(), -3);
     EXPECT_EQ(json::member(doc->root()["x"], "y"), nullptr);  // not an object
-    EXPECT_EQ(doc->write(), text);
+    EXPECT_EQ(doc->write(), R"({"stream":true,"model":"b","n":-3,"x":[1.5,null,{"k":2}]})");
     EXPECT_FALSE(json::Document::parse(R"({"model":"a",})"));
     EXPECT_FALSE(json::Document::parse(""));
 }

@@ -36,12 +36,12 @@ template <class V>
 V* lastMember(V& object, std::string_view name) {
     if (!object.IsObject())
         return nullptr;
-    V* found = nullptr;
-    for (auto& m : object.GetObject()) {
-        if (text(m.name) == name)
-            found = &m.value;
+    for (auto m = object.MemberEnd(); m != object.MemberBegin();) {
+        --m;
+        if (text(m->name) == name)
+            return &m->value;
     }
-    return found;
+    return nullptr;
 }
 
 }  // namespace
@@ -65,8 +65,36 @@ std::optional<Document> Document::parse(std::string_view text) {
 
 namespace {
 
+// The members of `object` to write, by index: each key once, its last member (what a parser
+// that keeps the last, as nlohmann and Python's json, read), `drop` left out; in the order of
+// the document, or by key when `by_key`. O(n log n): the members are the client's to multiply.
+std::vector<std::uint32_t> membersToWrite(const Value& object, bool by_key, std::string_view drop) {
+    const auto members = object.MemberBegin();
+    std::vector<std::uint32_t> order;
+    order.reserve(object.MemberCount());
+    for (std::uint32_t i = 0; i < object.MemberCount(); ++i) {
+        if (drop.empty() || text(members[i].name) != drop)
+            order.push_back(i);
+    }
+    if (order.size() < 2)
+        return order;
+    // By key, the last of a repeated key first, which unique() keeps.
+    std::sort(order.begin(), order.end(), [&](auto a, auto b) {
+        const auto ka = text(members[a].name), kb = text(members[b].name);
+        return ka != kb ? ka < kb : a > b;
+    });
+    order.erase(
+        std::unique(order.begin(), order.end(),
+                    [&](auto a, auto b) { return text(members[a].name) == text(members[b].name); }),
+        order.end());
+    if (!by_key)
+        std::sort(order.begin(), order.end());
+    return order;
+}
+
 // Writes `root` as compact JSON with an explicit stack instead of RapidJSON's recursive
-// Accept(). `canonical`: object members sorted by key, each key once (its last value).
+// Accept(). Each key of an object once (its last value); `canonical`: members sorted by key,
+// and the top-level member `drop` left out.
 std::string writeValue(const Value& root, bool canonical, std::string_view drop) {
     rapidjson::StringBuffer out;
     rapidjson::Writer<rapidjson::StringBuffer> writer(out);
@@ -79,25 +107,8 @@ std::string writeValue(const Value& root, bool canonical, std::string_view drop)
     auto start = [&](const Value& v) {
         if (v.IsObject()) {
             writer.StartObject();
-            Open o{&v};
-            const auto members = v.MemberBegin();
-            for (std::uint32_t i = 0; i < v.MemberCount(); ++i) {
-                if (!(open.empty() && !drop.empty() && text(members[i].name) == drop))
-                    o.order.push_back(i);
-            }
-            if (canonical) {
-                // By key, then the last of a repeated key first, which the unique pass keeps.
-                std::stable_sort(o.order.begin(), o.order.end(), [&](auto a, auto b) {
-                    const auto ka = text(members[a].name), kb = text(members[b].name);
-                    return ka != kb ? ka < kb : a > b;
-                });
-                o.order.erase(std::unique(o.order.begin(), o.order.end(),
-                                          [&](auto a, auto b) {
-                                              return text(members[a].name) == text(members[b].name);
-                                          }),
-                              o.order.end());
-            }
-            open.push_back(std::move(o));
+            open.push_back(Open{
+                &v, 0, membersToWrite(v, canonical, open.empty() ? drop : std::string_view{})});
         } else if (v.IsArray()) {
             writer.StartArray();
             open.push_back(Open{&v});

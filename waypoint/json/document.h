@@ -19,8 +19,9 @@ using Allocator = rapidjson::MemoryPoolAllocator<>;
 // its values come from one memory pool that is freed at once: no allocation per value and none
 // per string (docs/waypoint.md, "Latency").
 //
-// A key the client repeated is kept as often as it came (write() sends it so); member() reads
-// the last one, which is what nlohmann and Python's json keep.
+// A key the client repeated is kept as often as it came; member() reads the last one, which is
+// what nlohmann and Python's json keep, and write() writes that one only, so that a backend
+// that keeps the first reads the same.
 class Document {
   public:
     static std::optional<Document> parse(std::string_view text);
@@ -29,8 +30,8 @@ class Document {
     Value& root() { return state_->doc; }
     // For values a filter adds; a string it adds must outlive the document or be copied.
     Allocator& allocator() { return state_->doc.GetAllocator(); }
-    // The document as compact JSON text, members in their order. Without recursion, as the
-    // parse: a body nests as deep as its size allows.
+    // The document as compact JSON text, members in their order, each key once (its last
+    // value). Without recursion, as the parse: a body nests as deep as its size allows.
     std::string write() const;
     // A text that is the same for documents that are equal as JSON objects: members sorted by
     // key, a repeated key once with its last value, and the top-level member `drop` left out

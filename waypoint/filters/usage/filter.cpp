@@ -54,13 +54,11 @@ std::uint64_t UsageFilter::estimatePrompt(const RequestContext& ctx) const {
                 if (!message.IsObject())
                     continue;
                 n += 3;
-                // Each key once, with its last value, as a parsed object holds them.
+                // A key the client repeated counts each time: the estimate can only be high
+                // (the backend reads one of them), and it stays one pass over the members.
                 for (const auto& m : message.GetObject()) {
-                    const std::string_view key = json::text(m.name);
-                    if (json::member(message, key) != &m.value)
-                        continue;
                     n += count_text(&m.value);
-                    if (key == "name")
+                    if (json::text(m.name) == "name")
                         n += 1;
                 }
             }
