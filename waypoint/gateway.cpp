@@ -598,9 +598,11 @@ awaitable<std::optional<admission::AdmissionQueue::Slot>> Gateway::admit(Exchang
     admission::AdmissionQueue::Withdrawal withdrawal;
     ClientWatch watch(ex.stream, ex.buffer,
                       config_.limits.max_header_bytes + config_.limits.max_body_bytes);
+    // The coroutines exist before the watch starts: an allocation that fails cannot leave
+    // its read pending (around() stops it however the wait ends).
+    auto waited = watch.around(admission_->acquire(priority, ctx.tenant, &withdrawal));
     watch.start([&withdrawal] { withdrawal.withdraw(); });
-    auto [outcome, slot] =
-        co_await watch.around(admission_->acquire(priority, ctx.tenant, &withdrawal));
+    auto [outcome, slot] = co_await std::move(waited);
     if (outcome == admission::Outcome::Admitted && !watch.gone())
         co_return std::move(slot);
     auto complete = [&] {
@@ -634,13 +636,15 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
     tcp::socket* upstream_socket = nullptr;
     ClientWatch watch(ex.stream, ex.buffer,
                       config_.limits.max_header_bytes + config_.limits.max_body_bytes);
+    // As in admit(): the coroutines first, then the watch.
+    auto attempts = watch.around(tryTargets(ex, ctx, upstream, watch, upstream_socket));
     watch.start([&upstream_socket] {
         if (upstream_socket) {
             error_code ec;
             upstream_socket->close(ec);
         }
     });
-    co_await watch.around(tryTargets(ex, ctx, upstream, watch, upstream_socket));
+    co_await std::move(attempts);
 }
 
 awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream,
