@@ -544,6 +544,11 @@ awaitable<void> Gateway::handle(Exchange& ex, UpstreamPool& upstream) {
             } else {
                 ctx.model = json::text(*model);
                 ctx.stream = json::flagSet(body->root(), "stream");
+                // A repeated key is read as its last value (as nlohmann and Python's json read
+                // it) and the backend gets the body written out with that one only: a parser
+                // that keeps the first must not be served one model while we routed and
+                // budgeted another.
+                ctx.body_modified = json::repeatsKey(body->root());
                 ctx.body = std::move(body);
             }
         }

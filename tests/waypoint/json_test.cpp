@@ -276,6 +276,23 @@ TEST(WaypointJsonDocument, ReadsTheLastOfARepeatedKeyAndWritesOnlyThatOne) {
     EXPECT_FALSE(json::Document::parse(""));
 }
 
+TEST(WaypointJsonDocument, TellsARepeatedKey) {
+    auto repeated = [](const std::string& text) {
+        return json::repeatsKey(json::Document::parse(text)->root());
+    };
+    EXPECT_FALSE(repeated(R"({"model":"a","stream":true})"));
+    EXPECT_TRUE(repeated(R"({"model":"a","stream":true,"model":"b"})"));
+    EXPECT_FALSE(repeated(R"({"a":{"k":1},"b":{"k":1}})"));  // the top level only
+    EXPECT_FALSE(repeated("[1,1]"));
+    EXPECT_FALSE(repeated("{}"));
+    // Past 16 members it sorts instead of comparing pairs.
+    std::string many = "{";
+    for (int i = 0; i < 40; ++i)
+        many += "\"k" + std::to_string(i) + "\":0,";
+    EXPECT_FALSE(repeated(many + "\"last\":0}"));
+    EXPECT_TRUE(repeated(many + "\"k7\":1}"));
+}
+
 TEST(WaypointJsonDocument, CanonicalTextIgnoresKeyOrderAndRepeatsAndDropsOneMember) {
     auto a = json::Document::parse(R"({"input":["x",{"k":1,"j":2}],"model":"e","user":"u1"})");
     auto b = json::Document::parse(

@@ -169,4 +169,26 @@ Value* member(Value& object, std::string_view name) {
     return lastMember(object, name);
 }
 
+bool repeatsKey(const Value& object) {
+    if (!object.IsObject() || object.MemberCount() < 2)
+        return false;
+    const auto members = object.MemberBegin();
+    const std::size_t n = object.MemberCount();
+    if (n <= 16) {  // a request's top level: pairs, no allocation
+        for (std::size_t i = 1; i < n; ++i) {
+            for (std::size_t j = 0; j < i; ++j) {
+                if (text(members[i].name) == text(members[j].name))
+                    return true;
+            }
+        }
+        return false;
+    }
+    std::vector<std::string_view> keys;
+    keys.reserve(n);
+    for (std::size_t i = 0; i < n; ++i)
+        keys.push_back(text(members[i].name));
+    std::sort(keys.begin(), keys.end());
+    return std::adjacent_find(keys.begin(), keys.end()) != keys.end();
+}
+
 }  // namespace sluice::waypoint::json

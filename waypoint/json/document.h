@@ -61,6 +61,9 @@ inline std::string_view text(const Value& v) {
     return {v.GetString(), v.GetStringLength()};
 }
 
+// Whether `object` has a key more than once.
+bool repeatsKey(const Value& object);
+
 // An OpenAI request flag (`stream`, `include_usage`) of `object`: true only when present and
 // true; absent or null means false.
 inline bool flagSet(const Value& object, std::string_view name) {
