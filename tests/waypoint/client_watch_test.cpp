@@ -26,23 +26,10 @@ constexpr std::string_view kPipelined = "GET /v1/models HTTP/1.1\r\nhost: w\r\n\
 class SocketByteStream final : public ByteStream {
   public:
     explicit SocketByteStream(tcp::socket& socket) : socket_(socket) {}
-    awaitable<IoResult> read(asio::mutable_buffer buf) override {
-        pending_ = true;
-        cancelled_ = false;
-        return readPending(buf);
-    }
     awaitable<IoResult> write(std::string data) override {
         error_code ec;
         const std::size_t n = co_await asio::async_write(socket_, asio::buffer(data), noThrow(ec));
         co_return IoResult{ec, n};
-    }
-    // ByteStream's rule: a cancel before the read's coroutine started ends it as it starts.
-    void cancel() override {
-        if (!pending_)
-            return;
-        cancelled_ = true;
-        error_code ec;
-        socket_.cancel(ec);
     }
     void shutdown_send() override {
         error_code ec;
@@ -54,18 +41,20 @@ class SocketByteStream final : public ByteStream {
     }
     bool is_open() const override { return socket_.is_open(); }
 
-  private:
-    awaitable<IoResult> readPending(asio::mutable_buffer buf) {
+  protected:
+    awaitable<IoResult> readSome(asio::mutable_buffer buf) override {
         IoResult r{asio::error::operation_aborted, 0};
-        if (!cancelled_)
+        if (!readCancelled())
             r.second = co_await socket_.async_read_some(buf, noThrow(r.first));
-        pending_ = false;
         co_return r;
     }
+    void interruptRead() override {
+        error_code ec;
+        socket_.cancel(ec);
+    }
 
+  private:
     tcp::socket& socket_;
-    bool pending_ = false;
-    bool cancelled_ = false;
 };
 
 // One accepted loopback connection: `server` is what the waypoint would hold, `peer` the client.

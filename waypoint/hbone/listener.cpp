@@ -22,14 +22,6 @@ class HbonePipe final : public ByteStream {
     HbonePipe(const HbonePipe&) = delete;
     HbonePipe& operator=(const HbonePipe&) = delete;
 
-    // A read is pending from here (ClientStream posts its coroutine) until that coroutine
-    // returns; a cancel outside that span belongs to no read and is dropped, so it cannot end
-    // the next one.
-    awaitable<IoResult> read(asio::mutable_buffer buf) override {
-        read_pending_ = true;
-        cancelled_ = false;
-        return readPending(buf);
-    }
     awaitable<IoResult> write(std::string data) override {
         const std::size_t n = data.size();
         bool written = false;
@@ -45,13 +37,6 @@ class HbonePipe final : public ByteStream {
         }
         co_return written ? IoResult{error_code{}, n} : IoResult{asio::error::broken_pipe, 0};
     }
-    void cancel() override {
-        if (!read_pending_)
-            return;  // the read is done; its completion is on its way
-        cancelled_ = true;
-        if (reading_)
-            stream_->cancel_read();
-    }
     void shutdown_send() override { stream_->close_write(); }
     void close() override {
         if (std::exchange(closed_, true))
@@ -65,17 +50,11 @@ class HbonePipe final : public ByteStream {
     }
     bool is_open() const override { return !closed_ && !stream_->is_closed(); }
 
-  private:
-    awaitable<IoResult> readPending(asio::mutable_buffer buf) {
-        const IoResult r = co_await readOnce(buf);
-        read_pending_ = false;
-        cancelled_ = false;
-        co_return r;
-    }
-    awaitable<IoResult> readOnce(asio::mutable_buffer buf) {
+  protected:
+    awaitable<IoResult> readSome(asio::mutable_buffer buf) override {
         if (closed_)
             co_return IoResult{asio::error::bad_descriptor, 0};
-        if (cancelled_)
+        if (readCancelled())
             co_return IoResult{asio::error::operation_aborted, 0};
         if (buf.size() == 0)
             co_return IoResult{error_code{}, 0};
@@ -84,13 +63,18 @@ class HbonePipe final : public ByteStream {
         reading_ = false;
         if (n > 0)
             co_return IoResult{error_code{}, n};
-        if (cancelled_)
+        if (readCancelled())
             co_return IoResult{asio::error::operation_aborted, 0};
         const error_code end = stream_->was_reset() ? error_code(asio::error::connection_reset)
                                                     : error_code(asio::error::eof);
         co_return IoResult{end, 0};
     }
+    void interruptRead() override {
+        if (reading_)
+            stream_->cancel_read();
+    }
 
+  private:
     void watch(std::chrono::steady_clock::time_point at) {
         watching_ = true;
         watchdog_.expires_at(at);
@@ -116,8 +100,6 @@ class HbonePipe final : public ByteStream {
     bool writing_ = false;
     bool watching_ = false;
     bool reading_ = false;
-    bool read_pending_ = false;
-    bool cancelled_ = false;  // the pending read was cancelled
     bool closed_ = false;
 };
 

@@ -17,18 +17,49 @@ class ByteStream {
     using IoResult = std::pair<error_code, std::size_t>;
     virtual ~ByteStream() = default;
     // Up to buf.size() bytes; eof at the end of the stream, operation_aborted after cancel().
-    virtual awaitable<IoResult> read(asio::mutable_buffer buf) = 0;
+    // A read is pending from this call (ClientStream posts its coroutine) until that coroutine
+    // returns.
+    awaitable<IoResult> read(asio::mutable_buffer buf) {
+        read_pending_ = true;
+        read_cancelled_ = false;
+        return readPending(buf);
+    }
     // Queues all of `data` (waits while the peer's flow control holds too much back).
     virtual awaitable<IoResult> write(std::string data) = 0;
-    // Ends the pending read with operation_aborted; called only while one is pending, possibly
-    // before its coroutine started (then it ends at once).
-    virtual void cancel() = 0;
+    // Ends the pending read with operation_aborted, also one whose coroutine has not started
+    // yet or whose wait completed but which has not gone on (readSome() checks
+    // readCancelled() at each turn). A cancel while no read is pending belongs to none and is
+    // dropped, so it cannot end the next read.
+    void cancel() {
+        if (!read_pending_)
+            return;
+        read_cancelled_ = true;
+        interruptRead();
+    }
     virtual void shutdown_send() = 0;  // end of the response bytes (FIN / END_STREAM)
     virtual void close() = 0;          // abort (RST) unless the send side was shut down cleanly
     virtual bool is_open() const = 0;
     // A TCP connection of its own (TLS): closing it with unread bytes would send a RST, so a
     // graceful end lingers (lingerBeforeClose). An HBONE stream has no such reset to fear.
     virtual bool overTcp() const { return false; }
+
+  protected:
+    // One read, as read() describes it; ends with operation_aborted once readCancelled().
+    virtual awaitable<IoResult> readSome(asio::mutable_buffer buf) = 0;
+    // Wakes the pending read's wait, which then sees readCancelled().
+    virtual void interruptRead() = 0;
+    bool readCancelled() const { return read_cancelled_; }
+
+  private:
+    awaitable<IoResult> readPending(asio::mutable_buffer buf) {
+        const IoResult r = co_await readSome(buf);
+        read_pending_ = false;
+        read_cancelled_ = false;
+        co_return r;
+    }
+
+    bool read_pending_ = false;
+    bool read_cancelled_ = false;
 };
 
 // The client side of one HTTP/1.1 connection: a TCP socket (the plain listener's hot path, calls
@@ -54,8 +85,7 @@ class ClientStream {
             return socket_->async_read_some(buffers, std::forward<Token>(token));
         return asio::async_initiate<Token, void(error_code, std::size_t)>(
             [this](auto handler, asio::mutable_buffer b) {
-                read_pending_ = true;
-                complete(other_->read(b), std::move(handler), &read_pending_);
+                complete(other_->read(b), std::move(handler));
             },
             token, firstBuffer(buffers));
     }
@@ -68,7 +98,7 @@ class ClientStream {
         asio::buffer_copy(asio::buffer(data), buffers);
         return asio::async_initiate<Token, void(error_code, std::size_t)>(
             [this](auto handler, std::string d) {
-                complete(other_->write(std::move(d)), std::move(handler), nullptr);
+                complete(other_->write(std::move(d)), std::move(handler));
             },
             token, std::move(data));
     }
@@ -76,7 +106,7 @@ class ClientStream {
     void cancel(error_code& ec) {
         if (socket_)
             socket_->cancel(ec);
-        else if (read_pending_)
+        else
             other_->cancel();
     }
     void shutdown_send(error_code& ec) {
@@ -106,24 +136,20 @@ class ClientStream {
         return {};
     }
     // Runs one ByteStream operation and hands its result to an Asio completion handler.
-    // `pending` is cleared first (a read is pending from its initiation to its completion).
     template <class Handler>
-    void complete(awaitable<ByteStream::IoResult> op, Handler handler, bool* pending) {
-        asio::co_spawn(executor_, std::move(op),
-                       [h = std::move(handler), pending](std::exception_ptr e,
-                                                         ByteStream::IoResult r) mutable {
-                           if (pending)
-                               *pending = false;
-                           if (e)
-                               r = {asio::error::operation_aborted, 0};
-                           std::move(h)(r.first, r.second);
-                       });
+    void complete(awaitable<ByteStream::IoResult> op, Handler handler) {
+        asio::co_spawn(
+            executor_, std::move(op),
+            [h = std::move(handler)](std::exception_ptr e, ByteStream::IoResult r) mutable {
+                if (e)
+                    r = {asio::error::operation_aborted, 0};
+                std::move(h)(r.first, r.second);
+            });
     }
 
     tcp::socket* socket_ = nullptr;
     ByteStream* other_ = nullptr;
     executor_type executor_;
-    bool read_pending_ = false;  // cancel() reaches a ByteStream read even before it started
 };
 
 }  // namespace sluice::waypoint

@@ -65,15 +65,14 @@ class H2Stream final : public ByteStream,
         eager(true);
     }
 
-    awaitable<IoResult> read(asio::mutable_buffer buf) override;
     awaitable<IoResult> write(std::string data) override;
-    void cancel() override {
-        cancelled_ = true;
-        readable_.notify();
-    }
     void shutdown_send() override;
     void close() override;
     bool is_open() const override { return !closed_ && !ended_; }
+
+  protected:
+    awaitable<IoResult> readSome(asio::mutable_buffer buf) override;
+    void interruptRead() override { readable_.notify(); }
 
   private:
     friend class H2Session;
@@ -135,7 +134,6 @@ class H2Stream final : public ByteStream,
     std::string request_;  // HTTP/1.1 head: the request line, whole once request_ready_
     std::size_t request_offset_ = 0;
     bool request_ready_ = false;
-    bool cancelled_ = false;
     // Response side.
     std::string unparsed_;
     std::string status_;
@@ -310,7 +308,7 @@ void H2Stream::requestComplete(std::size_t max_body_bytes) {
     readable_.notify();
 }
 
-awaitable<ByteStream::IoResult> H2Stream::read(asio::mutable_buffer buf) {
+awaitable<ByteStream::IoResult> H2Stream::readSome(asio::mutable_buffer buf) {
     if (closed_)
         co_return IoResult{asio::error::bad_descriptor, 0};
     // An error reply went out before the request was whole (408, 413): nothing more to read
@@ -323,9 +321,9 @@ awaitable<ByteStream::IoResult> H2Stream::read(asio::mutable_buffer buf) {
     auto unread = [this] {
         return request_offset_ < request_.size() || (request_ready_ && body_offset_ < body_.size());
     };
-    while (!cancelled_ && !ended_ && !unread())
+    while (!readCancelled() && !ended_ && !unread())
         co_await readable_.wait();
-    if (std::exchange(cancelled_, false))
+    if (readCancelled())
         co_return IoResult{asio::error::operation_aborted, 0};
     if (unread()) {
         const bool head = request_offset_ < request_.size();

@@ -69,24 +69,10 @@ class TlsByteStream final : public ByteStream {
             ::close(fd);
     }
 
-    awaitable<IoResult> read(asio::mutable_buffer buf) override {
-        read_pending_ = true;
-        cancelled_ = false;
-        return readPending(buf);
-    }
     awaitable<IoResult> write(std::string data) override {
         error_code ec;
         co_await tls_.write(asio::buffer(data), ec);
         co_return IoResult{ec, ec ? 0 : data.size()};
-    }
-    // Only while a read is pending (ClientStream's rule). The flag also catches a cancel that
-    // comes after the read's wait completed but before the read went on.
-    void cancel() override {
-        if (!read_pending_)
-            return;  // the read is done; its completion is on its way
-        cancelled_ = true;
-        error_code ec;
-        reader_.cancel(ec);
     }
     // close_notify, then our FIN: the client can tell a complete response from a cut one.
     void shutdown_send() override {
@@ -107,18 +93,10 @@ class TlsByteStream final : public ByteStream {
     bool is_open() const override { return socket_.is_open(); }
     bool overTcp() const override { return true; }
 
-  private:
-    asio::any_io_executor ex() { return socket_.get_executor(); }
-
-    awaitable<IoResult> readPending(asio::mutable_buffer buf) {
-        const IoResult r = co_await readNow(buf);
-        read_pending_ = false;
-        cancelled_ = false;
-        co_return r;
-    }
-    awaitable<IoResult> readNow(asio::mutable_buffer buf) {
+  protected:
+    awaitable<IoResult> readSome(asio::mutable_buffer buf) override {
         for (;;) {
-            if (cancelled_)
+            if (readCancelled())
                 co_return IoResult{asio::error::operation_aborted, 0};
             TlsSocket::Next next = TlsSocket::Next::Fail;
             error_code ec;
@@ -136,11 +114,17 @@ class TlsByteStream final : public ByteStream {
         }
     }
 
+    void interruptRead() override {
+        error_code ec;
+        reader_.cancel(ec);
+    }
+
+  private:
+    asio::any_io_executor ex() { return socket_.get_executor(); }
+
     TlsSocket& tls_;
     tcp::socket& socket_;
-    tcp::socket reader_;         // a duplicate of socket_'s descriptor, for read waits only
-    bool read_pending_ = false;  // from read() until its coroutine returns
-    bool cancelled_ = false;     // cancel() of the pending read, seen when it (next) goes on
+    tcp::socket reader_;  // a duplicate of socket_'s descriptor, for read waits only
     bool shut_down_ = false;
 };
 
