@@ -10,8 +10,9 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# wait_port PORT [TRIES]: up to TRIES × 50 ms (default 100: 5 s).
 wait_port() {
-    for _ in $(seq 100); do
+    for _ in $(seq "${2:-100}"); do
         (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
         sleep 0.05
     done

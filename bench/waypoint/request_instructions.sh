@@ -26,10 +26,7 @@ valgrind --tool=callgrind --callgrind-out-file="$tmp/callgrind.out" \
 valgrind_pid=$!
 pids+=("$valgrind_pid")
 wait_port "$emulator"
-for _ in $(seq 200); do  # valgrind starts slowly
-    (exec 3<>/dev/tcp/127.0.0.1/"$gateway") 2>/dev/null && break
-    sleep 0.1
-done
+wait_port "$gateway" 400  # valgrind starts slowly
 
 # Sends `count` requests (stream: 1 or 0) one after the other; each is read to its end.
 send() {
