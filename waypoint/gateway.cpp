@@ -719,6 +719,8 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
             }
             avoid = ep;
         }
+        if (result.close_delimited)
+            ex.keep_alive = false;
         if (result.outcome == ForwardOutcome::Completed) {
             ctx.result = result.status < 400 ? "ok" : "upstream_status";
             failure.reset();
@@ -727,12 +729,14 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
         if (result.outcome == ForwardOutcome::ClientGone) {
             ctx.result = "client_gone";
             ex.keep_alive = false;
+            ex.response_complete = false;
             failure.reset();
             break;
         }
         if (result.committed) {  // failed mid-response: only closing can tell the client
             ctx.result = "upstream_reset";
             ex.keep_alive = false;
+            ex.response_complete = false;
             failure.reset();
             break;
         }

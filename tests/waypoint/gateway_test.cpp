@@ -838,17 +838,50 @@ TEST(WaypointGateway, HeadersAreRelayedInOrderWithOurFraming) {
     EXPECT_EQ(backend.connections(), 1u);
 }
 
+// An HTTP/1.0 client knows no chunked coding (RFC 9112 §6.1: a server must not send it
+// Transfer-Encoding): a body of unknown length, or a stream, reaches it as raw bytes that the
+// end of the connection delimits, even when it asked to keep the connection alive.
+TEST(WaypointGateway, AnHttp10ClientGetsUnknownLengthBodiesDelimitedByTheClose) {
+    RawBackend backend(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+        "no length here",
+        1);
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    const std::string body = chatBody(false);
+    const std::string got = rawExchange(gw->gatewayPort(),
+                                        "POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\n"
+                                        "Connection: keep-alive\r\nContent-Length: " +
+                                            std::to_string(body.size()) + "\r\n\r\n" + body);
+    EXPECT_EQ(got,
+              "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"
+              "x-sluice-route: chat;weighted:main\r\n\r\nno length here");
+}
+
+TEST(WaypointGateway, AnHttp10ClientGetsAStreamUnchunked) {
+    Emulator backend("a");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    const std::string body = chatBody(true, false, 3);
+    const std::string got = rawExchange(gw->gatewayPort(),
+                                        "POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\n"
+                                        "Content-Length: " +
+                                            std::to_string(body.size()) + "\r\n\r\n" + body);
+    ASSERT_TRUE(got.starts_with("HTTP/1.0 200")) << got;
+    const auto head_end = got.find("\r\n\r\n");
+    ASSERT_NE(head_end, std::string::npos) << got;
+    const std::string head = got.substr(0, head_end);
+    EXPECT_EQ(head.find("Transfer-Encoding"), std::string::npos) << head;
+    EXPECT_EQ(head.find("Connection: keep-alive"), std::string::npos) << head;
+    const std::string events = got.substr(head_end + 4);
+    EXPECT_TRUE(events.starts_with("data: {")) << events;
+    EXPECT_TRUE(events.ends_with("data: [DONE]\n\n")) << events;
+    EXPECT_EQ(events.find("\"usage\""), std::string::npos) << "the injected usage chunk leaked";
+}
+
 // A response larger than the socket buffers reaches a client that reads late whole and in
 // order: what a send does not take at once is written when the client has room again.
 TEST(WaypointGateway, ALargeResponseReachesASlowReaderWhole) {
-    std::string payload(24u << 20, '\0');
-    for (std::size_t i = 0; i < payload.size(); ++i)
-        payload[i] = char('a' + (i * 7 + i / 4096) % 26);
-    RawBackend backend(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-        "Content-Length: " +
-            std::to_string(payload.size()) + "\r\n\r\n" + payload,
-        1);
+    const std::string payload = patternedBytes(24u << 20);
+    RawBackend backend(okWithBody(payload), 1);
     auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
     asio::io_context io;
     tcp::socket s = connectWithSmallWindow(io, gw->gatewayPort());
@@ -857,11 +890,7 @@ TEST(WaypointGateway, ALargeResponseReachesASlowReaderWhole) {
     error_code ec;
     const std::string got = readUntilEnd(s, ec);
     EXPECT_EQ(ec, asio::error::eof) << ec.message();
-    const auto body = got.find("\r\n\r\n");
-    ASSERT_NE(body, std::string::npos);
-    EXPECT_TRUE(got.starts_with("HTTP/1.1 200")) << got.substr(0, 200);
-    EXPECT_EQ(got.size() - body - 4, payload.size());
-    EXPECT_TRUE(got.compare(body + 4, std::string::npos, payload) == 0) << "bytes differ";
+    EXPECT_TRUE(isOkWithBody(got, payload));
 }
 
 // A client that stops reading is cut off once its zero window has held the waypoint's writes for

@@ -103,6 +103,21 @@ TEST(WaypointH2Limits, BodiesThatNeverEndGet408AndGiveTheirBudgetBack) {
     EXPECT_EQ(json::parse(backend.stats())["requests"], 2);
 }
 
+// A response its backend cut mid-body (a chunked body, then the connection's end) is reset
+// (RST_STREAM INTERNAL_ERROR) after the bytes that came, not ended with END_STREAM: an HTTP/2
+// client without a content-length could not tell it from a whole one.
+TEST(WaypointH2Cut, AResponseTheBackendCutIsResetNotEnded) {
+    RawBackend backend("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", 1);
+    auto gw = startGateway(backendConfig(backend.address()));
+    H2OverTcp conn(gw->gatewayPort());
+    H2Client client;
+    const int32_t id = client.submit("POST", "/v1/chat/completions", chatOfSize(200, false));
+    ASSERT_TRUE(conn.run(client));
+    EXPECT_EQ(client.streams[id].status, 200u);
+    EXPECT_EQ(client.streams[id].body, "hello");
+    EXPECT_EQ(client.streams[id].reset_code, uint32_t(NGHTTP2_INTERNAL_ERROR));
+}
+
 // A client that stops reading one stream's response: the waypoint's writes wait on that
 // stream's window, and after the idle timeout the stream is reset and the upstream abandoned.
 TEST(WaypointH2Limits, AStalledStreamIsResetAfterTheIdleTimeout) {

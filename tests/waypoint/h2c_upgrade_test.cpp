@@ -295,10 +295,7 @@ TEST(WaypointH2cUpgrade, HeadIsAnsweredWithoutABody) {
 // invalid SETTINGS frame: 400, and the connection is closed.
 TEST(WaypointH2cUpgrade, OffersNotTakenStayHttp11AndAMalformedPayloadIs400) {
     RawBackend backend("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1);
-    auto gw = startGateway(
-        "kind: Waypoint\nspec:\n  pools: [{name: main, endpoints: [\"" + backend.address() +
-        "\"]}]\n---\nkind: ModelRoute\nmetadata: {name: chat}\nspec:\n  models: [\"*\"]\n"
-        "  backends: [{pool: main}]\n");
+    auto gw = startGateway(backendConfig(backend.address()));
     const std::string chat =
         R"({"model":"gpt-4o","max_tokens":5,"messages":[{"role":"user","content":"hi"}]})";
     const std::string post =

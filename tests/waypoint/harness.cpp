@@ -171,6 +171,30 @@ std::vector<nlohmann::json> accessEntries(const std::string& text) {
     return entries;
 }
 
+std::string patternedBytes(std::size_t size) {
+    std::string bytes(size, '\0');
+    for (std::size_t i = 0; i < size; ++i)
+        bytes[i] = char('a' + (i * 7 + i / 4096) % 26);
+    return bytes;
+}
+
+std::string okWithBody(const std::string& payload) {
+    return "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: " +
+           std::to_string(payload.size()) + "\r\n\r\n" + payload;
+}
+
+::testing::AssertionResult isOkWithBody(const std::string& response, const std::string& payload) {
+    const auto head_end = response.find("\r\n\r\n");
+    if (!response.starts_with("HTTP/1.1 200") || head_end == std::string::npos)
+        return ::testing::AssertionFailure() << "not a 200: " << response.substr(0, 200);
+    if (response.size() - head_end - 4 != payload.size())
+        return ::testing::AssertionFailure() << "a body of " << response.size() - head_end - 4
+                                             << " bytes, not " << payload.size();
+    if (response.compare(head_end + 4, std::string::npos, payload) != 0)
+        return ::testing::AssertionFailure() << "the body's bytes differ";
+    return ::testing::AssertionSuccess();
+}
+
 tcp::socket connectWithSmallWindow(asio::io_context& io, unsigned short port) {
     tcp::socket s(io);
     s.open(tcp::v4());
@@ -216,6 +240,13 @@ void RawBackend::serve() {
                 break;  // the next connection
         }
     }
+}
+
+std::string backendConfig(const std::string& address, const std::string& spec_lines) {
+    return "kind: Waypoint\nspec:\n" + spec_lines + "  pools: [{name: main, endpoints: [\"" +
+           address +
+           "\"]}]\n---\nkind: ModelRoute\nmetadata: {name: chat}\nspec:\n  models: [\"*\"]\n"
+           "  backends: [{pool: main}]\n";
 }
 
 std::string limitsConfig(const Emulator& backend, const std::string& limits) {

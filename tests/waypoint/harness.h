@@ -4,6 +4,7 @@
 // an in-process Gateway on loopback port 0, and small synchronous HTTP clients.
 #include <sys/types.h>
 
+#include <gtest/gtest.h>
 #include <spdlog/spdlog.h>
 
 #include <nlohmann/json.hpp>
@@ -124,6 +125,16 @@ class RawBackend {
     std::thread thread_;
 };
 
+// `size` bytes of letters in a pattern that does not repeat at short periods (a shifted or
+// reordered copy does not compare equal).
+std::string patternedBytes(std::size_t size);
+
+// An HTTP/1.1 200 carrying `payload` with its Content-Length (a RawBackend's reply).
+std::string okWithBody(const std::string& payload);
+
+// Whether `response` is an HTTP/1.1 200 whose body is exactly `payload`.
+::testing::AssertionResult isOkWithBody(const std::string& response, const std::string& payload);
+
 // A loopback connection to `port` whose receive buffer is as small as the kernel allows, so a
 // response fills it (and the window it advertises) at once.
 tcp::socket connectWithSmallWindow(asio::io_context& io, unsigned short port);
@@ -148,6 +159,10 @@ std::vector<nlohmann::json> accessEntries(const std::string& text);
 // A Waypoint with `limits` (the flow map's inside) and one pool, `backend`, that one ModelRoute
 // sends every model to.
 std::string limitsConfig(const Emulator& backend, const std::string& limits);
+
+// A Waypoint whose one pool is the endpoint at `address`, and a ModelRoute that sends every
+// model there; `spec_lines` go into the Waypoint's spec (each indented by two spaces).
+std::string backendConfig(const std::string& address, const std::string& spec_lines = "");
 
 // Value of a Prometheus sample whose line starts with `prefix` (name plus labels), or -1.
 double metricValue(const std::string& metrics_text, const std::string& name,

@@ -75,9 +75,10 @@ std::string metricsOf(Gateway& gw) {
 // test CA; every step bounded in time.
 class TlsClient {
   public:
-    // With `cert` and `key` (PEM files), presents that client certificate.
+    // With `cert` and `key` (PEM files), presents that client certificate; with
+    // `receive_buffer`, the socket's receive buffer is that small (a slow reader's window).
     TlsClient(unsigned short port, const std::string& ca, const std::string& alpn = "",
-              const std::string& cert = "", const std::string& key = "")
+              const std::string& cert = "", const std::string& key = "", int receive_buffer = 0)
         : ctx_(ssl::context::tls_client), stream_(io_, ctx_) {
         ctx_.load_verify_file(ca);
         if (!cert.empty() &&  // on the connection: it took the context's settings when made
@@ -92,6 +93,9 @@ class TlsClient {
                                 reinterpret_cast<const unsigned char*>(wire.data()),
                                 unsigned(wire.size()));
         }
+        stream_.next_layer().open(tcp::v4());
+        if (receive_buffer > 0)
+            stream_.next_layer().set_option(asio::socket_base::receive_buffer_size(receive_buffer));
         stream_.next_layer().connect({asio::ip::make_address("127.0.0.1"), port});
         error_code ec = asio::error::timed_out;
         stream_.async_handshake(ssl::stream_base::client, [&ec](error_code e) { ec = e; });
@@ -148,28 +152,17 @@ class TlsClient {
         return received;
     }
 
-    // Reads, sending nothing, until the connection ends: why it ended (an alert's text).
-    std::string endReason() {
-        std::array<char, 4096> buf;
-        error_code ec;
-        std::function<void(error_code, std::size_t)> on_read = [&](error_code e, std::size_t) {
-            if (e)
-                ec = e;
-            else
-                stream_.async_read_some(asio::buffer(buf), on_read);
-        };
-        stream_.async_read_some(asio::buffer(buf), on_read);
-        io_.restart();
-        io_.run_for(5s);
-        if (!ec) {
-            error_code ignored;
-            stream_.lowest_layer().cancel(ignored);
-            io_.restart();
-            io_.run_for(1s);
-            return "still open";
-        }
-        return ec.message();
+    // Writes `bytes`, lets `pause` pass (the buffers on the way fill up), then reads until the
+    // connection ends: what arrived, and why it ended.
+    std::pair<std::string, std::string> readToEnd(const std::string& bytes,
+                                                  std::chrono::milliseconds pause) {
+        asio::write(stream_, asio::buffer(bytes));
+        std::this_thread::sleep_for(pause);
+        return readUntilEnd(10s);
     }
+
+    // Reads, sending nothing, until the connection ends: why it ended (an alert's text).
+    std::string endReason() { return readUntilEnd(5s).second; }
 
     // GET `target` on this keep-alive connection; the whole response (it has a Content-Length).
     std::string get(const std::string& target) {
@@ -184,6 +177,31 @@ class TlsClient {
     }
 
   private:
+    // What arrives until the connection ends, and why it ended ("still open" after `within`).
+    std::pair<std::string, std::string> readUntilEnd(std::chrono::seconds within) {
+        std::string received;
+        std::array<char, 4096> buf;
+        error_code ec;
+        std::function<void(error_code, std::size_t)> on_read = [&](error_code e, std::size_t n) {
+            received.append(buf.data(), n);
+            if (e)
+                ec = e;
+            else
+                stream_.async_read_some(asio::buffer(buf), on_read);
+        };
+        stream_.async_read_some(asio::buffer(buf), on_read);
+        io_.restart();
+        io_.run_for(within);
+        if (!ec) {
+            error_code ignored;
+            stream_.lowest_layer().cancel(ignored);
+            io_.restart();
+            io_.run_for(1s);
+            return {received, "still open"};
+        }
+        return {received, ec.message()};
+    }
+
     asio::io_context io_;
     ssl::context ctx_;
     ssl::stream<tcp::socket> stream_;
@@ -494,6 +512,59 @@ TEST(WaypointTls, QueuedRequestsAreAdmittedOverTls) {
         ++done;
     EXPECT_EQ(done, 2u) << out;
     EXPECT_EQ(json::parse(backend.stats())["requests"], 2);
+}
+
+// The end of a response is the close_notify, then the FIN, also when the client reads slowly
+// and the socket buffer is full as the last bytes go: the close_notify waits for room instead
+// of being lost, so the client can tell a complete response from a cut one.
+// A TLS gateway in front of `backend` (any backend), with its own test CA.
+struct TlsGatewayFor {
+    explicit TlsGatewayFor(const RawBackend& backend) {
+        pki.issue("server", "sluice-gateway");
+        const auto dir = pki.dir().string();
+        gw = startGateway(backendConfig(
+            backend.address(), "  tls: {listen: \"127.0.0.1:0\", certificateFile: \"" + dir +
+                                   "/server.pem\", privateKeyFile: \"" + dir + "/server.key\"}\n"));
+    }
+    TestPki pki;
+    std::unique_ptr<Gateway> gw;
+};
+
+std::string chatRequest(const std::string& version, const std::string& extra = "") {
+    const std::string body = chat(false);
+    return "POST /v1/chat/completions HTTP/" + version + "\r\nHost: x\r\n" + extra +
+           "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+TEST(WaypointTls, TheCloseNotifyReachesASlowReader) {
+    const std::string payload = patternedBytes(8u << 20);
+    RawBackend backend(okWithBody(payload), 1);
+    TlsGatewayFor tls(backend);
+    TlsClient client(tls.gw->tlsPort(), tls.pki.ca(), "http/1.1", "", "", 4096);
+    const auto [got, end] = client.readToEnd(chatRequest("1.1", "Connection: close\r\n"), 300ms);
+    EXPECT_EQ(end, "End of file") << "the response did not end with a close_notify";
+    EXPECT_TRUE(isOkWithBody(got, payload));
+}
+
+// An HTTP/1.0 client reads a body of unknown length to the end of the connection, where only
+// the close_notify tells a whole body from one its backend cut (a chunked body, then the
+// backend's end): the whole one ends with it, the cut one without (the stream is truncated).
+TEST(WaypointTls, OnlyAWholeBodyEndsWithACloseNotify) {
+    struct Case {
+        std::string backend_reply, body, end;
+    };
+    for (const Case& c :
+         {Case{"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it", "all of it", "End of file"},
+          Case{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", "hello",
+               "stream truncated"}}) {
+        RawBackend backend(c.backend_reply, 1);
+        TlsGatewayFor tls(backend);
+        TlsClient client(tls.gw->tlsPort(), tls.pki.ca(), "http/1.1");
+        const auto [got, end] = client.readToEnd(chatRequest("1.0"), 0ms);
+        EXPECT_EQ(end, c.end) << c.body;
+        EXPECT_TRUE(got.starts_with("HTTP/1.0 200 OK\r\n")) << got;
+        EXPECT_TRUE(got.ends_with("\r\n\r\n" + c.body)) << got;
+    }
 }
 
 TEST(WaypointTls, FilesThatCannotServeFailTheStartNamingTheFile) {

@@ -37,7 +37,13 @@ class ByteStream {
         interruptRead();
     }
     virtual void shutdown_send() = 0;  // end of the response bytes (FIN / END_STREAM)
-    virtual void close() = 0;          // abort (RST) unless the send side was shut down cleanly
+    // The same, for a stream whose end must wait for room to be sent (TLS: the close_notify
+    // behind a full socket buffer). Call once nothing more is to be written.
+    virtual awaitable<void> finishSend() {
+        shutdown_send();
+        co_return;
+    }
+    virtual void close() = 0;  // abort (RST) unless the send side was shut down cleanly
     virtual bool is_open() const = 0;
     // A TCP connection of its own (TLS): closing it with unread bytes would send a RST, so a
     // graceful end lingers (lingerBeforeClose). An HBONE stream has no such reset to fear.
@@ -114,6 +120,13 @@ class ClientStream {
             socket_->shutdown(tcp::socket::shutdown_send, ec);
         else
             other_->shutdown_send();
+    }
+    // shutdown_send that waits until the end can be sent (ByteStream::finishSend).
+    awaitable<void> finishSend(error_code& ec) {
+        if (socket_)
+            socket_->shutdown(tcp::socket::shutdown_send, ec);
+        else
+            co_await other_->finishSend();
     }
     void close(error_code& ec) {
         if (socket_)

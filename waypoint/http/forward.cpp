@@ -304,14 +304,21 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
             co_return result;  // the connection is dropped with its unread body
         }
 
-        // Response header to the client. Streams and bodies of unknown length are chunked; a
-        // body we relay unchanged keeps its length. Answers that never have a body (to HEAD,
-        // 1xx, 204, 304) get no framing of ours: chunked framing there would be read as the
-        // start of the next response.
+        // Response header to the client. Streams and bodies of unknown length are chunked (to an
+        // HTTP/1.0 client: raw, ended by closing); a body we relay unchanged keeps its length.
+        // Answers that never have a body (to HEAD, 1xx, 204, 304) get no framing of ours: chunked
+        // framing there would be read as the start of the next response.
         const bool sse = head[http::field::content_type].starts_with("text/event-stream");
         const unsigned status = head.result_int();
         const bool bodyless = head_request || status / 100 == 1 || status == 204 || status == 304;
-        const bool chunked = !bodyless && (sse || !head.has_content_length());
+        const bool unknown_length = !bodyless && (sse || !head.has_content_length());
+        // An HTTP/1.0 client knows no chunked coding (RFC 9112 §6.1): the end of the
+        // connection delimits the body instead.
+        const bool chunked = unknown_length && client.version >= 11;
+        if (unknown_length && !chunked) {
+            client.keep_alive = false;
+            result.close_delimited = true;
+        }
         std::string_view framing;  // the framing field of ours, and its value
         std::string framing_value;
         if (chunked) {

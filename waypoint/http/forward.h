@@ -24,8 +24,9 @@ std::string_view toString(ForwardOutcome outcome);
 
 struct ForwardResult {
     ForwardOutcome outcome = ForwardOutcome::UpstreamFailed;
-    unsigned status = 0;     // upstream status, when a header arrived
-    bool committed = false;  // bytes reached the client: no retry, no local error reply
+    unsigned status = 0;           // upstream status, when a header arrived
+    bool committed = false;        // bytes reached the client: no retry, no local error reply
+    bool close_delimited = false;  // the body's end is the connection's: the client must close
     std::chrono::steady_clock::duration header_latency{};
 };
 

@@ -411,7 +411,7 @@ void H2Stream::shutdown_send() {
         error_code ec;
         put_eof(ec);  // a body delimited by the end of the connection ends here
     }
-    if (submitted_)
+    if (submitted_ && is_done())  // else close() resets it: a cut body is not ended cleanly
         finished_ = true;
     session_.resume(*this);
 }
@@ -659,9 +659,11 @@ awaitable<void> H2Session::readLoop() {
             break;
     }
     close(eof);
-    if (linger_ && !eof)
-        co_await lingerBeforeClose(transport_);  // the GOAWAY must not be lost to a RST
     error_code ec;
+    if (linger_ && eof)
+        co_await transport_.finishSend(ec);  // TLS: the close_notify waits for room
+    else if (linger_)
+        co_await lingerBeforeClose(transport_);  // the GOAWAY must not be lost to a RST
     transport_.close(ec);
 }
 
@@ -694,11 +696,12 @@ void H2Session::close(bool graceful) {
     if (registry_ != nullptr)
         registry_->remove(*this);
     error_code ec;
-    if (graceful)
-        transport_.shutdown_send(ec);  // an HBONE stream ends with END_STREAM, not a reset
     // The read loop closes the transport once it ended; on TCP after a graceful end it first
-    // drains what the client still sends (an HBONE stream has no reset to fear).
+    // shuts the send side (TLS: the close_notify, waiting for room) and drains what the client
+    // still sends (an HBONE stream has no reset to fear: it ends with END_STREAM here).
     linger_ = graceful && transport_.overTcp();
+    if (graceful && !linger_)
+        transport_.shutdown_send(ec);
     transport_.cancel(ec);
     auto streams = std::move(streams_);
     streams_.clear();

@@ -96,7 +96,7 @@ awaitable<void> replyAndClose(ClientStream& socket, Deadline& deadline, const Lo
 
 awaitable<void> lingerBeforeClose(ClientStream& client) {
     error_code ec;
-    client.shutdown_send(ec);
+    co_await client.finishSend(ec);
     Deadline deadline(client.get_executor());
     deadline.arm(client, std::chrono::milliseconds(1000));
     std::array<char, 16384> sink;
@@ -132,6 +132,7 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
     beast::flat_buffer buffer;
     Deadline deadline(socket.get_executor());
     Http1Member member(downstream.h2, socket, buffer);
+    bool clean_end = true;  // no response was cut
     for (std::size_t served = 0; served < limits.max_requests_per_connection; ++served) {
         if (member.stopping())
             break;
@@ -245,12 +246,20 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
                 spdlog::error("request handler failed on {} {}", sv(request.method_string()),
                               sv(request.target()));
             }
+            clean_end = false;
             break;
         }
+        clean_end = exchange.response_complete;
         if (!exchange.keep_alive || !socket.is_open() || member.stopping())
             break;
     }
-    socket.shutdown_send(ec);
+    // A cut response ends without what would call it complete: on TLS no close_notify (the
+    // client sees the stream truncated), on an HTTP/2 or HBONE stream a reset. A plain TCP
+    // connection has only its FIN either way.
+    if (clean_end)
+        co_await socket.finishSend(ec);
+    else if (socket.socket() != nullptr)
+        socket.shutdown_send(ec);
     socket.close(ec);
 }
 

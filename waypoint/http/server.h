@@ -32,6 +32,10 @@ struct Exchange {
     bool keep_alive = true;
     std::string_view peer_identity;  // SPIFFE id when the connection came through HBONE
     std::string_view authority;      // HBONE: the CONNECT :authority (original destination)
+    // False when the response was cut (its backend failed mid-body, or the client went away):
+    // the connection then ends without the graceful end that says "complete" where the framing
+    // cannot (a TLS close_notify, an HTTP/2 END_STREAM): TCP's FIN alone, or RST_STREAM.
+    bool response_complete = true;
 };
 
 // Who is at the other end of a downstream connection (empty on the plain listener).

@@ -75,14 +75,25 @@ class TlsByteStream final : public ByteStream {
         co_return IoResult{ec, ec ? 0 : data.size()};
     }
     // close_notify, then our FIN: the client can tell a complete response from a cut one.
+    // Without waiting (a caller that cannot): the close_notify is lost if the socket buffer is
+    // full, so the servers' graceful ends use finishSend().
     void shutdown_send() override {
         if (std::exchange(shut_down_, true) || !socket_.is_open())
             return;
         if (SSL_is_init_finished(tls_.native_handle())) {
-            SSL_shutdown(tls_.native_handle());  // sends now: the BIO writes to the socket
+            SSL_shutdown(tls_.native_handle());
             ERR_clear_error();
         }
         error_code ec;
+        socket_.shutdown(tcp::socket::shutdown_send, ec);
+    }
+    // The same, waiting for room for the close_notify (at most until the socket fails or is
+    // closed: TCP_USER_TIMEOUT bounds a client that stopped reading).
+    awaitable<void> finishSend() override {
+        if (std::exchange(shut_down_, true) || !socket_.is_open())
+            co_return;
+        error_code ec;
+        co_await tls_.shutdown(ec);
         socket_.shutdown(tcp::socket::shutdown_send, ec);
     }
     void close() override {

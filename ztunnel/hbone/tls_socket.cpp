@@ -286,6 +286,35 @@ asio::awaitable<void> TlsSocket::flush(boost::system::error_code& ec) {
     bio.sent = 0;
 }
 
+asio::awaitable<void> TlsSocket::shutdown(boost::system::error_code& ec) {
+    ec = {};
+    if (ssl_ == nullptr || !SSL_is_init_finished(ssl_))
+        co_return;
+    for (;;) {
+        if (!socket_.is_open()) {
+            ec = asio::error::operation_aborted;
+            co_return;
+        }
+        ERR_clear_error();
+        errno = 0;
+        // 0: sent (the peer's is not awaited), 1: both sent; else what blocked it. Called again
+        // after a full buffer, it sends the alert it holds.
+        const int ret = SSL_shutdown(ssl_);
+        if (ret >= 0)
+            break;
+        const Next next = classify(ret, ec);
+        if (next == Next::WaitRead) {  // sent before, now it would wait for the peer's
+            ec = {};
+            break;
+        }
+        if (next == Next::Fail || !co_await wait(next, ec))
+            co_return;
+    }
+    SocketBio& bio = *state(SSL_get_wbio(ssl_));
+    if (!bio.queued.empty())  // behind the records of a write still in progress
+        co_await flush(ec);
+}
+
 void TlsSocket::release_buffers() {
     if (ssl_ == nullptr)
         return;

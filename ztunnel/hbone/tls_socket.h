@@ -55,6 +55,11 @@ class TlsSocket {
     asio::awaitable<size_t> read_some(asio::mutable_buffer buf, boost::system::error_code& ec);
     // All of `buf`, or an error. Its records leave in as few sends as the socket takes.
     asio::awaitable<void> write(asio::const_buffer buf, boost::system::error_code& ec);
+    // Sends the close_notify (behind any records a write() still has queued), waiting while the
+    // socket buffer is full: sent at once, it would be lost to a full buffer and the peer would
+    // see the TCP end alone, as if the stream were cut. Does not wait for the peer's
+    // close_notify. Call once nothing more is to be written; then shut the socket's send side.
+    asio::awaitable<void> shutdown(boost::system::error_code& ec);
     // Gives back the memory of the write queue while nothing is queued (an idle connection).
     void release_buffers();
 

@@ -15,6 +15,7 @@
 #include "ztunnel/hbone/handshake.h"
 #include "ztunnel/hbone/pool.h"
 #include "ztunnel/hbone/tls.h"
+#include "ztunnel/hbone/tls_socket.h"
 #include "ztunnel/proxy/relay.h"
 
 namespace sluice::ztunnel::hbone {
@@ -492,6 +493,79 @@ TEST_F(HboneTest, ServerRefusesAClientFromAnotherCa) {
 // nghttp2's allocator of an HBONE session: a block as large as the outgoing frame buffer is a
 // mapping of its own whose pages take memory only once written; small blocks, zeroed blocks and
 // resizing keep their contents and meaning.
+// TlsSocket::shutdown behind a write that waits for room (the peer reads nothing yet): the
+// close_notify leaves after the write's records, not before them and not lost, and shutdown
+// returns only once it is on the socket, so the FIN that follows cannot overtake it.
+TEST_F(HboneTest, TlsShutdownSendsTheCloseNotifyBehindAWriteThatWaitsForRoom) {
+    auto server_ctx = contexts_.server(kServer);
+    auto client_ctx = contexts_.client(kClient);
+    ASSERT_TRUE(server_ctx && client_ctx);
+    std::string payload(4u << 20, '\0');
+    for (std::size_t i = 0; i < payload.size(); ++i)
+        payload[i] = char('a' + (i * 13 + i / 1000) % 26);
+    bool write_done = false, shutdown_done = false, shutdown_done_before_reading = false;
+    boost::system::error_code write_ec, shutdown_ec, read_ec;
+    std::string got;
+    asio::co_spawn(
+        io_,
+        [&]() -> asio::awaitable<void> {
+            tcp::socket s = co_await acceptor_.async_accept(asio::use_awaitable);
+            TlsSocket tls(std::move(s), **server_ctx);
+            if (co_await tls.handshake(TlsSocket::Role::Server))
+                co_return;
+            asio::co_spawn(
+                io_,
+                [&]() -> asio::awaitable<void> {
+                    co_await tls.write(asio::buffer(payload), write_ec);
+                    write_done = true;
+                },
+                asio::detached);
+            asio::steady_timer pause(io_, 100ms);
+            co_await pause.async_wait(asio::use_awaitable);
+            EXPECT_FALSE(write_done) << "the write did not wait: the buffers took 4 MiB";
+            co_await tls.shutdown(shutdown_ec);
+            shutdown_done = true;
+            boost::system::error_code ec;
+            tls.socket().shutdown(tcp::socket::shutdown_send, ec);
+            while (!write_done) {
+                pause.expires_after(10ms);
+                co_await pause.async_wait(asio::use_awaitable);
+            }
+        },
+        asio::detached);
+    asio::co_spawn(
+        io_,
+        [&]() -> asio::awaitable<void> {
+            tcp::socket s(io_);
+            s.open(tcp::v4());
+            s.set_option(asio::socket_base::receive_buffer_size(4096));
+            co_await s.async_connect(acceptor_.local_endpoint(), asio::use_awaitable);
+            TlsSocket tls(std::move(s), **client_ctx);
+            if (co_await tls.handshake(TlsSocket::Role::Client))
+                co_return;
+            asio::steady_timer pause(io_, 300ms);
+            co_await pause.async_wait(asio::use_awaitable);
+            shutdown_done_before_reading = shutdown_done;
+            std::array<char, 16384> buf;
+            for (;;) {
+                const size_t n = co_await tls.read_some(asio::buffer(buf), read_ec);
+                got.append(buf.data(), n);
+                if (read_ec)
+                    break;
+            }
+        },
+        asio::detached);
+    io_.run_for(10s);
+    EXPECT_TRUE(write_done) << write_ec.message();
+    EXPECT_TRUE(shutdown_done);
+    EXPECT_FALSE(shutdown_done_before_reading) << "shutdown returned with no room for the alert";
+    EXPECT_FALSE(write_ec) << write_ec.message();
+    EXPECT_FALSE(shutdown_ec) << shutdown_ec.message();
+    EXPECT_EQ(read_ec, asio::error::eof) << "the client read " << read_ec.message();
+    EXPECT_EQ(got.size(), payload.size());
+    EXPECT_TRUE(got == payload) << "bytes differ";
+}
+
 TEST(SessionMemoryTest, LargeBlocksTakeOnlyThePagesThatWereWritten) {
     const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
     auto resident = [page](void* p, size_t size) {
