@@ -1,7 +1,7 @@
 // HTTP/1.1 `Upgrade: h2c` (RFC 7540 §3.2) on the plain listener: the offer rules
 // (h2cUpgradeOffer), the real `curl --http2`, a hand-written client that checks the 101, stream 1
-// and the settings taken from HTTP2-Settings, and the offers that are not taken (a body; none or
-// several HTTP2-Settings) or refused (a malformed payload: 400).
+// and the settings taken from HTTP2-Settings, an offer with a body, and the offers that are not
+// taken (none or several HTTP2-Settings) or refused (a malformed payload: 400).
 #include <gtest/gtest.h>
 #include <poll.h>
 
@@ -34,7 +34,7 @@ Request bodilessOffer(const std::string& settings,
     return r;
 }
 
-TEST(WaypointH2cUpgradeOffer, TakenOnlyWithEverythingRfc7540AsksForAndNoBody) {
+TEST(WaypointH2cUpgradeOffer, TakenOnlyWithEverythingRfc7540AsksFor) {
     auto taken = h2cUpgradeOffer(bodilessOffer(kWindow10));
     ASSERT_EQ(taken.verdict, Verdict::Upgrade);
     EXPECT_EQ(taken.settings, std::string("\0\x04\0\0\0\x0a", 6));
@@ -63,14 +63,13 @@ TEST(WaypointH2cUpgradeOffer, TakenOnlyWithEverythingRfc7540AsksForAndNoBody) {
     EXPECT_EQ(h2cUpgradeOffer(two).verdict, Verdict::Http1);
     auto body = bodilessOffer(kWindow10);
     body.body() = "{}";
-    EXPECT_EQ(h2cUpgradeOffer(body).verdict, Verdict::Http1);
+    EXPECT_EQ(h2cUpgradeOffer(body).verdict, Verdict::Upgrade) << "a body read whole";
     auto chunked = bodilessOffer(kWindow10);
     chunked.set(http::field::transfer_encoding, "chunked");
-    EXPECT_EQ(h2cUpgradeOffer(chunked).verdict, Verdict::Http1);
+    EXPECT_EQ(h2cUpgradeOffer(chunked).verdict, Verdict::Upgrade);
     // A malformed payload in an offer that is not taken is not looked at.
-    auto body_bad = bodilessOffer("!!");
-    body_bad.body() = "{}";
-    EXPECT_EQ(h2cUpgradeOffer(body_bad).verdict, Verdict::Http1);
+    auto not_taken_bad = bodilessOffer("!!", "Upgrade");
+    EXPECT_EQ(h2cUpgradeOffer(not_taken_bad).verdict, Verdict::Http1);
 
     for (std::string_view bad : {
              "AAQA+AAK",  // '+' is base64, not base64url
@@ -224,7 +223,7 @@ TEST(WaypointH2cUpgrade, The101ThenStreamOneUnderTheClientsHttp2Settings) {
 
 // `curl --http2` against http:// offers the upgrade; the connection is then HTTP/2 and carries
 // the next request too (a chat, whose body needs no upgrade), both logged as requests. A POST
-// with a body on a fresh connection stays HTTP/1.1.
+// with a body on a fresh connection upgrades too, its body the upgrading request's.
 TEST(WaypointH2cUpgrade, CurlHttp2UpgradesAndReusesTheConnection) {
     Emulator backend("a");
     LogCapture log;
@@ -252,7 +251,7 @@ TEST(WaypointH2cUpgrade, CurlHttp2UpgradesAndReusesTheConnection) {
     const auto [rc_post, got_post] = runCommand("curl -sS --http2 -m 10 -o /dev/null" + format +
                                                 post + " " + url + "/v1/chat/completions");
     ASSERT_EQ(rc_post, 0) << got_post;
-    EXPECT_EQ(got_post, "1.1 1 200\n");
+    EXPECT_EQ(got_post, "2 1 200\n");
     EXPECT_EQ(json::parse(backend.stats())["requests"], 2);
     gw->stop();
     std::vector<std::string> paths;
@@ -289,29 +288,73 @@ TEST(WaypointH2cUpgrade, HeadIsAnsweredWithoutABody) {
     EXPECT_EQ(prior, "2 " + http1.substr(4));
 }
 
-// The connection stays HTTP/1.1 when the offer is not taken: a body (served as HTTP/1.1, and the
-// backend sees neither Upgrade nor HTTP2-Settings), no HTTP2-Settings or several (RFC 7540
-// §3.2.1: MUST NOT upgrade). A malformed payload is the connection error RFC 7540 makes an
-// invalid SETTINGS frame: 400, and the connection is closed.
-TEST(WaypointH2cUpgrade, OffersNotTakenStayHttp11AndAMalformedPayloadIs400) {
-    RawBackend backend("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1);
+// An offer with a body is taken once the body is read (RFC 7540 §3.2: the client sends it
+// whole before any HTTP/2 frame): stream 1 carries it to the backend, which sees neither
+// Upgrade nor HTTP2-Settings, with its length, whether the client sent a length or chunks, or
+// waited for a 100 Continue first (curl does for large bodies: 100, then 101).
+TEST(WaypointH2cUpgrade, AnOfferWithABodyIsTakenAndTheBodyIsStreamOnes) {
+    RawBackend backend("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 3);
     auto gw = startGateway(backendConfig(backend.address()));
     const std::string chat =
         R"({"model":"gpt-4o","max_tokens":5,"messages":[{"role":"user","content":"hi"}]})";
-    const std::string post =
+    const std::string head =
         "POST /v1/chat/completions HTTP/1.1\r\nHost: waypoint\r\nConnection: Upgrade, "
-        "HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: " +
-        kWindow10 +
-        "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(chat.size()) +
-        "\r\n\r\n" + chat;
-    const std::string answered = rawExchange(gw->gatewayPort(), post);
-    EXPECT_TRUE(answered.starts_with("HTTP/1.1 200 OK\r\n")) << answered;
-    EXPECT_TRUE(answered.ends_with("\r\n\r\nok")) << answered;
+        "HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n"
+        "Content-Type: application/json\r\n";
+    std::ostringstream chunked;
+    chunked << std::hex << 10 << "\r\n"
+            << chat.substr(0, 10) << "\r\n"
+            << chat.size() - 10 << "\r\n"
+            << chat.substr(10) << "\r\n0\r\n\r\n";
+    struct Framing {
+        std::string fields_and_body;
+        std::string after_100;  // sent once the 100 Continue came
+    };
+    const std::string length = "Content-Length: " + std::to_string(chat.size()) + "\r\n";
+    for (const Framing& framing :
+         {Framing{length + "\r\n" + chat, ""},
+          Framing{"Transfer-Encoding: chunked\r\n\r\n" + chunked.str(), ""},
+          Framing{"Expect: 100-continue\r\n" + length + "\r\n", chat}}) {
+        RawClient client(gw->gatewayPort());
+        client.send(head + framing.fields_and_body);
+        if (!framing.after_100.empty()) {
+            const auto interim = client.head();
+            ASSERT_TRUE(interim);
+            EXPECT_EQ(*interim, "HTTP/1.1 100 Continue\r\n\r\n");
+            client.send(framing.after_100);
+        }
+        const auto switched = client.head();
+        ASSERT_TRUE(switched);
+        EXPECT_TRUE(switched->starts_with("HTTP/1.1 101 Switching Protocols\r\n")) << *switched;
+        client.send("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(kSettings, 0, 0, ""));
+        std::string body;
+        for (bool ended = false; !ended;) {
+            auto f = client.next();
+            ASSERT_TRUE(f) << "stream 1 did not end; body so far: " << body;
+            if (f->type == kData && f->stream == 1) {
+                body += f->payload;
+                ended = f->flags & kEndStream;
+            }
+        }
+        EXPECT_EQ(body, "ok");
+    }
     const auto upstream = backend.requests();
-    ASSERT_EQ(upstream.size(), 1u);
-    EXPECT_EQ(upstream[0].find("Upgrade"), std::string::npos) << upstream[0];
-    EXPECT_EQ(upstream[0].find("HTTP2-Settings"), std::string::npos) << upstream[0];
+    ASSERT_EQ(upstream.size(), 3u);
+    for (const std::string& r : upstream) {
+        EXPECT_TRUE(
+            r.ends_with("Content-Length: " + std::to_string(chat.size()) + "\r\n\r\n" + chat))
+            << r;
+        EXPECT_EQ(r.find("pgrade"), std::string::npos) << r;
+        EXPECT_EQ(r.find("HTTP2-Settings"), std::string::npos) << r;
+        EXPECT_EQ(r.find("hunked"), std::string::npos) << r;
+    }
+}
 
+// The connection stays HTTP/1.1 when the offer is not taken: no HTTP2-Settings or several
+// (RFC 7540 §3.2.1: MUST NOT upgrade). A malformed payload is the connection error RFC 7540
+// makes an invalid SETTINGS frame: 400, and the connection is closed.
+TEST(WaypointH2cUpgrade, OffersNotTakenStayHttp11AndAMalformedPayloadIs400) {
+    auto gw = startGateway(backendConfig("127.0.0.1:9"));
     const std::string close = "Connection: Upgrade, HTTP2-Settings, close\r\n";
     for (const std::string& fields :
          {std::string{}, std::string{"HTTP2-Settings: AAQAAAAK\r\nHTTP2-Settings: AAQAAAAK\r\n"}}) {

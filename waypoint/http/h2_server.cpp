@@ -597,8 +597,9 @@ bool H2Session::upgrade(const H2cUpgraded& upgraded) {
         spdlog::warn("h2c: upgrade refused by nghttp2: {}", nghttp2_strerror(rv));
         return false;
     }
-    // The request as if it had come as HEADERS with END_STREAM (the same fields the HTTP/1.1
-    // side would see; addHeader drops the connection-specific ones).
+    // The request as if it had come as HEADERS and DATA with END_STREAM (the same fields the
+    // HTTP/1.1 side would see; addHeader drops the connection-specific ones and the chunked
+    // coding the body was read through).
     auto stream = std::make_shared<H2Stream>(*this, 1, executor_);
     nghttp2_session_set_stream_user_data(session_, 1, stream.get());
     stream->addHeader(":method", sv(request.method_string()));
@@ -610,6 +611,7 @@ bool H2Session::upgrade(const H2cUpgraded& upgraded) {
         if (name != "host" && name != "http2-settings")
             stream->addHeader(name, sv(field.value()));
     }
+    stream->body_ = request.body();
     stream->requestStarted();
     stream->requestComplete(limits_.max_body_bytes);
     streams_[1] = stream;

@@ -66,8 +66,7 @@ H2cUpgradeOffer h2cUpgradeOffer(const Request& request) {
         return {};
     if (!listsToken(request, http::field::connection, "upgrade") ||
         !listsToken(request, http::field::connection, "http2-settings") ||
-        request.count(http::field::http2_settings) != 1 || request.chunked() ||
-        !request.body().empty()) {
+        request.count(http::field::http2_settings) != 1) {
         return {};
     }
     const auto value = sv(request[http::field::http2_settings]);

@@ -19,11 +19,11 @@ struct H2cUpgradeOffer {
     std::string problem;   // Malformed: what is wrong, for the 400's message
 };
 
-// Reads the offer of a whole request. It is taken only from an HTTP/1.1 request with an `h2c`
-// token in Upgrade, `Upgrade` and `HTTP2-Settings` in Connection, exactly one HTTP2-Settings
-// field (RFC 7540 §3.2.1: a server MUST NOT upgrade with none or several) and no body
-// (Content-Length > 0 or chunked: the body is read as HTTP/1.1 before the switch, and the
-// request is served so; curl 7.88 offers the upgrade on a POST too). An offer that is taken decodes
+// Reads the offer of a whole request (its body too: RFC 7540 §3.2 has the client send it whole
+// before any HTTP/2 frame, and serveHttp1 has read it before it asks). It is taken only from an
+// HTTP/1.1 request with an `h2c` token in Upgrade, `Upgrade` and `HTTP2-Settings` in
+// Connection, and exactly one HTTP2-Settings field (RFC 7540 §3.2.1: a server MUST NOT upgrade
+// with none or several). An offer that is taken decodes
 // its HTTP2-Settings as a SETTINGS frame (base64url, 6-byte entries, RFC 7540 §6.5.2 values):
 // a payload the HTTP/2 connection would reject as a connection error is Malformed.
 H2cUpgradeOffer h2cUpgradeOffer(const Request& request);
