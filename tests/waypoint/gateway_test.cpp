@@ -877,6 +877,27 @@ TEST(WaypointGateway, AnHttp10ClientGetsAStreamUnchunked) {
     EXPECT_EQ(events.find("\"usage\""), std::string::npos) << "the injected usage chunk leaked";
 }
 
+// Trailer fields of a chunked request are dropped (RFC 9110 §6.5.1: a recipient must not merge
+// them into the header section): they never reach the backend as fields, so a field a proxy in
+// front checked in the header (a tenant's) cannot be given again after the body.
+TEST(WaypointGateway, RequestTrailersAreDroppedNotMergedIntoTheHeader) {
+    RawBackend backend("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1);
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    const std::string body = chatBody(false);
+    std::ostringstream chunked;
+    chunked << std::hex << body.size() << "\r\n" << body << "\r\n0\r\nX-Trailing: yes\r\n\r\n";
+    const std::string got =
+        rawExchange(gw->gatewayPort(),
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\n" +
+                        chunked.str());
+    EXPECT_TRUE(got.starts_with("HTTP/1.1 200")) << got;
+    const auto requests = backend.requests();
+    ASSERT_EQ(requests.size(), 1u);
+    EXPECT_EQ(requests[0].find("X-Trailing"), std::string::npos) << requests[0];
+    EXPECT_TRUE(requests[0].ends_with(body)) << requests[0];
+}
+
 // A response larger than the socket buffers reaches a client that reads late whole and in
 // order: what a send does not take at once is written when the client has room again.
 TEST(WaypointGateway, ALargeResponseReachesASlowReaderWhole) {

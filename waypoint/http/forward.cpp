@@ -31,7 +31,7 @@ bool isHopByHop(http::field f) {
         case http::field::trailer:
         case http::field::transfer_encoding:
         case http::field::upgrade:
-        // RFC 7540 §3.2.1: connection-specific; left on a request not upgraded (it has a body).
+        // RFC 7540 §3.2.1: connection-specific; left on a request that was not upgraded.
         case http::field::http2_settings:
         case http::field::content_length:
         // The whole body is already here: a backend asked to expect it would answer

@@ -31,6 +31,14 @@ constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
 using RequestParser = http::request_parser<http::string_body>;
 
+// Erases the fields after the first `keep` (a chunked body's trailers, which Beast appends).
+void dropTrailers(Request& request, std::ptrdiff_t keep) {
+    auto it = request.begin();
+    std::advance(it, keep);
+    while (it != request.end())
+        it = request.erase(it);
+}
+
 // An HTTP/1.1 client that sent `Expect: 100-continue` (RFC 9110 §10.1.1) waits for an interim
 // 100 before it sends the body.
 bool expectsContinue(const RequestParser::value_type& head) {
@@ -152,6 +160,10 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
                 // anyway). The Expect itself is not passed on (forward.cpp).
                 co_await asio::async_write(socket, asio::buffer(kContinue), noThrow(ec));
             }
+            // Beast adds a chunked body's trailer fields to the header; RFC 9110 §6.5.1 forbids
+            // merging them, and a field a proxy in front checked in the header (a tenant's)
+            // could come again after the body: they are dropped.
+            const auto header_fields = std::distance(parser.get().begin(), parser.get().end());
             // The body mostly came with the header: parsed here, not through a read that would
             // only post its completion (direct_io.h).
             while (!ec && !parser.is_done()) {
@@ -160,6 +172,8 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
                 else
                     co_await http::async_read_some(socket, buffer, parser, noThrow(ec));
             }
+            if (!ec && parser.chunked())
+                dropTrailers(parser.get(), header_fields);
         }
         deadline.disarm();
         if (ec == http::error::end_of_stream || ec == asio::error::eof ||
