@@ -44,8 +44,8 @@ struct TestCa {
     TestCa() { ca->write(cert, key); }
 };
 
-std::string hboneConfig(const Emulator& backend, const TestCa& ca, const std::string& extra = "",
-                        const std::string& limits = "") {
+std::string hboneConfig(const std::string& backend_address, const TestCa& ca,
+                        const std::string& extra = "", const std::string& limits = "") {
     return R"(
 kind: Waypoint
 spec:
@@ -56,7 +56,7 @@ spec:
   identity: )" +
            kWaypoint.uri() + "\n  caCert: " + ca.cert + "\n  caKey: " + ca.key + R"(
   pools: [{name: main, endpoints: [")" +
-           backend.address() + R"("]}]
+           backend_address + R"("]}]
 ---
 kind: ModelRoute
 metadata: {name: chat}
@@ -65,6 +65,11 @@ spec:
   timeout: 5s
   backends: [{pool: main}]
 )" + extra;
+}
+
+std::string hboneConfig(const Emulator& backend, const TestCa& ca, const std::string& extra = "",
+                        const std::string& limits = "") {
+    return hboneConfig(backend.address(), ca, extra, limits);
 }
 
 // 400 tokens per minute for every SPIFFE id.
@@ -159,7 +164,7 @@ class HboneClient {
     }
 
     // One CONNECT stream to `authority`: sends `bytes`, then reads until the waypoint ends the
-    // stream. `on_read` sees each read as it arrives.
+    // stream (lastStreamReset() tells how). `on_read` sees each read as it arrives.
     std::optional<std::string> exchange(const std::string& bytes,
                                         std::function<void(std::string_view)> on_read = {},
                                         const std::string& authority = kVip) {
@@ -186,6 +191,7 @@ class HboneClient {
                 if (on_read)
                     on_read({buf.data(), n});
             }
+            last_stream_reset_ = (*st)->was_reset();
             got = std::move(out);
         });
         return got;
@@ -301,6 +307,8 @@ class HboneClient {
         return raw ? parseReply(*raw) : Reply{};
     }
     const std::string& failure() const { return failure_; }
+    // Whether the waypoint reset the last exchange()'s stream instead of ending it.
+    bool lastStreamReset() const { return last_stream_reset_; }
     int status() const { return status_; }
 
   private:
@@ -341,6 +349,7 @@ class HboneClient {
     std::shared_ptr<hbone::Stream> h2_stream_;
     std::string failure_;
     int status_ = 0;
+    bool last_stream_reset_ = false;
 };
 
 std::string metricsWhen(Gateway& gw, const std::string& name,
@@ -375,6 +384,7 @@ TEST(WaypointHbone, ChatOverHboneIsServedWithThePeerIdentity) {
         std::to_string(chatBody(false).size()) + "\r\n\r\n" + chatBody(false);
     auto two = client.exchange(keep_alive + rawRequest(chatBody(false)));
     ASSERT_TRUE(two) << client.failure();
+    EXPECT_FALSE(client.lastStreamReset()) << "a whole response ends the stream";
     std::size_t ok = 0;
     for (std::size_t at = 0; (at = two->find("HTTP/1.1 200 OK", at)) != std::string::npos; ++at)
         ++ok;
@@ -395,6 +405,21 @@ TEST(WaypointHbone, ChatOverHboneIsServedWithThePeerIdentity) {
         EXPECT_EQ(entry["status"], 200);
     }
     EXPECT_EQ(entries.size(), 3u);
+}
+
+// A response its backend cut mid-body resets the CONNECT stream after the bytes that came (the
+// client's ztunnel sees a reset, not an end it would take for a whole response).
+TEST(WaypointHbone, AResponseTheBackendCutResetsTheStream) {
+    RawBackend backend("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", 1);
+    TestCa ca;
+    auto gw = startGateway(hboneConfig(backend.address(), ca));
+    HboneClient client(ca.ca, kApp);
+    ASSERT_TRUE(client.connect(gw->hbonePort())) << client.failure();
+    const auto got = client.exchange(rawRequest(chatBody(false)));
+    ASSERT_TRUE(got) << client.failure();
+    EXPECT_TRUE(got->starts_with("HTTP/1.1 200 OK\r\n")) << *got;
+    EXPECT_TRUE(got->ends_with("\r\n\r\n5\r\nhello\r\n")) << *got;
+    EXPECT_TRUE(client.lastStreamReset());
 }
 
 TEST(WaypointHbone, BudgetByPeerSpiffeIdentity) {
