@@ -706,8 +706,12 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
                 .at({{"pool", target.pool->name()},
                      {"outcome", std::string(toString(result.outcome))}})
                 .Increment();
-            if (watch.gone())
+            if (watch.gone()) {
+                // Relayed whole before the client went: its end is still a clean one.
+                if (result.outcome != ForwardOutcome::Completed)
+                    ex.response_complete = false;
                 result.outcome = ForwardOutcome::ClientGone;
+            }
             ctx.backend = ep->name;
             if (auto status = failureStatus(result)) {
                 failure = LocalReply{
@@ -729,7 +733,8 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
         if (result.outcome == ForwardOutcome::ClientGone) {
             ctx.result = "client_gone";
             ex.keep_alive = false;
-            ex.response_complete = false;
+            if (!watch.gone())  // forward() saw the client go mid-response
+                ex.response_complete = false;
             failure.reset();
             break;
         }

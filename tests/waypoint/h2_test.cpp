@@ -104,8 +104,9 @@ TEST(WaypointH2Limits, BodiesThatNeverEndGet408AndGiveTheirBudgetBack) {
 }
 
 // A response its backend cut mid-body (a chunked body, then the connection's end) is reset
-// (RST_STREAM INTERNAL_ERROR) after the bytes that came, not ended with END_STREAM: an HTTP/2
-// client without a content-length could not tell it from a whole one.
+// (RST_STREAM INTERNAL_ERROR), not ended with END_STREAM: an HTTP/2 client without a
+// content-length could not tell it from a whole one. (The bytes already sent arrive; nghttp2
+// sends the reset ahead of DATA still held back by flow control, which is then dropped.)
 TEST(WaypointH2Cut, AResponseTheBackendCutIsResetNotEnded) {
     RawBackend backend("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", 1);
     auto gw = startGateway(backendConfig(backend.address()));

@@ -514,9 +514,6 @@ TEST(WaypointTls, QueuedRequestsAreAdmittedOverTls) {
     EXPECT_EQ(json::parse(backend.stats())["requests"], 2);
 }
 
-// The end of a response is the close_notify, then the FIN, also when the client reads slowly
-// and the socket buffer is full as the last bytes go: the close_notify waits for room instead
-// of being lost, so the client can tell a complete response from a cut one.
 // A TLS gateway in front of `backend` (any backend), with its own test CA.
 struct TlsGatewayFor {
     explicit TlsGatewayFor(const RawBackend& backend) {
@@ -536,6 +533,11 @@ std::string chatRequest(const std::string& version, const std::string& extra = "
            "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
 }
 
+// The end of a response is the close_notify, then the FIN, also when the client reads slowly
+// and the socket buffer is full as the last bytes go: the close_notify waits for room instead
+// of being lost, so the client can tell a complete response from a cut one. (The wait itself
+// is shown by HboneTest.TlsShutdownSendsTheCloseNotifyBehindAWriteThatWaitsForRoom: a full
+// buffer at this moment is rare.)
 TEST(WaypointTls, TheCloseNotifyReachesASlowReader) {
     const std::string payload = patternedBytes(8u << 20);
     RawBackend backend(okWithBody(payload), 1);

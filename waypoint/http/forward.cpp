@@ -329,7 +329,7 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
                 framing = "Content-Length";
                 framing_value = std::string(sv(head[http::field::content_length]));
             }
-        } else if (const auto length = parser.content_length()) {
+        } else if (const auto length = parser.content_length(); length && !unknown_length) {
             framing = "Content-Length";
             framing_value = std::to_string(*length);
         }

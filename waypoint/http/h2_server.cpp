@@ -250,7 +250,8 @@ class H2Session : public std::enable_shared_from_this<H2Session>, private H2Conn
     std::size_t reserved_ = 0;
     std::deque<int32_t> waiting_;
     bool open_ = true;
-    bool linger_ = false;  // a graceful end on TCP: the read loop drains before closing
+    bool linger_ = false;            // a graceful end on TCP: the read loop drains before closing
+    bool end_after_writes_ = false;  // ... or, the client having ended, run() ends our side
     bool goaway_sent_ = false;
     bool write_loop_running_ = false;
     Event write_ready_, write_ended_;
@@ -588,7 +589,7 @@ awaitable<void> H2Session::serveStream(std::shared_ptr<H2Stream> stream) {
 }
 
 bool H2Session::upgrade(const H2cUpgraded& upgraded) {
-    const Request& request = upgraded.request;
+    Request& request = upgraded.request;
     // The payload was checked as a SETTINGS frame already: a refusal here is not the client's.
     const int rv = nghttp2_session_upgrade2(
         session_, reinterpret_cast<const uint8_t*>(upgraded.settings.data()),
@@ -611,7 +612,7 @@ bool H2Session::upgrade(const H2cUpgraded& upgraded) {
         if (name != "host" && name != "http2-settings")
             stream->addHeader(name, sv(field.value()));
     }
-    stream->body_ = request.body();
+    stream->body_ = std::move(request.body());  // not held twice for the connection's life
     stream->requestStarted();
     stream->requestComplete(limits_.max_body_bytes);
     streams_[1] = stream;
@@ -648,6 +649,11 @@ awaitable<void> H2Session::run(std::string_view received, const H2cUpgraded* upg
     // The transport is the caller's: neither loop may touch it once this returns.
     while (write_loop_running_)
         co_await write_ended_.wait();
+    if (end_after_writes_) {
+        error_code ec;
+        co_await transport_.finishSend(ec);
+        transport_.close(ec);
+    }
 }
 
 awaitable<void> H2Session::readLoop() {
@@ -661,11 +667,15 @@ awaitable<void> H2Session::readLoop() {
             break;
     }
     close(eof);
-    error_code ec;
-    if (linger_ && eof)
-        co_await transport_.finishSend(ec);  // TLS: the close_notify waits for room
-    else if (linger_)
+    if (linger_ && eof) {
+        // The client ended first: run() ends our side once the write loop's last write is
+        // done (a TLS close_notify must not go out between two parts of one write).
+        end_after_writes_ = true;
+        co_return;
+    }
+    if (linger_)
         co_await lingerBeforeClose(transport_);  // the GOAWAY must not be lost to a RST
+    error_code ec;
     transport_.close(ec);
 }
 

@@ -49,7 +49,7 @@ bool isH2Preface(const beast::flat_buffer& buffer);
 
 // The HTTP/1.1 request that switched its connection with `Upgrade: h2c` (the 101 is sent).
 struct H2cUpgraded {
-    const Request& request;     // whole, with its body
+    Request& request;           // whole; its body is moved into stream 1
     std::string_view settings;  // its HTTP2-Settings, decoded and valid (h2cUpgradeOffer)
 };
 

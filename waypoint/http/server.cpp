@@ -11,6 +11,7 @@
 #include <climits>
 #include <cstring>
 #include <exception>
+#include <vector>
 
 #include "waypoint/http/deadline.h"
 #include "waypoint/http/direct_io.h"
@@ -31,12 +32,24 @@ constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
 using RequestParser = http::request_parser<http::string_body>;
 
-// Erases the fields after the first `keep` (a chunked body's trailers, which Beast appends).
-void dropTrailers(Request& request, std::ptrdiff_t keep) {
-    auto it = request.begin();
-    std::advance(it, keep);
-    while (it != request.end())
-        it = request.erase(it);
+// The header's fields, by address: Beast adds a trailer field next to the last field of its
+// name (not at the end), and a field's address does not change while it is in the list.
+std::vector<const void*> fieldsOf(const Request& request) {
+    std::vector<const void*> fields;
+    for (const auto& field : request)
+        fields.push_back(&field);
+    std::sort(fields.begin(), fields.end());
+    return fields;
+}
+
+// Erases every field that is not one of `header` (a chunked body's trailers).
+void dropTrailers(Request& request, const std::vector<const void*>& header) {
+    for (auto it = request.begin(); it != request.end();) {
+        if (std::binary_search(header.begin(), header.end(), static_cast<const void*>(&*it)))
+            ++it;
+        else
+            it = request.erase(it);
+    }
 }
 
 // An HTTP/1.1 client that sent `Expect: 100-continue` (RFC 9110 §10.1.1) waits for an interim
@@ -163,7 +176,8 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
             // Beast adds a chunked body's trailer fields to the header; RFC 9110 §6.5.1 forbids
             // merging them, and a field a proxy in front checked in the header (a tenant's)
             // could come again after the body: they are dropped.
-            const auto header_fields = std::distance(parser.get().begin(), parser.get().end());
+            const auto header_fields =
+                parser.chunked() ? fieldsOf(parser.get()) : std::vector<const void*>{};
             // The body mostly came with the header: parsed here, not through a read that would
             // only post its completion (direct_io.h).
             while (!ec && !parser.is_done()) {
@@ -269,8 +283,12 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
     }
     // A cut response ends without what would call it complete: on TLS no close_notify (the
     // client sees the stream truncated), on an HTTP/2 or HBONE stream a reset. A plain TCP
-    // connection has only its FIN either way.
-    if (clean_end)
+    // connection has only its FIN either way. A clean end over TCP lingers: closing with bytes
+    // of the client unread would send a RST, which can destroy the end of the response (all
+    // the more one whose end is the close, HTTP/1.0's).
+    if (clean_end && socket.overTcp())
+        co_await lingerBeforeClose(socket);
+    else if (clean_end)
         co_await socket.finishSend(ec);
     else if (socket.socket() != nullptr)
         socket.shutdown_send(ec);

@@ -488,11 +488,6 @@ TEST_F(HboneTest, ServerRefusesAClientFromAnotherCa) {
         << server_failures_[0].detail;
 }
 
-// hbone::Signal, the streams' wake-up: notify() posts every current waiter (callbacks on their
-// executor, coroutines) in the order they came; a wait that starts after it needs the next one.
-// nghttp2's allocator of an HBONE session: a block as large as the outgoing frame buffer is a
-// mapping of its own whose pages take memory only once written; small blocks, zeroed blocks and
-// resizing keep their contents and meaning.
 // TlsSocket::shutdown behind a write that waits for room (the peer reads nothing yet): the
 // close_notify leaves after the write's records, not before them and not lost, and shutdown
 // returns only once it is on the socket, so the FIN that follows cannot overtake it.
@@ -566,6 +561,9 @@ TEST_F(HboneTest, TlsShutdownSendsTheCloseNotifyBehindAWriteThatWaitsForRoom) {
     EXPECT_TRUE(got == payload) << "bytes differ";
 }
 
+// nghttp2's allocator of an HBONE session: a block as large as the outgoing frame buffer is a
+// mapping of its own whose pages take memory only once written; small blocks, zeroed blocks and
+// resizing keep their contents and meaning.
 TEST(SessionMemoryTest, LargeBlocksTakeOnlyThePagesThatWereWritten) {
     const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
     auto resident = [page](void* p, size_t size) {
@@ -607,6 +605,8 @@ TEST(SessionMemoryTest, LargeBlocksTakeOnlyThePagesThatWereWritten) {
     mem.free(nullptr, mem.mem_user_data);
 }
 
+// hbone::Signal, the streams' wake-up: notify() posts every current waiter (callbacks on their
+// executor, coroutines) in the order they came; a wait that starts after it needs the next one.
 TEST(SignalTest, NotifyWakesEveryCurrentWaiterOnceInOrder) {
     asio::io_context io;
     Signal s;
