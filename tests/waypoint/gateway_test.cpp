@@ -993,6 +993,41 @@ TEST(WaypointGateway, AccessLogTakesHeaderBytesThatAreNotUtf8) {
     EXPECT_EQ(entries[0]["status"], 200);
 }
 
+// An error reply ends its connection with one lingering close: our FIN at once, then the
+// client's bytes are read and dropped for at most 1 s while it says nothing more (twice, with
+// the connection's own end lingering again, before).
+TEST(WaypointServer, AnErrorReplyLingersOnceBeforeTheClose) {
+    auto gw = startGateway(baseConfig("\"127.0.0.1:9\""));
+    asio::io_context io;
+    tcp::socket s = connectTo(io, gw->gatewayPort());
+    asio::write(s, asio::buffer(std::string("NOT HTTP AT ALL\r\n\r\n")));
+    error_code ec;
+    std::string got;
+    char buf[4096];
+    while (!ec && got.find("\r\n\r\n") == std::string::npos)
+        got.append(buf, readWithin(s, asio::buffer(buf), 5000ms, ec));
+    ASSERT_TRUE(got.starts_with("HTTP/1.1 400")) << got;
+    const auto replied = std::chrono::steady_clock::now();
+    while (!ec)
+        readWithin(s, asio::buffer(buf), 5000ms, ec);  // the rest of the reply, then our FIN
+    EXPECT_EQ(ec, asio::error::eof) << ec.message();
+    // Our FIN came; the connection is closed once the linger gave up on the client's.
+    s.set_option(asio::socket_base::linger(false, 0));
+    const int fd = s.native_handle();
+    bool closed = false;
+    while (!closed && std::chrono::steady_clock::now() - replied < 5s) {
+        // A send to a connection the waypoint has closed fails (RST back); before, it succeeds.
+        if (::send(fd, "x", 1, MSG_NOSIGNAL) < 0)
+            closed = true;
+        else
+            std::this_thread::sleep_for(20ms);
+    }
+    const auto after = std::chrono::steady_clock::now() - replied;
+    ASSERT_TRUE(closed) << "the waypoint never closed the connection";
+    EXPECT_GE(after, 900ms);
+    EXPECT_LT(after, 1700ms) << "lingered more than once";
+}
+
 // A handler that throws (a bug) costs its connection, not the worker: the error is logged with
 // the request line, the connection ends with a FIN, and the next connection is served.
 TEST(WaypointServer, AHandlerThatThrowsEndsItsConnectionAndIsLogged) {

@@ -708,9 +708,10 @@ void H2Session::close(bool graceful) {
     if (registry_ != nullptr)
         registry_->remove(*this);
     error_code ec;
-    // The read loop closes the transport once it ended; on TCP after a graceful end it first
-    // shuts the send side (TLS: the close_notify, waiting for room) and drains what the client
-    // still sends (an HBONE stream has no reset to fear: it ends with END_STREAM here).
+    // The read loop closes the transport once it ended (run() does when the client ended
+    // first); on TCP after a graceful end the send side is shut first (TLS: the close_notify,
+    // waiting for room) and what the client still sends is drained (an HBONE stream has no
+    // reset to fear: it ends with END_STREAM here).
     linger_ = graceful && transport_.overTcp();
     if (graceful && !linger_)
         transport_.shutdown_send(ec);

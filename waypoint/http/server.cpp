@@ -154,6 +154,7 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
     Deadline deadline(socket.get_executor());
     Http1Member member(downstream.h2, socket, buffer);
     bool clean_end = true;  // no response was cut
+    bool lingered = false;  // an error reply's close already shut our side and lingered
     for (std::size_t served = 0; served < limits.max_requests_per_connection; ++served) {
         if (member.stopping())
             break;
@@ -224,6 +225,7 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
                 reply = badRequest("malformed HTTP request: " + ec.message());
             }
             co_await replyAndClose(socket, deadline, reply, limits.request_timeout);
+            lingered = true;
             break;
         }
         Request request = parser.release();
@@ -234,6 +236,7 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
             if (offer.verdict == H2cUpgradeOffer::Verdict::Malformed) {
                 co_await replyAndClose(socket, deadline, badRequest(std::move(offer.problem)),
                                        limits.request_timeout);
+                lingered = true;
                 break;
             }
             if (offer.verdict == H2cUpgradeOffer::Verdict::Upgrade) {
@@ -286,12 +289,14 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
     // connection has only its FIN either way. A clean end over TCP lingers: closing with bytes
     // of the client unread would send a RST, which can destroy the end of the response (all
     // the more one whose end is the close, HTTP/1.0's).
-    if (clean_end && socket.overTcp())
-        co_await lingerBeforeClose(socket);
-    else if (clean_end)
-        co_await socket.finishSend(ec);
-    else if (socket.socket() != nullptr)
-        socket.shutdown_send(ec);
+    if (!lingered) {
+        if (clean_end && socket.overTcp())
+            co_await lingerBeforeClose(socket);
+        else if (clean_end)
+            co_await socket.finishSend(ec);
+        else if (socket.socket() != nullptr)
+            socket.shutdown_send(ec);
+    }
     socket.close(ec);
 }
 
