@@ -664,6 +664,7 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
         const bool last = attempt >= route_config.retries.attempts;
         Endpoint* ep = target.pool->pick(ctx, avoid);
         ForwardResult result;
+        bool relayed_whole = false;  // forward() relayed the response to its end
         if (!ep) {
             result.outcome = ForwardOutcome::RetryableStatus;  // circuit open: overflow
             failure = LocalReply{
@@ -694,7 +695,8 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
             result =
                 co_await forward(ClientSide{ex.stream, ex.request.version(), ex.keep_alive}, ctx,
                                  *body, ep->address, options, filters_, upstream, &upstream_socket);
-            const bool ok = result.outcome == ForwardOutcome::Completed && result.status < 500;
+            relayed_whole = result.outcome == ForwardOutcome::Completed;
+            const bool ok = relayed_whole && result.status < 500;
             if (result.outcome != ForwardOutcome::ClientGone) {
                 target.pool->finish(
                     *ep, ok || result.status == 429,
@@ -706,12 +708,8 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
                 .at({{"pool", target.pool->name()},
                      {"outcome", std::string(toString(result.outcome))}})
                 .Increment();
-            if (watch.gone()) {
-                // Relayed whole before the client went: its end is still a clean one.
-                if (result.outcome != ForwardOutcome::Completed)
-                    ex.response_complete = false;
+            if (watch.gone())
                 result.outcome = ForwardOutcome::ClientGone;
-            }
             ctx.backend = ep->name;
             if (auto status = failureStatus(result)) {
                 failure = LocalReply{
@@ -733,8 +731,7 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
         if (result.outcome == ForwardOutcome::ClientGone) {
             ctx.result = "client_gone";
             ex.keep_alive = false;
-            if (!watch.gone())  // forward() saw the client go mid-response
-                ex.response_complete = false;
+            ex.response_complete = relayed_whole;  // whole before the client went: a clean end
             failure.reset();
             break;
         }

@@ -11,6 +11,7 @@
 #include <climits>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <vector>
 
 #include "waypoint/http/deadline.h"
@@ -38,14 +39,15 @@ std::vector<const void*> fieldsOf(const Request& request) {
     std::vector<const void*> fields;
     for (const auto& field : request)
         fields.push_back(&field);
-    std::sort(fields.begin(), fields.end());
+    std::sort(fields.begin(), fields.end(), std::less<>());
     return fields;
 }
 
 // Erases every field that is not one of `header` (a chunked body's trailers).
 void dropTrailers(Request& request, const std::vector<const void*>& header) {
     for (auto it = request.begin(); it != request.end();) {
-        if (std::binary_search(header.begin(), header.end(), static_cast<const void*>(&*it)))
+        if (std::binary_search(header.begin(), header.end(), static_cast<const void*>(&*it),
+                               std::less<>()))
             ++it;
         else
             it = request.erase(it);
