@@ -658,6 +658,9 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
     std::size_t target_index = 0;
     const Endpoint* avoid = nullptr;
     std::optional<LocalReply> failure;
+    // A retry counts against the route's retry budget from when it is allowed until the attempt
+    // it allowed has ended (Envoy's retries in flight), not just through its backoff.
+    bool retry_held = false;
     for (std::uint32_t attempt = 0;; ++attempt) {
         const RouteTarget& target = ctx.targets[std::min(target_index, ctx.targets.size() - 1)];
         const bool more_targets = target_index + 1 < ctx.targets.size();
@@ -696,20 +699,28 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
                 co_await forward(ClientSide{ex.stream, ex.request.version(), ex.keep_alive}, ctx,
                                  *body, ep->address, options, filters_, upstream, &upstream_socket);
             relayed_whole = result.outcome == ForwardOutcome::Completed;
+            // A client that left closed the upstream socket under forward(): what that made of
+            // the attempt (a failed read) says nothing about the endpoint, which must not be
+            // ejected for it. A response relayed whole before it left stays what it was.
+            if (watch.gone() && !relayed_whole)
+                result.outcome = ForwardOutcome::ClientGone;
             const bool ok = relayed_whole && result.status < 500;
-            if (result.outcome != ForwardOutcome::ClientGone) {
-                target.pool->finish(
-                    *ep, ok || result.status == 429,
-                    result.status ? std::optional(result.header_latency) : std::nullopt);
+            if (result.outcome == ForwardOutcome::ClientGone) {
+                target.pool->abandon(*ep);
             } else {
-                target.pool->finish(*ep, true, std::nullopt);
+                // A timeout is a latency sample too (at least that long), so peak-EWMA turns
+                // away from an endpoint that accepts and never answers.
+                std::optional<std::chrono::steady_clock::duration> latency;
+                if (result.status)
+                    latency = result.header_latency;
+                else if (result.outcome == ForwardOutcome::Timeout)
+                    latency = target.timeout;
+                target.pool->finish(*ep, ok || result.status == 429, latency);
             }
             metrics_.upstream_attempts
                 .at({{"pool", target.pool->name()},
                      {"outcome", std::string(toString(result.outcome))}})
                 .Increment();
-            if (watch.gone())
-                result.outcome = ForwardOutcome::ClientGone;
             ctx.backend = ep->name;
             if (auto status = failureStatus(result)) {
                 failure = LocalReply{
@@ -721,7 +732,9 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
             }
             avoid = ep;
         }
-        if (result.close_delimited)
+        if (std::exchange(retry_held, false))
+            router_->retryFinished(ctx);
+        if (result.close_delimited || watch.gone())
             ex.keep_alive = false;
         if (result.outcome == ForwardOutcome::Completed) {
             ctx.result = result.status < 400 ? "ok" : "upstream_status";
@@ -746,6 +759,7 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
             ctx.result = "upstream_error";
             break;
         }
+        retry_held = true;
         // Back off (exponential with jitter) before the next try; a fallback target is tried
         // next when there is one, else another endpoint of the same pool.
         thread_local std::minstd_rand rng{std::random_device{}()};
@@ -754,7 +768,6 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
         timer.expires_after(base / 2 + std::chrono::milliseconds(rng() % (base.count() / 2 + 1)));
         error_code ec;
         co_await timer.async_wait(noThrow(ec));
-        router_->retryFinished(ctx);
         if (more_targets) {
             ++target_index;
             avoid = nullptr;
@@ -766,6 +779,8 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
             break;
         }
     }
+    if (retry_held)  // the client left during the backoff
+        router_->retryFinished(ctx);
     if (failure) {
         ctx.backend.clear();
         co_await reply(ex, ctx, *failure);  // a write may run beside the watch's read

@@ -166,6 +166,72 @@ TEST(BudgetFilter, TokensPerDayAndRequestsPerMinute) {
     EXPECT_FALSE(run(100));
 }
 
+// A reservation above the per-minute capacity takes the whole bucket; settling gives back
+// what the bucket gave minus what was used, not the reservation minus what was used (which
+// would refill a bucket the request had emptied).
+TEST(BudgetFilter, ARequestLargerThanTheMinuteBucketIsChargedItsUsage) {
+    FakeClock clock;
+    budget::BudgetFilter filter(
+        budgetConfig({.tokens_per_minute = 10'000}), nullptr, [&] { return clock.now; },
+        [&] { return clock.day; });
+    Call big("a", 500, 16'000);  // 16 500 wanted, the bucket holds 10 000: it may pass, full
+    ASSERT_FALSE(filter.onRequest(big.ctx));
+    settle(filter, big, 500, 1'500);  // used 2 000: 8 000 left
+    Call over("a", 0, 8'001);
+    EXPECT_TRUE(filter.onRequest(over.ctx));
+    Call fits("a", 0, 8'000);
+    EXPECT_FALSE(filter.onRequest(fits.ctx));
+    settle(filter, fits, 0, 8'000);
+    Call stream("a", 0, 20'000);  // a stream past the capacity leaves a debt
+    clock.now += 60s;
+    ASSERT_FALSE(filter.onRequest(stream.ctx));
+    settle(filter, stream, 0, 12'000);
+    clock.now += 12s;  // 2 000 refilled: still 0 after the 2 000 debt
+    Call in_debt("a", 0, 1);
+    EXPECT_TRUE(filter.onRequest(in_debt.ctx));
+}
+
+// max_tokens is the client's number: a sum that would wrap around 2^64 must not pass the daily
+// quota, nor wrap the day's count back to (near) zero.
+TEST(BudgetFilter, AHugeMaxTokensNeitherPassesNorResetsTheDailyQuota) {
+    FakeClock clock;
+    budget::BudgetFilter filter(
+        budgetConfig({.tokens_per_day = 1'000'000}), nullptr, [&] { return clock.now; },
+        [&] { return clock.day; });
+    Call used("a", 900'000, 0);
+    ASSERT_FALSE(filter.onRequest(used.ctx));
+    settle(filter, used, 900'000, 0);
+    for (std::uint64_t max_tokens : {UINT64_MAX - 899'999, UINT64_MAX - 5, UINT64_MAX}) {
+        Call wrap("a", 10, max_tokens);
+        auto reply = filter.onRequest(wrap.ctx);
+        ASSERT_TRUE(reply) << max_tokens;
+        EXPECT_NE(reply->message.find("tokens per day"), std::string::npos) << reply->message;
+    }
+    Call over("a", 0, 100'001);
+    EXPECT_TRUE(filter.onRequest(over.ctx));
+    Call fits("a", 0, 100'000);
+    EXPECT_FALSE(filter.onRequest(fits.ctx));
+}
+
+// A request reserved before midnight (UTC) and settled after it leaves the new day's count
+// alone: the new day started from zero without that reservation.
+TEST(BudgetFilter, AReservationFromYesterdaySettlesNothingOnToday) {
+    FakeClock clock;
+    budget::BudgetFilter filter(
+        budgetConfig({.tokens_per_day = 20'000}), nullptr, [&] { return clock.now; },
+        [&] { return clock.day; });
+    Call before("a", 0, 10'000);
+    ASSERT_FALSE(filter.onRequest(before.ctx));
+    clock.day += 1;
+    Call after("a", 0, 15'000);
+    ASSERT_FALSE(filter.onRequest(after.ctx));
+    settle(filter, before, 0, 100);  // a refund of 9 900, but to yesterday
+    Call over("a", 0, 5'001);
+    EXPECT_TRUE(filter.onRequest(over.ctx));
+    Call fits("a", 0, 5'000);
+    EXPECT_FALSE(filter.onRequest(fits.ctx));
+}
+
 TEST(BudgetFilter, TenantFromApiKeyAndSpiffeNamespace) {
     budget::TokenBudgetConfig c;
     c.tenant_from = {{budget::TenantSource::Kind::ApiKey, "authorization"},
@@ -685,6 +751,29 @@ TEST(BackendPool, OutlierEjectionAndRecovery) {
     EXPECT_FALSE(pool.ejected(bad));
 }
 
+// An attempt the client abandoned is neither a failure nor a success of the endpoint: it
+// frees the in-flight slot and leaves the failure count where it was.
+TEST(BackendPool, AnAbandonedAttemptIsNeitherFailureNorSuccess) {
+    BackendPool pool(poolOf(LbPolicy::LeastRequest, 1));
+    Call c("a", 1, 1);
+    Endpoint& only = pool.endpoint(0);
+    for (int i = 0; i < 20; ++i) {
+        Endpoint* ep = pool.pick(c.ctx);
+        ASSERT_EQ(ep, &only);
+        pool.abandon(*ep);
+    }
+    EXPECT_FALSE(pool.ejected(only));
+    EXPECT_EQ(pool.inFlight(), 0u);
+    EXPECT_EQ(only.in_flight.load(), 0u);
+    // Two failures, abandoned attempts between them, then a third: ejected (3 in a row).
+    for (int i = 0; i < 3; ++i) {
+        pool.finish(*pool.pick(c.ctx), false, std::nullopt);
+        if (i < 2)
+            pool.abandon(*pool.pick(c.ctx));
+    }
+    EXPECT_TRUE(pool.ejected(only));
+}
+
 TEST(BackendPool, CircuitOpensAtMaxRequests) {
     auto config = poolOf(LbPolicy::LeastRequest, 2);
     config.max_requests = 2;
@@ -751,6 +840,16 @@ spec:
     EXPECT_NE(problems[1].find("busyPollMicros must be 0..10000"), std::string::npos);
     EXPECT_NE(problems[2].find("unknown pool missing"), std::string::npos);
     EXPECT_THROW(parseConfig("kind: TokenBudget\nspec: {limits: []}\n"), std::invalid_argument);
+    // A route whose backends all weigh 0 would pick no target at all.
+    try {
+        parseConfig(
+            "kind: ModelRoute\nmetadata: {name: r}\nspec: {models: [m], backends: "
+            "[{pool: a, weight: 0}, {pool: b, weight: 0}]}\n");
+        ADD_FAILURE() << "a route with no weight was accepted";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("every backend has weight 0"), std::string::npos)
+            << e.what();
+    }
 }
 
 }  // namespace

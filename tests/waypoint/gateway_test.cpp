@@ -562,6 +562,44 @@ TEST(WaypointGateway, ClientDisconnectCancelsTheUpstreamStream) {
     EXPECT_EQ(slow.backend.streamsAborted(), 1);
 }
 
+// Clients that hang up mid-stream say nothing about the backend: their attempts are counted as
+// the client's (`client_gone`), not as upstream failures that would eject the endpoint after
+// `consecutiveFailures` of them (2 here).
+TEST(WaypointGateway, ClientsThatHangUpAreNotCountedAsBackendFailures) {
+    Emulator backend("slow");
+    backend.configure(R"({"token_delay_ms": 100, "completion_tokens": 50})");
+    auto gw = startGateway(R"(
+kind: Waypoint
+spec:
+  pools:
+    - name: main
+      endpoints: [")" + backend.address() +
+                           R"("]
+      outlierDetection: {consecutiveFailures: 2}
+---
+kind: ModelRoute
+metadata: {name: chat}
+spec: {models: ["*"], backends: [{pool: main}]}
+)");
+    for (int i = 0; i < 3; ++i) {
+        asio::io_context io;
+        auto s = startStream(io, gw->gatewayPort(), 50);
+    }  // each client hangs up here, mid-stream
+    std::string metrics;
+    double gone = 0;
+    for (int i = 0; i < 100 && gone < 3; ++i) {
+        if (i > 0)
+            std::this_thread::sleep_for(50ms);
+        metrics = request(gw->metricsPort(), "GET", "/metrics").body;
+        gone = metricValue(metrics, "sluice_upstream_attempts_total", {{"outcome", "client_gone"}});
+    }
+    EXPECT_EQ(gone, 3) << metrics;
+    EXPECT_EQ(
+        metricValue(metrics, "sluice_upstream_attempts_total", {{"outcome", "upstream_failed"}}),
+        -1)
+        << metrics;
+}
+
 // A request pipelined behind a stream, sent once the stream runs: the watch reads it aside
 // (waiting on a socket that holds unread bytes would wake at once, again and again) and it is
 // served after the stream.

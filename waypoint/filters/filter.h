@@ -59,6 +59,8 @@ struct RequestContext {
     std::uint64_t max_output_tokens = 0;  // max_tokens / max_completion_tokens or a default
     Usage usage;
     std::uint64_t reserved_tokens = 0;  // what the budget took at admission, settled on completion
+    double reserved_minute_tokens = 0;  // of which the tokens/min bucket (≤ its capacity)
+    std::int64_t reserved_day = 0;      // the UTC day the daily quota was charged on
     std::string budget_state;           // the budget state it was taken from; "" = none taken
     std::string budget_model_label;     // that state's model label for the remaining-tokens gauge
 

@@ -289,8 +289,10 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
         if (ec) {
             // A reused connection that failed before any answer (the backend had closed it):
             // the request was never taken, so it goes again on a fresh one. Not after an
-            // interim answer: the backend had the request then.
-            if (lease.reused && !deadline.fired() && up_buffer.size() == 0 && interim == 0)
+            // interim answer: the backend had the request then; not when the socket is closed
+            // here: the client left and its watch closed it (a new request would run unwatched).
+            if (lease.reused && !deadline.fired() && up_buffer.size() == 0 && interim == 0 &&
+                up.is_open())
                 continue;
             result.outcome =
                 deadline.fired() ? ForwardOutcome::Timeout : ForwardOutcome::UpstreamFailed;

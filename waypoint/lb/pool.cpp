@@ -179,6 +179,11 @@ Endpoint* BackendPool::pick(const RequestContext& ctx, const Endpoint* avoid) {
     return chosen;
 }
 
+void BackendPool::abandon(Endpoint& ep) {
+    ep.in_flight.fetch_sub(1);
+    in_flight_->fetch_sub(1);
+}
+
 void BackendPool::finish(Endpoint& ep, bool ok,
                          std::optional<std::chrono::steady_clock::duration> latency) {
     ep.in_flight.fetch_sub(1);

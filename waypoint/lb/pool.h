@@ -51,6 +51,9 @@ class BackendPool {
     Endpoint* pick(const RequestContext& ctx, const Endpoint* avoid = nullptr);
     // Records one attempt's result: `ok` false for connect failures, timeouts and 5xx.
     void finish(Endpoint& ep, bool ok, std::optional<std::chrono::steady_clock::duration> latency);
+    // Ends an attempt that tells nothing about the endpoint (the client left under it): the
+    // in-flight counts only, no failure, no success, no latency sample.
+    void abandon(Endpoint& ep);
 
     std::size_t size() const { return endpoints_.size(); }
     std::uint32_t inFlight() const { return in_flight_->load(); }

@@ -178,7 +178,10 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
     if (!limit)
         return std::nullopt;
 
-    const std::uint64_t want = ctx.estimated_prompt_tokens + ctx.max_output_tokens;
+    // max_tokens is the client's number: the sum saturates instead of wrapping to a small one.
+    const std::uint64_t want = ctx.max_output_tokens > UINT64_MAX - ctx.estimated_prompt_tokens
+                                   ? UINT64_MAX
+                                   : ctx.estimated_prompt_tokens + ctx.max_output_tokens;
     const auto now = now_();
     const std::int64_t today = utc_day_();
     const std::string key = keyOf(*limit, ctx.tenant, ctx.model);
@@ -245,7 +248,8 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
                       limit->tokens_per_minute - state.tokens->level(now), want,
                       state.tokens->secondsUntil(want, now));
     }
-    if (limit->tokens_per_day && state.used_today + want > limit->tokens_per_day) {
+    if (limit->tokens_per_day && (state.used_today >= limit->tokens_per_day ||
+                                  want > limit->tokens_per_day - state.used_today)) {
         using namespace std::chrono;
         const auto since_midnight = system_clock::now().time_since_epoch() % days(1);
         return reject("tokens", "tokens per day (TPD)", limit->tokens_per_day,
@@ -254,11 +258,11 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
     }
     if (state.requests)
         state.requests->try_take(1, now);
-    if (state.tokens)
-        state.tokens->try_take(want, now);
-    state.used_today += want;
+    ctx.reserved_minute_tokens = state.tokens ? state.tokens->try_take(want, now).value_or(0) : 0;
+    state.used_today = want > UINT64_MAX - state.used_today ? UINT64_MAX : state.used_today + want;
     ++state.concurrent;
     ctx.reserved_tokens = want;
+    ctx.reserved_day = today;
     // Settled against this same state, whatever a reconfigure does meanwhile.
     ctx.budget_state = key;
     ctx.budget_model_label = limit->model == "*" ? "*" : ctx.model;
@@ -289,11 +293,18 @@ void BudgetFilter::onComplete(RequestContext& ctx) {
     const auto now = now_();
     std::lock_guard lock(mutex_);
     State& state = states_[ctx.budget_state];
-    const double refund = double(ctx.reserved_tokens) - double(used);
+    // The bucket gets back what it gave (or is charged beyond it); the daily count is settled
+    // only on the day it was charged: a new day started from zero without this reservation.
     if (state.tokens)
-        state.tokens->adjust(refund, now);
-    if (state.day == utc_day_()) {
-        state.used_today = std::uint64_t(std::max(0.0, double(state.used_today) - refund));
+        state.tokens->adjust(ctx.reserved_minute_tokens - double(used), now);
+    if (state.day == ctx.reserved_day) {
+        if (used <= ctx.reserved_tokens) {
+            state.used_today -= std::min(state.used_today, ctx.reserved_tokens - used);
+        } else {
+            const std::uint64_t more = used - ctx.reserved_tokens;
+            state.used_today =
+                more > UINT64_MAX - state.used_today ? UINT64_MAX : state.used_today + more;
+        }
     }
     if (state.concurrent > 0)
         --state.concurrent;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <optional>
 
 namespace sluice::waypoint::budget {
 
@@ -15,14 +16,16 @@ class TokenBucket {
     explicit TokenBucket(std::uint64_t per_minute, Clock::time_point now = Clock::now())
         : capacity_(double(per_minute)), level_(double(per_minute)), last_(now) {}
 
-    // Takes `n` (clamped to the capacity, so a large request can still pass a full bucket).
-    bool try_take(std::uint64_t n, Clock::time_point now) {
+    // Takes `n` clamped to the capacity (so a large request can still pass a full bucket) and
+    // returns what it took, or nothing when the level is below that. Settling gives back (or
+    // charges beyond) what was taken, not `n`.
+    std::optional<double> try_take(std::uint64_t n, Clock::time_point now) {
         refill(now);
         const double want = std::min(double(n), capacity_);
         if (level_ < want)
-            return false;
+            return std::nullopt;
         level_ -= want;
-        return true;
+        return want;
     }
     // Returns (n < 0: charges more) after the real usage is known.
     void adjust(double n, Clock::time_point now) {

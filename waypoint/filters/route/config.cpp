@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "waypoint/lb/config.h"
@@ -30,6 +31,9 @@ ModelRouteConfig parseModelRoute(const std::string& name, const YAML::Node& spec
         route.backends.push_back(parseTarget(b));
     if (route.backends.empty())
         problems.push_back("backends is empty");
+    else if (std::all_of(route.backends.begin(), route.backends.end(),
+                         [](const TargetConfig& t) { return t.weight == 0; }))
+        problems.push_back("every backend has weight 0");
     for (const auto& f : spec["fallbacks"])
         route.fallbacks.push_back(parseTarget(f));
     if (const auto& tier = spec["costTier"]) {
