@@ -694,33 +694,43 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
                     .append(text.substr(at));
                 body = &rewritten;
             }
-            ForwardOptions options{.timeout = target.timeout, .hold_retryable_status = !last};
+            // A 5xx/429 is held back for a retry only when one may follow (the retry this
+            // attempt holds is given back before the next is asked for); else the client gets
+            // the backend's own answer (its body, its retry-after).
+            ForwardOptions options{
+                .timeout = target.timeout,
+                .hold_retryable_status = !last && router_->retryAvailable(ctx, retry_held)};
+            const auto started = std::chrono::steady_clock::now();
             result =
                 co_await forward(ClientSide{ex.stream, ex.request.version(), ex.keep_alive}, ctx,
                                  *body, ep->address, options, filters_, upstream, &upstream_socket);
             relayed_whole = result.outcome == ForwardOutcome::Completed;
-            // A client that left closed the upstream socket under forward(): what that made of
-            // the attempt (a failed read) says nothing about the endpoint, which must not be
-            // ejected for it. A response relayed whole before it left stays what it was.
-            if (watch.gone() && !relayed_whole)
-                result.outcome = ForwardOutcome::ClientGone;
+            // A client that left closed the upstream socket under forward(), whose read then
+            // failed: that says nothing about the endpoint, which must not be ejected for it.
+            // What forward() had found before (a timeout, a 5xx) still counts.
+            const bool cut_by_client =
+                watch.gone() && result.outcome == ForwardOutcome::UpstreamFailed;
             const bool ok = relayed_whole && result.status < 500;
-            if (result.outcome == ForwardOutcome::ClientGone) {
+            if (cut_by_client || result.outcome == ForwardOutcome::ClientGone) {
                 target.pool->abandon(*ep);
             } else {
-                // A timeout is a latency sample too (at least that long), so peak-EWMA turns
+                // A timeout is a latency sample too (the time it waited), so peak-EWMA turns
                 // away from an endpoint that accepts and never answers.
                 std::optional<std::chrono::steady_clock::duration> latency;
                 if (result.status)
                     latency = result.header_latency;
                 else if (result.outcome == ForwardOutcome::Timeout)
-                    latency = target.timeout;
+                    latency = std::chrono::steady_clock::now() - started;
                 target.pool->finish(*ep, ok || result.status == 429, latency);
             }
             metrics_.upstream_attempts
                 .at({{"pool", target.pool->name()},
-                     {"outcome", std::string(toString(result.outcome))}})
+                     {"outcome", cut_by_client ? std::string("client_gone")
+                                               : std::string(toString(result.outcome))}})
                 .Increment();
+            // The client's leaving ends the attempts, unless the response reached it whole.
+            if (watch.gone() && !relayed_whole)
+                result.outcome = ForwardOutcome::ClientGone;
             ctx.backend = ep->name;
             if (auto status = failureStatus(result)) {
                 failure = LocalReply{

@@ -7,6 +7,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "waypoint/filters/route/config.h"
 #include "waypoint/problems.h"
 
 namespace sluice::waypoint {
@@ -150,7 +151,6 @@ PolicyView makePolicyView(const Config& base, const json& view) {
         const json services = doc.value("services", json::object());
         const json* lb = spec.contains("loadBalancer") ? &spec["loadBalancer"] : nullptr;
         std::vector<route::TargetConfig> targets;
-        std::uint32_t total_weight = 0;
         for (const auto& b : spec.at("backends")) {
             const std::string host = b.at("host");
             const int port = b.at("port");
@@ -175,11 +175,13 @@ PolicyView makePolicyView(const Config& base, const json& view) {
                                    "a Service of the registry");
                 continue;
             }
-            total_weight += t.weight;
             targets.push_back(t);
         }
-        if (!targets.empty() && total_weight == 0)
+        if (const std::uint64_t total = route::totalWeight(targets); !targets.empty() && total == 0)
             problems.push_back("ModelRoute " + name + ": every backend has weight 0");
+        else if (total > UINT32_MAX)
+            problems.push_back("ModelRoute " + name +
+                               ": the backends' weights add up to more than 4294967295");
         targets_by_model[spec.at("model").get<std::string>()] = targets;
     }
     for (const auto& doc : routes) {

@@ -189,6 +189,17 @@ TEST(BudgetFilter, ARequestLargerThanTheMinuteBucketIsChargedItsUsage) {
     clock.now += 12s;  // 2 000 refilled: still 0 after the 2 000 debt
     Call in_debt("a", 0, 1);
     EXPECT_TRUE(filter.onRequest(in_debt.ctx));
+    // Without a reported usage (the client left before the usage chunk) the bucket keeps what
+    // it gave: a max_tokens of 10^12 is no debt of 10^12 tokens.
+    clock.now += 60s;
+    Call unreported("a", 0, 1'000'000'000'000);
+    ASSERT_FALSE(filter.onRequest(unreported.ctx));
+    unreported.ctx.backend = "b";
+    unreported.ctx.status = 200;
+    filter.onComplete(unreported.ctx);
+    clock.now += 60s;
+    Call refilled("a", 0, 10'000);
+    EXPECT_FALSE(filter.onRequest(refilled.ctx));
 }
 
 // max_tokens is the client's number: a sum that would wrap around 2^64 must not pass the daily
@@ -848,6 +859,16 @@ spec:
         ADD_FAILURE() << "a route with no weight was accepted";
     } catch (const std::invalid_argument& e) {
         EXPECT_NE(std::string(e.what()).find("every backend has weight 0"), std::string::npos)
+            << e.what();
+    }
+    // Nor may the weights add up past 32 bits (2 × 2^31 would wrap to 0).
+    try {
+        parseConfig(
+            "kind: ModelRoute\nmetadata: {name: r}\nspec: {models: [m], backends: "
+            "[{pool: a, weight: 2147483648}, {pool: b, weight: 2147483648}]}\n");
+        ADD_FAILURE() << "weights that wrap were accepted";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("add up to more than 4294967295"), std::string::npos)
             << e.what();
     }
 }

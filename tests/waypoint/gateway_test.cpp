@@ -600,6 +600,66 @@ spec: {models: ["*"], backends: [{pool: main}]}
         << metrics;
 }
 
+// A pool per backend (pool i at addresses[i], named p<i>) and a route from every model to p0,
+// falling back to the others in order, with two retries per request and one retry in flight
+// on the whole route (minRetries 1, budgetPercent 0).
+std::string oneRetryInFlight(const std::vector<std::string>& addresses) {
+    std::string pools, fallbacks;
+    for (std::size_t i = 0; i < addresses.size(); ++i) {
+        const std::string name = "p" + std::to_string(i);
+        pools += "    - {name: " + name + ", endpoints: [\"" + addresses[i] + "\"]}\n";
+        if (i > 0)
+            fallbacks += (fallbacks.empty() ? "" : ", ") + std::string("{pool: ") + name + "}";
+    }
+    return "kind: Waypoint\nspec:\n  pools:\n" + pools +
+           "---\nkind: ModelRoute\nmetadata: {name: chat}\nspec:\n  models: [\"*\"]\n"
+           "  backends: [{pool: p0}]\n  fallbacks: [" +
+           fallbacks +
+           "]\n  retries: {attempts: 2, budgetPercent: 0, minRetries: 1, backoff: 1ms}\n";
+}
+
+// The retry budget counts a retry until the attempt it allowed has ended. With one retry in
+// flight allowed, a request whose retry still streams from the fallback leaves none for the
+// next one, which gets the failing backend's own 500 (its body, not one of ours: no retry
+// could follow, so it is not held back); once the stream ended, the next request is retried.
+TEST(WaypointGateway, ARetryCountsAgainstTheBudgetUntilItsAttemptEnds) {
+    Emulator failing("failing");
+    failing.configure(R"({"fail_status": 500})");
+    Emulator slow("slow");
+    slow.configure(R"({"token_delay_ms": 100, "completion_tokens": 20})");
+    auto gw = startGateway(oneRetryInFlight({failing.address(), slow.address()}));
+    asio::io_context io;
+    std::string first;
+    auto streaming = startStream(io, gw->gatewayPort(), 20, &first);  // 2 s from the fallback
+    ASSERT_NE(first.find("HTTP/1.1 200"), std::string::npos) << first;
+    const auto refused =
+        request(gw->gatewayPort(), "POST", "/v1/chat/completions", chatBody(false));
+    EXPECT_EQ(refused.status, 500u);
+    EXPECT_NE(refused.body.find("emulated failure"), std::string::npos) << refused.body;
+    streaming.close();  // the client leaves: the retried attempt ends
+    unsigned status = 0;
+    for (int i = 0; i < 40 && status != 200; ++i) {
+        if (i > 0)
+            std::this_thread::sleep_for(50ms);
+        status = request(gw->gatewayPort(), "POST", "/v1/chat/completions", chatBody(false)).status;
+    }
+    EXPECT_EQ(status, 200u) << "the retry was never given back";
+}
+
+// The one retry a request holds is given back before it asks for the next: with one retry in
+// flight allowed, a retried attempt that fails too is held back and retried again (to the
+// second fallback), not relayed as the answer.
+TEST(WaypointGateway, ARetriedAttemptThatFailsIsRetriedAgainWithinTheBudget) {
+    Emulator failing("failing");
+    failing.configure(R"({"fail_status": 500})");
+    Emulator busy("busy");
+    busy.configure(R"({"fail_status": 503})");
+    Emulator ok("ok");
+    auto gw = startGateway(oneRetryInFlight({failing.address(), busy.address(), ok.address()}));
+    const auto reply = request(gw->gatewayPort(), "POST", "/v1/chat/completions", chatBody(false));
+    EXPECT_EQ(reply.status, 200u) << reply.body;
+}
+
 // A request pipelined behind a stream, sent once the stream runs: the watch reads it aside
 // (waiting on a socket that holds unread bytes would wake at once, again and again) and it is
 // served after the stream.

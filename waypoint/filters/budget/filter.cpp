@@ -295,8 +295,12 @@ void BudgetFilter::onComplete(RequestContext& ctx) {
     State& state = states_[ctx.budget_state];
     // The bucket gets back what it gave (or is charged beyond it); the daily count is settled
     // only on the day it was charged: a new day started from zero without this reservation.
+    // Without a reported usage the bucket keeps what it gave, no more: the reservation is the
+    // client's max_tokens, and charging it all would put the tenant in a debt of its choosing.
+    const double bucket_used =
+        ctx.usage.reported ? double(used) : std::min(double(used), ctx.reserved_minute_tokens);
     if (state.tokens)
-        state.tokens->adjust(ctx.reserved_minute_tokens - double(used), now);
+        state.tokens->adjust(ctx.reserved_minute_tokens - bucket_used, now);
     if (state.day == ctx.reserved_day) {
         if (used <= ctx.reserved_tokens) {
             state.used_today -= std::min(state.used_today, ctx.reserved_tokens - used);

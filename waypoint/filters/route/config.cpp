@@ -2,7 +2,6 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include <algorithm>
 #include <stdexcept>
 
 #include "waypoint/lb/config.h"
@@ -19,6 +18,13 @@ TargetConfig parseTarget(const YAML::Node& node) {
 
 }  // namespace
 
+std::uint64_t totalWeight(const std::vector<TargetConfig>& targets) {
+    std::uint64_t total = 0;
+    for (const auto& t : targets)
+        total += t.weight;
+    return total;
+}
+
 ModelRouteConfig parseModelRoute(const std::string& name, const YAML::Node& spec) {
     ModelRouteConfig route;
     route.name = name;
@@ -31,9 +37,11 @@ ModelRouteConfig parseModelRoute(const std::string& name, const YAML::Node& spec
         route.backends.push_back(parseTarget(b));
     if (route.backends.empty())
         problems.push_back("backends is empty");
-    else if (std::all_of(route.backends.begin(), route.backends.end(),
-                         [](const TargetConfig& t) { return t.weight == 0; }))
+    if (const std::uint64_t total = totalWeight(route.backends);
+        !route.backends.empty() && total == 0)
         problems.push_back("every backend has weight 0");
+    else if (total > UINT32_MAX)
+        problems.push_back("the backends' weights add up to more than 4294967295");
     for (const auto& f : spec["fallbacks"])
         route.fallbacks.push_back(parseTarget(f));
     if (const auto& tier = spec["costTier"]) {

@@ -46,6 +46,9 @@ struct ModelRouteConfig {
 };
 
 // Parses a ModelRoute `spec`. Throws std::invalid_argument listing the problems.
+// The sum of the targets' weights, without overflow: a route's must be 1..UINT32_MAX (the
+// route filter adds them up in 32 bits and picks below the total).
+std::uint64_t totalWeight(const std::vector<TargetConfig>& targets);
 ModelRouteConfig parseModelRoute(const std::string& name, const YAML::Node& spec);
 
 }  // namespace sluice::waypoint::route

@@ -142,17 +142,25 @@ void RouteFilter::onComplete(RequestContext& ctx) {
         --route->active;
 }
 
+bool RouteFilter::underRetryBudget(const Route& route, std::uint32_t held) {
+    const auto& r = route.config.retries;
+    const std::uint32_t allowed =
+        std::max(r.min_retries, route.active.load() * r.budget_percent / 100);
+    const std::uint32_t in_flight = route.retries.load();
+    return in_flight - std::min(in_flight, held) < allowed;
+}
+
 bool RouteFilter::retryAllowed(const RequestContext& ctx) {
     Route* route = find(*tableOf(ctx), ctx.route);
-    if (!route)
-        return false;
-    const auto& r = route->config.retries;
-    const std::uint32_t allowed =
-        std::max(r.min_retries, route->active.load() * r.budget_percent / 100);
-    if (route->retries.load() >= allowed)
+    if (!route || !underRetryBudget(*route))
         return false;
     ++route->retries;
     return true;
+}
+
+bool RouteFilter::retryAvailable(const RequestContext& ctx, bool holding) const {
+    const Route* route = find(*tableOf(ctx), ctx.route);
+    return route && underRetryBudget(*route, holding ? 1 : 0);
 }
 
 void RouteFilter::retryFinished(const RequestContext& ctx) {

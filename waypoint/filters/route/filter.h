@@ -36,6 +36,10 @@ class RouteFilter : public HttpFilter {
     const ModelRouteConfig* routeFor(const RequestContext& ctx) const;
     // Retry budget (Envoy's): retries in flight stay below budget_percent of active requests.
     bool retryAllowed(const RequestContext& ctx);
+    // Whether retryAllowed() would allow one now, taking nothing: an attempt whose retry the
+    // budget would refuse relays the backend's own error answer instead of holding it back.
+    // `holding`: the request holds a retry already, given back before it asks for the next.
+    bool retryAvailable(const RequestContext& ctx, bool holding) const;
     void retryFinished(const RequestContext& ctx);
 
   private:
@@ -59,6 +63,7 @@ class RouteFilter : public HttpFilter {
     // The table of the request (after onRequest), else the current one.
     std::shared_ptr<const Table> tableOf(const RequestContext& ctx) const;
     static Route* find(const Table& table, const std::string& name);
+    static bool underRetryBudget(const Route& route, std::uint32_t held = 0);
 
     mutable std::mutex mutex_;
     std::shared_ptr<const Table> table_;
