@@ -2,9 +2,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <cmath>
 #include <map>
+#include <thread>
 
 #include "waypoint/config.h"
 #include "waypoint/filters/budget/filter.h"
@@ -797,6 +799,33 @@ TEST(BackendPool, CircuitOpensAtMaxRequests) {
     EXPECT_EQ(pool.pick(c.ctx), nullptr);
     pool.finish(*a, true, 1ms);
     EXPECT_NE(pool.pick(c.ctx), nullptr);
+}
+
+// Workers picking at once never take more than maxRequests between them: the check and the
+// count are one step (before, each could pass a check of the same count).
+TEST(BackendPool, TheCircuitHoldsUnderConcurrentPicks) {
+    auto config = poolOf(LbPolicy::LeastRequest, 4);
+    config.max_requests = 64;
+    BackendPool pool(config);
+    std::atomic<int> taken{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> workers;
+    for (int t = 0; t < 8; ++t) {
+        workers.emplace_back([&] {
+            Call c("a", 1, 1);
+            while (!go.load()) {
+            }
+            for (int i = 0; i < 200; ++i) {
+                if (pool.pick(c.ctx))
+                    ++taken;
+            }
+        });
+    }
+    go = true;
+    for (auto& w : workers)
+        w.join();
+    EXPECT_EQ(taken.load(), 64);
+    EXPECT_EQ(pool.inFlight(), 64u);
 }
 
 TEST(BackendPool, PrefixAffinityKeepsSharedPrefixesTogether) {

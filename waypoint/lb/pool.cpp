@@ -136,8 +136,15 @@ Endpoint* BackendPool::prefixAffinity(const RequestContext& ctx,
 }
 
 Endpoint* BackendPool::pick(const RequestContext& ctx, const Endpoint* avoid) {
-    if (endpoints_.empty() || in_flight_->load() >= config_.max_requests)
-        return nullptr;  // nothing to send to, or the circuit is open
+    if (endpoints_.empty())
+        return nullptr;  // nothing to send to
+    // The circuit's slot is taken before the endpoint is chosen, in one step with the check:
+    // workers picking at once cannot all pass a check of the same count.
+    std::uint32_t in_flight = in_flight_->load();
+    do {
+        if (in_flight >= config_.max_requests)
+            return nullptr;  // the circuit is open
+    } while (!in_flight_->compare_exchange_weak(in_flight, in_flight + 1));
     const auto now = Clock::now();
     std::vector<Endpoint*> healthy;
     for (auto& ep : endpoints_) {
@@ -175,7 +182,6 @@ Endpoint* BackendPool::pick(const RequestContext& ctx, const Endpoint* avoid) {
         }
     }
     chosen->in_flight.fetch_add(1);
-    in_flight_->fetch_add(1);
     return chosen;
 }
 
