@@ -207,6 +207,7 @@ const nghttp2_session_callbacks* Connection::callbacks() {
                                                      .stream_close = on_stream_close});
         // DATA frames are NO_COPY: their bytes go from the stream's queue to the batch at once.
         nghttp2_session_callbacks_set_send_data_callback(c, send_data);
+        nghttp2_session_callbacks_set_on_frame_send_callback(c, on_frame_send);
         return c;
     }();
     return cbs;
@@ -295,6 +296,9 @@ asio::awaitable<std::expected<std::shared_ptr<Stream>, Failure>> Connection::ope
             Failure{Error::ConnectionLost, "stream closed before the response headers"});
     }
     if (stream->status_ != kStatusOk) {
+        // The answer ended the peer's side; ours would stay open (and count against the
+        // connection's streams) until something closes it.
+        stream->reset();
         co_return std::unexpected(Failure{Error::StreamRefused,
                                           "peer answered " + std::to_string(stream->status_),
                                           stream->status_});
@@ -313,6 +317,11 @@ void Connection::respond(Stream& stream, int status) {
         resume(stream);  // bytes queued before the answer
         return;
     }
+    // The answer ends our side (END_STREAM); the client's stays open until it sends one, which
+    // a refused client need not do. Once the answer is out, a RST_STREAM with NO_ERROR asks it
+    // to stop (RFC 9113 §8.1) and closes the stream here (on_frame_send): submitted now, the
+    // reset would go out first and the answer be dropped.
+    stream.refused_ = true;
     nghttp2_submit_response(session_, stream.id_, nva, 1, nullptr);
     kick();
 }
@@ -558,6 +567,19 @@ int Connection::on_stream_close(nghttp2_session* session, int32_t stream_id, uin
     // Keep the stream alive until its waiters have run; they hold their own references.
     auto keep = self->streams_.count(stream_id) ? self->streams_[stream_id] : nullptr;
     self->stream_ended(*s);
+    return 0;
+}
+
+int Connection::on_frame_send(nghttp2_session* session, const nghttp2_frame* frame, void* ud) {
+    if (frame->hd.type != NGHTTP2_HEADERS || !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+        return 0;
+    auto* s =
+        static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+    if (s != nullptr && s->refused_ && !s->closed_) {
+        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                  NGHTTP2_NO_ERROR);
+        static_cast<Connection*>(ud)->kick();
+    }
     return 0;
 }
 

@@ -158,6 +158,7 @@ class Stream {
     bool local_closed_ = false;
     bool data_attached_ = false;  // nghttp2 holds a DATA item for the stream (Connection::resume)
     bool responded_ = false;
+    bool refused_ = false;  // answered with a non-200 status: reset once the answer is sent
     bool read_cancelled_ = false;
     // readable_ also wakes open_stream() when the response headers arrived.
     // Signals, not Events: no timer per stream (10k open streams).
@@ -211,6 +212,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     static int on_frame_recv(nghttp2_session*, const nghttp2_frame*, void*);
     static int on_data_chunk(nghttp2_session*, uint8_t, int32_t, const uint8_t*, size_t, void*);
     static int on_stream_close(nghttp2_session*, int32_t, uint32_t, void*);
+    static int on_frame_send(nghttp2_session*, const nghttp2_frame*, void*);
     static ssize_t read_data(nghttp2_session*, int32_t, uint8_t*, size_t, uint32_t*,
                              nghttp2_data_source*, void*);
     static int send_data(nghttp2_session*, nghttp2_frame*, const uint8_t*, size_t,

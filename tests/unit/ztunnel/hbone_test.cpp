@@ -408,6 +408,71 @@ TEST_F(HboneTest, ServerStatusReachesTheClient) {
     EXPECT_EQ(failure->status, kStatusUnauthorized);
 }
 
+// A refused CONNECT ends its stream on both sides: the server's answer carries END_STREAM,
+// but the client's side stays open until something closes it, and a stream left open counts
+// against the connection's 100 forever (a client that policy keeps refusing would pile up
+// pooled connections that never go idle).
+TEST_F(HboneTest, ARefusedStreamIsClosedOnBothSides) {
+    serve(kServer);
+    status_ = kStatusUnauthorized;
+    Pool pool(io_.get_executor(), dialer(kClient));
+    run([&]() -> asio::awaitable<void> {
+        for (int i = 0; i < 3; ++i) {
+            auto st = co_await pool.open(key_, request_);
+            EXPECT_FALSE(st);
+        }
+        asio::steady_timer wait(io_);
+        for (int i = 0; i < 200 && (pool.streams() > 0 || server_conns_.empty() ||
+                                    server_conns_[0]->active_streams() > 0);
+             ++i) {
+            wait.expires_after(5ms);
+            co_await wait.async_wait(asio::use_awaitable);
+        }
+        EXPECT_EQ(pool.connections(), 1u);
+        EXPECT_EQ(pool.streams(), 0u) << "the client's refused streams are still open";
+        EXPECT_EQ(server_conns_.size(), 1u);
+        if (!server_conns_.empty()) {
+            EXPECT_EQ(server_conns_[0]->active_streams(), 0u)
+                << "the server's refused streams are still open";
+        }
+    });
+}
+
+// A CONNECT submitted on a connection that may start no new stream any more (the peer's GOAWAY
+// came in before the request was written) fails at once as lost, so the pool can try a fresh
+// connection, rather than wait for an answer until the whole connection ends. (The pool asks
+// accepts_streams() first; the GOAWAY can still land between that and the write. nghttp2
+// closes such a stream itself: this holds it to that.)
+TEST_F(HboneTest, AStreamThatCouldNotStartFailsAtOnce) {
+    serve(kServer);
+    run([&]() -> asio::awaitable<void> {
+        auto conn = co_await dialer(kClient)(key_);
+        EXPECT_TRUE(conn);
+        if (!conn)
+            co_return;
+        // The server's GOAWAY (a drain) reaches the client: no stream may start any more.
+        asio::steady_timer wait(io_);
+        for (int i = 0; i < 200 && server_conns_.empty(); ++i) {
+            wait.expires_after(5ms);
+            co_await wait.async_wait(asio::use_awaitable);
+        }
+        EXPECT_EQ(server_conns_.size(), 1u);
+        if (!server_conns_.empty())
+            server_conns_[0]->drain();
+        wait.expires_after(50ms);
+        co_await wait.async_wait(asio::use_awaitable);
+        const auto started = std::chrono::steady_clock::now();
+        auto st = co_await (*conn)->open_stream(request_);
+        EXPECT_FALSE(st);
+        if (!st) {
+            EXPECT_EQ(st.error().error, Error::ConnectionLost) << st.error().detail;
+        }
+        EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(1));
+        EXPECT_EQ((*conn)->active_streams(), 0u);
+        (*conn)->close();
+    });
+}
+
 TEST_F(HboneTest, PoolReusesOneConnectionPerKey) {
     serve(kServer);
     Pool pool(io_.get_executor(), dialer(kClient));
