@@ -679,6 +679,7 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
             std::string rewritten;
             const std::string* body = &ex.request.body();  // as the client sent it
             const bool rewrite = !target.model.empty() && target.model != ctx.model;
+            ctx.sent_model = rewrite ? target.model : std::string();
             if (ctx.body && rewrite) {
                 rewritten = withModel(*ctx.body, target.model);
                 body = &rewritten;

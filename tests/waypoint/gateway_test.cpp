@@ -890,7 +890,8 @@ TEST(WaypointGateway, InterimAnswersFromTheBackendAreSkipped) {
 
 // The bytes both ways are the client's and the backend's, framed by the waypoint: the backend
 // gets the client's fields in their order without the hop-by-hop ones, the client's trace id in a
-// traceparent of ours and the body's length; the client gets the backend's status line in its
+// traceparent of ours, Accept-Encoding: identity (the API's answers are read) and the body's
+// length; the client gets the backend's status line in its
 // own HTTP version, the backend's fields with the route's header in place of the backend's
 // field of that name, the length, and Connection as its version needs it (HTTP/1.0 keep-alive,
 // HTTP/1.1 close). Both requests go over one backend connection.
@@ -920,10 +921,10 @@ TEST(WaypointGateway, HeadersAreRelayedInOrderWithOurFraming) {
     const std::regex upstream_first(
         "POST /v1/chat/completions HTTP/1\\.1\r\nHost: x\r\nX-Custom: a\r\n"
         "Content-Type: application/json\r\ntraceparent: 00-" +
-        trace_id + "-[0-9a-f]{16}-01\r\n" + length);
+        trace_id + "-[0-9a-f]{16}-01\r\nAccept-Encoding: identity\r\n" + length);
     const std::regex upstream_second(
         "POST /v1/chat/completions HTTP/1\\.1\r\nHost: x\r\n"
-        "traceparent: 00-[0-9a-f]{32}-[0-9a-f]{16}-01\r\n" +
+        "traceparent: 00-[0-9a-f]{32}-[0-9a-f]{16}-01\r\nAccept-Encoding: identity\r\n" +
         length);
     EXPECT_TRUE(
         std::regex_match(requests[0].substr(0, requests[0].size() - body.size()), upstream_first))
@@ -1234,6 +1235,69 @@ spec:
     EXPECT_EQ(hit.body, miss.body);
     EXPECT_EQ(other.headers.count("x-sluice-cache"), 0u);  // keys are per tenant
     EXPECT_EQ(nlohmann::json::parse(backend.stats())["requests"], 2);
+}
+
+// The waypoint reads the API's answers (usage, the cache), so it asks backends for them
+// uncompressed, whatever the client accepts; an answer a backend compresses anyway is relayed
+// as it came (with its Content-Encoding) but neither read nor cached: a hit would hand gzip
+// bytes to clients that never accepted gzip.
+TEST(WaypointGateway, ApiAnswersAreAskedUncompressedAndACodedOneIsNotCached) {
+    const std::string coded = "\x1f\x8b coded bytes";
+    RawBackend backend(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: "
+        "gzip\r\nContent-Length: " +
+            std::to_string(coded.size()) + "\r\n\r\n" + coded,
+        2);
+    auto gw = startGateway(
+        backendConfig(backend.address(), "  embeddingsCache: {maxBytes: 1048576, ttl: 60s}\n"));
+    const std::string body = R"({"model":"text-embedding-3-small","input":["same text"]})";
+    for (int i = 0; i < 2; ++i) {
+        auto reply = request(gw->gatewayPort(), "POST", "/v1/embeddings", body,
+                             {{"Accept-Encoding", "gzip, br"}});
+        EXPECT_EQ(reply.status, 200u);
+        EXPECT_EQ(reply.body, coded);
+        EXPECT_EQ(reply.headers["content-encoding"], "gzip");
+        EXPECT_EQ(reply.headers.count("x-sluice-cache"), 0u) << "request " << i;
+    }
+    const auto seen = backend.requests();
+    ASSERT_EQ(seen.size(), 2u);
+    for (const auto& r : seen) {
+        EXPECT_NE(r.find("Accept-Encoding: identity\r\n"), std::string::npos) << r;
+        EXPECT_EQ(r.find("gzip"), std::string::npos) << r;
+    }
+}
+
+// An answer from a fallback target that rewrote the model is another model's: it is relayed
+// but not cached under the model the client asked for.
+TEST(WaypointGateway, AFallbackModelsEmbeddingsAreNotCachedForTheModelAsked) {
+    Emulator failing("failing");
+    failing.configure(R"({"fail_status": 503})");
+    Emulator other("other");
+    auto gw = startGateway(R"(
+kind: Waypoint
+spec:
+  embeddingsCache: {maxBytes: 1048576, ttl: 60s}
+  pools:
+    - {name: main, endpoints: [")" +
+                           failing.address() + R"("]}
+    - {name: other, endpoints: [")" +
+                           other.address() + R"("]}
+---
+kind: ModelRoute
+metadata: {name: emb}
+spec:
+  models: ["*"]
+  backends: [{pool: main}]
+  fallbacks: [{pool: other, model: other-embedding}]
+  retries: {attempts: 1, backoff: 1ms}
+)");
+    const std::string body = R"({"model":"text-embedding-3-small","input":["same text"]})";
+    for (int i = 0; i < 2; ++i) {
+        auto reply = request(gw->gatewayPort(), "POST", "/v1/embeddings", body);
+        EXPECT_EQ(reply.status, 200u) << reply.body;
+        EXPECT_EQ(reply.headers.count("x-sluice-cache"), 0u) << "request " << i;
+    }
+    EXPECT_EQ(nlohmann::json::parse(other.stats())["requests"], 2);
 }
 
 }  // namespace

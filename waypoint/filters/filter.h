@@ -58,6 +58,7 @@ struct RequestContext {
     std::uint64_t estimated_prompt_tokens = 0;
     std::uint64_t max_output_tokens = 0;  // max_tokens / max_completion_tokens or a default
     Usage usage;
+    std::string sent_model;  // the attempt's model when its target rewrote the client's, else ""
     std::uint64_t reserved_tokens = 0;  // what the budget took at admission, settled on completion
     double reserved_minute_tokens = 0;  // of which the tokens/min bucket (≤ its capacity)
     std::int64_t reserved_day = 0;      // the UTC day the daily quota was charged on

@@ -61,10 +61,17 @@ std::string upstreamHead(const RequestContext& ctx, std::size_t body_size) {
             continue;
         if (!ctx.traceparent.empty() && beast::iequals(field.name_string(), "traceparent"))
             continue;
+        if (!ctx.api.empty() && field.name() == http::field::accept_encoding)
+            continue;
         appendField(out, sv(field.name_string()), sv(field.value()));
     }
     if (!ctx.traceparent.empty())
         appendField(out, "traceparent", ctx.traceparent);
+    // The waypoint reads the answers of the API it knows (usage, SSE events, the embeddings
+    // cache), so it asks for them uncompressed: a gzip body would hide the usage, buffer a
+    // stream until its end, and be cached for clients that never accepted gzip.
+    if (!ctx.api.empty())
+        appendField(out, "Accept-Encoding", "identity");
     if (body_size > 0 || method == http::verb::post || method == http::verb::put ||
         method == http::verb::options) {
         char digits[24];
@@ -310,7 +317,11 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
         // HTTP/1.0 client: raw, ended by closing); a body we relay unchanged keeps its length.
         // Answers that never have a body (to HEAD, 1xx, 204, 304) get no framing of ours: chunked
         // framing there would be read as the start of the next response.
-        const bool sse = head[http::field::content_type].starts_with("text/event-stream");
+        // A coded body (a backend that compressed anyway) is relayed as it came, not read:
+        // neither split into events nor inspected for usage or cached.
+        const auto coding = head[http::field::content_encoding];
+        const bool coded = !coding.empty() && !beast::iequals(coding, "identity");
+        const bool sse = !coded && head[http::field::content_type].starts_with("text/event-stream");
         const unsigned status = head.result_int();
         const bool bodyless = head_request || status / 100 == 1 || status == 204 || status == 304;
         const bool unknown_length = !bodyless && (sse || !head.has_content_length());
@@ -349,7 +360,7 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
 
         SseSplitter splitter;
         std::string inspected;
-        bool inspect = !sse;
+        bool inspect = !sse && !coded;
         Recycled<std::unique_ptr<char[]>> chunk(makeChunk);
         std::string out;
         std::string raw;  // one SSE event as relayed (filters may edit it)

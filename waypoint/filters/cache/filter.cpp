@@ -35,7 +35,9 @@ std::optional<LocalReply> EmbeddingsCacheFilter::onRequest(RequestContext& ctx) 
 }
 
 void EmbeddingsCacheFilter::onResponseBody(RequestContext& ctx, std::string_view body) {
-    if (ctx.api != "embeddings" || !ctx.body || ctx.status != 200)
+    // Not an answer of a fallback target that rewrote the model: its vectors are another
+    // model's (another space, maybe other dimensions) and must not answer for the one asked.
+    if (ctx.api != "embeddings" || !ctx.body || ctx.status != 200 || !ctx.sent_model.empty())
         return;
     std::string key = keyOf(ctx);
     const std::size_t size = key.size() + body.size();
