@@ -394,9 +394,14 @@ TEST_F(ZtunnelSidecarTest, IndependentHboneClientTalksToOurListener) {
     ASSERT_GE(in.size(), 1u);
     EXPECT_EQ(in.back()["src.identity"], "spiffe://cluster.local/ns/default/sa/interop");
 
-    // A CONNECT for an address that is not this pod is a 400.
+    // A CONNECT for an address that is not this pod is a 400, and so is one for ztunnel's own
+    // listeners in it (they would loop the peer's bytes back into ztunnel).
     json bad = python_hbone(pod("client").ip + ":8080", cert, state_.ca_dir + "/ca.crt");
     EXPECT_EQ(bad["status"], 400) << bad.dump();
+    for (const char* own : {":15008", ":15006", ":15001"}) {
+        json self = python_hbone(server.ip + own, cert, state_.ca_dir + "/ca.crt");
+        EXPECT_EQ(self["status"], 400) << own << " " << self.dump();
+    }
 }
 
 TEST_F(ZtunnelSidecarTest, PeerFromAnotherCaIsRefusedWithAReason) {

@@ -32,8 +32,14 @@ asio::awaitable<void> hbone_stream(Proxy& p, std::shared_ptr<EnrolledWorkload> d
     const tcp::endpoint peer = conn.remote_endpoint();
     const hbone::ConnectRequest request = st->take_request();
     auto target = parse_authority(request.authority);
+    // This pod's address, and not one of ztunnel's own ports in it: those listeners are ours,
+    // not the app's, and a CONNECT to them would loop a peer's bytes back into ztunnel.
+    const Config& config = p.config();
     const bool ours =
-        target && std::find(dst->ips.begin(), dst->ips.end(), target->address()) != dst->ips.end();
+        target &&
+        std::find(dst->ips.begin(), dst->ips.end(), target->address()) != dst->ips.end() &&
+        target->port() != config.hbone_port && target->port() != config.inbound_plaintext_port &&
+        target->port() != config.outbound_port;
     InboundCall call =
         authorize_inbound(p, dst, conn.peer().uri(), peer, target.value_or(tcp::endpoint()));
     call.record.direction = "inbound";
