@@ -81,7 +81,7 @@ bool SourceFacts::in(const Cidr& cidr) const {
 }
 
 Tri rule_source_matches(const Rule& rule, Action action, const SourceFacts& source) {
-    if (action == Action::Allow && !rule.l7_fields.empty())
+    if (action == Action::Allow && (!rule.l7_fields.empty() || !rule.unknown_fields.empty()))
         return Tri::No;
     Tri from = rule.from.empty() ? Tri::Yes : Tri::No;
     for (const auto& src : rule.from) {

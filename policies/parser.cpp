@@ -74,7 +74,8 @@ std::optional<Source> read_source(YamlReader& r, const YAML::Node& node, const s
         } else if (kSourceL7.contains(key)) {
             s.l7_fields.push_back("from.source." + key);
         } else {
-            r.unknown_field(kv.first, ctx, key);
+            r.unknown_rule_field(kv.first, ctx, key);
+            s.unknown_fields.push_back("from.source." + key);
         }
     }
     if (!ok)
@@ -96,7 +97,8 @@ std::optional<Operation> read_operation(YamlReader& r, const YAML::Node& node,
         } else if (kOperationL7.contains(key)) {
             op.l7_fields.push_back("to.operation." + key);
         } else {
-            r.unknown_field(kv.first, ctx, key);
+            r.unknown_rule_field(kv.first, ctx, key);
+            op.unknown_fields.push_back("to.operation." + key);
         }
     }
     if (!ok)
@@ -129,12 +131,20 @@ std::optional<Rule> read_rule(YamlReader& r, const YAML::Node& node, const std::
                 const char* inner = key == "from" ? "source" : "operation";
                 for (const auto& ikv : item) {
                     const std::string ikey = ikv.first.as<std::string>("");
-                    if (ikey != inner)
-                        r.unknown_field(ikv.first, item_ctx, ikey);
+                    if (ikey != inner) {
+                        r.unknown_rule_field(ikv.first, item_ctx, ikey);
+                        rule.unknown_fields.push_back(key + "." + ikey);
+                    }
                 }
                 const YAML::Node body = item[inner];
                 if (!body) {
                     r.error(item, item_ctx + ": missing '" + inner + "'");
+                    ok = false;
+                    continue;
+                }
+                // As Istio refuses it: an empty source or operation would match anything.
+                if (body.IsMap() && body.size() == 0) {
+                    r.error(body, item_ctx + "." + inner + " must not be empty");
                     ok = false;
                     continue;
                 }
@@ -146,6 +156,8 @@ std::optional<Rule> read_rule(YamlReader& r, const YAML::Node& node, const std::
                     }
                     for (const auto& f : s->l7_fields)
                         rule.l7_fields.push_back(f);
+                    for (const auto& f : s->unknown_fields)
+                        rule.unknown_fields.push_back(f);
                     rule.from.push_back(std::move(*s));
                 } else {
                     auto op = read_operation(r, body, item_ctx + ".operation");
@@ -155,6 +167,8 @@ std::optional<Rule> read_rule(YamlReader& r, const YAML::Node& node, const std::
                     }
                     for (const auto& f : op->l7_fields)
                         rule.l7_fields.push_back(f);
+                    for (const auto& f : op->unknown_fields)
+                        rule.unknown_fields.push_back(f);
                     rule.to.push_back(std::move(*op));
                 }
             }
@@ -165,7 +179,8 @@ std::optional<Rule> read_rule(YamlReader& r, const YAML::Node& node, const std::
             else if (v.size() > 0)
                 rule.l7_fields.push_back("when");
         } else {
-            r.unknown_field(kv.first, ctx, key);
+            r.unknown_rule_field(kv.first, ctx, key);
+            rule.unknown_fields.push_back(key);
         }
     }
     if (!ok)
@@ -196,6 +211,7 @@ void parse_authorization(YamlReader& r, const ObjectMeta& meta, const YAML::Node
     AuthorizationPolicy p;
     p.meta = meta;
     p.raw_spec = yaml_to_json(spec);
+    bool audit = false;
     if (spec && !spec.IsNull()) {
         if (!r.expect_map(spec, "spec"))
             return;
@@ -213,10 +229,16 @@ void parse_authorization(YamlReader& r, const ObjectMeta& meta, const YAML::Node
                     p.action = Action::Allow;
                 } else if (*a == "DENY") {
                     p.action = Action::Deny;
-                } else if (*a == "AUDIT" || *a == "CUSTOM") {
-                    r.error(v, "spec.action: " + *a +
-                                   " is not supported (ALLOW and DENY are; AUDIT and CUSTOM need "
-                                   "an external authorizer)");
+                } else if (*a == "AUDIT") {
+                    // Audit logging decides nothing; Istio's ztunnel leaves such policies out
+                    // too. Refusing it would refuse every later change of the whole set.
+                    r.warning(v, "spec.action: AUDIT policies allow and deny nothing; " +
+                                     meta.ref() + " is left out");
+                    audit = true;
+                } else if (*a == "CUSTOM") {
+                    r.error(v,
+                            "spec.action: CUSTOM is not supported (ALLOW and DENY are; CUSTOM "
+                            "needs an external authorizer)");
                     ok = false;
                 } else {
                     r.error(v, "spec.action: '" + *a + "' is not one of ALLOW, DENY");
@@ -251,7 +273,8 @@ void parse_authorization(YamlReader& r, const ObjectMeta& meta, const YAML::Node
         r.error(spec, "spec: selector and targetRef(s) are mutually exclusive");
         return;
     }
-    out.authorization.push_back(std::move(p));
+    if (!audit)
+        out.authorization.push_back(std::move(p));
 }
 
 std::optional<MtlsMode> read_mode(YamlReader& r, const YAML::Node& node, const std::string& ctx) {

@@ -46,6 +46,8 @@ struct Source {
     std::vector<Cidr> ip_blocks, not_ip_blocks;
     // Fields this build cannot evaluate at L4 (requestPrincipals, remoteIpBlocks, …).
     std::vector<std::string> l7_fields;
+    std::vector<std::string>
+        unknown_fields;  // names this build does not know (a typo, a newer field)
 
     bool uses_principals() const { return !principals.empty() || !not_principals.empty(); }
 };
@@ -53,7 +55,8 @@ struct Source {
 // `to[].operation`: ports (destination, target port of the workload), or L7 fields.
 struct Operation {
     std::vector<uint16_t> ports, not_ports;
-    std::vector<std::string> l7_fields;  // hosts, methods, paths, …
+    std::vector<std::string> l7_fields;       // hosts, methods, paths, …
+    std::vector<std::string> unknown_fields;  // names this build does not know
 };
 
 struct Rule {
@@ -63,6 +66,11 @@ struct Rule {
     // waypoint such a rule in an ALLOW policy matches nothing; in a DENY policy the L7 conditions
     // are dropped so it denies at least as much (Istio ambient's fail-closed behaviour).
     std::vector<std::string> l7_fields;
+    // Fields this build does not know, anywhere in the rule (a typo such as `namepaces`, or a
+    // field of a newer Istio): treated as L7 fields are, so an ALLOW rule with one matches
+    // nothing and a DENY rule is enforced without it. Dropping it would widen an ALLOW rule:
+    // `source: {namepaces: [backend]}` would allow every source.
+    std::vector<std::string> unknown_fields;
     SourcePosition where;
 };
 

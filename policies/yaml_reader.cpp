@@ -45,6 +45,12 @@ void YamlReader::unknown_field(const YAML::Node& key, const std::string& ctx,
     warning(key, "unknown field '" + name + "' in " + ctx + " (ignored)");
 }
 
+void YamlReader::unknown_rule_field(const YAML::Node& key, const std::string& ctx,
+                                    const std::string& name) {
+    warning(key, "unknown field '" + name + "' in " + ctx +
+                     ": an ALLOW rule with it matches nothing, a DENY rule is enforced without it");
+}
+
 bool YamlReader::expect_map(const YAML::Node& node, const std::string& ctx) {
     if (node && node.IsMap())
         return true;

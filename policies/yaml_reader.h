@@ -24,6 +24,9 @@ class YamlReader {
     void warning(const YAML::Node& node, const std::string& message);
     // Unknown fields are warnings: a newer Istio field must not take a whole config down.
     void unknown_field(const YAML::Node& key, const std::string& ctx, const std::string& name);
+    // An unknown field inside an authorization rule: still a warning, but not ignored (the
+    // rule keeps its name: an ALLOW rule with it matches nothing, a DENY rule ignores it).
+    void unknown_rule_field(const YAML::Node& key, const std::string& ctx, const std::string& name);
 
     bool expect_map(const YAML::Node& node, const std::string& ctx);
     bool expect_sequence(const YAML::Node& node, const std::string& ctx);

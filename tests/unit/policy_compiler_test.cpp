@@ -145,6 +145,88 @@ spec:
     EXPECT_EQ(evaluate(c, conn).verdict, Verdict::Deny);
 }
 
+// A field this build does not know inside a rule (here the typo `namepaces`) is not dropped:
+// dropped, it would turn the ALLOW rule into allow-all. An ALLOW rule with it matches nothing;
+// a DENY rule is enforced without it (denies more), as with L7 fields. In the kernel as in
+// ztunnel's evaluation.
+TEST(PolicyCompiler, AnUnknownFieldInARuleFailsClosed) {
+    Registry r;
+    r.pods = {pod("a", "x", "198.18.0.2"), pod("b", "y", "198.18.0.3")};
+    std::vector<Diagnostic> d;
+    const auto allow = test::parse_text(R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db, namespace: a}
+spec:
+  rules: [{from: [{source: {namepaces: [b]}}]}]
+)",
+                                        d);
+    ASSERT_FALSE(has_errors(d));
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_NE(d[0].message.find("unknown field 'namepaces'"), std::string::npos) << d[0].message;
+    EXPECT_NE(d[0].message.find("matches nothing"), std::string::npos) << d[0].message;
+    const auto c = compile(allow, r);
+    Connection conn{"spiffe://cluster.local/ns/b/sa/y", *datapath::parse_ip("198.18.0.3"), "a/x",
+                    80};
+    EXPECT_EQ(evaluate(c, conn).verdict, Verdict::Deny);
+    KernelModel m(c.kernel);
+    const uint32_t ep = m.endpoint_by_pod("a/x")->value.endpoint_id;
+    EXPECT_EQ(
+        m.lookup(ep, m.identity_of(*datapath::parse_ip("198.18.0.3")), 80, 6, SLUICE_DIR_INGRESS)
+            .verdict,
+        SLUICE_VERDICT_DENY);
+
+    const auto deny = compile(policies_from(R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db, namespace: a}
+spec:
+  action: DENY
+  rules: [{from: [{source: {notNamepaces: [a]}}], to: [{operation: {ports: ["80"]}}]}]
+)"),
+                              r);
+    EXPECT_EQ(evaluate(deny, conn).verdict, Verdict::Deny);  // without the unknown: all sources
+    conn.port = 81;
+    EXPECT_EQ(evaluate(deny, conn).verdict, Verdict::Allow);  // its ports still hold
+}
+
+// An empty source or operation is refused, as Istio refuses it: it would match anything.
+TEST(PolicyCompiler, AnEmptySourceOrOperationIsAnError) {
+    for (const char* rule : {"{from: [{source: {}}]}", "{to: [{operation: {}}]}"}) {
+        std::vector<Diagnostic> d;
+        test::parse_text(std::string("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                                     "metadata: {name: p, namespace: a}\nspec:\n  rules: [") +
+                             rule + "]\n",
+                         d);
+        ASSERT_TRUE(has_errors(d)) << rule;
+        EXPECT_NE(d[0].message.find("must not be empty"), std::string::npos) << d[0].message;
+    }
+}
+
+// AUDIT decides nothing: such a policy is left out with a warning (Istio's ztunnel ignores it
+// too), not refused, which would hold back every later change of the set.
+TEST(PolicyCompiler, AnAuditPolicyIsLeftOutNotRefused) {
+    std::vector<Diagnostic> d;
+    const auto set = test::parse_text(R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit, namespace: a}
+spec:
+  action: AUDIT
+  rules: [{from: [{source: {namespaces: [b]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-b, namespace: a}
+spec:
+  action: DENY
+  rules: [{from: [{source: {namespaces: [b]}}]}]
+)",
+                                      d);
+    ASSERT_FALSE(has_errors(d));
+    ASSERT_EQ(set.authorization.size(), 1u);
+    EXPECT_EQ(set.authorization[0].meta.name, "deny-b");
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_NE(d[0].message.find("AUDIT"), std::string::npos) << d[0].message;
+}
+
 TEST(PolicyCompiler, NamespaceInTwoBoundariesBySelectorIsAnError) {
     Registry r;
     r.namespaces = {{"a", {{"tenant", "x"}}}};
