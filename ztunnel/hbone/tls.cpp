@@ -117,6 +117,19 @@ std::expected<TlsContexts::Entry*, std::string> TlsContexts::entry(
     return &e;
 }
 
+void TlsContexts::forget(const identity::Identity& local) {
+    {
+        std::lock_guard lock(mutex_);
+        entries_.erase(local);
+    }
+    certs_->forget(local);
+}
+
+std::size_t TlsContexts::size() const {
+    std::lock_guard lock(mutex_);
+    return entries_.size();
+}
+
 std::expected<std::shared_ptr<ssl::context>, std::string> TlsContexts::server(
     const identity::Identity& local) {
     std::lock_guard lock(mutex_);

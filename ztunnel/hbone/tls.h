@@ -33,6 +33,10 @@ class TlsContexts {
         const identity::Identity& local);
 
     identity::CertManager& certs() { return *certs_; }
+    // Drops the identity's contexts and its certificate (a pod that left the node): neither its
+    // key nor its certificate stays in memory.
+    void forget(const identity::Identity& local);
+    std::size_t size() const;  // identities with contexts
 
   private:
     struct Entry {
@@ -42,7 +46,7 @@ class TlsContexts {
     std::expected<Entry*, std::string> entry(const identity::Identity& local);
 
     std::shared_ptr<identity::CertManager> certs_;
-    std::mutex mutex_;
+    mutable std::mutex mutex_;
     std::map<identity::Identity, Entry> entries_;
 };
 

@@ -26,6 +26,15 @@ std::expected<std::shared_ptr<const WorkloadCert>, std::string> CertManager::cer
         return std::unexpected("identity " + id.uri() + " is outside trust domain " +
                                trust_domain_);
     auto minted = ca_->mint(id, {.lifetime = lifetime_});
+    if (!minted && it != certs_.end() && Clock::now() < it->second->not_after) {
+        // A renewal that failed: the current certificate is still good for the rest of its
+        // life (the next use tries again), and handshakes must not fail meanwhile.
+        spdlog::warn(
+            "renewing the certificate of {} failed ({}); the current one stays, valid "
+            "until {}",
+            id.uri(), minted.error(), format_time(it->second->not_after));
+        return it->second;
+    }
     if (!minted)
         return std::unexpected(minted.error());
     auto cert = std::make_shared<const WorkloadCert>(std::move(*minted));

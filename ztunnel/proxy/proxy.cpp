@@ -245,7 +245,7 @@ void Proxy::remove_workload(const std::string& uid) {
             identity_in_use |= other->id == wl->id;
     }
     if (!identity_in_use)
-        certs_->forget(wl->id);
+        tls_.forget(wl->id);  // its contexts and certificate
     spdlog::info("stopped serving {}/{} ({})", wl->info.namespace_name, wl->info.name, uid);
 }
 

@@ -126,11 +126,17 @@ class YamlFolderRegistry : public RegistrySource {
             w.labels = labels_of(meta["labels"]);
             w.service_account = doc["spec"]["serviceAccountName"].as<std::string>("default");
             w.node = doc["spec"]["nodeName"].as<std::string>("");
+            // A host-network pod's IP is its node's, and a pod that finished has handed its IP
+            // back (a new pod may hold it now): neither owns an address (Istio's ztunnel skips
+            // both), or traffic to the node, or to the IP's new pod, would be taken for theirs.
+            const std::string phase = doc["status"]["phase"].as<std::string>("");
+            const bool owns_ips = !doc["spec"]["hostNetwork"].as<bool>(false) &&
+                                  phase != "Succeeded" && phase != "Failed";
             for (const auto& ipn : doc["status"]["podIPs"]) {
-                if (auto ip = parse_ip(ipn["ip"].as<std::string>("")))
+                if (auto ip = parse_ip(ipn["ip"].as<std::string>("")); ip && owns_ips)
                     w.ips.push_back(*ip);
             }
-            if (w.ips.empty()) {
+            if (w.ips.empty() && owns_ips) {
                 if (auto ip = parse_ip(doc["status"]["podIP"].as<std::string>("")))
                     w.ips.push_back(*ip);
             }

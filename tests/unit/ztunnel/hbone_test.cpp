@@ -473,6 +473,19 @@ TEST_F(HboneTest, AStreamThatCouldNotStartFailsAtOnce) {
     });
 }
 
+// A pod that leaves the node takes its TLS contexts and certificate with it: nothing of its
+// key stays in memory (and the certificate views no longer list it).
+TEST_F(HboneTest, ForgettingAnIdentityDropsItsContextsAndCertificate) {
+    ASSERT_TRUE(contexts_.server(kServer));
+    ASSERT_TRUE(contexts_.client(kClient));
+    EXPECT_EQ(contexts_.size(), 2u);
+    EXPECT_EQ(certs_->certificates().size(), 2u);
+    contexts_.forget(kServer);
+    EXPECT_EQ(contexts_.size(), 1u);
+    ASSERT_EQ(certs_->certificates().size(), 1u);
+    EXPECT_EQ(certs_->certificates()[0]->identity, kClient);
+}
+
 TEST_F(HboneTest, PoolReusesOneConnectionPerKey) {
     serve(kServer);
     Pool pool(io_.get_executor(), dialer(kClient));

@@ -88,6 +88,31 @@ TEST_F(RegistryTest, ReadsPodsServicesAndEndpoints) {
     EXPECT_EQ(snap->service_by_vip(ip("198.19.128.9")), nullptr);
 }
 
+// A host-network pod's IP is the node's, and a finished pod's IP may be another pod's now:
+// neither owns it, whichever file is read last (a z- file sorts after llm-0's).
+TEST_F(RegistryTest, HostNetworkAndFinishedPodsOwnNoAddress) {
+    write("pod.tenant-a.z-agent.yaml", R"(apiVersion: v1
+kind: Pod
+metadata: {name: z-agent, namespace: tenant-a, uid: u2}
+spec: {nodeName: node0, hostNetwork: true, serviceAccountName: agent}
+status: {phase: Running, podIP: 198.18.255.1, podIPs: [{ip: 198.18.255.1}]}
+)");
+    write("pod.tenant-a.z-job.yaml", R"(apiVersion: v1
+kind: Pod
+metadata: {name: z-job, namespace: tenant-a, uid: u3}
+spec: {nodeName: node0, serviceAccountName: job}
+status: {phase: Succeeded, podIP: 198.18.0.2, podIPs: [{ip: 198.18.0.2}]}
+)");
+    auto snap = state::yaml_folder_registry(dir_)->load();
+    ASSERT_TRUE(snap) << snap.error();
+    EXPECT_EQ(snap->workload_by_ip(ip("198.18.255.1")), nullptr) << "the node's address";
+    const state::Workload* w = snap->workload_by_ip(ip("198.18.0.2"));
+    ASSERT_NE(w, nullptr);
+    EXPECT_EQ(w->key(), "tenant-a/llm-0") << "the running pod keeps its address";
+    ASSERT_NE(snap->workload("tenant-a", "z-job"), nullptr);
+    EXPECT_TRUE(snap->workload("tenant-a", "z-job")->ips.empty());
+}
+
 TEST_F(RegistryTest, ViewKeepsTheLastGoodSnapshotOnAParseError) {
     state::RegistryView view(state::yaml_folder_registry(dir_));
     EXPECT_EQ(view.current()->workloads().size(), 2u);
