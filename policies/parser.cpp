@@ -106,6 +106,17 @@ std::optional<Operation> read_operation(YamlReader& r, const YAML::Node& node,
     return op;
 }
 
+bool matchesAnything(const Source& s) {
+    return s.principals.empty() && s.not_principals.empty() && s.namespaces.empty() &&
+           s.not_namespaces.empty() && s.ip_blocks.empty() && s.not_ip_blocks.empty() &&
+           s.l7_fields.empty() && s.unknown_fields.empty();
+}
+
+bool matchesAnything(const Operation& op) {
+    return op.ports.empty() && op.not_ports.empty() && op.l7_fields.empty() &&
+           op.unknown_fields.empty();
+}
+
 std::optional<Rule> read_rule(YamlReader& r, const YAML::Node& node, const std::string& ctx) {
     if (!r.expect_map(node, ctx))
         return std::nullopt;
@@ -142,14 +153,15 @@ std::optional<Rule> read_rule(YamlReader& r, const YAML::Node& node, const std::
                     ok = false;
                     continue;
                 }
-                // As Istio refuses it: an empty source or operation would match anything.
-                if (body.IsMap() && body.size() == 0) {
-                    r.error(body, item_ctx + "." + inner + " must not be empty");
-                    ok = false;
-                    continue;
-                }
+                // As Istio refuses them: an empty source or operation (`{}`, or only empty
+                // lists) would match anything.
+                const std::string empty = item_ctx + "." + inner + " must not be empty";
                 if (key == "from") {
                     auto s = read_source(r, body, item_ctx + ".source");
+                    if (s && matchesAnything(*s)) {
+                        r.error(body, empty);
+                        s.reset();
+                    }
                     if (!s) {
                         ok = false;
                         continue;
@@ -161,6 +173,10 @@ std::optional<Rule> read_rule(YamlReader& r, const YAML::Node& node, const std::
                     rule.from.push_back(std::move(*s));
                 } else {
                     auto op = read_operation(r, body, item_ctx + ".operation");
+                    if (op && matchesAnything(*op)) {
+                        r.error(body, empty);
+                        op.reset();
+                    }
                     if (!op) {
                         ok = false;
                         continue;

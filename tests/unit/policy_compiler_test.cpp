@@ -190,7 +190,9 @@ spec:
 
 // An empty source or operation is refused, as Istio refuses it: it would match anything.
 TEST(PolicyCompiler, AnEmptySourceOrOperationIsAnError) {
-    for (const char* rule : {"{from: [{source: {}}]}", "{to: [{operation: {}}]}"}) {
+    for (const char* rule : {"{from: [{source: {}}]}", "{to: [{operation: {}}]}",
+                             "{from: [{source: {namespaces: []}}]}",
+                             "{to: [{operation: {ports: [], notPorts: []}}]}"}) {
         std::vector<Diagnostic> d;
         test::parse_text(std::string("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
                                      "metadata: {name: p, namespace: a}\nspec:\n  rules: [") +

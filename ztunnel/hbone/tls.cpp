@@ -118,10 +118,10 @@ std::expected<TlsContexts::Entry*, std::string> TlsContexts::entry(
 }
 
 void TlsContexts::forget(const identity::Identity& local) {
-    {
-        std::lock_guard lock(mutex_);
-        entries_.erase(local);
-    }
+    // Both under the lock (entry() takes the manager's inside it too): a server() or client()
+    // between the two would mint and build the contexts again, to stay until a restart.
+    std::lock_guard lock(mutex_);
+    entries_.erase(local);
     certs_->forget(local);
 }
 

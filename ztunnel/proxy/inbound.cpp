@@ -32,14 +32,10 @@ asio::awaitable<void> hbone_stream(Proxy& p, std::shared_ptr<EnrolledWorkload> d
     const tcp::endpoint peer = conn.remote_endpoint();
     const hbone::ConnectRequest request = st->take_request();
     auto target = parse_authority(request.authority);
-    // This pod's address, and not one of ztunnel's own ports in it: those listeners are ours,
-    // not the app's, and a CONNECT to them would loop a peer's bytes back into ztunnel.
-    const Config& config = p.config();
     const bool ours =
         target &&
         std::find(dst->ips.begin(), dst->ips.end(), target->address()) != dst->ips.end() &&
-        target->port() != config.hbone_port && target->port() != config.inbound_plaintext_port &&
-        target->port() != config.outbound_port;
+        !is_own_port(p, target->port());
     InboundCall call =
         authorize_inbound(p, dst, conn.peer().uri(), peer, target.value_or(tcp::endpoint()));
     call.record.direction = "inbound";
@@ -144,6 +140,12 @@ InboundCall authorize_inbound(Proxy& p, std::shared_ptr<EnrolledWorkload> dst_pt
         .port = destination.port(),
     });
     return call;
+}
+
+bool is_own_port(const Proxy& p, uint16_t port) {
+    const Config& config = p.config();
+    return port == config.hbone_port || port == config.inbound_plaintext_port ||
+           port == config.outbound_port;
 }
 
 void finish_inbound(Proxy& p, InboundCall& call, bool opened, const std::string& error) {

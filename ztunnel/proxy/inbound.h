@@ -34,6 +34,9 @@ InboundCall authorize_inbound(Proxy& p, std::shared_ptr<EnrolledWorkload> dst,
 
 // After the app connection ended (or failed): metrics and the access-log line.
 void finish_inbound(Proxy& p, InboundCall& call, bool opened, const std::string& error = {});
+// One of ztunnel's own listeners in a pod (:15001, :15006, :15008): never an app's port, and a
+// connection to it from the inbound side would loop the peer's bytes back into ztunnel.
+bool is_own_port(const Proxy& p, uint16_t port);
 
 // A refusal by policy: counted by direction and rule, logged as "denied".
 void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction);

@@ -158,6 +158,13 @@ asio::awaitable<void> same_node(Proxy& p, Worker& w, AcceptedFd client, std::uni
         client.reset();
         release_endpoint(p, t->lb_endpoint);
     };
+    if (is_own_port(p, target.port())) {  // what the HBONE listener answers with a 400
+        finish_inbound(p, call, false, "a connection to ztunnel's own port in the pod");
+        fail("", "error",
+             "a connection to ztunnel's own port " + std::to_string(target.port()) +
+                 " in the destination pod");
+        co_return;
+    }
     if (!call.decision.allowed) {
         deny_inbound(p, call, "inbound");
         fail("UAEX", "denied",
