@@ -106,13 +106,13 @@ std::optional<Operation> read_operation(YamlReader& r, const YAML::Node& node,
     return op;
 }
 
-bool matchesAnything(const Source& s) {
+bool matches_anything(const Source& s) {
     return s.principals.empty() && s.not_principals.empty() && s.namespaces.empty() &&
            s.not_namespaces.empty() && s.ip_blocks.empty() && s.not_ip_blocks.empty() &&
            s.l7_fields.empty() && s.unknown_fields.empty();
 }
 
-bool matchesAnything(const Operation& op) {
+bool matches_anything(const Operation& op) {
     return op.ports.empty() && op.not_ports.empty() && op.l7_fields.empty() &&
            op.unknown_fields.empty();
 }
@@ -158,7 +158,7 @@ std::optional<Rule> read_rule(YamlReader& r, const YAML::Node& node, const std::
                 const std::string empty = item_ctx + "." + inner + " must not be empty";
                 if (key == "from") {
                     auto s = read_source(r, body, item_ctx + ".source");
-                    if (s && matchesAnything(*s)) {
+                    if (s && matches_anything(*s)) {
                         r.error(body, empty);
                         s.reset();
                     }
@@ -173,7 +173,7 @@ std::optional<Rule> read_rule(YamlReader& r, const YAML::Node& node, const std::
                     rule.from.push_back(std::move(*s));
                 } else {
                     auto op = read_operation(r, body, item_ctx + ".operation");
-                    if (op && matchesAnything(*op)) {
+                    if (op && matches_anything(*op)) {
                         r.error(body, empty);
                         op.reset();
                     }
