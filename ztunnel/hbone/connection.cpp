@@ -319,8 +319,9 @@ void Connection::respond(Stream& stream, int status) {
     }
     // The answer ends our side (END_STREAM); the client's stays open until it sends one, which
     // a refused client need not do. Once the answer is out, a RST_STREAM with NO_ERROR asks it
-    // to stop (RFC 9113 §8.1) and closes the stream here (on_frame_send): submitted now, the
-    // reset would go out first and the answer be dropped.
+    // to stop (RFC 9113 §8.1) and closes the stream here (on_frame_send). Not submitted with
+    // the answer: a stream with a reset queued counts as closing, and nghttp2 may drop the
+    // answer still queued for it.
     stream.refused_ = true;
     nghttp2_submit_response(session_, stream.id_, nva, 1, nullptr);
     kick();
