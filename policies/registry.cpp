@@ -88,6 +88,16 @@ void read_pod(YamlReader& r, const YAML::Node& n, const std::string& ns, const s
             one.push_back(status["podIP"]);
             p.addresses = read_addresses(r, one, "status.podIP");
         }
+        // A host-network pod's IP is its node's, and a finished pod has handed its IP back (a
+        // new pod may hold it): neither gives an address its identity (as ztunnel's registry).
+        const YAML::Node spec = n["spec"];
+        const bool host_network =
+            spec && spec.IsMap() && spec["hostNetwork"] &&
+            r.boolean(spec["hostNetwork"], "spec.hostNetwork").value_or(false);
+        const std::string phase =
+            status["phase"] ? r.string(status["phase"], "status.phase").value_or("") : "";
+        if (host_network || phase == "Succeeded" || phase == "Failed")
+            p.addresses.clear();
     }
     out.pods.push_back(std::move(p));
 }

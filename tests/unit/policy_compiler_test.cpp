@@ -4,6 +4,7 @@
 #include "policies/evaluate.h"
 #include "policies/identity.h"
 #include "policies/kernel_model.h"
+#include "policies/registry.h"
 #include "tests/unit/policy_test_util.h"
 
 namespace sluice::policies {
@@ -227,6 +228,36 @@ spec:
     EXPECT_EQ(set.authorization[0].meta.name, "deny-b");
     ASSERT_EQ(d.size(), 1u);
     EXPECT_NE(d[0].message.find("AUDIT"), std::string::npos) << d[0].message;
+}
+
+// The registry gives no identity to the address of a host-network pod (its node's) or of a
+// finished pod (a new pod may hold it now).
+TEST(PolicyCompiler, HostNetworkAndFinishedPodsGiveNoAddressAnIdentity) {
+    std::vector<SourceDocument> docs;
+    std::vector<Diagnostic> d;
+    for (const char* text : {R"(apiVersion: v1
+kind: Pod
+metadata: {name: agent, namespace: kube-system}
+spec: {hostNetwork: true}
+status: {phase: Running, podIP: 198.18.255.1})",
+                             R"(apiVersion: v1
+kind: Pod
+metadata: {name: job, namespace: a}
+spec: {}
+status: {phase: Succeeded, podIPs: [{ip: 198.18.0.9}]})",
+                             R"(apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: a}
+spec: {}
+status: {phase: Running, podIPs: [{ip: 198.18.0.2}]})"}) {
+        docs.push_back(
+            {.file = "registry.yaml", .index = int(docs.size()), .node = YAML::Load(text)});
+    }
+    const Registry r = parse_registry(docs, d);
+    ASSERT_FALSE(has_errors(d));
+    ASSERT_EQ(r.pods.size(), 3u);
+    for (const auto& p : r.pods)
+        EXPECT_EQ(p.addresses.empty(), p.name != "web") << p.name;
 }
 
 TEST(PolicyCompiler, NamespaceInTwoBoundariesBySelectorIsAnError) {
