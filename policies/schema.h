@@ -46,8 +46,8 @@ struct Source {
     std::vector<Cidr> ip_blocks, not_ip_blocks;
     // Fields this build cannot evaluate at L4 (requestPrincipals, remoteIpBlocks, …).
     std::vector<std::string> l7_fields;
-    std::vector<std::string>
-        unknown_fields;  // names this build does not know (a typo, a newer field)
+    // Names this build does not know (a typo, a newer Istio field); see Rule::unknown_fields.
+    std::vector<std::string> unknown_fields;
 
     bool uses_principals() const { return !principals.empty() || !not_principals.empty(); }
 };

@@ -177,11 +177,8 @@ PolicyView makePolicyView(const Config& base, const json& view) {
             }
             targets.push_back(t);
         }
-        if (const std::uint64_t total = route::totalWeight(targets); !targets.empty() && total == 0)
-            problems.push_back("ModelRoute " + name + ": every backend has weight 0");
-        else if (total > UINT32_MAX)
-            problems.push_back("ModelRoute " + name +
-                               ": the backends' weights add up to more than 4294967295");
+        if (auto problem = route::weightProblem(targets))
+            problems.push_back("ModelRoute " + name + ": " + *problem);
         targets_by_model[spec.at("model").get<std::string>()] = targets;
     }
     for (const auto& doc : routes) {

@@ -53,11 +53,16 @@ budget::TokenBudgetConfig budgetConfig(budget::BudgetLimit limit) {
     return c;
 }
 
+// A filter with `limit` that reads the time and the UTC day from `clock`.
+budget::BudgetFilter clockedFilter(const FakeClock& clock, budget::BudgetLimit limit) {
+    return budget::BudgetFilter(
+        budgetConfig(limit), nullptr, [&clock] { return clock.now; },
+        [&clock] { return clock.day; });
+}
+
 TEST(BudgetFilter, TokensPerMinuteRejectsThenRecoversAfterTheWindow) {
     FakeClock clock;
-    budget::BudgetFilter filter(
-        budgetConfig({.tokens_per_minute = 1000}), nullptr, [&] { return clock.now; },
-        [&] { return clock.day; });
+    budget::BudgetFilter filter = clockedFilter(clock, {.tokens_per_minute = 1000});
     for (int i = 0; i < 4; ++i) {
         Call c("a", 50, 200);  // reserves 250
         ASSERT_FALSE(filter.onRequest(c.ctx)) << i;
@@ -105,9 +110,7 @@ TEST(BudgetFilter, ResetStringIsTheShortestMillisecondValue) {
 
 TEST(BudgetFilter, ReservationIsSettledWithRealUsageIncludingOvershoot) {
     FakeClock clock;
-    budget::BudgetFilter filter(
-        budgetConfig({.tokens_per_minute = 1000}), nullptr, [&] { return clock.now; },
-        [&] { return clock.day; });
+    budget::BudgetFilter filter = clockedFilter(clock, {.tokens_per_minute = 1000});
     Call small("a", 10, 90);  // reserves 100, uses 20 → 980 left
     ASSERT_FALSE(filter.onRequest(small.ctx));
     settle(filter, small, 10, 10);
@@ -123,9 +126,8 @@ TEST(BudgetFilter, ReservationIsSettledWithRealUsageIncludingOvershoot) {
 
 TEST(BudgetFilter, FailedRequestsAreRefundedAndConcurrencyIsBounded) {
     FakeClock clock;
-    budget::BudgetFilter filter(
-        budgetConfig({.tokens_per_minute = 100, .max_concurrent = 1}), nullptr,
-        [&] { return clock.now; }, [&] { return clock.day; });
+    budget::BudgetFilter filter =
+        clockedFilter(clock, {.tokens_per_minute = 100, .max_concurrent = 1});
     Call first("a", 10, 80);
     ASSERT_FALSE(filter.onRequest(first.ctx));
     Call second("a", 1, 1);
@@ -140,9 +142,8 @@ TEST(BudgetFilter, FailedRequestsAreRefundedAndConcurrencyIsBounded) {
 
 TEST(BudgetFilter, TokensPerDayAndRequestsPerMinute) {
     FakeClock clock;
-    budget::BudgetFilter filter(
-        budgetConfig({.requests_per_minute = 2, .tokens_per_day = 300}), nullptr,
-        [&] { return clock.now; }, [&] { return clock.day; });
+    budget::BudgetFilter filter =
+        clockedFilter(clock, {.requests_per_minute = 2, .tokens_per_day = 300});
     auto run = [&](std::uint64_t tokens) {
         Call c("a", tokens, 0);
         auto r = filter.onRequest(c.ctx);
@@ -173,9 +174,7 @@ TEST(BudgetFilter, TokensPerDayAndRequestsPerMinute) {
 // would refill a bucket the request had emptied).
 TEST(BudgetFilter, ARequestLargerThanTheMinuteBucketIsChargedItsUsage) {
     FakeClock clock;
-    budget::BudgetFilter filter(
-        budgetConfig({.tokens_per_minute = 10'000}), nullptr, [&] { return clock.now; },
-        [&] { return clock.day; });
+    budget::BudgetFilter filter = clockedFilter(clock, {.tokens_per_minute = 10'000});
     Call big("a", 500, 16'000);  // 16 500 wanted, the bucket holds 10 000: it may pass, full
     ASSERT_FALSE(filter.onRequest(big.ctx));
     settle(filter, big, 500, 1'500);  // used 2 000: 8 000 left
@@ -208,9 +207,7 @@ TEST(BudgetFilter, ARequestLargerThanTheMinuteBucketIsChargedItsUsage) {
 // quota, nor wrap the day's count back to (near) zero.
 TEST(BudgetFilter, AHugeMaxTokensNeitherPassesNorResetsTheDailyQuota) {
     FakeClock clock;
-    budget::BudgetFilter filter(
-        budgetConfig({.tokens_per_day = 1'000'000}), nullptr, [&] { return clock.now; },
-        [&] { return clock.day; });
+    budget::BudgetFilter filter = clockedFilter(clock, {.tokens_per_day = 1'000'000});
     Call used("a", 900'000, 0);
     ASSERT_FALSE(filter.onRequest(used.ctx));
     settle(filter, used, 900'000, 0);
@@ -230,9 +227,7 @@ TEST(BudgetFilter, AHugeMaxTokensNeitherPassesNorResetsTheDailyQuota) {
 // alone: the new day started from zero without that reservation.
 TEST(BudgetFilter, AReservationFromYesterdaySettlesNothingOnToday) {
     FakeClock clock;
-    budget::BudgetFilter filter(
-        budgetConfig({.tokens_per_day = 20'000}), nullptr, [&] { return clock.now; },
-        [&] { return clock.day; });
+    budget::BudgetFilter filter = clockedFilter(clock, {.tokens_per_day = 20'000});
     Call before("a", 0, 10'000);
     ASSERT_FALSE(filter.onRequest(before.ctx));
     clock.day += 1;
@@ -281,9 +276,7 @@ TEST(BudgetFilter, TenantFromApiKeyAndSpiffeNamespace) {
 
 TEST(BudgetFilter, ReconfiguredLimitKeepsWhatWasUsedInTheWindow) {
     FakeClock clock;
-    budget::BudgetFilter filter(
-        budgetConfig({.tokens_per_minute = 1000}), nullptr, [&] { return clock.now; },
-        [&] { return clock.day; });
+    budget::BudgetFilter filter = clockedFilter(clock, {.tokens_per_minute = 1000});
     Call first("a", 100, 500);  // reserves 600, settles 600
     ASSERT_FALSE(filter.onRequest(first.ctx));
     settle(filter, first, 100, 500);
@@ -880,26 +873,20 @@ spec:
     EXPECT_NE(problems[1].find("busyPollMicros must be 0..10000"), std::string::npos);
     EXPECT_NE(problems[2].find("unknown pool missing"), std::string::npos);
     EXPECT_THROW(parseConfig("kind: TokenBudget\nspec: {limits: []}\n"), std::invalid_argument);
-    // A route whose backends all weigh 0 would pick no target at all.
-    try {
-        parseConfig(
-            "kind: ModelRoute\nmetadata: {name: r}\nspec: {models: [m], backends: "
-            "[{pool: a, weight: 0}, {pool: b, weight: 0}]}\n");
-        ADD_FAILURE() << "a route with no weight was accepted";
-    } catch (const std::invalid_argument& e) {
-        EXPECT_NE(std::string(e.what()).find("every backend has weight 0"), std::string::npos)
-            << e.what();
-    }
-    // Nor may the weights add up past 32 bits (2 × 2^31 would wrap to 0).
-    try {
-        parseConfig(
-            "kind: ModelRoute\nmetadata: {name: r}\nspec: {models: [m], backends: "
-            "[{pool: a, weight: 2147483648}, {pool: b, weight: 2147483648}]}\n");
-        ADD_FAILURE() << "weights that wrap were accepted";
-    } catch (const std::invalid_argument& e) {
-        EXPECT_NE(std::string(e.what()).find("add up to more than 4294967295"), std::string::npos)
-            << e.what();
-    }
+    // A route whose backends all weigh 0 would pick no target at all; nor may the weights add
+    // up past 32 bits (2 × 2^31 would wrap to 0).
+    auto refusedWeights = [](const std::string& backends, const std::string& problem) {
+        try {
+            parseConfig("kind: ModelRoute\nmetadata: {name: r}\nspec: {models: [m], backends: " +
+                        backends + "}\n");
+            ADD_FAILURE() << "accepted: " << backends;
+        } catch (const std::invalid_argument& e) {
+            EXPECT_NE(std::string(e.what()).find(problem), std::string::npos) << e.what();
+        }
+    };
+    refusedWeights("[{pool: a, weight: 0}, {pool: b, weight: 0}]", "every backend has weight 0");
+    refusedWeights("[{pool: a, weight: 2147483648}, {pool: b, weight: 2147483648}]",
+                   "add up to more than 4294967295");
 }
 
 }  // namespace

@@ -192,8 +192,7 @@ void BackendPool::abandon(Endpoint& ep) {
 
 void BackendPool::finish(Endpoint& ep, bool ok,
                          std::optional<std::chrono::steady_clock::duration> latency) {
-    ep.in_flight.fetch_sub(1);
-    in_flight_->fetch_sub(1);
+    abandon(ep);  // the in-flight counts; then what the attempt tells about the endpoint
     const auto now = Clock::now();
     std::lock_guard lock(ep.mutex);
     if (latency) {

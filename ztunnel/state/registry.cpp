@@ -132,13 +132,15 @@ class YamlFolderRegistry : public RegistrySource {
             const std::string phase = doc["status"]["phase"].as<std::string>("");
             const bool owns_ips = !doc["spec"]["hostNetwork"].as<bool>(false) &&
                                   phase != "Succeeded" && phase != "Failed";
-            for (const auto& ipn : doc["status"]["podIPs"]) {
-                if (auto ip = parse_ip(ipn["ip"].as<std::string>("")); ip && owns_ips)
-                    w.ips.push_back(*ip);
-            }
-            if (w.ips.empty() && owns_ips) {
-                if (auto ip = parse_ip(doc["status"]["podIP"].as<std::string>("")))
-                    w.ips.push_back(*ip);
+            if (owns_ips) {
+                for (const auto& ipn : doc["status"]["podIPs"]) {
+                    if (auto ip = parse_ip(ipn["ip"].as<std::string>("")))
+                        w.ips.push_back(*ip);
+                }
+                if (w.ips.empty()) {
+                    if (auto ip = parse_ip(doc["status"]["podIP"].as<std::string>("")))
+                        w.ips.push_back(*ip);
+                }
             }
             workloads.push_back(std::move(w));
         } else if (kind == "Service") {

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -132,6 +133,15 @@ class HboneFixture : public ::testing::Test {
                 failure = st.error();
         });
         return failure;
+    }
+
+    // Polls `done` every 5 ms, for at most a second.
+    asio::awaitable<void> until(std::function<bool()> done) {
+        asio::steady_timer wait(io_);
+        for (int i = 0; i < 200 && !done(); ++i) {
+            wait.expires_after(5ms);
+            co_await wait.async_wait(asio::use_awaitable);
+        }
     }
 
     asio::awaitable<std::string> round_trip(Stream& st, std::string data) {
@@ -421,13 +431,10 @@ TEST_F(HboneTest, ARefusedStreamIsClosedOnBothSides) {
             auto st = co_await pool.open(key_, request_);
             EXPECT_FALSE(st);
         }
-        asio::steady_timer wait(io_);
-        for (int i = 0; i < 200 && (pool.streams() > 0 || server_conns_.empty() ||
-                                    server_conns_[0]->active_streams() > 0);
-             ++i) {
-            wait.expires_after(5ms);
-            co_await wait.async_wait(asio::use_awaitable);
-        }
+        co_await until([&] {
+            return pool.streams() == 0 && !server_conns_.empty() &&
+                   server_conns_[0]->active_streams() == 0;
+        });
         EXPECT_EQ(pool.connections(), 1u);
         EXPECT_EQ(pool.streams(), 0u) << "the client's refused streams are still open";
         EXPECT_EQ(server_conns_.size(), 1u);
@@ -451,14 +458,11 @@ TEST_F(HboneTest, AStreamThatCouldNotStartFailsAtOnce) {
         if (!conn)
             co_return;
         // The server's GOAWAY (a drain) reaches the client: no stream may start any more.
-        asio::steady_timer wait(io_);
-        for (int i = 0; i < 200 && server_conns_.empty(); ++i) {
-            wait.expires_after(5ms);
-            co_await wait.async_wait(asio::use_awaitable);
-        }
+        co_await until([&] { return !server_conns_.empty(); });
         EXPECT_EQ(server_conns_.size(), 1u);
         if (!server_conns_.empty())
             server_conns_[0]->drain();
+        asio::steady_timer wait(io_);
         wait.expires_after(50ms);
         co_await wait.async_wait(asio::use_awaitable);
         const auto started = std::chrono::steady_clock::now();

@@ -7,6 +7,15 @@
 #include <cstdio>
 
 namespace sluice::waypoint::budget {
+namespace {
+
+// Token counts come from clients (max_tokens): a sum at the top stays there, never wraps.
+std::uint64_t saturatingAdd(std::uint64_t a, std::uint64_t b) {
+    return b > UINT64_MAX - a ? UINT64_MAX : a + b;
+}
+
+}  // namespace
+
 std::string resetString(double seconds) {
     char buf[32];
     seconds = std::ceil(seconds * 1000) / 1000;
@@ -179,9 +188,7 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
         return std::nullopt;
 
     // max_tokens is the client's number: the sum saturates instead of wrapping to a small one.
-    const std::uint64_t want = ctx.max_output_tokens > UINT64_MAX - ctx.estimated_prompt_tokens
-                                   ? UINT64_MAX
-                                   : ctx.estimated_prompt_tokens + ctx.max_output_tokens;
+    const std::uint64_t want = saturatingAdd(ctx.estimated_prompt_tokens, ctx.max_output_tokens);
     const auto now = now_();
     const std::int64_t today = utc_day_();
     const std::string key = keyOf(*limit, ctx.tenant, ctx.model);
@@ -259,7 +266,7 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
     if (state.requests)
         state.requests->try_take(1, now);
     ctx.reserved_minute_tokens = state.tokens ? state.tokens->try_take(want, now).value_or(0) : 0;
-    state.used_today = want > UINT64_MAX - state.used_today ? UINT64_MAX : state.used_today + want;
+    state.used_today = saturatingAdd(state.used_today, want);
     ++state.concurrent;
     ctx.reserved_tokens = want;
     ctx.reserved_day = today;
@@ -305,9 +312,7 @@ void BudgetFilter::onComplete(RequestContext& ctx) {
         if (used <= ctx.reserved_tokens) {
             state.used_today -= std::min(state.used_today, ctx.reserved_tokens - used);
         } else {
-            const std::uint64_t more = used - ctx.reserved_tokens;
-            state.used_today =
-                more > UINT64_MAX - state.used_today ? UINT64_MAX : state.used_today + more;
+            state.used_today = saturatingAdd(state.used_today, used - ctx.reserved_tokens);
         }
     }
     if (state.concurrent > 0)

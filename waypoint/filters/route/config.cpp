@@ -18,11 +18,15 @@ TargetConfig parseTarget(const YAML::Node& node) {
 
 }  // namespace
 
-std::uint64_t totalWeight(const std::vector<TargetConfig>& targets) {
+std::optional<std::string> weightProblem(const std::vector<TargetConfig>& targets) {
     std::uint64_t total = 0;
     for (const auto& t : targets)
         total += t.weight;
-    return total;
+    if (!targets.empty() && total == 0)
+        return "every backend has weight 0";
+    if (total > UINT32_MAX)
+        return "the backends' weights add up to more than 4294967295";
+    return std::nullopt;
 }
 
 ModelRouteConfig parseModelRoute(const std::string& name, const YAML::Node& spec) {
@@ -37,11 +41,8 @@ ModelRouteConfig parseModelRoute(const std::string& name, const YAML::Node& spec
         route.backends.push_back(parseTarget(b));
     if (route.backends.empty())
         problems.push_back("backends is empty");
-    if (const std::uint64_t total = totalWeight(route.backends);
-        !route.backends.empty() && total == 0)
-        problems.push_back("every backend has weight 0");
-    else if (total > UINT32_MAX)
-        problems.push_back("the backends' weights add up to more than 4294967295");
+    if (auto problem = weightProblem(route.backends))
+        problems.push_back(std::move(*problem));
     for (const auto& f : spec["fallbacks"])
         route.fallbacks.push_back(parseTarget(f));
     if (const auto& tier = spec["costTier"]) {

@@ -45,10 +45,10 @@ struct ModelRouteConfig {
     RetryConfig retries;
 };
 
+// What is wrong with a route's backend weights, if anything: their sum must be 1..UINT32_MAX
+// (the route filter adds them up in 32 bits and picks below the total).
+std::optional<std::string> weightProblem(const std::vector<TargetConfig>& targets);
 // Parses a ModelRoute `spec`. Throws std::invalid_argument listing the problems.
-// The sum of the targets' weights, without overflow: a route's must be 1..UINT32_MAX (the
-// route filter adds them up in 32 bits and picks below the total).
-std::uint64_t totalWeight(const std::vector<TargetConfig>& targets);
 ModelRouteConfig parseModelRoute(const std::string& name, const YAML::Node& spec);
 
 }  // namespace sluice::waypoint::route
