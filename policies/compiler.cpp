@@ -84,9 +84,12 @@ class Compiler {
         });
         for (auto i : node_policies_) {
             for (const auto& rule : p_.authorization[i].rules) {
-                for (const auto& src : rule.from) {
-                    cidrs_.insert(cidrs_.end(), src.ip_blocks.begin(), src.ip_blocks.end());
-                    cidrs_.insert(cidrs_.end(), src.not_ip_blocks.begin(), src.not_ip_blocks.end());
+                for (const auto* sources : {&rule.from, &rule.when_sources}) {
+                    for (const auto& src : *sources) {
+                        cidrs_.insert(cidrs_.end(), src.ip_blocks.begin(), src.ip_blocks.end());
+                        cidrs_.insert(cidrs_.end(), src.not_ip_blocks.begin(),
+                                      src.not_ip_blocks.end());
+                    }
                 }
             }
         }
@@ -328,6 +331,7 @@ class Compiler {
             w.service_account = pod->service_account;
             w.boundary = boundary_of(pod->namespace_name);
             w.endpoint_id = ids.at(pod->key());
+            w.addresses = pod->addresses;
             for (auto i : node_policies_) {
                 const auto& pol = p_.authorization[i];
                 if (!applies(pol, *pod))
@@ -414,6 +418,7 @@ class Compiler {
             const std::vector<std::vector<Tri>>* sources;
             const std::vector<uint32_t>* rule_ids;
             std::vector<std::vector<bool>> port_ok;  // [rule][column]
+            std::vector<Tri> destination;            // [rule]: its destination.ip conditions
         };
         auto prepare = [&](const std::vector<std::size_t>& list) {
             std::vector<PolicyCols> out;
@@ -424,6 +429,7 @@ class Compiler {
                     for (auto port : ports)
                         ok.push_back(rule_port_matches(rule, port));
                     pc.port_ok.push_back(std::move(ok));
+                    pc.destination.push_back(rule_destination_matches(rule, w.addresses));
                 }
                 out.push_back(std::move(pc));
             }
@@ -457,7 +463,10 @@ class Compiler {
         }
         for (const auto& pc : deny) {
             for (std::size_t r = 0; r < pc.port_ok.size(); ++r) {
-                if ((*pc.sources)[r][u] == Tri::Yes && pc.port_ok[r][c])
+                // A DENY rule refuses in the kernel only when it surely matches; Maybe is left
+                // to ztunnel, which sees the principal and the address connected to.
+                if ((*pc.sources)[r][u] == Tri::Yes && pc.port_ok[r][c] &&
+                    pc.destination[r] == Tri::Yes)
                     return {SLUICE_VERDICT_DENY, (*pc.rule_ids)[r]};
             }
         }
@@ -466,9 +475,10 @@ class Compiler {
         bool any_maybe = false;
         for (const auto& pc : allow) {
             for (std::size_t r = 0; r < pc.port_ok.size(); ++r) {
-                if (!pc.port_ok[r][c])
+                if (!pc.port_ok[r][c] || pc.destination[r] == Tri::No)
                     continue;
-                const Tri t = (*pc.sources)[r][u];
+                const Tri source = (*pc.sources)[r][u];
+                const Tri t = source == Tri::Yes ? pc.destination[r] : source;
                 if (t == Tri::Yes)
                     return {SLUICE_VERDICT_ALLOW, (*pc.rule_ids)[r]};
                 any_maybe = any_maybe || t == Tri::Maybe;
@@ -544,9 +554,11 @@ class Compiler {
         for (const auto* list : {&w.deny_policies, &w.allow_policies}) {
             for (auto i : *list) {
                 for (const auto& rule : p_.authorization[i].rules) {
-                    for (const auto& op : rule.to) {
-                        ports.insert(ports.end(), op.ports.begin(), op.ports.end());
-                        ports.insert(ports.end(), op.not_ports.begin(), op.not_ports.end());
+                    for (const auto* ops : {&rule.to, &rule.when_operations}) {
+                        for (const auto& op : *ops) {
+                            ports.insert(ports.end(), op.ports.begin(), op.ports.end());
+                            ports.insert(ports.end(), op.not_ports.begin(), op.not_ports.end());
+                        }
                     }
                 }
             }
@@ -576,6 +588,18 @@ class Compiler {
         }
     }
 
+    bool reads_destination_ips(const WorkloadRules& w) const {
+        for (const auto* list : {&w.deny_policies, &w.allow_policies}) {
+            for (auto i : *list) {
+                const auto& rules = p_.authorization[i].rules;
+                if (std::any_of(rules.begin(), rules.end(),
+                                [](const Rule& r) { return !r.when_destination_ips.empty(); }))
+                    return true;
+            }
+        }
+        return false;
+    }
+
     void build_kernel_policy() {
         // Endpoints with the same inputs share their rows (most pods of a deployment do).
         std::map<std::string, std::vector<RowEntry>> ingress_cache;
@@ -587,6 +611,11 @@ class Compiler {
             sig += "|";
             for (auto i : w.allow_policies)
                 sig += std::to_string(i) + ",";
+            // Rows that read destination.ip conditions differ by the pod's own addresses.
+            if (reads_destination_ips(w)) {
+                for (const auto& a : w.addresses)
+                    sig += "|" + a.to_string();
+            }
             auto it = ingress_cache.find(sig);
             if (it == ingress_cache.end()) {
                 const auto ports = ingress_ports(w);

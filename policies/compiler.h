@@ -104,6 +104,7 @@ struct WorkloadRules {
     std::map<uint16_t, MtlsMode> port_mtls;   // port-level overrides
     std::string mtls_source;                  // the PeerAuthentication that set `mtls`
     uint32_t endpoint_id = 0;
+    std::vector<IpAddress> addresses;  // the pod's, for `when` conditions on destination.ip
 };
 
 struct ZtunnelRules {

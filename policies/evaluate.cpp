@@ -83,13 +83,16 @@ Decision evaluate(const CompiledPolicy& c, const Connection& conn) {
         }
     }
 
+    std::span<const IpAddress> destinations = w->addresses;
+    if (conn.destination_address)
+        destinations = std::span<const IpAddress>(&*conn.destination_address, 1);
     SourceFacts facts;
     facts.principal = principal;
     facts.namespace_name = src_ns;
     facts.address = &conn.source;
     const auto& authz = c.policies->authorization;
     for (auto i : w->deny_policies) {
-        auto m = policy_matches(authz[i], facts, conn.port);
+        auto m = policy_matches(authz[i], facts, conn.port, destinations);
         if (m.result == Tri::Yes) {
             trace.push_back(authz[i].meta.ref() + " rule " + std::to_string(m.rule_index) +
                             " matches (DENY)");
@@ -105,7 +108,7 @@ Decision evaluate(const CompiledPolicy& c, const Connection& conn) {
                        std::move(trace));
     }
     for (auto i : w->allow_policies) {
-        auto m = policy_matches(authz[i], facts, conn.port);
+        auto m = policy_matches(authz[i], facts, conn.port, destinations);
         if (m.result == Tri::Yes) {
             trace.push_back(authz[i].meta.ref() + " rule " + std::to_string(m.rule_index) +
                             " matches (ALLOW)");

@@ -17,6 +17,9 @@ struct Connection {
     IpAddress source;         // the connection's source address
     std::string destination;  // destination workload "ns/name"
     uint16_t port = 0;        // destination (target) port
+    // The address the connection was made to. Empty: every address of the destination pod in
+    // the registry (only `when` conditions on destination.ip read it).
+    std::optional<IpAddress> destination_address;
 };
 
 enum class Verdict { Allow, Deny };

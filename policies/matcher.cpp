@@ -89,28 +89,55 @@ Tri rule_source_matches(const Rule& rule, Action action, const SourceFacts& sour
         if (from == Tri::Yes)
             break;
     }
+    for (const auto& condition : rule.when_sources) {
+        if (from == Tri::No)
+            break;
+        from = tri_and(from, source_matches(condition, source));
+    }
     return from;
 }
 
 bool rule_port_matches(const Rule& rule, uint16_t port) {
-    if (rule.to.empty())
-        return true;
-    return std::any_of(rule.to.begin(), rule.to.end(),
-                       [&](const Operation& op) { return operation_matches(op, port); });
+    auto matches = [&](const Operation& op) { return operation_matches(op, port); };
+    if (!std::all_of(rule.when_operations.begin(), rule.when_operations.end(), matches))
+        return false;
+    return rule.to.empty() || std::any_of(rule.to.begin(), rule.to.end(), matches);
 }
 
-Tri rule_matches(const Rule& rule, Action action, const SourceFacts& source, uint16_t port) {
-    const Tri from = rule_source_matches(rule, action, source);
-    if (from == Tri::No)
+Tri rule_destination_matches(const Rule& rule, std::span<const IpAddress> destinations) {
+    if (rule.when_destination_ips.empty())
+        return Tri::Yes;
+    auto holds = [&](const IpAddress& address) {
+        auto in = [&](const std::vector<Cidr>& cidrs) {
+            return std::any_of(cidrs.begin(), cidrs.end(),
+                               [&](const Cidr& c) { return cidr_contains(c, address); });
+        };
+        return std::all_of(rule.when_destination_ips.begin(), rule.when_destination_ips.end(),
+                           [&](const DestinationIpCondition& c) {
+                               return (c.cidrs.empty() || in(c.cidrs)) && !in(c.not_cidrs);
+                           });
+    };
+    if (destinations.empty())
+        return Tri::Maybe;
+    const auto n = std::count_if(destinations.begin(), destinations.end(), holds);
+    if (n == 0)
         return Tri::No;
-    return tri_and(from, from_bool(rule_port_matches(rule, port)));
+    return static_cast<std::size_t>(n) == destinations.size() ? Tri::Yes : Tri::Maybe;
+}
+
+Tri rule_matches(const Rule& rule, Action action, const SourceFacts& source, uint16_t port,
+                 std::span<const IpAddress> destinations) {
+    const Tri from = rule_source_matches(rule, action, source);
+    if (from == Tri::No || !rule_port_matches(rule, port))
+        return Tri::No;
+    return tri_and(from, rule_destination_matches(rule, destinations));
 }
 
 PolicyMatch policy_matches(const AuthorizationPolicy& policy, const SourceFacts& source,
-                           uint16_t port) {
+                           uint16_t port, std::span<const IpAddress> destinations) {
     PolicyMatch m;
     for (std::size_t i = 0; i < policy.rules.size(); ++i) {
-        const Tri t = rule_matches(policy.rules[i], policy.action, source, port);
+        const Tri t = rule_matches(policy.rules[i], policy.action, source, port, destinations);
         if (t == Tri::Yes)
             return {Tri::Yes, static_cast<int>(i)};
         if (t == Tri::Maybe && m.result == Tri::No)

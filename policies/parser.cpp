@@ -117,6 +117,67 @@ bool matches_anything(const Operation& op) {
            op.unknown_fields.empty();
 }
 
+// One `when[]` condition into `rule`: an L4 key (see Rule::when_sources) as a condition, any
+// other key as an L7 field. Istio requires a key and at least one of values, notValues.
+bool read_condition(YamlReader& r, const YAML::Node& node, const std::string& ctx, Rule& rule) {
+    if (!r.expect_map(node, ctx))
+        return false;
+    const YAML::Node key_node = node["key"];
+    if (!key_node) {
+        r.error(node, ctx + ": missing 'key'");
+        return false;
+    }
+    auto key = r.string(key_node, ctx + ".key");
+    if (!key)
+        return false;
+    const YAML::Node values = node["values"];
+    const YAML::Node not_values = node["notValues"];
+    bool ok = true;
+    for (const auto& kv : node) {
+        const std::string field = kv.first.as<std::string>("");
+        if (field != "key" && field != "values" && field != "notValues") {
+            r.unknown_rule_field(kv.first, ctx, field);
+            rule.unknown_fields.push_back("when." + field);
+        }
+    }
+    auto listed = [](const YAML::Node& n) { return n && !(n.IsSequence() && n.size() == 0); };
+    if (!listed(values) && !listed(not_values)) {
+        r.error(node, ctx + ": condition '" + *key + "' needs values or notValues");
+        return false;
+    }
+    // Reads values and notValues with `read`, each into its own field when present.
+    auto both = [&](auto read, auto& in, auto& not_in) {
+        if (values)
+            ok &= take(read(values, ctx + ".values"), in);
+        if (not_values)
+            ok &= take(read(not_values, ctx + ".notValues"), not_in);
+    };
+    auto strings = [&](const YAML::Node& n, const std::string& w) { return r.string_list(n, w); };
+    auto cidrs = [&](const YAML::Node& n, const std::string& w) { return read_cidrs(r, n, w); };
+    auto ports = [&](const YAML::Node& n, const std::string& w) { return r.port_list(n, w); };
+    // One more entry of `list`, its members `in` and `not_in` read from values and notValues.
+    auto add = [&](auto& list, auto read, auto in, auto not_in) {
+        auto& condition = list.emplace_back();
+        both(read, condition.*in, condition.*not_in);
+    };
+    if (*key == "source.ip") {
+        add(rule.when_sources, cidrs, &Source::ip_blocks, &Source::not_ip_blocks);
+    } else if (*key == "source.namespace") {
+        add(rule.when_sources, strings, &Source::namespaces, &Source::not_namespaces);
+    } else if (*key == "source.principal") {
+        add(rule.when_sources, strings, &Source::principals, &Source::not_principals);
+    } else if (*key == "destination.port") {
+        add(rule.when_operations, ports, &Operation::ports, &Operation::not_ports);
+    } else if (*key == "destination.ip") {
+        add(rule.when_destination_ips, cidrs, &DestinationIpCondition::cidrs,
+            &DestinationIpCondition::not_cidrs);
+    } else {
+        // request.headers[…], request.auth.*, …: only a waypoint sees them.
+        rule.l7_fields.push_back("when." + *key);
+    }
+    return ok;
+}
+
 std::optional<Rule> read_rule(YamlReader& r, const YAML::Node& node, const std::string& ctx) {
     if (!r.expect_map(node, ctx))
         return std::nullopt;
@@ -189,11 +250,12 @@ std::optional<Rule> read_rule(YamlReader& r, const YAML::Node& node, const std::
                 }
             }
         } else if (key == "when") {
-            // Conditions (request.headers, source.ip, …): evaluated by a waypoint only.
-            if (!r.expect_sequence(v, where))
+            if (!r.expect_sequence(v, where)) {
                 ok = false;
-            else if (v.size() > 0)
-                rule.l7_fields.push_back("when");
+                continue;
+            }
+            for (std::size_t i = 0; i < v.size(); ++i)
+                ok &= read_condition(r, v[i], where + "[" + std::to_string(i) + "]", rule);
         } else {
             r.unknown_rule_field(kv.first, ctx, key);
             rule.unknown_fields.push_back(key);
@@ -216,7 +278,8 @@ std::optional<Labels> read_selector(YamlReader& r, const YAML::Node& node, const
                 return std::nullopt;
             labels = *m;
         } else {
-            r.unknown_field(kv.first, ctx, key);
+            r.unknown_security_field(kv.first, ctx, key);
+            return std::nullopt;
         }
     }
     return labels;
@@ -279,7 +342,8 @@ void parse_authorization(YamlReader& r, const ObjectMeta& meta, const YAML::Node
                 r.error(v, "spec.provider: CUSTOM providers are not supported");
                 ok = false;
             } else {
-                r.unknown_field(kv.first, "spec", key);
+                r.unknown_security_field(kv.first, "spec", key);
+                ok = false;
             }
         }
         if (!ok)
@@ -300,8 +364,8 @@ std::optional<MtlsMode> read_mode(YamlReader& r, const YAML::Node& node, const s
     for (const auto& kv : node) {
         const std::string key = kv.first.as<std::string>("");
         if (key != "mode") {
-            r.unknown_field(kv.first, ctx, key);
-            continue;
+            r.unknown_security_field(kv.first, ctx, key);
+            return std::nullopt;
         }
         auto m = r.string(kv.second, ctx + ".mode");
         if (!m)
@@ -355,7 +419,8 @@ void parse_peer_authentication(YamlReader& r, const ObjectMeta& meta, const YAML
                     p.port_modes[*port] = *m;
                 }
             } else {
-                r.unknown_field(kv.first, "spec", key);
+                r.unknown_security_field(kv.first, "spec", key);
+                ok = false;
             }
         }
         if (!ok)
@@ -401,7 +466,8 @@ std::optional<std::vector<BoundaryPeer>> read_peers(YamlReader& r, const YAML::N
                 }
                 peer.ports = *ports;
             } else {
-                r.unknown_field(kv.first, item_ctx, key);
+                r.unknown_security_field(kv.first, item_ctx, key);
+                ok = false;
             }
         }
         if (peer.namespaces.empty() && peer.boundaries.empty()) {
@@ -433,7 +499,8 @@ void parse_boundary(YamlReader& r, const ObjectMeta& meta, const YAML::Node& spe
             ok &= take(read_peers(r, v, "spec." + key),
                        (key == "allowFrom" ? b.allow_from : b.allow_to));
         } else {
-            r.unknown_field(kv.first, "spec", key);
+            r.unknown_security_field(kv.first, "spec", key);
+            ok = false;
         }
     }
     if (!ok)

@@ -59,9 +59,21 @@ struct Operation {
     std::vector<std::string> unknown_fields;  // names this build does not know
 };
 
+// `when[]` condition on `destination.ip`: the address the connection was made to.
+struct DestinationIpCondition {
+    std::vector<Cidr> cidrs, not_cidrs;
+};
+
 struct Rule {
     std::vector<Source> from;   // empty: any source
     std::vector<Operation> to;  // empty: any operation
+    // `when[]` conditions on the keys Istio's ztunnel evaluates at L4; every one must hold.
+    // source.ip, source.namespace and source.principal are read as a Source with that one field
+    // (values → ipBlocks/namespaces/principals, notValues → the not* field), destination.port as
+    // an Operation, destination.ip as its own. Other keys are L7 fields ("when.<key>").
+    std::vector<Source> when_sources;
+    std::vector<Operation> when_operations;
+    std::vector<DestinationIpCondition> when_destination_ips;
     // Names of L7 fields anywhere in the rule ("to.operation.methods", "when", …). Without a
     // waypoint such a rule in an ALLOW policy matches nothing; in a DENY policy the L7 conditions
     // are dropped so it denies at least as much (Istio ambient's fail-closed behaviour).

@@ -51,6 +51,12 @@ void YamlReader::unknown_rule_field(const YAML::Node& key, const std::string& ct
                      ": an ALLOW rule with it matches nothing, a DENY rule is enforced without it");
 }
 
+void YamlReader::unknown_security_field(const YAML::Node& key, const std::string& ctx,
+                                        const std::string& name) {
+    error(key, "unknown field '" + name + "' in " + ctx +
+                   ": refused, since ignoring it could change what the policy allows or denies");
+}
+
 bool YamlReader::expect_map(const YAML::Node& node, const std::string& ctx) {
     if (node && node.IsMap())
         return true;

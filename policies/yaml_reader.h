@@ -27,6 +27,13 @@ class YamlReader {
     // An unknown field inside an authorization rule: still a warning, but not ignored (the
     // rule keeps its name: an ALLOW rule with it matches nothing, a DENY rule ignores it).
     void unknown_rule_field(const YAML::Node& key, const std::string& ctx, const std::string& name);
+    // An unknown field outside the rules of a security kind (AuthorizationPolicy,
+    // PeerAuthentication, IsolationBoundary): an error, so the last good set stays in force.
+    // Ignoring it could reverse the policy: a misspelled `action: DENY` would read as ALLOW, a
+    // misspelled `rules` of a DENY policy would deny nothing, a misspelled `selector` would widen
+    // the policy to the whole namespace.
+    void unknown_security_field(const YAML::Node& key, const std::string& ctx,
+                                const std::string& name);
 
     bool expect_map(const YAML::Node& node, const std::string& ctx);
     bool expect_sequence(const YAML::Node& node, const std::string& ctx);

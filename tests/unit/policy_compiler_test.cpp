@@ -189,6 +189,80 @@ spec:
     EXPECT_EQ(evaluate(deny, conn).verdict, Verdict::Allow);  // its ports still hold
 }
 
+// `when` conditions on the L4 keys hold together with the rule's from/to (AND). A principal
+// condition is ztunnel's alone; a destination.ip condition on a dual-stack pod that names one of
+// its addresses is decided per connection by ztunnel, and the kernel, which sees only the pod,
+// leaves it through.
+TEST(PolicyCompiler, WhenConditionsOnL4KeysAreEvaluated) {
+    Registry r;
+    Pod dual = pod("a", "x", "198.18.0.2");
+    dual.addresses.push_back(*datapath::parse_ip("2001:db8::2"));
+    r.pods = {dual, pod("b", "y", "198.18.0.3"), pod("c", "z", "198.18.0.4")};
+    std::vector<Diagnostic> d;
+    const auto set = test::parse_text(R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-b-v6, namespace: a}
+spec:
+  action: DENY
+  rules:
+  - when:
+    - {key: source.namespace, values: [b]}
+    - {key: destination.ip, values: ["2001:db8::/32"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow, namespace: a}
+spec:
+  rules:
+  - from: [{source: {namespaces: [b, c]}}]
+    when:
+    - {key: destination.port, notValues: ["22"]}
+    - {key: source.ip, notValues: ["198.18.0.4/32"]}
+  - when:
+    - {key: source.principal, values: [cluster.local/ns/c/sa/z]}
+    - {key: "request.headers[x-user]", values: [admin]}
+)",
+                                      d);
+    ASSERT_FALSE(has_errors(d)) << (d.empty() ? "" : d[0].to_string());
+    const auto c = compile(set, r);
+    ASSERT_FALSE(has_errors(c.diagnostics));
+    ASSERT_EQ(set.authorization[1].rules[1].l7_fields,
+              (std::vector<std::string>{"when.request.headers[x-user]"}));
+    const IpAddress b = *datapath::parse_ip("198.18.0.3"), cz = *datapath::parse_ip("198.18.0.4");
+    const IpAddress v4 = *datapath::parse_ip("198.18.0.2"), v6 = *datapath::parse_ip("2001:db8::2");
+    auto ztunnel = [&](const IpAddress& src, const std::string& ns, uint16_t port,
+                       const IpAddress& dst) {
+        Connection conn{"spiffe://cluster.local/ns/" + ns + "/sa/" + (ns == "b" ? "y" : "z"), src,
+                        "a/x", port, dst};
+        return evaluate(c, conn).verdict;
+    };
+    EXPECT_EQ(ztunnel(b, "b", 80, v4), Verdict::Allow);
+    EXPECT_EQ(ztunnel(b, "b", 80, v6), Verdict::Deny);   // destination.ip
+    EXPECT_EQ(ztunnel(b, "b", 22, v4), Verdict::Deny);   // destination.port notValues
+    EXPECT_EQ(ztunnel(cz, "c", 80, v4), Verdict::Deny);  // source.ip notValues; rule 2 is L7
+    KernelModel m(c.kernel);
+    const uint32_t ep = m.endpoint_by_pod("a/x")->value.endpoint_id;
+    auto kernel = [&](const IpAddress& src, uint16_t port) {
+        return m.lookup(ep, m.identity_of(src), port, 6, SLUICE_DIR_INGRESS).verdict;
+    };
+    EXPECT_EQ(kernel(b, 80), SLUICE_VERDICT_ALLOW);  // the v6 DENY is ztunnel's
+    EXPECT_EQ(kernel(b, 22), SLUICE_VERDICT_DENY);
+    EXPECT_EQ(kernel(cz, 80), SLUICE_VERDICT_DENY);
+
+    // A condition names a key and values or notValues.
+    for (const char* when : {"[{values: [b]}]", "[{key: source.namespace}]",
+                             "[{key: source.namespace, values: []}]"}) {
+        std::vector<Diagnostic> bad;
+        test::parse_text(std::string(R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: a}
+spec:
+  rules: [{when: )") + when + "}]\n",
+                         bad);
+        EXPECT_TRUE(has_errors(bad)) << when;
+    }
+}
+
 // An empty source or operation is refused, as Istio refuses it: it would match anything.
 TEST(PolicyCompiler, AnEmptySourceOrOperationIsAnError) {
     for (const char* rule : {"{from: [{source: {}}]}", "{to: [{operation: {}}]}",

@@ -138,6 +138,7 @@ InboundCall authorize_inbound(Proxy& p, std::shared_ptr<EnrolledWorkload> dst_pt
         .source = source.address(),
         .destination = reg,
         .port = destination.port(),
+        .destination_address = destination.address(),
     });
     return call;
 }

@@ -13,7 +13,8 @@ struct AuthzRequest {
     std::string peer_identity;  // "spiffe://…" from a verified certificate; empty: plaintext
     IpAddress source;
     const Workload* destination = nullptr;
-    uint16_t port = 0;  // destination (target) port
+    uint16_t port = 0;              // destination (target) port
+    IpAddress destination_address;  // the address the client connected to
 };
 
 struct AuthzDecision {

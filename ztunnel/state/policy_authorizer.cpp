@@ -60,6 +60,8 @@ class PolicyAuthorizer : public Authorizer {
             c.source = *ip;
         c.destination = request.destination->key();
         c.port = request.port;
+        if (auto ip = datapath::parse_ip(request.destination_address.to_string()))
+            c.destination_address = *ip;
         const policies::Decision d = policies::evaluate(*compiled, c);
         if (d.verdict == policies::Verdict::Deny)
             return {false, d.rule.empty() ? "policy" : d.rule, d.reason};
