@@ -22,6 +22,9 @@ std::expected<std::shared_ptr<const WorkloadCert>, std::string> CertManager::cer
     auto it = certs_.find(id);
     if (it != certs_.end() && !needs_renewal(*it->second, Clock::now()))
         return it->second;
+    if (forgotten_.contains(id))
+        return std::unexpected("no workload with identity " + id.uri() +
+                               " is enrolled on this node");
     if (id.trust_domain != trust_domain_)
         return std::unexpected("identity " + id.uri() + " is outside trust domain " +
                                trust_domain_);
@@ -47,6 +50,12 @@ std::expected<std::shared_ptr<const WorkloadCert>, std::string> CertManager::cer
 void CertManager::forget(const Identity& id) {
     std::lock_guard lock(mutex_);
     certs_.erase(id);
+    forgotten_.insert(id);
+}
+
+void CertManager::enroll(const Identity& id) {
+    std::lock_guard lock(mutex_);
+    forgotten_.erase(id);
 }
 
 std::vector<std::shared_ptr<const WorkloadCert>> CertManager::certificates() const {

@@ -4,6 +4,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <vector>
 
 #include "ztunnel/identity/ca.h"
@@ -22,8 +23,12 @@ class CertManager {
 
     // The current certificate for `id` (minting or renewing it as needed), or why there is none.
     std::expected<std::shared_ptr<const WorkloadCert>, std::string> certificate(const Identity& id);
-    // Drops the certificate of an identity no enrolled workload uses any more.
+    // Drops the certificate of an identity no enrolled workload uses any more. Until enroll()
+    // names it again, certificate() refuses it: a handshake racing the pod's removal must not
+    // mint a certificate for an identity that has left the node (to stay until a restart).
     void forget(const Identity& id);
+    // A workload with identity `id` is enrolled on this node (again): certificate() may mint it.
+    void enroll(const Identity& id);
     std::vector<std::shared_ptr<const WorkloadCert>> certificates() const;
 
     const TrustBundle& trust_bundle() const { return *bundle_; }
@@ -37,6 +42,7 @@ class CertManager {
     std::chrono::seconds lifetime_;
     mutable std::mutex mutex_;
     std::map<Identity, std::shared_ptr<const WorkloadCert>> certs_;
+    std::set<Identity> forgotten_;  // refused until enrolled again
 };
 
 // True once half of the certificate's lifetime has passed (Istio's default renewal point).

@@ -162,6 +162,7 @@ std::expected<int, std::string> Proxy::add_workload(const zds::WorkloadInfo& inf
         wl->ips.push_back(ip);
     }
     // Mint before listening: a pod is served only once its certificate exists.
+    certs_->enroll(wl->id);
     if (auto cert = certs_->certificate(wl->id); !cert)
         return std::unexpected("certificate for " + wl->id.uri() + ": " + cert.error());
     struct Spec {
@@ -204,12 +205,15 @@ std::expected<int, std::string> Proxy::add_workload(const zds::WorkloadInfo& inf
         if (fd < 0) {
             for (int f : fds)
                 ::close(f);
+            forget_unused(wl->id);  // minted above for a workload that is not served
             return std::unexpected("listen on " + to_string(spec.at) + " in the netns of " +
                                    info.namespace_name + "/" + info.name + ": " + strerror(-fd));
         }
         fds.push_back(fd);
     }
-    remove_workload(info.uid);  // changed info or netns: the new listeners replace the old
+    // Changed info or netns: the new listeners replace the old, and an identity the new one
+    // keeps keeps its certificate.
+    remove_workload(info.uid, &wl->id);
     wl->inbound_plaintext_fd = fds[1];
     for (size_t i = 0; i < specs.size(); ++i)
         start_listener(wl, fds[i], next_worker_++, specs[i].serve);
@@ -221,7 +225,18 @@ std::expected<int, std::string> Proxy::add_workload(const zds::WorkloadInfo& inf
     return wl->inbound_plaintext_fd;
 }
 
-void Proxy::remove_workload(const std::string& uid) {
+void Proxy::forget_unused(const identity::Identity& id) {
+    {
+        std::lock_guard lock(mutex_);
+        for (const auto& [uid, other] : workloads_) {
+            if (other->id == id)
+                return;
+        }
+    }
+    tls_.forget(id);  // its contexts and certificate
+}
+
+void Proxy::remove_workload(const std::string& uid, const identity::Identity* kept) {
     std::shared_ptr<EnrolledWorkload> wl;
     {
         std::lock_guard lock(mutex_);
@@ -238,14 +253,8 @@ void Proxy::remove_workload(const std::string& uid) {
             a->close(ec);
         });
     }
-    bool identity_in_use = false;
-    {
-        std::lock_guard lock(mutex_);
-        for (const auto& [u, other] : workloads_)
-            identity_in_use |= other->id == wl->id;
-    }
-    if (!identity_in_use)
-        tls_.forget(wl->id);  // its contexts and certificate
+    if (!(kept != nullptr && *kept == wl->id))
+        forget_unused(wl->id);
     spdlog::info("stopped serving {}/{} ({})", wl->info.namespace_name, wl->info.name, uid);
 }
 

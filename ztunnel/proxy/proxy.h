@@ -62,7 +62,9 @@ class Proxy {
     // closing listener move to the other one. The same workload again (same info and netns) is
     // acked with the listener it already has, without touching the listeners.
     std::expected<int, std::string> add_workload(const zds::WorkloadInfo& info, int netns_fd);
-    void remove_workload(const std::string& uid);
+    // Stops serving the workload; its identity's certificate and TLS contexts go too, unless
+    // another enrolled workload (or `kept`, the identity of one replacing it) still has it.
+    void remove_workload(const std::string& uid, const identity::Identity* kept = nullptr);
     std::vector<std::string> workload_uids() const;
     std::shared_ptr<EnrolledWorkload> find_workload(const std::string& uid) const;
 
@@ -110,6 +112,8 @@ class Proxy {
     Worker& worker_for(const hbone::PoolKey& key);
 
   private:
+    // Drops the certificate and TLS contexts of `id` unless an enrolled workload has it.
+    void forget_unused(const identity::Identity& id);
     asio::awaitable<std::expected<std::shared_ptr<hbone::Connection>, hbone::Failure>> dial(
         Worker& w, const hbone::PoolKey& key);
     void start_listener(std::shared_ptr<EnrolledWorkload> wl, int fd, size_t worker,

@@ -488,6 +488,10 @@ TEST_F(HboneTest, ForgettingAnIdentityDropsItsContextsAndCertificate) {
     EXPECT_EQ(contexts_.size(), 1u);
     ASSERT_EQ(certs_->certificates().size(), 1u);
     EXPECT_EQ(certs_->certificates()[0]->identity, kClient);
+    // A connection that races the removal builds nothing for it again.
+    EXPECT_FALSE(contexts_.server(kServer));
+    EXPECT_EQ(contexts_.size(), 1u);
+    EXPECT_EQ(certs_->certificates().size(), 1u);
 }
 
 TEST_F(HboneTest, PoolReusesOneConnectionPerKey) {

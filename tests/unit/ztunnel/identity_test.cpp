@@ -149,6 +149,15 @@ TEST_F(IdentityTest, CertManagerRenewsAtHalfLifetime) {
     EXPECT_FALSE(manager.certificate(Identity{"other.td", "a", "b"}));
     manager.forget(kServer);
     EXPECT_TRUE(manager.certificates().empty());
+    // A handshake racing the pod's removal gets no certificate minted for the identity that
+    // left, until a workload with it is enrolled again.
+    auto late = manager.certificate(kServer);
+    ASSERT_FALSE(late);
+    EXPECT_NE(late.error().find("is enrolled on this node"), std::string::npos) << late.error();
+    EXPECT_TRUE(manager.certificates().empty());
+    manager.enroll(kServer);
+    EXPECT_TRUE(manager.certificate(kServer));
+    EXPECT_EQ(manager.certificates().size(), 1u);
 }
 
 }  // namespace
