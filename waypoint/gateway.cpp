@@ -108,6 +108,51 @@ std::string withModel(json::Document& body, const std::string& model) {
     return body.write();
 }
 
+// A retry the route's budget counts from when it is allowed until its attempt ends: given back
+// by release(), or on destruction when the attempts end by an exception.
+class HeldRetry {
+  public:
+    HeldRetry(route::RouteFilter& router, const RequestContext& ctx) : router_(router), ctx_(ctx) {}
+    HeldRetry(const HeldRetry&) = delete;
+    HeldRetry& operator=(const HeldRetry&) = delete;
+    ~HeldRetry() { release(); }
+    void hold() { held_ = true; }
+    bool held() const { return held_; }
+    void release() {
+        if (std::exchange(held_, false))
+            router_.retryFinished(ctx_);
+    }
+
+  private:
+    route::RouteFilter& router_;
+    const RequestContext& ctx_;
+    bool held_ = false;
+};
+
+// The endpoint of one attempt, whose in-flight count (and circuit-breaker slot) pick() took:
+// given back by finish() or abandon(), or abandoned on destruction when the attempt ends by an
+// exception.
+class PickedEndpoint {
+  public:
+    PickedEndpoint(BackendPool& pool, Endpoint* ep) : pool_(pool), ep_(ep) {}
+    PickedEndpoint(const PickedEndpoint&) = delete;
+    PickedEndpoint& operator=(const PickedEndpoint&) = delete;
+    ~PickedEndpoint() { abandon(); }
+    Endpoint* get() const { return ep_; }
+    void finish(bool ok, std::optional<std::chrono::steady_clock::duration> latency) {
+        if (Endpoint* ep = std::exchange(ep_, nullptr))
+            pool_.finish(*ep, ok, latency);
+    }
+    void abandon() {
+        if (Endpoint* ep = std::exchange(ep_, nullptr))
+            pool_.abandon(*ep);
+    }
+
+  private:
+    BackendPool& pool_;
+    Endpoint* ep_;
+};
+
 }  // namespace
 
 tcp::endpoint parseListen(const std::string& text) {
@@ -560,23 +605,23 @@ awaitable<void> Gateway::handle(Exchange& ex, UpstreamPool& upstream) {
         }
     }
 
-    std::size_t ran = 0;
-    for (; ran < filters_.size(); ++ran) {
-        if (auto local = filters_[ran]->onRequest(ctx)) {
+    FilterSettlement settlement(filters_, ctx);
+    for (HttpFilter* filter : filters_) {
+        if (auto local = filter->onRequest(ctx)) {
             co_await reply(ex, ctx, *local);
-            for (std::size_t i = ran; i-- > 0;)
-                filters_[i]->onComplete(ctx);
+            settlement.settle();
             record(ctx);
             co_return;
         }
+        settlement.admitted();
     }
     std::optional<admission::AdmissionQueue::Slot> slot;
     if (admission_) {
-        slot = co_await admit(ex, ctx, ran);
+        slot = co_await admit(ex, ctx, settlement);
         if (!slot)
             co_return;
     }
-    co_await route(ex, ctx, upstream);
+    co_await route(ex, ctx, settlement, upstream);
 }
 
 admission::Priority Gateway::priorityOf(const RequestContext& ctx) const {
@@ -590,9 +635,8 @@ admission::Priority Gateway::priorityOf(const RequestContext& ctx) const {
     return c.default_priority;
 }
 
-awaitable<std::optional<admission::AdmissionQueue::Slot>> Gateway::admit(Exchange& ex,
-                                                                         RequestContext& ctx,
-                                                                         std::size_t ran) {
+awaitable<std::optional<admission::AdmissionQueue::Slot>> Gateway::admit(
+    Exchange& ex, RequestContext& ctx, FilterSettlement& settlement) {
     if (!admission_)
         co_return admission::AdmissionQueue::Slot();
     const auto priority = priorityOf(ctx);
@@ -611,8 +655,7 @@ awaitable<std::optional<admission::AdmissionQueue::Slot>> Gateway::admit(Exchang
     if (outcome == admission::Outcome::Admitted && !watch.gone())
         co_return std::move(slot);
     auto complete = [&] {
-        for (std::size_t i = ran; i-- > 0;)
-            filters_[i]->onComplete(ctx);
+        settlement.settle();
         record(ctx);
     };
     if (watch.gone()) {
@@ -637,12 +680,13 @@ awaitable<std::optional<admission::AdmissionQueue::Slot>> Gateway::admit(Exchang
     co_return std::nullopt;
 }
 
-awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream) {
+awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, FilterSettlement& settlement,
+                               UpstreamPool& upstream) {
     tcp::socket* upstream_socket = nullptr;
     ClientWatch watch(ex.stream, ex.buffer,
                       config_.limits.max_header_bytes + config_.limits.max_body_bytes);
     // As in admit(): the coroutines first, then the watch.
-    auto attempts = watch.around(tryTargets(ex, ctx, upstream, watch, upstream_socket));
+    auto attempts = watch.around(tryTargets(ex, ctx, settlement, upstream, watch, upstream_socket));
     watch.start([&upstream_socket] {
         if (upstream_socket) {
             error_code ec;
@@ -652,20 +696,22 @@ awaitable<void> Gateway::route(Exchange& ex, RequestContext& ctx, UpstreamPool& 
     co_await std::move(attempts);
 }
 
-awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream,
-                                    const ClientWatch& watch, tcp::socket*& upstream_socket) {
+awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, FilterSettlement& settlement,
+                                    UpstreamPool& upstream, const ClientWatch& watch,
+                                    tcp::socket*& upstream_socket) {
     const auto& route_config = *router_->routeFor(ctx);
     std::size_t target_index = 0;
     const Endpoint* avoid = nullptr;
     std::optional<LocalReply> failure;
     // A retry counts against the route's retry budget from when it is allowed until the attempt
     // it allowed has ended (Envoy's retries in flight), not just through its backoff.
-    bool retry_held = false;
+    HeldRetry retry(*router_, ctx);
     for (std::uint32_t attempt = 0;; ++attempt) {
         const RouteTarget& target = ctx.targets[std::min(target_index, ctx.targets.size() - 1)];
         const bool more_targets = target_index + 1 < ctx.targets.size();
         const bool last = attempt >= route_config.retries.attempts;
-        Endpoint* ep = target.pool->pick(ctx, avoid);
+        PickedEndpoint picked(*target.pool, target.pool->pick(ctx, avoid));
+        Endpoint* ep = picked.get();
         ForwardResult result;
         bool relayed_whole = false;  // forward() relayed the response to its end
         if (!ep) {
@@ -700,20 +746,21 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
             // the backend's own answer (its body, its retry-after).
             ForwardOptions options{
                 .timeout = target.timeout,
-                .hold_retryable_status = !last && router_->retryAvailable(ctx, retry_held)};
+                .hold_retryable_status = !last && router_->retryAvailable(ctx, retry.held())};
             const auto started = std::chrono::steady_clock::now();
             result =
                 co_await forward(ClientSide{ex.stream, ex.request.version(), ex.keep_alive}, ctx,
                                  *body, ep->address, options, filters_, upstream, &upstream_socket);
             relayed_whole = result.outcome == ForwardOutcome::Completed;
-            // A client that left closed the upstream socket under forward(), whose read then
-            // failed: that says nothing about the endpoint, which must not be ejected for it.
-            // What forward() had found before (a timeout, a 5xx) still counts.
+            // A client that left closed the upstream socket under forward(), whose connect or
+            // read then failed: that says nothing about the endpoint, which must not be ejected
+            // for it. What forward() had found before (a timeout, a 5xx) still counts.
             const bool cut_by_client =
-                watch.gone() && result.outcome == ForwardOutcome::UpstreamFailed;
+                watch.gone() && (result.outcome == ForwardOutcome::UpstreamFailed ||
+                                 result.outcome == ForwardOutcome::ConnectFailed);
             const bool ok = relayed_whole && result.status < 500;
             if (cut_by_client || result.outcome == ForwardOutcome::ClientGone) {
-                target.pool->abandon(*ep);
+                picked.abandon();
             } else {
                 // A timeout is a latency sample too (the time it waited), so peak-EWMA turns
                 // away from an endpoint that accepts and never answers.
@@ -722,7 +769,7 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
                     latency = result.header_latency;
                 else if (result.outcome == ForwardOutcome::Timeout)
                     latency = std::chrono::steady_clock::now() - started;
-                target.pool->finish(*ep, ok || result.status == 429, latency);
+                picked.finish(ok || result.status == 429, latency);
             }
             metrics_.upstream_attempts
                 .at({{"pool", target.pool->name()},
@@ -743,8 +790,7 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
             }
             avoid = ep;
         }
-        if (std::exchange(retry_held, false))
-            router_->retryFinished(ctx);
+        retry.release();
         if (result.close_delimited || watch.gone())
             ex.keep_alive = false;
         if (result.outcome == ForwardOutcome::Completed) {
@@ -770,7 +816,7 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
             ctx.result = "upstream_error";
             break;
         }
-        retry_held = true;
+        retry.hold();
         // Back off (exponential with jitter) before the next try; a fallback target is tried
         // next when there is one, else another endpoint of the same pool.
         thread_local std::minstd_rand rng{std::random_device{}()};
@@ -790,16 +836,14 @@ awaitable<void> Gateway::tryTargets(Exchange& ex, RequestContext& ctx, UpstreamP
             break;
         }
     }
-    if (retry_held)  // the client left during the backoff
-        router_->retryFinished(ctx);
+    retry.release();  // the client left during the backoff
     if (failure) {
         ctx.backend.clear();
         co_await reply(ex, ctx, *failure);  // a write may run beside the watch's read
     }
     // Settle budgets and record before the next suspension: once the last byte is written the
     // client may already send its next request, which must see this one settled.
-    for (std::size_t i = filters_.size(); i-- > 0;)
-        filters_[i]->onComplete(ctx);
+    settlement.settle();
     record(ctx);
 }
 

@@ -78,9 +78,11 @@ class Gateway {
     // Runs the attempts, replies, then completes the request (filters' onComplete, metrics, log).
     // The client is watched throughout, so a client that goes away closes the upstream
     // connection in use (`upstream_socket`).
-    awaitable<void> route(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream);
-    awaitable<void> tryTargets(Exchange& ex, RequestContext& ctx, UpstreamPool& upstream,
-                               const ClientWatch& watch, tcp::socket*& upstream_socket);
+    awaitable<void> route(Exchange& ex, RequestContext& ctx, FilterSettlement& settlement,
+                          UpstreamPool& upstream);
+    awaitable<void> tryTargets(Exchange& ex, RequestContext& ctx, FilterSettlement& settlement,
+                               UpstreamPool& upstream, const ClientWatch& watch,
+                               tcp::socket*& upstream_socket);
     awaitable<void> reply(Exchange& ex, RequestContext& ctx, const LocalReply& reply);
     void record(const RequestContext& ctx);
     // The metrics record() updates for one kind of request, resolved once per kind (below).
@@ -104,11 +106,11 @@ class Gateway {
                                   std::string_view principal, std::string_view operation,
                                   MetricsWanted wanted);
     admission::Priority priorityOf(const RequestContext& ctx) const;
-    // Waits for an admission slot; on a shed, answers 503 and completes the request (`ran`
-    // filters get onComplete) and returns an empty slot.
+    // Waits for an admission slot; on a shed, answers 503, completes the request (settles and
+    // records it) and returns an empty slot.
     awaitable<std::optional<admission::AdmissionQueue::Slot>> admit(Exchange& ex,
                                                                     RequestContext& ctx,
-                                                                    std::size_t ran);
+                                                                    FilterSettlement& settlement);
     std::string modelsList() const;
     // Starts scraping the pool's backends' load reports on the admin thread, if it has
     // `loadMetrics`; the scraper ends when the pool is replaced or gone.

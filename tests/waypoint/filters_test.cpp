@@ -140,6 +140,43 @@ TEST(BudgetFilter, FailedRequestsAreRefundedAndConcurrencyIsBounded) {
     EXPECT_FALSE(filter.onRequest(third.ctx));  // refunded and the slot is free again
 }
 
+// The gateway holds a FilterSettlement for every request: a handler that leaves by an
+// exception after admission still gives the tenant's concurrency slot and reservation back,
+// and only the filters that let the request through are settled, newest first, once.
+TEST(FilterSettlement, SettlesTheAdmittingFiltersOnceEvenWhenUnwound) {
+    FakeClock clock;
+    budget::BudgetFilter filter =
+        clockedFilter(clock, {.tokens_per_minute = 100, .max_concurrent = 1});
+    struct Recorder : HttpFilter {
+        std::string_view name() const override { return "recorder"; }
+        void onComplete(RequestContext&) override { ++completions; }
+        int completions = 0;
+    } recorder, never;
+    const std::vector<HttpFilter*> chain = {&filter, &recorder, &never};
+    Call first("a", 10, 80);
+    try {
+        FilterSettlement settlement(chain, first.ctx);
+        ASSERT_FALSE(filter.onRequest(first.ctx));
+        settlement.admitted();
+        settlement.admitted();  // the recorder; `never` answered locally
+        Call second("a", 1, 1);
+        ASSERT_TRUE(filter.onRequest(second.ctx));  // the slot is taken
+        throw std::runtime_error("handler bug");
+    } catch (const std::runtime_error&) {
+    }
+    EXPECT_EQ(recorder.completions, 1);
+    EXPECT_EQ(never.completions, 0);
+    Call third("a", 10, 80);
+    EXPECT_FALSE(filter.onRequest(third.ctx));  // slot and reservation given back
+    {
+        FilterSettlement settlement(chain, third.ctx);
+        settlement.admitted();
+        settlement.admitted();
+        settlement.settle();
+    }
+    EXPECT_EQ(recorder.completions, 2);  // settle() and the destructor: once
+}
+
 TEST(BudgetFilter, TokensPerDayAndRequestsPerMinute) {
     FakeClock clock;
     budget::BudgetFilter filter =
@@ -565,6 +602,17 @@ TEST(UsageFilter, InjectsIncludeUsageAndStripsTheUsageChunk) {
     std::string raw = "data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n";
     EXPECT_TRUE(filter->onStreamEvent(c.ctx, raw.substr(6, raw.size() - 8), raw));
     EXPECT_EQ(raw, "data: {\"choices\":[{\"delta\":{}}]}\n\n");
+    // However the backend spaces it, and wherever it stands among the members.
+    for (const auto& [sent, relayed] : std::vector<std::pair<std::string, std::string>>{
+             {R"({"id":"x", "usage" : null, "choices":[]})", R"({"id":"x", "choices":[]})"},
+             {R"({"usage":null,"id":"x"})", R"({"id":"x"})"},
+             {"{\"id\":\"x\",\n \"usage\":\tnull\n}", "{\"id\":\"x\"\n}"},
+             {R"({"id":"say \"usage\": null","usage":null})", R"({"id":"say \"usage\": null"})"},
+             {R"({"id":"x","usage":nullx})", R"({"id":"x","usage":nullx})"}}) {
+        std::string event = "data: " + sent + "\n\n";
+        EXPECT_TRUE(filter->onStreamEvent(c.ctx, sent, event));
+        EXPECT_EQ(event, "data: " + relayed + "\n\n") << sent;
+    }
     std::string usage = R"({"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}})";
     std::string usage_raw = "data: " + usage + "\n\n";
     EXPECT_FALSE(filter->onStreamEvent(c.ctx, usage, usage_raw));

@@ -600,6 +600,52 @@ spec: {models: ["*"], backends: [{pool: main}]}
         << metrics;
 }
 
+// A client that leaves while the upstream connection is still being made closes it: the
+// attempt ends at once as client_gone (no connect failure held against the endpoint, and no
+// request sent to a backend for nobody). The backend here is a listener whose accept queue is
+// full, so the kernel drops the waypoint's SYNs and its connect would wait for the 3 s
+// connect timeout.
+TEST(WaypointGateway, AClientThatLeavesDuringTheUpstreamConnectEndsTheAttempt) {
+    asio::io_context io;
+    tcp::acceptor full(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    full.listen(0);
+    const auto backend = full.local_endpoint();
+    tcp::socket queued(io);
+    queued.connect(backend);  // the one connection a backlog of 0 queues: the queue is full
+    auto gw = startGateway(R"(
+kind: Waypoint
+spec:
+  limits: {connectTimeout: 3s}
+  pools: [{name: main, endpoints: ["127.0.0.1:)" +
+                           std::to_string(backend.port()) + R"("]}]
+---
+kind: ModelRoute
+metadata: {name: chat}
+spec: {models: ["*"], backends: [{pool: main}]}
+)");
+    const auto left = std::chrono::steady_clock::now();
+    {
+        tcp::socket s = connectTo(io, gw->gatewayPort());
+        asio::write(s, asio::buffer(postRequest(chatBody(false))));
+        std::this_thread::sleep_for(200ms);  // the waypoint is connecting upstream
+    }
+    std::string metrics;
+    double gone = 0;
+    while (gone < 1 && std::chrono::steady_clock::now() - left < 2500ms) {
+        std::this_thread::sleep_for(20ms);
+        metrics = request(gw->metricsPort(), "GET", "/metrics").body;
+        gone = metricValue(metrics, "sluice_upstream_attempts_total", {{"outcome", "client_gone"}});
+    }
+    EXPECT_EQ(gone, 1) << metrics;
+    EXPECT_LT(std::chrono::steady_clock::now() - left, 1500ms);
+    for (const char* outcome : {"connect_failed", "timeout"}) {
+        EXPECT_EQ(metricValue(metrics, "sluice_upstream_attempts_total", {{"outcome", outcome}}),
+                  -1)
+            << outcome << "\n"
+            << metrics;
+    }
+}
+
 // A pool per backend (pool i at addresses[i], named p<i>) and a route from every model to p0,
 // falling back to the others in order, with two retries per request and one retry in flight
 // on the whole route (minRetries 1, budgetPercent 0).

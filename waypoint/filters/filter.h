@@ -102,4 +102,26 @@ class HttpFilter {
     virtual void onComplete(RequestContext&) {}
 };
 
+// Calls onComplete, newest first, on every filter whose onRequest let the request through,
+// once: at settle(), or when it is destroyed. A handler that throws after admission must not
+// keep a tenant's concurrency slot or the tokens reserved for it.
+class FilterSettlement {
+  public:
+    FilterSettlement(const std::vector<HttpFilter*>& filters, RequestContext& ctx)
+        : filters_(filters), ctx_(ctx) {}
+    FilterSettlement(const FilterSettlement&) = delete;
+    FilterSettlement& operator=(const FilterSettlement&) = delete;
+    ~FilterSettlement() { settle(); }
+    void admitted() { ++admitted_; }  // the next filter's onRequest let the request through
+    void settle() {
+        while (admitted_ > 0)
+            filters_[--admitted_]->onComplete(ctx_);
+    }
+
+  private:
+    const std::vector<HttpFilter*>& filters_;
+    RequestContext& ctx_;
+    std::size_t admitted_ = 0;
+};
+
 }  // namespace sluice::waypoint

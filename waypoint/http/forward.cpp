@@ -246,7 +246,7 @@ awaitable<ForwardResult> forward(ClientSide client, RequestContext& ctx, const s
         error_code connect_ec;
         std::optional<UpstreamPool::Lease> held = pool.reuse(address);
         if (!held) {
-            auto [ec, fresh] = co_await pool.connect(address);
+            auto [ec, fresh] = co_await pool.connect(address, upstream_socket);
             connect_ec = ec;
             held.emplace(std::move(fresh));
         }

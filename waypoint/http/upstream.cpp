@@ -17,11 +17,15 @@ std::optional<UpstreamPool::Lease> UpstreamPool::reuse(const tcp::endpoint& addr
 }
 
 awaitable<std::pair<error_code, UpstreamPool::Lease>> UpstreamPool::connect(
-    const tcp::endpoint& address) {
+    const tcp::endpoint& address, tcp::socket** watched) {
     Lease lease{tcp::socket(ex_), address, false, Deadline(ex_)};
     lease.deadline.arm(lease.socket, limits_.connect_timeout);
     error_code ec;
+    if (watched)
+        *watched = &lease.socket;
     co_await lease.socket.async_connect(address, noThrow(ec));
+    if (watched)
+        *watched = nullptr;
     lease.deadline.disarm();
     if (lease.deadline.fired())
         ec = asio::error::timed_out;

@@ -35,8 +35,11 @@ class UpstreamPool {
     // An idle connection to `address`, if there is one (not a coroutine: the common case
     // allocates no frame).
     std::optional<Lease> reuse(const tcp::endpoint& address);
-    // A new connection to `address`.
-    awaitable<std::pair<error_code, Lease>> connect(const tcp::endpoint& address);
+    // A new connection to `address`. While it connects, `*watched` (when given) points to the
+    // socket, so that a client that leaves meanwhile can close it (the connect then fails with
+    // operation_aborted); it is reset before the lease is returned.
+    awaitable<std::pair<error_code, Lease>> connect(const tcp::endpoint& address,
+                                                    tcp::socket** watched = nullptr);
     // Returns a connection whose last response was read completely and that may be reused.
     void release(Lease lease);
 

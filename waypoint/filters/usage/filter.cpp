@@ -230,6 +230,39 @@ std::size_t find(std::string_view haystack, std::string_view needle) {
                          : std::size_t(static_cast<const char*>(at) - haystack.data());
 }
 
+// Removes the member `"usage": null` (any JSON whitespace around its colon) from the event's
+// bytes, with the comma that joined it to its neighbour: `{"a":1, "usage" : null}` becomes
+// `{"a":1}` and `{"usage":null,"a":1}` becomes `{"a":1}`. A quote cannot stand unescaped in a
+// JSON string, so the bytes `"usage"` followed by a colon are a key.
+void eraseNullUsage(std::string& raw) {
+    constexpr std::string_view kSpace = " \t\r\n";
+    const std::string_view text = raw;
+    for (std::size_t key = find(text, "\"usage\""); key != std::string_view::npos;
+         key = text.find("\"usage\"", key + 1)) {
+        std::size_t at = text.find_first_not_of(kSpace, key + 7);
+        if (at == std::string_view::npos || text[at] != ':')
+            continue;
+        at = text.find_first_not_of(kSpace, at + 1);
+        if (at == std::string_view::npos || text.compare(at, 4, "null") != 0)
+            continue;
+        std::size_t end = at + 4;
+        if (end < text.size() && text.find_first_of(" \t\r\n,}", end) != end)
+            continue;  // not the literal null
+        std::size_t begin = key;
+        const std::size_t before = text.find_last_not_of(kSpace, key - 1);
+        if (before != std::string_view::npos && text[before] == ',') {
+            begin = before;
+        } else if (const std::size_t after = text.find_first_not_of(kSpace, end);
+                   after != std::string_view::npos && text[after] == ',') {
+            end = text.find_first_not_of(kSpace, after + 1);
+            if (end == std::string_view::npos)
+                return;
+        }
+        raw.erase(begin, end - begin);
+        return;
+    }
+}
+
 }  // namespace
 
 bool UsageFilter::onStreamEvent(RequestContext& ctx, std::string_view data, std::string& raw) {
@@ -244,12 +277,8 @@ bool UsageFilter::onStreamEvent(RequestContext& ctx, std::string_view data, std:
     if (data[value] != '{') {
         // With include_usage on, every chunk carries "usage":null; a client that did not ask
         // gets the chunks exactly as it would have without our injection.
-        if (!ctx.client_wants_usage) {
-            static constexpr std::string_view kNullUsage = ",\"usage\":null";
-            if (auto pos = find(raw, kNullUsage); pos != std::string::npos) {
-                raw.erase(pos, kNullUsage.size());
-            }
-        }
+        if (!ctx.client_wants_usage)
+            eraseNullUsage(raw);
         return true;
     }
     UsageReader reader;
