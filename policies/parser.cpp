@@ -925,6 +925,7 @@ void parse_document(const SourceDocument& doc, PolicySet& out,
         meta.namespace_name = "default";
     }
     const YAML::Node spec = n["spec"];
+    r.set_strict(*api_version == kSluiceV1alpha1);  // the spec of one of sluice's own kinds
     info->parse(r, meta, spec, out);
 }
 

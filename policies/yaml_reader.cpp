@@ -42,7 +42,10 @@ void YamlReader::warning(const YAML::Node& node, const std::string& message) {
 
 void YamlReader::unknown_field(const YAML::Node& key, const std::string& ctx,
                                const std::string& name) {
-    warning(key, "unknown field '" + name + "' in " + ctx + " (ignored)");
+    if (strict_)
+        error(key, "unknown field '" + name + "' in " + ctx);
+    else
+        warning(key, "unknown field '" + name + "' in " + ctx + " (ignored)");
 }
 
 void YamlReader::unknown_rule_field(const YAML::Node& key, const std::string& ctx,

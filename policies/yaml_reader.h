@@ -22,8 +22,11 @@ class YamlReader {
     SourcePosition position(const YAML::Node& node) const;
     void error(const YAML::Node& node, const std::string& message);
     void warning(const YAML::Node& node, const std::string& message);
-    // Unknown fields are warnings: a newer Istio field must not take a whole config down.
+    // Unknown fields are warnings: a newer Istio field must not take a whole config down. In
+    // sluice's own kinds (strict), whose every field this build knows, they are errors: a
+    // misspelled `tokensPerMinut` would otherwise leave a tenant without that limit.
     void unknown_field(const YAML::Node& key, const std::string& ctx, const std::string& name);
+    void set_strict(bool strict) { strict_ = strict; }
     // An unknown field inside an authorization rule: still a warning, but not ignored (the
     // rule keeps its name: an ALLOW rule with it matches nothing, a DENY rule ignores it).
     void unknown_rule_field(const YAML::Node& key, const std::string& ctx, const std::string& name);
@@ -52,6 +55,7 @@ class YamlReader {
     std::optional<std::vector<uint16_t>> port_list(const YAML::Node& node, const std::string& ctx);
 
   private:
+    bool strict_ = false;
     std::string file_;
     std::vector<Diagnostic>& diagnostics_;
 };

@@ -124,7 +124,8 @@ spec:
 // Outside the rules, a field the parser does not know could reverse a security policy: these
 // misspellings would read as an ALLOW policy, a DENY policy without rules, and a namespace-wide
 // policy. Each is an error at its key, so the whole set is refused and the last good one stays.
-TEST(PolicyParser, UnknownFieldsOfSecurityKindsOutsideRulesAreErrors) {
+// In sluice's own kinds every unknown field is an error.
+TEST(PolicyParser, UnknownFieldsOutsideRulesOfSecurityAndSluiceKindsAreErrors) {
     struct Case {
         const char* spec;
         const char* message;
@@ -174,6 +175,21 @@ spec:
         << all(d);
     EXPECT_TRUE(set.peer_authentication.empty());
     EXPECT_TRUE(set.boundaries.empty());
+
+    // sluice's own kinds: this build knows every field, so any other is a typo.
+    d.clear();
+    set = parse_text(R"(apiVersion: sluice.dev/v1alpha1
+kind: TokenBudget
+metadata: {name: t, namespace: a}
+spec:
+  tenant: {header: x-tenant}
+  limits: {tokensPerMinute: 1000, requestsPerMinut: 10}
+)",
+                     d, "t.yaml");
+    EXPECT_NE(all(d).find("t.yaml:6:35: error: unknown field 'requestsPerMinut' in spec.limits"),
+              std::string::npos)
+        << all(d);
+    EXPECT_TRUE(has_errors(d));  // the whole set is refused; the last good one stays
 }
 
 TEST(PolicyParser, DuplicatesAndBoundaryConflictsAreErrors) {
