@@ -4,6 +4,7 @@
 
 #include "ztunnel/identity/spiffe.h"
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -63,11 +64,160 @@ void parseWaypoint(const YAML::Node& spec, Config& c) {
         c.pools.push_back(parsePoolConfig(pool));
 }
 
+// The fields --config knows, map by map, so that a misspelled one is refused with where it is
+// written: ignored, `maxBodyByte` would leave the default limit in force without a word.
+struct Shape {
+    enum class Kind { Any, Map, List } kind = Kind::Any;
+    std::vector<std::pair<std::string_view, const Shape*>> fields;  // Map
+    const Shape* item = nullptr;                                    // List
+};
+
+const Shape kAny;
+const Shape kAnyList{Shape::Kind::List, {}, &kAny};
+Shape map(std::vector<std::pair<std::string_view, const Shape*>> fields) {
+    return {Shape::Kind::Map, std::move(fields), nullptr};
+}
+Shape scalars(std::initializer_list<std::string_view> names) {
+    Shape s{Shape::Kind::Map, {}, nullptr};
+    for (auto n : names)
+        s.fields.emplace_back(n, &kAny);
+    return s;
+}
+Shape listOf(const Shape& item) {
+    return {Shape::Kind::List, {}, &item};
+}
+
+const Shape& waypointShape() {
+    static const Shape tls = map({{"listen", &kAny},
+                                  {"certificateFile", &kAny},
+                                  {"privateKeyFile", &kAny},
+                                  {"reloadInterval", &kAny},
+                                  {"clientCaFile", &kAny},
+                                  {"requireClientCertificate", &kAny},
+                                  {"clientTrustDomains", &kAnyList}});
+    static const Shape limits = scalars({"maxHeaderBytes", "maxBodyBytes", "requestTimeout",
+                                         "idleTimeout", "maxConnectionBodyBytes", "drainTimeout",
+                                         "connectTimeout", "upstreamIdleTimeout"});
+    static const Shape usage = scalars({"defaultEncoding", "defaultMaxTokens"});
+    static const Shape cache = scalars({"enabled", "maxBytes", "ttl"});
+    static const Shape queue_timeout = scalars({"critical", "standard", "sheddable"});
+    static const Shape priority_from = scalars({"header"});
+    static const Shape admission = map({{"maxConcurrent", &kAny},
+                                        {"maxQueued", &kAny},
+                                        {"queueTimeout", &queue_timeout},
+                                        {"priorityFrom", &priority_from},
+                                        {"defaultClass", &kAny},
+                                        {"tenantClasses", &kAny}});
+    static const Shape breaker = scalars({"maxRequests"});
+    static const Shape outlier = scalars({"consecutiveFailures", "ejectionTime"});
+    static const Shape load = scalars({"path", "interval"});
+    static const Shape pool = map({{"name", &kAny},
+                                   {"loadBalancer", &kAny},
+                                   {"endpoints", &kAnyList},
+                                   {"prefixBytes", &kAny},
+                                   {"circuitBreaker", &breaker},
+                                   {"outlierDetection", &outlier},
+                                   {"loadMetrics", &load}});
+    static const Shape pools = listOf(pool);
+    static const Shape spec =
+        map({{"listen", &kAny},         {"metricsListen", &kAny},  {"readyListen", &kAny},
+             {"workers", &kAny},        {"busyPollMicros", &kAny}, {"hboneListen", &kAny},
+             {"identity", &kAny},       {"caCert", &kAny},         {"caKey", &kAny},
+             {"tokenizerDir", &kAny},   {"logLevel", &kAny},       {"policiesDir", &kAny},
+             {"registryDir", &kAny},    {"accessLog", &kAny},      {"tls", &tls},
+             {"limits", &limits},       {"usage", &usage},         {"embeddingsCache", &cache},
+             {"admission", &admission}, {"pools", &pools}});
+    return spec;
+}
+
+const Shape& tokenBudgetShape() {
+    static const Shape api_key = scalars({"header"});
+    static const Shape source =
+        map({{"header", &kAny}, {"apiKey", &api_key}, {"spiffe", &kAny}, {"namespace", &kAny}});
+    static const Shape sources = listOf(source);
+    static const Shape limit = scalars({"tenant", "model", "tokensPerMinute", "requestsPerMinute",
+                                        "tokensPerDay", "maxConcurrent"});
+    static const Shape limits = listOf(limit);
+    static const Shape spec = map({{"tenantFrom", &sources},
+                                   {"apiKeys", &kAny},
+                                   {"defaultTenant", &kAny},
+                                   {"defaultMaxTokens", &kAny},
+                                   {"limits", &limits}});
+    return spec;
+}
+
+const Shape& modelRouteShape() {
+    static const Shape target = scalars({"pool", "model", "weight"});
+    static const Shape targets = listOf(target);
+    static const Shape tier =
+        scalars({"maxPromptTokens", "maxOutputTokens", "pool", "model", "weight"});
+    static const Shape retries = scalars({"attempts", "budgetPercent", "minRetries", "backoff"});
+    static const Shape spec = map({{"models", &kAnyList},
+                                   {"backends", &targets},
+                                   {"fallbacks", &targets},
+                                   {"costTier", &tier},
+                                   {"timeout", &kAny},
+                                   {"retries", &retries}});
+    return spec;
+}
+
+// Each field of `node` that `shape` does not know, as "line:column: unknown field …".
+void unknownFields(const YAML::Node& node, const Shape& shape, const std::string& ctx,
+                   std::vector<std::string>& out) {
+    if (shape.kind == Shape::Kind::List && node.IsSequence()) {
+        for (std::size_t i = 0; i < node.size(); ++i)
+            unknownFields(node[i], *shape.item, ctx + "[" + std::to_string(i) + "]", out);
+        return;
+    }
+    if (shape.kind != Shape::Kind::Map || !node.IsMap())
+        return;  // a wrong type is the field's parser's to report
+    for (const auto& kv : node) {
+        const std::string key = kv.first.as<std::string>("");
+        auto known = std::find_if(shape.fields.begin(), shape.fields.end(),
+                                  [&](const auto& f) { return f.first == key; });
+        if (known == shape.fields.end()) {
+            const YAML::Mark mark = kv.first.Mark();
+            out.push_back(std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1) +
+                          ": unknown field '" + key + "' in " + ctx);
+            continue;
+        }
+        unknownFields(kv.second, *known->second, ctx + "." + key, out);
+    }
+}
+
 }  // namespace
+
+UnknownFields::UnknownFields(std::vector<std::string> where_what)
+    : std::invalid_argument([&] {
+          std::string all;
+          for (const auto& w : where_what)
+              all += (all.empty() ? "" : "; ") + w;
+          return all;
+      }()),
+      fields(std::move(where_what)) {}
 
 Config parseConfig(const std::string& yaml_text) {
     Config config;
-    for (const auto& doc : YAML::LoadAll(yaml_text)) {
+    const std::vector<YAML::Node> docs = YAML::LoadAll(yaml_text);
+    std::vector<std::string> unknown;
+    for (const auto& doc : docs) {
+        if (!doc || !doc.IsMap())
+            continue;
+        const auto kind = doc["kind"].as<std::string>("");
+        const Shape* shape = kind == "Waypoint"      ? &waypointShape()
+                             : kind == "TokenBudget" ? &tokenBudgetShape()
+                             : kind == "ModelRoute"  ? &modelRouteShape()
+                                                     : nullptr;
+        if (shape) {
+            // `spec` is checked next, by kind.
+            static const Shape document = scalars({"apiVersion", "kind", "metadata", "spec"});
+            unknownFields(doc, document, kind, unknown);
+            unknownFields(doc["spec"], *shape, kind + " spec", unknown);
+        }
+    }
+    if (!unknown.empty())
+        throw UnknownFields(std::move(unknown));
+    for (const auto& doc : docs) {
         if (!doc || doc.IsNull())
             continue;
         const auto kind = doc["kind"].as<std::string>("");
@@ -96,6 +246,11 @@ Config loadConfig(const std::string& path) {
     text << in.rdbuf();
     try {
         return parseConfig(text.str());
+    } catch (const UnknownFields& e) {
+        std::string all;
+        for (const auto& f : e.fields)
+            all += (all.empty() ? "" : "\n") + path + ":" + f;
+        throw std::runtime_error(all);
     } catch (const YAML::Exception& e) {
         throw std::runtime_error(path + ":" + std::to_string(e.mark.line + 1) + ":" +
                                  std::to_string(e.mark.column + 1) + ": " + e.msg);

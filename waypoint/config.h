@@ -65,6 +65,15 @@ struct Config {
 };
 
 // Parses a config file (throws std::runtime_error with file and problem on a parse error).
+// Fields of Waypoint, TokenBudget and ModelRoute documents that --config does not know, each
+// as "line:column: unknown field 'name' in <where>".
+struct UnknownFields : std::invalid_argument {
+    explicit UnknownFields(std::vector<std::string> where_what);
+    std::vector<std::string> fields;
+};
+
+// Throws UnknownFields (parseConfig; loadConfig as a runtime_error whose lines start with
+// `path:`) for a field it does not know, and on any other error of the file.
 Config loadConfig(const std::string& path);
 Config parseConfig(const std::string& yaml_text);
 

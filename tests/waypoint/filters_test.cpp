@@ -901,6 +901,87 @@ TEST(BackendPool, PrefixAffinityKeepsSharedPrefixesTogether) {
     EXPECT_EQ(spread.size(), 4u);
 }
 
+// A field --config does not know is refused with where it is written, every one of them:
+// ignored, a misspelled limit would leave the default in force without a word.
+TEST(Config, UnknownFieldsAreRefusedWithTheirPlace) {
+    try {
+        parseConfig(R"(kind: Waypoint
+spec:
+  limits: {maxBodyByte: 10}
+  pools:
+    - {name: main, endpoints: ["127.0.0.1:1"], circuitBreaker: {maxRequest: 1}}
+---
+kind: ModelRoute
+metadata: {name: r}
+spec: {models: ["*"], backends: [{pool: main, wieght: 2}]}
+sepc: {}
+---
+kind: TokenBudget
+metadata: {name: b}
+spec:
+  tenantFrom: [{header: x-tenant}]
+  limits: [{tenant: "*", tokensPerMinut: 5}]
+---
+kind: SomethingElse
+spec: {anything: goes}
+)");
+        FAIL() << "no error";
+    } catch (const UnknownFields& e) {
+        EXPECT_EQ(e.fields,
+                  (std::vector<std::string>{
+                      "3:12: unknown field 'maxBodyByte' in Waypoint spec.limits",
+                      "5:65: unknown field 'maxRequest' in Waypoint spec.pools[0].circuitBreaker",
+                      "10:1: unknown field 'sepc' in ModelRoute",
+                      "9:47: unknown field 'wieght' in ModelRoute spec.backends[0]",
+                      "16:26: unknown field 'tokensPerMinut' in TokenBudget spec.limits[0]"}));
+    }
+    // Every field the parsers read is known.
+    const Config c = parseConfig(R"(kind: Waypoint
+spec:
+  listen: 127.0.0.1:0
+  metricsListen: 127.0.0.1:0
+  readyListen: 127.0.0.1:0
+  workers: 1
+  busyPollMicros: 0
+  tokenizerDir: /x
+  logLevel: info
+  accessLog: false
+  tls: {listen: "", reloadInterval: 1s, requireClientCertificate: false, clientTrustDomains: []}
+  limits: {maxHeaderBytes: 1, maxBodyBytes: 1, requestTimeout: 1s, idleTimeout: 1s,
+           maxConnectionBodyBytes: 1, drainTimeout: 1s, connectTimeout: 1s,
+           upstreamIdleTimeout: 1s}
+  usage: {defaultEncoding: cl100k_base, defaultMaxTokens: 5}
+  embeddingsCache: {enabled: true, maxBytes: 10, ttl: 1s}
+  admission: {maxConcurrent: 1, maxQueued: 1, queueTimeout: {critical: 1s, standard: 1s,
+              sheddable: 1s}, priorityFrom: {header: x-p}, defaultClass: standard,
+              tenantClasses: {a: critical}}
+  pools:
+    - {name: main, loadBalancer: peak-ewma, endpoints: ["127.0.0.1:1"], prefixBytes: 8,
+       circuitBreaker: {maxRequests: 1}, outlierDetection: {consecutiveFailures: 1,
+       ejectionTime: 1s}, loadMetrics: {path: /metrics, interval: 1s}}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: r}
+spec: {models: ["*"], backends: [{pool: main, model: m, weight: 2}], fallbacks: [{pool: main}],
+       costTier: {maxPromptTokens: 1, maxOutputTokens: 1, pool: main, model: m, weight: 1},
+       timeout: 1s, retries: {attempts: 1, budgetPercent: 1, minRetries: 1, backoff: 1ms}}
+---
+kind: TokenBudget
+metadata: {name: b}
+spec:
+  tenantFrom: [{header: x-tenant}, {apiKey: {header: authorization}}, {spiffe: {}},
+               {namespace: {}}]
+  apiKeys: {k: a}
+  defaultTenant: a
+  defaultMaxTokens: 1
+  limits: [{tenant: "*", model: "*", tokensPerMinute: 5, requestsPerMinute: 1, tokensPerDay: 9,
+            maxConcurrent: 1}]
+)");
+    EXPECT_EQ(c.pools.size(), 1u);
+    EXPECT_EQ(c.upstream.idle_timeout, std::chrono::seconds(1));
+}
+
 TEST(Config, ValidateReportsEveryProblem) {
     const auto config = parseConfig(R"(
 kind: Waypoint
