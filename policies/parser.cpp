@@ -883,11 +883,29 @@ void parse_document(const SourceDocument& doc, PolicySet& out,
                                      " (use " + expected + ")");
         return;
     }
+    // Every kind this parser reads decides what is allowed or spent: a misspelled `spec` or
+    // `metadata.namespace` would silently apply another policy (an allow-nothing, a mode
+    // UNSET, the `default` namespace). Kubernetes' own metadata fields pass.
+    static const std::set<std::string> kMetadataFields = {"name",
+                                                          "namespace",
+                                                          "labels",
+                                                          "annotations",
+                                                          "uid",
+                                                          "resourceVersion",
+                                                          "generation",
+                                                          "creationTimestamp",
+                                                          "generateName",
+                                                          "deletionTimestamp",
+                                                          "managedFields",
+                                                          "ownerReferences",
+                                                          "finalizers",
+                                                          "selfLink",
+                                                          "deletionGracePeriodSeconds"};
     for (const auto& kv : n) {
         const std::string key = kv.first.as<std::string>("");
         if (key != "apiVersion" && key != "kind" && key != "metadata" && key != "spec" &&
             key != "status")
-            r.unknown_field(kv.first, "document", key);
+            r.unknown_security_field(kv.first, "the document", key);
     }
     const YAML::Node metadata = n["metadata"];
     if (!metadata) {
@@ -896,6 +914,11 @@ void parse_document(const SourceDocument& doc, PolicySet& out,
     }
     if (!r.expect_map(metadata, "metadata"))
         return;
+    for (const auto& kv : metadata) {
+        const std::string key = kv.first.as<std::string>("");
+        if (!kMetadataFields.contains(key))
+            r.unknown_security_field(kv.first, "metadata", key);
+    }
     ObjectMeta meta;
     meta.kind = *kind;
     meta.where = r.position(n);

@@ -190,6 +190,23 @@ spec:
               std::string::npos)
         << all(d);
     EXPECT_TRUE(has_errors(d));  // the whole set is refused; the last good one stays
+
+    // At the document's top level and in metadata too: `Spec` would leave a STRICT
+    // PeerAuthentication with no mode, `namespce` would put it in `default`.
+    d.clear();
+    parse_text(R"(apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: p, namespce: prod, labels: {a: b}}
+Spec: {mtls: {mode: STRICT}}
+)",
+               d, "t.yaml");
+    EXPECT_NE(all(d).find("t.yaml:4:1: error: unknown field 'Spec' in the document"),
+              std::string::npos)
+        << all(d);
+    EXPECT_NE(all(d).find("t.yaml:3:21: error: unknown field 'namespce' in metadata"),
+              std::string::npos)
+        << all(d);
+    EXPECT_EQ(all(d).find("labels"), std::string::npos) << all(d);
 }
 
 TEST(PolicyParser, DuplicatesAndBoundaryConflictsAreErrors) {

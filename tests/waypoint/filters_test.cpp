@@ -608,7 +608,10 @@ TEST(UsageFilter, InjectsIncludeUsageAndStripsTheUsageChunk) {
              {R"({"usage":null,"id":"x"})", R"({"id":"x"})"},
              {"{\"id\":\"x\",\n \"usage\":\tnull\n}", "{\"id\":\"x\"\n}"},
              {R"({"id":"say \"usage\": null","usage":null})", R"({"id":"say \"usage\": null"})"},
-             {R"({"id":"x","usage":nullx})", R"({"id":"x","usage":nullx})"}}) {
+             {R"({"id":"x","usage":nullx})", R"({"id":"x","usage":nullx})"},
+             {R"({"usage":null})", R"({})"},
+             // One JSON text over two `data:` lines: left as it is, not made invalid.
+             {"{\"id\":\"x\",\ndata: \"usage\":null}", "{\"id\":\"x\",\ndata: \"usage\":null}"}}) {
         std::string event = "data: " + sent + "\n\n";
         EXPECT_TRUE(filter->onStreamEvent(c.ctx, sent, event));
         EXPECT_EQ(event, "data: " + relayed + "\n\n") << sent;

@@ -4,6 +4,10 @@
 
 namespace sluice::ztunnel::identity {
 
+namespace {
+constexpr auto kForgottenFor = std::chrono::minutes(10);
+}  // namespace
+
 bool needs_renewal(const WorkloadCert& cert, Clock::time_point now) {
     return now >= cert.not_before + (cert.not_after - cert.not_before) / 2;
 }
@@ -48,9 +52,11 @@ std::expected<std::shared_ptr<const WorkloadCert>, std::string> CertManager::cer
 }
 
 void CertManager::forget(const Identity& id) {
+    const auto now = Clock::now();
     std::lock_guard lock(mutex_);
     certs_.erase(id);
-    forgotten_.insert(id);
+    std::erase_if(forgotten_, [&](const auto& f) { return now - f.second > kForgottenFor; });
+    forgotten_[id] = now;
 }
 
 void CertManager::enroll(const Identity& id) {

@@ -4,7 +4,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <vector>
 
 #include "ztunnel/identity/ca.h"
@@ -42,7 +41,10 @@ class CertManager {
     std::chrono::seconds lifetime_;
     mutable std::mutex mutex_;
     std::map<Identity, std::shared_ptr<const WorkloadCert>> certs_;
-    std::set<Identity> forgotten_;  // refused until enrolled again
+    // Refused until enrolled again, with when they were forgotten: kept for ten minutes, long
+    // past any handshake that raced the removal, so namespaces that come and go (CI clusters)
+    // do not grow it for the life of the process.
+    std::map<Identity, Clock::time_point> forgotten_;
 };
 
 // True once half of the certificate's lifetime has passed (Istio's default renewal point).

@@ -163,8 +163,10 @@ std::expected<int, std::string> Proxy::add_workload(const zds::WorkloadInfo& inf
     }
     // Mint before listening: a pod is served only once its certificate exists.
     certs_->enroll(wl->id);
-    if (auto cert = certs_->certificate(wl->id); !cert)
+    if (auto cert = certs_->certificate(wl->id); !cert) {
+        forget_unused(wl->id);  // refused again, unless a served pod has it
         return std::unexpected("certificate for " + wl->id.uri() + ": " + cert.error());
+    }
     struct Spec {
         tcp::endpoint at;
         void (*serve)(Proxy&, std::shared_ptr<EnrolledWorkload>, Worker&, AcceptedFd);

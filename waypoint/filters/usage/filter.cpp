@@ -246,17 +246,19 @@ void eraseNullUsage(std::string& raw) {
         if (at == std::string_view::npos || text.compare(at, 4, "null") != 0)
             continue;
         std::size_t end = at + 4;
-        if (end < text.size() && text.find_first_of(" \t\r\n,}", end) != end)
-            continue;  // not the literal null
+        const std::size_t before = key > 0 ? text.find_last_not_of(kSpace, key - 1) : key;
+        const std::size_t after = text.find_first_not_of(kSpace, end);
+        if (before == std::string_view::npos || after == std::string_view::npos)
+            return;
         std::size_t begin = key;
-        const std::size_t before = text.find_last_not_of(kSpace, key - 1);
-        if (before != std::string_view::npos && text[before] == ',') {
-            begin = before;
-        } else if (const std::size_t after = text.find_first_not_of(kSpace, end);
-                   after != std::string_view::npos && text[after] == ',') {
-            end = text.find_first_not_of(kSpace, after + 1);
+        if (text[before] == ',' && (text[after] == ',' || text[after] == '}')) {
+            begin = before;  // `, "usage": null` after another member
+        } else if (text[before] == '{' && text[after] == ',') {
+            end = text.find_first_not_of(kSpace, after + 1);  // the first member
             if (end == std::string_view::npos)
                 return;
+        } else if (!(text[before] == '{' && text[after] == '}')) {
+            return;  // not a member this can take out whole (JSON split over `data:` lines)
         }
         raw.erase(begin, end - begin);
         return;
