@@ -80,7 +80,14 @@ std::expected<void, std::string> Agent::init() {
     enrollment_->restore();
 
     // Policy before any new enrollment, so pods get their compiled endpoint ids from the start.
-    // An invalid policy directory at startup leaves the maps as the last agent left them.
+    // An invalid policy directory at startup leaves the maps as the last agent left them. The
+    // first generation is applied as a change from what the pinned maps hold, so entries the
+    // last agent wrote and this generation drops (a DENY removed while no agent ran, a pod
+    // gone) are deleted.
+    {
+        std::lock_guard lk(apply_mu_);
+        read_applied();
+    }
     policy_status_ =
         std::make_unique<PolicyStatusFile>(config_.policy_status_file(), config_.policies_dir);
     watcher_ = std::make_unique<policies::PolicyWatcher>(
@@ -240,28 +247,55 @@ std::optional<EndpointBinding> Agent::binding_of(const EnrolledPod& pod) const {
     return std::nullopt;
 }
 
+void Agent::read_applied() {
+    auto maps = datapath_->read_policy_maps();
+    if (!maps) {
+        spdlog::error("reading the policy maps: {}", maps.error().message);
+        return;
+    }
+    applied_ = {};
+    for (const auto& [key, value] : maps->policy)
+        applied_.policy.push_back({key, value});
+    for (const auto& [cidr, identity] : maps->ipcache)
+        applied_.ipcache.push_back({cidr, identity});
+}
+
 void Agent::apply_generation(std::shared_ptr<const policies::Generation> g) {
     std::lock_guard lk(apply_mu_);
-    const auto& next = g->compiled->kernel;
+    if (g->number < applied_number_)
+        return;  // a retry a newer generation overtook
+    // This node's share: ipcache is cluster-wide, policy entries are only its own pods'.
+    // applied_ holds no other, so the entries of a pod that left the node are deleted too.
+    const auto& compiled = g->compiled->kernel;
     std::set<uint32_t> local;
-    for (const auto& ep : next.endpoints) {
+    for (const auto& ep : compiled.endpoints) {
         if (ep.node_name == config_.node_name)
             local.insert(ep.value.endpoint_id);
     }
-    // Policy entries of other nodes' pods are useless here; ipcache is cluster-wide.
-    auto delta =
-        policies::kernel_delta(applied_, next, [&](uint32_t ep) { return local.contains(ep); });
+    policies::KernelState next;
+    next.ipcache = compiled.ipcache;
+    for (const auto& e : compiled.policy) {
+        if (local.contains(e.key.endpoint_id))
+            next.policy.push_back(e);
+    }
+    auto delta = policies::kernel_delta(applied_, next, nullptr);
     policies::DatapathSink sink(*datapath_);
     auto result = policies::apply_delta(delta, sink);
     if (!result.ok) {
         // Each step of the delta keeps decisions within old ∪ new, so a partial apply is never
-        // more permissive than both generations; the next reload starts from the old state.
+        // more permissive than both generations. The maps now hold part of it: the next delta
+        // starts from what they hold, and this generation is tried again.
         spdlog::error("policy generation {}: applying {} map changes failed after {}: {}",
                       g->number, delta.size(), result.applied, sink.last_error());
         policy_status_->apply_failed(g->number, sink.last_error());
+        read_applied();
+        failed_ = g;
+        failed_at_ = std::chrono::steady_clock::now();
         return;
     }
-    applied_ = next;
+    applied_ = std::move(next);
+    applied_number_ = g->number;
+    failed_.reset();
     {
         std::lock_guard glk(generation_mu_);
         generation_ = g;
@@ -324,10 +358,23 @@ std::string registry_signature(const std::string& dir) {
 
 }  // namespace
 
+void Agent::retry_failed_apply() {
+    std::shared_ptr<const policies::Generation> g;
+    {
+        std::lock_guard lk(apply_mu_);
+        if (!failed_ || std::chrono::steady_clock::now() - failed_at_ < 2s)
+            return;
+        g = failed_;
+    }
+    spdlog::info("policy generation {}: applying it again", g->number);
+    apply_generation(std::move(g));
+}
+
 void Agent::reconcile_loop() {
     std::string last = registry_signature(config_.registry_dir);
     while (!stopping_) {
         std::this_thread::sleep_for(250ms);
+        retry_failed_apply();
         std::string now = registry_signature(config_.registry_dir);
         if (now == last)
             continue;

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <expected>
 #include <memory>
 #include <mutex>
@@ -53,6 +54,10 @@ class Agent {
     // Applies a new policy generation to the maps (a delta from the last applied one, in the
     // order that never opens an allow-all window) and rebinds enrolled pods' endpoint ids.
     void apply_generation(std::shared_ptr<const policies::Generation> g);
+    // applied_ := what the policy and ipcache maps hold (apply_mu_ held).
+    void read_applied();
+    // Applies the generation whose apply failed again, two seconds after the last try.
+    void retry_failed_apply();
     std::optional<EndpointBinding> binding_of(const EnrolledPod& pod) const;
 
     AgentConfig config_;
@@ -75,8 +80,13 @@ class Agent {
     std::set<std::string> deleted_by_cni_;
     std::unique_ptr<PolicyStatusFile> policy_status_;  // before watcher_: its hook writes it
     std::unique_ptr<policies::PolicyWatcher> watcher_;
-    std::mutex apply_mu_;               // one generation applied at a time
-    policies::KernelState applied_;     // what the maps hold (apply_mu_)
+    std::mutex apply_mu_;  // one generation applied at a time
+    // What the maps hold (apply_mu_): ipcache and this node's policy entries, no endpoints.
+    policies::KernelState applied_;
+    uint64_t applied_number_ = 0;  // the generation in force (apply_mu_)
+    // A generation whose apply failed, to try again, and when it was last tried (apply_mu_).
+    std::shared_ptr<const policies::Generation> failed_;
+    std::chrono::steady_clock::time_point failed_at_;
     mutable std::mutex generation_mu_;  // guards generation_ only; never held while calling out
     std::shared_ptr<const policies::Generation> generation_;
 };

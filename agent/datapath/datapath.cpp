@@ -818,6 +818,52 @@ Result<void> Datapath::delete_policy(const sluice_policy_key& key) {
     return map_delete(map_fd("policy"), &key, "policy delete");
 }
 
+namespace {
+
+// Every {key, value} of the map at `fd`, at most `limit` (its size).
+template <typename Key, typename Value>
+Result<std::vector<std::pair<Key, Value>>> read_map(int fd, uint32_t limit,
+                                                    const std::string& what) {
+    std::vector<std::pair<Key, Value>> out;
+    Key key{}, next{};
+    const Key* cursor = nullptr;
+    while (out.size() < limit) {
+        if (bpf_map_get_next_key(fd, cursor, &next) != 0) {
+            if (errno == ENOENT)
+                break;
+            return fail_errno(Errc::MapOperationFailed, what + ": next key", errno);
+        }
+        Value value{};
+        if (bpf_map_lookup_elem(fd, &next, &value) == 0)
+            out.emplace_back(next, value);
+        key = next;
+        cursor = &key;
+    }
+    return out;
+}
+
+}  // namespace
+
+Result<Datapath::PolicyMaps> Datapath::read_policy_maps() const {
+    PolicyMaps maps;
+    auto policy = read_map<sluice_policy_key, sluice_policy_value>(
+        map_fd("policy"), config_.map_sizes.policy, "read policy map");
+    if (!policy)
+        return std::unexpected(policy.error());
+    maps.policy = std::move(*policy);
+    auto ipcache = read_map<sluice_ipcache_key, sluice_ipcache_value>(
+        map_fd("ipcache"), config_.map_sizes.ipcache, "read ipcache map");
+    if (!ipcache)
+        return std::unexpected(ipcache.error());
+    for (const auto& [k, v] : *ipcache) {
+        Cidr cidr;
+        std::memcpy(cidr.address.bytes.data(), k.addr, 16);
+        cidr.prefix_len = k.prefixlen;
+        maps.ipcache.emplace_back(cidr, v.identity);
+    }
+    return maps;
+}
+
 Result<void> Datapath::add_excluded_cidr(const Cidr& cidr) {
     sluice_ipcache_key key = lpm_key(cidr);
     uint8_t one = 1;

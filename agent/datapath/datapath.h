@@ -72,6 +72,14 @@ class Datapath {
     Result<void> delete_ipcache(const Cidr& cidr);
     Result<void> upsert_policy(const sluice_policy_key& key, const sluice_policy_value& value);
     Result<void> delete_policy(const sluice_policy_key& key);
+    // What the policy and ipcache maps hold now. The policy applier starts from it: after a
+    // restart the pinned maps keep the last agent's entries, and after a failed apply only the
+    // maps know which steps were taken.
+    struct PolicyMaps {
+        std::vector<std::pair<sluice_policy_key, sluice_policy_value>> policy;
+        std::vector<std::pair<Cidr, uint32_t>> ipcache;
+    };
+    Result<PolicyMaps> read_policy_maps() const;
     Result<void> add_excluded_cidr(const Cidr& cidr);
     Result<void> delete_excluded_cidr(const Cidr& cidr);
 

@@ -31,6 +31,29 @@ class PolicyMapsTest : public DatapathTest {
     }
 };
 
+// What the maps hold, read back: a restarted agent starts its first delta from it.
+TEST_F(PolicyMapsTest, ReadPolicyMapsGivesBackWhatWasApplied) {
+    SLUICE_REQUIRE_PRIVILEGES();
+    auto& dp = open_datapath();
+    auto loaded = pol::load_and_compile(kExample + "/policies", kExample + "/registry");
+    ASSERT_TRUE(loaded.ok());
+    const pol::KernelState& want = loaded.compiled->kernel;
+    pol::DatapathSink sink(dp);
+    ASSERT_TRUE(pol::apply_delta(pol::kernel_delta({}, want), sink).ok) << sink.last_error();
+    auto maps = dp.read_policy_maps();
+    ASSERT_TRUE(maps) << maps.error().message;
+    ASSERT_EQ(maps->policy.size(), want.policy.size());
+    ASSERT_EQ(maps->ipcache.size(), want.ipcache.size());
+    pol::KernelState read;
+    for (const auto& [key, value] : maps->policy)
+        read.policy.push_back({key, value});
+    for (const auto& [cidr, identity] : maps->ipcache)
+        read.ipcache.push_back({cidr, identity});
+    // Nothing to change from what was read to what was applied, and back to nothing: all of it.
+    EXPECT_EQ(pol::kernel_delta(read, want).size(), 0u);
+    EXPECT_EQ(pol::kernel_delta(read, {}).size(), want.policy.size() + want.ipcache.size());
+}
+
 TEST_F(PolicyMapsTest, CompiledBoundariesRefuseConnectAndReloadLiftsThem) {
     SLUICE_REQUIRE_PRIVILEGES();
     auto& dp = open_datapath();

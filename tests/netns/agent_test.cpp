@@ -353,6 +353,21 @@ spec:
         } while (std::chrono::steady_clock::now() < deadline);
         return err;
     }
+    // SIGKILLs node 0's agent; returns its command line, for restart_agent().
+    std::vector<std::string> kill_agent() {
+        auto agent = std::find_if(
+            state_.daemons.begin(), state_.daemons.end(),
+            [](const DaemonState& d) { return d.node == 0 && d.name == "sluice-agent"; });
+        std::vector<std::string> argv = read_cmdline(agent->pid);
+        EXPECT_EQ(::kill(agent->pid, SIGKILL), 0);
+        std::this_thread::sleep_for(100ms);
+        return argv;
+    }
+    // Starts node 0's agent again; true once it is ready.
+    bool restart_agent(const std::vector<std::string>& argv) {
+        spawn_process(node_process(node(0), argv), node(0).run_dir + "/agent.log");
+        return wait_http_ready(node(0).netns, 15031, "/healthz/ready", 20s);
+    }
     std::string audit(int node_index) {
         std::ifstream f(node(node_index).run_dir + "/audit.log");
         std::stringstream ss;
@@ -593,22 +608,33 @@ TEST_F(AgentPolicyTest, PolicyStaysEnforcedThroughAnAgentKill9) {
     const PodState& b = pod("tenant-b/b");
     write_policy("policies.yaml", kPolicies);
     ASSERT_EQ(connect_errno_eventually(b, a.ip, EPERM), EPERM);
-    auto agent =
-        std::find_if(state_.daemons.begin(), state_.daemons.end(),
-                     [](const DaemonState& d) { return d.node == 0 && d.name == "sluice-agent"; });
-    const std::vector<std::string> argv = read_cmdline(agent->pid);
-    ASSERT_EQ(::kill(agent->pid, SIGKILL), 0);
-    std::this_thread::sleep_for(100ms);
+    const std::vector<std::string> argv = kill_agent();
     int err = 0;
     Fd c = connect_from(b, a.ip, kAppPort, &err);
     EXPECT_EQ(err, EPERM) << "no agent: the pinned policy must still deny";
-    spawn_process(node_process(node(0), argv), node(0).run_dir + "/agent.log");
-    ASSERT_TRUE(wait_http_ready(node(0).netns, 15031, "/healthz/ready", 20s));
+    ASSERT_TRUE(restart_agent(argv));
     for (int i = 0; i < 20; ++i) {  // throughout the takeover, never a successful connect
         Fd again = connect_from(b, a.ip, kAppPort, &err);
         EXPECT_EQ(err, EPERM);
         std::this_thread::sleep_for(25ms);
     }
+}
+
+// A policy removed while no agent runs is lifted when the agent is back: its first generation
+// is applied as a change from what the pinned maps hold, so the entries the last agent wrote
+// are deleted (before, that generation only added entries, and b → a stayed refused).
+TEST_F(AgentPolicyTest, APolicyRemovedWhileTheAgentIsDownIsLiftedWhenItIsBack) {
+    const PodState& a = pod("tenant-a/a");
+    const PodState& b = pod("tenant-b/b");
+    write_policy("policies.yaml", kPolicies);
+    ASSERT_EQ(connect_errno_eventually(b, a.ip, EPERM), EPERM);
+    const std::vector<std::string> argv = kill_agent();
+    write_policy("policies.yaml", "");  // every boundary and policy gone
+    int err = 0;
+    Fd still = connect_from(b, a.ip, kAppPort, &err);
+    EXPECT_EQ(err, EPERM) << "no agent yet: the pinned entries decide";
+    ASSERT_TRUE(restart_agent(argv));
+    EXPECT_EQ(connect_errno_eventually(b, a.ip, 0), 0) << strerror(err);
 }
 
 }  // namespace
