@@ -320,8 +320,14 @@ void Enrollment::replay_to_ztunnel(ZtunnelLink::SessionId session) {
         if (!listener) {
             spdlog::error("replaying pod {} to ztunnel session {}: {}", key, session,
                           listener.error());
-            close_all();
-            return;  // the session dropped; its ztunnel reconnects and gets everything again
+            const auto live = ztunnel_.sessions();
+            if (std::find(live.begin(), live.end(), session) == live.end()) {
+                close_all();
+                return;  // the session dropped; its ztunnel reconnects and gets everything again
+            }
+            // ztunnel refused this one pod (its certificate, its address): the others are
+            // served and the snapshot completes, or no pod of the node would be steered.
+            continue;
         }
         listeners.emplace_back(&pod, *listener);
     }

@@ -620,6 +620,24 @@ TEST_F(AgentPolicyTest, PolicyStaysEnforcedThroughAnAgentKill9) {
     }
 }
 
+// ztunnel refusing one pod while the agent replays its pods does not cost the others: the
+// snapshot completes (before, the replay stopped at the refusal, no SnapshotSent followed, and
+// the session never steered any pod of the node).
+TEST_F(AgentPolicyTest, AReplayGoesOnPastAPodZtunnelRefuses) {
+    ASSERT_TRUE(peers_[0]->listeners("tenant-a/a", 1s));
+    ASSERT_EQ(peers_[0]->snapshots(), 1);
+    peers_[0]->refuse("tenant-b/b");
+    ASSERT_TRUE(restart_agent(kill_agent()));
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (peers_[0]->snapshots() < 2 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(peers_[0]->snapshots(), 2);
+    std::ifstream f(node(0).run_dir + "/agent.log");
+    std::stringstream log;
+    log << f.rdbuf();
+    EXPECT_NE(log.str().find("refused by the test"), std::string::npos) << log.str();
+}
+
 // A policy removed while no agent runs is lifted when the agent is back: its first generation
 // is applied as a change from what the pinned maps hold, so the entries the last agent wrote
 // are deleted (before, that generation only added entries, and b → a stayed refused).

@@ -177,8 +177,13 @@ void ZdsPeer::serve(int sock) {
         if (m.type == zds::MessageType::AddWorkload) {
             const std::string pod = m.workload.namespace_name + "/" + m.workload.name;
             {
-                // A replay after the agent reconnected: keep serving with the same listeners.
                 std::lock_guard lk(mu_);
+                if (refused_.contains(pod)) {
+                    (void)zds::send_message(
+                        sock, {.type = zds::MessageType::Ack, .error = "refused by the test"});
+                    continue;
+                }
+                // A replay after the agent reconnected: keep serving with the same listeners.
                 if (auto it = owned_.find(m.workload.uid); it != owned_.end()) {
                     (void)zds::send_message(sock, {.type = zds::MessageType::Ack},
                                             it->second[2].get());

@@ -5,6 +5,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,6 +42,12 @@ class ZdsPeer {
     int connections() const { return connections_.load(); }
     int snapshots() const { return snapshots_.load(); }
     int deletes() const { return deletes_.load(); }
+    // From now on, AddWorkload of `pod` ("ns/name") is refused (an Ack with an error), as a
+    // ztunnel that cannot mint the pod's certificate refuses it.
+    void refuse(const std::string& pod) {
+        std::lock_guard lk(mu_);
+        refused_.insert(pod);
+    }
 
   private:
     void run();
@@ -52,6 +59,7 @@ class ZdsPeer {
     std::atomic<bool> connected_{false};
     std::atomic<int> connections_{0}, snapshots_{0}, deletes_{0};
     std::mutex mu_;
+    std::set<std::string> refused_;            // "ns/name"
     std::map<std::string, Listeners> by_pod_;  // "ns/name"
     std::map<std::string, std::string> pod_by_uid_;
     std::map<std::string, std::vector<Fd>> owned_;  // by uid
