@@ -197,26 +197,29 @@ cni::Response Agent::handle_cni(const cni::Request& req) {
                                             .service_account = "default"});
     if (pod.uid.empty())
         pod.uid = req.pod_uid;
-    if (pod.ips.empty())
+    // The runtime's result for this sandbox, not the registry's status, which can still hold
+    // the addresses of a sandbox the pod had before.
+    if (!req.ips.empty())
         pod.ips = req.ips;
     const bool wanted = view.wants_ambient(pod);
 
-    {
-        std::lock_guard lk(deleted_mu_);
-        if (req.command == "DEL") {
-            deleted_by_cni_.insert(pod.uid);
-        } else if (req.command == "ADD") {
+    if (req.command == "ADD") {
+        {
+            std::lock_guard lk(deleted_mu_);
             deleted_by_cni_.erase(pod.uid);
         }
-    }
-    if (req.command == "ADD") {
         if (wanted) {
-            auto r = enrollment_->add(pod, req.netns);
+            auto r = enrollment_->add(pod, req.netns, req.container_id);
             res = r ? cni::Response{.ok = true, .enrolled = true}
                     : cni::Response{.ok = false, .error = r.error()};
         }
     } else if (req.command == "DEL") {
-        if (auto r = enrollment_->remove(req.pod_namespace, req.pod_name); !r)
+        auto r = enrollment_->remove(req.pod_namespace, req.pod_name, req.container_id);
+        if (!r || *r) {  // not for a sandbox the runtime has since replaced
+            std::lock_guard lk(deleted_mu_);
+            deleted_by_cni_.insert(pod.uid);
+        }
+        if (!r)
             res = {.ok = false, .error = r.error()};
     } else if (req.command == "CHECK") {
         const bool enrolled = enrollment_->is_enrolled(req.pod_namespace, req.pod_name);

@@ -88,6 +88,7 @@ void Enrollment::persist() const {
                         {"namespace", p.namespace_name},
                         {"serviceAccount", p.service_account},
                         {"netns", p.netns},
+                        {"containerId", p.container_id},
                         {"ips", p.ips},
                         {"netnsCookie", p.netns_cookie},
                         {"endpointId", p.endpoint_id},
@@ -119,6 +120,7 @@ void Enrollment::restore() {
         p.namespace_name = j.value("namespace", "");
         p.service_account = j.value("serviceAccount", "");
         p.netns = j.value("netns", "");
+        p.container_id = j.value("containerId", "");
         p.ips = j.value("ips", std::vector<std::string>{});
         p.netns_cookie = j.value("netnsCookie", uint64_t{0});
         p.endpoint_id = j.value("endpointId", 0u);
@@ -186,7 +188,8 @@ std::expected<void, std::string> Enrollment::hand_to_ztunnel(const EnrolledPod& 
 }
 
 std::expected<void, std::string> Enrollment::add(const PodRecord& rec,
-                                                 const std::string& netns_path) {
+                                                 const std::string& netns_path,
+                                                 const std::string& container_id) {
     std::lock_guard lk(mu_);
     const std::string key = key_of(rec.namespace_name, rec.name);
     auto cookie = cookie_if_present(netns_path);
@@ -195,6 +198,8 @@ std::expected<void, std::string> Enrollment::add(const PodRecord& rec,
     if (auto it = pods_.find(key); it != pods_.end()) {
         if (it->second.netns_cookie == *cookie) {
             // Already enrolled (a retried CNI ADD): only addresses the pod gained are new.
+            if (!container_id.empty())
+                it->second.container_id = container_id;
             for (const auto& ip : rec.ips) {
                 auto& known = it->second.ips;
                 if (std::find(known.begin(), known.end(), ip) != known.end())
@@ -220,6 +225,7 @@ std::expected<void, std::string> Enrollment::add(const PodRecord& rec,
                     .namespace_name = rec.namespace_name,
                     .service_account = rec.service_account,
                     .netns = netns_path,
+                    .container_id = container_id,
                     .ips = rec.ips,
                     .waypoint = is_waypoint_pod(rec)};
     auto attached = dp_.attach_netns(netns_path);
@@ -261,13 +267,18 @@ std::expected<void, std::string> Enrollment::add(const PodRecord& rec,
     return {};
 }
 
-std::expected<void, std::string> Enrollment::remove(const std::string& ns,
-                                                    const std::string& name) {
+std::expected<bool, std::string> Enrollment::remove(const std::string& ns, const std::string& name,
+                                                    const std::string& container_id) {
     std::lock_guard lk(mu_);
     auto it = pods_.find(key_of(ns, name));
     if (it == pods_.end())
-        return {};  // DEL is idempotent
+        return true;  // DEL is idempotent
     const EnrolledPod pod = it->second;
+    if (!container_id.empty() && !pod.container_id.empty() && container_id != pod.container_id) {
+        spdlog::info("CNI DEL of sandbox {} of pod {}/{}: sandbox {} is the enrolled one; it stays",
+                     container_id, ns, name, pod.container_id);
+        return false;
+    }
     // Capture off first, so no new connection is sent to listeners that are about to close.
     std::string problems;
     if (auto r = dp_.unenroll_netns(pod.netns_cookie);
@@ -287,7 +298,7 @@ std::expected<void, std::string> Enrollment::remove(const std::string& ns,
     spdlog::info("unenrolled pod {}/{}", ns, name);
     if (!problems.empty())
         return std::unexpected(problems);
-    return {};
+    return true;
 }
 
 bool Enrollment::is_enrolled(const std::string& ns, const std::string& name) const {

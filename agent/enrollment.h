@@ -19,6 +19,7 @@ namespace sluice::agent {
 // A pod this agent has put into the mesh.
 struct EnrolledPod {
     std::string uid, name, namespace_name, service_account, netns;
+    std::string container_id;  // the CNI sandbox (CNI_CONTAINERID); empty: from the registry
     std::vector<std::string> ips;
     uint64_t netns_cookie = 0;
     uint32_t endpoint_id = 0;
@@ -55,9 +56,15 @@ class Enrollment {
     // cleaned out of the maps.
     void restore();
 
-    // The pod from the CNI ADD (or from the registry at startup). Idempotent.
-    std::expected<void, std::string> add(const PodRecord& pod, const std::string& netns_path);
-    std::expected<void, std::string> remove(const std::string& ns, const std::string& name);
+    // The pod from the CNI ADD of sandbox `container_id` (or from the registry, without one).
+    // Idempotent.
+    std::expected<void, std::string> add(const PodRecord& pod, const std::string& netns_path,
+                                         const std::string& container_id = {});
+    // Unenrolls the pod; true when it is no longer enrolled. A CNI DEL names its sandbox: one of
+    // another sandbox than the enrolled one (a late or repeated DEL of a sandbox the runtime
+    // has since replaced) leaves the pod enrolled and gives false.
+    std::expected<bool, std::string> remove(const std::string& ns, const std::string& name,
+                                            const std::string& container_id = {});
     bool is_enrolled(const std::string& ns, const std::string& name) const;
     std::vector<EnrolledPod> pods() const;
 

@@ -228,6 +228,21 @@ TEST_F(AgentTest, CniDelRemovesEveryMapEntryOfThePod) {
     EXPECT_EQ(map_entries(node(1).bpffs + "/maps/enrolled_netns"), 0u);
 }
 
+// A DEL names its sandbox: a late or repeated DEL of a sandbox the runtime has since replaced
+// leaves the pod's current enrollment alone (before, it unenrolled the pod by name and marked
+// it deleted, so nothing put it back: the pod ran without capture or policy).
+TEST_F(AgentTest, CniDelOfAnotherSandboxLeavesThePodEnrolled) {
+    PodState server = pod("mesh/server");
+    server.container_id += "-replaced";
+    cni_del(state_, server);
+    EXPECT_EQ(peers_[1]->deletes(), 0);
+    EXPECT_EQ(map_entries(node(1).bpffs + "/maps/enrolled_netns"), 1u);
+    EXPECT_NE(metrics(1).find("sluice_agent_enrolled_pods 1"), std::string::npos);
+    cni_del(state_, pod("mesh/server"));  // its own sandbox's DEL
+    EXPECT_EQ(peers_[1]->deletes(), 1);
+    EXPECT_EQ(map_entries(node(1).bpffs + "/maps/enrolled_netns"), 0u);
+}
+
 TEST_F(AgentTest, RemovingTheLabelUnenrollsAndRestoresDirectTraffic) {
     const PodState& client = pod("mesh/client");
     const PodState& outsider = pod("plain/outsider");
