@@ -450,6 +450,33 @@ TEST(WaypointGateway, KeepAliveAndChunkedRequestBody) {
     EXPECT_EQ(responses, 2u) << got;
 }
 
+// A Transfer-Encoding that does not end in chunked, or one on HTTP/1.0, is a 400 and the
+// connection closes: Beast would read no body and take the body's bytes for a next request,
+// which a proxy in front never saw (request smuggling).
+TEST(WaypointGateway, TransferEncodingsThatAreNotChunkedAreRefused) {
+    Emulator backend("a");
+    auto gw = startGateway(baseConfig("\"" + backend.address() + "\""));
+    const std::string hidden =
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nx-tenant: someone-else\r\n\r\n";
+    for (const std::string te : {"chunked, identity", "xchunked", "identity", "gzip"}) {
+        const std::string got = rawExchange(gw->gatewayPort(),
+                                            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                                            "Transfer-Encoding: " +
+                                                te + "\r\n\r\n" + hidden);
+        EXPECT_TRUE(got.starts_with("HTTP/1.1 400")) << te << "\n" << got;
+        EXPECT_NE(got.find("invalid_request_error"), std::string::npos) << got;
+        EXPECT_EQ(got.find("HTTP/1.1 200"), std::string::npos) << te << "\n" << got;
+    }
+    const std::string body = chatBody(false);
+    const std::string old = rawExchange(
+        gw->gatewayPort(),
+        "POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
+            (std::ostringstream() << std::hex << body.size()).str() + "\r\n" + body +
+            "\r\n0\r\n\r\n");
+    EXPECT_TRUE(old.starts_with("HTTP/1.1 400")) << old;
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 0);
+}
+
 TEST(WaypointGateway, TokenBudgetReturns429WithHeadersAndOtherTenantIsServed) {
     Emulator backend("a");
     auto gw = startGateway(budgetConfig(backend, 400));

@@ -26,6 +26,20 @@ using namespace std::chrono_literals;
 constexpr std::size_t kMaxBody = 1 << 20;
 constexpr std::size_t kConnectionBodies = 2 << 20;
 
+// Appends what arrives on `s` to `got` until the peer ends the connection (eof), an error, or
+// 5 s without a byte (timed_out); returns which.
+error_code readToEnd(tcp::socket& s, std::string& got) {
+    char buf[65536];
+    error_code ec;
+    while (!ec) {
+        pollfd p{.fd = s.native_handle(), .events = POLLIN, .revents = 0};
+        if (::poll(&p, 1, 5000) != 1)
+            return asio::error::timed_out;
+        got.append(buf, s.read_some(asio::buffer(buf), ec));
+    }
+    return ec;
+}
+
 // A streamed chat whose prompt makes the body about `size` bytes.
 std::string chatOfSize(std::size_t size, bool stream = true) {
     json body{{"model", "gpt-4o"}, {"max_tokens", 3}, {"stream", stream}};
@@ -193,6 +207,52 @@ TEST(WaypointH2Limits, AConnectionThatStopsReadingIsCutOffAfterTheIdleTimeout) {
     EXPECT_EQ(ec, asio::error::connection_reset) << ec.message();
 }
 
+// A connection that sends the preface and then nothing is ended with a GOAWAY after the request
+// timeout (before, it was held for ever: a descriptor, a session and buffers per silent peer);
+// the same after its last stream, once the idle timeout has passed.
+TEST(WaypointH2Limits, ASilentConnectionIsEndedWithAGoaway) {
+    Emulator backend("a");
+    auto gw = startGateway(limitsConfig(backend, "requestTimeout: 300ms, idleTimeout: 600ms"));
+    for (const bool after_a_stream : {false, true}) {
+        asio::io_context io;
+        tcp::socket s(io);
+        s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), gw->gatewayPort()));
+        std::string received;
+        auto started = std::chrono::steady_clock::now();
+        if (after_a_stream) {
+            H2Client client;
+            client.submit("POST", "/v1/chat/completions", chatOfSize(300, false));
+            asio::co_spawn(io,
+                           client.run(
+                               [&](asio::mutable_buffer b) -> awaitable<std::size_t> {
+                                   error_code ec;
+                                   co_return co_await s.async_read_some(b, noThrow(ec));
+                               },
+                               [&](std::string out) -> awaitable<bool> {
+                                   error_code ec;
+                                   co_await asio::async_write(s, asio::buffer(out), noThrow(ec));
+                                   co_return !ec;
+                               }),
+                           asio::detached);
+            io.run_for(5s);
+            ASSERT_TRUE(client.allEnded());
+            started = std::chrono::steady_clock::now();
+        } else {
+            asio::write(s, asio::buffer(std::string("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") +
+                                        std::string("\0\0\0\x04\0\0\0\0\0", 9)));
+        }
+        const error_code ec = readToEnd(s, received);
+        const auto took = std::chrono::steady_clock::now() - started;
+        EXPECT_EQ(ec, asio::error::eof) << ec.message();
+        const auto limit = after_a_stream ? 600ms : 300ms;
+        EXPECT_GE(took, limit - 50ms);
+        EXPECT_LT(took, limit + 1s);
+        // The last frame before the end is the GOAWAY (type 7).
+        ASSERT_GE(received.size(), 17u);
+        EXPECT_EQ(received[received.size() - 17 + 3], char(0x7)) << "no GOAWAY at the end";
+    }
+}
+
 // Lingering close: after its graceful end (here the client's GOAWAY, with no stream open) the
 // waypoint shuts its side down and keeps reading what the client still sends, until the client's
 // end. Closing at once would answer those bytes with a RST, which can throw away what the client
@@ -219,16 +279,7 @@ TEST(WaypointH2Drain, AGracefulEndReadsWhatTheClientStillSends) {
     asio::write(s, asio::buffer("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(0x4, "") +
                                 frame(0x7, std::string(8, '\0'))));
     std::string got;
-    char buf[65536];
-    error_code ec;
-    while (!ec) {
-        pollfd p{.fd = s.native_handle(), .events = POLLIN, .revents = 0};
-        if (::poll(&p, 1, 5000) != 1) {
-            ec = asio::error::timed_out;
-            break;
-        }
-        got.append(buf, s.read_some(asio::buffer(buf), ec));
-    }
+    error_code ec = readToEnd(s, got);
     ASSERT_EQ(ec, asio::error::eof) << ec.message();
     ASSERT_GE(got.size(), 9u);
     EXPECT_EQ(got[3], char(0x4)) << "the waypoint's SETTINGS come first";

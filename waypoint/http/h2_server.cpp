@@ -134,6 +134,7 @@ class H2Stream final : public ByteStream,
     std::string request_;  // HTTP/1.1 head: the request line, whole once request_ready_
     std::size_t request_offset_ = 0;
     bool request_ready_ = false;
+    bool handed_ = false;  // the pipeline has read the whole request
     // Response side.
     std::string unparsed_;
     std::string status_;
@@ -162,7 +163,8 @@ class H2Session : public std::enable_shared_from_this<H2Session>, private H2Conn
           downstream_{downstream.peer_identity, downstream.authority, nullptr},
           registry_(downstream.h2),
           write_ready_(executor_),
-          write_ended_(executor_) {
+          write_ended_(executor_),
+          idle_timer_(executor_) {
         nghttp2_option* opt = nullptr;
         nghttp2_option_new(&opt);
         // A stream's window is given back only while its body is admitted (docs/waypoint.md,
@@ -225,6 +227,11 @@ class H2Session : public std::enable_shared_from_this<H2Session>, private H2Conn
     }
     awaitable<void> readLoop();
     awaitable<void> writeLoop();
+    // Ends the connection gracefully (GOAWAY) once no stream is live and the client has sent
+    // nothing for the request timeout (before its first stream: a preface and then silence)
+    // or the idle timeout (after one): a silent connection must not hold its descriptor,
+    // session and buffers for ever.
+    awaitable<void> idleWatch();
     awaitable<void> serveStream(std::shared_ptr<H2Stream> stream);
     // Stream 1 from the request that asked for the upgrade; false if nghttp2 refused it.
     bool upgrade(const H2cUpgraded& upgraded);
@@ -255,6 +262,8 @@ class H2Session : public std::enable_shared_from_this<H2Session>, private H2Conn
     bool goaway_sent_ = false;
     bool write_loop_running_ = false;
     Event write_ready_, write_ended_;
+    asio::steady_timer idle_timer_;  // idleWatch()'s; close() cancels it
+    std::chrono::steady_clock::time_point last_activity_ = std::chrono::steady_clock::now();
 };
 
 // ---- H2Stream ------------------------------------------------------------------------------
@@ -326,6 +335,11 @@ awaitable<ByteStream::IoResult> H2Stream::readSome(asio::mutable_buffer buf) {
         co_await readable_.wait();
     if (readCancelled())
         co_return IoResult{asio::error::operation_aborted, 0};
+    // A stream the client (or nghttp2, for a protocol error of the client's) reset before its
+    // request was handed on is not served: nghttp2 no longer counts it against the concurrent
+    // streams, so serving it would let a client run requests past that limit.
+    if (reset_ && !handed_)
+        co_return IoResult{asio::error::connection_reset, 0};
     if (unread()) {
         const bool head = request_offset_ < request_.size();
         const std::string& from = head ? request_ : body_;
@@ -337,6 +351,7 @@ awaitable<ByteStream::IoResult> H2Stream::readSome(asio::mutable_buffer buf) {
             std::string().swap(request_);  // the parser has its own copy now
             std::string().swap(body_);
             request_offset_ = body_offset_ = 0;
+            handed_ = true;
             session_.release(*this);  // handed to the pipeline
         }
         co_return IoResult{error_code{}, n};
@@ -422,10 +437,13 @@ void H2Stream::close() {
         return;
     session_.release(*this);
     // An incomplete response (client gone, upstream reset mid-response) resets the stream; a
-    // complete one still goes out with END_STREAM.
+    // complete one still goes out with END_STREAM. REFUSED_STREAM tells the client the request
+    // was not processed and may be retried, so only a stream whose request never reached the
+    // pipeline gets it: once handed on, it may have gone upstream (a POST retried twice).
     if (!ended_ && (!submitted_ || !finished_)) {
-        nghttp2_submit_rst_stream(session_.session(), NGHTTP2_FLAG_NONE, id_,
-                                  submitted_ ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_REFUSED_STREAM);
+        nghttp2_submit_rst_stream(
+            session_.session(), NGHTTP2_FLAG_NONE, id_,
+            submitted_ || handed_ ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_REFUSED_STREAM);
         session_.kick();
     }
     readable_.notify();
@@ -531,6 +549,7 @@ int H2Session::onStreamClose(nghttp2_session*, int32_t stream_id, uint32_t error
         return 0;
     auto keep = std::move(it->second);  // its waiters hold their own references
     self->streams_.erase(it);
+    self->last_activity_ = std::chrono::steady_clock::now();  // idle from the last stream's end
     self->release(*keep);
     keep->ended(error_code != NGHTTP2_NO_ERROR);
     return 0;
@@ -645,6 +664,7 @@ awaitable<void> H2Session::run(std::string_view received, const H2cUpgraded* upg
             self->write_loop_running_ = false;
             self->write_ended_.notify();
         });
+    asio::co_spawn(executor_, idleWatch(), asio::detached);
     co_await readLoop();
     // The transport is the caller's: neither loop may touch it once this returns.
     while (write_loop_running_)
@@ -662,6 +682,7 @@ awaitable<void> H2Session::readLoop() {
     while (open_) {
         error_code ec;
         const std::size_t n = co_await transport_.async_read_some(asio::buffer(buf), noThrow(ec));
+        last_activity_ = std::chrono::steady_clock::now();
         eof = ec == asio::error::eof;
         if (ec || !feed({buf.data(), n}))
             break;
@@ -702,9 +723,28 @@ awaitable<void> H2Session::writeLoop() {
     close(done);
 }
 
+awaitable<void> H2Session::idleWatch() {
+    auto self = shared_from_this();
+    while (open_ && !goaway_sent_) {
+        const auto limit = nghttp2_session_get_last_proc_stream_id(session_) > 0
+                               ? limits_.idle_timeout
+                               : limits_.request_timeout;
+        const auto now = std::chrono::steady_clock::now();
+        if (streams_.empty() && now >= last_activity_ + limit) {
+            spdlog::debug("h2c: idle for {} ms; GOAWAY", limit.count());
+            goaway();  // the write loop ends the connection once it is sent
+            co_return;
+        }
+        idle_timer_.expires_at(streams_.empty() ? last_activity_ + limit : now + limit);
+        error_code ec;
+        co_await idle_timer_.async_wait(noThrow(ec));
+    }
+}
+
 void H2Session::close(bool graceful) {
     if (!std::exchange(open_, false))
         return;
+    idle_timer_.cancel();
     if (registry_ != nullptr)
         registry_->remove(*this);
     error_code ec;

@@ -170,6 +170,14 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
         member.reading(&parser);
         co_await http::async_read_header(socket, buffer, parser, noThrow(ec));
         member.reading(nullptr);
+        // Framing a proxy in front could read another way is refused (RFC 9112 §6.1, §6.3): a
+        // Transfer-Encoding whose last coding is not chunked (Beast would read no body, or the
+        // Content-Length, and take the rest for the next request, with its own tenant), or any
+        // Transfer-Encoding on HTTP/1.0.
+        if (!ec && parser.get().count(http::field::transfer_encoding) != 0 &&
+            (!parser.chunked() || parser.get().version() < 11)) {
+            ec = http::error::bad_transfer_encoding;
+        }
         if (!ec && !parser.is_done()) {
             if (expectsContinue(parser.get())) {
                 // The client waits for this before it sends the body (curl: 1 s, then it sends
@@ -254,12 +262,12 @@ awaitable<void> serveHttp1(ClientStream& socket, const ServerLimits& limits, con
                 co_return;
             }
         }
-        Exchange exchange{socket,
-                          buffer,
-                          request,
-                          request.keep_alive() && !member.stopping(),
-                          downstream.peer_identity,
-                          downstream.authority};
+        Exchange exchange{socket, buffer, request,
+                          // The last request the connection serves is told so, or the
+                          // client's next one would go unanswered.
+                          request.keep_alive() && !member.stopping() &&
+                              served + 1 < limits.max_requests_per_connection,
+                          downstream.peer_identity, downstream.authority};
         // A handler that throws has a bug; it costs this connection (closed with a FIN; what
         // the response had written is unknown, so no answer is added), never the worker, and
         // it is logged: a detached coroutine's exception would vanish without a trace.

@@ -80,8 +80,15 @@ awaitable<void> acceptEach(tcp::acceptor& acceptor, Serve serve) {
         tcp::socket socket = co_await acceptor.async_accept(noThrow(ec));
         if (ec == asio::error::operation_aborted || !acceptor.is_open())
             co_return;
+        if (ec == asio::error::no_descriptors ||
+            ec == boost::system::errc::too_many_files_open_in_system) {
+            // Out of descriptors: the connection stays queued; retrying at once would spin.
+            asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(50));
+            co_await pause.async_wait(noThrow(ec));
+            continue;
+        }
         if (ec)
-            continue;  // e.g. EMFILE: the client is dropped, the listener stays
+            continue;  // the client is dropped, the listener stays
         asio::co_spawn(acceptor.get_executor(), serve(std::move(socket)), asio::detached);
     }
 }
