@@ -6,6 +6,7 @@
 //   "agentSocket":    "/var/run/sluice/cni.sock"
 //   "timeoutSeconds": 30
 //   "failOpen":       false
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 #include <iterator>
@@ -60,14 +61,12 @@ std::string cni_arg(const std::string& args, const std::string& key) {
     return {};
 }
 
-}  // namespace
+constexpr const char* kSupportedVersions[] = {"0.3.0", "0.3.1", "0.4.0", "1.0.0"};
 
-int main() {
+int run() {
     const std::string command = env("CNI_COMMAND");
     if (command == "VERSION") {
-        std::cout << json{{"cniVersion", "1.0.0"},
-                          {"supportedVersions", {"0.3.0", "0.3.1", "0.4.0", "1.0.0"}}}
-                         .dump()
+        std::cout << json{{"cniVersion", "1.0.0"}, {"supportedVersions", kSupportedVersions}}.dump()
                   << "\n";
         return 0;
     }
@@ -75,14 +74,22 @@ int main() {
     json conf = json::parse(input, nullptr, false);
     if (conf.is_discarded() || !conf.is_object())
         return fail(kErrDecode, "network configuration on stdin is not JSON");
+    if (conf.contains("cniVersion") && !conf["cniVersion"].is_string())
+        return fail(kErrInvalidConfig, "cniVersion must be a string");
     cni_version = conf.value("cniVersion", "1.0.0");
     if (command != "ADD" && command != "DEL" && command != "CHECK") {
         return fail(kErrInvalidEnv,
                     "CNI_COMMAND '" + command + "' is not ADD, DEL, CHECK or VERSION");
     }
-    if (cni_version.rfind("0.1", 0) == 0 || cni_version.rfind("0.2", 0) == 0) {
-        return fail(kErrIncompatibleVersion, "cniVersion " + cni_version + " is not supported");
+    if (std::find(std::begin(kSupportedVersions), std::end(kSupportedVersions), cni_version) ==
+        std::end(kSupportedVersions)) {
+        const std::string asked = cni_version;
+        cni_version = "1.0.0";  // the error is written in a version this plugin speaks
+        return fail(kErrIncompatibleVersion,
+                    "cniVersion " + asked + " is not supported (0.3.0, 0.3.1, 0.4.0, 1.0.0)");
     }
+    if (command == "CHECK" && (cni_version == "0.3.0" || cni_version == "0.3.1"))
+        return fail(kErrIncompatibleVersion, "CHECK needs cniVersion 0.4.0 or later");
     const std::string socket = conf.value("agentSocket", kDefaultSocket);
     const bool fail_open = conf.value("failOpen", false);
     int timeout_s = kDefaultTimeoutSeconds;
@@ -145,4 +152,15 @@ int main() {
     if (command == "ADD")
         std::cout << prev.dump() << "\n";
     return 0;
+}
+
+}  // namespace
+
+int main() {
+    try {
+        return run();
+    } catch (const json::exception& e) {
+        // A field of the configuration with the wrong type (`"ips": [1]`, `"agentSocket": 5`).
+        return fail(kErrInvalidConfig, std::string("network configuration: ") + e.what());
+    }
 }

@@ -653,6 +653,38 @@ TEST_F(AgentPolicyTest, AReplayGoesOnPastAPodZtunnelRefuses) {
     EXPECT_NE(log.str().find("refused by the test"), std::string::npos) << log.str();
 }
 
+// What the runtime hands sluice-cni is checked before anything is sent to the agent: a field of
+// the wrong type or an unsupported version is a CNI error object with the spec's code (7:
+// invalid network config, 1: incompatible version), never a crash without an answer.
+TEST(SluiceCni, MalformedConfigurationsGetACniError) {
+    struct Case {
+        const char* command;
+        const char* stdin_json;
+        int code;
+    };
+    const Case cases[] = {
+        {"ADD", R"({"cniVersion": 1})", 7},
+        {"ADD", R"({"cniVersion": "1.0.0", "prevResult": {"ips": [1]}})", 7},
+        {"ADD", R"({"cniVersion": "1.0.0", "agentSocket": 5, "prevResult": {"ips": []}})", 7},
+        {"ADD", R"({"cniVersion": "2.0.0", "prevResult": {}})", 1},
+        {"CHECK", R"({"cniVersion": "0.3.1", "prevResult": {}})", 1},
+    };
+    for (const auto& c : cases) {
+        auto r = run_process({.argv = {std::string(SLUICE_BIN_DIR) + "/sluice-cni"},
+                              .env_overrides = {{"CNI_COMMAND", c.command},
+                                                {"CNI_CONTAINERID", "c1"},
+                                                {"CNI_NETNS", "/nonexistent"},
+                                                {"CNI_IFNAME", "eth0"},
+                                                {"CNI_ARGS", "K8S_POD_NAMESPACE=a;K8S_POD_NAME=b"}},
+                              .stdin_data = c.stdin_json});
+        EXPECT_EQ(r.exit_code, 1) << c.stdin_json << "\n" << r.out << r.err;
+        const auto err = nlohmann::json::parse(r.out, nullptr, false);
+        ASSERT_TRUE(err.is_object()) << c.stdin_json << "\n" << r.out << r.err;
+        EXPECT_EQ(err.value("code", 0), c.code) << c.stdin_json << "\n" << r.out;
+        EXPECT_TRUE(err["cniVersion"].is_string()) << r.out;
+    }
+}
+
 // A policy removed while no agent runs is lifted when the agent is back: its first generation
 // is applied as a change from what the pinned maps hold, so the entries the last agent wrote
 // are deleted (before, that generation only added entries, and b → a stayed refused).

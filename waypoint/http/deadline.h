@@ -73,11 +73,17 @@ class Deadline {
             if (ec || !state->armed)
                 return;
             if (Clock::now() < state->deadline) {
-                schedule(state);  // armed again since: wait for the rest
+                schedule(state);  // armed again since (or cancelled again soon): wait for the rest
                 return;
             }
+            // A cancel finds nothing to cancel when no operation is pending at this moment
+            // (while bytes keep arriving, each read completes at once and the next is not
+            // started yet): it is repeated every few milliseconds until the phase is disarmed,
+            // so a client that goes on trickling cannot outlive its deadline.
             state->fired = true;
             state->cancel();
+            state->deadline = Clock::now() + std::chrono::milliseconds(5);
+            schedule(state);
         });
     }
 

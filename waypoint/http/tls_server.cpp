@@ -114,7 +114,9 @@ class TlsByteStream final : public ByteStream {
             const std::size_t n = tls_.read_now(buf, next, ec);
             if (n > 0 || next == TlsSocket::Next::Fail)
                 co_return IoResult{ec, n};
-            if (next == TlsSocket::Next::WaitRead && reader_.is_open())
+            if (next == TlsSocket::Next::WaitRead && !reader_.is_open())
+                co_return IoResult{asio::error::no_descriptors, 0};  // dup() failed: no reads
+            if (next == TlsSocket::Next::WaitRead)
                 co_await reader_.async_wait(tcp::socket::wait_read, noThrow(ec));
             else  // OpenSSL must write first (a TLS 1.3 key update): rare, and short
                 co_await socket_.async_wait(tcp::socket::wait_write, noThrow(ec));
