@@ -222,7 +222,10 @@ Result<void> check_layout_version(const fs::path& map_dir) {
         return fail(Errc::LayoutMismatch, "pinned layout_meta " + meta_pin +
                                               " has an unknown layout; remove the pinned maps");
     }
-    if (value.abi_version != SLUICE_ABI_VERSION) {
+    // Version 0: a start that pinned the maps and failed before it wrote layout_meta (a
+    // program the verifier refused). Nothing ran on them; each map is still checked against
+    // this build's layout as it is reused (PinnedMapIncompatible).
+    if (value.abi_version != SLUICE_ABI_VERSION && value.abi_version != 0) {
         return fail(Errc::LayoutMismatch,
                     "pinned maps under " + map_dir.string() + " have layout version " +
                         std::to_string(value.abi_version) + ", this agent uses " +

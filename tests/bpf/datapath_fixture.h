@@ -1,7 +1,9 @@
 #pragma once
 
+#include <bpf/bpf.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <vector>
@@ -41,6 +43,23 @@ class DatapathTest : public ::testing::Test {
         }
         netns_.clear();
         cgroup_.reset();
+    }
+
+    // Opens a datapath, closes it (its pins stay) and writes `version` into its pinned
+    // layout_meta.
+    ::testing::AssertionResult pin_maps_with_layout_version(uint32_t version) {
+        open_datapath();
+        dp_.reset();
+        const std::string pin = config_.bpffs_root + "/maps/layout_meta";
+        UniqueFd fd(bpf_obj_get(pin.c_str()));
+        if (fd.get() < 0)
+            return ::testing::AssertionFailure() << pin << ": " << std::strerror(errno);
+        uint32_t key = 0;
+        sluice_layout_meta meta{version, 0};
+        if (bpf_map_update_elem(fd.get(), &key, &meta, BPF_ANY) != 0)
+            return ::testing::AssertionFailure()
+                   << "update " << pin << ": " << std::strerror(errno);
+        return ::testing::AssertionSuccess();
     }
 
     datapath::Datapath& open_datapath() {
