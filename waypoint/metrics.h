@@ -29,26 +29,39 @@ class Labeled {
 
     // The metric with these labels (the same names in the same order at every call of one
     // family); `args` build it on first use (a histogram's buckets).
+    //
+    // Label values a client chooses (a tenant header, the model named in the body) would grow a
+    // family without bound, a series each: once the family holds kMaxSeries, a new label set
+    // has those values replaced by "other" (the series that exist keep counting).
+    static constexpr std::size_t kMaxSeries = 2000;
     template <typename... Args>
     T& at(std::initializer_list<Label> labels, Args&&... args) {
         thread_local std::string key;
-        key.clear();
-        for (const auto& [name, value] : labels) {
-            key.append(name).push_back('\0');
-            key.append(value).push_back('\0');
-        }
         std::lock_guard lock(mutex_);
-        if (auto it = cache_.find(std::string_view(key)); it != cache_.end())
-            return *it->second;
+        for (bool bounded : {false, true}) {
+            key.clear();
+            for (const auto& [name, value] : labels) {
+                key.append(name).push_back('\0');
+                key.append(bounded && clientChosen(name) ? "other" : value).push_back('\0');
+            }
+            if (auto it = cache_.find(std::string_view(key)); it != cache_.end())
+                return *it->second;
+            if (cache_.size() < kMaxSeries)
+                break;
+        }
         prometheus::Labels map;
+        const bool bounded = cache_.size() >= kMaxSeries;
         for (const auto& [name, value] : labels)
-            map.emplace(name, value);
+            map.emplace(name, bounded && clientChosen(name) ? "other" : value);
         T& metric = family_.Add(map, std::forward<Args>(args)...);
         cache_.emplace(key, &metric);
         return metric;
     }
 
   private:
+    static bool clientChosen(std::string_view label) {
+        return label == "tenant" || label == "model" || label == "gen_ai_request_model";
+    }
     struct Hash {
         using is_transparent = void;
         std::size_t operator()(std::string_view s) const {

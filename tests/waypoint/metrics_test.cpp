@@ -40,5 +40,30 @@ TEST(WaypointMetrics, LabeledReturnsOneMetricPerLabelSet) {
         << text;
 }
 
+// Tenants come from a header and models from the body: a client that sends a new one with every
+// request must not grow a family without bound. Past the cap, new ones count as "other"; the
+// series that exist keep their own.
+TEST(WaypointMetrics, ClientChosenLabelValuesAreBounded) {
+    Metrics m;
+    constexpr std::size_t kCap = Labeled<prometheus::Counter>::kMaxSeries;
+    for (std::size_t i = 0; i < kCap; ++i)
+        m.rejected.at({{"reason", "tokens"}, {"tenant", "t" + std::to_string(i)}}).Increment();
+    auto& first = m.rejected.at({{"reason", "tokens"}, {"tenant", "t0"}});
+    auto& other = m.rejected.at({{"reason", "tokens"}, {"tenant", "new-1"}});
+    EXPECT_EQ(&m.rejected.at({{"reason", "tokens"}, {"tenant", "new-2"}}), &other);
+    EXPECT_NE(&first, &other);
+    other.Increment(2);
+    // A label no client chooses still gets its own series (with the bounded ones as "other").
+    auto& reason = m.rejected.at({{"reason", "requests"}, {"tenant", "new-3"}});
+    EXPECT_NE(&reason, &other);
+    const std::string text = m.serialize();
+    EXPECT_NE(text.find(R"(sluice_requests_rejected_total{reason="tokens",tenant="other"} 2)"),
+              std::string::npos)
+        << text.substr(0, 400);
+    EXPECT_NE(text.find(R"(sluice_requests_rejected_total{reason="requests",tenant="other"} 0)"),
+              std::string::npos);
+    EXPECT_EQ(text.find("new-"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace sluice::waypoint::test
