@@ -252,11 +252,12 @@ std::optional<EndpointBinding> Agent::binding_of(const EnrolledPod& pod) const {
 
 void Agent::read_applied() {
     auto maps = datapath_->read_policy_maps();
+    applied_ = {};
     if (!maps) {
+        // Unknown: the next delta upserts every entry (none is missing), deleting none.
         spdlog::error("reading the policy maps: {}", maps.error().message);
         return;
     }
-    applied_ = {};
     for (const auto& [key, value] : maps->policy)
         applied_.policy.push_back({key, value});
     for (const auto& [cidr, identity] : maps->ipcache)
@@ -265,16 +266,21 @@ void Agent::read_applied() {
 
 void Agent::apply_generation(std::shared_ptr<const policies::Generation> g) {
     std::lock_guard lk(apply_mu_);
-    if (g->number < applied_number_)
+    if (g->number < applied_number_ || (failed_ && g->number < failed_->number))
         return;  // a retry a newer generation overtook
     // This node's share: ipcache is cluster-wide, policy entries are only its own pods'.
-    // applied_ holds no other, so the entries of a pod that left the node are deleted too.
+    // applied_ holds no other, so the entries of a pod that left the node are deleted too. Its
+    // own pods are those the registry puts here and those enrolled here: a terminating pod
+    // whose successor (same name, same endpoint id) the registry already places elsewhere
+    // keeps its policy for its grace period.
     const auto& compiled = g->compiled->kernel;
     std::set<uint32_t> local;
     for (const auto& ep : compiled.endpoints) {
         if (ep.node_name == config_.node_name)
             local.insert(ep.value.endpoint_id);
     }
+    for (const auto& pod : enrollment_->pods())
+        local.insert(pod.endpoint_id);
     policies::KernelState next;
     next.ipcache = compiled.ipcache;
     for (const auto& e : compiled.policy) {
@@ -371,13 +377,19 @@ void Agent::retry_failed_apply() {
     }
     spdlog::info("policy generation {}: applying it again", g->number);
     apply_generation(std::move(g));
+    policy_status_->write(*watcher_);  // the watcher's hook writes it only on a reload
 }
 
 void Agent::reconcile_loop() {
     std::string last = registry_signature(config_.registry_dir);
+    auto retried = std::chrono::steady_clock::now();
     while (!stopping_) {
         std::this_thread::sleep_for(250ms);
         retry_failed_apply();
+        if (std::chrono::steady_clock::now() - retried >= 2s) {
+            enrollment_->retry_refused();
+            retried = std::chrono::steady_clock::now();
+        }
         std::string now = registry_signature(config_.registry_dir);
         if (now == last)
             continue;

@@ -293,6 +293,7 @@ std::expected<bool, std::string> Enrollment::remove(const std::string& ns, const
         if (auto r = ztunnel_.del_workload(session, pod.uid, ztunnel_timeout_); !r)
             spdlog::warn("ztunnel session {} DelWorkload {}/{}: {}", session, ns, name, r.error());
     }
+    refused_.erase(it->first);
     pods_.erase(it);
     persist();
     spdlog::info("unenrolled pod {}/{}", ns, name);
@@ -312,6 +313,34 @@ std::vector<EnrolledPod> Enrollment::pods() const {
     for (const auto& [k, p] : pods_)
         out.push_back(p);
     return out;
+}
+
+void Enrollment::retry_refused() {
+    std::lock_guard lk(mu_);
+    const auto steering = ztunnel_.steering();
+    if (refused_.empty() || !steering)
+        return;
+    for (auto it = refused_.begin(); it != refused_.end();) {
+        auto pod = pods_.find(*it);
+        if (pod == pods_.end()) {
+            it = refused_.erase(it);
+            continue;
+        }
+        auto listener = send_to(*steering, pod->second);
+        if (!listener) {
+            spdlog::warn("pod {}: ztunnel session {} still refuses it: {}", *it, *steering,
+                         listener.error());
+            ++it;
+            continue;
+        }
+        if (auto r = register_listener(pod->second, *listener); !r) {
+            spdlog::error("pod {}: {}", *it, r.error());
+            ++it;
+            continue;
+        }
+        spdlog::info("pod {}: ztunnel session {} serves it now", *it, *steering);
+        it = refused_.erase(it);
+    }
 }
 
 void Enrollment::replay_to_ztunnel(ZtunnelLink::SessionId session) {
@@ -337,9 +366,12 @@ void Enrollment::replay_to_ztunnel(ZtunnelLink::SessionId session) {
                 return;  // the session dropped; its ztunnel reconnects and gets everything again
             }
             // ztunnel refused this one pod (its certificate, its address): the others are
-            // served and the snapshot completes, or no pod of the node would be steered.
+            // served and the snapshot completes, or no pod of the node would be steered. The
+            // pod is tried again (retry_refused).
+            refused_.insert(key);
             continue;
         }
+        refused_.erase(key);
         listeners.emplace_back(&pod, *listener);
     }
     if (auto r = ztunnel_.snapshot_sent(session, ztunnel_timeout_); !r) {

@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -79,6 +80,11 @@ class Enrollment {
     // Re-reads endpoint bindings (after a policy change) and rewrites enrolled_netns values.
     void refresh_bindings();
 
+    // Sends the pods the steering ztunnel refused in a replay to it again; a pod it serves now
+    // gets its inbound listener registered. Until then such a pod's outbound is captured (and
+    // fails: no ztunnel listens in it) and its inbound has no listener to be steered to.
+    void retry_refused();
+
   private:
     // AddWorkload to every connected session; the steering session's listener is registered.
     std::expected<void, std::string> hand_to_ztunnel(const EnrolledPod& pod);
@@ -96,6 +102,7 @@ class Enrollment {
     EndpointResolver resolver_;
     mutable std::mutex mu_;
     std::map<std::string, EnrolledPod> pods_;  // by "ns/name"
+    std::set<std::string> refused_;            // of pods_: ztunnel refused them in a replay
     uint32_t next_endpoint_id_ = 1;
     std::map<std::string, uint32_t> fallback_ids_;  // by uid, when no resolver knows the pod
 };

@@ -6,7 +6,6 @@
 //   "agentSocket":    "/var/run/sluice/cni.sock"
 //   "timeoutSeconds": 30
 //   "failOpen":       false
-#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 #include <iterator>
@@ -81,12 +80,12 @@ int run() {
         return fail(kErrInvalidEnv,
                     "CNI_COMMAND '" + command + "' is not ADD, DEL, CHECK or VERSION");
     }
-    if (std::find(std::begin(kSupportedVersions), std::end(kSupportedVersions), cni_version) ==
-        std::end(kSupportedVersions)) {
-        const std::string asked = cni_version;
-        cni_version = "1.0.0";  // the error is written in a version this plugin speaks
-        return fail(kErrIncompatibleVersion,
-                    "cniVersion " + asked + " is not supported (0.3.0, 0.3.1, 0.4.0, 1.0.0)");
+    // Versions before 0.3.0 have another result format; later ones than this plugin knows keep
+    // the fields it reads, so they pass (a conflist moving to 1.1.0 must not stop every pod).
+    // A DEL is never refused for its version: that would block the sandbox's teardown.
+    if (command != "DEL" &&
+        (cni_version.rfind("0.1", 0) == 0 || cni_version.rfind("0.2", 0) == 0)) {
+        return fail(kErrIncompatibleVersion, "cniVersion " + cni_version + " is not supported");
     }
     if (command == "CHECK" && (cni_version == "0.3.0" || cni_version == "0.3.1"))
         return fail(kErrIncompatibleVersion, "CHECK needs cniVersion 0.4.0 or later");

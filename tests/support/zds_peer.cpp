@@ -178,6 +178,7 @@ void ZdsPeer::serve(int sock) {
             const std::string pod = m.workload.namespace_name + "/" + m.workload.name;
             {
                 std::lock_guard lk(mu_);
+                ++adds_[pod];
                 if (refused_.contains(pod)) {
                     (void)zds::send_message(
                         sock, {.type = zds::MessageType::Ack, .error = "refused by the test"});

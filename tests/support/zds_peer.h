@@ -48,6 +48,15 @@ class ZdsPeer {
         std::lock_guard lk(mu_);
         refused_.insert(pod);
     }
+    void serve_again(const std::string& pod) {
+        std::lock_guard lk(mu_);
+        refused_.erase(pod);
+    }
+    // AddWorkload messages received for `pod` ("ns/name"), refused or not.
+    int add_workloads(const std::string& pod) {
+        std::lock_guard lk(mu_);
+        return adds_[pod];
+    }
 
   private:
     void run();
@@ -60,6 +69,7 @@ class ZdsPeer {
     std::atomic<int> connections_{0}, snapshots_{0}, deletes_{0};
     std::mutex mu_;
     std::set<std::string> refused_;            // "ns/name"
+    std::map<std::string, int> adds_;          // "ns/name"
     std::map<std::string, Listeners> by_pod_;  // "ns/name"
     std::map<std::string, std::string> pod_by_uid_;
     std::map<std::string, std::vector<Fd>> owned_;  // by uid
