@@ -145,20 +145,17 @@ bool read_condition(YamlReader& r, const YAML::Node& node, const std::string& ct
         r.error(node, ctx + ": condition '" + *key + "' needs values or notValues");
         return false;
     }
-    // Reads values and notValues with `read`, each into its own field when present.
-    auto both = [&](auto read, auto& in, auto& not_in) {
-        if (values)
-            ok &= take(read(values, ctx + ".values"), in);
-        if (not_values)
-            ok &= take(read(not_values, ctx + ".notValues"), not_in);
-    };
     auto strings = [&](const YAML::Node& n, const std::string& w) { return r.string_list(n, w); };
     auto cidrs = [&](const YAML::Node& n, const std::string& w) { return read_cidrs(r, n, w); };
     auto ports = [&](const YAML::Node& n, const std::string& w) { return r.port_list(n, w); };
-    // One more entry of `list`, its members `in` and `not_in` read from values and notValues.
+    // One more entry of `list`, its members `in` and `not_in` read with `read` from values and
+    // notValues (each when present).
     auto add = [&](auto& list, auto read, auto in, auto not_in) {
         auto& condition = list.emplace_back();
-        both(read, condition.*in, condition.*not_in);
+        if (values)
+            ok &= take(read(values, ctx + ".values"), condition.*in);
+        if (not_values)
+            ok &= take(read(not_values, ctx + ".notValues"), condition.*not_in);
     };
     if (*key == "source.ip") {
         add(rule.when_sources, cidrs, &Source::ip_blocks, &Source::not_ip_blocks);

@@ -37,20 +37,24 @@ class Labeled {
     template <typename... Args>
     T& at(std::initializer_list<Label> labels, Args&&... args) {
         thread_local std::string key;
-        std::lock_guard lock(mutex_);
-        for (bool bounded : {false, true}) {
+        auto build_key = [&](bool bounded) {
             key.clear();
             for (const auto& [name, value] : labels) {
                 key.append(name).push_back('\0');
                 key.append(bounded && clientChosen(name) ? "other" : value).push_back('\0');
             }
+        };
+        build_key(false);
+        std::lock_guard lock(mutex_);
+        if (auto it = cache_.find(std::string_view(key)); it != cache_.end())
+            return *it->second;
+        const bool bounded = cache_.size() >= kMaxSeries;
+        if (bounded) {
+            build_key(true);
             if (auto it = cache_.find(std::string_view(key)); it != cache_.end())
                 return *it->second;
-            if (cache_.size() < kMaxSeries)
-                break;
         }
         prometheus::Labels map;
-        const bool bounded = cache_.size() >= kMaxSeries;
         for (const auto& [name, value] : labels)
             map.emplace(name, bounded && clientChosen(name) ? "other" : value);
         T& metric = family_.Add(map, std::forward<Args>(args)...);

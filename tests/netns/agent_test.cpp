@@ -383,12 +383,14 @@ spec:
         spawn_process(node_process(node(0), argv), node(0).run_dir + "/agent.log");
         return wait_http_ready(node(0).netns, 15031, "/healthz/ready", 20s);
     }
-    std::string audit(int node_index) {
-        std::ifstream f(node(node_index).run_dir + "/audit.log");
+    // A file of the node's run directory (its audit log, the agent's log), as it is now.
+    std::string run_file(int node_index, const std::string& name) {
+        std::ifstream f(node(node_index).run_dir + "/" + name);
         std::stringstream ss;
         ss << f.rdbuf();
         return ss.str();
     }
+    std::string audit(int node_index) { return run_file(node_index, "audit.log"); }
 };
 
 TEST_F(AgentPolicyTest, CrossBoundaryConnectFailsWithEpermAnAuditLineAndACounter) {
@@ -658,10 +660,7 @@ TEST_F(AgentPolicyTest, AReplayGoesOnPastAPodZtunnelRefuses) {
     std::string log;
     for (int i = 0; i < 50 && log.find("serves it now") == std::string::npos; ++i) {
         std::this_thread::sleep_for(20ms);
-        std::ifstream f(node(0).run_dir + "/agent.log");
-        std::stringstream ss;
-        ss << f.rdbuf();
-        log = ss.str();
+        log = run_file(0, "agent.log");
     }
     EXPECT_NE(log.find("refused by the test"), std::string::npos) << log;
     EXPECT_NE(log.find("pod tenant-b/b: ztunnel session"), std::string::npos) << log;
