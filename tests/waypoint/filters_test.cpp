@@ -621,6 +621,23 @@ TEST(UsageFilter, InjectsIncludeUsageAndStripsTheUsageChunk) {
     EXPECT_FALSE(filter->onStreamEvent(c.ctx, usage, usage_raw));
     EXPECT_TRUE(c.ctx.usage.reported);
     EXPECT_EQ(c.ctx.usage.total(), 10u);
+
+    // A backend that reports usage in every chunk (vLLM's continuous_usage_stats): a token whose
+    // text is "usage" comes before the key and does not hide it; the chunk has a choice, so it
+    // is relayed.
+    Call d("a", 0, 0);
+    d.ctx.stream = true;
+    std::string both =
+        R"({"choices":[{"delta":{"content":"usage"}}],"usage":{"prompt_tokens":4,"completion_tokens":1}})";
+    std::string both_raw = "data: " + both + "\n\n";
+    EXPECT_TRUE(filter->onStreamEvent(d.ctx, both, both_raw));
+    EXPECT_TRUE(d.ctx.usage.reported);
+    EXPECT_EQ(d.ctx.usage.total(), 5u);
+    // And one whose usage is null: the key is taken out, the token is not.
+    std::string token = R"({"choices":[{"delta":{"content":"usage"}}],"usage":null})";
+    std::string token_raw = "data: " + token + "\n\n";
+    EXPECT_TRUE(filter->onStreamEvent(d.ctx, token, token_raw));
+    EXPECT_EQ(token_raw, "data: {\"choices\":[{\"delta\":{\"content\":\"usage\"}}]}\n\n");
 }
 
 // A stream_options of the client's is changed in the document, which is then written out.

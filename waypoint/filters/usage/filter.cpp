@@ -230,31 +230,52 @@ std::size_t find(std::string_view haystack, std::string_view needle) {
                          : std::size_t(static_cast<const char*>(at) - haystack.data());
 }
 
-// Removes the member `"usage": null` (any JSON whitespace around its colon) from the event's
-// bytes, with the comma that joined it to its neighbour: `{"a":1, "usage" : null}` becomes
-// `{"a":1}` and `{"usage":null,"a":1}` becomes `{"a":1}`. A quote cannot stand unescaped in a
-// JSON string, so the bytes `"usage"` followed by a colon are a key.
-void eraseNullUsage(std::string& raw) {
-    constexpr std::string_view kSpace = " \t\r\n";
-    const std::string_view text = raw;
-    for (std::size_t key = find(text, "\"usage\""); key != std::string_view::npos;
-         key = text.find("\"usage\"", key + 1)) {
-        std::size_t at = text.find_first_not_of(kSpace, key + 7);
+constexpr std::string_view kJsonSpace = " \t\r\n";
+
+// A `"usage"` key in an event's bytes and where its value starts.
+struct UsageKey {
+    std::size_t key = std::string_view::npos;
+    std::size_t value = std::string_view::npos;
+};
+
+// The first `"usage"` key at or after `from`. A quote cannot stand unescaped in a JSON string,
+// so the bytes `"usage"` are a key or a whole string value (`"content":"usage"`); only a key
+// is followed by a colon.
+UsageKey nextUsageKey(std::string_view text, std::size_t from) {
+    while (from < text.size()) {
+        std::size_t key = find(text.substr(from), "\"usage\"");
+        if (key == std::string_view::npos)
+            break;
+        key += from;
+        from = key + 1;
+        std::size_t at = text.find_first_not_of(kJsonSpace, key + 7);
         if (at == std::string_view::npos || text[at] != ':')
             continue;
-        at = text.find_first_not_of(kSpace, at + 1);
-        if (at == std::string_view::npos || text.compare(at, 4, "null") != 0)
+        at = text.find_first_not_of(kJsonSpace, at + 1);
+        if (at != std::string_view::npos)
+            return {key, at};
+    }
+    return {};
+}
+
+// Removes the member `"usage": null` (any JSON whitespace around its colon) from the event's
+// bytes, with the comma that joined it to its neighbour: `{"a":1, "usage" : null}` becomes
+// `{"a":1}` and `{"usage":null,"a":1}` becomes `{"a":1}`.
+void eraseNullUsage(std::string& raw) {
+    const std::string_view text = raw;
+    for (UsageKey k = nextUsageKey(text, 0); k.key != std::string_view::npos;
+         k = nextUsageKey(text, k.key + 1)) {
+        if (text.compare(k.value, 4, "null") != 0)
             continue;
-        std::size_t end = at + 4;
-        const std::size_t before = key > 0 ? text.find_last_not_of(kSpace, key - 1) : key;
-        const std::size_t after = text.find_first_not_of(kSpace, end);
+        std::size_t begin = k.key, end = k.value + 4;
+        const std::size_t before = begin > 0 ? text.find_last_not_of(kJsonSpace, begin - 1) : begin;
+        const std::size_t after = text.find_first_not_of(kJsonSpace, end);
         if (before == std::string_view::npos || after == std::string_view::npos)
             return;
-        std::size_t begin = key;
         if (text[before] == ',' && (text[after] == ',' || text[after] == '}')) {
             begin = before;  // `, "usage": null` after another member
         } else if (text[before] == '{' && text[after] == ',') {
-            end = text.find_first_not_of(kSpace, after + 1);  // the first member
+            end = text.find_first_not_of(kJsonSpace, after + 1);  // the first member
             if (end == std::string_view::npos)
                 return;
         } else if (!(text[before] == '{' && text[after] == '}')) {
@@ -265,18 +286,29 @@ void eraseNullUsage(std::string& raw) {
     }
 }
 
+// The first byte of a `"usage"` key's value in the event: '{' if any of them is an object
+// (a chunk may carry usage after a choice whose text is "usage"), '\0' if there is none.
+char usageValue(std::string_view data) {
+    char first = '\0';
+    for (UsageKey k = nextUsageKey(data, 0); k.key != std::string_view::npos;
+         k = nextUsageKey(data, k.key + 1)) {
+        if (data[k.value] == '{')
+            return '{';
+        if (first == '\0')
+            first = data[k.value];
+    }
+    return first;
+}
+
 }  // namespace
 
 bool UsageFilter::onStreamEvent(RequestContext& ctx, std::string_view data, std::string& raw) {
     // Only the final chunk carries a usage object (others have none or "usage": null), so skip
     // parsing every token's chunk.
-    const auto at = find(data, "\"usage\"");
-    if (at == std::string_view::npos)
+    const char value = usageValue(data);
+    if (value == '\0')
         return true;
-    const auto value = data.find_first_not_of(" \t:", at + 7);
-    if (value == std::string_view::npos)
-        return true;
-    if (data[value] != '{') {
+    if (value != '{') {
         // With include_usage on, every chunk carries "usage":null; a client that did not ask
         // gets the chunks exactly as it would have without our injection.
         if (!ctx.client_wants_usage)
