@@ -75,7 +75,8 @@ std::expected<void, std::string> Agent::init() {
         });
     enrollment_ = std::make_unique<Enrollment>(*datapath_, *ztunnel_, config_.state_file(),
                                                config_.node_name, config_.ztunnel_timeout);
-    enrollment_->set_endpoint_resolver([this](const EnrolledPod& pod) { return binding_of(pod); });
+    enrollment_->set_endpoint_resolver(
+        [this](const EnrolledPod& pod) { return binding_of(pod.namespace_name, pod.name); });
     // What the pinned maps hold from an earlier run; they kept enforcing while we were away.
     enrollment_->restore();
 
@@ -190,11 +191,11 @@ cni::Response Agent::handle_cni(const cni::Request& req) {
     // The registry is read on every request: it is the API server's view, and it may have
     // changed since the last pod (a label added to the namespace).
     RegistryView view = RegistryView::read(config_.registry_dir);
-    PodRecord pod = view.pod(req.pod_namespace, req.pod_name)
-                        .value_or(PodRecord{.name = req.pod_name,
-                                            .namespace_name = req.pod_namespace,
-                                            .uid = req.pod_uid,
-                                            .service_account = "default"});
+    const std::optional<PodRecord> registered = view.pod(req.pod_namespace, req.pod_name);
+    PodRecord pod = registered.value_or(PodRecord{.name = req.pod_name,
+                                                  .namespace_name = req.pod_namespace,
+                                                  .uid = req.pod_uid,
+                                                  .service_account = "default"});
     if (pod.uid.empty())
         pod.uid = req.pod_uid;
     // The runtime's result for this sandbox, not the registry's status, which can still hold
@@ -209,16 +210,18 @@ cni::Response Agent::handle_cni(const cni::Request& req) {
             deleted_by_cni_.erase(pod.uid);
         }
         if (wanted) {
+            if (registered)
+                compile_for(pod);
             auto r = enrollment_->add(pod, req.netns, req.container_id);
             res = r ? cni::Response{.ok = true, .enrolled = true}
                     : cni::Response{.ok = false, .error = r.error()};
         }
     } else if (req.command == "DEL") {
+        // Under deleted_mu_ throughout, so reconcile() cannot enroll the pod between the two.
+        std::lock_guard lk(deleted_mu_);
         auto r = enrollment_->remove(req.pod_namespace, req.pod_name, req.container_id);
-        if (!r || *r) {  // not for a sandbox the runtime has since replaced
-            std::lock_guard lk(deleted_mu_);
+        if (!r || *r)  // not for a sandbox the runtime has since replaced
             deleted_by_cni_.insert(pod.uid);
-        }
         if (!r)
             res = {.ok = false, .error = r.error()};
     } else if (req.command == "CHECK") {
@@ -234,7 +237,8 @@ cni::Response Agent::handle_cni(const cni::Request& req) {
     return res;
 }
 
-std::optional<EndpointBinding> Agent::binding_of(const EnrolledPod& pod) const {
+std::optional<EndpointBinding> Agent::binding_of(const std::string& ns,
+                                                 const std::string& name) const {
     std::shared_ptr<const policies::Generation> g;
     {
         std::lock_guard lk(generation_mu_);
@@ -242,12 +246,20 @@ std::optional<EndpointBinding> Agent::binding_of(const EnrolledPod& pod) const {
     }
     if (!g)
         return std::nullopt;
-    const std::string ref = pod.namespace_name + "/" + pod.name;
+    const std::string ref = ns + "/" + name;
     for (const auto& ep : g->compiled->kernel.endpoints) {
         if (ep.pod == ref)
             return EndpointBinding{.endpoint_id = ep.value.endpoint_id, .flags = ep.value.flags};
     }
     return std::nullopt;
+}
+
+void Agent::compile_for(const PodRecord& pod) {
+    if (binding_of(pod.namespace_name, pod.name))
+        return;
+    spdlog::info("pod {}/{} is not in the policy in force yet; compiling it now",
+                 pod.namespace_name, pod.name);
+    watcher_->reload();
 }
 
 void Agent::read_applied() {
@@ -332,23 +344,30 @@ void Agent::reconcile() {
             }
         }
     }
-    for (const auto& pod : view.pods_on_node(config_.node_name)) {
+    const std::vector<PodRecord> here = view.pods_on_node(config_.node_name);
+    for (const auto& pod : here) {
         // Only pods whose network is up (they have addresses): a pod being created is enrolled
         // by its CNI ADD, which knows when the network exists.
         if (!view.wants_ambient(pod) || pod.netns.empty() || pod.ips.empty() ||
             enrollment_->is_enrolled(pod.namespace_name, pod.name)) {
             continue;
         }
-        {
-            std::lock_guard lk(deleted_mu_);
-            if (deleted_by_cni_.contains(pod.uid))
-                continue;
-        }
+        compile_for(pod);
+        // A CNI DEL waits for this: it cannot land between the check and the enrollment.
+        std::lock_guard lk(deleted_mu_);
+        if (deleted_by_cni_.contains(pod.uid))
+            continue;
         if (auto r = enrollment_->add(pod, pod.netns); !r) {
             spdlog::error("enrolling running pod {}/{}: {}", pod.namespace_name, pod.name,
                           r.error());
         }
     }
+    // A pod the registry no longer places here will not be enrolled by reconcile() again.
+    std::lock_guard lk(deleted_mu_);
+    std::erase_if(deleted_by_cni_, [&](const std::string& uid) {
+        return std::none_of(here.begin(), here.end(),
+                            [&](const PodRecord& p) { return p.uid == uid; });
+    });
 }
 
 namespace {

@@ -58,7 +58,11 @@ class Agent {
     void read_applied();
     // Applies the generation whose apply failed again, two seconds after the last try.
     void retry_failed_apply();
-    std::optional<EndpointBinding> binding_of(const EnrolledPod& pod) const;
+    std::optional<EndpointBinding> binding_of(const std::string& ns, const std::string& name) const;
+    // Before enrolling a pod the registry holds: when the generation in force does not know it
+    // yet (its document arrived within the watcher's debounce), compiles and applies one that
+    // does, so the pod starts with its policy rather than with none.
+    void compile_for(const PodRecord& pod);
 
     AgentConfig config_;
     std::unique_ptr<datapath::Datapath> datapath_;

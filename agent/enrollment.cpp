@@ -71,8 +71,13 @@ EndpointBinding Enrollment::binding_for(const EnrolledPod& pod) {
         // A pod the compiled policy does not know (yet): an id from a range the compiler never
         // hands out, with no policy entries, until the next generation binds it.
         auto it = fallback_ids_.find(pod.uid);
-        if (it == fallback_ids_.end())
+        if (it == fallback_ids_.end()) {
             it = fallback_ids_.emplace(pod.uid, kFallbackEndpointBase + next_endpoint_id_++).first;
+            spdlog::warn(
+                "pod {}/{} is in no compiled policy (not in the registry): enrolled "
+                "with no policy entries until a generation has it",
+                pod.namespace_name, pod.name);
+        }
         b = EndpointBinding{.endpoint_id = it->second, .flags = 0};
     }
     if (pod.waypoint)
@@ -136,6 +141,11 @@ void Enrollment::restore() {
         (void)dp_.unenroll_netns(p.netns_cookie);
         (void)dp_.detach_netns(p.netns_cookie);
     }
+    // Only enrolled pods hold a fallback id (state files of earlier versions kept every one).
+    std::erase_if(fallback_ids_, [this](const auto& entry) {
+        return std::none_of(pods_.begin(), pods_.end(),
+                            [&](const auto& p) { return p.second.uid == entry.first; });
+    });
     persist();
     spdlog::info("restored {} enrolled pods from {}", pods_.size(), state_file_);
 }
@@ -187,6 +197,14 @@ std::expected<void, std::string> Enrollment::hand_to_ztunnel(const EnrolledPod& 
     return {};
 }
 
+void Enrollment::withdraw_from_ztunnel(const EnrolledPod& pod) {
+    for (const auto session : ztunnel_.sessions()) {
+        if (auto r = ztunnel_.del_workload(session, pod.uid, ztunnel_timeout_); !r)
+            spdlog::warn("ztunnel session {} DelWorkload {}/{}: {}", session, pod.namespace_name,
+                         pod.name, r.error());
+    }
+}
+
 std::expected<void, std::string> Enrollment::add(const PodRecord& rec,
                                                  const std::string& netns_path,
                                                  const std::string& container_id) {
@@ -218,7 +236,13 @@ std::expected<void, std::string> Enrollment::add(const PodRecord& rec,
         spdlog::info("pod {} re-created with a new netns; replacing its enrollment", key);
         (void)dp_.unenroll_netns(it->second.netns_cookie);
         (void)dp_.detach_netns(it->second.netns_cookie);
+        // Under the same uid ztunnel replaces the workload's listeners itself.
+        if (it->second.uid != rec.uid)
+            withdraw_from_ztunnel(it->second);
+        fallback_ids_.erase(it->second.uid);
+        refused_.erase(it->first);
         pods_.erase(it);
+        persist();
     }
     EnrolledPod pod{.uid = rec.uid,
                     .name = rec.name,
@@ -235,6 +259,9 @@ std::expected<void, std::string> Enrollment::add(const PodRecord& rec,
     auto undo = [&] {
         (void)dp_.unenroll_netns(pod.netns_cookie);
         (void)dp_.detach_netns(pod.netns_cookie);
+        // Sessions that took the pod (before another failed) would listen in it until they
+        // restart.
+        withdraw_from_ztunnel(pod);
     };
 
     // Nothing is redirected before ztunnel listens in the pod: the enrolled_netns entry that
@@ -289,11 +316,9 @@ std::expected<bool, std::string> Enrollment::remove(const std::string& ns, const
         !r && r.error().code != datapath::Errc::NotFound) {
         problems += "detach sk_lookup: " + describe(r.error()) + "; ";
     }
-    for (const auto session : ztunnel_.sessions()) {
-        if (auto r = ztunnel_.del_workload(session, pod.uid, ztunnel_timeout_); !r)
-            spdlog::warn("ztunnel session {} DelWorkload {}/{}: {}", session, ns, name, r.error());
-    }
+    withdraw_from_ztunnel(pod);
     refused_.erase(it->first);
+    fallback_ids_.erase(pod.uid);
     pods_.erase(it);
     persist();
     spdlog::info("unenrolled pod {}/{}", ns, name);

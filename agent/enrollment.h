@@ -91,6 +91,8 @@ class Enrollment {
     // AddWorkload to one session: its :15006 listener fd.
     std::expected<int, std::string> send_to(ZtunnelLink::SessionId session, const EnrolledPod& pod);
     std::expected<void, std::string> register_listener(const EnrolledPod& pod, int listener);
+    // DelWorkload to every connected session.
+    void withdraw_from_ztunnel(const EnrolledPod& pod);
     EndpointBinding binding_for(const EnrolledPod& pod);
     void persist() const;
 

@@ -29,6 +29,21 @@ bool same_output(const CompiledPolicy& a, const CompiledPolicy& b) {
 
 }  // namespace
 
+std::shared_ptr<const CompiledPolicy> PolicyWatcher::with_current_registry(
+    const CompiledPolicy& in_force, const CompileOptions& options) const {
+    if (config_.registry_dir.empty())
+        return nullptr;
+    std::vector<Diagnostic> diagnostics;
+    auto registry =
+        std::make_shared<const Registry>(load_registry(config_.registry_dir, diagnostics));
+    if (has_errors(diagnostics))
+        return nullptr;
+    auto again = std::make_shared<CompiledPolicy>(compile(in_force.policies, registry, options));
+    if (has_errors(again->diagnostics) || same_output(in_force, *again))
+        return nullptr;
+    return again;
+}
+
 PolicyWatcher::PolicyWatcher(WatcherConfig config, GenerationCallback on_generation,
                              MetricHook on_reload)
     : config_(std::move(config)),
@@ -146,7 +161,7 @@ void PolicyWatcher::reload() {
     }
     LoadedConfig loaded = load_and_compile(config_.policy_dir, config_.registry_dir, options);
     std::string_view result;
-    std::shared_ptr<const Generation> published;
+    std::shared_ptr<const CompiledPolicy> next;
     if (!loaded.ok()) {
         result = "failure";
         for (const auto& d : loaded.diagnostics) {
@@ -154,16 +169,32 @@ void PolicyWatcher::reload() {
                 spdlog::error("policy reload failed, keeping generation {}: {}",
                               prev ? prev->number : 0, d.to_string());
         }
-    } else if (prev && same_output(*prev->compiled, *loaded.compiled)) {
-        result = "unchanged";
-    } else {
+        // The policies in force stay, but the cluster goes on: a pod created while the folder
+        // is broken must get them too, not run with no policy until the folder is fixed.
+        if (prev)
+            next = with_current_registry(*prev->compiled, options);
+    } else if (!prev || !same_output(*prev->compiled, *loaded.compiled)) {
         result = "success";
+        next = loaded.compiled;
+    } else {
+        result = "unchanged";
+    }
+    std::shared_ptr<const Generation> published;
+    if (next) {
         auto gen = std::make_shared<Generation>();
         gen->number = prev ? prev->number + 1 : 1;
-        gen->compiled = loaded.compiled;
-        for (const auto& d : loaded.diagnostics) {
-            gen->warnings.push_back(d);
-            spdlog::warn("policy generation {}: {}", gen->number, d.to_string());
+        gen->compiled = next;
+        if (result == "success") {
+            for (const auto& d : loaded.diagnostics) {
+                gen->warnings.push_back(d);
+                spdlog::warn("policy generation {}: {}", gen->number, d.to_string());
+            }
+        } else {
+            gen->warnings = prev->warnings;
+            spdlog::info(
+                "policy generation {}: the policies of generation {} for the pods the "
+                "registry holds now",
+                gen->number, prev->number);
         }
         published = gen;
         spdlog::info("policy generation {}: {} kernel policy entries, {} ipcache entries",

@@ -514,6 +514,43 @@ TEST_F(AgentPolicyTest, BadYamlKeepsTheLastGoodPolicy) {
         << "the error names the file and position";
 }
 
+// A pod created under a policy has it from its first connection: its Pod object reaches the
+// registry just before its CNI ADD, within the watcher's debounce, so the agent compiles the
+// generation that knows it before enrolling it. Also while the policy folder is broken: the
+// policies in force, not none.
+TEST_F(AgentPolicyTest, APodCreatedUnderAPolicyHasItFromItsFirstConnection) {
+    const std::string a_ip = pod("tenant-a/a").ip;
+    write_policy("policies.yaml", kPolicies);
+    ASSERT_EQ(connect_errno_eventually(pod("tenant-b/b"), a_ip, EPERM), EPERM);
+
+    const PodState late = add_pod(
+        state_, {.name = "late", .namespace_name = "tenant-b", .service_account = "b", .node = 0},
+        options_);
+    int err = 0;
+    Fd c = connect_from(late, a_ip, kAppPort, &err);
+    EXPECT_FALSE(c);
+    EXPECT_EQ(err, EPERM) << "a new tenant-b pod reached tenant-a: " << strerror(err);
+    EXPECT_TRUE(peers_[0]->listeners("tenant-b/late", 1s).has_value()) << "enrolled";
+
+    write_policy("broken.yaml",
+                 "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: "
+                 "x\n");
+    const PodState later = add_pod(
+        state_, {.name = "later", .namespace_name = "tenant-b", .service_account = "b", .node = 0},
+        options_);
+    Fd d = connect_from(later, a_ip, kAppPort, &err);
+    EXPECT_FALSE(d);
+    EXPECT_EQ(err, EPERM) << "with the folder broken, a new tenant-b pod reached tenant-a: "
+                          << strerror(err);
+    // Inside its boundary the new pod's traffic still reaches ztunnel.
+    Fd ok = connect_from(later, pod("tenant-b/b").ip, kAppPort, &err);
+    EXPECT_TRUE(ok) << strerror(err);
+    const std::string log = run_file(0, "agent.log");
+    EXPECT_NE(log.find("pod tenant-b/late is not in the policy in force yet"), std::string::npos)
+        << log;
+    EXPECT_EQ(log.find("is in no compiled policy"), std::string::npos) << log;
+}
+
 // The ConfigMap path end to end: kubelet's `..data` swap in the testbed's policies folder, the
 // agent's watcher, the compiler and the maps, timed from the rename to the first refused connect().
 TEST_F(AgentPolicyTest, KubeletSwapTakesEffectWithinOneSecondAndBadYamlIsReported) {

@@ -397,6 +397,44 @@ void down(const std::string& cluster, const TestbedOptions& options) {
 
 namespace {
 
+// Creates one pod as the runtime does (netns, cgroup, CNI ADD through the node's chain), after
+// writing its Pod object to the registry; records it in `s` and the state file.
+const PodState& create_pod(ClusterState& s, const PodSpec& ps, const TestbedOptions& options) {
+    const ClusterLayout l = layout_for(s.name, options);
+    PodState p;
+    p.name = ps.name;
+    p.namespace_name = ps.namespace_name;
+    p.service_account = ps.service_account;
+    p.labels = ps.labels;
+    p.node = ps.node;
+    p.node_name = s.nodes.at(ps.node).name;
+    p.uid = random_uid();
+    p.container_id = random_hex(64);
+    const std::string ns = l.pod_netns(p.namespace_name, p.name);
+    p.netns = netns_path(ns);
+    p.cgroup = l.pod_cgroup(p.node, p.namespace_name, p.name);
+    new_netns(ns);
+    fs::create_directories(p.cgroup);
+    const NodeState& node = s.nodes.at(p.node);
+    // As in Kubernetes, the Pod object exists before the runtime networks it: the mesh's
+    // CNI plugin looks its labels up while the pod is being created.
+    {
+        ClusterState pending = s;
+        pending.pods.push_back(p);
+        write_registry(s.registry_dir, registry_documents(pending), /*prune=*/false);
+    }
+    CniRuntime cni(s.cni_path, node.netns);
+    // containerd sets up the loopback network first, then the pod network.
+    cni.add(loopback_conflist(), attachment_for(p, "lo"));
+    p.cni_result = cni.add(s.conflist.at("nodes").at(p.node), attachment_for(p, "eth0"));
+    take_ips(p, p.cni_result);
+    s.pods.push_back(p);
+    start_pod_mesh(s, s.pods.back(), options);
+    // State after every pod, so `down` can run CNI DEL for what was added if we crash.
+    write_file(l.state_file(), to_json(s).dump(2) + "\n");
+    return s.pods.back();
+}
+
 ClusterState build(const ClusterSpec& spec, const TestbedOptions& options) {
     const ClusterLayout l = layout_for(spec.name, options);
     ClusterState s;
@@ -471,39 +509,8 @@ ClusterState build(const ClusterSpec& spec, const TestbedOptions& options) {
     }
     s.conflist = json{{"nodes", per_node}};
 
-    for (const auto& ps : spec.pods) {
-        PodState p;
-        p.name = ps.name;
-        p.namespace_name = ps.namespace_name;
-        p.service_account = ps.service_account;
-        p.labels = ps.labels;
-        p.node = ps.node;
-        p.node_name = s.nodes.at(ps.node).name;
-        p.uid = random_uid();
-        p.container_id = random_hex(64);
-        const std::string ns = l.pod_netns(p.namespace_name, p.name);
-        p.netns = netns_path(ns);
-        p.cgroup = l.pod_cgroup(p.node, p.namespace_name, p.name);
-        new_netns(ns);
-        fs::create_directories(p.cgroup);
-        const NodeState& node = s.nodes.at(p.node);
-        // As in Kubernetes, the Pod object exists before the runtime networks it: the mesh's
-        // CNI plugin looks its labels up while the pod is being created.
-        {
-            ClusterState pending = s;
-            pending.pods.push_back(p);
-            write_registry(s.registry_dir, registry_documents(pending), /*prune=*/false);
-        }
-        CniRuntime cni(s.cni_path, node.netns);
-        // containerd sets up the loopback network first, then the pod network.
-        cni.add(loopback_conflist(), attachment_for(p, "lo"));
-        p.cni_result = cni.add(per_node.at(p.node), attachment_for(p, "eth0"));
-        take_ips(p, p.cni_result);
-        s.pods.push_back(p);
-        start_pod_mesh(s, s.pods.back(), options);
-        // State after every pod, so `down` can run CNI DEL for what was added if we crash.
-        write_file(l.state_file(), to_json(s).dump(2) + "\n");
-    }
+    for (const auto& ps : spec.pods)
+        create_pod(s, ps, options);
 
     int vip_index = 0;
     for (const auto& svc : spec.services) {
@@ -522,6 +529,15 @@ ClusterState build(const ClusterSpec& spec, const TestbedOptions& options) {
 }
 
 }  // namespace
+
+PodState add_pod(ClusterState& state, const PodSpec& pod, const TestbedOptions& options) {
+    if (pod.node < 0 || pod.node >= static_cast<int>(state.nodes.size()))
+        throw TestbedError("pod " + pod.namespace_name + "/" + pod.name + ": no node " +
+                           std::to_string(pod.node));
+    if (state.find_pod(pod.namespace_name + "/" + pod.name) != nullptr)
+        throw TestbedError("pod " + pod.namespace_name + "/" + pod.name + " exists already");
+    return create_pod(state, pod, options);
+}
 
 ClusterState up(const ClusterSpec& requested, const TestbedOptions& options) {
     ClusterSpec spec = requested;

@@ -59,6 +59,11 @@ ProcessSpec pod_process(const PodState& pod, std::vector<std::string> argv);
 // The same for a node's system cgroup and network namespace (where node daemons run).
 ProcessSpec node_process(const NodeState& node, std::vector<std::string> argv);
 
+// Adds a pod to a running cluster as `up` creates each of its pods: its Pod object into the
+// registry, then the runtime's CNI ADD through the node's chain. Returns a copy (references
+// into `state.pods` may move). Throws TestbedError, or CniError with the plugin's error.
+PodState add_pod(ClusterState& state, const PodSpec& pod, const TestbedOptions& options = {});
+
 // CNI DEL / CHECK of one pod's network, as the container runtime runs them (DEL when a pod
 // stops; its netns is left for the caller). Throw CniError with the plugin's error.
 void cni_del(const ClusterState& state, const PodState& pod);

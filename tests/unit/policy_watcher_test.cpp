@@ -162,6 +162,27 @@ TEST(PolicyWatcher, RegistryChangesRecompile) {
     EXPECT_EQ(g2->compiled->id_state().endpoints.at("a/x"),
               g1->compiled->id_state().endpoints.at("a/x"));
     EXPECT_EQ(g2->compiled->id_state().identities, g1->compiled->id_state().identities);
+
+    // While the policy folder is broken, a new pod still gets the policies in force: the last
+    // good set, compiled with the registry as it is now. The reload itself is a failure.
+    policies.write("p.yaml", allow_port(80) + "  bogus: [\n");
+    registry.write("pod.a.z.yaml", pod("z", "198.18.0.4"));
+    auto g3 = gens.wait_for(3, 2s);
+    ASSERT_TRUE(g3);
+    EXPECT_EQ(g3->number, 3u);
+    EXPECT_EQ(g3->compiled->ztunnel.workloads.size(), 3u);
+    EXPECT_EQ(allowed_port(*g3), 80);
+    const WorkloadRules* z = g3->compiled->workload("a/z");
+    ASSERT_NE(z, nullptr);
+    EXPECT_EQ(z->allow_policies.size(), 1u) << "the new pod is selected by the ALLOW policy";
+    EXPECT_EQ(g3->compiled->id_state().endpoints.at("a/x"),
+              g1->compiled->id_state().endpoints.at("a/x"));
+    EXPECT_FALSE(w.status().last_ok);
+    EXPECT_EQ(w.status().generation, 3u);
+    EXPECT_GE(w.counts().failure, 1u);
+    // Nothing new in the registry: a failed reload publishes nothing.
+    w.reload();
+    EXPECT_EQ(w.current()->number, 3u);
 }
 
 }  // namespace
