@@ -30,4 +30,18 @@ LoadedConfig load_and_compile(const std::string& policy_path, const std::string&
     return out;
 }
 
+std::shared_ptr<const CompiledPolicy> recompile_for_registry(const CompiledPolicy& in_force,
+                                                             const std::string& registry_path,
+                                                             const CompileOptions& options) {
+    std::vector<Diagnostic> diagnostics;
+    auto registry = std::make_shared<const Registry>(
+        registry_path.empty() ? Registry{} : load_registry(registry_path, diagnostics));
+    if (has_errors(diagnostics))
+        return nullptr;
+    auto compiled = std::make_shared<CompiledPolicy>(compile(in_force.policies, registry, options));
+    if (has_errors(compiled->diagnostics))
+        return nullptr;
+    return compiled;
+}
+
 }  // namespace sluice::policies

@@ -29,4 +29,11 @@ struct LoadedConfig {
 LoadedConfig load_and_compile(const std::string& policy_path, const std::string& registry_path,
                               const CompileOptions& options = {});
 
+// The policies of `in_force` compiled with the registry at `registry_path` as it is now: what
+// is in force while the policy folder is broken, for the pods created meanwhile. Null when the
+// registry or the compile has errors.
+std::shared_ptr<const CompiledPolicy> recompile_for_registry(const CompiledPolicy& in_force,
+                                                             const std::string& registry_path,
+                                                             const CompileOptions& options = {});
+
 }  // namespace sluice::policies

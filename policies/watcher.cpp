@@ -29,21 +29,6 @@ bool same_output(const CompiledPolicy& a, const CompiledPolicy& b) {
 
 }  // namespace
 
-std::shared_ptr<const CompiledPolicy> PolicyWatcher::with_current_registry(
-    const CompiledPolicy& in_force, const CompileOptions& options) const {
-    if (config_.registry_dir.empty())
-        return nullptr;
-    std::vector<Diagnostic> diagnostics;
-    auto registry =
-        std::make_shared<const Registry>(load_registry(config_.registry_dir, diagnostics));
-    if (has_errors(diagnostics))
-        return nullptr;
-    auto again = std::make_shared<CompiledPolicy>(compile(in_force.policies, registry, options));
-    if (has_errors(again->diagnostics) || same_output(in_force, *again))
-        return nullptr;
-    return again;
-}
-
 PolicyWatcher::PolicyWatcher(WatcherConfig config, GenerationCallback on_generation,
                              MetricHook on_reload)
     : config_(std::move(config)),
@@ -171,8 +156,11 @@ void PolicyWatcher::reload() {
         }
         // The policies in force stay, but the cluster goes on: a pod created while the folder
         // is broken must get them too, not run with no policy until the folder is fixed.
-        if (prev)
-            next = with_current_registry(*prev->compiled, options);
+        if (prev && !config_.registry_dir.empty()) {
+            next = recompile_for_registry(*prev->compiled, config_.registry_dir, options);
+            if (next && same_output(*prev->compiled, *next))
+                next = nullptr;
+        }
     } else if (!prev || !same_output(*prev->compiled, *loaded.compiled)) {
         result = "success";
         next = loaded.compiled;

@@ -80,10 +80,6 @@ class PolicyWatcher {
 
   private:
     void run(bool need_rewatch);
-    // The policies of `in_force` compiled for the registry as it is now; null when that
-    // changes nothing or the registry cannot be read.
-    std::shared_ptr<const CompiledPolicy> with_current_registry(
-        const CompiledPolicy& in_force, const CompileOptions& options) const;
     bool add_watches();
 
     WatcherConfig config_;

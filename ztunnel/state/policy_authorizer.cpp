@@ -32,16 +32,27 @@ class PolicyAuthorizer : public Authorizer {
         policies::CompileOptions options;
         options.trust_domain = trust_domain_;
         auto loaded = policies::load_and_compile(policies_dir_, registry_dir_, options);
+        std::shared_ptr<const policies::CompiledPolicy> next = loaded.compiled;
         if (!loaded.ok()) {
             for (const auto& d : loaded.diagnostics)
                 spdlog::warn("policies: {}", d.to_string());
             spdlog::warn("policies: keeping the last good set");
-            return false;
+            // For the pods the registry holds now: one created while the folder is broken gets
+            // the policies in force (else every connection to it is refused as unknown).
+            std::shared_ptr<const policies::CompiledPolicy> in_force;
+            {
+                std::lock_guard lock(mutex_);
+                in_force = compiled_;
+            }
+            next = in_force ? policies::recompile_for_registry(*in_force, registry_dir_, options)
+                            : nullptr;
+            if (!next)
+                return false;
         }
         std::lock_guard lock(mutex_);
-        compiled_ = loaded.compiled;
-        spdlog::info("policies: loaded {} authorization rule(s) from {}", compiled_->rules.size(),
-                     policies_dir_);
+        compiled_ = next;
+        spdlog::info("policies: {} {} authorization rule(s) from {}",
+                     loaded.ok() ? "loaded" : "kept", compiled_->rules.size(), policies_dir_);
         return true;
     }
 

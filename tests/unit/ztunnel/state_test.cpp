@@ -308,6 +308,50 @@ TEST(DefaultAuthorizerTest, StrictRefusesOnlyPlaintext) {
     EXPECT_TRUE(permissive->authorize({.source = ip("198.18.0.2"), .destination = &dst}).allowed);
 }
 
+// While the policy folder is broken the last good policies stay in force, and a pod created
+// meanwhile gets them too: before, ztunnel refused every connection to it as an unknown
+// workload until the folder was fixed.
+TEST_F(RegistryTest, PolicyAuthorizerKeepsThePoliciesInForceForPodsCreatedWhileTheyAreBroken) {
+    const fs::path policies = dir_.string() + "-policies";
+    fs::create_directories(policies);
+    std::ofstream(policies / "p.yaml") << R"(apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-a, namespace: tenant-a}
+spec:
+  rules: [{from: [{source: {principals: [cluster.local/ns/tenant-a/sa/client]}}]}]
+)";
+    auto authz = state::policy_authorizer(policies.string(), dir_.string(),
+                                          state::MtlsMode::Permissive, "cluster.local");
+    auto decide = [&](const state::Workload& dst, const std::string& peer) {
+        return authz
+            ->authorize({.peer_identity = peer,
+                         .source = ip("198.18.0.9"),
+                         .destination = &dst,
+                         .port = 8080,
+                         .destination_address = dst.ips.at(0)})
+            .allowed;
+    };
+    const std::string client = "spiffe://cluster.local/ns/tenant-a/sa/client";
+    const std::string other = "spiffe://cluster.local/ns/tenant-b/sa/x";
+    state::Workload llm0{.name = "llm-0", .namespace_name = "tenant-a", .ips = {ip("198.18.0.2")}};
+    EXPECT_TRUE(decide(llm0, client));
+    EXPECT_FALSE(decide(llm0, other));
+
+    std::ofstream(policies / "p.yaml", std::ios::app) << "  bogus: [\n";
+    write("pod.tenant-a.llm-2.yaml", R"(apiVersion: v1
+kind: Pod
+metadata: {name: llm-2, namespace: tenant-a, uid: u2, labels: {app: llm}}
+spec: {nodeName: node0, serviceAccountName: llm}
+status: {podIP: 198.18.0.3}
+)");
+    EXPECT_TRUE(authz->refresh()) << "a new set for the new pod";
+    state::Workload llm2{.name = "llm-2", .namespace_name = "tenant-a", .ips = {ip("198.18.0.3")}};
+    EXPECT_TRUE(decide(llm2, client)) << "refused as unknown";
+    EXPECT_FALSE(decide(llm2, other)) << "the broken folder lifted the policy";
+    EXPECT_FALSE(decide(llm0, other));
+    fs::remove_all(policies);
+}
+
 TEST(ConfigTest, ValidateReportsEveryProblemAtOnce) {
     proxy::Config c;
     c.workers = 0;
