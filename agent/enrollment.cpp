@@ -171,8 +171,6 @@ std::expected<void, std::string> Enrollment::register_listener(const EnrolledPod
 }
 
 std::expected<void, std::string> Enrollment::hand_to_ztunnel(const EnrolledPod& pod) {
-    if (!ztunnel_.connected() && !ztunnel_.wait_connected(ztunnel_timeout_))
-        return std::unexpected("ztunnel is not connected to " + ztunnel_.socket_path());
     const auto steering = ztunnel_.steering();
     bool registered = false;
     for (const auto session : ztunnel_.sessions()) {
@@ -208,6 +206,10 @@ void Enrollment::withdraw_from_ztunnel(const EnrolledPod& pod) {
 std::expected<void, std::string> Enrollment::add(const PodRecord& rec,
                                                  const std::string& netns_path,
                                                  const std::string& container_id) {
+    // Waiting for a ztunnel happens before the lock: held, it would stall every other request
+    // (a DEL, the metrics' pod count) for the whole timeout.
+    if (!ztunnel_.connected() && !ztunnel_.wait_connected(ztunnel_timeout_))
+        return std::unexpected("ztunnel is not connected to " + ztunnel_.socket_path());
     std::lock_guard lk(mu_);
     const std::string key = key_of(rec.namespace_name, rec.name);
     auto cookie = cookie_if_present(netns_path);
@@ -417,6 +419,8 @@ void Enrollment::replay_to_ztunnel(ZtunnelLink::SessionId session) {
         const EnrolledPod& pod = pods_.at(key);
         (void)dp_.unenroll_netns(pod.netns_cookie);
         (void)dp_.detach_netns(pod.netns_cookie);
+        fallback_ids_.erase(pod.uid);
+        refused_.erase(key);
         pods_.erase(key);
     }
     if (!gone.empty())

@@ -268,6 +268,34 @@ TEST_F(AgentTest, RemovingTheLabelUnenrollsAndRestoresDirectTraffic) {
     EXPECT_EQ(test::peer_ip(accepted.get()), client.ip);
 }
 
+// A CNI ADD that waits for ztunnel to connect holds up nothing else: the agent's metrics
+// (which count enrolled pods) answer meanwhile, and the ADD completes once a ztunnel is there.
+TEST_F(AgentTest, AnAddWaitingForZtunnelStallsNothingElse) {
+    peers_.erase(0);  // node 0's ztunnel goes away
+    std::this_thread::sleep_for(200ms);
+    std::string added_error = "not finished";
+    std::thread adding([&] {
+        try {
+            add_pod(state_, {.name = "late", .namespace_name = "mesh", .node = 0}, options_);
+            added_error.clear();
+        } catch (const std::exception& e) {
+            added_error = e.what();
+        }
+    });
+    std::this_thread::sleep_for(500ms);  // the ADD is waiting for a ztunnel now
+    const auto start = std::chrono::steady_clock::now();
+    const std::string m = metrics(0);
+    const auto took = std::chrono::steady_clock::now() - start;
+    EXPECT_LT(took, 1s) << "metrics waited for the ADD";
+    EXPECT_NE(m.find("sluice_agent_ztunnel_connected 0"), std::string::npos) << m;
+    peers_[0] =
+        std::make_unique<test::ZdsPeer>(node(0).run_dir + "/ztunnel.sock", node(0).system_cgroup);
+    adding.join();
+    EXPECT_EQ(added_error, "");
+    EXPECT_TRUE(peers_[0]->listeners("mesh/late", 5s).has_value());
+    EXPECT_TRUE(peers_[0]->listeners("mesh/client", 1s).has_value()) << "the replay";
+}
+
 TEST_F(AgentTest, Kill9AndRestartKeepsConnectionsAndCapture) {
     const PodState& client = pod("mesh/client");
     const PodState& server = pod("mesh/server");
