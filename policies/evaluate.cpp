@@ -1,5 +1,6 @@
 #include "policies/evaluate.h"
 
+#include <algorithm>
 #include <sstream>
 
 #include "policies/identity.h"
@@ -137,6 +138,15 @@ Explanation explain(const CompiledPolicy& c, const ExplainQuery& q) {
         e.ztunnel = evaluate(c, conn);
         return e;
     }
+    if (!q.to_ip.empty()) {
+        auto ip = datapath::parse_ip(q.to_ip);
+        if (!ip ||
+            std::find(dst->addresses.begin(), dst->addresses.end(), *ip) == dst->addresses.end()) {
+            e.notes.push_back("--to-ip " + q.to_ip + ": not an address of " + q.to);
+            return e;
+        }
+        conn.destination_address = *ip;
+    }
     const Pod* src = nullptr;
     if (auto ip = datapath::parse_ip(q.from)) {
         conn.source = *ip;
@@ -173,6 +183,28 @@ Explanation explain(const CompiledPolicy& c, const ExplainQuery& q) {
     }
     e.connection = conn;
     e.ztunnel = evaluate(c, conn);
+    if (!conn.destination_address && dst->addresses.size() > 1) {
+        // ztunnel decides a connection to one address; a destination.ip condition can hold for
+        // one of the pod's addresses and not another. Then the answer is the DENY one.
+        std::string per_address;
+        bool differ = false;
+        for (const auto& address : dst->addresses) {
+            Connection to = conn;
+            to.destination_address = address;
+            Decision d = evaluate(c, to);
+            per_address += (per_address.empty() ? "" : ", ") +
+                           std::string(d.verdict == Verdict::Allow ? "ALLOW" : "DENY") + " to " +
+                           address.to_string();
+            if (d.verdict != e.ztunnel.verdict) {
+                differ = true;
+                if (d.verdict == Verdict::Deny)
+                    e.ztunnel = std::move(d);
+            }
+        }
+        if (differ)
+            e.notes.push_back("the verdict depends on the address connected to (" + per_address +
+                              "); --to-ip names one");
+    }
 
     KernelModel model(c.kernel);
     auto describe = [&](uint32_t id) {
@@ -184,7 +216,8 @@ Explanation explain(const CompiledPolicy& c, const ExplainQuery& q) {
             ep && !dst->addresses.empty()) {
             KernelView v;
             v.direction = "egress at " + src->key() + " (connect)";
-            v.peer_identity = model.identity_of(dst->addresses.front());
+            v.peer_identity =
+                model.identity_of(conn.destination_address.value_or(dst->addresses.front()));
             v.lookup =
                 model.lookup(ep->value.endpoint_id, v.peer_identity, q.port, 6, SLUICE_DIR_EGRESS);
             v.rule = describe(v.lookup.rule_id);

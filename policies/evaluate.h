@@ -44,6 +44,9 @@ Decision evaluate(const CompiledPolicy& compiled, const Connection& connection);
 struct ExplainQuery {
     std::string from;  // "ns/sa", "ns/pod", or an IP address (plaintext, outside the mesh)
     std::string to;    // "ns/pod"
+    // The address of `to` the client connects to; empty: a `destination.ip` condition matches
+    // if it holds for any of the pod's addresses.
+    std::string to_ip;
     uint16_t port = 0;
     bool plaintext = false;  // from a workload, but without mTLS
 };

@@ -101,6 +101,8 @@ void add_policy_commands(CLI::App& app, Context& ctx) {
     explain->add_option("--from", q->from, "source: ns/serviceaccount, ns/pod or an IP address")
         ->required();
     explain->add_option("--to", q->to, "destination pod: ns/pod")->required();
+    explain->add_option("--to-ip", q->to_ip,
+                        "the destination pod's address connected to (for destination.ip)");
     explain->add_option("--port", q->port, "destination (target) port")
         ->required()
         ->check(CLI::Range(1, 65535));

@@ -249,6 +249,27 @@ spec:
     EXPECT_EQ(kernel(b, 22), SLUICE_VERDICT_DENY);
     EXPECT_EQ(kernel(cz, 80), SLUICE_VERDICT_DENY);
 
+    // explain: as ztunnel decides a connection to one address with --to-ip; without it, DENY
+    // when a connection to one of the pod's addresses is denied, and a note says so.
+    auto explained = [&](const std::string& to_ip) {
+        return explain(c, {.from = "b/y", .to = "a/x", .to_ip = to_ip, .port = 80});
+    };
+    EXPECT_EQ(explained("198.18.0.2").ztunnel.verdict, Verdict::Allow);
+    EXPECT_EQ(explained("2001:db8::2").ztunnel.verdict, Verdict::Deny);
+    const Explanation any = explained("");
+    EXPECT_EQ(any.ztunnel.verdict, Verdict::Deny);
+    EXPECT_NE(any.text().find("depends on the address connected to (ALLOW to 198.18.0.2, DENY "
+                              "to 2001:db8::2)"),
+              std::string::npos)
+        << any.text();
+    EXPECT_EQ(explain(c, {.from = "b/y", .to = "a/x", .port = 22}).text().find("depends"),
+              std::string::npos)
+        << "no note when every address gets the same verdict";
+    const Explanation wrong = explained("198.18.0.3");
+    EXPECT_FALSE(wrong.connection.has_value());
+    EXPECT_NE(wrong.text().find("--to-ip 198.18.0.3: not an address of a/x"), std::string::npos)
+        << wrong.text();
+
     // A condition names a key and values or notValues.
     for (const char* when : {"[{values: [b]}]", "[{key: source.namespace}]",
                              "[{key: source.namespace, values: []}]"}) {

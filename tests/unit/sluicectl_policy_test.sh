@@ -36,6 +36,9 @@ expect "explain boundary deny" 1 "kernel egress .*DENY.*IsolationBoundary tenant
     --policies "$ex/policies" --registry "$ex/registry"
 expect "explain unresolved" 2 "no such pod" -- "$ctl" policy explain --from tenant-a/frontend \
     --to tenant-a/nope --port 80 --policies "$ex/policies" --registry "$ex/registry"
+expect "explain to an address the pod lacks" 2 "--to-ip 198.51.100.9: not an address of" -- \
+    "$ctl" policy explain --from tenant-a/frontend --to tenant-a/retriever --port 8080 \
+    --to-ip 198.51.100.9 --policies "$ex/policies" --registry "$ex/registry"
 cp -r "$ex/policies" "$tmp/new"
 sed -i 's/ports: \["6333"\]/ports: ["6334"]/' "$tmp/new/20-tenant-a.yaml"
 expect "diff" 1 "~ AuthorizationPolicy tenant-a/vector-db" -- \
