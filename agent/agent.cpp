@@ -217,7 +217,8 @@ cni::Response Agent::handle_cni(const cni::Request& req) {
                     : cni::Response{.ok = false, .error = r.error()};
         }
     } else if (req.command == "DEL") {
-        // Under deleted_mu_ throughout, so reconcile() cannot enroll the pod between the two.
+        // Under deleted_mu_ throughout, so reconcile() sees the DEL either before it enrolls the
+        // pod or, when it checks again after, with the pod enrolled.
         std::lock_guard lk(deleted_mu_);
         auto r = enrollment_->remove(req.pod_namespace, req.pod_name, req.container_id);
         if (!r || *r)  // not for a sandbox the runtime has since replaced
@@ -255,8 +256,25 @@ std::optional<EndpointBinding> Agent::binding_of(const std::string& ns,
 }
 
 void Agent::compile_for(const PodRecord& pod) {
-    if (binding_of(pod.namespace_name, pod.name))
+    // Compiled from a registry that held this pod (a pod re-created under the same name may
+    // have other labels or another service account).
+    auto knows = [&](const std::shared_ptr<const policies::Generation>& g) {
+        if (!g)
+            return false;
+        const policies::Pod* p = g->compiled->registry->find_pod(pod.namespace_name, pod.name);
+        return p != nullptr && (pod.uid.empty() || p->uid == pod.uid);
+    };
+    auto applied = [&] {
+        std::lock_guard lk(generation_mu_);
+        return generation_;
+    };
+    if (knows(applied()))
         return;
+    watcher_->wait_idle();  // a generation the watcher is applying right now
+    if (knows(applied()))
+        return;
+    if (knows(watcher_->current()))
+        return;  // compiled, but the maps refused it: retry_failed_apply() goes on with it
     spdlog::info("pod {}/{} is not in the policy in force yet; compiling it now",
                  pod.namespace_name, pod.name);
     watcher_->reload();
@@ -352,14 +370,25 @@ void Agent::reconcile() {
             enrollment_->is_enrolled(pod.namespace_name, pod.name)) {
             continue;
         }
+        {
+            std::lock_guard lk(deleted_mu_);
+            if (deleted_by_cni_.contains(pod.uid))
+                continue;
+        }
         compile_for(pod);
-        // A CNI DEL waits for this: it cannot land between the check and the enrollment.
-        std::lock_guard lk(deleted_mu_);
-        if (deleted_by_cni_.contains(pod.uid))
-            continue;
         if (auto r = enrollment_->add(pod, pod.netns); !r) {
             spdlog::error("enrolling running pod {}/{}: {}", pod.namespace_name, pod.name,
                           r.error());
+            continue;
+        }
+        // A CNI DEL that came while this enrolled the pod found nothing to remove: remove it
+        // now (the lock is not held over add(), which can wait for ztunnel for seconds).
+        std::lock_guard lk(deleted_mu_);
+        if (deleted_by_cni_.contains(pod.uid)) {
+            spdlog::info("pod {}/{} was deleted while it was enrolled from the registry",
+                         pod.namespace_name, pod.name);
+            if (auto r = enrollment_->remove(pod.namespace_name, pod.name); !r)
+                spdlog::error("unenrolling {}/{}: {}", pod.namespace_name, pod.name, r.error());
         }
     }
     // A pod the registry no longer places here will not be enrolled by reconcile() again.

@@ -203,38 +203,45 @@ void Enrollment::withdraw_from_ztunnel(const EnrolledPod& pod) {
     }
 }
 
+std::expected<void, std::string> Enrollment::update_enrolled(EnrolledPod& pod, const PodRecord& rec,
+                                                             const std::string& container_id) {
+    // A retried CNI ADD: only addresses the pod gained are new.
+    if (!container_id.empty())
+        pod.container_id = container_id;
+    for (const auto& ip : rec.ips) {
+        if (std::find(pod.ips.begin(), pod.ips.end(), ip) != pod.ips.end())
+            continue;
+        auto addr = datapath::parse_ip(ip);
+        if (!addr)
+            continue;
+        if (auto r = dp_.add_endpoint_address(*addr, pod.netns_cookie); !r)
+            return std::unexpected("endpoint address " + ip + ": " + describe(r.error()));
+        pod.ips.push_back(ip);
+    }
+    persist();
+    return {};
+}
+
 std::expected<void, std::string> Enrollment::add(const PodRecord& rec,
                                                  const std::string& netns_path,
                                                  const std::string& container_id) {
-    // Waiting for a ztunnel happens before the lock: held, it would stall every other request
+    const std::string key = key_of(rec.namespace_name, rec.name);
+    const auto cookie = cookie_if_present(netns_path);
+    if (!cookie)
+        return std::unexpected("pod netns " + netns_path + " does not exist");
+    {
+        std::lock_guard lk(mu_);
+        if (auto it = pods_.find(key); it != pods_.end() && it->second.netns_cookie == *cookie)
+            return update_enrolled(it->second, rec, container_id);
+    }
+    // Waiting for a ztunnel happens outside the lock: held, it would stall every other request
     // (a DEL, the metrics' pod count) for the whole timeout.
     if (!ztunnel_.connected() && !ztunnel_.wait_connected(ztunnel_timeout_))
         return std::unexpected("ztunnel is not connected to " + ztunnel_.socket_path());
     std::lock_guard lk(mu_);
-    const std::string key = key_of(rec.namespace_name, rec.name);
-    auto cookie = cookie_if_present(netns_path);
-    if (!cookie)
-        return std::unexpected("pod netns " + netns_path + " does not exist");
     if (auto it = pods_.find(key); it != pods_.end()) {
-        if (it->second.netns_cookie == *cookie) {
-            // Already enrolled (a retried CNI ADD): only addresses the pod gained are new.
-            if (!container_id.empty())
-                it->second.container_id = container_id;
-            for (const auto& ip : rec.ips) {
-                auto& known = it->second.ips;
-                if (std::find(known.begin(), known.end(), ip) != known.end())
-                    continue;
-                auto addr = datapath::parse_ip(ip);
-                if (!addr)
-                    continue;
-                if (auto r = dp_.add_endpoint_address(*addr, *cookie); !r) {
-                    return std::unexpected("endpoint address " + ip + ": " + describe(r.error()));
-                }
-                known.push_back(ip);
-            }
-            persist();
-            return {};
-        }
+        if (it->second.netns_cookie == *cookie)  // enrolled meanwhile
+            return update_enrolled(it->second, rec, container_id);
         spdlog::info("pod {} re-created with a new netns; replacing its enrollment", key);
         (void)dp_.unenroll_netns(it->second.netns_cookie);
         (void)dp_.detach_netns(it->second.netns_cookie);

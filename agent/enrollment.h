@@ -91,6 +91,9 @@ class Enrollment {
     // AddWorkload to one session: its :15006 listener fd.
     std::expected<int, std::string> send_to(ZtunnelLink::SessionId session, const EnrolledPod& pod);
     std::expected<void, std::string> register_listener(const EnrolledPod& pod, int listener);
+    // The pod is enrolled with this netns already: takes the sandbox id and new addresses.
+    std::expected<void, std::string> update_enrolled(EnrolledPod& pod, const PodRecord& rec,
+                                                     const std::string& container_id);
     // DelWorkload to every connected session.
     void withdraw_from_ztunnel(const EnrolledPod& pod);
     EndpointBinding binding_for(const EnrolledPod& pod);

@@ -1,5 +1,6 @@
 #include "policies/loader.h"
 
+#include "policies/diff.h"
 #include "policies/parser.h"
 #include "policies/source.h"
 #include "policies/validator.h"
@@ -28,6 +29,11 @@ LoadedConfig load_and_compile(const std::string& policy_path, const std::string&
                            compiled->diagnostics.end());
     out.compiled = std::move(compiled);
     return out;
+}
+
+bool same_output(const CompiledPolicy& a, const CompiledPolicy& b) {
+    return diff_policies(*a.policies, *b.policies).empty() && a.kernel_json() == b.kernel_json() &&
+           a.ztunnel_json() == b.ztunnel_json() && a.waypoint == b.waypoint;
 }
 
 std::shared_ptr<const CompiledPolicy> recompile_for_registry(const CompiledPolicy& in_force,

@@ -29,6 +29,9 @@ struct LoadedConfig {
 LoadedConfig load_and_compile(const std::string& policy_path, const std::string& registry_path,
                               const CompileOptions& options = {});
 
+// The same policies, kernel entries, ztunnel rules and waypoint configuration.
+bool same_output(const CompiledPolicy& a, const CompiledPolicy& b);
+
 // The policies of `in_force` compiled with the registry at `registry_path` as it is now: what
 // is in force while the policy folder is broken, for the pods created meanwhile. Null when the
 // registry or the compile has errors.

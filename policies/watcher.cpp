@@ -10,7 +10,6 @@
 #include <array>
 #include <cstring>
 
-#include "policies/diff.h"
 #include "policies/loader.h"
 
 namespace sluice::policies {
@@ -21,11 +20,6 @@ constexpr uint32_t kWatchMask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED
                                 IN_MOVE_SELF | IN_ONLYDIR;
 // While a watched directory is missing (deleted, not yet mounted), retry adding it this often.
 constexpr std::chrono::milliseconds kRewatchInterval{500};
-
-bool same_output(const CompiledPolicy& a, const CompiledPolicy& b) {
-    return diff_policies(*a.policies, *b.policies).empty() && a.kernel_json() == b.kernel_json() &&
-           a.ztunnel_json() == b.ztunnel_json() && a.waypoint == b.waypoint;
-}
 
 }  // namespace
 

@@ -73,6 +73,8 @@ class PolicyWatcher {
 
     // A synchronous reload attempt, as the watcher thread does after a change.
     void reload();
+    // Returns once a reload under way (with its on_generation) has finished.
+    void wait_idle() { std::lock_guard lock(reload_mu_); }
 
     std::shared_ptr<const Generation> current() const;
     ReloadCounts counts() const;

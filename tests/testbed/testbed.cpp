@@ -536,7 +536,12 @@ PodState add_pod(ClusterState& state, const PodSpec& pod, const TestbedOptions& 
                            std::to_string(pod.node));
     if (state.find_pod(pod.namespace_name + "/" + pod.name) != nullptr)
         throw TestbedError("pod " + pod.namespace_name + "/" + pod.name + " exists already");
-    return create_pod(state, pod, options);
+    PodState created = create_pod(state, pod, options);
+    // Its addresses, as the kubelet reports the pod's status once the network is up.
+    write_registry(state.registry_dir, registry_documents(state), /*prune=*/false);
+    if (state.mesh != MeshMode::Sidecarless || options.start_ztunnel)
+        wait_registry_loaded(state, std::chrono::seconds(10));
+    return created;
 }
 
 ClusterState up(const ClusterSpec& requested, const TestbedOptions& options) {

@@ -175,6 +175,26 @@ TEST(FilterSettlement, SettlesTheAdmittingFiltersOnceEvenWhenUnwound) {
         settlement.settle();
     }
     EXPECT_EQ(recorder.completions, 2);  // settle() and the destructor: once
+
+    // A filter whose onComplete throws, while the handler's exception unwinds: no terminate,
+    // and the filters admitted before it are settled still.
+    struct Thrower : HttpFilter {
+        std::string_view name() const override { return "thrower"; }
+        void onComplete(RequestContext&) override { throw std::logic_error("settle bug"); }
+    } thrower;
+    const std::vector<HttpFilter*> throwing = {&filter, &thrower};
+    Call fourth("a", 10, 80);
+    try {
+        FilterSettlement settlement(throwing, fourth.ctx);
+        ASSERT_FALSE(filter.onRequest(fourth.ctx));
+        settlement.admitted();
+        settlement.admitted();
+        throw std::runtime_error("handler bug");
+    } catch (const std::runtime_error&) {
+    }
+    Call fifth("a", 10, 80);
+    EXPECT_FALSE(filter.onRequest(fifth.ctx)) << "the budget filter's slot was not given back";
+    FilterSettlement(throwing, fifth.ctx).admitted();
 }
 
 TEST(BudgetFilter, TokensPerDayAndRequestsPerMinute) {

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <spdlog/spdlog.h>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -113,9 +115,19 @@ class FilterSettlement {
     FilterSettlement& operator=(const FilterSettlement&) = delete;
     ~FilterSettlement() { settle(); }
     void admitted() { ++admitted_; }  // the next filter's onRequest let the request through
-    void settle() {
-        while (admitted_ > 0)
-            filters_[--admitted_]->onComplete(ctx_);
+    // Never throws (it runs in a destructor, maybe while unwinding): a filter whose onComplete
+    // throws is logged, and the ones before it are still settled.
+    void settle() noexcept {
+        while (admitted_ > 0) {
+            HttpFilter* filter = filters_[--admitted_];
+            try {
+                filter->onComplete(ctx_);
+            } catch (const std::exception& e) {
+                spdlog::error("filter {}: onComplete: {}", filter->name(), e.what());
+            } catch (...) {
+                spdlog::error("filter {}: onComplete threw", filter->name());
+            }
+        }
     }
 
   private:
