@@ -13,6 +13,7 @@
 #include "waypoint/filters/usage/filter.h"
 #include "waypoint/http/client_watch.h"
 #include "waypoint/http/forward.h"
+#include "waypoint/http/target.h"
 #include "waypoint/json/document.h"
 #include "waypoint/lb/load_metrics.h"
 #include "waypoint/policy_view.h"
@@ -557,8 +558,29 @@ awaitable<void> Gateway::handle(Exchange& ex, UpstreamPool& upstream) {
     RequestContext ctx(ex.request);
     ctx.peer_identity = ex.peer_identity;
     ctx.destination = ex.authority;
+    // The absolute form (RFC 9112 §3.2.2) is served as its origin form: backends expect that.
+    if (auto origin = originFormOf(sv(ex.request.target())))
+        ex.request.target(*origin);
     ctx.api = apiOf(sv(ex.request.target()));
     ctx.traceparent = nextTraceparent(sv(ex.request["traceparent"]));
+
+    if (ctx.api.empty()) {
+        // A path that a backend's router takes for an OpenAI endpoint however it is spelled
+        // (`/v1/chat/%63ompletions`, `/v1//embeddings`, `/x/../v1/completions`) would pass as
+        // "not an API" with no budget: it is refused.
+        const auto routed = routedPath(sv(ex.request.target()));
+        if (routed && !apiOf(*routed).empty()) {
+            // Named: g++ 12 destroys a temporary argument of a co_await'ed call twice.
+            const LocalReply refused{.status = http::status::bad_request,
+                                     .type = "invalid_request_error",
+                                     .message = "The request path must be written as " + *routed +
+                                                " (no escapes, dot segments or repeated slashes)."};
+            ctx.result = "invalid_request";
+            co_await reply(ex, ctx, refused);
+            record(ctx);
+            co_return;
+        }
+    }
 
     if (ctx.api == "models" && ex.request.method() == http::verb::get) {
         http::response<http::string_body> res{http::status::ok, ex.request.version()};

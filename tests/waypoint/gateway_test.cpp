@@ -515,6 +515,37 @@ TEST(WaypointGateway, TokenBudgetReturns429WithHeadersAndOtherTenantIsServed) {
     EXPECT_EQ(json::parse(backend.stats())["requests"], 3);
 }
 
+// A budgeted endpoint cannot be reached unbudgeted by spelling its path another way that a
+// backend's router resolves to it; the absolute form is served, and budgeted, as its path.
+TEST(WaypointGateway, BudgetedPathsCannotBeSpelledAround) {
+    Emulator backend("a");
+    auto gw = startGateway(budgetConfig(backend, 400));
+    backend.configure(R"({"completion_tokens": 150})");
+    const std::string body = chatBody(false, false, 150);
+    for (const std::string path :
+         {"/v1/chat/%63ompletions", "/v1//chat/completions", "/x/../v1/chat/completions",
+          "/v1/./chat/completions?x=1", "/v1/chat%2Fcompletions", "/v1/models/../embeddings"}) {
+        auto reply = request(gw->gatewayPort(), "POST", path, body, {{"x-tenant", "team-a"}});
+        EXPECT_EQ(reply.status, 400u) << path;
+        EXPECT_EQ(json::parse(reply.body)["error"]["type"], "invalid_request_error") << path;
+        EXPECT_NE(reply.body.find("must be written as /v1/"), std::string::npos) << reply.body;
+    }
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 0);
+    for (int i = 0; i < 2; ++i) {
+        auto served = request(gw->gatewayPort(), "POST", "http://llm.example/v1/chat/completions",
+                              body, {{"x-tenant", "team-a"}});
+        EXPECT_EQ(served.status, 200u) << served.body;
+        EXPECT_EQ(served.headers["x-ratelimit-limit-tokens"], "400") << "budgeted";
+    }
+    auto third = request(gw->gatewayPort(), "POST", "http://llm.example/v1/chat/completions", body,
+                         {{"x-tenant", "team-a"}});
+    EXPECT_EQ(third.status, 429u) << third.body;
+    EXPECT_EQ(json::parse(backend.stats())["requests"], 2);
+    // Other paths pass through as they are written.
+    auto other = request(gw->gatewayPort(), "GET", "/health%20check", "");
+    EXPECT_NE(other.status, 400u) << other.body;
+}
+
 TEST(WaypointGateway, FallsBackToNextPoolOnBackendFailureWithTheModelRewritten) {
     Emulator broken("broken", {"--fail-status", "503"});
     Emulator backup("backup");
