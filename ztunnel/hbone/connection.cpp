@@ -127,6 +127,14 @@ const char* to_string(Error e) {
 
 Stream::Stream(std::shared_ptr<Connection> conn) : conn_(std::move(conn)) {}
 
+Stream::~Stream() {
+    // Bytes that arrived and were never taken (the stream was reset or abandoned): the
+    // connection's window counts them until they are reported, so each such stream would
+    // shrink it for good, until no stream of the connection could receive at all.
+    if (io_ && io_->received.size() > io_->received_offset)
+        conn_->consumed(*this, io_->received.size() - io_->received_offset);
+}
+
 asio::awaitable<size_t> Stream::read(asio::mutable_buffer buf) {
     while (!readable() && !read_cancelled_)
         co_await readable_.wait();
@@ -149,8 +157,8 @@ void Stream::consume(size_t n) {
     if (io_->received_offset == io_->received.size())
         release(io_->received, io_->received_offset);
     drop_drained_io();
-    if (!closed_)
-        conn_->consumed(*this, n);
+    // After the stream closed too: nghttp2 then opens the connection's window alone.
+    conn_->consumed(*this, n);
 }
 
 void Stream::drop_drained_io() {
@@ -548,8 +556,11 @@ int Connection::on_frame_recv(nghttp2_session* session, const nghttp2_frame* fra
 int Connection::on_data_chunk(nghttp2_session* session, uint8_t, int32_t stream_id,
                               const uint8_t* data, size_t len, void*) {
     auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
-    if (s == nullptr)
+    if (s == nullptr) {
+        // DATA of a stream we no longer hold still counts against the connection's window.
+        nghttp2_session_consume_connection(session, len);
         return 0;
+    }
     Stream::Io& io = s->io();
     compact(io.received, io.received_offset);
     io.received.append(reinterpret_cast<const char*>(data), len);

@@ -70,6 +70,9 @@ class SessionMemory {
 class Stream {
   public:
     explicit Stream(std::shared_ptr<Connection> conn);
+    ~Stream();
+    Stream(const Stream&) = delete;
+    Stream& operator=(const Stream&) = delete;
 
     // Up to buf.size() bytes; 0 at end of stream (the peer's END_STREAM, a reset or a lost
     // connection: see reset()).

@@ -408,6 +408,35 @@ TEST_F(HboneTest, StreamsSendAgainAfterIdlingAndHoldNoDataItemWhileIdle) {
     }
 }
 
+// Bytes a stream received and never delivered (the app left, the relay reset the stream) give
+// their share of the connection's flow-control window back: five abandoned 4 MiB downloads
+// are more than its 16 MiB, and the pooled connection still carries the next stream.
+TEST_F(HboneTest, AbandonedStreamsGiveTheirWindowBack) {
+    serve(kServer);
+    Pool pool(io_.get_executor(), dialer(kClient));
+    const std::string chunk(kStreamWindow - (64 << 10), 'x');
+    std::string echoed;
+    run([&]() -> asio::awaitable<void> {
+        for (int i = 0; i < 5; ++i) {
+            auto st = co_await pool.open(key_, request_);
+            EXPECT_TRUE(st);
+            if (!st)
+                co_return;
+            EXPECT_TRUE(co_await (*st)->write(asio::buffer(chunk)));
+            // The echo fills what the stream's window lets through; nothing is read.
+            co_await until([&] { return (*st)->received().size() >= chunk.size() - 65536; });
+            EXPECT_GE((*st)->received().size(), chunk.size() - 65536);
+            (*st)->reset();
+        }
+        auto st = co_await pool.open(key_, request_);
+        EXPECT_TRUE(st);
+        if (st)
+            echoed = co_await round_trip(**st, "after five abandoned downloads");
+    });
+    EXPECT_EQ(dials_, 1) << "one pooled connection throughout";
+    EXPECT_EQ(echoed, "after five abandoned downloads");
+}
+
 TEST_F(HboneTest, ServerStatusReachesTheClient) {
     serve(kServer);
     status_ = kStatusUnauthorized;
