@@ -372,6 +372,29 @@ TEST_F(ZtunnelSidecarTest, PermissivePlaintextFromOutsideTheMeshIsForwarded) {
     EXPECT_EQ(in[0]["result"], "ok");
 }
 
+// A peer that routes another address through the pod (the pod as its gateway) reaches the
+// sidecar's :15006 through the REDIRECT; the sidecar forwards only to the pod's own app ports,
+// never onward from inside the pod (its sockets bypass capture: an open proxy).
+TEST_F(ZtunnelSidecarTest, PlaintextForAnotherAddressIsNotForwardedOnward) {
+    const PodState& server = pod("server");
+    const NodeState& n1 = node(server.node);
+    ProcessResult route = run_process(node_process(
+        n1, {"ip", "route", "add", "198.18.250.1/32", "via", server.ip, "dev", "cni0"}));
+    ASSERT_EQ(route.exit_code, 0) << route.err;
+    int err = 0;
+    Fd c = test::tcp_connect(n1.netns, "198.18.250.1", kAppPort, &err);
+    ASSERT_TRUE(c) << "the REDIRECT hands it to :15006: " << strerror(err);
+    EXPECT_EQ(read_all(c, 3000), "") << "reset, nothing relayed";
+    auto in = access_log(server, 1);
+    ASSERT_EQ(in.size(), 1u);
+    EXPECT_EQ(in[0]["direction"], "inbound_plaintext");
+    EXPECT_EQ(in[0]["result"], "error");
+    EXPECT_NE(in[0].dump().find("original destination 198.18.250.1:" + std::to_string(kAppPort) +
+                                " is not an app port of this pod"),
+              std::string::npos)
+        << in[0].dump();
+}
+
 TEST_F(ZtunnelSidecarTest, IndependentHboneClientTalksToOurListener) {
     const std::string dir = state_.run_dir + "/interop";
     fs::create_directories(dir);

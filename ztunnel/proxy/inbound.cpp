@@ -32,10 +32,7 @@ asio::awaitable<void> hbone_stream(Proxy& p, std::shared_ptr<EnrolledWorkload> d
     const tcp::endpoint peer = conn.remote_endpoint();
     const hbone::ConnectRequest request = st->take_request();
     auto target = parse_authority(request.authority);
-    const bool ours =
-        target &&
-        std::find(dst->ips.begin(), dst->ips.end(), target->address()) != dst->ips.end() &&
-        !is_own_port(p, target->port());
+    const bool ours = target && addressed_to(p, *dst, *target);
     InboundCall call =
         authorize_inbound(p, dst, conn.peer().uri(), peer, target.value_or(tcp::endpoint()));
     call.record.direction = "inbound";
@@ -147,6 +144,14 @@ bool is_own_port(const Proxy& p, uint16_t port) {
     const Config& config = p.config();
     return port == config.hbone_port || port == config.inbound_plaintext_port ||
            port == config.outbound_port;
+}
+
+bool addressed_to(const Proxy& p, const EnrolledWorkload& dst, const tcp::endpoint& target) {
+    asio::ip::address address = target.address();
+    if (address.is_v6() && address.to_v6().is_v4_mapped())  // on a dual-stack socket
+        address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
+    return std::find(dst.ips.begin(), dst.ips.end(), address) != dst.ips.end() &&
+           !is_own_port(p, target.port());
 }
 
 void finish_inbound(Proxy& p, InboundCall& call, bool opened, const std::string& error) {

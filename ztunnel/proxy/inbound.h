@@ -37,6 +37,10 @@ void finish_inbound(Proxy& p, InboundCall& call, bool opened, const std::string&
 // One of ztunnel's own listeners in a pod (:15001, :15006, :15008): never an app's port, and a
 // connection to it from the inbound side would loop the peer's bytes back into ztunnel.
 bool is_own_port(const Proxy& p, uint16_t port);
+// An app port at one of the pod's own addresses: the only target an inbound connection may be
+// forwarded to. Anything else would make ztunnel connect onward from inside the pod (an open
+// proxy past the pod's capture: its sockets carry the bypass mark).
+bool addressed_to(const Proxy& p, const EnrolledWorkload& dst, const tcp::endpoint& target);
 
 // A refusal by policy: counted by direction and rule, logged as "denied".
 void deny_inbound(Proxy& p, InboundCall& call, const std::string& direction);

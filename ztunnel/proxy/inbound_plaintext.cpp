@@ -28,6 +28,15 @@ asio::awaitable<void> inbound_plaintext(Proxy& p, std::shared_ptr<EnrolledWorklo
         finish_inbound(p, call, false, "no original destination: direct connection to :15006");
         co_return;
     }
+    if (!addressed_to(p, *dst, target)) {
+        // Routed to the pod for another address (a peer that uses it as its gateway): not
+        // forwarded onward from inside the pod.
+        reset_socket(client);
+        finish_inbound(p, call, false,
+                       "original destination " + target.address().to_string() + ":" +
+                           std::to_string(target.port()) + " is not an app port of this pod");
+        co_return;
+    }
     if (!call.decision.allowed) {
         reset_socket(client);
         deny_inbound(p, call, "inbound_plaintext");
