@@ -8,11 +8,14 @@
 #include <map>
 #include <thread>
 
+#include <yaml-cpp/yaml.h>
+
 #include "waypoint/config.h"
 #include "waypoint/filters/budget/filter.h"
 #include "waypoint/filters/route/filter.h"
 #include "waypoint/filters/usage/filter.h"
 #include "waypoint/http/sse.h"
+#include "waypoint/lb/config.h"
 #include "waypoint/lb/pool.h"
 #include "waypoint/policy_view.h"
 
@@ -1056,6 +1059,23 @@ spec:
     refusedWeights("[{pool: a, weight: 0}, {pool: b, weight: 0}]", "every backend has weight 0");
     refusedWeights("[{pool: a, weight: 2147483648}, {pool: b, weight: 2147483648}]",
                    "add up to more than 4294967295");
+    // Durations: a negative backoff divided by zero on the first retry (SIGFPE).
+    for (const std::string bad : {"-2ms", "nan", "inf", "1e30s", "5h"}) {
+        try {
+            parseConfig(
+                "kind: ModelRoute\nmetadata: {name: r}\nspec: {models: [m], backends: "
+                "[{pool: a}], retries: {attempts: 2, backoff: " +
+                bad + "}}\n");
+            ADD_FAILURE() << "accepted: " << bad;
+        } catch (const std::invalid_argument& e) {
+            EXPECT_NE(std::string(e.what()).find("bad duration '" + bad + "'"), std::string::npos)
+                << e.what();
+        }
+    }
+    EXPECT_EQ(parseDuration(YAML::Load("0"), std::chrono::milliseconds(7)),
+              std::chrono::milliseconds(0));
+    EXPECT_EQ(parseDuration(YAML::Load("1.5m"), std::chrono::milliseconds(7)),
+              std::chrono::milliseconds(90'000));
 }
 
 }  // namespace

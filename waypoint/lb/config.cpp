@@ -14,13 +14,18 @@ std::chrono::milliseconds parseDuration(const YAML::Node& node,
     std::size_t used = 0;
     const double value = std::stod(text, &used);
     const std::string unit = text.substr(used);
-    if (unit == "ms")
-        return std::chrono::milliseconds(std::int64_t(value));
-    if (unit == "s" || unit.empty())
-        return std::chrono::milliseconds(std::int64_t(value * 1000));
-    if (unit == "m")
-        return std::chrono::milliseconds(std::int64_t(value * 60'000));
-    throw std::invalid_argument("bad duration '" + text + "' (use ms, s or m)");
+    const double scale = unit == "ms"                  ? 1
+                         : unit == "s" || unit.empty() ? 1000
+                         : unit == "m"                 ? 60'000
+                                                       : 0;
+    if (scale == 0)
+        throw std::invalid_argument("bad duration '" + text + "' (use ms, s or m)");
+    // Negative (a backoff of -2ms divided by zero on the first retry), NaN and beyond any
+    // sensible timeout (a year) are refused.
+    const double ms = value * scale;
+    if (!(ms >= 0 && ms <= 365.0 * 24 * 3600 * 1000))
+        throw std::invalid_argument("bad duration '" + text + "' (from 0 up to a year)");
+    return std::chrono::milliseconds(std::int64_t(ms));
 }
 
 std::optional<LbPolicy> lbPolicyNamed(std::string_view name) {
