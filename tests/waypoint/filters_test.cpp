@@ -200,6 +200,45 @@ TEST(FilterSettlement, SettlesTheAdmittingFiltersOnceEvenWhenUnwound) {
     FilterSettlement(throwing, fifth.ctx).admitted();
 }
 
+// Tenant names a client chooses (x-tenant) cannot grow the budget state without bound: states
+// at rest are swept as the map grows, one in flight or with usage today is kept, and past the
+// cap new tenants share one overflow state (and its budget).
+TEST(BudgetFilter, StatesOfClientChosenTenantsAreBounded) {
+    FakeClock clock;
+    budget::BudgetFilter filter =
+        clockedFilter(clock, {.tokens_per_minute = 1000, .tokens_per_day = 1'000'000});
+    auto once = [&](const std::string& tenant, bool complete = true) {
+        auto c = std::make_unique<Call>(tenant, 10, 240);  // reserves 250
+        const bool admitted = !filter.onRequest(c->ctx);
+        if (admitted && complete)
+            settle(filter, *c, 10, 240);
+        return std::pair{admitted, std::move(c)};
+    };
+    auto held = once("in-flight", false);
+    ASSERT_TRUE(held.first);
+    for (int i = 0; i < 5000; ++i)
+        ASSERT_TRUE(once("day-one-" + std::to_string(i)).first);
+    EXPECT_EQ(filter.states(), 5001u) << "used today: none is at rest";
+    // The next day, buckets full again: yesterday's tenants are at rest and go at the next
+    // sweep; the request still in flight keeps its state.
+    clock.day += 1;
+    clock.now += 2min;
+    for (int i = 0; i < 4000; ++i)
+        ASSERT_TRUE(once("day-two-" + std::to_string(i)).first);
+    EXPECT_LT(filter.states(), 4100u);
+    settle(filter, *held.second, 10, 240);  // settles against the state it reserved from
+
+    // Past the cap: one shared state for every new tenant, with one tenant's budget.
+    for (int i = 0; filter.states() < budget::BudgetFilter::kMaxStates; ++i)
+        ASSERT_TRUE(once("day-two-fill-" + std::to_string(i)).first);
+    EXPECT_EQ(filter.states(), budget::BudgetFilter::kMaxStates);
+    for (int i = 0; i < 4; ++i)
+        EXPECT_TRUE(once("past-cap-" + std::to_string(i)).first) << i;
+    EXPECT_FALSE(once("past-cap-4").first) << "the overflow state's 1000 tokens are used";
+    EXPECT_EQ(filter.states(), budget::BudgetFilter::kMaxStates + 1);
+    EXPECT_TRUE(once("day-two-0").first) << "a tenant with a state of its own keeps it";
+}
+
 TEST(BudgetFilter, TokensPerDayAndRequestsPerMinute) {
     FakeClock clock;
     budget::BudgetFilter filter =

@@ -114,6 +114,12 @@ void BudgetFilter::fit(State& state, const BudgetLimit& limit, Clock::time_point
     fit_bucket(state.requests, limit.requests_per_minute);
 }
 
+bool BudgetFilter::atRest(State& state, Clock::time_point now, std::int64_t today) {
+    auto full = [&](std::optional<TokenBucket>& b) { return !b || b->level(now) >= b->capacity(); };
+    return state.concurrent == 0 && (state.day != today || state.used_today == 0) &&
+           full(state.tokens) && full(state.requests);
+}
+
 std::int64_t BudgetFilter::currentUtcDay() {
     using namespace std::chrono;
     return duration_cast<days>(system_clock::now().time_since_epoch()).count();
@@ -191,8 +197,15 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
     const std::uint64_t want = saturatingAdd(ctx.estimated_prompt_tokens, ctx.max_output_tokens);
     const auto now = now_();
     const std::int64_t today = utc_day_();
-    const std::string key = keyOf(*limit, ctx.tenant, ctx.model);
+    std::string key = keyOf(*limit, ctx.tenant, ctx.model);
     std::lock_guard lock(mutex_);
+    if (!states_.contains(key) && states_.size() >= sweep_at_) {
+        for (auto it = states_.begin(); it != states_.end();)
+            it = atRest(it->second, now, today) ? states_.erase(it) : std::next(it);
+        sweep_at_ = std::max<std::size_t>(1024, 2 * states_.size());
+    }
+    if (!states_.contains(key) && states_.size() >= kMaxStates)
+        key = std::string(kOverflowKey);  // shared by every key past the cap
     State& state = states_[key];
     fit(state, *limit, now);
     if (state.day != today) {

@@ -41,6 +41,16 @@ class BudgetFilter : public HttpFilter {
     std::string tenantOf(const RequestContext& ctx) const;
     static std::int64_t currentUtcDay();
 
+    // Tenant names can come from clients (an x-tenant header), so the states are bounded:
+    // those at rest are dropped whenever the map has doubled since the last sweep, and past
+    // kMaxStates every new (tenant, model) shares one overflow state.
+    static constexpr std::size_t kMaxStates = 100'000;
+    static constexpr std::string_view kOverflowKey{"\0overflow", 9};
+    std::size_t states() {
+        std::lock_guard lock(mutex_);
+        return states_.size();
+    }
+
   private:
     struct State {
         std::optional<TokenBucket> tokens;
@@ -58,7 +68,8 @@ class BudgetFilter : public HttpFilter {
                              const std::string& model);
     // Brings the state's buckets to the limit's current capacities (after a reconfigure).
     static void fit(State& state, const BudgetLimit& limit, Clock::time_point now);
-
+    // Full buckets, nothing in flight, nothing used today: the same as no state at all.
+    static bool atRest(State& state, Clock::time_point now, std::int64_t today);
     mutable std::mutex config_mutex_;
     ConfigPtr config_;  // swapped whole by reconfigure(); a request keeps the one it started with
     Metrics* metrics_;
@@ -66,6 +77,7 @@ class BudgetFilter : public HttpFilter {
     std::function<std::int64_t()> utc_day_;
     std::mutex mutex_;
     std::unordered_map<std::string, State> states_;
+    std::size_t sweep_at_ = 1024;  // states_.size() that starts the next sweep
 };
 
 }  // namespace sluice::waypoint::budget
