@@ -203,7 +203,13 @@ std::expected<int, std::string> Proxy::add_workload(const zds::WorkloadInfo& inf
     }
     std::vector<int> fds;
     for (const auto& spec : specs) {
-        const int fd = netns_.run_sync(netns_fd, [at = spec.at] { return open_listener(at); });
+        int fd = netns_.run_sync(netns_fd, [at = spec.at] { return open_listener(at); });
+        if (fd >= 0 && spec.serve == serve_hbone) {
+            if (const int rc = keep_hbone_alive(fd); rc < 0) {
+                ::close(fd);
+                fd = rc;
+            }
+        }
         if (fd < 0) {
             for (int f : fds)
                 ::close(f);
@@ -476,6 +482,9 @@ asio::awaitable<std::expected<std::shared_ptr<hbone::Connection>, hbone::Failure
     auto sock = co_await connect_from(*this, *src, w, to, source, false);
     if (!sock)
         co_return std::unexpected(Failure{Error::ConnectFailed, sock.error()});
+    if (const int rc = keep_hbone_alive(sock->native_handle()); rc < 0)
+        co_return std::unexpected(
+            Failure{Error::ConnectFailed, std::string("keepalive: ") + strerror(-rc)});
     auto ctx = tls_.client(key.source);
     if (!ctx)
         co_return std::unexpected(Failure{Error::HandshakeFailed, ctx.error()});

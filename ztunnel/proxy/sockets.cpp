@@ -131,6 +131,22 @@ int open_listener(const tcp::endpoint& at, int backlog) {
     return fd;
 }
 
+int keep_hbone_alive(int fd) {
+    const int one = 1;
+    const unsigned user_timeout = kHboneUserTimeoutMs;
+    if (::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) != 0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &kHboneKeepIdleSeconds,
+                     sizeof(kHboneKeepIdleSeconds)) != 0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &kHboneKeepIntervalSeconds,
+                     sizeof(kHboneKeepIntervalSeconds)) != 0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &kHboneKeepCount, sizeof(kHboneKeepCount)) !=
+            0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout)) != 0) {
+        return -errno;
+    }
+    return 0;
+}
+
 int enable_tcp_migrate_req() {
     // /proc/sys/net resolves against the opening thread's netns.
     const int fd = ::open("/proc/sys/net/ipv4/tcp_migrate_req", O_WRONLY | O_CLOEXEC);

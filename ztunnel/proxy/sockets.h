@@ -49,6 +49,16 @@ class NetnsSockets {
 // A marked, listening TCP socket (SO_REUSEADDR, SO_REUSEPORT, non-blocking): fd or -errno.
 // SO_REUSEPORT lets a second ztunnel listen on the same ports during a takeover.
 int open_listener(const tcp::endpoint& at, int backlog = 1024);
+// HBONE connections notice a peer that went away (node crash, partition) instead of holding
+// streams for the ~15 minutes of TCP's retransmissions: keepalive probes after 60 s idle (3,
+// 10 s apart), and TCP_USER_TIMEOUT 30 s for bytes the peer does not acknowledge. ztunnel
+// always reads its HBONE sockets, so a live peer never meets the timeout by not reading. On a
+// listener, accepted connections inherit them. 0 or -errno.
+inline constexpr int kHboneKeepIdleSeconds = 60;
+inline constexpr int kHboneKeepIntervalSeconds = 10;
+inline constexpr int kHboneKeepCount = 3;
+inline constexpr unsigned kHboneUserTimeoutMs = 30'000;
+int keep_hbone_alive(int fd);
 // Writes 1 to net.ipv4.tcp_migrate_req of the calling thread's netns: 0 or -errno.
 int enable_tcp_migrate_req();
 // A marked TCP socket, optionally bound to `source` (with IP_TRANSPARENT when `transparent`,

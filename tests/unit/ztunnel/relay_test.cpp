@@ -1,8 +1,11 @@
 // proxy::Relay between two loopback TCP connections: the test holds the outer ends (blocking
 // sockets on this thread), the relay the inner ends (an io_context on its own thread).
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
@@ -14,6 +17,7 @@
 #include <thread>
 
 #include "ztunnel/proxy/relay.h"
+#include "ztunnel/proxy/sockets.h"
 
 namespace sluice::ztunnel::proxy {
 namespace {
@@ -171,6 +175,44 @@ TEST_F(RelayTest, IdleConnectionHoldsNoBuffer) {
     client_.close();
     server_.close();
     EXPECT_EQ(result().a_to_b, 12u);
+}
+
+// The HBONE keepalive settings, on a dialled socket and on a listener, whose accepted
+// connections inherit them (the :15008 listener's accepted HBONE connections).
+TEST(HboneKeepAlive, DialledAndAcceptedSocketsProbeAndTimeOut) {
+    auto opt = [](int fd, int level, int name) {
+        int v = -1;
+        socklen_t len = sizeof(v);
+        EXPECT_EQ(::getsockopt(fd, level, name, &v, &len), 0);
+        return v;
+    };
+    auto expect_keepalive = [&](int fd, const char* what) {
+        EXPECT_EQ(opt(fd, SOL_SOCKET, SO_KEEPALIVE), 1) << what;
+        EXPECT_EQ(opt(fd, IPPROTO_TCP, TCP_KEEPIDLE), kHboneKeepIdleSeconds) << what;
+        EXPECT_EQ(opt(fd, IPPROTO_TCP, TCP_KEEPINTVL), kHboneKeepIntervalSeconds) << what;
+        EXPECT_EQ(opt(fd, IPPROTO_TCP, TCP_KEEPCNT), kHboneKeepCount) << what;
+        EXPECT_EQ(opt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT), int(kHboneUserTimeoutMs)) << what;
+    };
+    const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(listener, 0);
+    sockaddr_in at{.sin_family = AF_INET, .sin_port = 0, .sin_addr = {htonl(INADDR_LOOPBACK)}};
+    ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&at), sizeof(at)), 0);
+    ASSERT_EQ(::listen(listener, 4), 0);
+    ASSERT_EQ(keep_hbone_alive(listener), 0);
+    socklen_t len = sizeof(at);
+    ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&at), &len), 0);
+    const int dialled = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(dialled, 0);
+    EXPECT_EQ(opt(dialled, SOL_SOCKET, SO_KEEPALIVE), 0) << "off by default";
+    ASSERT_EQ(keep_hbone_alive(dialled), 0);
+    ASSERT_EQ(::connect(dialled, reinterpret_cast<sockaddr*>(&at), sizeof(at)), 0);
+    const int accepted = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+    ASSERT_GE(accepted, 0);
+    expect_keepalive(dialled, "dialled");
+    expect_keepalive(accepted, "accepted");
+    ::close(accepted);
+    ::close(dialled);
+    ::close(listener);
 }
 
 }  // namespace
