@@ -867,6 +867,32 @@ PoolConfig poolOf(LbPolicy policy, int endpoints) {
     return p;
 }
 
+// Workers that ask for a retry at the same moment cannot all pass the budget's last slot.
+TEST(RouteFilter, TheRetryBudgetIsTakenAtomicallyAcrossWorkers) {
+    const route::RouteFilter::Pools pools{
+        {"p", std::make_shared<BackendPool>(poolOf(LbPolicy::LeastRequest, 1))}};
+    route::ModelRouteConfig config{.name = "r", .models = {"*"}, .backends = {{.pool = "p"}}};
+    config.retries.min_retries = 3;
+    config.retries.budget_percent = 0;
+    route::RouteFilter filter({config}, pools);
+    Call c("a", 1, 1);
+    ASSERT_FALSE(filter.onRequest(c.ctx));
+    std::atomic<int> allowed{0};
+    std::vector<std::thread> workers;
+    for (int t = 0; t < 8; ++t) {
+        workers.emplace_back([&] {
+            for (int i = 0; i < 2000; ++i)
+                allowed += filter.retryAllowed(c.ctx) ? 1 : 0;
+        });
+    }
+    for (auto& w : workers)
+        w.join();
+    EXPECT_EQ(allowed.load(), 3);
+    filter.retryFinished(c.ctx);
+    EXPECT_TRUE(filter.retryAllowed(c.ctx)) << "a finished retry gives its slot back";
+    EXPECT_FALSE(filter.retryAllowed(c.ctx));
+}
+
 TEST(BackendPool, OutlierEjectionAndRecovery) {
     BackendPool pool(poolOf(LbPolicy::LeastRequest, 2));
     Call c("a", 1, 1);

@@ -142,19 +142,26 @@ void RouteFilter::onComplete(RequestContext& ctx) {
         --route->active;
 }
 
-bool RouteFilter::underRetryBudget(const Route& route, std::uint32_t held) {
+std::uint32_t RouteFilter::retriesAllowed(const Route& route) {
     const auto& r = route.config.retries;
-    const std::uint32_t allowed =
-        std::max(r.min_retries, route.active.load() * r.budget_percent / 100);
+    return std::max(r.min_retries, route.active.load() * r.budget_percent / 100);
+}
+
+bool RouteFilter::underRetryBudget(const Route& route, std::uint32_t held) {
     const std::uint32_t in_flight = route.retries.load();
-    return in_flight - std::min(in_flight, held) < allowed;
+    return in_flight - std::min(in_flight, held) < retriesAllowed(route);
 }
 
 bool RouteFilter::retryAllowed(const RequestContext& ctx) {
     Route* route = find(*tableOf(ctx), ctx.route);
-    if (!route || !underRetryBudget(*route))
+    if (!route)
         return false;
-    ++route->retries;
+    // Check and take in one step: workers that retry at once cannot all pass one last slot.
+    std::uint32_t in_flight = route->retries.load();
+    do {
+        if (in_flight >= retriesAllowed(*route))
+            return false;
+    } while (!route->retries.compare_exchange_weak(in_flight, in_flight + 1));
     return true;
 }
 

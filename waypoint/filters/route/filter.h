@@ -64,6 +64,7 @@ class RouteFilter : public HttpFilter {
     std::shared_ptr<const Table> tableOf(const RequestContext& ctx) const;
     static Route* find(const Table& table, const std::string& name);
     static bool underRetryBudget(const Route& route, std::uint32_t held = 0);
+    static std::uint32_t retriesAllowed(const Route& route);
 
     mutable std::mutex mutex_;
     std::shared_ptr<const Table> table_;
