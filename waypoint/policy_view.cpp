@@ -205,7 +205,12 @@ PolicyView makePolicyView(const Config& base, const json& view) {
             return targets;
         };
         for (const auto& item : spec.value("fallbacks", json::array())) {
+            // Tried one after the other: the heaviest backend first, a drained one (weight 0)
+            // never.
             auto targets = targetsOf(item.get<std::string>(), "fallback");
+            std::erase_if(targets, [](const route::TargetConfig& t) { return t.weight == 0; });
+            std::stable_sort(targets.begin(), targets.end(),
+                             [](const auto& a, const auto& b) { return a.weight > b.weight; });
             r.fallbacks.insert(r.fallbacks.end(), targets.begin(), targets.end());
         }
         if (spec.contains("costTier")) {

@@ -534,8 +534,9 @@ TEST(PolicyView, FolderRoutesCarryRewritesCostTiersRetriesPoolSettingsAndApiKeys
                           "outlierDetection": {"consecutiveFailures": 2, "ejectionSeconds": 4},
                           "loadMetrics": {"path": "/load", "intervalMilliseconds": 250}}}},
         {"name": "small", "namespace": "ai", "spec": {"model": "small", "timeoutSeconds": 60,
-         "backends": [{"host": "198.18.0.2", "port": 80, "weight": 3},
-                      {"host": "198.18.0.3", "port": 80, "weight": 1, "model": "small-q4"}]}}]})");
+         "backends": [{"host": "198.18.0.3", "port": 80, "weight": 1, "model": "small-q4"},
+                      {"host": "198.18.0.2", "port": 80, "weight": 3},
+                      {"host": "198.18.0.4", "port": 80, "weight": 0}]}}]})");
     const PolicyView v = makePolicyView(base, view);
 
     ASSERT_EQ(v.budget.tenant_from.size(), 3u) << "the API key comes first";
@@ -552,11 +553,16 @@ TEST(PolicyView, FolderRoutesCarryRewritesCostTiersRetriesPoolSettingsAndApiKeys
     ASSERT_TRUE(big.cost_tier);
     EXPECT_EQ(big.cost_tier->max_prompt_tokens, 200u);
     EXPECT_EQ(big.cost_tier->max_output_tokens, UINT64_MAX);
-    ASSERT_EQ(big.cost_tier->targets.size(), 2u) << "all of small's backends, weights kept";
-    EXPECT_EQ(big.cost_tier->targets[0].pool, "198.18.0.2:80");
-    EXPECT_EQ(big.cost_tier->targets[0].weight, 3u);
-    EXPECT_EQ(big.cost_tier->targets[0].model, "small");
-    EXPECT_EQ(big.cost_tier->targets[1].model, "small-q4") << "the backend's own rewrite stays";
+    ASSERT_EQ(big.cost_tier->targets.size(), 3u) << "all of small's backends, weights kept";
+    EXPECT_EQ(big.cost_tier->targets[1].pool, "198.18.0.2:80");
+    EXPECT_EQ(big.cost_tier->targets[1].weight, 3u);
+    EXPECT_EQ(big.cost_tier->targets[1].model, "small");
+    EXPECT_EQ(big.cost_tier->targets[0].model, "small-q4") << "the backend's own rewrite stays";
+    EXPECT_EQ(big.cost_tier->targets[2].weight, 0u);
+    // Fallbacks are tried in turn: the heaviest first, the drained (weight 0) one never.
+    ASSERT_EQ(big.fallbacks.size(), 2u);
+    EXPECT_EQ(big.fallbacks[0].pool, "198.18.0.2:80");
+    EXPECT_EQ(big.fallbacks[1].pool, "198.18.0.3:80");
     EXPECT_EQ(big.fallbacks[1].model, "small-q4");
     EXPECT_EQ(big.retries.attempts, 0u);
     EXPECT_EQ(big.retries.backoff, std::chrono::milliseconds(7));
