@@ -19,9 +19,14 @@ std::optional<state::Endpoint> LoadBalancer::pick(const state::Service& service,
         case state::LoadBalancing::RoundRobin:
             return *ready[next_[service.key()]++ % ready.size()];
         case state::LoadBalancing::LeastConnections: {
+            // Endpoints with nothing open have no entry: the map holds only what is in use.
+            auto open = [this](const state::Endpoint* e) {
+                auto it = in_flight_.find(e->ip);
+                return it == in_flight_.end() ? size_t{0} : it->second;
+            };
             const state::Endpoint* best = ready.front();
             for (const auto* e : ready) {
-                if (in_flight_[e->ip] < in_flight_[best->ip])
+                if (open(e) < open(best))
                     best = e;
             }
             return *best;
@@ -52,8 +57,8 @@ void LoadBalancer::opened(const state::IpAddress& endpoint) {
 
 void LoadBalancer::closed(const state::IpAddress& endpoint) {
     std::lock_guard lock(mutex_);
-    if (auto it = in_flight_.find(endpoint); it != in_flight_.end() && it->second > 0)
-        --it->second;
+    if (auto it = in_flight_.find(endpoint); it != in_flight_.end() && --it->second == 0)
+        in_flight_.erase(it);
 }
 
 }  // namespace sluice::ztunnel::proxy

@@ -19,11 +19,16 @@ class LoadBalancer {
     // Least-connections bookkeeping: the outbound handler reports open and close.
     void opened(const state::IpAddress& endpoint);
     void closed(const state::IpAddress& endpoint);
+    // Endpoints with connections open: what the bookkeeping holds (pods come and go).
+    size_t tracked() {
+        std::lock_guard lock(mutex_);
+        return in_flight_.size();
+    }
 
   private:
     std::mutex mutex_;
     std::map<std::string, size_t> next_;            // service key → round-robin cursor
-    std::map<state::IpAddress, size_t> in_flight_;  // endpoint → open connections
+    std::map<state::IpAddress, size_t> in_flight_;  // endpoint → open connections (> 0)
 };
 
 }  // namespace sluice::ztunnel::proxy

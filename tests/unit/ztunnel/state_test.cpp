@@ -135,6 +135,12 @@ TEST_F(RegistryTest, LoadBalancerSkipsUnreadyEndpointsAndFollowsThePolicy) {
     lb.opened(ip("198.18.0.2"));
     EXPECT_EQ(lb.pick(svc, ip("198.18.5.5"), false)->ip, ip("198.18.1.2"))
         << "least connections picks the idle endpoint";
+    EXPECT_EQ(lb.tracked(), 1u) << "picking adds no entry";
+    lb.closed(ip("198.18.0.2"));
+    EXPECT_EQ(lb.tracked(), 0u) << "an endpoint with nothing open is forgotten";
+    lb.closed(ip("198.18.0.2"));  // a close too many changes nothing
+    lb.opened(ip("198.18.0.2"));
+    EXPECT_EQ(lb.pick(svc, ip("198.18.5.5"), false)->ip, ip("198.18.1.2"));
     svc.load_balancing = state::LoadBalancing::RoundRobin;
     auto a = lb.pick(svc, ip("198.18.5.5"), false)->ip;
     auto b = lb.pick(svc, ip("198.18.5.5"), false)->ip;
