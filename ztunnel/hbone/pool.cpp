@@ -18,20 +18,41 @@ asio::awaitable<std::expected<std::shared_ptr<Stream>, Failure>> Pool::open(
     // A draining pool still serves connections accepted before the listeners closed: they
     // get a fresh HBONE connection (the drained ones take no new streams).
     std::shared_ptr<Connection> conn;
-    auto& list = connections_[key];
-    std::erase_if(list, [](const auto& c) { return !c->is_open(); });
-    for (const auto& c : list) {
-        if (c->accepts_streams()) {
-            conn = c;
-            break;
+    while (!conn) {
+        auto& list = connections_[key];
+        std::erase_if(list, [](const auto& c) { return !c->is_open(); });
+        for (const auto& c : list) {
+            if (c->accepts_streams()) {
+                conn = c;
+                break;
+            }
         }
-    }
-    if (!conn) {
+        if (conn)
+            break;
+        if (auto pending = dialing_.find(key); pending != dialing_.end()) {
+            // Another open() is dialling this key: its connection serves this stream too (300
+            // connections an app opens at once make one TLS handshake, not 300). Its failure
+            // is this one's.
+            const std::shared_ptr<Dial> dial = pending->second;
+            while (!dial->finished)
+                co_await dial->done.wait();
+            if (!dial->failure)
+                continue;  // the new connection is in the list (unless already full)
+            co_return std::unexpected(*dial->failure);
+        }
+        const auto dial = std::make_shared<Dial>();
+        dialing_[key] = dial;
         auto dialed = co_await dialer_(key);
+        dialing_.erase(key);
+        dial->finished = true;
+        if (!dialed)
+            dial->failure = dialed.error();
+        else
+            connections_[key].push_back(*dialed);  // `list` may be invalid after the await
+        dial->done.notify();
         if (!dialed)
             co_return std::unexpected(dialed.error());
         conn = *dialed;
-        connections_[key].push_back(conn);  // `list` may be invalid after the await
         spdlog::debug("pool: new connection {} -> {} at {}", key.source.uri(),
                       key.destination.uri(), key.address);
     }

@@ -4,9 +4,11 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "ztunnel/hbone/connection.h"
+#include "ztunnel/hbone/event.h"
 
 namespace sluice::ztunnel::hbone {
 
@@ -64,6 +66,13 @@ class Pool {
     Dialer dialer_;
     std::chrono::steady_clock::duration idle_timeout_;
     std::map<PoolKey, std::vector<std::shared_ptr<Connection>>> connections_;
+    // A dial in progress per key; other opens of the key wait for it.
+    struct Dial {
+        bool finished = false;
+        std::optional<Failure> failure;
+        Signal done;
+    };
+    std::map<PoolKey, std::shared_ptr<Dial>> dialing_;
     bool draining_ = false;
 };
 

@@ -545,6 +545,51 @@ TEST_F(HboneTest, PoolReusesOneConnectionPerKey) {
     EXPECT_EQ(dials_, 2);
 }
 
+// Streams an app opens all at once share the dial in progress instead of each dialling: 150 at
+// once make two connections (100 streams each at most), and a dial that fails fails them all
+// with one attempt.
+TEST_F(HboneTest, ConcurrentOpensShareTheDialInProgress) {
+    serve(kServer);
+    Pool pool(io_.get_executor(), dialer(kClient));
+    int failing_dials = 0;
+    Pool failing(io_.get_executor(),
+                 [&](const PoolKey&)
+                     -> asio::awaitable<std::expected<std::shared_ptr<Connection>, Failure>> {
+                     ++failing_dials;
+                     asio::steady_timer slow(io_);
+                     slow.expires_after(20ms);
+                     co_await slow.async_wait(asio::use_awaitable);
+                     co_return std::unexpected(Failure{Error::ConnectFailed, "refused"});
+                 });
+    std::vector<std::shared_ptr<Stream>> streams;
+    std::vector<Error> errors;
+    size_t connections = 0;
+    run([&]() -> asio::awaitable<void> {
+        int done = 0;
+        auto open_on = [&](Pool& p) -> asio::awaitable<void> {
+            auto st = co_await p.open(key_, request_);
+            if (st)
+                streams.push_back(*st);
+            else
+                errors.push_back(st.error().error);
+            ++done;
+        };
+        for (int i = 0; i < 150; ++i)
+            asio::co_spawn(io_, open_on(pool), asio::detached);
+        for (int i = 0; i < 20; ++i)
+            asio::co_spawn(io_, open_on(failing), asio::detached);
+        co_await until([&] { return done == 170; });
+        connections = pool.connections();
+        for (auto& st : streams)
+            st->reset();
+    });
+    EXPECT_EQ(streams.size(), 150u);
+    EXPECT_EQ(dials_, 2);
+    EXPECT_EQ(connections, 2u);
+    EXPECT_EQ(errors, std::vector<Error>(20, Error::ConnectFailed));
+    EXPECT_EQ(failing_dials, 1);
+}
+
 TEST_F(HboneTest, IdleConnectionsAreClosed) {
     serve(kServer);
     Pool pool(io_.get_executor(), dialer(kClient), 1h);
