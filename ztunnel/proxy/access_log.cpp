@@ -1,6 +1,7 @@
 #include "ztunnel/proxy/access_log.h"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <stdexcept>
@@ -50,12 +51,20 @@ nlohmann::json ConnectionRecord::to_json(const ConnectionLabels& l, std::string_
 }
 
 AccessLog::AccessLog(const std::string& target) {
-    if (target.empty() || target == "-")
+    // A description of our own (stdout reopened through /proc), so that it can be made
+    // non-blocking without changing the stdout that other writers share.
+    const std::string path = target.empty() || target == "-" ? "/proc/self/fd/1" : target;
+    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd_ < 0 && path == "/proc/self/fd/1") {
+        fd_ = 1;  // a stdout that cannot be reopened (a socket): written as it is
         return;
-    fd_ = ::open(target.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    }
     if (fd_ < 0)
         throw std::runtime_error("cannot open access log " + target);
     owned_ = true;
+    // A pipe nobody drains (a stalled log collector) must not stop the data path: a line that
+    // does not fit now is dropped and counted.
+    ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
 }
 
 AccessLog::~AccessLog() {
@@ -67,8 +76,18 @@ void AccessLog::write(const ConnectionRecord& r, const ConnectionLabels& labels,
                       std::string_view error) {
     const std::string line = r.to_json(labels, error).dump() + "\n";
     std::lock_guard lock(mutex_);
-    // Best effort: a full disk must not stall the data path.
-    [[maybe_unused]] auto n = ::write(fd_, line.data(), line.size());
+    // What a full pipe or disk cannot take is a dropped line, never a stall. A pipe takes a line
+    // of up to PIPE_BUF bytes whole or not at all; a longer one may be cut, and is then ended
+    // so that the next line stays a line of its own.
+    const ssize_t n = ::write(fd_, line.data(), line.size());
+    if (n == static_cast<ssize_t>(line.size()))
+        return;
+    if (n > 0) {  // a line longer than PIPE_BUF, cut: end it so the next one stays readable
+        [[maybe_unused]] auto ended = ::write(fd_, "\n", 1);
+    }
+    if (dropped_++ % 1000 == 0)
+        spdlog::warn("access log: {} line(s) dropped so far: its reader does not keep up",
+                     dropped_);
 }
 
 }  // namespace sluice::ztunnel::proxy

@@ -44,10 +44,17 @@ class AccessLog {
     void write(const ConnectionRecord& r, const ConnectionLabels& labels,
                std::string_view error = {});
 
+    // Lines the target could not take when they were written (a full pipe or disk).
+    uint64_t dropped() {
+        std::lock_guard lock(mutex_);
+        return dropped_;
+    }
+
   private:
     std::mutex mutex_;
     int fd_ = 1;
     bool owned_ = false;
+    uint64_t dropped_ = 0;
 };
 
 }  // namespace sluice::ztunnel::proxy

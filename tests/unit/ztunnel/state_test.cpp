@@ -1,4 +1,7 @@
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
+#include <future>
 
 #include <algorithm>
 
@@ -283,6 +286,47 @@ TEST(WaypointHopTest, AccessLogAndMetricLabelsNameTheWaypointOnlyWhenThereIsOne)
 
 // The record keeps addresses as endpoints (no strings per open connection) and writes them as
 // text: IPv6 in brackets, one never set as "".
+// A reader that does not keep up (a stalled log collector on the other end of a pipe) costs
+// lines, never a stalled worker: writes do not block, what does not fit is counted, and what
+// arrives is whole lines.
+TEST(AccessLogTest, AFullPipeDropsLinesInsteadOfBlocking) {
+    int pipe_fds[2];
+    ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+    ::fcntl(pipe_fds[1], F_SETPIPE_SZ, 4096);
+    uint64_t dropped = 0;
+    {
+        proxy::AccessLog log("/proc/self/fd/" + std::to_string(pipe_fds[1]));
+        proxy::ConnectionRecord rec;
+        rec.direction = "outbound";
+        rec.result = "ok";
+        auto writing = std::async(std::launch::async, [&] {
+            for (int i = 0; i < 200; ++i)
+                log.write(rec, proxy::ConnectionLabels{});
+        });
+        ASSERT_EQ(writing.wait_for(std::chrono::seconds(5)), std::future_status::ready)
+            << "a write blocked on the full pipe";
+        dropped = log.dropped();
+    }
+    EXPECT_GT(dropped, 100u);
+    EXPECT_LT(dropped, 200u);
+    const int flags = ::fcntl(pipe_fds[1], F_GETFL);
+    EXPECT_EQ(flags & O_NONBLOCK, 0) << "the descriptor others share is left as it was";
+    ::close(pipe_fds[1]);
+    std::string got;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(pipe_fds[0], buf, sizeof(buf))) > 0;)
+        got.append(buf, size_t(n));
+    ::close(pipe_fds[0]);
+    size_t lines = 0;
+    for (size_t at = 0; at < got.size(); ++lines) {
+        const size_t end = got.find('\n', at);
+        ASSERT_NE(end, std::string::npos);
+        EXPECT_EQ(nlohmann::json::parse(got.substr(at, end - at))["direction"], "outbound");
+        at = end + 1;
+    }
+    EXPECT_EQ(lines + dropped, 200u);
+}
+
 TEST(AccessLogTest, RecordWritesItsAddressesAndLeavesUnsetOnesEmpty) {
     proxy::ConnectionRecord rec;
     rec.direction = "outbound";
