@@ -315,9 +315,18 @@ TEST(BudgetFilter, AHugeMaxTokensNeitherPassesNorResetsTheDailyQuota) {
         auto reply = filter.onRequest(wrap.ctx);
         ASSERT_TRUE(reply) << max_tokens;
         EXPECT_NE(reply->message.find("tokens per day"), std::string::npos) << reply->message;
+        // Larger than the whole day: no retry-after, since waiting would not help.
+        EXPECT_NE(reply->message.find("Request too large"), std::string::npos) << reply->message;
+        for (const auto& [name, value] : reply->headers)
+            EXPECT_NE(name, "retry-after") << value;
     }
     Call over("a", 0, 100'001);
-    EXPECT_TRUE(filter.onRequest(over.ctx));
+    auto later = filter.onRequest(over.ctx);
+    ASSERT_TRUE(later);
+    EXPECT_NE(later->message.find("Please try again in"), std::string::npos) << later->message;
+    EXPECT_TRUE(std::any_of(later->headers.begin(), later->headers.end(), [](const auto& h) {
+        return h.first == "retry-after";
+    })) << "fits tomorrow: a retry-after";
     Call fits("a", 0, 100'000);
     EXPECT_FALSE(filter.onRequest(fits.ctx));
 }

@@ -233,21 +233,34 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
                              resetString(state.tokens->secondsUntilFull(now)));
         }
     };
+    // `retry_after` nullopt: the request can never fit the limit; waiting does not help.
     auto reject = [&](std::string type, std::string what, std::uint64_t limit_value, double used,
-                      std::uint64_t requested, double retry_after) {
+                      std::uint64_t requested, std::optional<double> retry_after) {
         LocalReply reply{
             .status = http::status::too_many_requests, .type = type, .code = "rate_limit_exceeded"};
         char msg[512];
-        std::snprintf(msg, sizeof msg,
-                      "Rate limit reached for %s in tenant %s on %s: Limit %llu, Used %.0f, "
-                      "Requested %llu. Please try again in %s.",
-                      ctx.model.empty() ? "this model" : ctx.model.c_str(), ctx.tenant.c_str(),
-                      what.c_str(), (unsigned long long)limit_value, used,
-                      (unsigned long long)requested, resetString(retry_after).c_str());
+        const char* model = ctx.model.empty() ? "this model" : ctx.model.c_str();
+        if (retry_after) {
+            std::snprintf(msg, sizeof msg,
+                          "Rate limit reached for %s in tenant %s on %s: Limit %llu, Used %.0f, "
+                          "Requested %llu. Please try again in %s.",
+                          model, ctx.tenant.c_str(), what.c_str(), (unsigned long long)limit_value,
+                          used, (unsigned long long)requested, resetString(*retry_after).c_str());
+        } else {
+            std::snprintf(msg, sizeof msg,
+                          "Request too large for %s in tenant %s on %s: Limit %llu, Requested "
+                          "%llu. The input or output tokens must be reduced in order to run "
+                          "successfully.",
+                          model, ctx.tenant.c_str(), what.c_str(), (unsigned long long)limit_value,
+                          (unsigned long long)requested);
+        }
         reply.message = msg;
         add_headers(reply.headers);
-        reply.headers.emplace_back("retry-after", std::to_string(std::max<std::int64_t>(
-                                                      1, std::llround(std::ceil(retry_after)))));
+        if (retry_after) {
+            reply.headers.emplace_back(
+                "retry-after",
+                std::to_string(std::max<std::int64_t>(1, std::llround(std::ceil(*retry_after)))));
+        }
         if (metrics_)
             metrics_->rejected.at({{"reason", what}, {"tenant", ctx.tenant}}).Increment();
         ctx.result = "rate_limited";
@@ -272,9 +285,11 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
                                   want > limit->tokens_per_day - state.used_today)) {
         using namespace std::chrono;
         const auto since_midnight = system_clock::now().time_since_epoch() % days(1);
+        const bool never = want > limit->tokens_per_day;  // not even tomorrow
         return reject("tokens", "tokens per day (TPD)", limit->tokens_per_day,
                       double(state.used_today), want,
-                      duration<double>(days(1) - since_midnight).count());
+                      never ? std::nullopt
+                            : std::optional(duration<double>(days(1) - since_midnight).count()));
     }
     if (state.requests)
         state.requests->try_take(1, now);
