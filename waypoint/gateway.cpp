@@ -566,15 +566,25 @@ awaitable<void> Gateway::handle(Exchange& ex, UpstreamPool& upstream) {
 
     if (ctx.api.empty()) {
         // A path that a backend's router takes for an OpenAI endpoint however it is spelled
-        // (`/v1/chat/%63ompletions`, `/v1//embeddings`, `/x/../v1/completions`) would pass as
-        // "not an API" with no budget: it is refused.
-        const auto routed = routedPath(sv(ex.request.target()));
-        if (routed && !apiOf(*routed).empty()) {
+        // (`/v1/chat/%63ompletions`, `/v1//embeddings`, `/x/../v1/completions`,
+        // `/V1/models/`, `/v1/embeddings;x`, `/v1/completions#x`) would pass as "not an API"
+        // with no budget: it is refused, as is a target no router reads the same way (a
+        // fragment, an invalid escape).
+        const std::string_view target = sv(ex.request.target());
+        const auto routed = routedPath(target);
+        const bool malformed =
+            target.find('#') != std::string_view::npos || (target.starts_with('/') && !routed);
+        const std::string api_path = routed ? lenientPath(*routed) : std::string();
+        if (malformed || !apiOf(api_path).empty()) {
             // Named: g++ 12 destroys a temporary argument of a co_await'ed call twice.
-            const LocalReply refused{.status = http::status::bad_request,
-                                     .type = "invalid_request_error",
-                                     .message = "The request path must be written as " + *routed +
-                                                " (no escapes, dot segments or repeated slashes)."};
+            const LocalReply refused{
+                .status = http::status::bad_request,
+                .type = "invalid_request_error",
+                .message = malformed ? std::string("The request target is malformed (a fragment "
+                                                   "or an invalid percent escape).")
+                                     : "The request path must be written as " + api_path +
+                                           " (no escapes, dot segments, repeated slashes, "
+                                           "parameters, trailing slash or capitals)."};
             ctx.result = "invalid_request";
             co_await reply(ex, ctx, refused);
             record(ctx);

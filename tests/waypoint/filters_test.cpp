@@ -237,6 +237,13 @@ TEST(BudgetFilter, StatesOfClientChosenTenantsAreBounded) {
     EXPECT_FALSE(once("past-cap-4").first) << "the overflow state's 1000 tokens are used";
     EXPECT_EQ(filter.states(), budget::BudgetFilter::kMaxStates + 1);
     EXPECT_TRUE(once("day-two-0").first) << "a tenant with a state of its own keeps it";
+    // The next day the states at the cap are at rest again: the next new tenant sweeps them
+    // and has a state, and a budget, of its own.
+    clock.day += 1;
+    clock.now += 2min;
+    for (int i = 0; i < 4; ++i)
+        EXPECT_TRUE(once("day-three").first) << i;
+    EXPECT_LT(filter.states(), 10u);
 }
 
 TEST(BudgetFilter, TokensPerDayAndRequestsPerMinute) {

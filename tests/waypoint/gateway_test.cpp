@@ -524,11 +524,17 @@ TEST(WaypointGateway, BudgetedPathsCannotBeSpelledAround) {
     const std::string body = chatBody(false, false, 150);
     for (const std::string path :
          {"/v1/chat/%63ompletions", "/v1//chat/completions", "/x/../v1/chat/completions",
-          "/v1/./chat/completions?x=1", "/v1/chat%2Fcompletions", "/v1/models/../embeddings"}) {
+          "/v1/./chat/completions?x=1", "/v1/chat%2Fcompletions", "/v1/models/../embeddings",
+          "/V1/Chat/Completions", "/v1/chat/completions/", "/v1/chat/completions;x=1"}) {
         auto reply = request(gw->gatewayPort(), "POST", path, body, {{"x-tenant", "team-a"}});
         EXPECT_EQ(reply.status, 400u) << path;
         EXPECT_EQ(json::parse(reply.body)["error"]["type"], "invalid_request_error") << path;
         EXPECT_NE(reply.body.find("must be written as /v1/"), std::string::npos) << reply.body;
+    }
+    for (const std::string path : {"/v1/chat/completions#x", "/v1/chat/complet%6"}) {
+        auto reply = request(gw->gatewayPort(), "POST", path, body, {{"x-tenant", "team-a"}});
+        EXPECT_EQ(reply.status, 400u) << path;
+        EXPECT_NE(reply.body.find("target is malformed"), std::string::npos) << reply.body;
     }
     EXPECT_EQ(json::parse(backend.stats())["requests"], 0);
     for (int i = 0; i < 2; ++i) {

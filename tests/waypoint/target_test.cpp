@@ -30,6 +30,14 @@ TEST(RequestTarget, RoutedPathDecodesResolvesAndCollapses) {
     EXPECT_EQ(routedPath("/bad%zz"), std::nullopt);
     EXPECT_EQ(routedPath("*"), std::nullopt);
     EXPECT_EQ(routedPath("http://x/v1/models"), std::nullopt);
+    EXPECT_EQ(routedPath("/v1/models#top"), "/v1/models");
+}
+
+TEST(RequestTarget, LenientPathIsWhatLenientRoutersCompare) {
+    EXPECT_EQ(lenientPath("/V1/Chat/Completions/"), "/v1/chat/completions");
+    EXPECT_EQ(lenientPath("/v1;a=1/embeddings;jsessionid=x"), "/v1/embeddings");
+    EXPECT_EQ(lenientPath("/"), "/");
+    EXPECT_EQ(lenientPath("/v1/models//"), "/v1/models");
 }
 
 }  // namespace

@@ -55,7 +55,7 @@ std::optional<std::string> originFormOf(std::string_view target) {
 std::optional<std::string> routedPath(std::string_view target) {
     if (target.empty() || target.front() != '/')
         return std::nullopt;
-    auto decoded = percentDecoded(target.substr(0, target.find('?')));
+    auto decoded = percentDecoded(target.substr(0, target.find_first_of("?#")));
     if (!decoded)
         return std::nullopt;
     // Segments between slashes; empty ones (a repeated slash) and "." go, ".." takes one back.
@@ -80,6 +80,23 @@ std::optional<std::string> routedPath(std::string_view target) {
     const bool trailing = path.size() > 1 && path.back() == '/';
     if (out.empty() || trailing)
         out += '/';
+    return out;
+}
+
+std::string lenientPath(std::string_view routed) {
+    std::string out;
+    out.reserve(routed.size());
+    bool in_parameters = false;
+    for (char c : routed) {
+        if (c == '/')
+            in_parameters = false;
+        else if (c == ';')
+            in_parameters = true;
+        if (!in_parameters)
+            out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    while (out.size() > 1 && out.back() == '/')
+        out.pop_back();
     return out;
 }
 

@@ -42,14 +42,32 @@ asio::awaitable<std::expected<std::shared_ptr<Stream>, Failure>> Pool::open(
         }
         const auto dial = std::make_shared<Dial>();
         dialing_[key] = dial;
-        auto dialed = co_await dialer_(key);
-        dialing_.erase(key);
-        dial->finished = true;
-        if (!dialed)
-            dial->failure = dialed.error();
-        else
-            connections_[key].push_back(*dialed);  // `list` may be invalid after the await
-        dial->done.notify();
+        // However the dial ends (a dialer that throws too), its waiters are woken and the key
+        // can be dialled again.
+        struct Finish {
+            Pool& pool;
+            const PoolKey& key;
+            Dial& dial;
+            ~Finish() {
+                pool.dialing_.erase(key);
+                if (!dial.finished) {
+                    dial.finished = true;
+                    dial.failure = Failure{Error::ConnectFailed, "dial failed"};
+                }
+                dial.done.notify();
+            }
+        };
+        std::expected<std::shared_ptr<Connection>, Failure> dialed =
+            std::unexpected(Failure{Error::ConnectFailed, "dial failed"});
+        {
+            Finish finish{*this, key, *dial};
+            dialed = co_await dialer_(key);
+            dial->finished = true;
+            if (!dialed)
+                dial->failure = dialed.error();
+            else
+                connections_[key].push_back(*dialed);  // `list` may be invalid after the await
+        }
         if (!dialed)
             co_return std::unexpected(dialed.error());
         conn = *dialed;

@@ -2,8 +2,10 @@
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <stdexcept>
 
 #include "ztunnel/identity/ca.h"
@@ -51,20 +53,28 @@ nlohmann::json ConnectionRecord::to_json(const ConnectionLabels& l, std::string_
 }
 
 AccessLog::AccessLog(const std::string& target) {
-    // A description of our own (stdout reopened through /proc), so that it can be made
-    // non-blocking without changing the stdout that other writers share.
-    const std::string path = target.empty() || target == "-" ? "/proc/self/fd/1" : target;
-    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd_ < 0 && path == "/proc/self/fd/1") {
-        fd_ = 1;  // a stdout that cannot be reopened (a socket): written as it is
+    if (target.empty() || target == "-") {
+        // A pipe (a container's stdout, a log collector) gets a description of its own,
+        // reopened through /proc, that can be non-blocking without changing the stdout others
+        // share. A file or terminal stays fd 1 as it is: a second description of a regular
+        // file would write at an offset of its own, over what stderr writes through the first.
+        struct stat st {};
+        if (::fstat(1, &st) != 0 || !S_ISFIFO(st.st_mode))
+            return;
+        // Non-blocking from the open: a pipe whose reader is gone fails (ENXIO) instead of
+        // waiting for one; then fd 1 is written as it is.
+        fd_ = ::open("/proc/self/fd/1", O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd_ < 0) {
+            fd_ = 1;
+            return;
+        }
+        owned_ = true;
         return;
     }
+    fd_ = ::open(target.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK | O_CLOEXEC, 0644);
     if (fd_ < 0)
-        throw std::runtime_error("cannot open access log " + target);
+        throw std::runtime_error("cannot open access log " + target + ": " + strerror(errno));
     owned_ = true;
-    // A pipe nobody drains (a stalled log collector) must not stop the data path: a line that
-    // does not fit now is dropped and counted.
-    ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
 }
 
 AccessLog::~AccessLog() {

@@ -590,6 +590,39 @@ TEST_F(HboneTest, ConcurrentOpensShareTheDialInProgress) {
     EXPECT_EQ(failing_dials, 1);
 }
 
+// A dialer that throws still wakes the opens waiting on its dial, and the key can be dialled
+// again: nothing waits for ever on a dial that is gone.
+TEST_F(HboneTest, ADialThatThrowsReleasesItsWaiters) {
+    int dials = 0;
+    Pool pool(io_.get_executor(),
+              [&](const PoolKey&)
+                  -> asio::awaitable<std::expected<std::shared_ptr<Connection>, Failure>> {
+                  ++dials;
+                  asio::steady_timer slow(io_);
+                  slow.expires_after(10ms);
+                  co_await slow.async_wait(asio::use_awaitable);
+                  throw std::runtime_error("dialer bug");
+              });
+    int thrown = 0, failed = 0;
+    for (int round = 0; round < 2; ++round) {
+        for (int i = 0; i < 3; ++i) {
+            asio::co_spawn(
+                io_,
+                [&]() -> asio::awaitable<void> {
+                    auto st = co_await pool.open(key_, request_);
+                    if (!st)
+                        ++failed;
+                },
+                [&](std::exception_ptr e) { thrown += e ? 1 : 0; });
+        }
+        io_.restart();
+        io_.run_for(1s);
+    }
+    EXPECT_EQ(dials, 2) << "one dial per round";
+    EXPECT_EQ(thrown, 2) << "the dialling open gets the exception";
+    EXPECT_EQ(failed, 4) << "its waiters get a failure";
+}
+
 TEST_F(HboneTest, IdleConnectionsAreClosed) {
     serve(kServer);
     Pool pool(io_.get_executor(), dialer(kClient), 1h);

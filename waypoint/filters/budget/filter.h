@@ -43,7 +43,8 @@ class BudgetFilter : public HttpFilter {
 
     // Tenant names can come from clients (an x-tenant header), so the states are bounded:
     // those at rest are dropped whenever the map has doubled since the last sweep, and past
-    // kMaxStates every new (tenant, model) shares one overflow state.
+    // kMaxStates every new (tenant, model) shares one overflow state per limit (swept again
+    // at most once a minute there).
     static constexpr std::size_t kMaxStates = 100'000;
     static constexpr std::string_view kOverflowKey{"\0overflow", 9};
     std::size_t states() {
@@ -77,7 +78,8 @@ class BudgetFilter : public HttpFilter {
     std::function<std::int64_t()> utc_day_;
     std::mutex mutex_;
     std::unordered_map<std::string, State> states_;
-    std::size_t sweep_at_ = 1024;  // states_.size() that starts the next sweep
+    std::size_t sweep_at_ = 1024;          // states_.size() that starts the next sweep
+    Clock::time_point last_full_sweep_{};  // the last sweep that left the map at the cap
 };
 
 }  // namespace sluice::waypoint::budget
