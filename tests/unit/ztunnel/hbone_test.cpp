@@ -135,6 +135,20 @@ class HboneFixture : public ::testing::Test {
         return failure;
     }
 
+    // A dialer that takes 20 ms and then fails (or throws), counting its dials.
+    Pool::Dialer slow_failing_dialer(int& dials, bool throws) {
+        return [this, &dials, throws](const PoolKey&)
+                   -> asio::awaitable<std::expected<std::shared_ptr<Connection>, Failure>> {
+            ++dials;
+            asio::steady_timer slow(io_);
+            slow.expires_after(20ms);
+            co_await slow.async_wait(asio::use_awaitable);
+            if (throws)
+                throw std::runtime_error("dialer bug");
+            co_return std::unexpected(Failure{Error::ConnectFailed, "refused"});
+        };
+    }
+
     // Polls `done` every 5 ms, for at most a second.
     asio::awaitable<void> until(std::function<bool()> done) {
         asio::steady_timer wait(io_);
@@ -552,15 +566,7 @@ TEST_F(HboneTest, ConcurrentOpensShareTheDialInProgress) {
     serve(kServer);
     Pool pool(io_.get_executor(), dialer(kClient));
     int failing_dials = 0;
-    Pool failing(io_.get_executor(),
-                 [&](const PoolKey&)
-                     -> asio::awaitable<std::expected<std::shared_ptr<Connection>, Failure>> {
-                     ++failing_dials;
-                     asio::steady_timer slow(io_);
-                     slow.expires_after(20ms);
-                     co_await slow.async_wait(asio::use_awaitable);
-                     co_return std::unexpected(Failure{Error::ConnectFailed, "refused"});
-                 });
+    Pool failing(io_.get_executor(), slow_failing_dialer(failing_dials, false));
     std::vector<std::shared_ptr<Stream>> streams;
     std::vector<Error> errors;
     size_t connections = 0;
@@ -594,15 +600,7 @@ TEST_F(HboneTest, ConcurrentOpensShareTheDialInProgress) {
 // again: nothing waits for ever on a dial that is gone.
 TEST_F(HboneTest, ADialThatThrowsReleasesItsWaiters) {
     int dials = 0;
-    Pool pool(io_.get_executor(),
-              [&](const PoolKey&)
-                  -> asio::awaitable<std::expected<std::shared_ptr<Connection>, Failure>> {
-                  ++dials;
-                  asio::steady_timer slow(io_);
-                  slow.expires_after(10ms);
-                  co_await slow.async_wait(asio::use_awaitable);
-                  throw std::runtime_error("dialer bug");
-              });
+    Pool pool(io_.get_executor(), slow_failing_dialer(dials, true));
     int thrown = 0, failed = 0;
     for (int round = 0; round < 2; ++round) {
         for (int i = 0; i < 3; ++i) {
