@@ -75,8 +75,7 @@ std::expected<void, std::string> Agent::init() {
         });
     enrollment_ = std::make_unique<Enrollment>(*datapath_, *ztunnel_, config_.state_file(),
                                                config_.node_name, config_.ztunnel_timeout);
-    enrollment_->set_endpoint_resolver(
-        [this](const EnrolledPod& pod) { return binding_of(pod.namespace_name, pod.name); });
+    enrollment_->set_endpoint_resolver([this](const EnrolledPod& pod) { return binding_of(pod); });
     // What the pinned maps hold from an earlier run; they kept enforcing while we were away.
     enrollment_->restore();
 
@@ -238,16 +237,16 @@ cni::Response Agent::handle_cni(const cni::Request& req) {
     return res;
 }
 
-std::optional<EndpointBinding> Agent::binding_of(const std::string& ns,
-                                                 const std::string& name) const {
-    std::shared_ptr<const policies::Generation> g;
-    {
-        std::lock_guard lk(generation_mu_);
-        g = generation_;
-    }
+std::shared_ptr<const policies::Generation> Agent::applied_generation() const {
+    std::lock_guard lk(generation_mu_);
+    return generation_;
+}
+
+std::optional<EndpointBinding> Agent::binding_of(const EnrolledPod& pod) const {
+    const auto g = applied_generation();
     if (!g)
         return std::nullopt;
-    const std::string ref = ns + "/" + name;
+    const std::string ref = pod.namespace_name + "/" + pod.name;
     for (const auto& ep : g->compiled->kernel.endpoints) {
         if (ep.pod == ref)
             return EndpointBinding{.endpoint_id = ep.value.endpoint_id, .flags = ep.value.flags};
@@ -264,14 +263,10 @@ void Agent::compile_for(const PodRecord& pod) {
         const policies::Pod* p = g->compiled->registry->find_pod(pod.namespace_name, pod.name);
         return p != nullptr && (pod.uid.empty() || p->uid == pod.uid);
     };
-    auto applied = [&] {
-        std::lock_guard lk(generation_mu_);
-        return generation_;
-    };
-    if (knows(applied()))
+    if (knows(applied_generation()))
         return;
     watcher_->wait_idle();  // a generation the watcher is applying right now
-    if (knows(applied()))
+    if (knows(applied_generation()))
         return;
     if (knows(watcher_->current()))
         return;  // compiled, but the maps refused it: retry_failed_apply() goes on with it

@@ -58,7 +58,9 @@ class Agent {
     void read_applied();
     // Applies the generation whose apply failed again, two seconds after the last try.
     void retry_failed_apply();
-    std::optional<EndpointBinding> binding_of(const std::string& ns, const std::string& name) const;
+    std::optional<EndpointBinding> binding_of(const EnrolledPod& pod) const;
+    // The generation in the maps (null before the first).
+    std::shared_ptr<const policies::Generation> applied_generation() const;
     // Before enrolling a pod the registry holds: when the generation in force does not know it
     // yet (its document arrived within the watcher's debounce), compiles and applies one that
     // does, so the pod starts with its policy rather than with none.

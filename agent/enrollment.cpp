@@ -195,6 +195,12 @@ std::expected<void, std::string> Enrollment::hand_to_ztunnel(const EnrolledPod& 
     return {};
 }
 
+void Enrollment::forget(std::map<std::string, EnrolledPod>::iterator it) {
+    fallback_ids_.erase(it->second.uid);
+    refused_.erase(it->first);
+    pods_.erase(it);
+}
+
 void Enrollment::withdraw_from_ztunnel(const EnrolledPod& pod) {
     for (const auto session : ztunnel_.sessions()) {
         if (auto r = ztunnel_.del_workload(session, pod.uid, ztunnel_timeout_); !r)
@@ -248,9 +254,7 @@ std::expected<void, std::string> Enrollment::add(const PodRecord& rec,
         // Under the same uid ztunnel replaces the workload's listeners itself.
         if (it->second.uid != rec.uid)
             withdraw_from_ztunnel(it->second);
-        fallback_ids_.erase(it->second.uid);
-        refused_.erase(it->first);
-        pods_.erase(it);
+        forget(it);
         persist();
     }
     EnrolledPod pod{.uid = rec.uid,
@@ -326,9 +330,7 @@ std::expected<bool, std::string> Enrollment::remove(const std::string& ns, const
         problems += "detach sk_lookup: " + describe(r.error()) + "; ";
     }
     withdraw_from_ztunnel(pod);
-    refused_.erase(it->first);
-    fallback_ids_.erase(pod.uid);
-    pods_.erase(it);
+    forget(it);
     persist();
     spdlog::info("unenrolled pod {}/{}", ns, name);
     if (!problems.empty())
@@ -423,12 +425,10 @@ void Enrollment::replay_to_ztunnel(ZtunnelLink::SessionId session) {
             spdlog::error("pod {}/{}: {}", pod->namespace_name, pod->name, r.error());
     }
     for (const auto& key : gone) {
-        const EnrolledPod& pod = pods_.at(key);
-        (void)dp_.unenroll_netns(pod.netns_cookie);
-        (void)dp_.detach_netns(pod.netns_cookie);
-        fallback_ids_.erase(pod.uid);
-        refused_.erase(key);
-        pods_.erase(key);
+        const auto it = pods_.find(key);
+        (void)dp_.unenroll_netns(it->second.netns_cookie);
+        (void)dp_.detach_netns(it->second.netns_cookie);
+        forget(it);
     }
     if (!gone.empty())
         persist();

@@ -94,6 +94,9 @@ class Enrollment {
     // The pod is enrolled with this netns already: takes the sandbox id and new addresses.
     std::expected<void, std::string> update_enrolled(EnrolledPod& pod, const PodRecord& rec,
                                                      const std::string& container_id);
+    // Drops an enrolled pod and what is kept for it (its fallback id, its refused mark);
+    // mu_ held. The datapath and ztunnel are the caller's.
+    void forget(std::map<std::string, EnrolledPod>::iterator it);
     // DelWorkload to every connected session.
     void withdraw_from_ztunnel(const EnrolledPod& pod);
     EndpointBinding binding_for(const EnrolledPod& pod);

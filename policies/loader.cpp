@@ -45,7 +45,7 @@ std::shared_ptr<const CompiledPolicy> recompile_for_registry(const CompiledPolic
     if (has_errors(diagnostics))
         return nullptr;
     auto compiled = std::make_shared<CompiledPolicy>(compile(in_force.policies, registry, options));
-    if (has_errors(compiled->diagnostics))
+    if (has_errors(compiled->diagnostics) || same_output(in_force, *compiled))
         return nullptr;
     return compiled;
 }

@@ -34,7 +34,7 @@ bool same_output(const CompiledPolicy& a, const CompiledPolicy& b);
 
 // The policies of `in_force` compiled with the registry at `registry_path` as it is now: what
 // is in force while the policy folder is broken, for the pods created meanwhile. Null when the
-// registry or the compile has errors.
+// registry or the compile has errors, or when the output would be the same.
 std::shared_ptr<const CompiledPolicy> recompile_for_registry(const CompiledPolicy& in_force,
                                                              const std::string& registry_path,
                                                              const CompileOptions& options = {});

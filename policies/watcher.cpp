@@ -150,11 +150,8 @@ void PolicyWatcher::reload() {
         }
         // The policies in force stay, but the cluster goes on: a pod created while the folder
         // is broken must get them too, not run with no policy until the folder is fixed.
-        if (prev && !config_.registry_dir.empty()) {
+        if (prev)
             next = recompile_for_registry(*prev->compiled, config_.registry_dir, options);
-            if (next && same_output(*prev->compiled, *next))
-                next = nullptr;
-        }
     } else if (!prev || !same_output(*prev->compiled, *loaded.compiled)) {
         result = "success";
         next = loaded.compiled;

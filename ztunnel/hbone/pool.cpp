@@ -43,33 +43,24 @@ asio::awaitable<std::expected<std::shared_ptr<Stream>, Failure>> Pool::open(
         const auto dial = std::make_shared<Dial>();
         dialing_[key] = dial;
         // However the dial ends (a dialer that throws too), its waiters are woken and the key
-        // can be dialled again.
+        // can be dialled again; until it succeeds, its failure is "dial failed".
         struct Finish {
             Pool& pool;
             const PoolKey& key;
             Dial& dial;
             ~Finish() {
                 pool.dialing_.erase(key);
-                if (!dial.finished) {
-                    dial.finished = true;
-                    dial.failure = Failure{Error::ConnectFailed, "dial failed"};
-                }
+                dial.finished = true;
                 dial.done.notify();
             }
-        };
-        std::expected<std::shared_ptr<Connection>, Failure> dialed =
-            std::unexpected(Failure{Error::ConnectFailed, "dial failed"});
-        {
-            Finish finish{*this, key, *dial};
-            dialed = co_await dialer_(key);
-            dial->finished = true;
-            if (!dialed)
-                dial->failure = dialed.error();
-            else
-                connections_[key].push_back(*dialed);  // `list` may be invalid after the await
-        }
-        if (!dialed)
+        } finish{*this, key, *dial};
+        auto dialed = co_await dialer_(key);
+        if (!dialed) {
+            dial->failure = dialed.error();
             co_return std::unexpected(dialed.error());
+        }
+        dial->failure.reset();
+        connections_[key].push_back(*dialed);  // `list` may be invalid after the await
         conn = *dialed;
         spdlog::debug("pool: new connection {} -> {} at {}", key.source.uri(),
                       key.destination.uri(), key.address);

@@ -69,7 +69,7 @@ class Pool {
     // A dial in progress per key; other opens of the key wait for it.
     struct Dial {
         bool finished = false;
-        std::optional<Failure> failure;
+        std::optional<Failure> failure{Failure{Error::ConnectFailed, "dial failed"}};
         Signal done;
     };
     std::map<PoolKey, std::shared_ptr<Dial>> dialing_;
