@@ -199,21 +199,25 @@ std::optional<LocalReply> BudgetFilter::onRequest(RequestContext& ctx) {
     const std::int64_t today = utc_day_();
     std::string key = keyOf(*limit, ctx.tenant, ctx.model);
     std::lock_guard lock(mutex_);
-    if (!states_.contains(key) && states_.size() >= sweep_at_ &&
-        (states_.size() < kMaxStates || now - last_full_sweep_ >= std::chrono::minutes(1))) {
-        // At the cap, at most once a minute: the states there are all in use.
-        for (auto it = states_.begin(); it != states_.end();)
-            it = atRest(it->second, now, today) ? states_.erase(it) : std::next(it);
-        sweep_at_ = std::clamp<std::size_t>(2 * states_.size(), 1024, kMaxStates);
-        if (states_.size() >= kMaxStates)
-            last_full_sweep_ = now;
+    auto found = states_.find(key);  // one lookup for a tenant seen before: the common case
+    if (found == states_.end()) {
+        if (states_.size() >= sweep_at_ &&
+            (states_.size() < kMaxStates || now - last_full_sweep_ >= std::chrono::minutes(1))) {
+            // At the cap, at most once a minute: the states there are all in use.
+            for (auto it = states_.begin(); it != states_.end();)
+                it = atRest(it->second, now, today) ? states_.erase(it) : std::next(it);
+            sweep_at_ = std::clamp<std::size_t>(2 * states_.size(), 1024, kMaxStates);
+            if (states_.size() >= kMaxStates)
+                last_full_sweep_ = now;
+        }
+        if (states_.size() >= kMaxStates) {
+            // Shared by every new key past the cap that matched this limit (one per limit, so
+            // that tenants of different limits do not resize each other's buckets).
+            key = std::string(kOverflowKey) + '\0' + keyOf(*limit, limit->tenant, ctx.model);
+        }
+        found = states_.try_emplace(key).first;
     }
-    if (!states_.contains(key) && states_.size() >= kMaxStates) {
-        // Shared by every new key past the cap that matched this limit (one per limit, so
-        // that tenants of different limits do not resize each other's buckets).
-        key = std::string(kOverflowKey) + '\0' + keyOf(*limit, limit->tenant, ctx.model);
-    }
-    State& state = states_[key];
+    State& state = found->second;
     fit(state, *limit, now);
     if (state.day != today) {
         state.day = today;
